@@ -1,0 +1,195 @@
+//! The crictl-style debug commands: they talk to the CRI endpoint directly, so they work
+//! whether or not the bosun daemon is running.
+
+mod containers;
+mod exec;
+mod images;
+mod info;
+mod logs;
+pub mod output;
+mod pods;
+mod resolve;
+mod stats;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use bosun_cri::CriClient;
+use clap::{Args, Parser, Subcommand};
+
+use output::Format;
+
+/// bosun: one daemon per Kubernetes node in place of kubelet and kube-proxy.
+///
+/// The commands below talk to the container runtime over CRI, as crictl does.
+#[derive(Debug, Parser)]
+#[command(name = "bosun", version, about, long_about = None)]
+pub struct Cli {
+    /// The container runtime's CRI endpoint.
+    #[arg(
+        short = 'r',
+        long = "runtime-endpoint",
+        env = "CONTAINER_RUNTIME_ENDPOINT",
+        default_value = bosun_cri::DEFAULT_RUNTIME_ENDPOINT,
+        global = false
+    )]
+    pub runtime_endpoint: String,
+
+    /// Timeout of each call to the runtime (e.g. 2s, 500ms, 1m).
+    #[arg(short = 't', long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Log debug output to stderr.
+    #[arg(short = 'D', long)]
+    pub debug: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the runtime's name and versions.
+    Version,
+    /// Show the runtime's status and configuration.
+    Info(InfoArgs),
+    /// List pod sandboxes.
+    Pods(pods::PodsArgs),
+    /// List containers.
+    Ps(containers::PsArgs),
+    /// List images.
+    Images(images::ImagesArgs),
+    /// Show the status of one or more containers.
+    Inspect(InspectArgs),
+    /// Show the status of one or more pod sandboxes.
+    Inspectp(InspectArgs),
+    /// Show the status of one or more images.
+    Inspecti(InspectArgs),
+    /// Print a container's logs.
+    Logs(logs::LogsArgs),
+    /// Run a command in a running container.
+    Exec(exec::ExecArgs),
+    /// Show containers' resource usage.
+    Stats(stats::StatsArgs),
+    /// Stop one or more running containers.
+    Stop(containers::StopArgs),
+    /// Stop one or more pod sandboxes.
+    Stopp(pods::IdsArgs),
+    /// Remove one or more containers.
+    Rm(containers::RmArgs),
+    /// Remove one or more pod sandboxes.
+    Rmp(pods::RmpArgs),
+    /// Remove one or more images.
+    Rmi(images::RmiArgs),
+    /// Pull an image from a registry.
+    Pull(images::PullArgs),
+    /// Manage images through containerd's own API.
+    #[command(subcommand)]
+    Image(images::ImageCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "json")]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// IDs (or unique ID prefixes); image references for inspecti.
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "json")]
+    pub output: Format,
+}
+
+/// Runs one CLI command and returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    // `image import` speaks containerd's API, not CRI; everything else needs a CRI client.
+    if let Command::Image(command) = &cli.command {
+        return images::image_command(&cli.runtime_endpoint, command).await.map(|()| 0);
+    }
+    let client = CriClient::connect(&cli.runtime_endpoint, cli.timeout).await?;
+    match cli.command {
+        Command::Version => info::version(&client).await?,
+        Command::Info(args) => info::info(&client, &args).await?,
+        Command::Pods(args) => pods::list(&client, &args).await?,
+        Command::Ps(args) => containers::list(&client, &args).await?,
+        Command::Images(args) => images::list(&client, &args).await?,
+        Command::Inspect(args) => containers::inspect(&client, &args).await?,
+        Command::Inspectp(args) => pods::inspect(&client, &args).await?,
+        Command::Inspecti(args) => images::inspect(&client, &args).await?,
+        Command::Logs(args) => logs::logs(&client, &args).await?,
+        Command::Exec(args) => return exec::exec(&client, args).await,
+        Command::Stats(args) => stats::stats(&client, &args).await?,
+        Command::Stop(args) => containers::stop(&client, &args).await?,
+        Command::Stopp(args) => pods::stop(&client, &args).await?,
+        Command::Rm(args) => containers::remove(&client, &args).await?,
+        Command::Rmp(args) => pods::remove(&client, &args).await?,
+        Command::Rmi(args) => images::remove(&client, &args).await?,
+        Command::Pull(args) => images::pull(&client, &args).await?,
+        Command::Image(_) => unreachable!("handled above"),
+    }
+    Ok(0)
+}
+
+/// Parses `2s`, `500ms`, `1m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 2s, 500ms, 1m"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?}")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses `key=value` label filters.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("invalid label {s:?}: expected key=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("soon").unwrap_err().contains("soon"));
+        assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(parse_label("a=b").unwrap(), ("a".into(), "b".into()));
+        assert!(parse_label("ab").is_err());
+        assert!(parse_label("=b").is_err());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,74 @@
+//! The `bosun` binary. For now it is the crictl-style CLI over CRI; the node daemon
+//! (`bosun run`) builds on the same crates. `main` stays thin: parse, run, map errors to a
+//! one-line message and an exit code.
+
+mod cli;
+
+use clap::Parser;
+
+/// Exit code for an error bosun reports itself (clap uses 2 for malformed flags).
+const EXIT_ERROR: i32 = 1;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let filter = if cli.debug { "debug" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bosun: error: starting the async runtime: {e}");
+            std::process::exit(EXIT_ERROR);
+        }
+    };
+    let code = match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bosun: error: {}", render_error(&e));
+            EXIT_ERROR
+        }
+    };
+    // Leave without waiting for stdin readers (exec -i) still blocked in the runtime.
+    std::process::exit(code);
+}
+
+/// An error and its causes on one line, leaving out causes whose text the line already
+/// holds (transport errors repeat their io error at several levels).
+fn render_error(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn repeated_causes_are_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(Outer(io)).context("connecting");
+        assert_eq!(render_error(&e), "connecting: outer: no such file");
+    }
+}

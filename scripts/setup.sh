@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what building and testing bosun needs on a Debian (bookworm) machine, as root.
+# Idempotent: each step is skipped when its result is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BPF_LINKER_VERSION=0.10.4
+PACKAGES=(
+    containerd runc containernetworking-plugins # the runtime the tests drive over CRI
+    busybox-static gcc libc6-dev                 # the test images: busybox and a static pause
+    iptables iproute2                            # CNI plugins and network namespaces
+    protobuf-compiler                            # containerd-client's build script runs protoc
+    ca-certificates
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: run as root (it installs Debian packages)" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v rustup >/dev/null || ! command -v cargo >/dev/null; then
+    echo "setup: rustup and cargo are required (https://rustup.rs); they are not Debian packages" >&2
+    exit 1
+fi
+# The eBPF programs build with nightly's build-std; everything else builds on stable.
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+rustup component list --toolchain nightly --installed | grep -q '^rust-src' \
+    || rustup component add rust-src --toolchain nightly
+
+if ! .tools/bin/bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+    echo "setup: installing bpf-linker $BPF_LINKER_VERSION into .tools/"
+    cargo install "bpf-linker@$BPF_LINKER_VERSION" --locked --root .tools
+fi
+
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
