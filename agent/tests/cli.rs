@@ -82,7 +82,11 @@ async fn fixture(name: &str) -> anyhow::Result<Fixture> {
     std::fs::create_dir_all(log_directory(&node, "web"))?;
     let pod = client.run_pod_sandbox(config.clone(), "").await?;
     let app = client
-        .create_container(&pod, busybox_container("app", SERVE_FOREVER), config.clone())
+        .create_container(
+            &pod,
+            busybox_container("app", SERVE_FOREVER),
+            config.clone(),
+        )
         .await?;
     client.start_container(&app).await?;
     let done = client
@@ -124,20 +128,45 @@ async fn read_commands_show_what_the_runtime_holds() -> anyhow::Result<()> {
 
     let info = json(&bosun(ep, &["info"]).await);
     let conditions = info["status"]["conditions"].as_array().expect("conditions");
-    assert!(conditions.iter().any(|c| c["type"] == "RuntimeReady" && c["status"] == true));
+    assert!(conditions
+        .iter()
+        .any(|c| c["type"] == "RuntimeReady" && c["status"] == true));
     let info_yaml = stdout(&bosun(ep, &["info", "-o", "yaml"]).await);
     assert!(info_yaml.contains("RuntimeReady"), "{info_yaml}");
 
     // pods: table, quiet, filters, JSON.
     let pods = table(&stdout(&bosun(ep, &["pods"]).await));
-    assert_eq!(pods[0], ["POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME"]);
+    assert_eq!(
+        pods[0],
+        [
+            "POD ID",
+            "CREATED",
+            "STATE",
+            "NAME",
+            "NAMESPACE",
+            "ATTEMPT",
+            "RUNTIME"
+        ]
+    );
     assert_eq!(pods.len(), 2);
     assert_eq!(pods[1][0], &f.pod[..13]);
     assert_eq!(pods[1][2..], ["Ready", "web", "default", "0", "(default)"]);
-    assert_eq!(stdout(&bosun(ep, &["pods", "-q"]).await), format!("{}\n", f.pod));
-    assert_eq!(stdout(&bosun(ep, &["pods", "-q", "--name", "nomatch"]).await), "");
-    assert_eq!(stdout(&bosun(ep, &["pods", "-q", "--state", "notready"]).await), "");
-    assert_eq!(stdout(&bosun(ep, &["pods", "-q", "--label", "app=web"]).await), format!("{}\n", f.pod));
+    assert_eq!(
+        stdout(&bosun(ep, &["pods", "-q"]).await),
+        format!("{}\n", f.pod)
+    );
+    assert_eq!(
+        stdout(&bosun(ep, &["pods", "-q", "--name", "nomatch"]).await),
+        ""
+    );
+    assert_eq!(
+        stdout(&bosun(ep, &["pods", "-q", "--state", "notready"]).await),
+        ""
+    );
+    assert_eq!(
+        stdout(&bosun(ep, &["pods", "-q", "--label", "app=web"]).await),
+        format!("{}\n", f.pod)
+    );
     let no_trunc = table(&stdout(&bosun(ep, &["pods", "--no-trunc"]).await));
     assert_eq!(no_trunc[1][0], f.pod);
     let pods_json = json(&bosun(ep, &["pods", "-o", "json"]).await);
@@ -147,7 +176,19 @@ async fn read_commands_show_what_the_runtime_holds() -> anyhow::Result<()> {
 
     // ps: running by default, -a for all, filters, JSON.
     let ps = table(&stdout(&bosun(ep, &["ps"]).await));
-    assert_eq!(ps[0], ["CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID", "POD"]);
+    assert_eq!(
+        ps[0],
+        [
+            "CONTAINER",
+            "IMAGE",
+            "CREATED",
+            "STATE",
+            "NAME",
+            "ATTEMPT",
+            "POD ID",
+            "POD"
+        ]
+    );
     assert_eq!(ps.len(), 2, "only the running container");
     assert_eq!(ps[1][0], &f.app[..13]);
     assert_eq!(ps[1][1], BUSYBOX_IMAGE);
@@ -158,21 +199,39 @@ async fn read_commands_show_what_the_runtime_holds() -> anyhow::Result<()> {
     let mut want = vec![f.app.as_str(), f.done.as_str()];
     want.sort();
     assert_eq!(ids, want);
-    assert_eq!(stdout(&bosun(ep, &["ps", "-q", "--state", "exited"]).await), format!("{}\n", f.done));
-    assert_eq!(stdout(&bosun(ep, &["ps", "-a", "-q", "--name", "don"]).await), format!("{}\n", f.done));
-    assert_eq!(stdout(&bosun(ep, &["ps", "-q", "--pod", &f.pod[..6]]).await), format!("{}\n", f.app));
+    assert_eq!(
+        stdout(&bosun(ep, &["ps", "-q", "--state", "exited"]).await),
+        format!("{}\n", f.done)
+    );
+    assert_eq!(
+        stdout(&bosun(ep, &["ps", "-a", "-q", "--name", "don"]).await),
+        format!("{}\n", f.done)
+    );
+    assert_eq!(
+        stdout(&bosun(ep, &["ps", "-q", "--pod", &f.pod[..6]]).await),
+        format!("{}\n", f.app)
+    );
     let ps_json = json(&bosun(ep, &["ps", "-a", "-o", "json"]).await);
     let containers = ps_json["containers"].as_array().expect("containers");
     assert_eq!(containers.len(), 2);
-    let done = containers.iter().find(|c| c["id"] == f.done.as_str()).expect("done in JSON");
+    let done = containers
+        .iter()
+        .find(|c| c["id"] == f.done.as_str())
+        .expect("done in JSON");
     assert_eq!(done["state"], "CONTAINER_EXITED");
     assert_eq!(done["podSandboxId"], f.pod.as_str());
 
     // images.
     let images = table(&stdout(&bosun(ep, &["images"]).await));
     assert_eq!(images[0], ["IMAGE", "TAG", "IMAGE ID", "SIZE"]);
-    let names: Vec<(&str, &str)> = images[1..].iter().map(|r| (r[0].as_str(), r[1].as_str())).collect();
-    assert!(names.contains(&("localhost/bosun/busybox", "1")), "{names:?}");
+    let names: Vec<(&str, &str)> = images[1..]
+        .iter()
+        .map(|r| (r[0].as_str(), r[1].as_str()))
+        .collect();
+    assert!(
+        names.contains(&("localhost/bosun/busybox", "1")),
+        "{names:?}"
+    );
     assert!(names.contains(&("localhost/bosun/pause", "1")), "{names:?}");
     let images_json = json(&bosun(ep, &["images", "-o", "json"]).await);
     let tags: Vec<&str> = images_json["images"]
@@ -182,8 +241,14 @@ async fn read_commands_show_what_the_runtime_holds() -> anyhow::Result<()> {
         .flat_map(|i| i["repoTags"].as_array().into_iter().flatten())
         .filter_map(Value::as_str)
         .collect();
-    assert!(tags.contains(&BUSYBOX_IMAGE) && tags.contains(&PAUSE_IMAGE), "{tags:?}");
-    assert_eq!(stdout(&bosun(ep, &["images", "-q"]).await).lines().count(), 2);
+    assert!(
+        tags.contains(&BUSYBOX_IMAGE) && tags.contains(&PAUSE_IMAGE),
+        "{tags:?}"
+    );
+    assert_eq!(
+        stdout(&bosun(ep, &["images", "-q"]).await).lines().count(),
+        2
+    );
 
     // inspect, inspectp, inspecti: by ID prefix, JSON and YAML.
     let inspect = json(&bosun(ep, &["inspect", &f.done[..8]]).await);
@@ -195,9 +260,15 @@ async fn read_commands_show_what_the_runtime_holds() -> anyhow::Result<()> {
     assert!(inspect_yaml.contains("CONTAINER_RUNNING"), "{inspect_yaml}");
     let inspectp = json(&bosun(ep, &["inspectp", &f.pod[..5]]).await);
     assert_eq!(inspectp["status"]["metadata"]["name"], "web");
-    assert!(f.node.subnet_contains(inspectp["status"]["network"]["ip"].as_str().expect("pod ip")));
+    assert!(f.node.subnet_contains(
+        inspectp["status"]["network"]["ip"]
+            .as_str()
+            .expect("pod ip")
+    ));
     let inspecti = json(&bosun(ep, &["inspecti", BUSYBOX_IMAGE]).await);
-    assert!(inspecti["status"]["repoTags"].to_string().contains(BUSYBOX_IMAGE));
+    assert!(inspecti["status"]["repoTags"]
+        .to_string()
+        .contains(BUSYBOX_IMAGE));
 
     // logs: streams kept apart, --tail, --timestamps, --since.
     let logs = bosun(ep, &["logs", &f.app]).await;
@@ -207,28 +278,61 @@ async fn read_commands_show_what_the_runtime_holds() -> anyhow::Result<()> {
     assert_eq!(stdout(&tail), "", "the last line went to stderr");
     assert_eq!(String::from_utf8_lossy(&tail.stderr), "hello-stderr\n");
     let stamped = stdout(&bosun(ep, &["logs", "-t", &f.done]).await);
-    let (stamp, text) = stamped.trim_end().split_once(' ').expect("timestamp and text");
+    let (stamp, text) = stamped
+        .trim_end()
+        .split_once(' ')
+        .expect("timestamp and text");
     assert!(bosun_cri::logs::parse_rfc3339(stamp).is_some(), "{stamped}");
     assert_eq!(text, "bye");
-    assert_eq!(stdout(&bosun(ep, &["logs", "--since", "2000-01-01T00:00:00Z", &f.done]).await), "bye\n");
-    assert_eq!(stdout(&bosun(ep, &["logs", "--since", "2999-01-01T00:00:00Z", &f.done]).await), "");
+    assert_eq!(
+        stdout(&bosun(ep, &["logs", "--since", "2000-01-01T00:00:00Z", &f.done]).await),
+        "bye\n"
+    );
+    assert_eq!(
+        stdout(&bosun(ep, &["logs", "--since", "2999-01-01T00:00:00Z", &f.done]).await),
+        ""
+    );
     // -f on an exited container prints what there is and returns.
     assert_eq!(stdout(&bosun(ep, &["logs", "-f", &f.done]).await), "bye\n");
 
     // exec: streaming and --sync, exit codes passed through.
-    let exec = bosun(ep, &["exec", &f.app, "sh", "-c", "echo in-container; exit 4"]).await;
+    let exec = bosun(
+        ep,
+        &["exec", &f.app, "sh", "-c", "echo in-container; exit 4"],
+    )
+    .await;
     assert_eq!(exec.status.code(), Some(4));
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "in-container\n");
     let exec_ok = stdout(&bosun(ep, &["exec", &f.app[..10], "cat", "/etc/hostname"]).await);
     assert_eq!(exec_ok, "web\n");
-    let sync = bosun(ep, &["exec", "-s", &f.app, "sh", "-c", "echo sync-out; echo sync-err >&2; exit 2"]).await;
+    let sync = bosun(
+        ep,
+        &[
+            "exec",
+            "-s",
+            &f.app,
+            "sh",
+            "-c",
+            "echo sync-out; echo sync-err >&2; exit 2",
+        ],
+    )
+    .await;
     assert_eq!(sync.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&sync.stdout), "sync-out\n");
     assert_eq!(String::from_utf8_lossy(&sync.stderr), "sync-err\n");
     let piped = {
         use tokio::io::AsyncWriteExt;
         let mut child = tokio::process::Command::new(BOSUN)
-            .args(["-r", ep, "exec", "-i", &f.app, "sh", "-c", "read line; echo got:$line"])
+            .args([
+                "-r",
+                ep,
+                "exec",
+                "-i",
+                &f.app,
+                "sh",
+                "-c",
+                "read line; echo got:$line",
+            ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()?;
@@ -242,7 +346,10 @@ async fn read_commands_show_what_the_runtime_holds() -> anyhow::Result<()> {
 
     // stats: the running container, table and JSON.
     let stats = table(&stdout(&bosun(ep, &["stats"]).await));
-    assert_eq!(stats[0], ["CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES"]);
+    assert_eq!(
+        stats[0],
+        ["CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES"]
+    );
     assert_eq!(stats.len(), 2);
     assert_eq!(stats[1][0], &f.app[..13]);
     assert_eq!(stats[1][1], "app");
@@ -265,10 +372,23 @@ async fn write_commands_change_the_runtime() -> anyhow::Result<()> {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is running"));
     // stop, then rm.
-    assert_eq!(stdout(&bosun(ep, &["stop", "-t", "5", &f.app[..9]]).await), format!("{}\n", f.app));
-    let state = f.client.container_status(&f.app, false).await?.status.expect("status");
+    assert_eq!(
+        stdout(&bosun(ep, &["stop", "-t", "5", &f.app[..9]]).await),
+        format!("{}\n", f.app)
+    );
+    let state = f
+        .client
+        .container_status(&f.app, false)
+        .await?
+        .status
+        .expect("status");
     assert_eq!(state.state, api::ContainerState::ContainerExited as i32);
-    assert_eq!(stdout(&bosun(ep, &["rm", &f.app, &f.done]).await).lines().count(), 2);
+    assert_eq!(
+        stdout(&bosun(ep, &["rm", &f.app, &f.done]).await)
+            .lines()
+            .count(),
+        2
+    );
     assert!(f.client.list_containers(None).await?.is_empty());
 
     // stopp, then rmp; a ready pod needs -f.
@@ -289,14 +409,20 @@ async fn write_commands_change_the_runtime() -> anyhow::Result<()> {
     assert!(f.client.image_status(BUSYBOX_IMAGE, false).await?.is_none());
     let archive = f.node.images().busybox.path.display().to_string();
     let imported = stdout(&bosun(ep, &["image", "import", &archive]).await);
-    assert!(imported.starts_with(&format!("Imported {BUSYBOX_IMAGE} (sha256:")), "{imported}");
+    assert!(
+        imported.starts_with(&format!("Imported {BUSYBOX_IMAGE} (sha256:")),
+        "{imported}"
+    );
     assert!(f.client.image_status(BUSYBOX_IMAGE, false).await?.is_some());
 
     // pull: no registry is reachable from tests; the failure is one clear line.
     let pull = bosun(ep, &["pull", "localhost:1/none/such:1"]).await;
     assert_eq!(pull.status.code(), Some(1));
     let err = String::from_utf8_lossy(&pull.stderr);
-    assert!(err.starts_with("bosun: error: pulling image \"localhost:1/none/such:1\""), "{err}");
+    assert!(
+        err.starts_with("bosun: error: pulling image \"localhost:1/none/such:1\""),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 
     teardown(f).await
@@ -331,17 +457,40 @@ async fn bad_input_gets_one_clear_line() -> anyhow::Result<()> {
         let err = expect_error(&bosun(ep, &args).await, 1, "\"deadbeef\" not found");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
-    expect_error(&bosun(ep, &["inspecti", "localhost/none:1"]).await, 1, "not found");
-    expect_error(&bosun(ep, &["image", "import", "/nonexistent.tar"]).await, 1, "/nonexistent.tar");
+    expect_error(
+        &bosun(ep, &["inspecti", "localhost/none:1"]).await,
+        1,
+        "not found",
+    );
+    expect_error(
+        &bosun(ep, &["image", "import", "/nonexistent.tar"]).await,
+        1,
+        "/nonexistent.tar",
+    );
 
     // A dead socket and a wrong scheme.
     let dead = node.dir().join("dead.sock");
     let dead_ep = format!("unix://{}", dead.display());
-    let err = expect_error(&bosun_raw(&["-r", &dead_ep, "ps"]).await, 1, "cannot connect to the runtime");
-    assert!(err.contains(&dead.display().to_string()) && err.lines().count() == 1, "{err}");
-    let err = expect_error(&bosun_raw(&["-r", &dead_ep, "image", "import", "/etc/hostname"]).await, 1, "cannot connect");
+    let err = expect_error(
+        &bosun_raw(&["-r", &dead_ep, "ps"]).await,
+        1,
+        "cannot connect to the runtime",
+    );
+    assert!(
+        err.contains(&dead.display().to_string()) && err.lines().count() == 1,
+        "{err}"
+    );
+    let err = expect_error(
+        &bosun_raw(&["-r", &dead_ep, "image", "import", "/etc/hostname"]).await,
+        1,
+        "cannot connect",
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
-    expect_error(&bosun_raw(&["-r", "tcp://127.0.0.1:1", "ps"]).await, 1, "only unix:// endpoints");
+    expect_error(
+        &bosun_raw(&["-r", "tcp://127.0.0.1:1", "ps"]).await,
+        1,
+        "only unix:// endpoints",
+    );
     // The endpoint also comes from the environment, as with crictl.
     let from_env = tokio::process::Command::new(BOSUN)
         .arg("version")
@@ -352,11 +501,23 @@ async fn bad_input_gets_one_clear_line() -> anyhow::Result<()> {
 
     // Malformed flags: clap's usage error and exit code 2.
     expect_error(&bosun_raw(&["ps", "--bogus"]).await, 2, "--bogus");
-    expect_error(&bosun_raw(&["-r", ep, "ps", "--state", "sleeping"]).await, 2, "sleeping");
+    expect_error(
+        &bosun_raw(&["-r", ep, "ps", "--state", "sleeping"]).await,
+        2,
+        "sleeping",
+    );
     expect_error(&bosun_raw(&["-r", ep, "pods", "-o", "xml"]).await, 2, "xml");
     expect_error(&bosun_raw(&["--timeout", "soon", "ps"]).await, 2, "soon");
-    expect_error(&bosun_raw(&["-r", ep, "logs", "--since", "yesterday", "x"]).await, 1, "--since");
-    expect_error(&bosun_raw(&["-r", ep, "pods", "--label", "novalue"]).await, 2, "key=value");
+    expect_error(
+        &bosun_raw(&["-r", ep, "logs", "--since", "yesterday", "x"]).await,
+        1,
+        "--since",
+    );
+    expect_error(
+        &bosun_raw(&["-r", ep, "pods", "--label", "novalue"]).await,
+        2,
+        "key=value",
+    );
     expect_error(&bosun_raw(&["inspect"]).await, 2, "required");
 
     node.shutdown().await?;

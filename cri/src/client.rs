@@ -52,7 +52,11 @@ impl CriClient {
                     message: "Version is not implemented on runtime.v1".to_owned(),
                 })
             }
-            Err(CriError::Status { code, message, .. }) if code == Code::Unknown => {
+            Err(CriError::Status {
+                code: Code::Unknown,
+                message,
+                ..
+            }) => {
                 return Err(CriError::UnsupportedApi {
                     endpoint: endpoint.to_owned(),
                     message,
@@ -91,12 +95,18 @@ impl CriClient {
     }
 
     /// Runs one unary call on the runtime service with this client's deadline.
-    async fn runtime_call<M, T, F, Fut>(&self, call: &'static str, message: M, f: F) -> Result<T, CriError>
+    async fn runtime_call<M, T, F, Fut>(
+        &self,
+        call: &'static str,
+        message: M,
+        f: F,
+    ) -> Result<T, CriError>
     where
         F: FnOnce(RuntimeServiceClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.runtime_call_within(call, self.timeout, message, f).await
+        self.runtime_call_within(call, self.timeout, message, f)
+            .await
     }
 
     async fn runtime_call_within<M, T, F, Fut>(
@@ -136,15 +146,23 @@ impl CriClient {
         let message = api::VersionRequest {
             version: CRI_API_VERSION.to_owned(),
         };
-        self.runtime_call("Version", message, |mut c, r| async move { c.version(r).await })
-            .await
+        self.runtime_call(
+            "Version",
+            message,
+            |mut c, r| async move { c.version(r).await },
+        )
+        .await
     }
 
     /// `Status`: the runtime's conditions; `verbose` adds the runtime's own info map.
     pub async fn status(&self, verbose: bool) -> Result<api::StatusResponse, CriError> {
         let message = api::StatusRequest { verbose };
-        self.runtime_call("Status", message, |mut c, r| async move { c.status(r).await })
-            .await
+        self.runtime_call(
+            "Status",
+            message,
+            |mut c, r| async move { c.status(r).await },
+        )
+        .await
     }
 
     // ---- runtime: pod sandboxes -------------------------------------------------------
@@ -257,7 +275,11 @@ impl CriClient {
 
     /// `StopContainer`: SIGTERM (or the image's stop signal), SIGKILL after `grace`. The call
     /// itself may take `grace` plus the client's timeout.
-    pub async fn stop_container(&self, container_id: &str, grace: Duration) -> Result<(), CriError> {
+    pub async fn stop_container(
+        &self,
+        container_id: &str,
+        grace: Duration,
+    ) -> Result<(), CriError> {
         let message = api::StopContainerRequest {
             container_id: container_id.to_owned(),
             timeout: i64::try_from(grace.as_secs()).unwrap_or(i64::MAX),
@@ -380,13 +402,21 @@ impl CriClient {
 
     /// `Attach`: prepares a streaming attach and returns its URL.
     pub async fn attach(&self, request: api::AttachRequest) -> Result<String, CriError> {
-        self.runtime_call("Attach", request, |mut c, r| async move { c.attach(r).await })
-            .await
-            .map(|r| r.url)
+        self.runtime_call(
+            "Attach",
+            request,
+            |mut c, r| async move { c.attach(r).await },
+        )
+        .await
+        .map(|r| r.url)
     }
 
     /// `PortForward`: prepares a streaming port-forward and returns its URL.
-    pub async fn port_forward(&self, pod_sandbox_id: &str, ports: Vec<i32>) -> Result<String, CriError> {
+    pub async fn port_forward(
+        &self,
+        pod_sandbox_id: &str,
+        ports: Vec<i32>,
+    ) -> Result<String, CriError> {
         let message = api::PortForwardRequest {
             pod_sandbox_id: pod_sandbox_id.to_owned(),
             port: ports,
@@ -401,7 +431,10 @@ impl CriClient {
     // ---- runtime: stats ----------------------------------------------------------------
 
     /// `ContainerStats` of one container.
-    pub async fn container_stats(&self, container_id: &str) -> Result<api::ContainerStats, CriError> {
+    pub async fn container_stats(
+        &self,
+        container_id: &str,
+    ) -> Result<api::ContainerStats, CriError> {
         let message = api::ContainerStatsRequest {
             container_id: container_id.to_owned(),
         };
@@ -446,7 +479,10 @@ impl CriClient {
     // ---- images ------------------------------------------------------------------------
 
     /// `ListImages` with an optional filter.
-    pub async fn list_images(&self, filter: Option<api::ImageFilter>) -> Result<Vec<api::Image>, CriError> {
+    pub async fn list_images(
+        &self,
+        filter: Option<api::ImageFilter>,
+    ) -> Result<Vec<api::Image>, CriError> {
         let message = api::ListImagesRequest { filter };
         self.image_call("ListImages", self.timeout, message, |mut c, r| async move {
             c.list_images(r).await
@@ -466,11 +502,30 @@ impl CriClient {
             image: Some(image_spec(image)),
             verbose,
         };
-        self.image_call("ImageStatus", self.timeout, message, |mut c, r| async move {
-            c.image_status(r).await
-        })
+        self.image_call(
+            "ImageStatus",
+            self.timeout,
+            message,
+            |mut c, r| async move { c.image_status(r).await },
+        )
         .await
         .map(|r| r.image.is_some().then_some(r))
+    }
+
+    /// Waits until `ImageStatus` finds `image`, polling every 20 ms for at most `within`;
+    /// `Ok(false)` if it never did. After an import through containerd's own API, CRI's
+    /// image cache catches up from containerd's events, a few milliseconds later.
+    pub async fn wait_for_image(&self, image: &str, within: Duration) -> Result<bool, CriError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.image_status(image, false).await?.is_some() {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `PullImage`, returning the image reference the runtime stored. A pull may take
@@ -499,18 +554,24 @@ impl CriClient {
         let message = api::RemoveImageRequest {
             image: Some(image_spec(image)),
         };
-        self.image_call("RemoveImage", self.timeout, message, |mut c, r| async move {
-            c.remove_image(r).await
-        })
+        self.image_call(
+            "RemoveImage",
+            self.timeout,
+            message,
+            |mut c, r| async move { c.remove_image(r).await },
+        )
         .await
         .map(drop)
     }
 
     /// `ImageFsInfo`: usage of the filesystems that hold images and container layers.
     pub async fn image_fs_info(&self) -> Result<api::ImageFsInfoResponse, CriError> {
-        self.image_call("ImageFsInfo", self.timeout, api::ImageFsInfoRequest {}, |mut c, r| async move {
-            c.image_fs_info(r).await
-        })
+        self.image_call(
+            "ImageFsInfo",
+            self.timeout,
+            api::ImageFsInfoRequest {},
+            |mut c, r| async move { c.image_fs_info(r).await },
+        )
         .await
     }
 }

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::{
-    content_client::ContentClient, images_client::ImagesClient, leases_client::LeasesClient,
-    CreateImageRequest, CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest,
-    Image, InfoRequest, SubscribeRequest, UpdateImageRequest, WriteAction, WriteContentRequest,
+    content_client::ContentClient, events_client::EventsClient, images_client::ImagesClient,
+    leases_client::LeasesClient, CreateImageRequest, CreateRequest as CreateLeaseRequest,
+    DeleteRequest as DeleteLeaseRequest, Image, InfoRequest, PublishRequest, SubscribeRequest,
+    UpdateImageRequest, WriteAction, WriteContentRequest,
 };
 use containerd_client::types::Descriptor as ContainerdDescriptor;
 use futures::{Stream, StreamExt};
@@ -26,6 +27,10 @@ use crate::oci::{Descriptor, Layout, LayoutError};
 pub const CRI_NAMESPACE: &str = "k8s.io";
 
 const TOPIC_TASK_EXIT: &str = "/tasks/exit";
+/// Topic prefix of the marker events bosun publishes to confirm a subscription.
+const TOPIC_SUBSCRIBED: &str = "/bosun/subscribed";
+const MARKER_TYPE: &str = "bosun.v1.SubscriptionMarker";
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 const TASK_EXIT_TYPE: &str = "containerd.events.TaskExit";
 const WRITE_CHUNK: usize = 1 << 20;
 
@@ -85,7 +90,10 @@ impl ContainerdError {
         match self {
             ContainerdError::Connect(e) => e.is_retryable(),
             ContainerdError::Call { code, .. } => {
-                matches!(code, Code::Unavailable | Code::Aborted | Code::ResourceExhausted)
+                matches!(
+                    code,
+                    Code::Unavailable | Code::Aborted | Code::ResourceExhausted
+                )
             }
             _ => false,
         }
@@ -134,52 +142,96 @@ impl ContainerdClient {
 
     /// Task exit events as they happen, in `namespace` (all namespaces when `None`). The
     /// stream ends when containerd goes away; the caller resubscribes and relists.
+    ///
+    /// When this returns, containerd has registered the subscription: no exit after that
+    /// moment is missed. (containerd sends a stream's headers only with its first event, so
+    /// bosun publishes a marker event of its own and waits for it to come back.)
     pub async fn task_exits(
         &self,
         namespace: Option<&str>,
-    ) -> Result<impl Stream<Item = Result<TaskExit, ContainerdError>> + use<>, ContainerdError> {
-        let mut filter = format!("topic==\"{TOPIC_TASK_EXIT}\"");
+    ) -> Result<impl Stream<Item = Result<TaskExit, ContainerdError>> + use<>, ContainerdError>
+    {
+        let mut exits = format!("topic==\"{TOPIC_TASK_EXIT}\"");
         if let Some(ns) = namespace {
-            filter.push_str(&format!(",namespace==\"{ns}\""));
+            exits.push_str(&format!(",namespace==\"{ns}\""));
         }
-        let mut events = containerd_client::services::v1::events_client::EventsClient::new(
-            self.channel.clone(),
-        );
-        let stream = events
-            .subscribe(SubscribeRequest {
-                filters: vec![filter],
-            })
-            .await
-            .map_err(|s| ContainerdError::call("Events.Subscribe", s))?
-            .into_inner();
-        Ok(stream.filter_map(|item| async move {
+        let marker = format!("{TOPIC_SUBSCRIBED}/{}", unique_suffix());
+        let filters = vec![exits, format!("topic==\"{marker}\"")];
+
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let mut events = EventsClient::new(self.channel.clone());
+        tokio::spawn(async move {
+            let mut stream = match events.subscribe(SubscribeRequest { filters }).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            loop {
+                let item = match stream.message().await {
+                    Ok(Some(envelope)) => Ok(envelope),
+                    Ok(None) => return,
+                    Err(status) => Err(status),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut rx = tokio_stream::wrappers::ReceiverStream::new(rx);
+
+        // Publish the marker until it comes back through our own subscription.
+        let publish_ns = namespace.unwrap_or(CRI_NAMESPACE).to_owned();
+        let deadline = tokio::time::Instant::now() + SUBSCRIBE_TIMEOUT;
+        loop {
+            self.publish_marker(&publish_ns, &marker).await?;
+            match tokio::time::timeout(Duration::from_millis(50), rx.next()).await {
+                Ok(Some(Ok(envelope))) if envelope.topic == marker => break,
+                Ok(Some(Ok(_))) | Err(_) => {}
+                Ok(Some(Err(status))) => {
+                    return Err(ContainerdError::call("Events.Subscribe", status))
+                }
+                Ok(None) => {
+                    return Err(ContainerdError::Call {
+                        call: "Events.Subscribe",
+                        code: Code::Unavailable,
+                        message: "the event stream closed".to_owned(),
+                    })
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ContainerdError::Call {
+                    call: "Events.Subscribe",
+                    code: Code::DeadlineExceeded,
+                    message: format!("subscription not confirmed within {SUBSCRIBE_TIMEOUT:?}"),
+                });
+            }
+        }
+
+        Ok(rx.filter_map(|item| async move {
             let envelope = match item {
                 Ok(envelope) => envelope,
                 Err(status) => return Some(Err(ContainerdError::call("Events.Subscribe", status))),
             };
-            let event = envelope.event?;
-            if event.type_url.trim_start_matches("type.googleapis.com/") != TASK_EXIT_TYPE {
-                return None;
-            }
-            let exit = match containerd_client::events::TaskExit::decode(event.value.as_slice()) {
-                Ok(exit) => exit,
-                Err(source) => {
-                    return Some(Err(ContainerdError::Decode {
-                        topic: envelope.topic,
-                        type_url: event.type_url,
-                        source,
-                    }))
-                }
-            };
-            Some(Ok(TaskExit {
-                namespace: envelope.namespace,
-                container_id: exit.container_id,
-                id: exit.id,
-                pid: exit.pid,
-                exit_status: exit.exit_status,
-                exited_at: exit.exited_at.and_then(|t| SystemTime::try_from(t).ok()),
-            }))
+            task_exit(envelope).transpose()
         }))
+    }
+
+    async fn publish_marker(&self, namespace: &str, topic: &str) -> Result<(), ContainerdError> {
+        let request = PublishRequest {
+            topic: topic.to_owned(),
+            event: Some(prost_types::Any {
+                type_url: MARKER_TYPE.to_owned(),
+                value: Vec::new(),
+            }),
+        };
+        EventsClient::new(self.channel.clone())
+            .publish(with_namespace(request, namespace, None))
+            .await
+            .map(drop)
+            .map_err(|s| ContainerdError::call("Events.Publish", s))
     }
 
     /// Imports an OCI image layout archive (a tar, optionally gzip-compressed) into
@@ -213,9 +265,11 @@ impl ContainerdClient {
                 for desc in layout.closure(&image.target).map_err(layout_err)? {
                     let path = layout.verify(&desc).map_err(layout_err)?;
                     let labels = layout.gc_labels(&desc).map_err(layout_err)?;
-                    self.write_blob(namespace, &lease, &desc, &path, labels).await?;
+                    self.write_blob(namespace, &lease, &desc, &path, labels)
+                        .await?;
                 }
-                self.put_image(namespace, &lease, &image.name, &image.target).await?;
+                self.put_image(namespace, &lease, &image.name, &image.target)
+                    .await?;
                 imported.push(ImportedImage {
                     name: image.name.clone(),
                     digest: image.target.digest.clone(),
@@ -229,14 +283,7 @@ impl ContainerdClient {
     }
 
     async fn create_lease(&self, namespace: &str) -> Result<String, ContainerdError> {
-        let id = format!(
-            "bosun-import-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        );
+        let id = format!("bosun-import-{}", unique_suffix());
         let expire = humantime_rfc3339(SystemTime::now() + Duration::from_secs(3600));
         let request = CreateLeaseRequest {
             id: id.clone(),
@@ -287,12 +334,13 @@ impl ContainerdClient {
             Err(status) => return Err(ContainerdError::call("Content.Info", status)),
         }
 
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|source| ContainerdError::Archive {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let file =
+            tokio::fs::File::open(path)
+                .await
+                .map_err(|source| ContainerdError::Archive {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
         let reference = format!("bosun-import-{}", desc.digest);
         let total = desc.size;
         let expected = desc.digest.clone();
@@ -322,7 +370,11 @@ impl ContainerdClient {
                     let next = offset + n as i64;
                     let last = n == 0 || next >= total;
                     let request = WriteContentRequest {
-                        action: if last { WriteAction::Commit } else { WriteAction::Write } as i32,
+                        action: if last {
+                            WriteAction::Commit
+                        } else {
+                            WriteAction::Write
+                        } as i32,
                         r#ref: reference,
                         total,
                         expected,
@@ -405,6 +457,43 @@ impl ContainerdClient {
     }
 }
 
+/// A task exit from an event envelope; `Ok(None)` for other events (such as markers).
+fn task_exit(
+    envelope: containerd_client::types::Envelope,
+) -> Result<Option<TaskExit>, ContainerdError> {
+    let Some(event) = envelope.event else {
+        return Ok(None);
+    };
+    if event.type_url.trim_start_matches("type.googleapis.com/") != TASK_EXIT_TYPE {
+        return Ok(None);
+    }
+    let exit =
+        containerd_client::events::TaskExit::decode(event.value.as_slice()).map_err(|source| {
+            ContainerdError::Decode {
+                topic: envelope.topic,
+                type_url: event.type_url,
+                source,
+            }
+        })?;
+    Ok(Some(TaskExit {
+        namespace: envelope.namespace,
+        container_id: exit.container_id,
+        id: exit.id,
+        pid: exit.pid,
+        exit_status: exit.exit_status,
+        exited_at: exit.exited_at.and_then(|t| SystemTime::try_from(t).ok()),
+    }))
+}
+
+/// A suffix unique to this process and moment, for lease IDs and marker topics.
+fn unique_suffix() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos}", std::process::id())
+}
+
 fn with_namespace<M>(message: M, namespace: &str, lease: Option<&str>) -> tonic::Request<M> {
     let mut request = tonic::Request::new(message);
     set_metadata(request.metadata_mut(), namespace, lease);
@@ -483,9 +572,12 @@ mod tests {
 
     #[test]
     fn rfc3339_dates() {
-        assert_eq!(humantime_rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            humantime_rfc3339(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00Z"
+        );
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        assert_eq!(humantime_rfc3339(t), "2026-11-18T08:26:40Z");
+        assert_eq!(humantime_rfc3339(t), "2026-11-18T11:06:40Z");
     }
 
     #[test]
@@ -497,7 +589,9 @@ mod tests {
         header.set_size(2);
         header.set_mode(0o644);
         header.set_cksum();
-        builder.append_data(&mut header, "hello", &b"hi"[..]).unwrap();
+        builder
+            .append_data(&mut header, "hello", &b"hi"[..])
+            .unwrap();
         builder.finish().unwrap();
         drop(builder);
         let out = tempfile::tempdir().unwrap();

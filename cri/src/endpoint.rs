@@ -41,9 +41,9 @@ pub(crate) async fn connect_unix(path: &Path, timeout: Duration) -> Result<Chann
         source,
     };
     // The authority is a placeholder: the connector below ignores it and dials the socket.
-    let endpoint = Endpoint::from_static("http://localhost")
-        .connect_timeout(timeout)
-        .timeout(timeout);
+    // No channel-wide request timeout: it would also cut long-lived event streams; unary
+    // calls carry their own deadlines.
+    let endpoint = Endpoint::from_static("http://localhost").connect_timeout(timeout);
     let path = path.to_path_buf();
     let connecting = endpoint.connect_with_connector(tower::service_fn(move |_| {
         let path = path.clone();

@@ -32,7 +32,10 @@ pub enum CriError {
 
     /// The call did not finish within its deadline. Retryable.
     #[error("{call}: timed out after {}", humantime(*.timeout))]
-    Timeout { call: &'static str, timeout: Duration },
+    Timeout {
+        call: &'static str,
+        timeout: Duration,
+    },
 
     /// The object named in the call does not exist. Not retryable.
     #[error("{call}: not found: {message}")]

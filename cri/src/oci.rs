@@ -10,8 +10,7 @@ pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json"
 pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_TYPE_DOCKER_MANIFEST_LIST: &str =
     "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const MEDIA_TYPE_DOCKER_MANIFEST: &str =
-    "application/vnd.docker.distribution.manifest.v2+json";
+pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// The annotation containerd reads for an image's full name.
 pub const ANNOTATION_CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
@@ -158,7 +157,10 @@ impl Layout {
             MEDIA_TYPE_OCI_INDEX | MEDIA_TYPE_DOCKER_MANIFEST_LIST => {
                 let index: Index = self.read_json(&path, "an image index")?;
                 for (i, m) in index.manifests.iter().enumerate() {
-                    labels.insert(format!("containerd.io/gc.ref.content.m.{i}"), m.digest.clone());
+                    labels.insert(
+                        format!("containerd.io/gc.ref.content.m.{i}"),
+                        m.digest.clone(),
+                    );
                 }
             }
             MEDIA_TYPE_OCI_MANIFEST | MEDIA_TYPE_DOCKER_MANIFEST => {
@@ -168,7 +170,10 @@ impl Layout {
                     manifest.config.digest,
                 );
                 for (i, l) in manifest.layers.iter().enumerate() {
-                    labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
+                    labels.insert(
+                        format!("containerd.io/gc.ref.content.l.{i}"),
+                        l.digest.clone(),
+                    );
                 }
             }
             _ => {}
@@ -295,7 +300,10 @@ mod tests {
         assert_eq!(images[0].name, "localhost/x:1");
         let closure = layout.closure(&images[0].target).unwrap();
         let digests: Vec<_> = closure.iter().map(|d| d.digest.as_str()).collect();
-        assert_eq!(digests, [config_d.as_str(), layer_d.as_str(), manifest_d.as_str()]);
+        assert_eq!(
+            digests,
+            [config_d.as_str(), layer_d.as_str(), manifest_d.as_str()]
+        );
         for d in &closure {
             layout.verify(d).unwrap();
         }
@@ -317,11 +325,17 @@ mod tests {
         };
         layout.verify(&d).unwrap();
         d.size = 4;
-        assert!(matches!(layout.verify(&d), Err(LayoutError::SizeMismatch { .. })));
+        assert!(matches!(
+            layout.verify(&d),
+            Err(LayoutError::SizeMismatch { .. })
+        ));
         let hex = digest.trim_start_matches("sha256:");
         std::fs::write(dir.path().join("blobs/sha256").join(hex), b"abd").unwrap();
         d.size = 3;
-        assert!(matches!(layout.verify(&d), Err(LayoutError::DigestMismatch { .. })));
+        assert!(matches!(
+            layout.verify(&d),
+            Err(LayoutError::DigestMismatch { .. })
+        ));
     }
 
     #[test]
@@ -331,8 +345,14 @@ mod tests {
         a.insert(ANNOTATION_OCI_REF_NAME.to_owned(), "1.0".to_owned());
         assert_eq!(image_name(&a), None, "a bare tag is not a name");
         a.insert(ANNOTATION_OCI_REF_NAME.to_owned(), "busybox:1".to_owned());
-        assert_eq!(image_name(&a).as_deref(), Some("docker.io/library/busybox:1"));
-        a.insert(ANNOTATION_CONTAINERD_IMAGE_NAME.to_owned(), "localhost/a:b".to_owned());
+        assert_eq!(
+            image_name(&a).as_deref(),
+            Some("docker.io/library/busybox:1")
+        );
+        a.insert(
+            ANNOTATION_CONTAINERD_IMAGE_NAME.to_owned(),
+            "localhost/a:b".to_owned(),
+        );
         assert_eq!(image_name(&a).as_deref(), Some("localhost/a:b"));
     }
 
@@ -340,7 +360,10 @@ mod tests {
     fn refuses_bad_digests() {
         let layout = Layout::new("/nonexistent");
         for bad in ["sha512:00", "sha256:../../etc/passwd", "nodigest"] {
-            assert!(matches!(layout.blob_path(bad), Err(LayoutError::Digest { .. })), "{bad}");
+            assert!(
+                matches!(layout.blob_path(bad), Err(LayoutError::Digest { .. })),
+                "{bad}"
+            );
         }
     }
 }

@@ -83,9 +83,10 @@ where
             url: url.to_owned(),
             reason: e.to_string(),
         })?;
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOLS));
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(PROTOCOLS),
+    );
     let (socket, response) = tokio_tungstenite::connect_async(request)
         .await
         .map_err(|e| StreamError::Connect {

@@ -117,14 +117,22 @@ pub async fn list(client: &CriClient, args: &PsArgs) -> Result<()> {
         containers.retain(|c| c.id.starts_with(id.as_str()));
     }
     if let Some(name) = &args.name {
-        containers.retain(|c| c.metadata.as_ref().is_some_and(|m| m.name.contains(name.as_str())));
+        containers.retain(|c| {
+            c.metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains(name.as_str()))
+        });
     }
     if let Some(image) = &args.image {
         containers.retain(|c| {
             image_name(c).contains(image.as_str()) || c.image_ref.contains(image.as_str())
         });
     }
-    containers.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
+    containers.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
     let keep = if args.latest { Some(1) } else { args.last };
     if let Some(n) = keep {
         containers.truncate(n);
@@ -145,7 +153,14 @@ pub async fn list(client: &CriClient, args: &PsArgs) -> Result<()> {
                 .collect();
             let now = SystemTime::now();
             let mut table = Table::new(&[
-                "CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID", "POD",
+                "CONTAINER",
+                "IMAGE",
+                "CREATED",
+                "STATE",
+                "NAME",
+                "ATTEMPT",
+                "POD ID",
+                "POD",
             ]);
             for c in &containers {
                 let meta = c.metadata.clone().unwrap_or_default();
@@ -163,7 +178,11 @@ pub async fn list(client: &CriClient, args: &PsArgs) -> Result<()> {
                     meta.name,
                     meta.attempt.to_string(),
                     short_id(&c.pod_sandbox_id, args.no_trunc),
-                    pod_names.get(c.pod_sandbox_id.as_str()).copied().unwrap_or("").to_owned(),
+                    pod_names
+                        .get(c.pod_sandbox_id.as_str())
+                        .copied()
+                        .unwrap_or("")
+                        .to_owned(),
                 ]);
             }
             table.print()
@@ -176,7 +195,10 @@ pub async fn list(client: &CriClient, args: &PsArgs) -> Result<()> {
 }
 
 fn image_name(c: &api::Container) -> String {
-    c.image.as_ref().map(|i| i.image.clone()).unwrap_or_default()
+    c.image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .unwrap_or_default()
 }
 
 /// The container state as crictl words it.
@@ -221,7 +243,11 @@ pub async fn remove(client: &CriClient, args: &RmArgs) -> Result<()> {
     } else {
         let mut ids = Vec::new();
         for prefix in &args.ids {
-            ids.push(resolve::unique_prefix("container", prefix, containers.iter().map(|c| c.id.as_str()))?);
+            ids.push(resolve::unique_prefix(
+                "container",
+                prefix,
+                containers.iter().map(|c| c.id.as_str()),
+            )?);
         }
         ids
     };

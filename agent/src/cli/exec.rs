@@ -43,8 +43,12 @@ pub async fn exec(client: &CriClient, args: ExecArgs) -> Result<i32> {
             .exec_sync(&id, args.command, Duration::from_secs(args.timeout))
             .await?;
         use std::io::Write;
-        std::io::stdout().write_all(&response.stdout).context("writing stdout")?;
-        std::io::stderr().write_all(&response.stderr).context("writing stderr")?;
+        std::io::stdout()
+            .write_all(&response.stdout)
+            .context("writing stdout")?;
+        std::io::stderr()
+            .write_all(&response.stderr)
+            .context("writing stderr")?;
         return Ok(response.exit_code);
     }
 
@@ -67,8 +71,14 @@ pub async fn exec(client: &CriClient, args: ExecArgs) -> Result<i32> {
         .transpose()?;
     let resize = (args.tty && stdin_is_tty).then(watch_terminal_size);
     let stdin = args.interactive.then(tokio::io::stdin);
-    let code = streaming::stream(&url, stdin, tokio::io::stdout(), tokio::io::stderr(), resize)
-        .await?;
+    let code = streaming::stream(
+        &url,
+        stdin,
+        tokio::io::stdout(),
+        tokio::io::stderr(),
+        resize,
+    )
+    .await?;
     Ok(code.0)
 }
 
@@ -102,10 +112,7 @@ fn watch_terminal_size() -> mpsc::Receiver<TerminalSize> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let mut winch =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) {
-                Ok(s) => Some(s),
-                Err(_) => None,
-            };
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok();
         loop {
             if let Some(size) = terminal_size() {
                 if tx.send(size).await.is_err() {

@@ -1,6 +1,7 @@
 //! `images`, `inspecti`, `rmi`, `pull`, and `image import` (containerd's own API).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bosun_cri::{api, image_spec, ContainerdClient, CriClient, CRI_NAMESPACE};
@@ -8,6 +9,9 @@ use clap::{Args, Subcommand};
 
 use super::output::{self, human_size, short_id, Format, Table};
 use super::{resolve, InspectArgs};
+
+/// How long `image import` waits for CRI to list what it imported.
+const IMPORT_VISIBLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
@@ -183,7 +187,19 @@ pub async fn image_command(endpoint: &str, command: &ImageCommand) -> Result<()>
             let socket = bosun_cri::socket_path(endpoint)?;
             let containerd = ContainerdClient::connect(&socket).await?;
             let imported = containerd.import_oci_archive(CRI_NAMESPACE, file).await?;
+            // Done means usable: wait (briefly) until CRI's image cache has caught up.
+            let cri = CriClient::connect(endpoint, Duration::from_secs(10)).await?;
             for image in imported {
+                if !cri
+                    .wait_for_image(&image.name, IMPORT_VISIBLE_TIMEOUT)
+                    .await?
+                {
+                    bail!(
+                        "imported {} but the runtime's CRI service does not list it after {}s",
+                        image.name,
+                        IMPORT_VISIBLE_TIMEOUT.as_secs()
+                    );
+                }
                 output::print_stdout(&format!("Imported {} ({})\n", image.name, image.digest))?;
             }
             Ok(())
@@ -197,8 +213,17 @@ mod tests {
 
     #[test]
     fn tags_split_after_the_last_slash() {
-        assert_eq!(split_tag("docker.io/library/busybox:1.36"), ("docker.io/library/busybox".into(), "1.36".into()));
-        assert_eq!(split_tag("myreg:5000/app"), ("myreg:5000/app".into(), "<none>".into()));
-        assert_eq!(split_tag("myreg:5000/app:v1"), ("myreg:5000/app".into(), "v1".into()));
+        assert_eq!(
+            split_tag("docker.io/library/busybox:1.36"),
+            ("docker.io/library/busybox".into(), "1.36".into())
+        );
+        assert_eq!(
+            split_tag("myreg:5000/app"),
+            ("myreg:5000/app".into(), "<none>".into())
+        );
+        assert_eq!(
+            split_tag("myreg:5000/app:v1"),
+            ("myreg:5000/app".into(), "v1".into())
+        );
     }
 }

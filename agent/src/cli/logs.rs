@@ -100,7 +100,10 @@ pub async fn logs(client: &CriClient, args: &LogsArgs) -> Result<()> {
         }
         pending.extend_from_slice(&fresh);
         if let Some(end) = pending.iter().rposition(|b| *b == b'\n') {
-            for line in pending[..end].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            for line in pending[..end]
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+            {
                 printer.line(line)?;
             }
             offset += end as u64 + 1;
@@ -145,8 +148,11 @@ fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime> {
     if let Some(t) = parse_rfc3339(s) {
         return Ok(t);
     }
-    let d = parse_duration(s)
-        .map_err(|_| anyhow::anyhow!("invalid --since {s:?}: expected an RFC 3339 time or a duration such as 10s, 5m, 1h"))?;
+    let d = parse_duration(s).map_err(|_| {
+        anyhow::anyhow!(
+            "invalid --since {s:?}: expected an RFC 3339 time or a duration such as 10s, 5m, 1h"
+        )
+    })?;
     Ok(now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
@@ -235,6 +241,9 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_secs(5)
         );
         let err = parse_since("yesterday", now).unwrap_err().to_string();
-        assert!(err.contains("--since") && err.contains("yesterday"), "{err}");
+        assert!(
+            err.contains("--since") && err.contains("yesterday"),
+            "{err}"
+        );
     }
 }

@@ -109,7 +109,9 @@ pub struct InspectArgs {
 pub async fn run(cli: Cli) -> Result<i32> {
     // `image import` speaks containerd's API, not CRI; everything else needs a CRI client.
     if let Command::Image(command) = &cli.command {
-        return images::image_command(&cli.runtime_endpoint, command).await.map(|()| 0);
+        return images::image_command(&cli.runtime_endpoint, command)
+            .await
+            .map(|()| 0);
     }
     let client = CriClient::connect(&cli.runtime_endpoint, cli.timeout).await?;
     match cli.command {

@@ -97,7 +97,11 @@ pub async fn list(client: &CriClient, args: &PodsArgs) -> Result<()> {
         pods.retain(|p| metadata(p).namespace.contains(namespace.as_str()));
     }
     // Newest first, as crictl lists them.
-    pods.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
+    pods.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
     let keep = if args.latest { Some(1) } else { args.last };
     if let Some(n) = keep {
         pods.truncate(n);
@@ -111,7 +115,13 @@ pub async fn list(client: &CriClient, args: &PodsArgs) -> Result<()> {
         Format::Table => {
             let now = SystemTime::now();
             let mut table = Table::new(&[
-                "POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME",
+                "POD ID",
+                "CREATED",
+                "STATE",
+                "NAME",
+                "NAMESPACE",
+                "ATTEMPT",
+                "RUNTIME",
             ]);
             for pod in &pods {
                 let meta = metadata(pod);
@@ -173,7 +183,8 @@ pub fn info_map(info: &HashMap<String, String>) -> serde_json::Value {
         .into_iter()
         .map(|k| {
             let raw = &info[k];
-            let value = serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.clone()));
+            let value = serde_json::from_str(raw)
+                .unwrap_or_else(|_| serde_json::Value::String(raw.clone()));
             (k.clone(), value)
         })
         .collect();
@@ -196,7 +207,11 @@ pub async fn remove(client: &CriClient, args: &RmpArgs) -> Result<()> {
     } else {
         let mut ids = Vec::new();
         for prefix in &args.ids {
-            ids.push(resolve::unique_prefix("pod sandbox", prefix, pods.iter().map(|p| p.id.as_str()))?);
+            ids.push(resolve::unique_prefix(
+                "pod sandbox",
+                prefix,
+                pods.iter().map(|p| p.id.as_str()),
+            )?);
         }
         ids
     };

@@ -5,7 +5,11 @@ use anyhow::{bail, Result};
 use bosun_cri::CriClient;
 
 /// The single ID in `ids` that equals or starts with `prefix`.
-pub fn unique_prefix<'a>(kind: &str, prefix: &str, ids: impl IntoIterator<Item = &'a str>) -> Result<String> {
+pub fn unique_prefix<'a>(
+    kind: &str,
+    prefix: &str,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<String> {
     if prefix.is_empty() {
         bail!("{kind} ID must not be empty");
     }
@@ -31,7 +35,11 @@ pub fn unique_prefix<'a>(kind: &str, prefix: &str, ids: impl IntoIterator<Item =
 /// A container ID from an ID or unique prefix.
 pub async fn container(client: &CriClient, prefix: &str) -> Result<String> {
     let containers = client.list_containers(None).await?;
-    unique_prefix("container", prefix, containers.iter().map(|c| c.id.as_str()))
+    unique_prefix(
+        "container",
+        prefix,
+        containers.iter().map(|c| c.id.as_str()),
+    )
 }
 
 /// A pod sandbox ID from an ID or unique prefix.
@@ -74,9 +82,16 @@ mod tests {
         let ids = ["abc123", "abd456", "f00"];
         assert_eq!(unique_prefix("container", "abc", ids).unwrap(), "abc123");
         assert_eq!(unique_prefix("container", "f00", ids).unwrap(), "f00");
-        let err = unique_prefix("container", "ab", ids).unwrap_err().to_string();
-        assert!(err.contains("ambiguous") && err.contains("abc123") && err.contains("abd456"), "{err}");
-        let err = unique_prefix("container", "zzz", ids).unwrap_err().to_string();
+        let err = unique_prefix("container", "ab", ids)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ambiguous") && err.contains("abc123") && err.contains("abd456"),
+            "{err}"
+        );
+        let err = unique_prefix("container", "zzz", ids)
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "container \"zzz\" not found");
         assert!(unique_prefix("container", "", ids).is_err());
     }

@@ -56,7 +56,11 @@ pub async fn stats(client: &CriClient, args: &StatsArgs) -> Result<()> {
     let first = client.list_container_stats(Some(filter.clone())).await?;
     tokio::time::sleep(Duration::from_secs(args.seconds.max(1))).await;
     let mut second = client.list_container_stats(Some(filter)).await?;
-    second.retain(|s| s.attributes.as_ref().is_some_and(|a| running.contains_key(a.id.as_str())));
+    second.retain(|s| {
+        s.attributes
+            .as_ref()
+            .is_some_and(|a| running.contains_key(a.id.as_str()))
+    });
     second.sort_by_key(|s| s.attributes.as_ref().map(|a| a.id.clone()));
 
     if args.output != Format::Table {
@@ -69,8 +73,14 @@ pub async fn stats(client: &CriClient, args: &StatsArgs) -> Result<()> {
         .collect();
     let mut table = Table::new(&["CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES"]);
     for s in &second {
-        let Some(attributes) = &s.attributes else { continue };
-        let name = attributes.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let Some(attributes) = &s.attributes else {
+            continue;
+        };
+        let name = attributes
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         let cpu = match (before.get(&attributes.id), cpu_sample(s)) {
             (Some(a), Some(b)) => cpu_percent(*a, b),
             _ => 0.0,
@@ -81,8 +91,12 @@ pub async fn stats(client: &CriClient, args: &StatsArgs) -> Result<()> {
             .and_then(|m| m.working_set_bytes.as_ref())
             .map_or(0, |v| v.value);
         let fs = s.writable_layer.as_ref();
-        let disk = fs.and_then(|f| f.used_bytes.as_ref()).map_or(0, |v| v.value);
-        let inodes = fs.and_then(|f| f.inodes_used.as_ref()).map_or(0, |v| v.value);
+        let disk = fs
+            .and_then(|f| f.used_bytes.as_ref())
+            .map_or(0, |v| v.value);
+        let inodes = fs
+            .and_then(|f| f.inodes_used.as_ref())
+            .map_or(0, |v| v.value);
         table.row(vec![
             short_id(&attributes.id, args.no_trunc),
             name,
@@ -120,6 +134,10 @@ mod tests {
     fn cpu_percent_is_share_of_one_core() {
         assert_eq!(cpu_percent((0, 0), (500_000_000, 1_000_000_000)), 50.0);
         assert_eq!(cpu_percent((10, 5), (10, 5)), 0.0);
-        assert_eq!(cpu_percent((100, 0), (50, 10)), 0.0, "a counter reset is not negative");
+        assert_eq!(
+            cpu_percent((100, 0), (50, 10)),
+            0.0,
+            "a counter reset is not negative"
+        );
     }
 }

@@ -1,0 +1,13 @@
+//! A real node for end-to-end tests: starts a private containerd (its own root, state, socket
+//! and CNI network), builds the pause and busybox images locally as deterministic OCI archives,
+//! imports them, and removes everything it created when dropped, even when a test fails.
+//!
+//! Everything here needs root and acts on the real machine: mounts, cgroups, links and
+//! iptables rules, each confined to what a node created and recorded.
+
+pub mod fixtures;
+pub mod images;
+pub mod node;
+
+pub use images::{ImageArchive, ImageError, TestImages, BUSYBOX_IMAGE, PAUSE_IMAGE};
+pub use node::{reap_stale_nodes, NodeOptions, StartTimings, TestNode, BASE_DIR};
