@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use bosun_cri::api;
 use bosun_cri::CriClient;
 use clap::{Args, ValueEnum};
 
-use super::output::{self, ago, short_id, Format, Table};
+use super::output::{self, ago, short_id, Format, ListOutput, Table};
+use super::remove::{self, Listed};
 use super::{parse_label, resolve, InspectArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -59,15 +60,8 @@ pub struct PsArgs {
     /// Only the N most recently created containers.
     #[arg(short = 'n', long, value_name = "N")]
     pub last: Option<usize>,
-    /// Print only IDs.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
-    /// Show full IDs.
-    #[arg(long)]
-    pub no_trunc: bool,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
-    pub output: Format,
+    #[command(flatten)]
+    pub list: ListOutput,
 }
 
 #[derive(Debug, Args)]
@@ -138,11 +132,11 @@ pub async fn list(client: &CriClient, args: &PsArgs) -> Result<()> {
         containers.truncate(n);
     }
 
-    if args.quiet {
+    if args.list.quiet {
         let ids: String = containers.iter().map(|c| format!("{}\n", c.id)).collect();
         return output::print_stdout(&ids);
     }
-    match args.output {
+    match args.list.output {
         Format::Table => {
             let pod_names: HashMap<&str, &str> = pods
                 .iter()
@@ -166,18 +160,18 @@ pub async fn list(client: &CriClient, args: &PsArgs) -> Result<()> {
                 let meta = c.metadata.clone().unwrap_or_default();
                 let image = image_name(c);
                 let image = if image.starts_with("sha256:") {
-                    short_id(&image, args.no_trunc)
+                    short_id(&image, args.list.no_trunc)
                 } else {
                     image
                 };
                 table.row(vec![
-                    short_id(&c.id, args.no_trunc),
+                    short_id(&c.id, args.list.no_trunc),
                     image,
                     ago(c.created_at, now),
                     container_state(c.state).to_owned(),
                     meta.name,
                     meta.attempt.to_string(),
-                    short_id(&c.pod_sandbox_id, args.no_trunc),
+                    short_id(&c.pod_sandbox_id, args.list.no_trunc),
                     pod_names
                         .get(c.pod_sandbox_id.as_str())
                         .copied()
@@ -215,12 +209,7 @@ pub async fn inspect(client: &CriClient, args: &InspectArgs) -> Result<()> {
     for prefix in &args.ids {
         let id = resolve::container(client, prefix).await?;
         let response = client.container_status(&id, true).await?;
-        let mut value = serde_json::Map::new();
-        if let Some(status) = &response.status {
-            value.insert("status".to_owned(), output::proto_json(status)?);
-        }
-        value.insert("info".to_owned(), super::pods::info_map(&response.info));
-        output::print_value(&serde_json::Value::Object(value), args.output)?;
+        output::print_inspected(response.status.as_ref(), &response.info, args.output)?;
     }
     Ok(())
 }
@@ -237,46 +226,23 @@ pub async fn stop(client: &CriClient, args: &StopArgs) -> Result<()> {
 }
 
 pub async fn remove(client: &CriClient, args: &RmArgs) -> Result<()> {
-    let containers = client.list_containers(None).await?;
-    let ids: Vec<String> = if args.all {
-        containers.iter().map(|c| c.id.clone()).collect()
-    } else {
-        let mut ids = Vec::new();
-        for prefix in &args.ids {
-            ids.push(resolve::unique_prefix(
-                "container",
-                prefix,
-                containers.iter().map(|c| c.id.as_str()),
-            )?);
-        }
-        ids
-    };
-    let mut failed = 0;
-    for id in ids {
-        let running = containers
-            .iter()
-            .any(|c| c.id == id && c.state == api::ContainerState::ContainerRunning as i32);
-        let result = async {
-            if running {
-                if !args.force {
-                    bail!("container {id} is running, stop it first or use --force");
-                }
-                client.stop_container(&id, Duration::ZERO).await?;
-            }
-            client.remove_container(&id).await?;
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => output::print_stdout(&format!("{id}\n"))?,
-            Err(e) => {
-                eprintln!("bosun: error: removing container {id}: {e:#}");
-                failed += 1;
-            }
-        }
-    }
-    if failed > 0 {
-        bail!("{failed} container(s) could not be removed");
-    }
-    Ok(())
+    let listed = client
+        .list_containers(None)
+        .await?
+        .into_iter()
+        .map(|c| Listed {
+            running: c.state == api::ContainerState::ContainerRunning as i32,
+            id: c.id,
+        })
+        .collect();
+    let targets = remove::targets("container", args.all, &args.ids, listed)?;
+    remove::remove_each(
+        "container",
+        targets,
+        args.force,
+        async |id| client.stop_container(id, Duration::ZERO).await,
+        async |id| client.remove_container(id).await,
+        |id| format!("{id}\n"),
+    )
+    .await
 }

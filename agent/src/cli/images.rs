@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use bosun_cri::{api, image_spec, ContainerdClient, CriClient, CRI_NAMESPACE};
 use clap::{Args, Subcommand};
 
-use super::output::{self, human_size, short_id, Format, Table};
+use super::output::{self, human_size, short_id, Format, ListOutput, Table};
 use super::{resolve, InspectArgs};
 
 /// How long `image import` waits for CRI to list what it imported.
@@ -20,15 +20,8 @@ pub struct ImagesArgs {
     /// Show digests.
     #[arg(long)]
     pub digests: bool,
-    /// Print only image IDs.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
-    /// Show full image IDs.
-    #[arg(long)]
-    pub no_trunc: bool,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
-    pub output: Format,
+    #[command(flatten)]
+    pub list: ListOutput,
 }
 
 #[derive(Debug, Args)]
@@ -65,11 +58,11 @@ pub async fn list(client: &CriClient, args: &ImagesArgs) -> Result<()> {
     });
     let mut images = client.list_images(filter).await?;
     images.sort_by(|a, b| first_tag(a).cmp(first_tag(b)).then_with(|| a.id.cmp(&b.id)));
-    if args.quiet {
+    if args.list.quiet {
         let ids: String = images.iter().map(|i| format!("{}\n", i.id)).collect();
         return output::print_stdout(&ids);
     }
-    match args.output {
+    match args.list.output {
         Format::Table => {
             let mut header = vec!["IMAGE", "TAG"];
             if args.digests {
@@ -82,7 +75,7 @@ pub async fn list(client: &CriClient, args: &ImagesArgs) -> Result<()> {
                     .repo_digests
                     .first()
                     .and_then(|d| d.split_once('@'))
-                    .map(|(_, d)| short_id(d, args.no_trunc))
+                    .map(|(_, d)| short_id(d, args.list.no_trunc))
                     .unwrap_or_else(|| "<none>".to_owned());
                 let names: Vec<(String, String)> = if image.repo_tags.is_empty() {
                     vec![("<none>".to_owned(), "<none>".to_owned())]
@@ -94,7 +87,7 @@ pub async fn list(client: &CriClient, args: &ImagesArgs) -> Result<()> {
                     if args.digests {
                         row.push(digest.clone());
                     }
-                    row.push(short_id(&image.id, args.no_trunc));
+                    row.push(short_id(&image.id, args.list.no_trunc));
                     row.push(human_size(image.size));
                     table.row(row);
                 }
@@ -130,12 +123,7 @@ pub async fn inspect(client: &CriClient, args: &InspectArgs) -> Result<()> {
         let Some(response) = client.image_status(&id, true).await? else {
             bail!("image {name:?} not found");
         };
-        let mut value = serde_json::Map::new();
-        if let Some(image) = &response.image {
-            value.insert("status".to_owned(), output::proto_json(image)?);
-        }
-        value.insert("info".to_owned(), super::pods::info_map(&response.info));
-        output::print_value(&serde_json::Value::Object(value), args.output)?;
+        output::print_inspected(response.image.as_ref(), &response.info, args.output)?;
     }
     Ok(())
 }

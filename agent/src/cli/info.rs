@@ -17,7 +17,7 @@ pub async fn version(client: &CriClient) -> Result<()> {
 pub async fn info(client: &CriClient, args: &InfoArgs) -> Result<()> {
     let response = client.status(true).await?;
     // As crictl shows it: the runtime's conditions under "status", then its info map.
-    let mut value = match super::pods::info_map(&response.info) {
+    let mut value = match output::info_map(&response.info) {
         serde_json::Value::Object(map) => map,
         _ => serde_json::Map::new(),
     };

@@ -8,6 +8,7 @@ mod info;
 mod logs;
 pub mod output;
 mod pods;
+mod remove;
 mod resolve;
 mod stats;
 

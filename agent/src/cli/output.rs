@@ -1,6 +1,7 @@
 //! How the CLI prints: aligned tables, protobuf JSON/YAML, and the human forms of times,
 //! sizes and IDs that crictl users know.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +15,20 @@ pub enum Format {
     Table,
     Json,
     Yaml,
+}
+
+/// The output flags every listing shares.
+#[derive(Debug, clap::Args)]
+pub struct ListOutput {
+    /// Print only IDs.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Show full IDs.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Format,
 }
 
 /// A table printed with columns aligned on the widest cell, three spaces apart.
@@ -92,6 +107,37 @@ pub fn print_value(value: &serde_json::Value, format: Format) -> Result<()> {
         }
     };
     print_stdout(&text)
+}
+
+/// Prints what `inspect`, `inspectp` and `inspecti` show: the object's status and the
+/// runtime's verbose info.
+pub fn print_inspected<M: prost::Message + prost::Name>(
+    status: Option<&M>,
+    info: &HashMap<String, String>,
+    format: Format,
+) -> Result<()> {
+    let mut value = serde_json::Map::new();
+    if let Some(status) = status {
+        value.insert("status".to_owned(), proto_json(status)?);
+    }
+    value.insert("info".to_owned(), info_map(info));
+    print_value(&serde_json::Value::Object(value), format)
+}
+
+/// The runtime's verbose info: a map whose values are JSON documents in strings.
+pub fn info_map(info: &HashMap<String, String>) -> serde_json::Value {
+    let mut keys: Vec<&String> = info.keys().collect();
+    keys.sort();
+    let map = keys
+        .into_iter()
+        .map(|k| {
+            let raw = &info[k];
+            let value = serde_json::from_str(raw)
+                .unwrap_or_else(|_| serde_json::Value::String(raw.clone()));
+            (k.clone(), value)
+        })
+        .collect();
+    serde_json::Value::Object(map)
 }
 
 /// IDs are shown as their first 13 characters unless `--no-trunc`, as crictl does.

@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use bosun_cri::api;
 use bosun_cri::CriClient;
 use clap::{Args, ValueEnum};
 
-use super::output::{self, ago, short_id, Format, Table};
+use super::output::{self, ago, short_id, Format, ListOutput, Table};
+use super::remove::{self, Listed};
 use super::{parse_label, resolve, InspectArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -41,15 +42,8 @@ pub struct PodsArgs {
     /// Only the N most recently created pods.
     #[arg(long, value_name = "N")]
     pub last: Option<usize>,
-    /// Print only IDs.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
-    /// Show full IDs.
-    #[arg(long)]
-    pub no_trunc: bool,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
-    pub output: Format,
+    #[command(flatten)]
+    pub list: ListOutput,
 }
 
 #[derive(Debug, Args)]
@@ -107,11 +101,11 @@ pub async fn list(client: &CriClient, args: &PodsArgs) -> Result<()> {
         pods.truncate(n);
     }
 
-    if args.quiet {
+    if args.list.quiet {
         let ids: String = pods.iter().map(|p| format!("{}\n", p.id)).collect();
         return output::print_stdout(&ids);
     }
-    match args.output {
+    match args.list.output {
         Format::Table => {
             let now = SystemTime::now();
             let mut table = Table::new(&[
@@ -126,7 +120,7 @@ pub async fn list(client: &CriClient, args: &PodsArgs) -> Result<()> {
             for pod in &pods {
                 let meta = metadata(pod);
                 table.row(vec![
-                    short_id(&pod.id, args.no_trunc),
+                    short_id(&pod.id, args.list.no_trunc),
                     ago(pod.created_at, now),
                     pod_state(pod.state).to_owned(),
                     meta.name,
@@ -165,30 +159,9 @@ pub async fn inspect(client: &CriClient, args: &InspectArgs) -> Result<()> {
     for prefix in &args.ids {
         let id = resolve::pod(client, prefix).await?;
         let response = client.pod_sandbox_status(&id, true).await?;
-        let mut value = serde_json::Map::new();
-        if let Some(status) = &response.status {
-            value.insert("status".to_owned(), output::proto_json(status)?);
-        }
-        value.insert("info".to_owned(), info_map(&response.info));
-        output::print_value(&serde_json::Value::Object(value), args.output)?;
+        output::print_inspected(response.status.as_ref(), &response.info, args.output)?;
     }
     Ok(())
-}
-
-/// The runtime's verbose info: a map whose values are JSON documents in strings.
-pub fn info_map(info: &HashMap<String, String>) -> serde_json::Value {
-    let mut keys: Vec<&String> = info.keys().collect();
-    keys.sort();
-    let map = keys
-        .into_iter()
-        .map(|k| {
-            let raw = &info[k];
-            let value = serde_json::from_str(raw)
-                .unwrap_or_else(|_| serde_json::Value::String(raw.clone()));
-            (k.clone(), value)
-        })
-        .collect();
-    serde_json::Value::Object(map)
 }
 
 pub async fn stop(client: &CriClient, args: &IdsArgs) -> Result<()> {
@@ -201,46 +174,23 @@ pub async fn stop(client: &CriClient, args: &IdsArgs) -> Result<()> {
 }
 
 pub async fn remove(client: &CriClient, args: &RmpArgs) -> Result<()> {
-    let pods = client.list_pod_sandbox(None).await?;
-    let ids: Vec<String> = if args.all {
-        pods.iter().map(|p| p.id.clone()).collect()
-    } else {
-        let mut ids = Vec::new();
-        for prefix in &args.ids {
-            ids.push(resolve::unique_prefix(
-                "pod sandbox",
-                prefix,
-                pods.iter().map(|p| p.id.as_str()),
-            )?);
-        }
-        ids
-    };
-    let mut failed = 0;
-    for id in ids {
-        let ready = pods
-            .iter()
-            .any(|p| p.id == id && p.state == api::PodSandboxState::SandboxReady as i32);
-        let result = async {
-            if ready {
-                if !args.force {
-                    bail!("pod sandbox {id} is running, stop it first or use --force");
-                }
-                client.stop_pod_sandbox(&id).await?;
-            }
-            client.remove_pod_sandbox(&id).await?;
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => output::print_stdout(&format!("Removed sandbox {id}\n"))?,
-            Err(e) => {
-                eprintln!("bosun: error: removing pod sandbox {id}: {e:#}");
-                failed += 1;
-            }
-        }
-    }
-    if failed > 0 {
-        bail!("{failed} pod sandbox(es) could not be removed");
-    }
-    Ok(())
+    let listed = client
+        .list_pod_sandbox(None)
+        .await?
+        .into_iter()
+        .map(|p| Listed {
+            running: p.state == api::PodSandboxState::SandboxReady as i32,
+            id: p.id,
+        })
+        .collect();
+    let targets = remove::targets("pod sandbox", args.all, &args.ids, listed)?;
+    remove::remove_each(
+        "pod sandbox",
+        targets,
+        args.force,
+        async |id| client.stop_pod_sandbox(id).await,
+        async |id| client.remove_pod_sandbox(id).await,
+        |id| format!("Removed sandbox {id}\n"),
+    )
+    .await
 }

@@ -4,21 +4,24 @@
 use anyhow::{bail, Result};
 use bosun_cri::CriClient;
 
-/// The single ID in `ids` that equals or starts with `prefix`.
+/// The single ID in `ids` that equals or starts with `prefix`. A `sha256:` in front of an
+/// ID or of the prefix is not needed to match (image IDs carry it, users often leave it out).
 pub fn unique_prefix<'a>(
     kind: &str,
     prefix: &str,
     ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<String> {
-    if prefix.is_empty() {
+    let bare = |s: &'a str| s.strip_prefix("sha256:").unwrap_or(s);
+    let wanted = prefix.strip_prefix("sha256:").unwrap_or(prefix);
+    if wanted.is_empty() {
         bail!("{kind} ID must not be empty");
     }
     let mut found: Vec<&str> = Vec::new();
     for id in ids {
-        if id == prefix {
+        if bare(id) == wanted {
             return Ok(id.to_owned());
         }
-        if id.starts_with(prefix) {
+        if bare(id).starts_with(wanted) {
             found.push(id);
         }
     }
@@ -57,20 +60,7 @@ pub async fn image(client: &CriClient, name: &str) -> Result<String> {
         }
     }
     let images = client.list_images(None).await?;
-    let bare = name.strip_prefix("sha256:").unwrap_or(name);
-    let ids = images
-        .iter()
-        .map(|i| i.id.as_str())
-        .filter(|id| id.strip_prefix("sha256:").unwrap_or(id).starts_with(bare));
-    let candidates: Vec<&str> = ids.collect();
-    match candidates.as_slice() {
-        [one] => Ok((*one).to_owned()),
-        [] => bail!("image {name:?} not found"),
-        many => bail!(
-            "image ID prefix {name:?} is ambiguous: it matches {}",
-            many.join(", ")
-        ),
-    }
+    unique_prefix("image", name, images.iter().map(|i| i.id.as_str()))
 }
 
 #[cfg(test)]
@@ -94,6 +84,17 @@ mod tests {
             .to_string();
         assert_eq!(err, "container \"zzz\" not found");
         assert!(unique_prefix("container", "", ids).is_err());
+    }
+
+    #[test]
+    fn image_ids_match_with_or_without_their_algorithm() {
+        let ids = ["sha256:abc123", "sha256:def456"];
+        assert_eq!(unique_prefix("image", "abc", ids).unwrap(), "sha256:abc123");
+        assert_eq!(
+            unique_prefix("image", "sha256:def", ids).unwrap(),
+            "sha256:def456"
+        );
+        assert!(unique_prefix("image", "sha256:", ids).is_err());
     }
 
     #[test]
