@@ -275,8 +275,24 @@ async fn read_commands_show_what_the_runtime_holds() -> anyhow::Result<()> {
     assert_eq!(stdout(&logs), "hello-stdout\n");
     assert_eq!(String::from_utf8_lossy(&logs.stderr), "hello-stderr\n");
     let tail = bosun(ep, &["logs", "--tail", "1", &f.app]).await;
-    assert_eq!(stdout(&tail), "", "the last line went to stderr");
-    assert_eq!(String::from_utf8_lossy(&tail.stderr), "hello-stderr\n");
+    // The two streams reach the log through separate pipes: the file says which came last.
+    let log = std::fs::read_to_string(log_directory(&f.node, "web").join("app/0.log"))?;
+    let last = log.lines().last().expect("a log line");
+    let (on_stdout, on_stderr) = (
+        stdout(&tail),
+        String::from_utf8_lossy(&tail.stderr).into_owned(),
+    );
+    if last.contains(" stdout ") {
+        assert_eq!(
+            (on_stdout.as_str(), on_stderr.as_str()),
+            ("hello-stdout\n", "")
+        );
+    } else {
+        assert_eq!(
+            (on_stdout.as_str(), on_stderr.as_str()),
+            ("", "hello-stderr\n")
+        );
+    }
     let stamped = stdout(&bosun(ep, &["logs", "-t", &f.done]).await);
     let (stamp, text) = stamped
         .trim_end()
@@ -344,6 +360,38 @@ async fn read_commands_show_what_the_runtime_holds() -> anyhow::Result<()> {
     };
     assert_eq!(String::from_utf8_lossy(&piped.stdout), "got:ping\n");
 
+    // exec -it: the command gets a terminal (script(1) gives bosun one), and its exit code.
+    let it = tokio::process::Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!(
+            "{BOSUN} -r {ep} exec -it {} sh -c 'tty; exit 5'",
+            f.app
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    let it_out = String::from_utf8_lossy(&it.stdout);
+    assert!(it_out.starts_with("/dev/pts/"), "{it_out:?}");
+    assert_eq!(it.status.code(), Some(5), "{it_out:?}");
+
+    // logs -f follows a running container and returns when it stops.
+    let mut follow = tokio::process::Command::new(BOSUN)
+        .args(["-r", ep, "logs", "-f", &f.app])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut followed = tokio::io::BufReader::new(follow.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    use tokio::io::AsyncBufReadExt;
+    followed.read_line(&mut line).await?;
+    assert_eq!(line, "hello-stdout\n");
+    // Written to PID 1's stdout, so it lands in the container's log.
+    let late = "echo late-line > /proc/1/fd/1";
+    stdout(&bosun(ep, &["exec", "-s", &f.app, "sh", "-c", late]).await);
+    line.clear();
+    tokio::time::timeout(Duration::from_secs(10), followed.read_line(&mut line)).await??;
+    assert_eq!(line, "late-line\n");
+
     // stats: the running container, table and JSON.
     let stats = table(&stdout(&bosun(ep, &["stats"]).await));
     assert_eq!(
@@ -357,6 +405,12 @@ async fn read_commands_show_what_the_runtime_holds() -> anyhow::Result<()> {
     assert!(stats[1][3].ends_with('B'), "{:?}", stats[1]);
     let stats_json = json(&bosun(ep, &["stats", "-o", "json", &f.app]).await);
     assert_eq!(stats_json["stats"][0]["attributes"]["id"], f.app.as_str());
+
+    f.client
+        .stop_container(&f.app, Duration::from_secs(10))
+        .await?;
+    let ended = tokio::time::timeout(Duration::from_secs(10), follow.wait()).await??;
+    assert!(ended.success(), "logs -f ends when the container stops");
 
     teardown(f).await
 }

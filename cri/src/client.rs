@@ -52,16 +52,6 @@ impl CriClient {
                     message: "Version is not implemented on runtime.v1".to_owned(),
                 })
             }
-            Err(CriError::Status {
-                code: Code::Unknown,
-                message,
-                ..
-            }) => {
-                return Err(CriError::UnsupportedApi {
-                    endpoint: endpoint.to_owned(),
-                    message,
-                })
-            }
             Err(other) => return Err(other),
         };
         Ok(CriClient {

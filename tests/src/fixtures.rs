@@ -49,7 +49,20 @@ pub fn busybox_container(name: &str, script: &str) -> api::ContainerConfig {
         command: vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()],
         log_path: format!("{name}/0.log"),
         labels: HashMap::from([("container".to_owned(), name.to_owned())]),
-        linux: Some(api::LinuxContainerConfig::default()),
+        // As kubelet sets it: the container has its own PID namespace (PID 1 is its own
+        // process, not the pause process), and shares the pod's network and IPC.
+        linux: Some(api::LinuxContainerConfig {
+            security_context: Some(api::LinuxContainerSecurityContext {
+                namespace_options: Some(api::NamespaceOption {
+                    network: api::NamespaceMode::Pod as i32,
+                    pid: api::NamespaceMode::Container as i32,
+                    ipc: api::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -132,6 +132,25 @@ async fn sandbox_container_exec_logs_events_and_teardown() -> anyhow::Result<()>
         "{log}"
     );
 
+    // ReopenContainerLog: after the log is moved away (as rotation does), the runtime
+    // writes to a fresh file at the same path.
+    let log_path = log_directory(&node, "lifecycle").join("app/0.log");
+    std::fs::rename(&log_path, log_path.with_extension("log.1"))?;
+    client.reopen_container_log(&container).await?;
+    client
+        .exec_sync(
+            &container,
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "echo after-reopen > /proc/1/fd/1".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await?;
+    let reopened = std::fs::read_to_string(&log_path)?;
+    assert!(reopened.contains("stdout F after-reopen"), "{reopened:?}");
+
     // Stats answer for a running container.
     let stats = client.container_stats(&container).await?;
     assert_eq!(stats.attributes.expect("attributes").id, container);
@@ -201,13 +220,17 @@ async fn image_import_is_idempotent_and_rejects_bad_archives() -> anyhow::Result
     assert_eq!(imported[0].name, BUSYBOX_IMAGE);
     assert_eq!(imported[0].digest, archive.manifest_digest);
 
-    // A removed image comes back with an import, and runs.
+    // A removed image comes back with an import.
     client.remove_image(BUSYBOX_IMAGE).await?;
     assert!(client.image_status(BUSYBOX_IMAGE, false).await?.is_none());
     containerd
         .import_oci_archive(CRI_NAMESPACE, &archive.path)
         .await?;
-    assert!(client.image_status(BUSYBOX_IMAGE, false).await?.is_some());
+    assert!(
+        client
+            .wait_for_image(BUSYBOX_IMAGE, Duration::from_secs(5))
+            .await?
+    );
 
     // A missing file and a file that is not an OCI layout give clear errors.
     let missing = containerd

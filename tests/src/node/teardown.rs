@@ -78,10 +78,12 @@ pub(crate) fn teardown(record: &NodeRecord, containerd: Option<Child>) -> Vec<St
 
     let containerd = Containerd::of(record, containerd);
     if containerd.is_running() && layout.socket().exists() {
-        step(
-            "removing pod sandboxes through CRI",
-            remove_pod_sandboxes(&layout.socket()),
-        );
+        let removed = remove_pod_sandboxes(&layout.socket());
+        // A containerd that is dying answers nothing (a SIGKILLed process takes a moment to
+        // leave /proc); the steps below clean up after it.
+        if removed.is_ok() || !containerd.exits_within(Duration::from_secs(2)) {
+            step("removing pod sandboxes through CRI", removed);
+        }
     }
     step("stopping containerd", containerd.stop());
     step("stopping the node's processes", kill_node_processes(record));
@@ -132,6 +134,18 @@ impl Containerd {
             Containerd::Orphan(pid) => host::is_running(*pid),
             Containerd::Gone => false,
         }
+    }
+
+    /// Whether the process is gone, or goes within `bound`.
+    fn exits_within(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while self.is_running() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// SIGTERM, then SIGKILL after a grace period.
