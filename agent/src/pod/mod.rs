@@ -1,0 +1,3 @@
+//! One pod's life on this node: its CRI configuration, its lifecycle, its status.
+
+pub mod spec;

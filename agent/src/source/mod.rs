@@ -1,0 +1,1 @@
+//! Pod sources: where desired pods come from.
