@@ -1,0 +1,175 @@
+//! What the runtime holds for one pod, read back from CRI by the labels and annotations
+//! bosun (like kubelet) puts on every sandbox and container. This is also how a restarted
+//! bosun adopts what it finds: nothing is kept in memory that CRI does not also hold.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use bosun_cri::api;
+
+/// Labels and annotations on CRI objects (kubelet's own keys, so tools that know kubelet
+/// read bosun's pods the same way).
+pub mod keys {
+    pub const POD_NAME: &str = "io.kubernetes.pod.name";
+    pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+    pub const POD_UID: &str = "io.kubernetes.pod.uid";
+    pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+    pub const CONTAINER_HASH: &str = "io.kubernetes.container.hash";
+    pub const CONTAINER_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+    /// Marks sandboxes bosun created, so it never touches the runtime's other tenants.
+    pub const MANAGED_BY: &str = "io.bosun.managed-by";
+    pub const MANAGED_BY_VALUE: &str = "bosun";
+}
+
+/// One container as the runtime reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub sandbox_id: String,
+    pub name: String,
+    pub restart_count: u32,
+    pub hash: String,
+    pub state: ContainerState,
+    pub created_at: SystemTime,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub image: String,
+    pub image_ref: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+impl ObservedContainer {
+    /// How long the container ran before it exited (zero if it never started).
+    pub fn ran_for(&self) -> Duration {
+        match (self.started_at, self.finished_at) {
+            (Some(start), Some(end)) => end.duration_since(start).unwrap_or_default(),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Reads a container from its CRI status; `None` if it lacks bosun's labels.
+    pub fn from_status(status: &api::ContainerStatus, sandbox_id: &str) -> Option<Self> {
+        let name = status.labels.get(keys::CONTAINER_NAME)?.clone();
+        let annotations = &status.annotations;
+        Some(ObservedContainer {
+            id: status.id.clone(),
+            sandbox_id: sandbox_id.to_owned(),
+            name,
+            restart_count: annotations
+                .get(keys::CONTAINER_RESTART_COUNT)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+            hash: annotations
+                .get(keys::CONTAINER_HASH)
+                .cloned()
+                .unwrap_or_default(),
+            state: match api::ContainerState::try_from(status.state) {
+                Ok(api::ContainerState::ContainerCreated) => ContainerState::Created,
+                Ok(api::ContainerState::ContainerRunning) => ContainerState::Running,
+                Ok(api::ContainerState::ContainerExited) => ContainerState::Exited,
+                _ => ContainerState::Unknown,
+            },
+            created_at: from_nanos(status.created_at).unwrap_or(SystemTime::UNIX_EPOCH),
+            started_at: from_nanos(status.started_at),
+            finished_at: from_nanos(status.finished_at),
+            exit_code: status.exit_code,
+            reason: status.reason.clone(),
+            message: status.message.clone(),
+            image: status
+                .image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .unwrap_or_default(),
+            image_ref: status.image_ref.clone(),
+        })
+    }
+}
+
+/// One sandbox as the runtime reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedSandbox {
+    pub id: String,
+    pub attempt: u32,
+    pub ready: bool,
+    pub created_at: SystemTime,
+    pub ip: String,
+    pub additional_ips: Vec<String>,
+}
+
+/// Everything the runtime holds for one pod UID.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObservedPod {
+    /// Newest first.
+    pub sandboxes: Vec<ObservedSandbox>,
+    /// All containers of all the pod's sandboxes, newest first.
+    pub containers: Vec<ObservedContainer>,
+}
+
+impl ObservedPod {
+    /// The newest sandbox, which is the pod's current one.
+    pub fn sandbox(&self) -> Option<&ObservedSandbox> {
+        self.sandboxes.first()
+    }
+
+    /// The newest container of this name in the current sandbox.
+    pub fn latest(&self, name: &str) -> Option<&ObservedContainer> {
+        let sandbox = self.sandbox()?;
+        self.containers
+            .iter()
+            .find(|c| c.name == name && c.sandbox_id == sandbox.id)
+    }
+
+    /// The newest container of this name in any sandbox (for restart counts across
+    /// sandbox re-creation).
+    pub fn latest_anywhere(&self, name: &str) -> Option<&ObservedContainer> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// The container that ran before `latest` (for `lastState`).
+    pub fn previous(&self, name: &str) -> Option<&ObservedContainer> {
+        self.containers.iter().filter(|c| c.name == name).nth(1)
+    }
+
+    pub fn sort(&mut self) {
+        self.sandboxes.sort_by(|a, b| {
+            b.attempt
+                .cmp(&a.attempt)
+                .then(b.created_at.cmp(&a.created_at))
+        });
+        self.containers.sort_by(|a, b| {
+            b.restart_count
+                .cmp(&a.restart_count)
+                .then(b.created_at.cmp(&a.created_at))
+        });
+    }
+}
+
+/// Groups sandboxes by pod UID from a `ListPodSandbox` answer (only bosun's own).
+pub fn sandboxes_by_pod(sandboxes: &[api::PodSandbox]) -> HashMap<String, Vec<&api::PodSandbox>> {
+    let mut by_pod: HashMap<String, Vec<&api::PodSandbox>> = HashMap::new();
+    for sandbox in sandboxes {
+        let ours = sandbox.labels.get(keys::MANAGED_BY).map(String::as_str)
+            == Some(keys::MANAGED_BY_VALUE);
+        if let (true, Some(uid)) = (ours, sandbox.labels.get(keys::POD_UID)) {
+            by_pod.entry(uid.clone()).or_default().push(sandbox);
+        }
+    }
+    by_pod
+}
+
+pub fn from_nanos(nanos: i64) -> Option<SystemTime> {
+    u64::try_from(nanos)
+        .ok()
+        .filter(|n| *n > 0)
+        .map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n))
+}
