@@ -3,3 +3,4 @@
 pub mod observed;
 pub mod plan;
 pub mod spec;
+pub mod status;
