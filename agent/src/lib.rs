@@ -3,5 +3,8 @@
 //! to its CLI. The library knows pods' desired state and the runtime's actual state; it does
 //! not know BPF maps (that is `netdp`).
 
+pub mod api;
+pub mod daemon;
 pub mod pod;
+pub mod runtime;
 pub mod source;

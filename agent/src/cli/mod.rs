@@ -3,6 +3,7 @@
 
 mod containers;
 mod exec;
+mod get;
 mod images;
 mod info;
 mod logs;
@@ -10,6 +11,7 @@ pub mod output;
 mod pods;
 mod remove;
 mod resolve;
+pub mod run;
 mod stats;
 
 use std::time::Duration;
@@ -87,6 +89,10 @@ pub enum Command {
     /// Manage images through containerd's own API.
     #[command(subcommand)]
     Image(images::ImageCommand),
+    /// Run the node daemon: pods from a manifest directory, over CRI.
+    Run(run::RunArgs),
+    /// Show what the running daemon manages.
+    Get(get::GetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -109,10 +115,15 @@ pub struct InspectArgs {
 /// Runs one CLI command and returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
     // `image import` speaks containerd's API, not CRI; everything else needs a CRI client.
-    if let Command::Image(command) = &cli.command {
-        return images::image_command(&cli.runtime_endpoint, command)
-            .await
-            .map(|()| 0);
+    match &cli.command {
+        Command::Image(command) => {
+            return images::image_command(&cli.runtime_endpoint, command)
+                .await
+                .map(|()| 0)
+        }
+        Command::Run(args) => return run::run(args).await,
+        Command::Get(args) => return get::get(args).await.map(|()| 0),
+        _ => {}
     }
     let client = CriClient::connect(&cli.runtime_endpoint, cli.timeout).await?;
     match cli.command {
@@ -133,7 +144,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Rmp(args) => pods::remove(&client, &args).await?,
         Command::Rmi(args) => images::remove(&client, &args).await?,
         Command::Pull(args) => images::pull(&client, &args).await?,
-        Command::Image(_) => unreachable!("handled above"),
+        Command::Image(_) | Command::Run(_) | Command::Get(_) => unreachable!("handled above"),
     }
     Ok(0)
 }

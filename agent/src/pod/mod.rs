@@ -4,3 +4,4 @@ pub mod observed;
 pub mod plan;
 pub mod spec;
 pub mod status;
+pub mod worker;

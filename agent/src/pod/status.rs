@@ -77,7 +77,7 @@ pub fn pod_status(
         condition(
             "Ready",
             containers_ready && !done,
-            (!(containers_ready && !done)).then_some(if done {
+            (!containers_ready || done).then_some(if done {
                 "PodCompleted"
             } else {
                 "ContainersNotReady"
@@ -86,7 +86,7 @@ pub fn pod_status(
         condition(
             "ContainersReady",
             containers_ready && !done,
-            (!(containers_ready && !done)).then_some(if done {
+            (!containers_ready || done).then_some(if done {
                 "PodCompleted"
             } else {
                 "ContainersNotReady"

@@ -1,0 +1,176 @@
+//! `bosun run`: the node daemon. Flags are kubelet's where the meaning is the same; a YAML
+//! config file may set the same things with KubeletConfiguration's field names, and flags
+//! win over it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+use bosun::daemon::Config;
+use bosun::pod::spec::{HostDns, NodeContext, NodeResources};
+
+pub const DEFAULT_ROOT_DIR: &str = "/var/lib/bosun";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory of static pod manifests (KubeletConfiguration staticPodPath).
+    #[arg(long = "pod-manifest-path")]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// The container runtime's CRI endpoint.
+    #[arg(long = "container-runtime-endpoint", default_value = bosun_cri::DEFAULT_RUNTIME_ENDPOINT)]
+    pub container_runtime_endpoint: String,
+    /// The node's name (default: the hostname).
+    #[arg(long = "hostname-override")]
+    pub hostname_override: Option<String>,
+    /// Where bosun keeps its state and its API socket.
+    #[arg(long = "root-dir", default_value = DEFAULT_ROOT_DIR)]
+    pub root_dir: PathBuf,
+    /// A YAML config file with KubeletConfiguration field names.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// The fields of KubeletConfiguration bosun reads (others are ignored).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigFile {
+    pub static_pod_path: Option<PathBuf>,
+    #[serde(rename = "clusterDNS", default)]
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: Option<String>,
+    pub pod_pids_limit: Option<i64>,
+    pub cgroup_root: Option<String>,
+    pub pod_logs_dir: Option<PathBuf>,
+    pub resolv_conf: Option<PathBuf>,
+}
+
+/// An error in the configuration: the daemon exits with [`EXIT_BAD_CONFIG`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadConfig(pub String);
+
+/// The exit code for a configuration bosun cannot run with.
+pub const EXIT_BAD_CONFIG: i32 = 3;
+
+pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
+    let file = match &args.config {
+        Some(path) => read_config(path)?,
+        None => ConfigFile::default(),
+    };
+    let manifest_dir = args
+        .pod_manifest_path
+        .clone()
+        .or(file.static_pod_path)
+        .ok_or_else(|| {
+            BadConfig(
+                "no pod manifest directory: give --pod-manifest-path or staticPodPath in --config"
+                    .into(),
+            )
+        })?;
+    let node_name = match &args.hostname_override {
+        Some(name) => name.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_err(|e| BadConfig(format!("reading the hostname: {e}")))?
+            .trim()
+            .to_owned(),
+    }
+    .to_lowercase();
+    let node = NodeContext {
+        node_name,
+        cluster_dns: file.cluster_dns,
+        cluster_domain: file
+            .cluster_domain
+            .unwrap_or_else(|| "cluster.local".into()),
+        pod_logs_dir: file
+            .pod_logs_dir
+            .unwrap_or_else(|| PathBuf::from("/var/log/pods")),
+        cgroup_root: file.cgroup_root.unwrap_or_else(|| "/kubepods".into()),
+        host_ip: host_ip(),
+        resolv_conf: load_resolv_conf(file.resolv_conf)?,
+        pod_pids_limit: file.pod_pids_limit,
+        node: node_resources(),
+        ..NodeContext::default()
+    };
+    Ok(Config {
+        manifest_dir,
+        runtime_endpoint: args.container_runtime_endpoint.clone(),
+        root_dir: args.root_dir.clone(),
+        node,
+    })
+}
+
+/// The host's resolv.conf (`resolvConf`, default /etc/resolv.conf); an empty path means
+/// none, as in kubelet.
+fn load_resolv_conf(path: Option<PathBuf>) -> Result<HostDns, BadConfig> {
+    let path = path.unwrap_or_else(|| PathBuf::from("/etc/resolv.conf"));
+    if path.as_os_str().is_empty() {
+        return Ok(HostDns::Loopback);
+    }
+    HostDns::load(&path).map_err(|e| BadConfig(format!("resolvConf {}: {e}", path.display())))
+}
+
+/// The node's memory and CPU, for OOM scores and the downward API's unlimited values.
+fn node_resources() -> NodeResources {
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_owned();
+            let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    NodeResources {
+        memory_capacity_bytes: memory,
+        allocatable_cpu_millis: i64::try_from(cpus).unwrap_or(1) * 1000,
+        allocatable_memory_bytes: memory,
+        allocatable_ephemeral_storage_bytes: 0,
+    }
+}
+
+fn read_config(path: &Path) -> Result<ConfigFile, BadConfig> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| BadConfig(format!("{}: {e}", path.display())))?;
+    serde_yaml::from_str(&text).map_err(|e| BadConfig(format!("{}: {e}", path.display())))
+}
+
+/// The address other hosts reach this node at: the source address of the default route,
+/// found without sending anything (a UDP socket's connect only picks a route).
+fn host_ip() -> String {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+        s.connect("192.0.2.1:9")?;
+        s.local_addr()
+    });
+    probe.map(|a| a.ip().to_string()).unwrap_or_default()
+}
+
+pub async fn run(args: &RunArgs) -> Result<i32> {
+    let config = match load(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("bosun: error: {e}");
+            return Ok(EXIT_BAD_CONFIG);
+        }
+    };
+    tracing::info!(
+        manifests = %config.manifest_dir.display(),
+        endpoint = %config.runtime_endpoint,
+        node = %config.node.node_name,
+        "bosun starting"
+    );
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("stopping; pods keep running");
+    };
+    bosun::daemon::run(config, shutdown)
+        .await
+        .context("running the daemon")?;
+    Ok(0)
+}

@@ -1,0 +1,265 @@
+//! `bosun run`: the node daemon. Desired pods come from the manifest directory; one worker
+//! per pod UID brings the runtime to them; containerd's task-exit events wake the worker of
+//! a pod whose container died, and a periodic resync is the safety net. The pods' status is
+//! served on a local unix socket.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bosun_cri::{ContainerdClient, CriClient, CRI_NAMESPACE};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::{watch, Notify};
+
+use crate::pod::observed::{keys, sandboxes_by_pod};
+use crate::pod::spec::NodeContext;
+use crate::pod::worker::{grace_period, pod_name, PodWorker};
+use crate::runtime::Runtime;
+use crate::source;
+
+/// How often a worker resyncs when nothing wakes it.
+pub const RESYNC: Duration = Duration::from_secs(2);
+/// How often pods nobody wants are looked for.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
+/// How often the manifest directory is rescanned besides inotify (kubelet's default).
+const RESCAN: Duration = Duration::from_secs(20);
+
+/// The daemon's configuration (from flags and the config file).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub manifest_dir: PathBuf,
+    pub runtime_endpoint: String,
+    pub root_dir: PathBuf,
+    pub node: NodeContext,
+}
+
+impl Config {
+    /// The local API socket.
+    pub fn api_socket(&self) -> PathBuf {
+        api_socket(&self.root_dir)
+    }
+}
+
+pub fn api_socket(root_dir: &Path) -> PathBuf {
+    root_dir.join("bosun.sock")
+}
+
+/// The pods as the workers last saw them, by `namespace/name`: spec and status.
+pub type PodStore = Arc<RwLock<BTreeMap<String, Pod>>>;
+
+struct WorkerHandle {
+    desired: watch::Sender<Option<Arc<Pod>>>,
+    kick: Arc<Notify>,
+}
+
+/// Runs the daemon until `shutdown` resolves. Pods keep running when it returns: a
+/// restarted bosun adopts them.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    std::fs::create_dir_all(&config.root_dir)
+        .with_context(|| format!("creating the root directory {}", config.root_dir.display()))?;
+    let client = connect_with_retry(&config.runtime_endpoint).await?;
+    let store: PodStore = Arc::default();
+    let api = crate::api::serve(&config.api_socket(), store.clone())?;
+
+    let (mut snapshots, _watcher) = source::watch(
+        config.manifest_dir.clone(),
+        config.node.node_name.clone(),
+        RESCAN,
+    );
+    let ctx = Arc::new(config.node.clone());
+    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+
+    let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let socket = bosun_cri::socket_path(&config.runtime_endpoint)?;
+    tokio::spawn(watch_exits(socket, exit_tx));
+
+    let mut sweep = tokio::time::interval(ORPHAN_SWEEP);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the manifest source stopped");
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                for error in &snapshot.errors {
+                    tracing::error!("{error}");
+                }
+                let desired: HashMap<String, Arc<Pod>> = snapshot
+                    .pods
+                    .values()
+                    .filter_map(|p| Some((p.pod.metadata.uid.clone()?, Arc::new(p.pod.clone()))))
+                    .collect();
+                for (uid, handle) in &workers {
+                    if !desired.contains_key(uid) {
+                        handle.desired.send_replace(None);
+                    }
+                }
+                for (uid, pod) in desired {
+                    match workers.get(&uid) {
+                        Some(handle) => {
+                            handle.desired.send_replace(Some(pod));
+                        }
+                        None => {
+                            let handle = spawn_worker(&client, &ctx, &store, uid.clone(), Some(pod), done_tx.clone());
+                            workers.insert(uid, handle);
+                        }
+                    }
+                }
+            }
+            Some(container_id) = exit_rx.recv() => {
+                match client.container_status(&container_id, false).await {
+                    Ok(r) => {
+                        let uid = r.status.as_ref().and_then(|s| s.labels.get(keys::POD_UID)).cloned();
+                        if let Some(handle) = uid.and_then(|u| workers.get(&u)) {
+                            handle.kick.notify_one();
+                        }
+                    }
+                    Err(e) => tracing::debug!(%container_id, error = %e, "status of an exited container"),
+                }
+            }
+            Some(uid) = done_rx.recv() => {
+                workers.remove(&uid);
+            }
+            _ = sweep.tick() => {
+                match client.list_pod_sandbox(None).await {
+                    Ok(sandboxes) => {
+                        let known: HashSet<String> = workers.keys().cloned().collect();
+                        for uid in sandboxes_by_pod(&sandboxes).into_keys() {
+                            // Wait for the first snapshot before deciding a pod is unwanted.
+                            if !known.contains(&uid) && snapshots.borrow().scanned() {
+                                tracing::info!(%uid, "terminating a pod no manifest wants");
+                                let handle = spawn_worker(&client, &ctx, &store, uid.clone(), None, done_tx.clone());
+                                workers.insert(uid, handle);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "listing sandboxes"),
+                }
+            }
+        }
+    }
+    api.abort();
+    let _ = std::fs::remove_file(config.api_socket());
+    Ok(())
+}
+
+/// Connects to the runtime, waiting for it to come up as kubelet does.
+async fn connect_with_retry(endpoint: &str) -> Result<CriClient> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match CriClient::connect(endpoint, Duration::from_secs(10)).await {
+            Ok(client) => return Ok(client),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "waiting for the container runtime");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("connecting to the container runtime"),
+        }
+    }
+}
+
+/// Forwards the IDs of containers whose task exited, resubscribing when the stream ends.
+async fn watch_exits(socket: PathBuf, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+    loop {
+        let subscribed = async {
+            let containerd = ContainerdClient::connect(&socket).await?;
+            containerd.task_exits(Some(CRI_NAMESPACE)).await
+        }
+        .await;
+        match subscribed {
+            Ok(exits) => {
+                let mut exits = Box::pin(exits);
+                while let Some(exit) = exits.next().await {
+                    match exit {
+                        Ok(exit) if exit.id == exit.container_id => {
+                            if tx.send(exit.container_id).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "containerd event stream");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "subscribing to containerd's task exits"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn spawn_worker<R: Runtime>(
+    runtime: &R,
+    ctx: &Arc<NodeContext>,
+    store: &PodStore,
+    uid: String,
+    pod: Option<Arc<Pod>>,
+    done: tokio::sync::mpsc::UnboundedSender<String>,
+) -> WorkerHandle {
+    let (desired, mut rx) = watch::channel(pod);
+    let kick = Arc::new(Notify::new());
+    let mut worker = PodWorker::new(runtime.clone(), ctx.clone(), uid.clone());
+    let store = store.clone();
+    let wake = kick.clone();
+    tokio::spawn(async move {
+        let mut last: Option<Arc<Pod>> = None;
+        loop {
+            let wanted = rx.borrow_and_update().clone();
+            let requeue = match &wanted {
+                Some(pod) => {
+                    last = Some(pod.clone());
+                    let result = worker.sync(pod).await;
+                    let key = pod_name(pod);
+                    let mut with_status = (**pod).clone();
+                    with_status.status = worker.status().cloned();
+                    if let Ok(mut pods) = store.write() {
+                        pods.insert(key, with_status);
+                    }
+                    match result {
+                        Ok(requeue) => requeue.unwrap_or(RESYNC).min(RESYNC),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "syncing pod");
+                            RESYNC
+                        }
+                    }
+                }
+                None => {
+                    let grace = last
+                        .as_deref()
+                        .map_or(Duration::from_secs(30), grace_period);
+                    match worker.terminate(last.as_deref(), grace).await {
+                        Ok(()) => {
+                            if let (Some(pod), Ok(mut pods)) = (&last, store.write()) {
+                                pods.remove(&pod_name(pod));
+                            }
+                            let _ = done.send(uid);
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "terminating pod");
+                            RESYNC
+                        }
+                    }
+                }
+            };
+            if requeue.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = wake.notified() => {}
+                () = tokio::time::sleep(requeue) => {}
+            }
+        }
+    });
+    WorkerHandle { desired, kick }
+}

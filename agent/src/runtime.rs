@@ -1,0 +1,135 @@
+//! The seam between the pod lifecycle and the container runtime: every CRI call the
+//! lifecycle makes goes through [`Runtime`], implemented by [`CriClient`] for real and by
+//! in-memory fakes in unit tests.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bosun_cri::{api, CriClient, CriError};
+
+/// The CRI calls the pod lifecycle needs.
+pub trait Runtime: Clone + Send + Sync + 'static {
+    fn run_pod_sandbox(
+        &self,
+        config: api::PodSandboxConfig,
+    ) -> impl Future<Output = Result<String, CriError>> + Send;
+    fn stop_pod_sandbox(&self, id: &str) -> impl Future<Output = Result<(), CriError>> + Send;
+    fn remove_pod_sandbox(&self, id: &str) -> impl Future<Output = Result<(), CriError>> + Send;
+    fn pod_sandbox_status(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<api::PodSandboxStatus>, CriError>> + Send;
+    fn list_pod_sandbox(
+        &self,
+        labels: HashMap<String, String>,
+    ) -> impl Future<Output = Result<Vec<api::PodSandbox>, CriError>> + Send;
+    fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: api::ContainerConfig,
+        sandbox_config: api::PodSandboxConfig,
+    ) -> impl Future<Output = Result<String, CriError>> + Send;
+    fn start_container(&self, id: &str) -> impl Future<Output = Result<(), CriError>> + Send;
+    fn stop_container(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), CriError>> + Send;
+    fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), CriError>> + Send;
+    fn list_containers(
+        &self,
+        labels: HashMap<String, String>,
+    ) -> impl Future<Output = Result<Vec<api::Container>, CriError>> + Send;
+    fn container_status(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<api::ContainerStatus>, CriError>> + Send;
+    /// Whether the image is present.
+    fn image_present(&self, image: &str) -> impl Future<Output = Result<bool, CriError>> + Send;
+    fn pull_image(&self, image: &str) -> impl Future<Output = Result<String, CriError>> + Send;
+}
+
+impl Runtime for CriClient {
+    async fn run_pod_sandbox(&self, config: api::PodSandboxConfig) -> Result<String, CriError> {
+        CriClient::run_pod_sandbox(self, config, "").await
+    }
+
+    async fn stop_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
+        CriClient::stop_pod_sandbox(self, id).await
+    }
+
+    async fn remove_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
+        CriClient::remove_pod_sandbox(self, id).await
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        id: &str,
+    ) -> Result<Option<api::PodSandboxStatus>, CriError> {
+        match CriClient::pod_sandbox_status(self, id, false).await {
+            Ok(r) => Ok(r.status),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<api::PodSandbox>, CriError> {
+        let filter = api::PodSandboxFilter {
+            label_selector: labels,
+            ..Default::default()
+        };
+        CriClient::list_pod_sandbox(self, Some(filter)).await
+    }
+
+    async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: api::ContainerConfig,
+        sandbox_config: api::PodSandboxConfig,
+    ) -> Result<String, CriError> {
+        CriClient::create_container(self, sandbox_id, config, sandbox_config).await
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), CriError> {
+        CriClient::start_container(self, id).await
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), CriError> {
+        CriClient::stop_container(self, id, grace).await
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), CriError> {
+        CriClient::remove_container(self, id).await
+    }
+
+    async fn list_containers(
+        &self,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<api::Container>, CriError> {
+        let filter = api::ContainerFilter {
+            label_selector: labels,
+            ..Default::default()
+        };
+        CriClient::list_containers(self, Some(filter)).await
+    }
+
+    async fn container_status(&self, id: &str) -> Result<Option<api::ContainerStatus>, CriError> {
+        match CriClient::container_status(self, id, false).await {
+            Ok(r) => Ok(r.status),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, CriError> {
+        Ok(CriClient::image_status(self, image, false).await?.is_some())
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<String, CriError> {
+        CriClient::pull_image(self, image, None, None).await
+    }
+}
