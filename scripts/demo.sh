@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# bosun on the embedded default: a private containerd node (CRI, CNI, images built here, no
-# registry needed) with a demo pod, looked at through bosun's crictl-style CLI.
+# bosun on the embedded default: standalone, pods from the example manifests in
+# examples/manifests, on a private containerd node (CRI, CNI, images built here, no registry
+# needed); shown through `bosun get pods` and the crictl-style CLI.
 #
 #   BOSUN_DEMO_DIR   where the node lives (default /run/bosun-demo)
 #   BOSUN_DEMO_KEEP  1: keep the node until Ctrl-C (default when run from a terminal);
@@ -23,45 +24,63 @@ if [ -e "$dir" ] && [ -n "$(ls -A "$dir")" ]; then
 fi
 
 out=$(mktemp)
-"$testnode" up --dir "$dir" --name demo --demo >"$out" &
+"$testnode" up --dir "$dir" --name demo >"$out" &
 node=$!
+daemon=
 cleanup() {
+    [ -n "$daemon" ] && { kill -TERM "$daemon" 2>/dev/null; wait "$daemon" 2>/dev/null; }
     kill -TERM "$node" 2>/dev/null || true
     wait "$node" 2>/dev/null || true
+    # Pod cgroups the runtime leaves behind, leaf first.
+    find /sys/fs/cgroup -depth -type d -path '*/bosun-demo*' -exec rmdir {} + 2>/dev/null || true
     rm -f "$out"
 }
 trap cleanup EXIT
 
 for _ in $(seq 1 600); do
-    grep -q '^demo pod' "$out" && break
+    [ -s "$out" ] && break
     if ! kill -0 "$node" 2>/dev/null; then
         echo "demo: the node did not come up" >&2
         exit 1
     fi
     sleep 0.1
 done
-grep -q '^demo pod' "$out" || { echo "demo: the demo pod did not come up in 60 s" >&2; exit 1; }
-
 endpoint=$(head -n 1 "$out")
 export CONTAINER_RUNTIME_ENDPOINT=$endpoint
-show() { echo; echo "\$ bosun $*"; "$bosun" "$@"; }
-
 echo "node up: CRI endpoint $endpoint"
-sed -n 2p "$out"
-show version
+
+# bosun itself: the node daemon, on the example manifests.
+cat >"$dir/bosun.yaml" <<CONFIG
+staticPodPath: $PWD/examples/manifests
+cgroupRoot: /bosun-demo/kubepods
+podLogsDir: $dir/pod-logs
+CONFIG
+"$bosun" run --config "$dir/bosun.yaml" --container-runtime-endpoint "$endpoint" \
+    --root-dir "$dir/bosun" --hostname-override demo-node 2>"$dir/bosun.log" &
+daemon=$!
+echo "bosun run: manifests in examples/manifests, log in $dir/bosun.log"
+
+show() { echo; echo "\$ bosun $*"; "$bosun" "$@"; }
+for _ in $(seq 1 300); do
+    "$bosun" get pods --root-dir "$dir/bosun" 2>/dev/null | grep -q '^web-demo-node .* Running' && break
+    sleep 0.1
+done
+sleep 3 # long enough for the init container to finish and the crashing pod to restart once
+show get pods -o wide --root-dir "$dir/bosun"
 show pods
-show ps
-show images
-container=$("$bosun" ps -q --name httpd)
-show logs "$container"
-show exec "$container" wget -q -O - http://127.0.0.1:8080/
-show stats
+show ps -a
+ip=$("$bosun" get pods web-demo-node -o json --root-dir "$dir/bosun" | sed -n 's/.*"podIP": "\(.*\)".*/\1/p')
+echo; echo "\$ wget -q -O - http://$ip:8080/"
+busybox wget -q -O - "http://$ip:8080/"
+show logs "$("$bosun" ps -q --name app --state running)"
 
 if [ "$keep" = 1 ]; then
     echo
     echo "The node keeps running. In another shell:"
     echo "  export CONTAINER_RUNTIME_ENDPOINT=$endpoint"
-    echo "  $PWD/$bosun ps        # or pods, images, logs, exec -it $container sh, ..."
+    echo "  $PWD/$bosun get pods --root-dir $dir/bosun"
+    echo "  $PWD/$bosun ps        # or pods, images, logs, exec -it ID sh, ..."
+    echo "Add, edit or delete files in examples/manifests and watch the pods follow."
     echo "Ctrl-C stops it and removes everything it created."
     wait "$node" || true
 fi

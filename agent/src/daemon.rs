@@ -74,6 +74,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (kick_tx, mut kick_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let socket = bosun_cri::socket_path(&config.runtime_endpoint)?;
     tokio::spawn(watch_exits(socket, exit_tx));
 
@@ -113,14 +114,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 }
             }
             Some(container_id) = exit_rx.recv() => {
-                match client.container_status(&container_id, false).await {
-                    Ok(r) => {
-                        let uid = r.status.as_ref().and_then(|s| s.labels.get(keys::POD_UID)).cloned();
-                        if let Some(handle) = uid.and_then(|u| workers.get(&u)) {
-                            handle.kick.notify_one();
-                        }
-                    }
-                    Err(e) => tracing::debug!(%container_id, error = %e, "status of an exited container"),
+                tracing::debug!(%container_id, "container exited");
+                tokio::spawn(pod_of_exited(client.clone(), container_id, kick_tx.clone()));
+            }
+            Some(uid) = kick_rx.recv() => {
+                if let Some(handle) = workers.get(&uid) {
+                    handle.kick.notify_one();
                 }
             }
             Some(uid) = done_rx.recv() => {
@@ -162,6 +161,35 @@ async fn connect_with_retry(endpoint: &str) -> Result<CriClient> {
             }
             Err(e) => return Err(e).context("connecting to the container runtime"),
         }
+    }
+}
+
+/// Sends the pod UID of a container whose task exited, once CRI reports it exited too:
+/// containerd's CRI plugin learns of the exit from the same event, a moment later, and a
+/// worker woken before that would see the container still running.
+async fn pod_of_exited(
+    client: CriClient,
+    container_id: String,
+    kick: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    const SETTLE: Duration = Duration::from_millis(5);
+    for _ in 0..400 {
+        match client.container_status(&container_id, false).await {
+            Ok(r) => {
+                let Some(status) = r.status else { return };
+                if status.state != bosun_cri::api::ContainerState::ContainerRunning as i32 {
+                    if let Some(uid) = status.labels.get(keys::POD_UID) {
+                        let _ = kick.send(uid.clone());
+                    }
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%container_id, error = %e, "status of an exited container");
+                return;
+            }
+        }
+        tokio::time::sleep(SETTLE).await;
     }
 }
 
