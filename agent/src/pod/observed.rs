@@ -10,12 +10,11 @@ use bosun_cri::api;
 /// Labels and annotations on CRI objects (kubelet's own keys, so tools that know kubelet
 /// read bosun's pods the same way).
 pub mod keys {
-    pub const POD_NAME: &str = "io.kubernetes.pod.name";
-    pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
-    pub const POD_UID: &str = "io.kubernetes.pod.uid";
-    pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
-    pub const CONTAINER_HASH: &str = "io.kubernetes.container.hash";
-    pub const CONTAINER_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+    pub use crate::pod::spec::{
+        CONTAINER_HASH_ANNOTATION as CONTAINER_HASH, CONTAINER_NAME_LABEL as CONTAINER_NAME,
+        POD_NAMESPACE_LABEL as POD_NAMESPACE, POD_NAME_LABEL as POD_NAME, POD_UID_LABEL as POD_UID,
+        RESTART_COUNT_ANNOTATION as CONTAINER_RESTART_COUNT,
+    };
     /// Marks sandboxes bosun created, so it never touches the runtime's other tenants.
     pub const MANAGED_BY: &str = "io.bosun.managed-by";
     pub const MANAGED_BY_VALUE: &str = "bosun";

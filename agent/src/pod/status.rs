@@ -67,6 +67,12 @@ pub fn pod_status(
             .zip(containers_of(pod))
             .all(|(s, (_, kind))| kind != ContainerKind::Sidecar || s.ready);
     let done = matches!(phase.as_str(), "Succeeded" | "Failed");
+    let ready = containers_ready && !done;
+    let not_ready = match (ready, done) {
+        (true, _) => None,
+        (false, true) => Some("PodCompleted"),
+        (false, false) => Some("ContainersNotReady"),
+    };
     let conditions = vec![
         condition("PodReadyToStartContainers", sandbox_ready, None),
         condition(
@@ -74,24 +80,8 @@ pub fn pod_status(
             initialized,
             (!initialized).then_some("ContainersNotInitialized"),
         ),
-        condition(
-            "Ready",
-            containers_ready && !done,
-            (!containers_ready || done).then_some(if done {
-                "PodCompleted"
-            } else {
-                "ContainersNotReady"
-            }),
-        ),
-        condition(
-            "ContainersReady",
-            containers_ready && !done,
-            (!containers_ready || done).then_some(if done {
-                "PodCompleted"
-            } else {
-                "ContainersNotReady"
-            }),
-        ),
+        condition("Ready", ready, not_ready),
+        condition("ContainersReady", ready, not_ready),
         condition("PodScheduled", true, None),
     ];
     let conditions = conditions
