@@ -67,11 +67,11 @@ impl Runtime for CriClient {
         &self,
         id: &str,
     ) -> Result<Option<api::PodSandboxStatus>, CriError> {
-        match CriClient::pod_sandbox_status(self, id, false).await {
-            Ok(r) => Ok(r.status),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        absent_as_none(
+            CriClient::pod_sandbox_status(self, id, false)
+                .await
+                .map(|r| r.status),
+        )
     }
 
     async fn list_pod_sandbox(
@@ -118,11 +118,11 @@ impl Runtime for CriClient {
     }
 
     async fn container_status(&self, id: &str) -> Result<Option<api::ContainerStatus>, CriError> {
-        match CriClient::container_status(self, id, false).await {
-            Ok(r) => Ok(r.status),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        absent_as_none(
+            CriClient::container_status(self, id, false)
+                .await
+                .map(|r| r.status),
+        )
     }
 
     async fn image_present(&self, image: &str) -> Result<bool, CriError> {
@@ -131,5 +131,14 @@ impl Runtime for CriClient {
 
     async fn pull_image(&self, image: &str) -> Result<String, CriError> {
         CriClient::pull_image(self, image, None, None).await
+    }
+}
+
+/// A status call for an object that no longer exists answers `None`, not an error: the
+/// object went away between listing and asking, which the caller treats as gone.
+fn absent_as_none<T>(result: Result<Option<T>, CriError>) -> Result<Option<T>, CriError> {
+    match result {
+        Err(e) if e.is_not_found() => Ok(None),
+        other => other,
     }
 }
