@@ -6,162 +6,39 @@
 //! bosun with its own root directory, manifest directory and cgroup root under the node's,
 //! so it runs in parallel with other suites.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use bosun_cri::api;
-use bosun_tests::images::BUSYBOX_IMAGE;
+use bosun_tests::daemon::{busybox_pod, phase, ready, Daemon, NODE_NAME, SLEEP_FOREVER};
 use bosun_tests::node::TestNode;
-use serde_json::Value;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
-const NODE_NAME: &str = "node1";
-
-struct Daemon {
-    child: tokio::process::Child,
-    root: PathBuf,
-}
-
-impl Daemon {
-    async fn start(node: &TestNode, manifests: &Path, log: &Path) -> anyhow::Result<Daemon> {
-        let root = node.dir().join("bosun");
-        let config = node.dir().join("bosun.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "cgroupRoot: {}/kubepods\npodLogsDir: {}\nclusterDomain: cluster.local\n",
-                node.cgroup_parent(),
-                node.dir().join("pod-logs").display()
-            ),
-        )?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let child = tokio::process::Command::new(BOSUN)
-            .args(["run", "--hostname-override", NODE_NAME])
-            .arg("--pod-manifest-path")
-            .arg(manifests)
-            .arg("--container-runtime-endpoint")
-            .arg(node.cri_endpoint())
-            .arg("--root-dir")
-            .arg(&root)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()?;
-        Ok(Daemon { child, root })
-    }
-
-    async fn pods(&self) -> Option<Value> {
-        let output = tokio::process::Command::new(BOSUN)
-            .args(["get", "pods", "-o", "json", "--root-dir"])
-            .arg(&self.root)
-            .output()
-            .await
-            .ok()?;
-        output
-            .status
-            .success()
-            .then(|| serde_json::from_slice(&output.stdout).ok())?
-    }
-
-    /// Polls `get pods` (bounded) until `check` holds for the pod named `name`.
-    async fn wait_for(
-        &self,
-        name: &str,
-        what: &str,
-        check: impl Fn(&Value) -> bool,
-    ) -> anyhow::Result<Value> {
-        let full = format!("{name}-{NODE_NAME}");
-        let mut last = Value::Null;
-        for _ in 0..300 {
-            if let Some(list) = self.pods().await {
-                let pod = list["items"]
-                    .as_array()
-                    .and_then(|items| {
-                        items
-                            .iter()
-                            .find(|p| p["metadata"]["name"] == full.as_str())
-                    })
-                    .cloned();
-                if let Some(pod) = pod {
-                    if check(&pod) {
-                        return Ok(pod);
-                    }
-                    last = pod;
-                } else {
-                    last = list;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        anyhow::bail!("pod {full} never got {what}; last seen:\n{last:#}")
-    }
-
-    async fn kill(mut self) -> anyhow::Result<()> {
-        self.child.start_kill()?;
-        self.child.wait().await?;
-        Ok(())
-    }
-}
-
-fn manifest(name: &str, extra: &str, script: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{extra}  containers:\n  - name: app\n    image: {BUSYBOX_IMAGE}\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, \"{script}\"]\n"
-    )
-}
-
-fn phase(pod: &Value) -> &str {
-    pod["status"]["phase"].as_str().unwrap_or("")
-}
-
-fn ready(pod: &Value) -> bool {
-    pod["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
-}
+const WITHIN: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_pods_start_restart_survive_bosun_and_stop() -> anyhow::Result<()> {
     let node = TestNode::start("daemon").await?;
-    let manifests = node.dir().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    let log = node.dir().join("bosun.log");
-    let result = scenario(&node, &manifests, &log).await;
+    let result = scenario(&node).await;
     if result.is_err() {
-        println!(
-            "--- bosun log ---\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        let log = std::fs::read_to_string(node.dir().join("bosun.log")).unwrap_or_default();
+        println!("--- bosun log ---\n{log}");
     }
     node.shutdown().await?;
     result
 }
 
-async fn scenario(node: &TestNode, manifests: &Path, log: &Path) -> anyhow::Result<()> {
-    std::fs::write(
-        manifests.join("web.yaml"),
-        manifest(
-            "web",
-            "",
-            "trap 'exit 0' TERM; while true; do sleep 1; done",
-        ),
+async fn scenario(node: &TestNode) -> anyhow::Result<()> {
+    let daemon = Daemon::start(Path::new(BOSUN), node, "").await?;
+    daemon.write_manifest("web.yaml", &busybox_pod("web", "", "", SLEEP_FOREVER))?;
+    daemon.write_manifest(
+        "crash.yaml",
+        &busybox_pod("crash", "", "", "echo crashing; exit 3"),
     )?;
-    std::fs::write(
-        manifests.join("crash.yaml"),
-        manifest("crash", "", "echo crashing; exit 3"),
-    )?;
-    std::fs::write(manifests.join("broken.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: broken}\nspec:\n  containers:\n  - name: app\n    imagePullPolicy: Sometimes\n    image: x\n")?;
+    daemon.write_manifest("broken.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: broken}\nspec:\n  containers:\n  - name: app\n    imagePullPolicy: Sometimes\n    image: x\n")?;
 
-    let daemon = Daemon::start(node, manifests, log).await?;
     let web = daemon
-        .wait_for("web", "Running and Ready", |p| {
+        .wait_for("web", "Running and Ready", WITHIN, |p| {
             phase(p) == "Running" && ready(p)
         })
         .await?;
@@ -175,7 +52,7 @@ async fn scenario(node: &TestNode, manifests: &Path, log: &Path) -> anyhow::Resu
 
     // The crashing pod restarts at once, then backs off.
     let crash = daemon
-        .wait_for("crash", "CrashLoopBackOff", |p| {
+        .wait_for("crash", "CrashLoopBackOff", WITHIN, |p| {
             p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
         })
         .await?;
@@ -195,7 +72,7 @@ async fn scenario(node: &TestNode, manifests: &Path, log: &Path) -> anyhow::Resu
     );
 
     // The broken manifest is reported with its file, field and value, and is not a pod.
-    let text = std::fs::read_to_string(log)?;
+    let text = daemon.log();
     assert!(
         text.contains("broken.yaml")
             && text.contains("imagePullPolicy")
@@ -209,9 +86,9 @@ async fn scenario(node: &TestNode, manifests: &Path, log: &Path) -> anyhow::Resu
 
     // kill -9 bosun and start it again: the running pod is adopted, not restarted.
     daemon.kill().await?;
-    let daemon = Daemon::start(node, manifests, log).await?;
+    let daemon = Daemon::start(Path::new(BOSUN), node, "").await?;
     let web = daemon
-        .wait_for("web", "Running and Ready after the restart", |p| {
+        .wait_for("web", "Running and Ready after the restart", WITHIN, |p| {
             phase(p) == "Running" && ready(p)
         })
         .await?;
@@ -223,26 +100,22 @@ async fn scenario(node: &TestNode, manifests: &Path, log: &Path) -> anyhow::Resu
 
     // Deleting a manifest stops its pod and removes it from the runtime.
     let uid = web["metadata"]["uid"].as_str().unwrap_or("").to_owned();
-    std::fs::remove_file(manifests.join("web.yaml"))?;
+    daemon.remove_manifest("web.yaml")?;
+    daemon.wait_gone("web", WITHIN).await?;
     let client = node.cri().await?;
-    let mut gone = false;
-    for _ in 0..200 {
-        let left = client.list_pod_sandbox(None).await?;
-        let listed = daemon
-            .pods()
-            .await
-            .is_some_and(|l| l.to_string().contains("web-node1"));
-        if !listed
-            && !left
-                .iter()
-                .any(|s| s.labels.get("io.kubernetes.pod.uid") == Some(&uid))
-        {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while client
+        .list_pod_sandbox(None)
+        .await?
+        .iter()
+        .any(|s| s.labels.get("io.kubernetes.pod.uid") == Some(&uid))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deleted pod's sandbox is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(gone, "the deleted pod's sandbox is still there");
     let running: Vec<api::Container> = client.list_containers(None).await?;
     assert!(running
         .iter()

@@ -1,0 +1,226 @@
+//! A `bosun run` daemon on a [`TestNode`]: its own root directory, manifest directory, log
+//! file and cgroup root under the node's directory, so daemons of different tests never
+//! meet. Tests read the pods' status through `bosun get pods -o json`, as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::node::TestNode;
+
+/// The node name every test daemon runs as: static pods are named `NAME-node1`.
+pub const NODE_NAME: &str = "node1";
+
+/// A running `bosun run`; killed (SIGKILL) when dropped.
+pub struct Daemon {
+    bin: PathBuf,
+    child: tokio::process::Child,
+    root: PathBuf,
+    manifests: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `bin run` for `node`, with manifests from `<node dir>/manifests` (created if
+    /// missing). `extra_config` is appended to the YAML config file.
+    pub async fn start(bin: &Path, node: &TestNode, extra_config: &str) -> Result<Daemon> {
+        let manifests = node.dir().join("manifests");
+        std::fs::create_dir_all(&manifests)
+            .with_context(|| format!("creating {}", manifests.display()))?;
+        let root = node.dir().join("bosun");
+        let config = node.dir().join("bosun.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "cgroupRoot: {}/kubepods\npodLogsDir: {}\nclusterDomain: cluster.local\n{extra_config}",
+                node.cgroup_parent(),
+                node.dir().join("pod-logs").display()
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        let log = node.dir().join("bosun.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = tokio::process::Command::new(bin)
+            .args(["run", "--hostname-override", NODE_NAME])
+            .arg("--pod-manifest-path")
+            .arg(&manifests)
+            .arg("--container-runtime-endpoint")
+            .arg(node.cri_endpoint())
+            .arg("--root-dir")
+            .arg(&root)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Daemon {
+            bin: bin.to_owned(),
+            child,
+            root,
+            manifests,
+            log,
+        })
+    }
+
+    pub fn manifests(&self) -> &Path {
+        &self.manifests
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Writes (or replaces) a manifest file, atomically, as an editor that renames would.
+    pub fn write_manifest(&self, file: &str, text: &str) -> Result<()> {
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, self.manifests.join(file))
+            .with_context(|| format!("renaming into {file}"))?;
+        Ok(())
+    }
+
+    pub fn remove_manifest(&self, file: &str) -> Result<()> {
+        std::fs::remove_file(self.manifests.join(file)).with_context(|| format!("removing {file}"))
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn get(&self, what: &str) -> Option<Value> {
+        let output = tokio::process::Command::new(&self.bin)
+            .args(["get", what, "-o", "json", "--root-dir"])
+            .arg(&self.root)
+            .output()
+            .await
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).ok())?
+    }
+
+    /// `bosun get pods -o json`, or `None` while the daemon does not answer.
+    pub async fn pods(&self) -> Option<Value> {
+        self.get("pods").await
+    }
+
+    /// `bosun get events -o json`, or `None` while the daemon does not answer.
+    pub async fn events(&self) -> Option<Value> {
+        self.get("events").await
+    }
+
+    /// The pod of the manifest named `name` (its static pod is `name-node1`).
+    pub async fn pod(&self, name: &str) -> Option<Value> {
+        let full = format!("{name}-{NODE_NAME}");
+        let list = self.pods().await?;
+        list["items"]
+            .as_array()?
+            .iter()
+            .find(|p| p["metadata"]["name"] == full.as_str())
+            .cloned()
+    }
+
+    /// Polls the pod's status every 20 ms until `check` holds, for at most `within`.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = Value::Null;
+        loop {
+            if let Some(pod) = self.pod(name).await {
+                if check(&pod) {
+                    return Ok(pod);
+                }
+                last = pod;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "pod {name}-{NODE_NAME} never got {what} within {within:?}; last seen:\n{last:#}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until the pod is no longer listed.
+    pub async fn wait_gone(&self, name: &str, within: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.pods().await.is_some() && self.pod(name).await.is_none() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("pod {name}-{NODE_NAME} is still listed after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, as `kill -9` would: the pods stay behind for the next daemon to adopt.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+}
+
+/// A Pod manifest with one busybox container `app` running `script` under `sh -c`;
+/// `spec_extra` is spliced into `spec:` (two-space indented lines) and `container_extra`
+/// into the container (four-space indented lines).
+pub fn busybox_pod(name: &str, spec_extra: &str, container_extra: &str, script: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{spec_extra}  containers:\n  - name: app\n    image: {image}\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, {script:?}]\n{container_extra}",
+        image = crate::images::BUSYBOX_IMAGE,
+    )
+}
+
+/// A script for a container's PID 1 that exits 0 on SIGTERM (PID 1 ignores it otherwise).
+pub const SLEEP_FOREVER: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
+
+pub fn phase(pod: &Value) -> &str {
+    pod["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// The status (`"True"`/`"False"`) of the pod condition `type_`.
+pub fn condition<'a>(pod: &'a Value, type_: &str) -> &'a str {
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+}
+
+pub fn ready(pod: &Value) -> bool {
+    condition(pod, "Ready") == "True"
+}
+
+/// The status of the container `name` (regular or init).
+pub fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    let find = |list: &'a Value| {
+        list.as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+    };
+    find(&pod["status"]["containerStatuses"])
+        .or_else(|| find(&pod["status"]["initContainerStatuses"]))
+        .unwrap_or(&Value::Null)
+}
