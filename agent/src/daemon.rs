@@ -3,7 +3,7 @@
 //! a pod whose container died, and a periodic resync is the safety net. The pods' status is
 //! served on a local unix socket.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -14,16 +14,21 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{watch, Notify};
 
-use crate::pod::observed::{keys, sandboxes_by_pod};
+use crate::events::{reason, EventType, Recorder};
+use crate::pod::observed::{keys, pod_digests};
 use crate::pod::spec::NodeContext;
 use crate::pod::worker::{grace_period, pod_name, PodWorker};
 use crate::runtime::Runtime;
 use crate::source;
 
-/// How often a worker resyncs when nothing wakes it.
-pub const RESYNC: Duration = Duration::from_secs(2);
-/// How often pods nobody wants are looked for.
-const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
+/// How often a worker syncs when nothing wakes it. Exit events, the relist and probe
+/// results wake it at once; this only refreshes what nothing announces (configMap
+/// contents, status times).
+pub const RESYNC: Duration = Duration::from_secs(10);
+/// How often the daemon lists every sandbox and container (kubelet's PLEG relist): a
+/// pod whose containers changed without an event gets its worker woken, and pods no
+/// manifest wants are found.
+const RELIST: Duration = Duration::from_secs(1);
 /// How often the manifest directory is rescanned besides inotify (kubelet's default).
 const RESCAN: Duration = Duration::from_secs(20);
 
@@ -62,7 +67,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         .with_context(|| format!("creating the root directory {}", config.root_dir.display()))?;
     let client = connect_with_retry(&config.runtime_endpoint).await?;
     let store: PodStore = Arc::default();
-    let api = crate::api::serve(&config.api_socket(), store.clone())?;
+    let events = Recorder::new(config.node.node_name.clone());
+    let api = crate::api::serve_with(&config.api_socket(), store.clone(), events.clone())?;
 
     let (mut snapshots, _watcher) = source::watch(
         config.manifest_dir.clone(),
@@ -78,7 +84,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let socket = bosun_cri::socket_path(&config.runtime_endpoint)?;
     tokio::spawn(watch_exits(socket, exit_tx));
 
-    let mut sweep = tokio::time::interval(ORPHAN_SWEEP);
+    let mut relist = tokio::time::interval(RELIST);
+    relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut digests: HashMap<String, u64> = HashMap::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -89,7 +97,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
                 for error in &snapshot.errors {
-                    tracing::error!("{error}");
+                    events.record(events.node_reference(), EventType::Warning, reason::FAILED_VALIDATION, error.to_string());
                 }
                 let desired: HashMap<String, Arc<Pod>> = snapshot
                     .pods
@@ -107,7 +115,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                             handle.desired.send_replace(Some(pod));
                         }
                         None => {
-                            let handle = spawn_worker(&client, &ctx, &store, uid.clone(), Some(pod), done_tx.clone());
+                            let handle = spawn_worker(&client, &ctx, &events, &store, uid.clone(), Some(pod), done_tx.clone());
                             workers.insert(uid, handle);
                         }
                     }
@@ -125,20 +133,26 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             Some(uid) = done_rx.recv() => {
                 workers.remove(&uid);
             }
-            _ = sweep.tick() => {
-                match client.list_pod_sandbox(None).await {
-                    Ok(sandboxes) => {
-                        let known: HashSet<String> = workers.keys().cloned().collect();
-                        for uid in sandboxes_by_pod(&sandboxes).into_keys() {
-                            // Wait for the first snapshot before deciding a pod is unwanted.
-                            if !known.contains(&uid) && snapshots.borrow().scanned() {
+            _ = relist.tick() => {
+                let listed = tokio::try_join!(client.list_pod_sandbox(None), client.list_containers(None));
+                match listed {
+                    Ok((sandboxes, containers)) => {
+                        let now = pod_digests(&sandboxes, &containers);
+                        for (uid, digest) in &now {
+                            if let Some(handle) = workers.get(uid) {
+                                if digests.get(uid) != Some(digest) {
+                                    handle.kick.notify_one();
+                                }
+                            } else if snapshots.borrow().scanned() {
+                                // Only once the manifests were read can a pod be unwanted.
                                 tracing::info!(%uid, "terminating a pod no manifest wants");
-                                let handle = spawn_worker(&client, &ctx, &store, uid.clone(), None, done_tx.clone());
-                                workers.insert(uid, handle);
+                                let handle = spawn_worker(&client, &ctx, &events, &store, uid.clone(), None, done_tx.clone());
+                                workers.insert(uid.clone(), handle);
                             }
                         }
+                        digests = now;
                     }
-                    Err(e) => tracing::warn!(error = %e, "listing sandboxes"),
+                    Err(e) => tracing::warn!(error = %e, "relisting the runtime's pods"),
                 }
             }
         }
@@ -228,6 +242,7 @@ async fn watch_exits(socket: PathBuf, tx: tokio::sync::mpsc::UnboundedSender<Str
 fn spawn_worker<R: Runtime>(
     runtime: &R,
     ctx: &Arc<NodeContext>,
+    events: &Recorder,
     store: &PodStore,
     uid: String,
     pod: Option<Arc<Pod>>,
@@ -235,7 +250,13 @@ fn spawn_worker<R: Runtime>(
 ) -> WorkerHandle {
     let (desired, mut rx) = watch::channel(pod);
     let kick = Arc::new(Notify::new());
-    let mut worker = PodWorker::new(runtime.clone(), ctx.clone(), uid.clone());
+    let mut worker = PodWorker::new(
+        runtime.clone(),
+        ctx.clone(),
+        uid.clone(),
+        events.clone(),
+        kick.clone(),
+    );
     let store = store.clone();
     let wake = kick.clone();
     tokio::spawn(async move {

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod events;
 pub mod pod;
 pub mod runtime;
 pub mod source;

@@ -48,6 +48,15 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// Whether the image is present.
     fn image_present(&self, image: &str) -> impl Future<Output = Result<bool, CriError>> + Send;
     fn pull_image(&self, image: &str) -> impl Future<Output = Result<String, CriError>> + Send;
+    /// Runs `cmd` in the container and waits for it. The runtime kills the command after
+    /// `timeout` (whole seconds; zero means none) and then answers `DeadlineExceeded` rather
+    /// than an exit code.
+    fn exec_sync(
+        &self,
+        container_id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<api::ExecSyncResponse, CriError>> + Send;
 }
 
 impl Runtime for CriClient {
@@ -131,6 +140,15 @@ impl Runtime for CriClient {
 
     async fn pull_image(&self, image: &str) -> Result<String, CriError> {
         CriClient::pull_image(self, image, None, None).await
+    }
+
+    async fn exec_sync(
+        &self,
+        container_id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<api::ExecSyncResponse, CriError> {
+        CriClient::exec_sync(self, container_id, cmd, timeout).await
     }
 }
 

@@ -578,6 +578,42 @@ async fn bad_input_gets_one_clear_line() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `bosun get` needs the daemon, not the runtime: with no daemon, both of its lists say so
+/// in one line, and a malformed `--for` is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_without_a_daemon_says_so() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let root_dir = root.path().to_str().expect("a UTF-8 temp dir");
+    for what in [
+        vec!["pods"],
+        vec!["events"],
+        vec!["events", "--for", "pod/web", "-o", "wide"],
+    ] {
+        let mut args = vec!["get"];
+        args.extend(&what);
+        args.extend(["--root-dir", root_dir]);
+        let output = bosun_raw(&args).await;
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{err}");
+        assert!(err.contains("is `bosun run` running?"), "{err}");
+        assert!(err.contains(root_dir), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(output.stdout.is_empty());
+    }
+    let output = bosun_raw(&[
+        "get",
+        "events",
+        "--for",
+        "deployment/web",
+        "--root-dir",
+        root_dir,
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown kind \"deployment\""));
+    Ok(())
+}
+
 async fn teardown(f: Fixture) -> anyhow::Result<()> {
     for pod in f.client.list_pod_sandbox(None).await? {
         f.client.stop_pod_sandbox(&pod.id).await?;

@@ -6,6 +6,9 @@
 //! Besides the messages it offers tonic servers (so other crates can test against an in-memory
 //! fake runtime), the compiled descriptor set, and [`to_json`], which renders any message the way
 //! `crictl -o json` does.
+//!
+//! It also carries the gRPC health checking protocol ([`grpc_health::v1`]), which gRPC probes
+//! speak to a container; it is not part of CRI and is left out of [`FILE_DESCRIPTOR_SET`].
 
 use std::{fmt, sync::OnceLock};
 
@@ -22,6 +25,15 @@ pub mod runtime {
 
 /// Short path to the generated CRI v1 types: `bosun_proto::cri::PodSandbox`.
 pub use runtime::v1 as cri;
+
+/// Generated code for the `grpc.health.v1` package.
+pub mod grpc_health {
+    /// `HealthCheckRequest`, `HealthCheckResponse` (with its `ServingStatus`), and the
+    /// `health_client` and `health_server` modules.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+    }
+}
 
 /// The encoded `FileDescriptorSet` of `cri/v1/api.proto`, as compiled at build time.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -180,6 +192,34 @@ mod tests {
         );
         assert!(shown.contains("password: \"<redacted>\""), "{shown}");
         assert!(shown.contains("registry_token: \"\""), "{shown}");
+    }
+
+    #[test]
+    fn health_messages_have_the_upstream_wire_shape() {
+        use grpc_health::v1::{health_check_response::ServingStatus, *};
+        use prost::Message as _;
+
+        let request = HealthCheckRequest {
+            service: "db".to_owned(),
+        };
+        assert_eq!(request.encode_to_vec(), b"\x0a\x02db");
+        let response = HealthCheckResponse {
+            status: ServingStatus::NotServing as i32,
+        };
+        assert_eq!(response.encode_to_vec(), [0x08, 0x02]);
+        let names: Vec<_> = (0..=3)
+            .map(|n| ServingStatus::try_from(n).map(|s| s.as_str_name()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                Ok("UNKNOWN"),
+                Ok("SERVING"),
+                Ok("NOT_SERVING"),
+                Ok("SERVICE_UNKNOWN")
+            ]
+        );
+        assert_eq!(health_server::SERVICE_NAME, "grpc.health.v1.Health");
     }
 
     #[test]

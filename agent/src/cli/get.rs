@@ -1,12 +1,13 @@
-//! `bosun get pods`: the daemon's pods as Kubernetes `v1.Pod` objects, printed as kubectl
-//! prints them.
+//! `bosun get pods` and `bosun get events`: what the daemon manages, as Kubernetes objects
+//! (`v1.Pod`, `v1.Event`), printed as kubectl prints them.
 
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
+use k8s_openapi::jiff::Timestamp;
+use serde::Serialize;
 
 use super::output::{self, Table};
 
@@ -20,6 +21,8 @@ pub struct GetArgs {
 pub enum GetWhat {
     /// Pods the daemon runs, with their status.
     Pods(GetPodsArgs),
+    /// What happened to the pods and the node (pulls, starts, restarts, failures), newest last.
+    Events(GetEventsArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -27,6 +30,17 @@ pub enum GetFormat {
     Wide,
     Json,
     Yaml,
+}
+
+impl GetFormat {
+    /// The format of `-o json|yaml`; `None` for a table.
+    fn structured(format: Option<GetFormat>) -> Option<output::Format> {
+        match format {
+            Some(GetFormat::Json) => Some(output::Format::Json),
+            Some(GetFormat::Yaml) => Some(output::Format::Yaml),
+            Some(GetFormat::Wide) | None => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -41,8 +55,68 @@ pub struct GetPodsArgs {
     pub root_dir: PathBuf,
 }
 
+#[derive(Debug, Args)]
+pub struct GetEventsArgs {
+    /// Only the events of this object: `pod/NAME`, `node/NAME`, or a pod's NAME.
+    #[arg(long = "for", value_name = "[KIND/]NAME", value_parser = parse_involved)]
+    pub for_object: Option<Involved>,
+    /// Output format (default: a table).
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<GetFormat>,
+    /// The daemon's root directory, where its API socket is.
+    #[arg(long, default_value = super::run::DEFAULT_ROOT_DIR)]
+    pub root_dir: PathBuf,
+}
+
+/// The object of `--for`: the kinds bosun records events of, and a name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Involved {
+    kind: &'static str,
+    name: String,
+}
+
+impl Involved {
+    fn field_selector(&self) -> String {
+        format!(
+            "involvedObject.kind={},involvedObject.name={}",
+            self.kind, self.name
+        )
+    }
+}
+
+/// Parses `--for`: `pod/NAME` (also `pods/`, `po/`), `node/NAME` (`nodes/`, `no/`), or a bare
+/// pod NAME.
+fn parse_involved(s: &str) -> Result<Involved, String> {
+    let (kind, name) = match s.split_once('/') {
+        Some((kind, name)) => match kind.to_ascii_lowercase().as_str() {
+            "pod" | "pods" | "po" => ("Pod", name),
+            "node" | "nodes" | "no" => ("Node", name),
+            _ => {
+                return Err(format!(
+                    "unknown kind {kind:?}: bosun records events of pods and of the node"
+                ))
+            }
+        },
+        None => ("Pod", s),
+    };
+    // Object names are DNS subdomains; these would change the meaning of the selector.
+    if name.is_empty() || name.contains([',', '=', '!', '/', ' ']) {
+        return Err(format!("{name:?} is not an object name"));
+    }
+    Ok(Involved {
+        kind,
+        name: name.to_owned(),
+    })
+}
+
 pub async fn get(args: &GetArgs) -> Result<()> {
-    let GetWhat::Pods(args) = &args.what;
+    match &args.what {
+        GetWhat::Pods(args) => get_pods(args).await,
+        GetWhat::Events(args) => get_events(args).await,
+    }
+}
+
+async fn get_pods(args: &GetPodsArgs) -> Result<()> {
     let mut pods = bosun::api::get_pods(&bosun::daemon::api_socket(&args.root_dir)).await?;
     if let Some(name) = &args.name {
         pods.retain(|p| p.metadata.name.as_deref() == Some(name.as_str()));
@@ -50,53 +124,176 @@ pub async fn get(args: &GetArgs) -> Result<()> {
             anyhow::bail!("pod {name:?} not found");
         }
     }
-    match args.output {
-        Some(GetFormat::Json) | Some(GetFormat::Yaml) => {
-            let format = if args.output == Some(GetFormat::Json) {
-                output::Format::Json
-            } else {
-                output::Format::Yaml
-            };
-            let value = match (&args.name, pods.as_slice()) {
-                (Some(_), [pod]) => serde_json::to_value(pod)?,
-                _ => serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods}),
-            };
-            output::print_value(&value, format)
+    if let Some(format) = GetFormat::structured(args.output) {
+        return print_objects(&pods, args.name.is_some(), format);
+    }
+    let wide = args.output == Some(GetFormat::Wide);
+    let mut header = vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"];
+    if wide {
+        header.extend(["IP", "NODE"]);
+    }
+    let mut table = Table::new(&header);
+    let now = bosun::events::now();
+    for pod in &pods {
+        let mut row = vec![
+            pod.metadata.name.clone().unwrap_or_default(),
+            ready_column(pod),
+            status_column(pod),
+            restarts_column(pod, now),
+            since(
+                pod.status
+                    .as_ref()
+                    .and_then(|s| s.start_time.as_ref())
+                    .map(|t| t.0),
+                now,
+            ),
+        ];
+        if wide {
+            let status = pod.status.as_ref();
+            row.push(
+                status
+                    .and_then(|s| s.pod_ip.clone())
+                    .unwrap_or_else(|| "<none>".into()),
+            );
+            row.push(
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+            );
         }
-        wide => {
-            let wide = wide == Some(GetFormat::Wide);
-            let mut header = vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"];
-            if wide {
-                header.extend(["IP", "NODE"]);
-            }
-            let mut table = Table::new(&header);
-            let now = SystemTime::now();
-            for pod in &pods {
-                let mut row = vec![
-                    pod.metadata.name.clone().unwrap_or_default(),
-                    ready_column(pod),
-                    status_column(pod),
-                    restarts_column(pod),
-                    age(pod, now),
-                ];
-                if wide {
-                    let status = pod.status.as_ref();
-                    row.push(
-                        status
-                            .and_then(|s| s.pod_ip.clone())
-                            .unwrap_or_else(|| "<none>".into()),
-                    );
-                    row.push(
-                        pod.spec
-                            .as_ref()
-                            .and_then(|s| s.node_name.clone())
-                            .unwrap_or_default(),
-                    );
-                }
-                table.row(row);
-            }
-            table.print()
+        table.row(row);
+    }
+    table.print()
+}
+
+async fn get_events(args: &GetEventsArgs) -> Result<()> {
+    let selector = args.for_object.as_ref().map(Involved::field_selector);
+    let mut events = bosun::api::get_events(
+        &bosun::daemon::api_socket(&args.root_dir),
+        selector.as_deref(),
+    )
+    .await?;
+    sort_events(&mut events);
+    if let Some(format) = GetFormat::structured(args.output) {
+        return print_objects(&events, false, format);
+    }
+    if events.is_empty() {
+        // As kubectl: nothing on stdout, a note on stderr, success.
+        eprintln!("No events found.");
+        return Ok(());
+    }
+    let wide = args.output == Some(GetFormat::Wide);
+    events_table(&events, wide, bosun::events::now()).print()
+}
+
+/// Prints objects as `kubectl get -o json|yaml` does: the one object asked for by name
+/// alone, anything else as a `List`.
+fn print_objects<T: Serialize>(items: &[T], single: bool, format: output::Format) -> Result<()> {
+    let value = match items {
+        [item] if single => serde_json::to_value(item)?,
+        _ => serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}),
+    };
+    output::print_value(&value, format)
+}
+
+/// When an event was first seen: `firstTimestamp`, or `eventTime` for events that only
+/// have that.
+fn first_seen(event: &Event) -> Option<Timestamp> {
+    event
+        .first_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| event.event_time.as_ref().map(|t| t.0))
+}
+
+/// When an event was last seen: `lastTimestamp`, or when it was first seen.
+fn last_seen(event: &Event) -> Option<Timestamp> {
+    event
+        .last_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| first_seen(event))
+}
+
+/// Oldest first, as `kubectl events` sorts them. The sort is stable and the daemon lists
+/// events in the order it last saw them, so events of the same second keep that order
+/// (timestamps travel with second precision).
+fn sort_events(events: &mut [Event]) {
+    events.sort_by_key(last_seen);
+}
+
+/// kubectl's event columns; `-o wide` adds SUBOBJECT, SOURCE, FIRST SEEN, COUNT and NAME.
+fn events_table(events: &[Event], wide: bool, now: Timestamp) -> Table {
+    let header: &[&str] = if wide {
+        &[
+            "LAST SEEN",
+            "TYPE",
+            "REASON",
+            "OBJECT",
+            "SUBOBJECT",
+            "SOURCE",
+            "MESSAGE",
+            "FIRST SEEN",
+            "COUNT",
+            "NAME",
+        ]
+    } else {
+        &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    };
+    let mut table = Table::new(header);
+    for event in events {
+        let text = |s: &Option<String>| s.clone().unwrap_or_default();
+        let object = bosun::events::short_object(&event.involved_object);
+        // One event, one line: a multi-line message would break the table.
+        let message = text(&event.message)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut row = vec![
+            since(last_seen(event), now),
+            text(&event.type_),
+            text(&event.reason),
+            object,
+        ];
+        if wide {
+            row.extend([
+                text(&event.involved_object.field_path),
+                source_column(event),
+                message,
+                since(first_seen(event), now),
+                event.count.unwrap_or(1).to_string(),
+                text(&event.metadata.name),
+            ]);
+        } else {
+            row.push(message);
         }
+        table.row(row);
+    }
+    table
+}
+
+/// `SOURCE`: `component, host`, from `source` or else the reporting fields.
+fn source_column(event: &Event) -> String {
+    let source = event.source.as_ref();
+    let pick = |a: Option<&String>, b: &Option<String>| {
+        a.filter(|s| !s.is_empty())
+            .or(b.as_ref())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let component = pick(
+        source.and_then(|s| s.component.as_ref()),
+        &event.reporting_component,
+    );
+    let host = pick(
+        source.and_then(|s| s.host.as_ref()),
+        &event.reporting_instance,
+    );
+    if host.is_empty() {
+        component
+    } else {
+        format!("{component}, {host}")
     }
 }
 
@@ -189,7 +386,7 @@ fn status_column(pod: &Pod) -> String {
 }
 
 /// `RESTARTS`: the sum over containers, with how long ago the last one was.
-fn restarts_column(pod: &Pod) -> String {
+fn restarts_column(pod: &Pod, now: Timestamp) -> String {
     let (init, regular) = statuses(pod);
     let restarts: i32 = init.iter().chain(regular).map(|s| s.restart_count).sum();
     let last = init
@@ -201,39 +398,203 @@ fn restarts_column(pod: &Pod) -> String {
                 .terminated
                 .as_ref()?
                 .finished_at
-                .clone()
+                .as_ref()
+                .map(|t| t.0)
         })
         .max();
     match last {
-        Some(t) if restarts > 0 => {
-            let finished = SystemTime::UNIX_EPOCH
-                + std::time::Duration::from_secs(u64::try_from(t.0.as_second()).unwrap_or(0));
-            let ago = SystemTime::now()
-                .duration_since(finished)
-                .unwrap_or_default();
-            format!("{restarts} ({} ago)", short_age(ago))
-        }
+        Some(t) if restarts > 0 => format!("{restarts} ({} ago)", since(Some(t), now)),
         _ => restarts.to_string(),
     }
 }
 
-fn age(pod: &Pod, now: SystemTime) -> String {
-    let Some(start) = pod.status.as_ref().and_then(|s| s.start_time.clone()) else {
-        return "<unknown>".into();
-    };
-    let started = SystemTime::UNIX_EPOCH
-        + std::time::Duration::from_secs(u64::try_from(start.0.as_second()).unwrap_or(0));
-    short_age(now.duration_since(started).unwrap_or_default())
+/// How long before `now` a moment was, as kubectl prints ages; `<unknown>` for no moment.
+fn since(moment: Option<Timestamp>, now: Timestamp) -> String {
+    match moment {
+        Some(t) => kubectl_duration(now.duration_since(t).as_secs()),
+        None => "<unknown>".into(),
+    }
 }
 
-/// kubectl's short ages: `45s`, `3m12s`, `5h`, `2d`.
-fn short_age(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=599 => format!("{}m{}s", s / 60, s % 60),
-        600..=10_799 => format!("{}m", s / 60),
-        10_800..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
+/// kubectl's ages (`HumanDuration`): `45s`, `3m12s`, `25m`, `5h3m`, `20h`, `3d4h`, `40d`,
+/// `2y30d`. A moment up to a second ahead (clock skew) is `0s`; further ahead, `<invalid>`.
+fn kubectl_duration(seconds: i64) -> String {
+    if seconds < -1 {
+        return "<invalid>".into();
+    }
+    let s = seconds.max(0);
+    let (minutes, hours) = (s / 60, s / 3600);
+    let days = hours / 24;
+    let two_units = |big: i64, big_unit: &str, small: i64, small_unit: &str| {
+        if small == 0 {
+            format!("{big}{big_unit}")
+        } else {
+            format!("{big}{big_unit}{small}{small_unit}")
+        }
+    };
+    match () {
+        _ if s < 120 => format!("{s}s"),
+        _ if minutes < 10 => two_units(minutes, "m", s % 60, "s"),
+        _ if minutes < 180 => format!("{minutes}m"),
+        _ if hours < 8 => two_units(hours, "h", minutes % 60, "m"),
+        _ if hours < 48 => format!("{hours}h"),
+        _ if hours < 24 * 8 => two_units(days, "d", hours % 24, "h"),
+        _ if hours < 24 * 365 * 2 => format!("{days}d"),
+        _ if hours < 24 * 365 * 8 => two_units(days / 365, "y", days % 365, "d"),
+        _ => format!("{}y", days / 365),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + second).expect("a valid time")
+    }
+
+    /// A recorder's events at known times, as the daemon would serve them.
+    fn events() -> Vec<Event> {
+        let event = |object: serde_json::Value,
+                     type_: &str,
+                     reason: &str,
+                     message: &str,
+                     first: i64,
+                     last: i64,
+                     count: i32,
+                     name: &str| {
+            serde_json::from_value::<Event>(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "involvedObject": object,
+                "type": type_,
+                "reason": reason,
+                "message": message,
+                "count": count,
+                "firstTimestamp": Timestamp::from_second(1_700_000_000 + first).expect("time").to_string(),
+                "lastTimestamp": Timestamp::from_second(1_700_000_000 + last).expect("time").to_string(),
+                "source": {"component": "bosun", "host": "node-1"},
+            }))
+            .expect("a valid event")
+        };
+        let web = serde_json::json!({"kind": "Pod", "name": "web-node-1", "namespace": "default", "fieldPath": "spec.containers{app}"});
+        let node = serde_json::json!({"kind": "Node", "name": "node-1"});
+        vec![
+            event(
+                web.clone(),
+                "Warning",
+                "BackOff",
+                "Back-off restarting\nfailed container",
+                100,
+                290,
+                5,
+                "web-node-1.a",
+            ),
+            event(
+                node,
+                "Warning",
+                "FailedValidation",
+                "bad.yaml: not a pod",
+                0,
+                0,
+                1,
+                "node-1.b",
+            ),
+            event(
+                web,
+                "Normal",
+                "Pulled",
+                "  Container image \"busybox\" already present  ",
+                60,
+                60,
+                1,
+                "web-node-1.c",
+            ),
+        ]
+    }
+
+    #[test]
+    fn events_print_as_kubectl_prints_them() {
+        let mut events = events();
+        sort_events(&mut events);
+        assert_eq!(
+            events_table(&events, false, at(300)).render(),
+            "LAST SEEN   TYPE      REASON             OBJECT           MESSAGE\n\
+             5m          Warning   FailedValidation   node/node-1      bad.yaml: not a pod\n\
+             4m          Normal    Pulled             pod/web-node-1   Container image \"busybox\" already present\n\
+             10s         Warning   BackOff            pod/web-node-1   Back-off restarting failed container\n"
+        );
+        assert_eq!(
+            events_table(&events[2..], true, at(300)).render(),
+            "LAST SEEN   TYPE      REASON    OBJECT           SUBOBJECT              SOURCE          MESSAGE                                FIRST SEEN   COUNT   NAME\n\
+             10s         Warning   BackOff   pod/web-node-1   spec.containers{app}   bosun, node-1   Back-off restarting failed container   3m20s        5       web-node-1.a\n"
+        );
+    }
+
+    #[test]
+    fn events_sort_by_last_seen_keeping_the_daemons_order_for_ties() {
+        let mut events = events();
+        events.swap(0, 2);
+        events[0].last_timestamp = events[1].last_timestamp.clone();
+        sort_events(&mut events);
+        let names: Vec<_> = events
+            .iter()
+            .filter_map(|e| e.metadata.name.as_deref())
+            .collect();
+        assert_eq!(names, ["web-node-1.c", "node-1.b", "web-node-1.a"]);
+    }
+
+    #[test]
+    fn events_without_a_last_timestamp_fall_back_to_the_first() {
+        let mut event = events().remove(0);
+        event.last_timestamp = None;
+        assert_eq!(last_seen(&event), Some(at(100)));
+        event.first_timestamp = None;
+        assert_eq!(since(last_seen(&event), at(0)), "<unknown>");
+    }
+
+    #[test]
+    fn for_names_a_pod_or_the_node() {
+        let involved = |kind, name: &str| Involved {
+            kind,
+            name: name.into(),
+        };
+        assert_eq!(parse_involved("web"), Ok(involved("Pod", "web")));
+        assert_eq!(parse_involved("pod/web"), Ok(involved("Pod", "web")));
+        assert_eq!(parse_involved("Pods/web"), Ok(involved("Pod", "web")));
+        assert_eq!(parse_involved("no/n1"), Ok(involved("Node", "n1")));
+        assert_eq!(
+            involved("Pod", "web").field_selector(),
+            "involvedObject.kind=Pod,involvedObject.name=web"
+        );
+        assert!(parse_involved("deployment/web")
+            .unwrap_err()
+            .contains("unknown kind \"deployment\""));
+        assert!(parse_involved("pod/").is_err());
+        assert!(parse_involved("web,reason=x").is_err());
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let cases = [
+            (-5, "<invalid>"),
+            (-1, "0s"),
+            (0, "0s"),
+            (119, "119s"),
+            (120, "2m"),
+            (192, "3m12s"),
+            (600, "10m"),
+            (179 * 60 + 59, "179m"),
+            (3 * 3600, "3h"),
+            (5 * 3600 + 3 * 60, "5h3m"),
+            (20 * 3600, "20h"),
+            (3 * 86_400 + 4 * 3600, "3d4h"),
+            (7 * 86_400, "7d"),
+            (40 * 86_400, "40d"),
+            (2 * 365 * 86_400 + 30 * 86_400, "2y30d"),
+            (9 * 365 * 86_400, "9y"),
+        ];
+        for (seconds, expected) in cases {
+            assert_eq!(kubectl_duration(seconds), expected, "{seconds}s");
+        }
     }
 }

@@ -91,6 +91,7 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         resolv_conf: load_resolv_conf(file.resolv_conf)?,
         pod_pids_limit: file.pod_pids_limit,
         node: node_resources(),
+        pods_dir: args.root_dir.join("pods"),
         ..NodeContext::default()
     };
     Ok(Config {

@@ -1,7 +1,10 @@
 //! One pod's life on this node: its CRI configuration, its lifecycle, its status.
 
+pub mod cgroup;
 pub mod observed;
 pub mod plan;
+pub mod probe;
 pub mod spec;
 pub mod status;
+pub mod volume;
 pub mod worker;

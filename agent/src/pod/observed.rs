@@ -166,9 +166,111 @@ pub fn sandboxes_by_pod(sandboxes: &[api::PodSandbox]) -> HashMap<String, Vec<&a
     by_pod
 }
 
+/// What a relist sees of each pod (kubelet's PLEG): a digest of its sandboxes' and
+/// containers' IDs and states, by pod UID. A pod whose digest changed between two relists
+/// had something happen to it that its worker must look at.
+pub fn pod_digests(
+    sandboxes: &[api::PodSandbox],
+    containers: &[api::Container],
+) -> HashMap<String, u64> {
+    use std::hash::{Hash, Hasher};
+    let mut parts: HashMap<String, Vec<(&str, i32)>> = HashMap::new();
+    for (uid, sandboxes) in sandboxes_by_pod(sandboxes) {
+        parts
+            .entry(uid)
+            .or_default()
+            .extend(sandboxes.iter().map(|s| (s.id.as_str(), s.state)));
+    }
+    for c in containers {
+        let list = c
+            .labels
+            .get(keys::POD_UID)
+            .and_then(|uid| parts.get_mut(uid));
+        if let Some(list) = list {
+            // Offset so that a container's state never reads as a sandbox's.
+            list.push((c.id.as_str(), 100 + c.state));
+        }
+    }
+    parts
+        .into_iter()
+        .map(|(uid, mut list)| {
+            list.sort_unstable();
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            list.hash(&mut hasher);
+            (uid, hasher.finish())
+        })
+        .collect()
+}
+
 pub fn from_nanos(nanos: i64) -> Option<SystemTime> {
     u64::try_from(nanos)
         .ok()
         .filter(|n| *n > 0)
         .map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(id: &str, uid: &str, state: api::PodSandboxState) -> api::PodSandbox {
+        api::PodSandbox {
+            id: id.to_owned(),
+            state: state as i32,
+            labels: HashMap::from([
+                (keys::POD_UID.to_owned(), uid.to_owned()),
+                (
+                    keys::MANAGED_BY.to_owned(),
+                    keys::MANAGED_BY_VALUE.to_owned(),
+                ),
+            ]),
+            ..Default::default()
+        }
+    }
+
+    fn container(id: &str, uid: &str, state: api::ContainerState) -> api::Container {
+        api::Container {
+            id: id.to_owned(),
+            state: state as i32,
+            labels: HashMap::from([(keys::POD_UID.to_owned(), uid.to_owned())]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_digest_changes_only_for_the_pod_that_changed() {
+        use api::{ContainerState as C, PodSandboxState as S};
+        let sandboxes = [
+            sandbox("s1", "a", S::SandboxReady),
+            sandbox("s2", "b", S::SandboxReady),
+        ];
+        let mut containers = vec![
+            container("c1", "a", C::ContainerRunning),
+            container("c2", "b", C::ContainerRunning),
+        ];
+        let before = pod_digests(&sandboxes, &containers);
+        assert_eq!(before.len(), 2);
+        containers[1].state = C::ContainerExited as i32;
+        let after = pod_digests(&sandboxes, &containers);
+        assert_eq!(before["a"], after["a"]);
+        assert_ne!(before["b"], after["b"]);
+        // The order the runtime lists things in does not matter.
+        containers.reverse();
+        assert_eq!(after, pod_digests(&sandboxes, &containers));
+        // A new container instance is a change, and so is the sandbox's state.
+        containers.push(container("c3", "a", C::ContainerCreated));
+        assert_ne!(after["a"], pod_digests(&sandboxes, &containers)["a"]);
+        let stopped = [
+            sandbox("s1", "a", S::SandboxNotready),
+            sandbox("s2", "b", S::SandboxReady),
+        ];
+        assert_ne!(after["a"], pod_digests(&stopped, &containers)["a"]);
+    }
+
+    #[test]
+    fn sandboxes_of_others_are_not_ours() {
+        let mut foreign = sandbox("s9", "z", api::PodSandboxState::SandboxReady);
+        foreign.labels.remove(keys::MANAGED_BY);
+        assert!(pod_digests(&[foreign], &[]).is_empty());
+    }
 }

@@ -117,6 +117,28 @@ impl Backoff {
     }
 }
 
+/// What the probes say of one running container instance (kubelet's prober results).
+/// A running container without an entry has no probes: it is started and ready.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// No startup probe, or it has succeeded.
+    pub started: bool,
+    /// Started, and no readiness probe or it succeeds.
+    pub ready: bool,
+    /// A liveness or startup probe failed: the container is killed (and restarted as the
+    /// restart policy says).
+    pub failed: Option<ProbeFailure>,
+}
+
+/// A liveness or startup probe that reached its failure threshold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeFailure {
+    /// `liveness` or `startup`.
+    pub probe: &'static str,
+    /// The probe's `terminationGracePeriodSeconds`, which overrides the pod's for this kill.
+    pub grace: Option<Duration>,
+}
+
 /// A container to start now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Start {
@@ -132,7 +154,10 @@ pub struct Start {
 pub struct Kill {
     pub id: String,
     pub name: String,
-    pub reason: &'static str,
+    /// Why, as kubelet says it in the `Killing` event.
+    pub reason: String,
+    /// The grace period, if not the pod's.
+    pub grace: Option<Duration>,
 }
 
 /// Why a container is not running now, for its status.
@@ -177,6 +202,7 @@ pub fn plan(
     observed: &ObservedPod,
     backoff: &Backoff,
     hashes: &HashMap<String, String>,
+    health: &HashMap<String, Health>,
     now: SystemTime,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -213,7 +239,8 @@ pub fn plan(
                 plan.kill.push(Kill {
                     id: c.id.clone(),
                     name: c.name.clone(),
-                    reason: "the pod sandbox changed",
+                    reason: format!("Stopping container {}: the pod sandbox changed", c.name),
+                    grace: None,
                 });
             }
         }
@@ -240,9 +267,28 @@ pub fn plan(
                 plan.kill.push(Kill {
                     id: current.id.clone(),
                     name: c.name.clone(),
-                    reason: "the container's spec changed",
+                    reason: format!("Container {} definition changed, will be restarted", c.name),
+                    grace: None,
                 });
+                continue;
             }
+        }
+        // A failed liveness or startup probe kills the container; its exit then restarts
+        // it (or not) like any other.
+        let failed = observed.latest(&c.name).and_then(|l| {
+            let failure = health.get(&l.id)?.failed.as_ref()?;
+            (l.state == ContainerState::Running).then_some((l, failure))
+        });
+        if let Some((latest, failure)) = failed {
+            plan.kill.push(Kill {
+                id: latest.id.clone(),
+                name: c.name.clone(),
+                reason: format!(
+                    "Container {} failed {} probe, will be restarted",
+                    c.name, failure.probe
+                ),
+                grace: failure.grace,
+            });
         }
     }
 
@@ -274,7 +320,15 @@ pub fn plan(
                 initialized = false;
                 break;
             }
-            (ContainerKind::Sidecar, Some(ContainerState::Running)) => continue,
+            // The next one waits until the sidecar has started (its startup probe).
+            (ContainerKind::Sidecar, Some(ContainerState::Running)) => {
+                let latest = latest.expect("matched Some");
+                if health.get(&latest.id).is_none_or(|h| h.started) {
+                    continue;
+                }
+                initialized = false;
+                break;
+            }
             (_, Some(ContainerState::Running | ContainerState::Created)) => {
                 initialized = false;
                 break;
@@ -442,6 +496,7 @@ spec:
             &ObservedPod::default(),
             &Backoff::default(),
             &HashMap::new(),
+            &HashMap::new(),
             t(0),
         );
         assert_eq!(plan.create_sandbox, Some(0));
@@ -459,6 +514,7 @@ spec:
             &pod(WEB),
             &observed,
             &Backoff::default(),
+            &HashMap::new(),
             &HashMap::new(),
             t(0),
         );
@@ -483,14 +539,28 @@ spec:
                 sandboxes: vec![sandbox(true)],
                 containers: vec![crashed],
             };
-            let first = plan(&p, &observed, &backoff, &HashMap::new(), t(now));
+            let first = plan(
+                &p,
+                &observed,
+                &backoff,
+                &HashMap::new(),
+                &HashMap::new(),
+                t(now),
+            );
             if let Some(Waiting::CrashLoopBackOff { delay }) = first.waiting.get("app") {
                 let wait = first.requeue_after.expect("requeue when the back-off ends");
                 assert_eq!(wait, *delay);
                 delays.push(wait.as_secs());
                 now += wait.as_secs();
             }
-            let again = plan(&p, &observed, &backoff, &HashMap::new(), t(now));
+            let again = plan(
+                &p,
+                &observed,
+                &backoff,
+                &HashMap::new(),
+                &HashMap::new(),
+                t(now),
+            );
             assert_eq!(again.start.len(), 1, "starts once the back-off is over");
             assert_eq!(again.start[0].restart_count, exits + 1);
             backoff.restarted("app", Duration::from_secs(1));
@@ -531,7 +601,14 @@ spec:
                     Some(1),
                 )],
             };
-            let plan = plan(&p, &observed, &Backoff::default(), &HashMap::new(), t(2));
+            let plan = plan(
+                &p,
+                &observed,
+                &Backoff::default(),
+                &HashMap::new(),
+                &HashMap::new(),
+                t(2),
+            );
             assert_eq!(!plan.start.is_empty(), restarts, "{policy} exit {exit}");
             assert_eq!(
                 plan.finished,
@@ -560,7 +637,14 @@ spec:
             containers: vec![],
         };
         let step = |observed: &ObservedPod| {
-            plan(&p, observed, &Backoff::default(), &HashMap::new(), t(10))
+            plan(
+                &p,
+                observed,
+                &Backoff::default(),
+                &HashMap::new(),
+                &HashMap::new(),
+                t(10),
+            )
         };
         let names = |plan: &Plan| {
             plan.start
@@ -610,6 +694,7 @@ spec:
             &observed,
             &Backoff::default(),
             &HashMap::new(),
+            &HashMap::new(),
             t(2),
         );
         assert_eq!(always.start[0].name, "first");
@@ -618,6 +703,7 @@ spec:
             &pod(&format!("{WITH_INIT}  restartPolicy: Never\n")),
             &observed,
             &Backoff::default(),
+            &HashMap::new(),
             &HashMap::new(),
             t(2),
         );
@@ -635,6 +721,7 @@ spec:
             &observed,
             &Backoff::default(),
             &HashMap::new(),
+            &HashMap::new(),
             t(5),
         );
         assert_eq!(plan.create_sandbox, Some(1));
@@ -650,8 +737,98 @@ spec:
             containers: vec![running],
         };
         let hashes = HashMap::from([("app".to_owned(), "new".to_owned())]);
-        let plan = plan(&pod(WEB), &observed, &Backoff::default(), &hashes, t(5));
+        let plan = plan(
+            &pod(WEB),
+            &observed,
+            &Backoff::default(),
+            &hashes,
+            &HashMap::new(),
+            t(5),
+        );
         assert_eq!(plan.kill.len(), 1);
-        assert_eq!(plan.kill[0].reason, "the container's spec changed");
+        assert_eq!(
+            plan.kill[0].reason,
+            "Container app definition changed, will be restarted"
+        );
+    }
+
+    #[test]
+    fn a_failed_liveness_probe_kills_the_container_with_the_probes_grace() {
+        let running = container("app", ContainerState::Running, 0, 0, 0, None);
+        let observed = ObservedPod {
+            sandboxes: vec![sandbox(true)],
+            containers: vec![running.clone()],
+        };
+        let mut health = HashMap::from([(
+            running.id.clone(),
+            Health {
+                started: true,
+                ready: true,
+                failed: None,
+            },
+        )]);
+        let step = |health: &HashMap<String, Health>| {
+            plan(
+                &pod(WEB),
+                &observed,
+                &Backoff::default(),
+                &HashMap::new(),
+                health,
+                t(5),
+            )
+        };
+        assert!(step(&health).kill.is_empty());
+        health.get_mut(&running.id).expect("health").failed = Some(ProbeFailure {
+            probe: "liveness",
+            grace: Some(Duration::from_secs(3)),
+        });
+        let plan = step(&health);
+        assert_eq!(plan.kill.len(), 1);
+        assert_eq!(plan.kill[0].id, running.id);
+        assert_eq!(plan.kill[0].grace, Some(Duration::from_secs(3)));
+        assert_eq!(
+            plan.kill[0].reason,
+            "Container app failed liveness probe, will be restarted"
+        );
+        // A result for an older instance of the container kills nothing.
+        let stale = HashMap::from([("app-old".to_owned(), health[&running.id].clone())]);
+        assert!(step(&stale).kill.is_empty());
+    }
+
+    #[test]
+    fn a_sidecar_lets_the_next_container_start_only_once_started() {
+        let p = pod(WITH_INIT);
+        let sidecar = container("proxy", ContainerState::Running, 0, 0, 3, None);
+        let observed = ObservedPod {
+            sandboxes: vec![sandbox(true)],
+            containers: vec![
+                sidecar.clone(),
+                container("first", ContainerState::Exited, 0, 0, 1, Some(2)),
+            ],
+        };
+        let mut health = HashMap::from([(
+            sidecar.id.clone(),
+            Health {
+                started: false,
+                ready: false,
+                failed: None,
+            },
+        )]);
+        let step = |health: &HashMap<String, Health>| {
+            plan(
+                &p,
+                &observed,
+                &Backoff::default(),
+                &HashMap::new(),
+                health,
+                t(10),
+            )
+        };
+        let waiting = step(&health);
+        assert!(waiting.start.is_empty(), "{waiting:?}");
+        assert_eq!(waiting.waiting["app"], Waiting::PodInitializing);
+        health.get_mut(&sidecar.id).expect("health").started = true;
+        let names: Vec<String> = step(&health).start.into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["second"]);
     }
 }

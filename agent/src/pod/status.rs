@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::observed::{ContainerState, ObservedContainer, ObservedPod};
-use super::plan::{containers_of, ContainerKind, RestartPolicy, Waiting};
+use super::plan::{containers_of, ContainerKind, Health, RestartPolicy, Waiting};
 
 /// What the worker knows besides the runtime's state.
 #[derive(Clone, Debug, Default)]
@@ -23,9 +23,9 @@ pub struct Facts {
     /// The last error starting a container (image pull, create), by container name:
     /// (reason, message), shown as its waiting state.
     pub start_errors: HashMap<String, (String, String)>,
-    /// Readiness by container name, from readiness probes; a running container without one
-    /// is ready.
-    pub readiness: HashMap<String, bool>,
+    /// What the probes say, by container ID; a running container without an entry has no
+    /// probes, and is started and ready.
+    pub health: HashMap<String, Health>,
     /// The pod was told to stop.
     pub terminating: bool,
 }
@@ -196,9 +196,10 @@ fn container_status(
             )
         }
         (Some(l), _) if l.state == ContainerState::Running => {
-            status.started = Some(true);
-            status.ready = kind != ContainerKind::Init
-                && facts.readiness.get(&c.name).copied().unwrap_or(true);
+            let health = facts.health.get(&l.id);
+            let started = health.is_none_or(|h| h.started);
+            status.started = Some(started);
+            status.ready = kind != ContainerKind::Init && started && health.is_none_or(|h| h.ready);
             K8sState {
                 running: Some(ContainerStateRunning {
                     started_at: l.started_at.map(time),

@@ -4,23 +4,36 @@
 //! restarted bosun picks up where it left off.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bosun_cri::{api, CriError};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 
+use super::cgroup::{Cgroups, PodLimits};
 use super::observed::{keys, ContainerState, ObservedContainer, ObservedPod, ObservedSandbox};
-use super::plan::{self, containers_of, Backoff, ContainerKind, Start};
+use super::plan::{self, containers_of, Backoff, ContainerKind, Health, ProbeFailure, Start};
 use super::spec::{self, NodeContext, RuntimeFacts};
 use super::status::{self, Facts};
+use tokio::sync::Notify;
+
+use super::probe::{run_hook, ContainerProbes, ProbeKind, Target};
+use crate::events::{container_reference, reason, EventType, Recorder};
 use crate::runtime::Runtime;
 
 /// The image pull back-off: 10 s doubling to 5 min, as for container restarts.
 const PULL_BACKOFF: (Duration, Duration) = (plan::INITIAL_BACKOFF, plan::MAX_BACKOFF);
 /// How soon to try again after a sandbox could not be created.
 const SANDBOX_RETRY: Duration = Duration::from_secs(2);
+/// The least time a container gets between SIGTERM and SIGKILL, even when its preStop
+/// hook used up the grace period (kubelet's `minimumGracePeriodInSeconds`).
+const MIN_GRACE: Duration = Duration::from_secs(2);
+/// How long a postStart hook may run. kubelet sets no bound; one is kept here so that a
+/// hook that never returns cannot hold the pod's worker for ever.
+const POST_START_LIMIT: Duration = Duration::from_secs(300);
+/// The waiting reason of a container whose postStart hook failed (kubelet's
+/// `ErrPostStartHook`).
+const POST_START_HOOK_ERROR: &str = "PostStartHookError";
 
 /// An error while syncing a pod; logged, recorded in the status, and retried.
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +56,22 @@ pub struct PodWorker<R: Runtime> {
     pull_backoff: HashMap<String, (SystemTime, Duration)>,
     facts: Facts,
     status: Option<PodStatus>,
+    cgroups: Cgroups,
+    events: Recorder,
+    /// The probers of running containers, by container ID.
+    probes: HashMap<String, ContainerProbes>,
+    /// Wakes this pod's sync loop; probe results use it.
+    wake: Arc<Notify>,
 }
 
 impl<R: Runtime> PodWorker<R> {
-    pub fn new(runtime: R, ctx: Arc<NodeContext>, uid: String) -> Self {
+    pub fn new(
+        runtime: R,
+        ctx: Arc<NodeContext>,
+        uid: String,
+        events: Recorder,
+        wake: Arc<Notify>,
+    ) -> Self {
         PodWorker {
             runtime,
             ctx,
@@ -55,6 +80,10 @@ impl<R: Runtime> PodWorker<R> {
             pull_backoff: HashMap::new(),
             facts: Facts::default(),
             status: None,
+            cgroups: Cgroups::host(),
+            events,
+            probes: HashMap::new(),
+            wake,
         }
     }
 
@@ -148,12 +177,35 @@ impl<R: Runtime> PodWorker<R> {
             self.facts.qos_class = spec::qos_class(pod).to_string();
         }
         let observed = self.observe().await?;
+        self.update_probes(pod, &observed);
         let hashes = containers_of(pod)
             .into_iter()
             .map(|(c, _)| (c.name.clone(), spec::container_hash(c)))
             .collect();
-        let plan = plan::plan(pod, &observed, &self.backoff, &hashes, now);
+        let plan = plan::plan(
+            pod,
+            &observed,
+            &self.backoff,
+            &hashes,
+            &self.facts.health,
+            now,
+        );
         self.facts.waiting = plan.waiting.clone();
+        for (name, waiting) in &plan.waiting {
+            if let plan::Waiting::CrashLoopBackOff { .. } = waiting {
+                self.events.record(
+                    container_reference(pod, name),
+                    EventType::Warning,
+                    reason::BACK_OFF_START_CONTAINER,
+                    format!(
+                        "Back-off restarting failed container {name} in pod {}_{}({})",
+                        pod.metadata.name.as_deref().unwrap_or(""),
+                        pod.metadata.namespace.as_deref().unwrap_or("default"),
+                        self.uid
+                    ),
+                );
+            }
+        }
         let mut acted = false;
 
         for id in &plan.stop_sandboxes {
@@ -165,21 +217,29 @@ impl<R: Runtime> PodWorker<R> {
         }
         let grace = grace_period(pod);
         for kill in &plan.kill {
-            tracing::info!(pod = %pod_name(pod), container = %kill.name, reason = kill.reason, "stopping container");
-            self.runtime
-                .stop_container(&kill.id, grace)
-                .await
-                .map_err(self.runtime_error("StopContainer"))?;
+            self.events.record(
+                container_reference(pod, &kill.name),
+                EventType::Normal,
+                reason::KILLING_CONTAINER,
+                kill.reason.clone(),
+            );
+            let grace = kill.grace.unwrap_or(grace);
+            self.kill_container(pod, &observed, &kill.name, &kill.id, grace)
+                .await?;
             acted = true;
         }
         if plan.finished {
-            acted |= self.finish(&observed, grace).await?;
+            acted |= self.finish(pod, &observed, grace).await?;
         }
         if let Some(attempt) = plan.create_sandbox {
             match self.create_sandbox(pod, attempt).await {
                 Ok(()) => acted = true,
                 Err((reason, message)) => {
-                    tracing::warn!(pod = %pod_name(pod), %reason, %message, "cannot create the pod sandbox");
+                    self.events.warning(
+                        pod,
+                        reason::FAILED_CREATE_POD_SANDBOX,
+                        format!("Failed to create pod sandbox: {message}"),
+                    );
                     for (c, _) in containers_of(pod) {
                         self.facts
                             .start_errors
@@ -210,6 +270,106 @@ impl<R: Runtime> PodWorker<R> {
         })
     }
 
+    /// Keeps one prober per running container that has probes, for its current instance
+    /// only, and reads what they say into the facts the plan and the status use.
+    fn update_probes(&mut self, pod: &Pod, observed: &ObservedPod) {
+        let pod_ip = observed.sandbox().map(|s| s.ip.clone()).unwrap_or_default();
+        let mut wanted = HashMap::new();
+        for (c, _) in containers_of(pod) {
+            let probed = c.startup_probe.is_some()
+                || c.liveness_probe.is_some()
+                || c.readiness_probe.is_some();
+            let Some(latest) = observed.latest(&c.name) else {
+                continue;
+            };
+            if probed && latest.state == ContainerState::Running {
+                wanted.insert(latest.id.clone(), (c, latest));
+            }
+        }
+        self.probes.retain(|id, _| wanted.contains_key(id));
+        for (id, (c, latest)) in wanted {
+            if self.probes.contains_key(&id) {
+                continue;
+            }
+            let events = self.events.clone();
+            let involved = container_reference(pod, &c.name);
+            let probes = ContainerProbes::spawn(
+                self.runtime.clone(),
+                c,
+                Target::new(pod_ip.clone(), id.clone(), c),
+                latest.started_at.unwrap_or_else(SystemTime::now),
+                self.wake.clone(),
+                move |event| {
+                    events.record(
+                        involved.clone(),
+                        EventType::Warning,
+                        event.reason(),
+                        event.to_string(),
+                    );
+                },
+            );
+            self.probes.insert(id, probes);
+        }
+        self.facts.health = self
+            .probes
+            .iter()
+            .map(|(id, p)| {
+                let state = p.state();
+                let failed = state.failed.map(|f| ProbeFailure {
+                    probe: match f.probe {
+                        ProbeKind::Startup => "startup",
+                        ProbeKind::Liveness => "liveness",
+                        ProbeKind::Readiness => "readiness",
+                    },
+                    grace: f.grace,
+                });
+                let health = Health {
+                    started: state.started,
+                    ready: state.ready,
+                    failed,
+                };
+                (id.clone(), health)
+            })
+            .collect();
+    }
+
+    /// Stops one container as kubelet's `killContainer` does: its preStop hook first, inside
+    /// the grace period, then StopContainer with what is left of it (at least
+    /// [`MIN_GRACE`]), after which the runtime sends SIGKILL.
+    async fn kill_container(
+        &self,
+        pod: &Pod,
+        observed: &ObservedPod,
+        name: &str,
+        id: &str,
+        grace: Duration,
+    ) -> Result<(), SyncError> {
+        let spec = containers_of(pod)
+            .into_iter()
+            .map(|(c, _)| c)
+            .find(|c| c.name == name);
+        let pre_stop = spec.and_then(|c| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)));
+        let mut left = grace;
+        if let Some((container, handler)) = pre_stop {
+            let began = tokio::time::Instant::now();
+            let pod_ip = observed.sandbox().map(|s| s.ip.clone()).unwrap_or_default();
+            let target = Target::new(pod_ip, id, container);
+            if let Err(e) = run_hook(&self.runtime, handler, &target, grace).await {
+                self.events.record(
+                    container_reference(pod, name),
+                    EventType::Warning,
+                    reason::FAILED_PRE_STOP_HOOK,
+                    format!("PreStopHook failed: {e}"),
+                );
+            }
+            left = grace.saturating_sub(began.elapsed());
+        }
+        self.runtime
+            .stop_container(id, left.max(MIN_GRACE))
+            .await
+            .map_err(self.runtime_error("StopContainer"))
+    }
+
     fn publish(&mut self, pod: &Pod, observed: &ObservedPod, now: SystemTime) {
         self.status = Some(status::pod_status(
             pod,
@@ -221,17 +381,20 @@ impl<R: Runtime> PodWorker<R> {
     }
 
     /// Stops what still runs of a finished pod, and its sandbox.
-    async fn finish(&self, observed: &ObservedPod, grace: Duration) -> Result<bool, SyncError> {
+    async fn finish(
+        &self,
+        pod: &Pod,
+        observed: &ObservedPod,
+        grace: Duration,
+    ) -> Result<bool, SyncError> {
         let mut acted = false;
         for c in observed
             .containers
             .iter()
             .filter(|c| c.state == ContainerState::Running)
         {
-            self.runtime
-                .stop_container(&c.id, grace)
-                .await
-                .map_err(self.runtime_error("StopContainer"))?;
+            self.kill_container(pod, observed, &c.name, &c.id, grace)
+                .await?;
             acted = true;
         }
         for s in observed.sandboxes.iter().filter(|s| s.ready) {
@@ -252,6 +415,19 @@ impl<R: Runtime> PodWorker<R> {
                 format!("creating {}: {e}", config.log_directory),
             )
         })?;
+        let limits = PodLimits {
+            pids_max: self.ctx.pod_pids_limit,
+        };
+        self.cgroups
+            .apply(&spec::pod_cgroup_parent(pod, &self.ctx), &limits)
+            .map_err(|e| ("FailedCreatePodSandBox".to_owned(), e.to_string()))?;
+        if attempt > 0 {
+            self.events.normal(
+                pod,
+                reason::SANDBOX_CHANGED,
+                "Pod sandbox changed, it will be killed and re-created.",
+            );
+        }
         tracing::info!(pod = %pod_name(pod), attempt, "creating pod sandbox");
         self.runtime
             .run_pod_sandbox(config)
@@ -283,16 +459,45 @@ impl<R: Runtime> PodWorker<R> {
         start: &Start,
         now: SystemTime,
     ) -> bool {
-        match self.try_start(pod, observed, start, now).await {
+        let result = self.try_start(pod, observed, start, now).await;
+        let ran = match &result {
+            Ok(()) => true,
+            Err((why, _)) => why == POST_START_HOOK_ERROR,
+        };
+        if let (true, Some(ran_for)) = (ran, start.previous_ran_for) {
+            self.backoff.restarted(&start.name, ran_for);
+        }
+        match result {
             Ok(()) => {
                 self.facts.start_errors.remove(&start.name);
-                if let Some(ran_for) = start.previous_ran_for {
-                    self.backoff.restarted(&start.name, ran_for);
-                }
                 true
             }
-            Err((reason, message)) => {
-                tracing::warn!(pod = %pod_name(pod), container = %start.name, %reason, %message, "cannot start container");
+            Err((why, message)) => {
+                let involved = container_reference(pod, &start.name);
+                let (type_, event_reason, text) = match why.as_str() {
+                    "ErrImagePull" => (
+                        EventType::Warning,
+                        reason::FAILED_TO_PULL_IMAGE,
+                        message.clone(),
+                    ),
+                    "ImagePullBackOff" => (
+                        EventType::Normal,
+                        reason::BACK_OFF_PULL_IMAGE,
+                        message.clone(),
+                    ),
+                    "ErrImageNeverPull" => (
+                        EventType::Warning,
+                        reason::ERR_IMAGE_NEVER_PULL_POLICY,
+                        message.clone(),
+                    ),
+                    _ => (
+                        EventType::Warning,
+                        reason::FAILED_TO_START_CONTAINER,
+                        format!("Error: {message}"),
+                    ),
+                };
+                self.events.record(involved, type_, event_reason, text);
+                let reason = why;
                 self.facts
                     .start_errors
                     .insert(start.name.clone(), (reason, message));
@@ -316,6 +521,7 @@ impl<R: Runtime> PodWorker<R> {
         };
         let image = container.image.clone().unwrap_or_default();
         self.ensure_image(
+            pod,
             &start.name,
             &image,
             container.image_pull_policy.as_deref(),
@@ -341,16 +547,57 @@ impl<R: Runtime> PodWorker<R> {
         };
         let config = spec::container_config(pod, container, spec_kind, &self.ctx, &facts)
             .map_err(|e| ("CreateContainerConfigError".to_owned(), e.to_string()))?;
-        tracing::info!(pod = %pod_name(pod), container = %start.name, restart_count = start.restart_count, "starting container");
+        let involved = container_reference(pod, &start.name);
         let id = self
             .runtime
             .create_container(&sandbox.id, config, sandbox_config)
             .await
             .map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
+        self.events.record(
+            involved.clone(),
+            EventType::Normal,
+            reason::CREATED_CONTAINER,
+            format!("Created container: {}", start.name),
+        );
         self.runtime
             .start_container(&id)
             .await
             .map_err(|e| ("RunContainerError".to_owned(), e.to_string()))?;
+        self.events.record(
+            involved.clone(),
+            EventType::Normal,
+            reason::STARTED_CONTAINER,
+            format!("Started container {}", start.name),
+        );
+        let post_start = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref());
+        if let Some(handler) = post_start {
+            let target = Target::new(sandbox.ip.clone(), id.clone(), container);
+            if let Err(e) = run_hook(&self.runtime, handler, &target, POST_START_LIMIT).await {
+                let message = format!("PostStartHook failed: {e}");
+                self.events.record(
+                    involved.clone(),
+                    EventType::Warning,
+                    reason::FAILED_POST_START_HOOK,
+                    message.clone(),
+                );
+                self.events.record(
+                    involved,
+                    EventType::Normal,
+                    reason::KILLING_CONTAINER,
+                    format!("FailedPostStartHook: stopping container {}", start.name),
+                );
+                if let Err(e) = self
+                    .kill_container(pod, observed, &start.name, &id, grace_period(pod))
+                    .await
+                {
+                    tracing::warn!(error = %e, "stopping a container whose postStart hook failed");
+                }
+                return Err((POST_START_HOOK_ERROR.to_owned(), message));
+            }
+        }
         // Keep the instance before this one for `lastState` and logs; remove older ones.
         let older = observed
             .containers
@@ -370,6 +617,7 @@ impl<R: Runtime> PodWorker<R> {
     /// Makes sure the image is there, per the container's pull policy.
     async fn ensure_image(
         &mut self,
+        pod: &Pod,
         name: &str,
         image: &str,
         policy: Option<&str>,
@@ -384,6 +632,12 @@ impl<R: Runtime> PodWorker<R> {
         let never = policy == Some("Never");
         if never || policy == Some("IfNotPresent") {
             if present().await? {
+                self.events.record(
+                    container_reference(pod, name),
+                    EventType::Normal,
+                    reason::PULLED_IMAGE,
+                    format!("Container image \"{image}\" already present on machine"),
+                );
                 return Ok(());
             }
             if never {
@@ -401,8 +655,24 @@ impl<R: Runtime> PodWorker<R> {
                 ));
             }
         }
+        self.events.record(
+            container_reference(pod, name),
+            EventType::Normal,
+            reason::PULLING_IMAGE,
+            format!("Pulling image \"{image}\""),
+        );
+        let began = std::time::Instant::now();
         match self.runtime.pull_image(image).await {
             Ok(_) => {
+                self.events.record(
+                    container_reference(pod, name),
+                    EventType::Normal,
+                    reason::PULLED_IMAGE,
+                    format!(
+                        "Successfully pulled image \"{image}\" in {:.3}s",
+                        began.elapsed().as_secs_f64()
+                    ),
+                );
                 self.pull_backoff.remove(name);
                 Ok(())
             }
@@ -415,7 +685,7 @@ impl<R: Runtime> PodWorker<R> {
                     .insert(name.to_owned(), (now + delay, delay));
                 Err((
                     "ErrImagePull".to_owned(),
-                    format!("pulling image \"{image}\": {e}"),
+                    format!("Failed to pull image \"{image}\": {e}"),
                 ))
             }
         }
@@ -435,6 +705,8 @@ impl<R: Runtime> PodWorker<R> {
             })
             .unwrap_or(ContainerKind::Regular)
         };
+        self.probes.clear();
+        let deadline = tokio::time::Instant::now() + grace;
         let running: Vec<&ObservedContainer> = observed
             .containers
             .iter()
@@ -443,10 +715,10 @@ impl<R: Runtime> PodWorker<R> {
         let regular: Vec<_> = running
             .iter()
             .filter(|c| kind_of(&c.name) != ContainerKind::Sidecar)
-            .map(|c| self.runtime.stop_container(&c.id, grace))
+            .map(|c| self.stop_for_termination(pod, &observed, c, grace))
             .collect();
         for result in futures::future::join_all(regular).await {
-            result.map_err(self.runtime_error("StopContainer"))?;
+            result?;
         }
         let order: Vec<String> = pod
             .map(|p| {
@@ -462,10 +734,9 @@ impl<R: Runtime> PodWorker<R> {
             .collect();
         sidecars.sort_by_key(|c| std::cmp::Reverse(order.iter().position(|n| n == &c.name)));
         for c in sidecars {
-            self.runtime
-                .stop_container(&c.id, grace)
-                .await
-                .map_err(self.runtime_error("StopContainer"))?;
+            // Sidecars get what is left of the pod's grace period.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.stop_for_termination(pod, &observed, c, left).await?;
         }
         for s in &observed.sandboxes {
             self.runtime
@@ -478,9 +749,36 @@ impl<R: Runtime> PodWorker<R> {
                 .map_err(self.runtime_error("RemovePodSandbox"))?;
         }
         if let Some(pod) = pod {
-            remove_cgroup(&spec::pod_cgroup_parent(pod, &self.ctx));
+            self.cgroups
+                .remove(&spec::pod_cgroup_parent(pod, &self.ctx));
         }
         Ok(())
+    }
+}
+
+impl<R: Runtime> PodWorker<R> {
+    async fn stop_for_termination(
+        &self,
+        pod: Option<&Pod>,
+        observed: &ObservedPod,
+        c: &ObservedContainer,
+        grace: Duration,
+    ) -> Result<(), SyncError> {
+        if let Some(pod) = pod {
+            self.events.record(
+                container_reference(pod, &c.name),
+                EventType::Normal,
+                reason::KILLING_CONTAINER,
+                format!("Stopping container {}", c.name),
+            );
+            return self
+                .kill_container(pod, observed, &c.name, &c.id, grace)
+                .await;
+        }
+        self.runtime
+            .stop_container(&c.id, grace)
+            .await
+            .map_err(self.runtime_error("StopContainer"))
     }
 }
 
@@ -500,39 +798,4 @@ pub fn pod_name(pod: &Pod) -> String {
         pod.metadata.namespace.as_deref().unwrap_or("default"),
         pod.metadata.name.as_deref().unwrap_or("")
     )
-}
-
-/// Removes a pod's cgroup in every hierarchy (the runtime leaves it behind), leaf first.
-/// Best effort: a cgroup that still has processes stays and is tried again next time.
-fn remove_cgroup(parent: &str) {
-    let relative = parent.trim_start_matches('/');
-    if relative.is_empty() {
-        return;
-    }
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
-        return;
-    };
-    for line in mounts.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(_), Some(mount_point), Some(fstype)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        if fstype != "cgroup" && fstype != "cgroup2" {
-            continue;
-        }
-        remove_tree(&Path::new(mount_point).join(relative));
-    }
-}
-
-fn remove_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_tree(&entry.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }

@@ -2,12 +2,15 @@
 //! node needs to run it safely. Messages follow the API server's (`field: unsupported
 //! value ...`) so they read the same as what `kubectl apply` would print.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::strict::Problem;
+use crate::pod::volume::{
+    check_item_path, check_sub_path, format_mode, volume_sources, HOST_PATH_TYPES,
+};
 
 const RESTART_POLICIES: &[&str] = &["Always", "OnFailure", "Never"];
 const DNS_POLICIES: &[&str] = &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
@@ -15,6 +18,9 @@ const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
 const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
 /// An init container may only restart `Always`, which makes it a sidecar.
 const INIT_RESTART_POLICIES: &[&str] = &["Always"];
+const MOUNT_PROPAGATIONS: &[&str] = &["None", "HostToContainer", "Bidirectional"];
+/// The largest file mode of configMap, secret, downwardAPI and projected files.
+const MAX_FILE_MODE: i32 = 0o777;
 
 /// The longest object name the API server accepts (a DNS-1123 subdomain).
 const MAX_SUBDOMAIN: usize = 253;
@@ -74,10 +80,17 @@ pub(crate) fn validate_pod(pod: &Pod, node_name: &str) -> Vec<Problem> {
     // Container names share one namespace across init and regular containers: the runtime
     // and the logs address them by name alone.
     let mut names: BTreeMap<&str, String> = BTreeMap::new();
+    let volume_names: BTreeSet<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
     let init = spec.init_containers.iter().flatten().enumerate();
     for (index, container) in init {
         let path = format!("spec.initContainers[{index}]");
         check_container(&mut problems, &path, container, &mut names);
+        check_volume_mounts(&mut problems, &path, container, &volume_names);
         check_one_of(
             &mut problems,
             &format!("{path}.restartPolicy"),
@@ -88,6 +101,7 @@ pub(crate) fn validate_pod(pod: &Pod, node_name: &str) -> Vec<Problem> {
     for (index, container) in spec.containers.iter().enumerate() {
         let path = format!("spec.containers[{index}]");
         check_container(&mut problems, &path, container, &mut names);
+        check_volume_mounts(&mut problems, &path, container, &volume_names);
         if container.restart_policy.is_some() {
             problems.push(Problem::new(
                 format!("{path}.restartPolicy"),
@@ -110,8 +124,202 @@ pub(crate) fn validate_pod(pod: &Pod, node_name: &str) -> Vec<Problem> {
                 &format!("spec.volumes[{first}].name"),
             ));
         }
+        check_volume_source(&mut problems, &format!("spec.volumes[{index}]"), volume);
     }
     problems
+}
+
+/// A container's `volumeMounts`, as the API server checks them.
+fn check_volume_mounts(
+    problems: &mut Vec<Problem>,
+    path: &str,
+    container: &Container,
+    volumes: &BTreeSet<&str>,
+) {
+    let mut mount_paths: BTreeMap<&str, String> = BTreeMap::new();
+    for (index, mount) in container.volume_mounts.iter().flatten().enumerate() {
+        let path = format!("{path}.volumeMounts[{index}]");
+        let name_field = format!("{path}.name");
+        if mount.name.is_empty() {
+            problems.push(Problem::new(name_field, "required value"));
+        } else if !volumes.contains(mount.name.as_str()) {
+            let message = format!("not found: {:?} is not in spec.volumes", mount.name);
+            problems.push(Problem::new(name_field, message));
+        }
+        let path_field = format!("{path}.mountPath");
+        if mount.mount_path.is_empty() {
+            problems.push(Problem::new(&path_field, "required value"));
+        } else if let Some(first) = mount_paths.get(mount.mount_path.as_str()) {
+            problems.push(duplicate(&path_field, &mount.mount_path, first));
+        } else {
+            mount_paths.insert(&mount.mount_path, path_field);
+        }
+        let sub_path = mount.sub_path.as_deref().unwrap_or_default();
+        if let Err(why) = check_sub_path(sub_path) {
+            problems.push(invalid(&format!("{path}.subPath"), sub_path, why));
+        }
+        let sub_path_expr = mount.sub_path_expr.as_deref().unwrap_or_default();
+        if !sub_path.is_empty() && !sub_path_expr.is_empty() {
+            let why = "subPathExpr and subPath are mutually exclusive";
+            problems.push(invalid(&format!("{path}.subPathExpr"), sub_path_expr, why));
+        }
+        let propagation_field = format!("{path}.mountPropagation");
+        let propagation = mount.mount_propagation.as_deref();
+        check_one_of(
+            problems,
+            &propagation_field,
+            propagation,
+            MOUNT_PROPAGATIONS,
+        );
+        let privileged = container
+            .security_context
+            .as_ref()
+            .and_then(|s| s.privileged)
+            .unwrap_or(false);
+        if propagation == Some("Bidirectional") && !privileged {
+            problems.push(Problem::new(
+                propagation_field,
+                "forbidden: Bidirectional mount propagation is available only to privileged \
+                 containers",
+            ));
+        }
+    }
+}
+
+/// A volume's source, as the API server checks it: exactly one, and the fields bosun relies
+/// on well formed. Sources bosun cannot mount are accepted here, as kubelet accepts them;
+/// the pod then fails to start with an error naming the volume.
+fn check_volume_source(problems: &mut Vec<Problem>, path: &str, volume: &Volume) {
+    match volume_sources(volume).len() {
+        0 => problems.push(Problem::new(path, "must specify a volume type")),
+        1 => {}
+        _ => problems.push(Problem::new(
+            path,
+            "may not specify more than 1 volume type",
+        )),
+    }
+    if let Some(host_path) = &volume.host_path {
+        let field = format!("{path}.hostPath.path");
+        if host_path.path.is_empty() {
+            problems.push(Problem::new(field, "required value"));
+        } else if let Err(why) = check_sub_path(host_path.path.trim_start_matches('/')) {
+            problems.push(invalid(&field, &host_path.path, why));
+        }
+        let type_field = format!("{path}.hostPath.type");
+        check_one_of(
+            problems,
+            &type_field,
+            host_path.type_.as_deref(),
+            HOST_PATH_TYPES,
+        );
+    }
+    if let Some(config_map) = &volume.config_map {
+        let path = format!("{path}.configMap");
+        if config_map.name.is_empty() {
+            problems.push(Problem::new(format!("{path}.name"), "required value"));
+        }
+        check_file_mode(
+            problems,
+            &format!("{path}.defaultMode"),
+            config_map.default_mode,
+        );
+        check_key_to_paths(problems, &path, config_map.items.as_deref());
+    }
+    if let Some(secret) = &volume.secret {
+        let path = format!("{path}.secret");
+        if secret.secret_name.as_deref().unwrap_or_default().is_empty() {
+            problems.push(Problem::new(format!("{path}.secretName"), "required value"));
+        }
+        check_file_mode(
+            problems,
+            &format!("{path}.defaultMode"),
+            secret.default_mode,
+        );
+        check_key_to_paths(problems, &path, secret.items.as_deref());
+    }
+    if let Some(downward_api) = &volume.downward_api {
+        let path = format!("{path}.downwardAPI");
+        check_file_mode(
+            problems,
+            &format!("{path}.defaultMode"),
+            downward_api.default_mode,
+        );
+        check_downward_api_files(problems, &path, downward_api.items.as_deref());
+    }
+    if let Some(projected) = &volume.projected {
+        let path = format!("{path}.projected");
+        check_file_mode(
+            problems,
+            &format!("{path}.defaultMode"),
+            projected.default_mode,
+        );
+        for (index, source) in projected.sources.iter().flatten().enumerate() {
+            let path = format!("{path}.sources[{index}]");
+            if let Some(config_map) = &source.config_map {
+                check_key_to_paths(
+                    problems,
+                    &format!("{path}.configMap"),
+                    config_map.items.as_deref(),
+                );
+            }
+            if let Some(secret) = &source.secret {
+                check_key_to_paths(problems, &format!("{path}.secret"), secret.items.as_deref());
+            }
+            if let Some(downward_api) = &source.downward_api {
+                let path = format!("{path}.downwardAPI");
+                check_downward_api_files(problems, &path, downward_api.items.as_deref());
+            }
+        }
+    }
+}
+
+/// The `items` of a configMap or secret source under `path`.
+fn check_key_to_paths(problems: &mut Vec<Problem>, path: &str, items: Option<&[KeyToPath]>) {
+    for (index, item) in items.unwrap_or_default().iter().enumerate() {
+        let path = format!("{path}.items[{index}]");
+        if item.key.is_empty() {
+            problems.push(Problem::new(format!("{path}.key"), "required value"));
+        }
+        check_file_path(problems, &format!("{path}.path"), &item.path);
+        check_file_mode(problems, &format!("{path}.mode"), item.mode);
+    }
+}
+
+/// The `items` of a downwardAPI volume or projection under `path`.
+fn check_downward_api_files(
+    problems: &mut Vec<Problem>,
+    path: &str,
+    items: Option<&[DownwardAPIVolumeFile]>,
+) {
+    for (index, item) in items.unwrap_or_default().iter().enumerate() {
+        let path = format!("{path}.items[{index}]");
+        check_file_path(problems, &format!("{path}.path"), &item.path);
+        check_file_mode(problems, &format!("{path}.mode"), item.mode);
+    }
+}
+
+fn check_file_path(problems: &mut Vec<Problem>, field: &str, path: &str) {
+    if path.is_empty() {
+        problems.push(Problem::new(field, "required value"));
+    } else if let Err(why) = check_item_path(path) {
+        problems.push(invalid(field, path, why));
+    }
+}
+
+fn check_file_mode(problems: &mut Vec<Problem>, field: &str, mode: Option<i32>) {
+    let Some(mode) = mode else {
+        return;
+    };
+    if !(0..=MAX_FILE_MODE).contains(&mode) {
+        let value = format_mode(mode);
+        problems.push(Problem::new(
+            field,
+            format!(
+                "invalid value {value}: must be a number between 0 and 0777 (octal), both \
+                 inclusive"
+            ),
+        ));
+    }
 }
 
 /// kubelet's name for a static pod: the manifest's name, a dash, and the node name in
@@ -376,6 +584,103 @@ mod tests {
         ] {
             assert!(check_port_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn problems_of(yaml: &str) -> Vec<String> {
+        let pod: Pod = serde_yaml::from_str(yaml).expect("fixture parses");
+        validate_pod(&pod, "node-a")
+            .into_iter()
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn volume_sources_are_checked() {
+        let problems = problems_of(
+            r#"
+metadata: {name: web}
+spec:
+  containers: [{name: app, image: nginx}]
+  volumes:
+  - {name: none}
+  - {name: two, emptyDir: {}, hostPath: {path: /tmp}}
+  - {name: host, hostPath: {path: /var/../etc, type: Dir}}
+  - name: conf
+    configMap:
+      name: ""
+      defaultMode: 0o1000
+      items: [{key: "", path: ../x, mode: -1}, {key: k, path: ..data}]
+  - {name: creds, secret: {items: [{key: k, path: /abs}]}}
+  - name: info
+    downwardAPI: {items: [{path: "", fieldRef: {fieldPath: metadata.name}}]}
+  - name: all
+    projected:
+      sources:
+      - configMap: {name: c, items: [{key: k, path: a/../../b}]}
+  - {name: claim, persistentVolumeClaim: {claimName: data}}
+"#,
+        );
+        assert_eq!(
+            problems,
+            [
+                "spec.volumes[0]: must specify a volume type",
+                "spec.volumes[1]: may not specify more than 1 volume type",
+                r#"spec.volumes[2].hostPath.path: invalid value "/var/../etc": must not contain '..'"#,
+                r#"spec.volumes[2].hostPath.type: unsupported value "Dir": supported values: "", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice""#,
+                "spec.volumes[3].configMap.name: required value",
+                "spec.volumes[3].configMap.defaultMode: invalid value 0o1000: must be a number between 0 and 0777 (octal), both inclusive",
+                "spec.volumes[3].configMap.items[0].key: required value",
+                r#"spec.volumes[3].configMap.items[0].path: invalid value "../x": must not contain '..'"#,
+                "spec.volumes[3].configMap.items[0].mode: invalid value -1: must be a number between 0 and 0777 (octal), both inclusive",
+                r#"spec.volumes[3].configMap.items[1].path: invalid value "..data": must not start with '..'"#,
+                "spec.volumes[4].secret.secretName: required value",
+                r#"spec.volumes[4].secret.items[0].path: invalid value "/abs": must be a relative path"#,
+                "spec.volumes[5].downwardAPI.items[0].path: required value",
+                r#"spec.volumes[6].projected.sources[0].configMap.items[0].path: invalid value "a/../../b": must not contain '..'"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn volume_mounts_are_checked() {
+        let problems = problems_of(
+            "
+metadata: {name: web}
+spec:
+  initContainers:
+  - name: init
+    image: busybox
+    volumeMounts: [{name: nope, mountPath: /x}]
+  containers:
+  - name: app
+    image: nginx
+    volumeMounts:
+    - {name: data, mountPath: /data}
+    - {name: data, mountPath: /data, subPath: ../up}
+    - {name: '', mountPath: ''}
+    - {name: data, mountPath: /a, subPath: a, subPathExpr: $(B)}
+    - {name: data, mountPath: /b, mountPropagation: Bidirectional}
+    - {name: data, mountPath: /c, mountPropagation: Sideways}
+  - name: priv
+    image: nginx
+    securityContext: {privileged: true}
+    volumeMounts: [{name: data, mountPath: /data, mountPropagation: Bidirectional}]
+  volumes: [{name: data, emptyDir: {}}]
+",
+        );
+        assert_eq!(
+            problems,
+            [
+                r#"spec.initContainers[0].volumeMounts[0].name: not found: "nope" is not in spec.volumes"#,
+                r#"spec.containers[0].volumeMounts[1].mountPath: duplicate value "/data": already used by spec.containers[0].volumeMounts[0].mountPath"#,
+                r#"spec.containers[0].volumeMounts[1].subPath: invalid value "../up": must not contain '..'"#,
+                "spec.containers[0].volumeMounts[2].name: required value",
+                "spec.containers[0].volumeMounts[2].mountPath: required value",
+                r#"spec.containers[0].volumeMounts[3].subPathExpr: invalid value "$(B)": subPathExpr and subPath are mutually exclusive"#,
+                "spec.containers[0].volumeMounts[4].mountPropagation: forbidden: Bidirectional mount propagation is available only to privileged containers",
+                r#"spec.containers[0].volumeMounts[5].mountPropagation: unsupported value "Sideways": supported values: "None", "HostToContainer", "Bidirectional""#,
+            ]
+        );
     }
 
     #[test]

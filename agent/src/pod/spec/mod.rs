@@ -71,12 +71,16 @@ pub struct NodeContext {
     pub seccomp_default: bool,
     /// Where `Localhost` seccomp profiles live: `<kubelet root>/seccomp`.
     pub seccomp_profile_root: PathBuf,
+    /// Where pod directories go (kubelet's `<root-dir>/pods`): `<pods_dir>/<uid>` holds the
+    /// pod's volumes, its `/etc/hosts` and its termination-log files.
+    pub pods_dir: PathBuf,
 }
 
 impl Default for NodeContext {
     /// kubelet's defaults where it has them (`cluster.local`, `/var/log/pods`, `/kubepods`,
-    /// seccomp profiles under `/var/lib/kubelet/seccomp`); the node's name, IP, DNS servers,
-    /// resolv.conf and resources are empty and must be filled in.
+    /// seccomp profiles under `/var/lib/kubelet/seccomp`), pod directories under bosun's
+    /// default root, `/var/lib/bosun/pods`; the node's name, IP, DNS servers, resolv.conf and
+    /// resources are empty and must be filled in.
     fn default() -> Self {
         Self {
             node_name: String::new(),
@@ -90,6 +94,7 @@ impl Default for NodeContext {
             node: NodeResources::default(),
             seccomp_default: false,
             seccomp_profile_root: PathBuf::from("/var/lib/kubelet/seccomp"),
+            pods_dir: PathBuf::from("/var/lib/bosun/pods"),
         }
     }
 }

@@ -35,6 +35,7 @@ fn node() -> NodeContext {
         },
         seccomp_default: false,
         seccomp_profile_root: PathBuf::from("/var/lib/kubelet/seccomp"),
+        pods_dir: PathBuf::from("/var/lib/bosun/pods"),
     }
 }
 

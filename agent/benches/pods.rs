@@ -1,0 +1,1348 @@
+//! bosun's pod-lifecycle benchmarks, on a real private containerd (a `TestNode`) and a real
+//! `bosun run`:
+//!
+//! - `pod_start`: manifest written → container running, against the bare CRI sequence
+//!   (RunPodSandbox, CreateContainer, StartContainer) issued directly with the same configs;
+//! - `pods_at_once`: 30 manifests written at once → all running, against 30 bare sequences
+//!   issued concurrently;
+//! - `time_to_ready`: manifest → pod Ready with an exec and an httpGet readiness probe, next
+//!   to the container's start;
+//! - `exit_detection`: a container's exit → its replacement created, against the bare
+//!   CreateContainer call;
+//! - `footprint`: the daemon's memory and CPU with 100 probed pods, against an idle daemon.
+//!
+//! Times are containerd's own CRI timestamps (`created_at`, `started_at`, `finished_at`) on
+//! the host's wall clock, so how often the benchmark polls does not change what it measures.
+//! bosun's samples and the baseline's are interleaved, so a change in the machine's load
+//! during the run hits both alike.
+//!
+//! Run as root: `cargo bench -p bosun --bench pods -- [--quick] [--samples N] [FILTER...]`
+//! (or `scripts/bench.sh`). A FILTER selects the benchmarks whose name contains it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use bosun::pod::spec::{
+    self, ContainerKind, HostDns, NodeContext, NodeResources, RuntimeFacts, POD_NAME_LABEL,
+};
+use bosun_cri::{api, CriClient};
+use bosun_tests::images::BUSYBOX_IMAGE;
+use bosun_tests::node::TestNode;
+use k8s_openapi::api::core::v1::Pod;
+
+const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
+const NODE_NAME: &str = "node1";
+const BENCHMARKS: [&str; 5] = [
+    "pod_start",
+    "pods_at_once",
+    "time_to_ready",
+    "exit_detection",
+    "footprint",
+];
+
+/// PID 1 that waits forever and exits at once on SIGTERM (PID 1 ignores it unless trapped),
+/// so removing a pod costs no grace period.
+const SERVE: &str = "trap 'exit 0' TERM; sleep 2147483647 & wait";
+/// busybox httpd serving one file on port 8080, exiting at once on SIGTERM.
+const HTTPD: &str = "trap 'exit 0' TERM; mkdir -p /www; echo ok > /www/index.html; \
+                     httpd -f -p 8080 -h /www & wait";
+/// Runs half a second, then fails: restartPolicy Always restarts it at once the first time.
+const CRASH: &str = "trap 'exit 0' TERM; sleep 0.5 & wait; exit 1";
+
+const EXEC_READINESS: &str = "    readinessProbe:
+      exec:
+        command: [\"true\"]
+      periodSeconds: 1
+";
+const HTTP_READINESS: &str = "    ports:
+    - containerPort: 8080
+    readinessProbe:
+      httpGet:
+        path: /index.html
+        port: 8080
+      periodSeconds: 1
+";
+const FOOTPRINT_PROBES: &str = "    readinessProbe:
+      exec:
+        command: [\"true\"]
+      periodSeconds: 10
+    livenessProbe:
+      exec:
+        command: [\"true\"]
+      periodSeconds: 10
+";
+
+/// The kernel's clock tick for `/proc/PID/stat` times (USER_HZ, 100 on every Linux ABI
+/// bosun targets).
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this binary without it,
+    // and a test run must not start a node (criterion behaves the same way).
+    if !args.iter().any(|a| a == "--bench") {
+        println!("pods bench: not run (run it with `cargo bench`)");
+        return;
+    }
+    let options = match Options::parse(args.into_iter()) {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("pods bench: {e:#}");
+            eprintln!(
+                "usage: pods [--quick] [--samples N] [FILTER...]  (benchmarks: {BENCHMARKS:?})"
+            );
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run(&options)),
+        Err(e) => Err(e).context("starting the async runtime"),
+    };
+    if let Err(e) = result {
+        eprintln!("pods bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+// ---- options and sizes ------------------------------------------------------------------
+
+struct Options {
+    quick: bool,
+    samples: Option<usize>,
+    filters: Vec<String>,
+}
+
+impl Options {
+    fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
+        let mut options = Options {
+            quick: false,
+            samples: None,
+            filters: Vec::new(),
+        };
+        let mut args = args;
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => options.quick = true,
+                // cargo bench passes it to every bench target.
+                "--bench" => {}
+                "--samples" => {
+                    let n = args.next().context("--samples needs a number")?;
+                    let n: usize = n.parse().with_context(|| format!("--samples {n:?}"))?;
+                    if n == 0 {
+                        bail!("--samples must be at least 1");
+                    }
+                    options.samples = Some(n);
+                }
+                flag if flag.starts_with('-') => bail!("unknown flag {flag:?}"),
+                filter => options.filters.push(filter.to_owned()),
+            }
+        }
+        if let Some(unmatched) = options
+            .filters
+            .iter()
+            .find(|f| !BENCHMARKS.iter().any(|b| b.contains(f.as_str())))
+        {
+            bail!("{unmatched:?} matches no benchmark");
+        }
+        Ok(options)
+    }
+
+    fn selected(&self, benchmark: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| benchmark.contains(f.as_str()))
+    }
+
+    fn sizes(&self) -> Sizes {
+        let mut sizes = if self.quick {
+            Sizes {
+                start_samples: 5,
+                at_once_pods: 10,
+                at_once_rounds: 2,
+                ready_samples: 3,
+                exit_samples: 5,
+                footprint_pods: 10,
+                window: Duration::from_secs(10),
+                settle: Duration::from_secs(5),
+            }
+        } else {
+            Sizes {
+                start_samples: 40,
+                at_once_pods: 30,
+                at_once_rounds: 5,
+                ready_samples: 15,
+                exit_samples: 40,
+                footprint_pods: 100,
+                window: Duration::from_secs(60),
+                settle: Duration::from_secs(20),
+            }
+        };
+        if let Some(n) = self.samples {
+            sizes.start_samples = n;
+            sizes.ready_samples = n;
+            sizes.exit_samples = n;
+        }
+        sizes
+    }
+}
+
+struct Sizes {
+    start_samples: usize,
+    at_once_pods: usize,
+    at_once_rounds: usize,
+    ready_samples: usize,
+    exit_samples: usize,
+    footprint_pods: usize,
+    /// The CPU measurement window of `footprint`.
+    window: Duration,
+    /// How long `footprint` lets the daemon settle before measuring.
+    settle: Duration,
+}
+
+// ---- the run ----------------------------------------------------------------------------
+
+async fn run(options: &Options) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmarks need root: they run containerd and pods");
+    }
+    let node = TestNode::start("bench").await?;
+    let outcome = run_on(&node, options).await;
+    let shutdown = node.shutdown().await;
+    outcome.and(shutdown)
+}
+
+async fn run_on(node: &TestNode, options: &Options) -> Result<()> {
+    let bench = Bench::new(node, options.sizes()).await?;
+    print_machine(&bench.cri, options);
+
+    let lifecycle = [
+        "pod_start",
+        "pods_at_once",
+        "time_to_ready",
+        "exit_detection",
+    ];
+    if lifecycle.iter().any(|b| options.selected(b)) {
+        let daemon = Daemon::start(node, "bosun").await?;
+        let result = async {
+            bench.warm_up(&daemon).await?;
+            if options.selected("pod_start") {
+                bench.pod_start(&daemon).await?;
+            }
+            if options.selected("pods_at_once") {
+                bench.pods_at_once(&daemon).await?;
+            }
+            if options.selected("time_to_ready") {
+                bench.time_to_ready(&daemon).await?;
+            }
+            if options.selected("exit_detection") {
+                bench.exit_detection(&daemon).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        finish_daemon(&bench, daemon, result).await?;
+    }
+    if options.selected("footprint") {
+        let daemon = Daemon::start(node, "footprint").await?;
+        let result = bench.footprint(&daemon).await;
+        finish_daemon(&bench, daemon, result).await?;
+    }
+    println!("\nload average at the end: {}", load_average());
+    Ok(())
+}
+
+/// Removes the daemon's pods (the node's teardown removes whatever is left) and kills it.
+async fn finish_daemon(bench: &Bench<'_>, daemon: Daemon, result: Result<()>) -> Result<()> {
+    if result.is_err() {
+        eprintln!("--- end of bosun's log ---\n{}", daemon.log_tail(40));
+    }
+    let cleaned = bench.remove_all(&daemon).await;
+    daemon.stop().await?;
+    result.and(cleaned)
+}
+
+fn print_machine(cri: &CriClient, options: &Options) {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "?".to_owned())
+    };
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or_else(|| "?".to_owned(), |m| m.trim().to_owned());
+    let version = cri.version();
+    println!(
+        "bosun pod-lifecycle benchmarks{}",
+        if options.quick { " (quick)" } else { "" }
+    );
+    println!(
+        "machine: {cpus} CPUs ({model}), kernel {}, {} {}",
+        read("/proc/sys/kernel/osrelease"),
+        version.runtime_name,
+        version.runtime_version
+    );
+    println!("load average at the start: {}", load_average());
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+// ---- the benchmarks ---------------------------------------------------------------------
+
+struct Bench<'a> {
+    node: &'a TestNode,
+    cri: CriClient,
+    sizes: Sizes,
+    baseline: Baseline,
+    /// Numbers pod names, so that no two pods of a run share one.
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl<'a> Bench<'a> {
+    async fn new(node: &'a TestNode, sizes: Sizes) -> Result<Bench<'a>> {
+        let cri = node.cri().await?;
+        let baseline = Baseline::new(node, cri.clone())?;
+        Ok(Bench {
+            node,
+            cri,
+            sizes,
+            baseline,
+            next: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
+    fn name(&self, prefix: &str) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{prefix}-{n}")
+    }
+
+    /// One pod each way, unmeasured: the node's first pod creates its bridge, and the first
+    /// calls fill containerd's and the kernel's caches.
+    async fn warm_up(&self, daemon: &Daemon) -> Result<()> {
+        let name = self.name("warm");
+        self.bosun_start(daemon, &name, &manifest(&name, "", SERVE))
+            .await?;
+        self.bosun_remove(daemon, &[name]).await?;
+        let name = self.name("warm-bare");
+        let (sandbox_id, _) = self
+            .baseline
+            .start(&self.baseline.pod(&name, &manifest(&name, "", SERVE))?)
+            .await?;
+        self.baseline.remove(&sandbox_id).await
+    }
+
+    async fn pod_start(&self, daemon: &Daemon) -> Result<()> {
+        let load = load_average();
+        let mut bare = Phases::default();
+        let mut bosun = Phases::default();
+        let mut seen = Vec::new();
+        for _ in 0..self.sizes.start_samples {
+            let name = self.name("bare");
+            let pod = self.baseline.pod(&name, &manifest(&name, "", SERVE))?;
+            let (sandbox_id, started) = self.baseline.start(&pod).await?;
+            bare.add(started.t0, &started.times);
+            self.baseline.remove(&sandbox_id).await?;
+
+            let name = self.name("start");
+            let started = self
+                .bosun_start(daemon, &name, &manifest(&name, "", SERVE))
+                .await?;
+            bosun.add(started.t0, &started.times);
+            seen.push(ms_between(started.t0, started.seen));
+            self.bosun_remove(daemon, &[name]).await?;
+        }
+        let mut table = Table::new(
+            "pod_start: one pod, manifest written → container running (CRI started_at)",
+            &load,
+        );
+        let base = table.row("bare CRI: RunPodSandbox → started_at", bare.started, None);
+        table.row("bosun: manifest → started_at", bosun.started, Some(base));
+        table.row(
+            "bosun: manifest → `get pods` shows Running",
+            seen,
+            Some(base),
+        );
+        table.print();
+        let mut phases = Table::new(
+            "pod_start, where the time goes (t0 → each CRI timestamp)",
+            &load,
+        );
+        let base = phases.row("bare: t0 → sandbox created_at", bare.sandbox, None);
+        phases.row("bosun: t0 → sandbox created_at", bosun.sandbox, Some(base));
+        let base = phases.row("bare: t0 → container created_at", bare.created, None);
+        phases.row(
+            "bosun: t0 → container created_at",
+            bosun.created,
+            Some(base),
+        );
+        phases.print();
+        Ok(())
+    }
+
+    async fn pods_at_once(&self, daemon: &Daemon) -> Result<()> {
+        let load = load_average();
+        let count = self.sizes.at_once_pods;
+        let mut bare = Vec::new();
+        let mut bosun = Vec::new();
+        for _ in 0..self.sizes.at_once_rounds {
+            let pods = (0..count)
+                .map(|_| {
+                    let name = self.name("bare");
+                    self.baseline.pod(&name, &manifest(&name, "", SERVE))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let t0 = SystemTime::now();
+            let started =
+                futures::future::try_join_all(pods.iter().map(|p| self.baseline.start(p))).await?;
+            let last = started
+                .iter()
+                .map(|(_, s)| s.times.started)
+                .max()
+                .unwrap_or(t0);
+            bare.push(ms_between(t0, last));
+            futures::future::try_join_all(started.iter().map(|(id, _)| self.baseline.remove(id)))
+                .await?;
+
+            let names: Vec<String> = (0..count).map(|_| self.name("many")).collect();
+            let pending = names
+                .iter()
+                .map(|n| daemon.stage_manifest(n, &manifest(n, "", SERVE)))
+                .collect::<Result<Vec<_>>>()?;
+            let t0 = SystemTime::now();
+            for staged in &pending {
+                staged.publish()?;
+            }
+            // Timestamps are read once all run, so that reading them adds no load to the
+            // start being measured.
+            for name in &names {
+                daemon
+                    .wait_pod(name, Duration::from_millis(50), LONG, all_running)
+                    .await?;
+            }
+            let mut last = t0;
+            for name in &names {
+                last = last.max(pod_times(&self.cri, &full_name(name)).await?.started);
+            }
+            bosun.push(ms_between(t0, last));
+            self.bosun_remove(daemon, &names).await?;
+        }
+        let mut table = Table::new(
+            &format!("pods_at_once: {count} pods, first write → last container started_at"),
+            &load,
+        );
+        let base = table.row(
+            &format!("bare CRI: {count} sequences concurrently"),
+            bare,
+            None,
+        );
+        table.row(
+            &format!("bosun: {count} manifests at once"),
+            bosun,
+            Some(base),
+        );
+        table.print();
+        Ok(())
+    }
+
+    async fn time_to_ready(&self, daemon: &Daemon) -> Result<()> {
+        let variants = [
+            ("exec `true`", SERVE, EXEC_READINESS),
+            ("httpGet on busybox httpd", HTTPD, HTTP_READINESS),
+        ];
+        for (what, script, probe) in variants {
+            let load = load_average();
+            let mut started = Vec::new();
+            let mut ready = Vec::new();
+            let mut after_start = Vec::new();
+            for _ in 0..self.sizes.ready_samples {
+                let name = self.name("ready");
+                let t0 = SystemTime::now();
+                daemon.write_manifest(&name, &manifest(&name, probe, script))?;
+                let (_, seen_ready) = daemon
+                    .wait_pod(&name, Duration::from_millis(5), LONG, |p| {
+                        is_ready(p).then_some(())
+                    })
+                    .await?;
+                let times = pod_times(&self.cri, &full_name(&name)).await?;
+                started.push(ms_between(t0, times.started));
+                ready.push(ms_between(t0, seen_ready));
+                after_start.push(ms_between(times.started, seen_ready));
+                self.bosun_remove(daemon, &[name]).await?;
+            }
+            let mut table = Table::new(
+                &format!(
+                    "time_to_ready, readiness probe {what}, periodSeconds 1 \
+                     (Ready polled every 5 ms)"
+                ),
+                &load,
+            );
+            let base = table.row("bosun: manifest → container started_at", started, None);
+            table.row("bosun: manifest → pod Ready", ready, Some(base));
+            table.row("bosun: container started_at → pod Ready", after_start, None);
+            table.print();
+        }
+        Ok(())
+    }
+
+    async fn exit_detection(&self, daemon: &Daemon) -> Result<()> {
+        let load = load_average();
+        // The floor: an agent that issued CreateContainer (and StartContainer) the instant
+        // the container exited.
+        let name = self.name("bare-exit");
+        let pod = self.baseline.pod(&name, &manifest(&name, "", SERVE))?;
+        let sandbox_id = self
+            .cri
+            .run_pod_sandbox(pod.sandbox.clone(), "")
+            .await
+            .context("RunPodSandbox")?;
+        let mut floor_created = Vec::new();
+        let mut floor_started = Vec::new();
+        let mut created = Vec::new();
+        let mut started = Vec::new();
+        for attempt in 0..self.sizes.exit_samples {
+            let mut config = pod.container.clone();
+            if let Some(metadata) = config.metadata.as_mut() {
+                metadata.attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+            }
+            let t0 = SystemTime::now();
+            let id = self
+                .cri
+                .create_container(&sandbox_id, config, pod.sandbox.clone())
+                .await
+                .context("CreateContainer")?;
+            self.cri
+                .start_container(&id)
+                .await
+                .context("StartContainer")?;
+            let times = container_times(&self.cri, &id).await?;
+            floor_created.push(ms_between(t0, times.created));
+            floor_started.push(ms_between(t0, times.started));
+            self.cri.stop_container(&id, Duration::ZERO).await?;
+            self.cri.remove_container(&id).await?;
+
+            let name = self.name("crash");
+            daemon.write_manifest(&name, &manifest(&name, "", CRASH))?;
+            let (first, second) = self.first_restart(&full_name(&name)).await?;
+            created.push(ms_between(first.finished, second.created));
+            started.push(ms_between(first.finished, second.started));
+            self.bosun_remove(daemon, &[name]).await?;
+        }
+        self.baseline.remove(&sandbox_id).await?;
+        let mut table = Table::new(
+            "exit_detection: container exits (finished_at) → replacement (restartPolicy Always, \
+             first restart, a fresh pod per sample)",
+            &load,
+        );
+        let base = table.row(
+            "floor: bare CreateContainer call → created_at",
+            floor_created,
+            None,
+        );
+        table.row(
+            "bosun: finished_at → replacement created_at",
+            created,
+            Some(base),
+        );
+        let base = table.row(
+            "floor: bare Create+StartContainer → started_at",
+            floor_started,
+            None,
+        );
+        table.row(
+            "bosun: finished_at → replacement started_at",
+            started,
+            Some(base),
+        );
+        table.print();
+        Ok(())
+    }
+
+    /// Waits for the pod's container to be restarted once and returns the timestamps of the
+    /// first instance and of the second.
+    async fn first_restart(&self, full: &str) -> Result<(ContainerTimes, ContainerTimes)> {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let containers = self
+                .cri
+                .list_containers(Some(label_filter(full)))
+                .await
+                .context("ListContainers")?;
+            let attempt = |n: u32| {
+                containers
+                    .iter()
+                    .find(|c| c.metadata.as_ref().is_some_and(|m| m.attempt == n))
+            };
+            if let (Some(first), Some(second)) = (attempt(0), attempt(1)) {
+                let first = container_times(&self.cri, &first.id).await?;
+                let second = container_times(&self.cri, &second.id).await?;
+                return Ok((first, second));
+            }
+            if Instant::now() > deadline {
+                bail!("{full}'s container was not restarted within {LONG:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn footprint(&self, daemon: &Daemon) -> Result<()> {
+        let count = self.sizes.footprint_pods;
+        tokio::time::sleep(self.sizes.settle).await;
+        let idle_load = load_average();
+        let idle = self.measure(daemon).await?;
+
+        let names: Vec<String> = (0..count).map(|_| self.name("fp")).collect();
+        let began = Instant::now();
+        for name in &names {
+            daemon.write_manifest(name, &manifest(name, FOOTPRINT_PROBES, SERVE))?;
+        }
+        let mut pending: HashSet<String> = names.iter().map(|n| full_name(n)).collect();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !pending.is_empty() {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {count} pods were not Ready after 10 min",
+                    pending.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for pod in daemon.pods().await? {
+                if is_ready(&pod) {
+                    pending.remove(pod.metadata.name.as_deref().unwrap_or(""));
+                }
+            }
+        }
+        let all_ready = began.elapsed();
+        tokio::time::sleep(self.sizes.settle).await;
+        let loaded_load = load_average();
+        let loaded = self.measure(daemon).await?;
+
+        println!(
+            "\nfootprint: bosun's own process (VmRSS, VmHWM from /proc/PID/status; CPU is \
+             utime+stime from /proc/PID/stat over {:?})",
+            self.sizes.window
+        );
+        println!(
+            "  {count} pods, each with an exec readiness and an exec liveness probe (`true`, \
+             periodSeconds 10), all Ready {:.1} s after their manifests were written",
+            all_ready.as_secs_f64()
+        );
+        println!(
+            "  {:<34} {:>10} {:>10} {:>12} {:>16}  {}",
+            "", "RSS MB", "peak MB", "CPU % core", "containerd CPU %", "load average"
+        );
+        for (label, m, load) in [
+            ("idle, 0 pods".to_owned(), &idle, &idle_load),
+            (format!("{count} pods with probes"), &loaded, &loaded_load),
+        ] {
+            println!(
+                "  {label:<34} {:>10.1} {:>10.1} {:>12.2} {:>16.2}  {load}",
+                m.rss_mb, m.hwm_mb, m.cpu_percent, m.containerd_cpu_percent
+            );
+        }
+        println!(
+            "  ratio to idle: RSS {:.2}×, CPU {}   (goal: < 30 MB RSS, < 1 % of a core)",
+            loaded.rss_mb / idle.rss_mb.max(f64::MIN_POSITIVE),
+            if idle.cpu_percent > 0.0 {
+                format!("{:.1}×", loaded.cpu_percent / idle.cpu_percent)
+            } else {
+                "n/a (idle used no measurable CPU)".to_owned()
+            }
+        );
+        self.bosun_remove(daemon, &names).await
+    }
+
+    async fn measure(&self, daemon: &Daemon) -> Result<Footprint> {
+        let containerd = self
+            .node
+            .containerd_pid()
+            .context("containerd is not running")?;
+        let before = (cpu_ticks(daemon.pid)?, cpu_ticks(containerd)?);
+        tokio::time::sleep(self.sizes.window).await;
+        let after = (cpu_ticks(daemon.pid)?, cpu_ticks(containerd)?);
+        let percent = |ticks: u64| {
+            ticks as f64 / CLOCK_TICKS_PER_SECOND / self.sizes.window.as_secs_f64() * 100.0
+        };
+        let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid))
+            .context("reading bosun's /proc status")?;
+        Ok(Footprint {
+            rss_mb: status_kib(&status, "VmRSS:")? / 1024.0,
+            hwm_mb: status_kib(&status, "VmHWM:")? / 1024.0,
+            cpu_percent: percent(after.0.saturating_sub(before.0)),
+            containerd_cpu_percent: percent(after.1.saturating_sub(before.1)),
+        })
+    }
+
+    /// Writes a manifest and waits until the API reports its containers running; returns
+    /// when it was written, the CRI timestamps, and when the API first showed it running.
+    async fn bosun_start(&self, daemon: &Daemon, name: &str, text: &str) -> Result<Started> {
+        let t0 = SystemTime::now();
+        daemon.write_manifest(name, text)?;
+        let (_, seen) = daemon
+            .wait_pod(name, Duration::from_millis(10), LONG, all_running)
+            .await?;
+        let times = pod_times(&self.cri, &full_name(name)).await?;
+        Ok(Started { t0, seen, times })
+    }
+
+    /// Deletes the manifests and waits until the daemon no longer lists the pods and CRI
+    /// holds none of their sandboxes.
+    async fn bosun_remove(&self, daemon: &Daemon, names: &[String]) -> Result<()> {
+        for name in names {
+            daemon.remove_manifest(name)?;
+        }
+        let full: HashSet<String> = names.iter().map(|n| full_name(n)).collect();
+        self.wait_gone(daemon, &full).await
+    }
+
+    /// Deletes every manifest the daemon has and waits until their pods are gone.
+    async fn remove_all(&self, daemon: &Daemon) -> Result<()> {
+        let mut full = HashSet::new();
+        for entry in std::fs::read_dir(&daemon.manifests)
+            .with_context(|| format!("listing {}", daemon.manifests.display()))?
+        {
+            let path = entry?.path();
+            if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+                full.insert(full_name(name));
+            }
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        self.wait_gone(daemon, &full).await
+    }
+
+    async fn wait_gone(&self, daemon: &Daemon, full: &HashSet<String>) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let sandboxes = self
+                .cri
+                .list_pod_sandbox(None)
+                .await
+                .context("ListPodSandbox")?;
+            let in_cri = sandboxes.iter().any(|s| {
+                s.labels
+                    .get(POD_NAME_LABEL)
+                    .is_some_and(|n| full.contains(n))
+            });
+            let listed = daemon
+                .pods()
+                .await?
+                .iter()
+                .any(|p| p.metadata.name.as_ref().is_some_and(|n| full.contains(n)));
+            if !in_cri && !listed {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} pods were still there 5 min after their manifests went",
+                    full.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// How long any one pod may take to reach what a benchmark waits for.
+const LONG: Duration = Duration::from_secs(120);
+
+struct Footprint {
+    rss_mb: f64,
+    hwm_mb: f64,
+    cpu_percent: f64,
+    containerd_cpu_percent: f64,
+}
+
+/// A `VmRSS:`-style line of `/proc/PID/status`, in KiB.
+fn status_kib(status: &str, key: &str) -> Result<f64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {key} in /proc/PID/status"))
+}
+
+/// utime + stime of a process, all its threads, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name, in parentheses, may hold spaces: count fields after its end.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the name come state (field 3), ..., utime (14) and stime (15).
+    let field = |n: usize| -> Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("field {n} of {path}"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+// ---- bosun's side -------------------------------------------------------------------------
+
+/// A `bosun run` on the test node, with its own root, manifest directory and log under
+/// `<node dir>/<name>`, cgroups under the node's cgroup parent (as in `agent/tests/daemon.rs`).
+struct Daemon {
+    child: tokio::process::Child,
+    pid: u32,
+    manifests: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    async fn start(node: &TestNode, name: &str) -> Result<Daemon> {
+        let dir = node.dir().join(name);
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests)
+            .with_context(|| format!("creating {}", manifests.display()))?;
+        let root = dir.join("root");
+        let config = dir.join("bosun.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "cgroupRoot: {}\npodLogsDir: {}\nclusterDomain: cluster.local\n",
+                cgroup_root(node),
+                pod_logs_dir(node).display()
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        let log = dir.join("bosun.log");
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = tokio::process::Command::new(BOSUN)
+            .args(["run", "--hostname-override", NODE_NAME])
+            .arg("--pod-manifest-path")
+            .arg(&manifests)
+            .arg("--container-runtime-endpoint")
+            .arg(node.cri_endpoint())
+            .arg("--root-dir")
+            .arg(&root)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {BOSUN}"))?;
+        let pid = child.id().context("bosun exited at once")?;
+        let mut daemon = Daemon {
+            child,
+            pid,
+            manifests,
+            socket: bosun::daemon::api_socket(&root),
+            log,
+        };
+        daemon.wait_until_serving().await?;
+        Ok(daemon)
+    }
+
+    async fn wait_until_serving(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("bosun exited ({status}):\n{}", self.log_tail(20));
+            }
+            if bosun::api::get_pods(&self.socket).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "bosun's API did not answer within 30 s:\n{}",
+                    self.log_tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn manifest_path(&self, name: &str) -> PathBuf {
+        self.manifests.join(format!("{name}.yaml"))
+    }
+
+    /// Writes a manifest under a name bosun ignores, to be renamed into place by
+    /// [`Staged::publish`], as an editor saves a file.
+    fn stage_manifest(&self, name: &str, text: &str) -> Result<Staged> {
+        let staged = Staged {
+            from: self.manifests.join(format!(".{name}.yaml.tmp")),
+            to: self.manifest_path(name),
+        };
+        std::fs::write(&staged.from, text)
+            .with_context(|| format!("writing {}", staged.from.display()))?;
+        Ok(staged)
+    }
+
+    fn write_manifest(&self, name: &str, text: &str) -> Result<()> {
+        self.stage_manifest(name, text)?.publish()
+    }
+
+    fn remove_manifest(&self, name: &str) -> Result<()> {
+        let path = self.manifest_path(name);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+    }
+
+    async fn pods(&self) -> Result<Vec<Pod>> {
+        bosun::api::get_pods(&self.socket).await
+    }
+
+    /// Polls the API every `every` until `check` gives something for the pod of manifest
+    /// `name`; returns that and when it was seen.
+    async fn wait_pod<T>(
+        &self,
+        name: &str,
+        every: Duration,
+        within: Duration,
+        check: impl Fn(&Pod) -> Option<T>,
+    ) -> Result<(T, SystemTime)> {
+        let full = full_name(name);
+        let deadline = Instant::now() + within;
+        let mut last = None;
+        loop {
+            let pods = self.pods().await?;
+            let seen = SystemTime::now();
+            if let Some(pod) = pods
+                .into_iter()
+                .find(|p| p.metadata.name.as_deref() == Some(&full))
+            {
+                if let Some(found) = check(&pod) {
+                    return Ok((found, seen));
+                }
+                last = pod.status;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pod {full} did not get there within {within:?}; last status: {}\n{}",
+                    serde_json::to_string(&last).unwrap_or_default(),
+                    self.log_tail(20)
+                );
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Kills the daemon (the process this benchmark started); its pods stay.
+    async fn stop(mut self) -> Result<()> {
+        self.child.start_kill().context("killing bosun")?;
+        self.child.wait().await.context("waiting for bosun")?;
+        Ok(())
+    }
+}
+
+/// A manifest written beside its final name.
+struct Staged {
+    from: PathBuf,
+    to: PathBuf,
+}
+
+impl Staged {
+    fn publish(&self) -> Result<()> {
+        std::fs::rename(&self.from, &self.to)
+            .with_context(|| format!("renaming into {}", self.to.display()))
+    }
+}
+
+fn cgroup_root(node: &TestNode) -> String {
+    format!("{}/kubepods", node.cgroup_parent())
+}
+
+fn pod_logs_dir(node: &TestNode) -> PathBuf {
+    node.dir().join("pod-logs")
+}
+
+/// A pod with one busybox container `app` running `sh -c script`; `container_extra` is
+/// spliced into the container (four-space indented lines).
+fn manifest(name: &str, container_extra: &str, script: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  \
+         terminationGracePeriodSeconds: 5\n  containers:\n  - name: app\n    \
+         image: {BUSYBOX_IMAGE}\n    imagePullPolicy: IfNotPresent\n    \
+         command: [sh, -c, {script:?}]\n{container_extra}"
+    )
+}
+
+/// The static pod name of manifest `name` on the benchmark's node.
+fn full_name(name: &str) -> String {
+    format!("{name}-{NODE_NAME}")
+}
+
+/// `Some` once every container of the pod runs.
+fn all_running(pod: &Pod) -> Option<()> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let running = !statuses.is_empty()
+        && statuses
+            .iter()
+            .all(|s| s.state.as_ref().is_some_and(|st| st.running.is_some()));
+    running.then_some(())
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+// ---- the baseline: bare CRI calls -------------------------------------------------------
+
+/// Issues the CRI calls bosun would, directly, with the configs bosun's own translation
+/// makes of the same manifest on the same node (less bosun's ownership label, so that the
+/// daemon leaves these pods alone).
+struct Baseline {
+    cri: CriClient,
+    ctx: NodeContext,
+    scratch: tempfile::TempDir,
+}
+
+/// A pod's CRI configs.
+struct BarePod {
+    sandbox: api::PodSandboxConfig,
+    container: api::ContainerConfig,
+}
+
+impl Baseline {
+    fn new(node: &TestNode, cri: CriClient) -> Result<Baseline> {
+        let resolv = Path::new("/etc/resolv.conf");
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                let kib: i64 = m
+                    .lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some(kib * 1024)
+            })
+            .context("reading MemTotal from /proc/meminfo")?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ctx = NodeContext {
+            node_name: NODE_NAME.to_owned(),
+            pod_logs_dir: pod_logs_dir(node),
+            cgroup_root: cgroup_root(node),
+            resolv_conf: HostDns::load(resolv)
+                .with_context(|| format!("reading {}", resolv.display()))?,
+            node: NodeResources {
+                memory_capacity_bytes: memory,
+                allocatable_cpu_millis: i64::try_from(cpus).unwrap_or(1) * 1000,
+                allocatable_memory_bytes: memory,
+                allocatable_ephemeral_storage_bytes: 0,
+            },
+            ..NodeContext::default()
+        };
+        Ok(Baseline {
+            cri,
+            ctx,
+            scratch: tempfile::tempdir().context("creating a scratch directory")?,
+        })
+    }
+
+    /// The configs of the static pod `text` (named `name`) as bosun would make them.
+    fn pod(&self, name: &str, text: &str) -> Result<BarePod> {
+        let dir = self.scratch.path().join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("pod.yaml"), text)?;
+        let snapshot = bosun::source::scan(&dir, NODE_NAME);
+        if let Some(error) = snapshot.errors.first() {
+            bail!("{error}");
+        }
+        let pod = &snapshot
+            .pods
+            .values()
+            .next()
+            .context("the manifest holds no pod")?
+            .pod;
+        let container = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .context("the pod has no container")?;
+        let sandbox = spec::sandbox_config(pod, &self.ctx, 0)?;
+        let container = spec::container_config(
+            pod,
+            container,
+            ContainerKind::Regular,
+            &self.ctx,
+            &RuntimeFacts::default(),
+        )?;
+        Ok(BarePod { sandbox, container })
+    }
+
+    /// RunPodSandbox, CreateContainer, StartContainer; `t0` is when the first call went out.
+    /// Returns the sandbox's ID and the start's times.
+    async fn start(&self, pod: &BarePod) -> Result<(String, Started)> {
+        std::fs::create_dir_all(&pod.sandbox.log_directory)
+            .with_context(|| format!("creating {}", pod.sandbox.log_directory))?;
+        let t0 = SystemTime::now();
+        let sandbox_id = self
+            .cri
+            .run_pod_sandbox(pod.sandbox.clone(), "")
+            .await
+            .context("RunPodSandbox")?;
+        let container_id = self
+            .cri
+            .create_container(&sandbox_id, pod.container.clone(), pod.sandbox.clone())
+            .await
+            .context("CreateContainer")?;
+        self.cri
+            .start_container(&container_id)
+            .await
+            .context("StartContainer")?;
+        let seen = SystemTime::now();
+        let status = self
+            .cri
+            .pod_sandbox_status(&sandbox_id, false)
+            .await
+            .context("PodSandboxStatus")?;
+        let container = container_times(&self.cri, &container_id).await?;
+        let times = PodTimes {
+            sandbox: status
+                .status
+                .and_then(|s| from_cri(s.created_at))
+                .context("the sandbox has no created_at")?,
+            created: container.created,
+            started: container.started,
+        };
+        Ok((sandbox_id, Started { t0, seen, times }))
+    }
+
+    async fn remove(&self, sandbox_id: &str) -> Result<()> {
+        self.cri
+            .stop_pod_sandbox(sandbox_id)
+            .await
+            .context("StopPodSandbox")?;
+        self.cri
+            .remove_pod_sandbox(sandbox_id)
+            .await
+            .context("RemovePodSandbox")
+    }
+}
+
+// ---- timestamps -------------------------------------------------------------------------
+
+/// One pod start: when it was asked for (`t0`), when the asker saw it done, and containerd's
+/// timestamps.
+struct Started {
+    t0: SystemTime,
+    seen: SystemTime,
+    times: PodTimes,
+}
+
+/// containerd's timestamps of a pod's newest sandbox and its containers (the latest of each).
+struct PodTimes {
+    sandbox: SystemTime,
+    created: SystemTime,
+    started: SystemTime,
+}
+
+struct ContainerTimes {
+    created: SystemTime,
+    started: SystemTime,
+    finished: SystemTime,
+}
+
+/// Samples of each start phase, in ms from `t0`.
+#[derive(Default)]
+struct Phases {
+    sandbox: Vec<f64>,
+    created: Vec<f64>,
+    started: Vec<f64>,
+}
+
+impl Phases {
+    fn add(&mut self, t0: SystemTime, times: &PodTimes) {
+        self.sandbox.push(ms_between(t0, times.sandbox));
+        self.created.push(ms_between(t0, times.created));
+        self.started.push(ms_between(t0, times.started));
+    }
+}
+
+fn label_filter(full: &str) -> api::ContainerFilter {
+    api::ContainerFilter {
+        label_selector: HashMap::from([(POD_NAME_LABEL.to_owned(), full.to_owned())]),
+        ..Default::default()
+    }
+}
+
+async fn pod_times(cri: &CriClient, full: &str) -> Result<PodTimes> {
+    let sandboxes = cri
+        .list_pod_sandbox(Some(api::PodSandboxFilter {
+            label_selector: HashMap::from([(POD_NAME_LABEL.to_owned(), full.to_owned())]),
+            ..Default::default()
+        }))
+        .await
+        .context("ListPodSandbox")?;
+    let sandbox = sandboxes
+        .iter()
+        .filter_map(|s| from_cri(s.created_at))
+        .max()
+        .with_context(|| format!("{full} has no sandbox"))?;
+    let containers = cri
+        .list_containers(Some(label_filter(full)))
+        .await
+        .context("ListContainers")?;
+    let mut created = None;
+    let mut started = None;
+    for c in &containers {
+        let times = container_times(cri, &c.id).await?;
+        created = created.max(Some(times.created));
+        started = started.max(Some(times.started));
+    }
+    Ok(PodTimes {
+        sandbox,
+        created: created.with_context(|| format!("{full} has no container"))?,
+        started: started.with_context(|| format!("{full} has no container"))?,
+    })
+}
+
+/// A container's timestamps; `finished` is the epoch while it runs.
+async fn container_times(cri: &CriClient, id: &str) -> Result<ContainerTimes> {
+    let status = cri
+        .container_status(id, false)
+        .await
+        .context("ContainerStatus")?
+        .status
+        .with_context(|| format!("container {id} has no status"))?;
+    Ok(ContainerTimes {
+        created: from_cri(status.created_at)
+            .with_context(|| format!("container {id} has no created_at"))?,
+        started: from_cri(status.started_at)
+            .with_context(|| format!("container {id} has not started"))?,
+        finished: from_cri(status.finished_at).unwrap_or(SystemTime::UNIX_EPOCH),
+    })
+}
+
+fn from_cri(nanos: i64) -> Option<SystemTime> {
+    let nanos = u64::try_from(nanos).ok().filter(|n| *n > 0)?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
+}
+
+/// `to - from` in milliseconds, negative when `to` is earlier.
+fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
+    match to.duration_since(from) {
+        Ok(d) => d.as_secs_f64() * 1000.0,
+        Err(e) => -e.duration().as_secs_f64() * 1000.0,
+    }
+}
+
+// ---- reporting --------------------------------------------------------------------------
+
+struct Stats {
+    n: usize,
+    min: f64,
+    median: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(samples: &[f64]) -> Option<Stats> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        // Nearest rank: the smallest sample at or above the quantile.
+        let rank = |q: f64| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Some(Stats {
+            n,
+            min: sorted[0],
+            median,
+            p99: rank(0.99),
+            max: sorted[n - 1],
+        })
+    }
+}
+
+struct Row {
+    label: String,
+    samples: Vec<f64>,
+    /// The row this one is compared with.
+    baseline: Option<usize>,
+}
+
+struct Table {
+    title: String,
+    load: String,
+    rows: Vec<Row>,
+}
+
+impl Table {
+    fn new(title: &str, load_at_start: &str) -> Table {
+        Table {
+            title: title.to_owned(),
+            load: load_at_start.to_owned(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, label: &str, samples: Vec<f64>, baseline: Option<usize>) -> usize {
+        self.rows.push(Row {
+            label: label.to_owned(),
+            samples,
+            baseline,
+        });
+        self.rows.len() - 1
+    }
+
+    fn print(&self) {
+        println!("\n{}", self.title);
+        println!(
+            "  load average {} at the start, {} at the end",
+            self.load,
+            load_average()
+        );
+        println!(
+            "  {:<46} {:>4} {:>9} {:>9} {:>9} {:>9}  {}",
+            "ms", "n", "min", "median", "p99", "max", "ratio median (p99)"
+        );
+        for row in &self.rows {
+            let Some(stats) = Stats::of(&row.samples) else {
+                println!("  {:<46}    0", row.label);
+                continue;
+            };
+            let ratio = row
+                .baseline
+                .and_then(|b| Stats::of(&self.rows[b].samples))
+                .map(|base| {
+                    format!(
+                        "{:.2}× ({:.2}×)",
+                        stats.median / base.median,
+                        stats.p99 / base.p99
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "  {:<46} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>9.1}  {ratio}",
+                row.label, stats.n, stats.min, stats.median, stats.p99, stats.max
+            );
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The files of configMap, secret, downwardAPI and projected volumes (kubelet's
+//! `configmap.MakePayload`, `secret.MakePayload`, `downwardapi.CollectData` and the
+//! projected plugin's `collectData`), computed from the pod and the manifest directory's
+//! objects. Pure: the caller writes them with the atomic writer.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, ProjectedVolumeSource, Secret,
+};
+use serde::Deserialize as _;
+use serde_json::Value;
+
+use super::atomic_writer::{FileProjection, Payload};
+use super::layout::{check_item_path, clean_path, format_mode};
+use super::VolumeError;
+use crate::source::ObjectKey;
+
+/// The mode of projected files when the volume does not say (the API server's default).
+pub(crate) const DEFAULT_MODE: u32 = 0o644;
+
+/// The fieldRef paths a downwardAPI volume file may use.
+const SUPPORTED_FIELD_PATHS: &str = "metadata.name, metadata.namespace, metadata.uid, \
+    metadata.labels, metadata.annotations, metadata.labels['<KEY>'], \
+    metadata.annotations['<KEY>']";
+
+/// Which object a configMap or secret source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ObjectKind {
+    ConfigMap,
+    Secret,
+}
+
+impl ObjectKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::ConfigMap => "ConfigMap",
+            Self::Secret => "Secret",
+        }
+    }
+}
+
+/// What the payload of one volume is computed from.
+pub(crate) struct Sources<'a> {
+    pub pod: &'a Pod,
+    pub objects: &'a BTreeMap<ObjectKey, Value>,
+    /// The volume's name, for errors.
+    pub volume: &'a str,
+}
+
+/// A configMap or secret source of a volume or projection.
+pub(crate) struct KeySource<'a> {
+    pub kind: ObjectKind,
+    pub name: &'a str,
+    pub items: Option<&'a [KeyToPath]>,
+    pub optional: bool,
+    /// Its field path, `spec.volumes[0].configMap`.
+    pub field: String,
+}
+
+impl Sources<'_> {
+    fn namespace(&self) -> &str {
+        self.pod.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    fn invalid(&self, field: String, value: impl Into<String>, reason: &str) -> VolumeError {
+        VolumeError::Invalid {
+            volume: self.volume.to_owned(),
+            field,
+            value: value.into(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// A file mode: `mode` if set, else `default`; between 0 and 0777 as the API requires.
+    pub(crate) fn mode(
+        &self,
+        mode: Option<i32>,
+        default: u32,
+        field: String,
+    ) -> Result<u32, VolumeError> {
+        match mode {
+            None => Ok(default),
+            Some(mode) => u32::try_from(mode)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    self.invalid(
+                        field,
+                        format_mode(mode),
+                        "must be a number between 0 and 0777 (octal), both inclusive",
+                    )
+                }),
+        }
+    }
+
+    fn path(&self, path: &str, field: String) -> Result<String, VolumeError> {
+        check_item_path(path).map_err(|reason| self.invalid(field, path, reason))?;
+        Ok(clean_path(path))
+    }
+
+    /// The keys and values of a ConfigMap (`data` and `binaryData`) or Secret (`data`, with
+    /// `stringData` merged over it as the API server would), or `None` if the manifest
+    /// directory has no such object.
+    fn object_data(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
+        let key = (
+            kind.as_str().to_owned(),
+            self.namespace().to_owned(),
+            name.to_owned(),
+        );
+        let Some(value) = self.objects.get(&key) else {
+            return Ok(None);
+        };
+        let bad_object = |source| VolumeError::BadObject {
+            volume: self.volume.to_owned(),
+            kind: kind.as_str(),
+            namespace: self.namespace().to_owned(),
+            name: name.to_owned(),
+            source,
+        };
+        let mut data = BTreeMap::new();
+        match kind {
+            ObjectKind::ConfigMap => {
+                let object = ConfigMap::deserialize(value).map_err(bad_object)?;
+                for (key, text) in object.data.into_iter().flatten() {
+                    data.insert(key, text.into_bytes());
+                }
+                for (key, bytes) in object.binary_data.into_iter().flatten() {
+                    data.insert(key, bytes.0);
+                }
+            }
+            ObjectKind::Secret => {
+                let object = Secret::deserialize(value).map_err(bad_object)?;
+                for (key, bytes) in object.data.into_iter().flatten() {
+                    data.insert(key, bytes.0);
+                }
+                for (key, text) in object.string_data.into_iter().flatten() {
+                    data.insert(key, text.into_bytes());
+                }
+            }
+        }
+        Ok(Some(data))
+    }
+
+    /// Adds the files of a configMap or secret source to `out`: every key when there are no
+    /// `items`, else each item's key at its path. A missing object or key fails unless the
+    /// source is optional, in which case it contributes nothing.
+    pub(crate) fn project_keys(
+        &self,
+        source: &KeySource<'_>,
+        default_mode: u32,
+        out: &mut Payload,
+    ) -> Result<(), VolumeError> {
+        let Some(data) = self.object_data(source.kind, source.name)? else {
+            if source.optional {
+                return Ok(());
+            }
+            return Err(VolumeError::ObjectNotFound {
+                volume: self.volume.to_owned(),
+                kind: source.kind.as_str(),
+                namespace: self.namespace().to_owned(),
+                name: source.name.to_owned(),
+            });
+        };
+        let items = source.items.unwrap_or_default();
+        if items.is_empty() {
+            for (key, bytes) in data {
+                let path = check_item_path(&key)
+                    .map(|()| clean_path(&key))
+                    .map_err(|reason| {
+                        let reason = format!(
+                            "the keys of {} {:?} become file names, and this one {reason}",
+                            source.kind.as_str(),
+                            source.name
+                        );
+                        self.invalid(source.field.clone(), key.clone(), &reason)
+                    })?;
+                out.insert(
+                    path,
+                    FileProjection {
+                        data: bytes,
+                        mode: default_mode,
+                    },
+                );
+            }
+            return Ok(());
+        }
+        for (index, item) in items.iter().enumerate() {
+            let field = format!("{}.items[{index}]", source.field);
+            let Some(bytes) = data.get(&item.key) else {
+                if source.optional {
+                    continue;
+                }
+                return Err(VolumeError::KeyNotFound {
+                    volume: self.volume.to_owned(),
+                    kind: source.kind.as_str(),
+                    namespace: self.namespace().to_owned(),
+                    name: source.name.to_owned(),
+                    key: item.key.clone(),
+                });
+            };
+            let path = self.path(&item.path, format!("{field}.path"))?;
+            let mode = self.mode(item.mode, default_mode, format!("{field}.mode"))?;
+            out.insert(
+                path,
+                FileProjection {
+                    data: bytes.clone(),
+                    mode,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Adds the files of downwardAPI items to `out`.
+    pub(crate) fn project_downward_api(
+        &self,
+        items: &[DownwardAPIVolumeFile],
+        default_mode: u32,
+        field: &str,
+        out: &mut Payload,
+    ) -> Result<(), VolumeError> {
+        for (index, item) in items.iter().enumerate() {
+            let field = format!("{field}.items[{index}]");
+            let path = self.path(&item.path, format!("{field}.path"))?;
+            let mode = self.mode(item.mode, default_mode, format!("{field}.mode"))?;
+            let value = match (&item.field_ref, &item.resource_field_ref) {
+                (Some(field_ref), _) => {
+                    if let Some(version) = field_ref.api_version.as_deref() {
+                        if !version.is_empty() && version != "v1" {
+                            let reason = "supported values: \"v1\"";
+                            let field = format!("{field}.fieldRef.apiVersion");
+                            return Err(self.invalid(field, version, reason));
+                        }
+                    }
+                    let path = &field_ref.field_path;
+                    pod_field(self.pod, path).ok_or_else(|| {
+                        let reason = format!("supported values: {SUPPORTED_FIELD_PATHS}");
+                        self.invalid(format!("{field}.fieldRef.fieldPath"), path, &reason)
+                    })?
+                }
+                (None, Some(_)) => {
+                    return Err(VolumeError::Unsupported {
+                        volume: self.volume.to_owned(),
+                        field: format!("{field}.resourceFieldRef"),
+                        kind: "downwardAPI resourceFieldRef".into(),
+                    });
+                }
+                (None, None) => {
+                    let reason = "must specify one of fieldRef and resourceFieldRef";
+                    return Err(self.invalid(field, "", reason));
+                }
+            };
+            out.insert(
+                path,
+                FileProjection {
+                    data: value.into_bytes(),
+                    mode,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The files of a projected volume: its sources in order, a later file replacing an
+    /// earlier one at the same path.
+    pub(crate) fn project_sources(
+        &self,
+        source: &ProjectedVolumeSource,
+        field: &str,
+    ) -> Result<Payload, VolumeError> {
+        let default_mode = self.mode(
+            source.default_mode,
+            DEFAULT_MODE,
+            format!("{field}.defaultMode"),
+        )?;
+        let mut out = Payload::new();
+        for (index, projection) in source.sources.iter().flatten().enumerate() {
+            let field = format!("{field}.sources[{index}]");
+            let unsupported = |kind: &str, name: &str| VolumeError::Unsupported {
+                volume: self.volume.to_owned(),
+                field: format!("{field}.{name}"),
+                kind: kind.to_owned(),
+            };
+            if let Some(config_map) = &projection.config_map {
+                let key_source = KeySource {
+                    kind: ObjectKind::ConfigMap,
+                    name: &config_map.name,
+                    items: config_map.items.as_deref(),
+                    optional: config_map.optional.unwrap_or(false),
+                    field: format!("{field}.configMap"),
+                };
+                self.project_keys(&key_source, default_mode, &mut out)?;
+            } else if let Some(secret) = &projection.secret {
+                let key_source = KeySource {
+                    kind: ObjectKind::Secret,
+                    name: &secret.name,
+                    items: secret.items.as_deref(),
+                    optional: secret.optional.unwrap_or(false),
+                    field: format!("{field}.secret"),
+                };
+                self.project_keys(&key_source, default_mode, &mut out)?;
+            } else if let Some(downward_api) = &projection.downward_api {
+                let items = downward_api.items.as_deref().unwrap_or_default();
+                let field = format!("{field}.downwardAPI");
+                self.project_downward_api(items, default_mode, &field, &mut out)?;
+            } else if projection.service_account_token.is_some() {
+                // Tokens are issued by the API server, which bosun does not talk to yet.
+                let kind = "projected serviceAccountToken";
+                return Err(unsupported(kind, "serviceAccountToken"));
+            } else if projection.cluster_trust_bundle.is_some() {
+                let kind = "projected clusterTrustBundle";
+                return Err(unsupported(kind, "clusterTrustBundle"));
+            } else if projection.pod_certificate.is_some() {
+                return Err(unsupported("projected podCertificate", "podCertificate"));
+            } else {
+                let reason = "must specify one of configMap, secret, downwardAPI";
+                return Err(self.invalid(field, "", reason));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A downwardAPI volume's `fieldRef` value (kubelet's `fieldpath.ExtractFieldPathAsString`
+/// restricted to what volumes allow): a missing label or annotation is an empty file.
+fn pod_field(pod: &Pod, path: &str) -> Option<String> {
+    let metadata = &pod.metadata;
+    let labels = || metadata.labels.clone().unwrap_or_default();
+    let annotations = || metadata.annotations.clone().unwrap_or_default();
+    match path {
+        "metadata.name" => return Some(metadata.name.clone().unwrap_or_default()),
+        "metadata.namespace" => return Some(metadata.namespace.clone().unwrap_or_default()),
+        "metadata.uid" => return Some(metadata.uid.clone().unwrap_or_default()),
+        "metadata.labels" => return Some(format_map(&labels())),
+        "metadata.annotations" => return Some(format_map(&annotations())),
+        _ => {}
+    }
+    let (map, key) = subscript(path)?;
+    let values = match map {
+        "metadata.labels" => labels(),
+        "metadata.annotations" => annotations(),
+        _ => return None,
+    };
+    Some(values.get(key).cloned().unwrap_or_default())
+}
+
+/// `metadata.labels['app']` → (`metadata.labels`, `app`).
+fn subscript(path: &str) -> Option<(&str, &str)> {
+    let (map, rest) = path.split_once("['")?;
+    let key = rest.strip_suffix("']")?;
+    Some((map, key))
+}
+
+/// Labels or annotations as kubelet writes them (`fieldpath.FormatMap`): `key="value"`
+/// lines, sorted by key, values quoted as Go's `%q` does, no trailing newline.
+fn format_map(map: &BTreeMap<String, String>) -> String {
+    map.iter()
+        .map(|(key, value)| format!("{key}={}", go_quote(value)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Go's `strconv.Quote`: double quotes; `\a \b \f \n \r \t \v \\ \"` escaped; other
+/// non-printable characters as `\xNN`, `\uNNNN` or `\UNNNNNNNN`.
+fn go_quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            c if c.is_ascii_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => {
+                let code = c as u32;
+                if code <= 0xffff {
+                    out.push_str(&format!("\\u{code:04x}"));
+                } else {
+                    out.push_str(&format!("\\U{code:08x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_maps_as_kubelet() {
+        let map = BTreeMap::from([
+            ("b".to_owned(), "two\nlines".to_owned()),
+            ("a".to_owned(), "say \"hi\"".to_owned()),
+        ]);
+        assert_eq!(format_map(&map), "a=\"say \\\"hi\\\"\"\nb=\"two\\nlines\"");
+        assert_eq!(format_map(&BTreeMap::new()), "");
+        assert_eq!(go_quote("é\u{1}\u{7f}\u{85}"), "\"é\\x01\\x7f\\u0085\"");
+    }
+
+    #[test]
+    fn reads_subscripted_field_paths() {
+        assert_eq!(
+            subscript("metadata.labels['app']"),
+            Some(("metadata.labels", "app"))
+        );
+        assert_eq!(subscript("metadata.labels"), None);
+        assert_eq!(subscript("metadata.labels['app'"), None);
+    }
+}
