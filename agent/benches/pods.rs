@@ -259,7 +259,7 @@ async fn run_on(node: &TestNode, options: &Options) -> Result<()> {
 /// Removes the daemon's pods (the node's teardown removes whatever is left) and kills it.
 async fn finish_daemon(bench: &Bench<'_>, daemon: Daemon, result: Result<()>) -> Result<()> {
     if result.is_err() {
-        eprintln!("--- end of bosun's log ---\n{}", daemon.log_tail(40));
+        eprintln!("--- end of bosun's log ---\n{}", daemon.log_tail(20));
     }
     let cleaned = bench.remove_all(&daemon).await;
     daemon.stop().await?;
@@ -584,9 +584,11 @@ impl<'a> Bench<'a> {
                     .find(|c| c.metadata.as_ref().is_some_and(|m| m.attempt == n))
             };
             if let (Some(first), Some(second)) = (attempt(0), attempt(1)) {
-                let first = container_times(&self.cri, &first.id).await?;
-                let second = container_times(&self.cri, &second.id).await?;
-                return Ok((first, second));
+                // The replacement may be created but not started yet.
+                if let Some(second) = started_times(&self.cri, &second.id).await? {
+                    let first = container_times(&self.cri, &first.id).await?;
+                    return Ok((first, second));
+                }
             }
             if Instant::now() > deadline {
                 bail!("{full}'s container was not restarted within {LONG:?}");
@@ -935,10 +937,11 @@ impl Daemon {
         }
     }
 
+    /// The last `lines` lines of the daemon's log, without terminal colours.
     fn log_tail(&self, lines: usize) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        strip_ansi(&all[all.len().saturating_sub(lines)..].join("\n"))
     }
 
     /// Kills the daemon (the process this benchmark started); its pods stay.
@@ -947,6 +950,24 @@ impl Daemon {
         self.child.wait().await.context("waiting for bosun")?;
         Ok(())
     }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI sequences end with a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A manifest written beside its final name.
@@ -1216,21 +1237,28 @@ async fn pod_times(cri: &CriClient, full: &str) -> Result<PodTimes> {
     })
 }
 
-/// A container's timestamps; `finished` is the epoch while it runs.
+/// A started container's timestamps; `finished` is the epoch while it runs.
 async fn container_times(cri: &CriClient, id: &str) -> Result<ContainerTimes> {
+    started_times(cri, id)
+        .await?
+        .with_context(|| format!("container {id} has not started"))
+}
+
+/// A container's timestamps, or `None` while it has not started.
+async fn started_times(cri: &CriClient, id: &str) -> Result<Option<ContainerTimes>> {
     let status = cri
         .container_status(id, false)
         .await
         .context("ContainerStatus")?
         .status
         .with_context(|| format!("container {id} has no status"))?;
-    Ok(ContainerTimes {
-        created: from_cri(status.created_at)
-            .with_context(|| format!("container {id} has no created_at"))?,
-        started: from_cri(status.started_at)
-            .with_context(|| format!("container {id} has not started"))?,
+    let created =
+        from_cri(status.created_at).with_context(|| format!("container {id} has no created_at"))?;
+    Ok(from_cri(status.started_at).map(|started| ContainerTimes {
+        created,
+        started,
         finished: from_cri(status.finished_at).unwrap_or(SystemTime::UNIX_EPOCH),
-    })
+    }))
 }
 
 fn from_cri(nanos: i64) -> Option<SystemTime> {

@@ -17,7 +17,8 @@ use tokio::sync::{watch, Notify};
 use crate::events::{reason, EventType, Recorder};
 use crate::pod::observed::{keys, pod_digests};
 use crate::pod::spec::NodeContext;
-use crate::pod::worker::{grace_period, pod_name, PodWorker};
+use crate::pod::volume::{self, HostMounter};
+use crate::pod::worker::{grace_period, pod_name, Objects, PodWorker};
 use crate::runtime::Runtime;
 use crate::source;
 
@@ -77,7 +78,16 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     );
     let ctx = Arc::new(config.node.clone());
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    let (objects_tx, objects) = watch::channel(Arc::new(Objects::new()));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let shared = Shared {
+        runtime: client.clone(),
+        ctx: ctx.clone(),
+        events: events.clone(),
+        objects,
+        store: store.clone(),
+        done: done_tx,
+    };
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let (kick_tx, mut kick_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -87,6 +97,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let mut relist = tokio::time::interval(RELIST);
     relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut digests: HashMap<String, u64> = HashMap::new();
+    let mut pod_dirs_swept = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -96,6 +107,19 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                     anyhow::bail!("the manifest source stopped");
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
+                let objects_changed = objects_tx.send_if_modified(|current| {
+                    let changed = **current != snapshot.objects;
+                    if changed {
+                        *current = Arc::new(snapshot.objects.clone());
+                    }
+                    changed
+                });
+                if objects_changed {
+                    // configMap and secret volumes follow their objects at once.
+                    for handle in workers.values() {
+                        handle.kick.notify_one();
+                    }
+                }
                 for error in &snapshot.errors {
                     events.record(events.node_reference(), EventType::Warning, reason::FAILED_VALIDATION, error.to_string());
                 }
@@ -115,7 +139,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                             handle.desired.send_replace(Some(pod));
                         }
                         None => {
-                            let handle = spawn_worker(&client, &ctx, &events, &store, uid.clone(), Some(pod), done_tx.clone());
+                            let handle = spawn_worker(&shared, uid.clone(), Some(pod));
                             workers.insert(uid, handle);
                         }
                     }
@@ -146,8 +170,18 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                             } else if snapshots.borrow().scanned() {
                                 // Only once the manifests were read can a pod be unwanted.
                                 tracing::info!(%uid, "terminating a pod no manifest wants");
-                                let handle = spawn_worker(&client, &ctx, &events, &store, uid.clone(), None, done_tx.clone());
+                                let handle = spawn_worker(&shared, uid.clone(), None);
                                 workers.insert(uid.clone(), handle);
+                            }
+                        }
+                        if !pod_dirs_swept && snapshots.borrow().scanned() {
+                            // Directories of pods that went away while bosun was down.
+                            pod_dirs_swept = true;
+                            let left = volume::pod_uids(&ctx.pods_dir).unwrap_or_default();
+                            for uid in left.iter().filter(|u| !workers.contains_key(*u) && !now.contains_key(*u)) {
+                                if let Err(e) = volume::cleanup(&ctx.pods_dir, uid, &HostMounter) {
+                                    tracing::warn!(%uid, error = %e, "removing a gone pod's directory");
+                                }
                             }
                         }
                         digests = now;
@@ -239,25 +273,34 @@ async fn watch_exits(socket: PathBuf, tx: tokio::sync::mpsc::UnboundedSender<Str
     }
 }
 
+/// What every pod worker shares.
+struct Shared<R> {
+    runtime: R,
+    ctx: Arc<NodeContext>,
+    events: Recorder,
+    objects: watch::Receiver<Arc<Objects>>,
+    store: PodStore,
+    /// Told the UID of a worker that has terminated its pod and ended.
+    done: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
 fn spawn_worker<R: Runtime>(
-    runtime: &R,
-    ctx: &Arc<NodeContext>,
-    events: &Recorder,
-    store: &PodStore,
+    shared: &Shared<R>,
     uid: String,
     pod: Option<Arc<Pod>>,
-    done: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> WorkerHandle {
     let (desired, mut rx) = watch::channel(pod);
     let kick = Arc::new(Notify::new());
     let mut worker = PodWorker::new(
-        runtime.clone(),
-        ctx.clone(),
+        shared.runtime.clone(),
+        shared.ctx.clone(),
         uid.clone(),
-        events.clone(),
+        shared.events.clone(),
         kick.clone(),
+        shared.objects.clone(),
     );
-    let store = store.clone();
+    let store = shared.store.clone();
+    let done = shared.done.clone();
     let wake = kick.clone();
     tokio::spawn(async move {
         let mut last: Option<Arc<Pod>> = None;

@@ -66,6 +66,7 @@ pub mod reason {
     pub const FAILED_CREATE_POD_SANDBOX: &str = "FailedCreatePodSandBox";
     pub const FAILED_STATUS_POD_SANDBOX: &str = "FailedPodSandBoxStatus";
     pub const FAILED_SYNC: &str = "FailedSync";
+    pub const FAILED_MOUNT: &str = "FailedMount";
     // Probes and lifecycle hooks.
     pub const CONTAINER_UNHEALTHY: &str = "Unhealthy";
     pub const CONTAINER_PROBE_WARNING: &str = "ProbeWarning";

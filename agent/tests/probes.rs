@@ -88,9 +88,12 @@ async fn wait_for_event(daemon: &Daemon, reason: &str, text: &str) -> anyhow::Re
     }
 }
 
+/// An exec probe on a 1 s period that fails at the first failure; its timeout is generous
+/// because an exec through the runtime can take over a second on a loaded test machine,
+/// and a timeout is a failure.
 fn exec_probe(kind: &str, script: &str, extra: &str) -> String {
     format!(
-        "    {kind}:\n      exec: {{command: [sh, -c, {script:?}]}}\n      periodSeconds: 1\n      failureThreshold: 1\n{extra}"
+        "    {kind}:\n      exec: {{command: [sh, -c, {script:?}]}}\n      periodSeconds: 1\n      timeoutSeconds: 5\n      failureThreshold: 1\n{extra}"
     )
 }
 

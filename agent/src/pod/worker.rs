@@ -3,7 +3,8 @@
 //! what CRI cannot hold (restart back-off, the last start error, condition times), so a
 //! restarted bosun picks up where it left off.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -15,11 +16,13 @@ use super::observed::{keys, ContainerState, ObservedContainer, ObservedPod, Obse
 use super::plan::{self, containers_of, Backoff, ContainerKind, Health, ProbeFailure, Start};
 use super::spec::{self, NodeContext, RuntimeFacts};
 use super::status::{self, Facts};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use super::probe::{run_hook, ContainerProbes, ProbeKind, Target};
+use super::volume::{self, HostMounter, PodVolumes};
 use crate::events::{container_reference, reason, EventType, Recorder};
 use crate::runtime::Runtime;
+use crate::source::ObjectKey;
 
 /// The image pull back-off: 10 s doubling to 5 min, as for container restarts.
 const PULL_BACKOFF: (Duration, Duration) = (plan::INITIAL_BACKOFF, plan::MAX_BACKOFF);
@@ -62,7 +65,12 @@ pub struct PodWorker<R: Runtime> {
     probes: HashMap<String, ContainerProbes>,
     /// Wakes this pod's sync loop; probe results use it.
     wake: Arc<Notify>,
+    /// The ConfigMaps and Secrets of the manifest directory, for volumes.
+    objects: watch::Receiver<Arc<Objects>>,
 }
+
+/// Objects of the manifest directory other than pods, by kind, namespace and name.
+pub type Objects = BTreeMap<ObjectKey, serde_json::Value>;
 
 impl<R: Runtime> PodWorker<R> {
     pub fn new(
@@ -71,6 +79,7 @@ impl<R: Runtime> PodWorker<R> {
         uid: String,
         events: Recorder,
         wake: Arc<Notify>,
+        objects: watch::Receiver<Arc<Objects>>,
     ) -> Self {
         PodWorker {
             runtime,
@@ -84,6 +93,7 @@ impl<R: Runtime> PodWorker<R> {
             events,
             probes: HashMap::new(),
             wake,
+            objects,
         }
     }
 
@@ -155,11 +165,13 @@ impl<R: Runtime> PodWorker<R> {
                 .container_status(&c.id)
                 .await
                 .map_err(self.runtime_error("ContainerStatus"))?;
-            if let Some(observed_container) = status
-                .as_ref()
-                .and_then(|s| ObservedContainer::from_status(s, &c.pod_sandbox_id))
+            let Some(status) = status else { continue };
+            if let Some(mut container) = ObservedContainer::from_status(&status, &c.pod_sandbox_id)
             {
-                observed.containers.push(observed_container);
+                if container.state == ContainerState::Exited {
+                    append_termination_message(&mut container, &status);
+                }
+                observed.containers.push(container);
             }
         }
         observed.sort();
@@ -207,6 +219,20 @@ impl<R: Runtime> PodWorker<R> {
             }
         }
         let mut acted = false;
+        // Volumes are set up (and configMap contents refreshed) before anything starts; a
+        // pod whose volumes cannot be set up starts nothing, and what runs keeps running.
+        let objects = self.objects.borrow().clone();
+        let volumes = match volume::prepare(pod, &self.ctx, &objects, &HostMounter) {
+            Ok(volumes) => Some(volumes),
+            Err(e) => {
+                self.events.warning(
+                    pod,
+                    reason::FAILED_MOUNT,
+                    format!("MountVolume.SetUp failed: {e}"),
+                );
+                None
+            }
+        };
 
         for id in &plan.stop_sandboxes {
             self.runtime
@@ -231,6 +257,10 @@ impl<R: Runtime> PodWorker<R> {
         if plan.finished {
             acted |= self.finish(pod, &observed, grace).await?;
         }
+        let Some(volumes) = volumes else {
+            self.publish(pod, &observed, now);
+            return Ok(Some(SANDBOX_RETRY));
+        };
         if let Some(attempt) = plan.create_sandbox {
             match self.create_sandbox(pod, attempt).await {
                 Ok(()) => acted = true,
@@ -251,7 +281,7 @@ impl<R: Runtime> PodWorker<R> {
             }
         }
         for start in &plan.start {
-            acted |= self.start(pod, &observed, start, now).await;
+            acted |= self.start(pod, &observed, &volumes, start, now).await;
         }
         self.publish(pod, &observed, now);
         let requeue = if acted {
@@ -456,10 +486,11 @@ impl<R: Runtime> PodWorker<R> {
         &mut self,
         pod: &Pod,
         observed: &ObservedPod,
+        volumes: &PodVolumes,
         start: &Start,
         now: SystemTime,
     ) -> bool {
-        let result = self.try_start(pod, observed, start, now).await;
+        let result = self.try_start(pod, observed, volumes, start, now).await;
         let ran = match &result {
             Ok(()) => true,
             Err((why, _)) => why == POST_START_HOOK_ERROR,
@@ -510,6 +541,7 @@ impl<R: Runtime> PodWorker<R> {
         &mut self,
         pod: &Pod,
         observed: &ObservedPod,
+        volumes: &PodVolumes,
         start: &Start,
         now: SystemTime,
     ) -> Result<(), (String, String)> {
@@ -545,7 +577,9 @@ impl<R: Runtime> PodWorker<R> {
             ContainerKind::Sidecar => spec::ContainerKind::Sidecar,
             ContainerKind::Regular => spec::ContainerKind::Regular,
         };
-        let config = spec::container_config(pod, container, spec_kind, &self.ctx, &facts)
+        let mut config = spec::container_config(pod, container, spec_kind, &self.ctx, &facts)
+            .map_err(|e| ("CreateContainerConfigError".to_owned(), e.to_string()))?;
+        config.mounts = volume::container_mounts(pod, container, volumes, &facts, &config.envs)
             .map_err(|e| ("CreateContainerConfigError".to_owned(), e.to_string()))?;
         let involved = container_reference(pod, &start.name);
         let id = self
@@ -752,6 +786,9 @@ impl<R: Runtime> PodWorker<R> {
             self.cgroups
                 .remove(&spec::pod_cgroup_parent(pod, &self.ctx));
         }
+        if let Err(e) = volume::cleanup(&self.ctx.pods_dir, &self.uid, &HostMounter) {
+            tracing::warn!(pod = %self.uid, error = %e, "cleaning up the pod's volumes");
+        }
         Ok(())
     }
 }
@@ -780,6 +817,29 @@ impl<R: Runtime> PodWorker<R> {
             .await
             .map_err(self.runtime_error("StopContainer"))
     }
+}
+
+/// Adds what the container left in its termination-log file (or, as its policy may say,
+/// the tail of its log) to its message, as kubelet does for exited containers.
+fn append_termination_message(container: &mut ObservedContainer, status: &api::ContainerStatus) {
+    let path = status
+        .annotations
+        .get(keys::TERMINATION_MESSAGE_PATH)
+        .map_or(volume::DEFAULT_TERMINATION_MESSAGE_PATH, String::as_str);
+    let policy = status
+        .annotations
+        .get(keys::TERMINATION_MESSAGE_POLICY)
+        .map(String::as_str);
+    let file = volume::termination_message_file(&status.mounts, path);
+    let log = (!status.log_path.is_empty()).then(|| Path::new(&status.log_path));
+    let message = volume::termination_message(file.as_deref(), policy, container.exit_code, log);
+    if message.is_empty() {
+        return;
+    }
+    if !container.message.is_empty() {
+        container.message.push_str(": ");
+    }
+    container.message.push_str(&message);
 }
 
 /// `terminationGracePeriodSeconds`, 30 s when unset.
