@@ -45,8 +45,11 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Option<api::ContainerStatus>, CriError>> + Send;
-    /// Whether the image is present.
-    fn image_present(&self, image: &str) -> impl Future<Output = Result<bool, CriError>> + Send;
+    /// The image, if present: its ID and the user it runs as.
+    fn image_status(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<Option<api::Image>, CriError>> + Send;
     fn pull_image(&self, image: &str) -> impl Future<Output = Result<String, CriError>> + Send;
     /// Runs `cmd` in the container and waits for it. The runtime kills the command after
     /// `timeout` (whole seconds; zero means none) and then answers `DeadlineExceeded` rather
@@ -134,8 +137,10 @@ impl Runtime for CriClient {
         )
     }
 
-    async fn image_present(&self, image: &str) -> Result<bool, CriError> {
-        Ok(CriClient::image_status(self, image, false).await?.is_some())
+    async fn image_status(&self, image: &str) -> Result<Option<api::Image>, CriError> {
+        Ok(CriClient::image_status(self, image, false)
+            .await?
+            .and_then(|s| s.image))
     }
 
     async fn pull_image(&self, image: &str) -> Result<String, CriError> {

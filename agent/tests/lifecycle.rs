@@ -268,6 +268,15 @@ async fn bad_manifests_are_reported_and_harm_no_other_pod() -> anyhow::Result<()
                     .replace("IfNotPresent", "Never"),
             )?;
             daemon.write_manifest(
+                "rootless.yaml",
+                &busybox_pod(
+                    "rootless",
+                    "  securityContext: {runAsNonRoot: true}\n",
+                    "",
+                    "true",
+                ),
+            )?;
+            daemon.write_manifest(
                 "twin.yaml",
                 &busybox_pod("good", "", "", "echo twin; sleep 1000"),
             )?;
@@ -284,6 +293,21 @@ async fn bad_manifests_are_reported_and_harm_no_other_pod() -> anyhow::Result<()
                     .unwrap_or("")
                     .contains("localhost/bosun/absent:1"),
                 "{noimage:#}"
+            );
+
+            // runAsNonRoot refuses the image that runs as root, before creating anything.
+            let rootless = daemon
+                .wait_for("rootless", "CreateContainerConfigError", WITHIN, |p| {
+                    container(p, "app")["state"]["waiting"]["reason"]
+                        == "CreateContainerConfigError"
+                })
+                .await?;
+            assert!(
+                container(&rootless, "app")["state"]["waiting"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("runAsNonRoot"),
+                "{rootless:#}"
             );
 
             // Each bad file is named in the log with its field and value.

@@ -552,14 +552,15 @@ impl<R: Runtime> PodWorker<R> {
             return Ok(());
         };
         let image = container.image.clone().unwrap_or_default();
-        self.ensure_image(
-            pod,
-            &start.name,
-            &image,
-            container.image_pull_policy.as_deref(),
-            now,
-        )
-        .await?;
+        let pulled = self
+            .ensure_image(
+                pod,
+                &start.name,
+                &image,
+                container.image_pull_policy.as_deref(),
+                now,
+            )
+            .await?;
         let Some(sandbox) = observed.sandbox() else {
             return Ok(());
         };
@@ -577,10 +578,25 @@ impl<R: Runtime> PodWorker<R> {
             ContainerKind::Sidecar => spec::ContainerKind::Sidecar,
             ContainerKind::Regular => spec::ContainerKind::Regular,
         };
+        let config_error =
+            |e: &dyn std::fmt::Display| ("CreateContainerConfigError".to_owned(), e.to_string());
+        spec::verify_run_as_non_root(
+            pod,
+            container,
+            spec_kind,
+            pulled.uid.as_ref().map(|u| u.value),
+            &pulled.username,
+        )
+        .map_err(|e| config_error(&e))?;
         let mut config = spec::container_config(pod, container, spec_kind, &self.ctx, &facts)
-            .map_err(|e| ("CreateContainerConfigError".to_owned(), e.to_string()))?;
+            .map_err(|e| config_error(&e))?;
+        // The runtime is given the image it resolved, and the name as written.
+        if let Some(spec) = config.image.as_mut() {
+            spec.user_specified_image = std::mem::take(&mut spec.image);
+            spec.image = pulled.id.clone();
+        }
         config.mounts = volume::container_mounts(pod, container, volumes, &facts, &config.envs)
-            .map_err(|e| ("CreateContainerConfigError".to_owned(), e.to_string()))?;
+            .map_err(|e| config_error(&e))?;
         let involved = container_reference(pod, &start.name);
         let id = self
             .runtime
@@ -656,23 +672,23 @@ impl<R: Runtime> PodWorker<R> {
         image: &str,
         policy: Option<&str>,
         now: SystemTime,
-    ) -> Result<(), (String, String)> {
-        let present = || async {
+    ) -> Result<api::Image, (String, String)> {
+        let status = || async {
             self.runtime
-                .image_present(image)
+                .image_status(image)
                 .await
                 .map_err(|e| ("ErrImageInspect".to_owned(), e.to_string()))
         };
         let never = policy == Some("Never");
         if never || policy == Some("IfNotPresent") {
-            if present().await? {
+            if let Some(found) = status().await? {
                 self.events.record(
                     container_reference(pod, name),
                     EventType::Normal,
                     reason::PULLED_IMAGE,
                     format!("Container image \"{image}\" already present on machine"),
                 );
-                return Ok(());
+                return Ok(found);
             }
             if never {
                 return Err((
@@ -708,7 +724,12 @@ impl<R: Runtime> PodWorker<R> {
                     ),
                 );
                 self.pull_backoff.remove(name);
-                Ok(())
+                status().await?.ok_or_else(|| {
+                    (
+                        "ErrImageInspect".to_owned(),
+                        format!("image \"{image}\" is not present after it was pulled"),
+                    )
+                })
             }
             Err(e) => {
                 let delay = self

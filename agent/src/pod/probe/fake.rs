@@ -112,7 +112,7 @@ impl Runtime for FakeRuntime {
     async fn container_status(&self, _: &str) -> Result<Option<api::ContainerStatus>, CriError> {
         unimplemented("ContainerStatus")
     }
-    async fn image_present(&self, _: &str) -> Result<bool, CriError> {
+    async fn image_status(&self, _: &str) -> Result<Option<api::Image>, CriError> {
         unimplemented("ImageStatus")
     }
     async fn pull_image(&self, _: &str) -> Result<String, CriError> {

@@ -210,7 +210,7 @@ pub(crate) fn container_security_context(
     ctx: &NodeContext,
 ) -> Result<api::LinuxContainerSecurityContext, SpecError> {
     let effective = effective_security_context(pod, container);
-    check_run_as_non_root(&effective, None, "", path)?;
+    check_run_as_non_root(&effective, None, path)?;
     let (supplemental_groups, supplemental_groups_policy) = supplemental_groups(pod)?;
     let unmasked = effective.proc_mount.as_deref() == Some("Unmasked");
     let paths = |defaults: &[&str]| {
@@ -257,7 +257,8 @@ pub(crate) fn container_security_context(
 /// kubelet's `verifyRunAsNonRoot`: with `runAsNonRoot`, refuses a container whose
 /// `runAsUser` is 0, or, without `runAsUser`, whose image runs as root (`image_uid` 0) or as a
 /// non-numeric user that cannot be checked. `image_uid` and `image_username` are what
-/// `ImageStatus` reports (`uid`, `username`); `None` and `""` when the image names no user.
+/// `ImageStatus` reports (`uid`, `username`); `None` and `""` when the image names no user,
+/// which means root, as kubelet reads it.
 pub fn verify_run_as_non_root(
     pod: &Pod,
     container: &Container,
@@ -267,13 +268,12 @@ pub fn verify_run_as_non_root(
 ) -> Result<(), SpecError> {
     let path = super::container_path(pod, container, kind);
     let effective = effective_security_context(pod, container);
-    check_run_as_non_root(&effective, image_uid, image_username, &path)
+    check_run_as_non_root(&effective, Some((image_uid, image_username)), &path)
 }
 
 fn check_run_as_non_root(
     effective: &SecurityContext,
-    image_uid: Option<i64>,
-    image_username: &str,
+    image_user: Option<(Option<i64>, &str)>,
     path: &str,
 ) -> Result<(), SpecError> {
     if effective.run_as_non_root != Some(true) {
@@ -285,14 +285,17 @@ fn check_run_as_non_root(
             reason,
         })
     };
-    match (effective.run_as_user, image_uid) {
+    match (effective.run_as_user, image_user) {
         (Some(0), _) => refuse("runAsUser is 0".into()),
-        (Some(_), _) => Ok(()),
-        (None, Some(0)) => refuse("the image runs as root".into()),
-        (None, None) if !image_username.is_empty() => refuse(format!(
-            "the image's user {image_username:?} is not numeric, so it cannot be checked"
+        // Without the image, only an explicit runAsUser can be checked.
+        (Some(_), _) | (None, None) => Ok(()),
+        (None, Some((Some(0), _))) => refuse("the image runs as root".into()),
+        (None, Some((None, username))) if !username.is_empty() => refuse(format!(
+            "the image's user {username:?} is not numeric, so it cannot be checked"
         )),
-        (None, _) => Ok(()),
+        // An image that names no user runs as root.
+        (None, Some((None, _))) => refuse("the image runs as root".into()),
+        (None, Some((Some(_), _))) => Ok(()),
     }
 }
 

@@ -1168,7 +1168,11 @@ fn run_as_non_root_is_enforced() {
         Err(SpecError::RunAsNonRoot { .. })
     ));
     assert!(verify(Some(101), "").is_ok());
-    assert!(verify(None, "").is_ok());
+    // An image that names no user runs as root (kubelet's getImageUser).
+    assert!(matches!(
+        verify(None, ""),
+        Err(SpecError::RunAsNonRoot { .. })
+    ));
     // Without the image's user, only an explicit runAsUser can be checked.
     assert!(container_config(
         &image_user,
