@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bosun_cri::{ContainerdClient, CriClient, CRI_NAMESPACE};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use tokio::sync::{watch, Notify};
 
 use crate::events::{reason, EventType, Recorder};
@@ -40,6 +40,8 @@ pub struct Config {
     pub runtime_endpoint: String,
     pub root_dir: PathBuf,
     pub node: NodeContext,
+    /// `maxPods`: pods beyond this many are rejected (phase Failed, reason OutOfpods).
+    pub max_pods: usize,
 }
 
 impl Config {
@@ -98,6 +100,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut digests: HashMap<String, u64> = HashMap::new();
     let mut pod_dirs_swept = false;
+    // Pods refused at admission, by UID, with their key in the store.
+    let mut rejected: HashMap<String, String> = HashMap::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -133,16 +137,37 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                         handle.desired.send_replace(None);
                     }
                 }
+                rejected.retain(|uid, key| {
+                    let wanted = desired.contains_key(uid);
+                    if !wanted {
+                        if let Ok(mut pods) = store.write() {
+                            pods.remove(key);
+                        }
+                    }
+                    wanted
+                });
+                let mut new = Vec::new();
                 for (uid, pod) in desired {
                     match workers.get(&uid) {
                         Some(handle) => {
                             handle.desired.send_replace(Some(pod));
                         }
-                        None => {
-                            let handle = spawn_worker(&shared, uid.clone(), Some(pod));
-                            workers.insert(uid, handle);
-                        }
+                        None if !rejected.contains_key(&uid) => new.push((uid, pod)),
+                        None => {}
                     }
+                }
+                // Admission, in a stable order: pods beyond maxPods are rejected, as kubelet
+                // rejects them, and stay rejected while their manifest is unchanged.
+                new.sort_by_key(|(_, pod)| pod_name(pod));
+                for (uid, pod) in new {
+                    let active = workers.values().filter(|h| h.desired.borrow().is_some()).count();
+                    if active >= config.max_pods {
+                        let key = reject_out_of_pods(&store, &events, &pod, active, config.max_pods);
+                        rejected.insert(uid, key);
+                        continue;
+                    }
+                    let handle = spawn_worker(&shared, uid.clone(), Some(pod));
+                    workers.insert(uid, handle);
                 }
             }
             Some(container_id) = exit_rx.recv() => {
@@ -194,6 +219,33 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     api.abort();
     let _ = std::fs::remove_file(config.api_socket());
     Ok(())
+}
+
+/// Records a pod refused because the node runs `maxPods` pods already: phase Failed with
+/// kubelet's reason and message, in the store and as an event. Returns its store key.
+fn reject_out_of_pods(
+    store: &PodStore,
+    events: &Recorder,
+    pod: &Pod,
+    used: usize,
+    capacity: usize,
+) -> String {
+    let message = format!(
+        "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {capacity}"
+    );
+    events.warning(pod, "OutOfpods", message.clone());
+    let mut rejected = pod.clone();
+    rejected.status = Some(PodStatus {
+        phase: Some("Failed".to_owned()),
+        reason: Some("OutOfpods".to_owned()),
+        message: Some(message),
+        ..Default::default()
+    });
+    let key = pod_name(pod);
+    if let Ok(mut pods) = store.write() {
+        pods.insert(key.clone(), rejected);
+    }
+    key
 }
 
 /// Connects to the runtime, waiting for it to come up as kubelet does.

@@ -44,6 +44,7 @@ pub struct ConfigFile {
     pub cgroup_root: Option<String>,
     pub pod_logs_dir: Option<PathBuf>,
     pub resolv_conf: Option<PathBuf>,
+    pub max_pods: Option<i64>,
 }
 
 /// An error in the configuration: the daemon exits with [`EXIT_BAD_CONFIG`].
@@ -53,6 +54,9 @@ pub struct BadConfig(pub String);
 
 /// The exit code for a configuration bosun cannot run with.
 pub const EXIT_BAD_CONFIG: i32 = 3;
+
+/// kubelet's default `maxPods`.
+pub const DEFAULT_MAX_PODS: usize = 110;
 
 pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
     let file = match &args.config {
@@ -94,7 +98,15 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         pods_dir: args.root_dir.join("pods"),
         ..NodeContext::default()
     };
+    let max_pods = match file.max_pods {
+        None => DEFAULT_MAX_PODS,
+        Some(n) => usize::try_from(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| BadConfig(format!("maxPods: invalid value {n}: must be positive")))?,
+    };
     Ok(Config {
+        max_pods,
         manifest_dir,
         runtime_endpoint: args.container_runtime_endpoint.clone(),
         root_dir: args.root_dir.clone(),
