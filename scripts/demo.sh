@@ -62,7 +62,7 @@ echo "bosun run: manifests in examples/manifests, log in $dir/bosun.log"
 
 show() { echo; echo "\$ bosun $*"; "$bosun" "$@"; }
 for _ in $(seq 1 300); do
-    "$bosun" get pods --root-dir "$dir/bosun" 2>/dev/null | grep -q '^web-demo-node .* Running' && break
+    "$bosun" get pods --root-dir "$dir/bosun" 2>/dev/null | grep -q '^web-demo-node  *1/1  *Running' && break
     sleep 0.1
 done
 sleep 3 # long enough for the init container to finish and the crashing pod to restart once
@@ -73,6 +73,7 @@ ip=$("$bosun" get pods web-demo-node -o json --root-dir "$dir/bosun" | sed -n 's
 echo; echo "\$ wget -q -O - http://$ip:8080/"
 busybox wget -q -O - "http://$ip:8080/"
 show logs "$("$bosun" ps -q --name app --state running)"
+show get events --for web-demo-node --root-dir "$dir/bosun"
 
 if [ "$keep" = 1 ]; then
     echo
