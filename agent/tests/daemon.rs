@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bosun_cri::api;
-use bosun_tests::daemon::{busybox_pod, phase, ready, Daemon, NODE_NAME, SLEEP_FOREVER};
+use bosun_tests::daemon::{self, busybox_pod, phase, ready, Daemon, NODE_NAME, SLEEP_FOREVER};
 use bosun_tests::node::TestNode;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
@@ -18,18 +18,14 @@ const WITHIN: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_pods_start_restart_survive_bosun_and_stop() -> anyhow::Result<()> {
-    let node = TestNode::start("daemon").await?;
-    let result = scenario(&node).await;
-    if result.is_err() {
-        let log = std::fs::read_to_string(node.dir().join("bosun.log")).unwrap_or_default();
-        println!("--- bosun log ---\n{log}");
-    }
-    node.shutdown().await?;
-    result
+    daemon::on_a_node(Path::new(BOSUN), "daemon", "", |node, daemon| async move {
+        let result = scenario(&node, daemon).await;
+        (node, result)
+    })
+    .await
 }
 
-async fn scenario(node: &TestNode) -> anyhow::Result<()> {
-    let daemon = Daemon::start(Path::new(BOSUN), node, "").await?;
+async fn scenario(node: &TestNode, daemon: Daemon) -> anyhow::Result<()> {
     daemon.write_manifest("web.yaml", &busybox_pod("web", "", "", SLEEP_FOREVER))?;
     daemon.write_manifest(
         "crash.yaml",

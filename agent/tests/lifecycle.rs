@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bosun_cri::{api, CriClient};
-use bosun_tests::daemon::{busybox_pod, container, phase, ready, Daemon, SLEEP_FOREVER};
+use bosun_tests::daemon::{self, busybox_pod, container, phase, ready, Daemon, SLEEP_FOREVER};
 use bosun_tests::images::BUSYBOX_IMAGE;
 use bosun_tests::node::TestNode;
 use serde_json::Value;
@@ -19,40 +19,12 @@ use serde_json::Value;
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
 const WITHIN: Duration = Duration::from_secs(30);
 
-/// Runs `scenario` against a fresh node and daemon; prints the daemon's log on failure and
-/// tears the node down either way.
 async fn on_a_node<F, Fut>(name: &str, scenario: F) -> anyhow::Result<()>
 where
     F: FnOnce(TestNode, Daemon) -> Fut,
     Fut: std::future::Future<Output = (TestNode, anyhow::Result<()>)>,
 {
-    on_a_node_with(name, "", scenario).await
-}
-
-/// As [`on_a_node`], with lines added to the daemon's config file.
-async fn on_a_node_with<F, Fut>(name: &str, config: &str, scenario: F) -> anyhow::Result<()>
-where
-    F: FnOnce(TestNode, Daemon) -> Fut,
-    Fut: std::future::Future<Output = (TestNode, anyhow::Result<()>)>,
-{
-    let node = TestNode::start(name).await?;
-    let daemon = match Daemon::start(Path::new(BOSUN), &node, config).await {
-        Ok(d) => d,
-        Err(e) => {
-            node.shutdown().await?;
-            return Err(e);
-        }
-    };
-    let log = node.dir().join("bosun.log");
-    let (node, result) = scenario(node, daemon).await;
-    if result.is_err() {
-        println!(
-            "--- bosun log ---\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-    node.shutdown().await?;
-    result
+    daemon::on_a_node(Path::new(BOSUN), name, "", scenario).await
 }
 
 /// One container instance as CRI reports it, with nanosecond times.
@@ -356,39 +328,44 @@ async fn bad_manifests_are_reported_and_harm_no_other_pod() -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_beyond_max_pods_are_rejected() -> anyhow::Result<()> {
-    on_a_node_with("life-maxpods", "maxPods: 2\n", |node, daemon| async move {
-        let result = async {
-            for name in ["a", "b", "c"] {
-                daemon.write_manifest(
-                    &format!("{name}.yaml"),
-                    &busybox_pod(name, "", "", SLEEP_FOREVER),
-                )?;
+    daemon::on_a_node(
+        Path::new(BOSUN),
+        "life-maxpods",
+        "maxPods: 2\n",
+        |node, daemon| async move {
+            let result = async {
+                for name in ["a", "b", "c"] {
+                    daemon.write_manifest(
+                        &format!("{name}.yaml"),
+                        &busybox_pod(name, "", "", SLEEP_FOREVER),
+                    )?;
+                }
+                for name in ["a", "b"] {
+                    daemon.wait_for(name, "Ready", WITHIN, ready).await?;
+                }
+                let c = daemon
+                    .wait_for("c", "Failed", WITHIN, |p| phase(p) == "Failed")
+                    .await?;
+                assert_eq!(c["status"]["reason"], "OutOfpods");
+                assert!(
+                    c["status"]["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("used: 2, capacity: 2"),
+                    "{c:#}"
+                );
+                // Nothing of it reached the runtime.
+                let client = node.cri().await?;
+                let sandboxes = client.list_pod_sandbox(None).await?;
+                assert_eq!(sandboxes.len(), 2, "{sandboxes:?}");
+                // Its manifest gone, it is gone too.
+                daemon.remove_manifest("c.yaml")?;
+                daemon.wait_gone("c", WITHIN).await?;
+                daemon.kill().await
             }
-            for name in ["a", "b"] {
-                daemon.wait_for(name, "Ready", WITHIN, ready).await?;
-            }
-            let c = daemon
-                .wait_for("c", "Failed", WITHIN, |p| phase(p) == "Failed")
-                .await?;
-            assert_eq!(c["status"]["reason"], "OutOfpods");
-            assert!(
-                c["status"]["message"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("used: 2, capacity: 2"),
-                "{c:#}"
-            );
-            // Nothing of it reached the runtime.
-            let client = node.cri().await?;
-            let sandboxes = client.list_pod_sandbox(None).await?;
-            assert_eq!(sandboxes.len(), 2, "{sandboxes:?}");
-            // Its manifest gone, it is gone too.
-            daemon.remove_manifest("c.yaml")?;
-            daemon.wait_gone("c", WITHIN).await?;
-            daemon.kill().await
-        }
-        .await;
-        (node, result)
-    })
+            .await;
+            (node, result)
+        },
+    )
     .await
 }

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use bosun_cri::{api, CriClient};
-use bosun_tests::daemon::{busybox_pod, condition, container, ready, Daemon, SLEEP_FOREVER};
+use bosun_tests::daemon::{
+    self, busybox_pod, condition, container, container_id, ready, sh, Daemon, SLEEP_FOREVER,
+};
 use bosun_tests::node::TestNode;
 use serde_json::Value;
 
@@ -23,69 +25,11 @@ where
     F: FnOnce(TestNode, Daemon) -> Fut,
     Fut: std::future::Future<Output = (TestNode, anyhow::Result<()>)>,
 {
-    let node = TestNode::start(name).await?;
-    let daemon = match Daemon::start(Path::new(BOSUN), &node, "").await {
-        Ok(d) => d,
-        Err(e) => {
-            node.shutdown().await?;
-            return Err(e);
-        }
-    };
-    let log = node.dir().join("bosun.log");
-    let (node, result) = scenario(node, daemon).await;
-    if result.is_err() {
-        println!(
-            "--- bosun log ---\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-    node.shutdown().await?;
-    result
+    daemon::on_a_node(Path::new(BOSUN), name, "", scenario).await
 }
 
-/// The CRI ID of the pod's container `name` (without the `containerd://` prefix).
-fn container_id(pod: &Value, name: &str) -> String {
-    container(pod, name)["containerID"]
-        .as_str()
-        .unwrap_or("")
-        .trim_start_matches("containerd://")
-        .to_owned()
-}
-
-async fn sh(client: &CriClient, id: &str, script: &str) -> anyhow::Result<()> {
-    let out = client
-        .exec_sync(
-            id,
-            vec!["sh".into(), "-c".into(), script.into()],
-            Duration::from_secs(5),
-        )
-        .await?;
-    anyhow::ensure!(out.exit_code == 0, "{script}: exit {}", out.exit_code);
-    Ok(())
-}
-
-/// Waits until an event with this reason whose message contains `text` is listed.
 async fn wait_for_event(daemon: &Daemon, reason: &str, text: &str) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        let events = daemon.events().await.unwrap_or(Value::Null);
-        let found = events["items"].as_array().and_then(|items| {
-            items
-                .iter()
-                .find(|e| {
-                    e["reason"] == reason && e["message"].as_str().is_some_and(|m| m.contains(text))
-                })
-                .cloned()
-        });
-        if let Some(event) = found {
-            return Ok(event);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no {reason} event with {text:?}; events:\n{events:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon.wait_for_event(reason, text, WITHIN).await
 }
 
 /// An exec probe on a 1 s period that fails at the first failure; its timeout is generous

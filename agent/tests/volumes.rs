@@ -10,8 +10,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bosun_cri::CriClient;
-use bosun_tests::daemon::{busybox_pod, container, phase, ready, Daemon, SLEEP_FOREVER};
+use bosun_tests::daemon::{
+    self, busybox_pod, container, container_id, phase, ready, sh, Daemon, SLEEP_FOREVER,
+};
 use bosun_tests::images::BUSYBOX_IMAGE;
 use bosun_tests::node::TestNode;
 use serde_json::Value;
@@ -19,50 +20,20 @@ use serde_json::Value;
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
 const WITHIN: Duration = Duration::from_secs(30);
 
-fn container_id(pod: &Value, name: &str) -> String {
-    container(pod, name)["containerID"]
-        .as_str()
-        .unwrap_or("")
-        .trim_start_matches("containerd://")
-        .to_owned()
-}
-
-/// Runs `script` in the container and returns its stdout.
-async fn sh(client: &CriClient, id: &str, script: &str) -> anyhow::Result<String> {
-    let out = client
-        .exec_sync(
-            id,
-            vec!["sh".into(), "-c".into(), script.into()],
-            Duration::from_secs(5),
-        )
-        .await?;
-    anyhow::ensure!(
-        out.exit_code == 0,
-        "{script}: exit {}: {}",
-        out.exit_code,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn config_map(value: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings}}\ndata:\n  greeting: {value}\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volumes_are_set_up_shared_refreshed_and_removed() -> anyhow::Result<()> {
-    let node = TestNode::start("volumes").await?;
-    let result = scenario(&node).await;
-    if result.is_err() {
-        let log = std::fs::read_to_string(node.dir().join("bosun.log")).unwrap_or_default();
-        println!("--- bosun log ---\n{log}");
-    }
-    node.shutdown().await?;
-    result
+    daemon::on_a_node(Path::new(BOSUN), "volumes", "", |node, daemon| async move {
+        let result = scenario(&node, daemon).await;
+        (node, result)
+    })
+    .await
 }
 
-async fn scenario(node: &TestNode) -> anyhow::Result<()> {
-    let daemon = Daemon::start(Path::new(BOSUN), node, "").await?;
+async fn scenario(node: &TestNode, daemon: Daemon) -> anyhow::Result<()> {
     let host_dir = node.dir().join("host-data");
     daemon.write_manifest("settings.yaml", &config_map("hello"))?;
     daemon.write_manifest(

@@ -224,3 +224,91 @@ pub fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
         .or_else(|| find(&pod["status"]["initContainerStatuses"]))
         .unwrap_or(&Value::Null)
 }
+
+/// Starts a node named `name` and a daemon on it (with `config` added to its config file),
+/// runs `scenario`, prints the daemon's log if it failed, and tears the node down either way.
+pub async fn on_a_node<F, Fut>(bin: &Path, name: &str, config: &str, scenario: F) -> Result<()>
+where
+    F: FnOnce(TestNode, Daemon) -> Fut,
+    Fut: std::future::Future<Output = (TestNode, Result<()>)>,
+{
+    let node = TestNode::start(name).await?;
+    let daemon = match Daemon::start(bin, &node, config).await {
+        Ok(d) => d,
+        Err(e) => {
+            node.shutdown().await?;
+            return Err(e);
+        }
+    };
+    let log = node.dir().join("bosun.log");
+    let (node, result) = scenario(node, daemon).await;
+    if result.is_err() {
+        println!(
+            "--- bosun log ---\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    node.shutdown().await?;
+    result
+}
+
+/// The CRI ID of the pod's container `name` (without the `containerd://` prefix).
+pub fn container_id(pod: &Value, name: &str) -> String {
+    container(pod, name)["containerID"]
+        .as_str()
+        .unwrap_or("")
+        .trim_start_matches("containerd://")
+        .to_owned()
+}
+
+/// Runs `script` with `sh -c` in the container through CRI ExecSync; its stdout, or an
+/// error with its exit code and stderr.
+pub async fn sh(client: &bosun_cri::CriClient, id: &str, script: &str) -> Result<String> {
+    let out = client
+        .exec_sync(
+            id,
+            vec!["sh".into(), "-c".into(), script.into()],
+            Duration::from_secs(5),
+        )
+        .await?;
+    anyhow::ensure!(
+        out.exit_code == 0,
+        "{script}: exit {}: {}",
+        out.exit_code,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Daemon {
+    /// Polls `get events` until an event with this reason whose message contains `text`
+    /// is listed, for at most `within`.
+    pub async fn wait_for_event(
+        &self,
+        reason: &str,
+        text: &str,
+        within: Duration,
+    ) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let events = self.events().await.unwrap_or(Value::Null);
+            let found = events["items"].as_array().and_then(|items| {
+                items
+                    .iter()
+                    .find(|e| {
+                        e["reason"] == reason
+                            && e["message"].as_str().is_some_and(|m| m.contains(text))
+                    })
+                    .cloned()
+            });
+            if let Some(event) = found {
+                return Ok(event);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no {reason} event with {text:?}; events:\n{events:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
