@@ -107,6 +107,13 @@ struct DirWatch {
     parent_watched: Option<(u64, u64)>,
 }
 
+/// An access that changes nothing: an open, a read, a close without writing.
+fn is_read(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(kind, notify::EventKind::Access(access)
+        if !matches!(access, AccessKind::Close(AccessMode::Write)))
+}
+
 impl DirWatch {
     fn new(dir: &Path, events: mpsc::UnboundedSender<()>) -> Self {
         let mut this = Self::disabled(dir);
@@ -114,6 +121,9 @@ impl DirWatch {
         let relevant = this.dir.clone();
         let handler = move |event: notify::Result<notify::Event>| {
             let wanted = match &event {
+                // Reading a file is no change: without this, each rescan's own opens
+                // would trigger the next rescan. A close after writing is a change.
+                Ok(event) if is_read(&event.kind) => false,
                 Ok(event) => {
                     event.need_rescan() || event.paths.iter().any(|p| p.starts_with(&relevant))
                 }
@@ -222,6 +232,22 @@ spec:
                 rx.borrow()
             ),
         }
+    }
+
+    #[test]
+    fn reads_are_not_changes_but_a_close_after_writing_is() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, EventKind};
+        assert!(is_read(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(is_read(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(is_read(&EventKind::Access(AccessKind::Read)));
+        assert!(!is_read(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!is_read(&EventKind::Create(CreateKind::File)));
     }
 
     fn pod_uid(snapshot: &Snapshot) -> Option<String> {
