@@ -16,14 +16,16 @@ use tokio::time::{self, Instant, MissedTickBehavior};
 use super::manifest::{ManifestSource, Snapshot};
 
 /// How long to wait after a file system event for the rest of its burst: an editor's
-/// write-to-temporary-then-rename is several events and should be one rescan.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+/// write-to-temporary-then-rename is several events within a millisecond or two and should
+/// be one rescan. It is on the path of every pod start, so it is short; a file caught half
+/// written keeps its last good content and is read again on its next event.
+const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// Watches `dir` (which may not exist yet) and publishes the manifests of node `node_name`.
 ///
 /// The directory is read before this returns, so the receiver starts with a real snapshot,
 /// marked unseen: `changed()` resolves at once for it. It is read again after any change in
-/// it (debounced by 50 ms) and every `rescan_every` (at least 1 ms), and a new snapshot is
+/// it (debounced by 5 ms) and every `rescan_every` (at least 1 ms), and a new snapshot is
 /// published only when it asks for something different ([`Snapshot::same_desired_state`]).
 /// A file that reads with errors keeps its last good content (see [`ManifestSource`]).
 /// The task ends when every receiver is dropped.
