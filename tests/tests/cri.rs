@@ -221,16 +221,20 @@ async fn image_import_is_idempotent_and_rejects_bad_archives() -> anyhow::Result
     assert_eq!(imported[0].digest, archive.manifest_digest);
 
     // A removed image comes back with an import.
-    // CRI's image cache follows containerd's events, so the second import's event may
-    // land after the removal and show the image for a moment longer: wait for it to go.
-    client.remove_image(BUSYBOX_IMAGE).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while client.image_status(BUSYBOX_IMAGE, false).await?.is_some() {
+    // CRI's image cache follows containerd's events, and the second import's event may be
+    // handled after the removal and list the image again: remove until it stays removed
+    // (RemoveImage of an absent image succeeds).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        client.remove_image(BUSYBOX_IMAGE).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if client.image_status(BUSYBOX_IMAGE, false).await?.is_none() {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{BUSYBOX_IMAGE} is still listed 5s after its removal"
+            "{BUSYBOX_IMAGE} is still listed 10s after its removal"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     containerd
         .import_oci_archive(CRI_NAMESPACE, &archive.path)
