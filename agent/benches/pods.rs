@@ -22,7 +22,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
@@ -829,59 +828,29 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 // ---- bosun's side -------------------------------------------------------------------------
 
 /// A `bosun run` on the test node, with its own root, manifest directory and log under
-/// `<node dir>/<name>`, cgroups under the node's cgroup parent (as in `agent/tests/daemon.rs`).
+/// `<node dir>/<name>` (the end-to-end tests' daemon), read through its API socket.
 struct Daemon {
-    child: tokio::process::Child,
+    inner: bosun_tests::daemon::Daemon,
     pid: u32,
     manifests: PathBuf,
     socket: PathBuf,
-    log: PathBuf,
 }
 
 impl Daemon {
     async fn start(node: &TestNode, name: &str) -> Result<Daemon> {
-        let dir = node.dir().join(name);
-        let manifests = dir.join("manifests");
-        std::fs::create_dir_all(&manifests)
-            .with_context(|| format!("creating {}", manifests.display()))?;
-        let root = dir.join("root");
-        let config = dir.join("bosun.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "cgroupRoot: {}\npodLogsDir: {}\nclusterDomain: cluster.local\n",
-                cgroup_root(node),
-                pod_logs_dir(node).display()
-            ),
+        let inner = bosun_tests::daemon::Daemon::start_at(
+            Path::new(BOSUN),
+            node,
+            &node.dir().join(name),
+            "",
         )
-        .with_context(|| format!("writing {}", config.display()))?;
-        let log = dir.join("bosun.log");
-        let log_file =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = tokio::process::Command::new(BOSUN)
-            .args(["run", "--hostname-override", NODE_NAME])
-            .arg("--pod-manifest-path")
-            .arg(&manifests)
-            .arg("--container-runtime-endpoint")
-            .arg(node.cri_endpoint())
-            .arg("--root-dir")
-            .arg(&root)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {BOSUN}"))?;
-        let pid = child.id().context("bosun exited at once")?;
+        .await?;
+        let pid = inner.pid().context("bosun exited at once")?;
         let mut daemon = Daemon {
-            child,
             pid,
-            manifests,
-            socket: bosun::daemon::api_socket(&root),
-            log,
+            manifests: inner.manifests().to_owned(),
+            socket: bosun::daemon::api_socket(inner.root()),
+            inner,
         };
         daemon.wait_until_serving().await?;
         Ok(daemon)
@@ -890,7 +859,7 @@ impl Daemon {
     async fn wait_until_serving(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.inner.try_wait()? {
                 bail!("bosun exited ({status}):\n{}", self.log_tail(20));
             }
             if bosun::api::get_pods(&self.socket).await.is_ok() {
@@ -972,16 +941,14 @@ impl Daemon {
 
     /// The last `lines` lines of the daemon's log, without terminal colours.
     fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let log = std::fs::read_to_string(self.inner.log_path()).unwrap_or_default();
         let all: Vec<&str> = log.lines().collect();
         strip_ansi(&all[all.len().saturating_sub(lines)..].join("\n"))
     }
 
     /// Kills the daemon (the process this benchmark started); its pods stay.
-    async fn stop(mut self) -> Result<()> {
-        self.child.start_kill().context("killing bosun")?;
-        self.child.wait().await.context("waiting for bosun")?;
-        Ok(())
+    async fn stop(self) -> Result<()> {
+        self.inner.kill().await.context("killing bosun")
     }
 }
 

@@ -24,14 +24,26 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `bin run` for `node`, with manifests from `<node dir>/manifests` (created if
-    /// missing). `extra_config` is appended to the YAML config file.
+    /// Starts `bin run` for `node`, laid out in the node's directory (see [`Daemon::start_at`]).
     pub async fn start(bin: &Path, node: &TestNode, extra_config: &str) -> Result<Daemon> {
-        let manifests = node.dir().join("manifests");
+        Self::start_at(bin, node, node.dir(), extra_config).await
+    }
+
+    /// Starts `bin run` for `node` with everything of its own under `dir`: manifests from
+    /// `dir/manifests` (created if missing), root directory `dir/bosun`, config file
+    /// `dir/bosun.yaml` (`extra_config` appended) and log `dir/bosun.log`. Pod logs and
+    /// cgroups go under the node's.
+    pub async fn start_at(
+        bin: &Path,
+        node: &TestNode,
+        dir: &Path,
+        extra_config: &str,
+    ) -> Result<Daemon> {
+        let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests)
             .with_context(|| format!("creating {}", manifests.display()))?;
-        let root = node.dir().join("bosun");
-        let config = node.dir().join("bosun.yaml");
+        let root = dir.join("bosun");
+        let config = dir.join("bosun.yaml");
         std::fs::write(
             &config,
             format!(
@@ -41,7 +53,7 @@ impl Daemon {
             ),
         )
         .with_context(|| format!("writing {}", config.display()))?;
-        let log = node.dir().join("bosun.log");
+        let log = dir.join("bosun.log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -95,6 +107,15 @@ impl Daemon {
 
     pub fn remove_manifest(&self, file: &str) -> Result<()> {
         std::fs::remove_file(self.manifests.join(file)).with_context(|| format!("removing {file}"))
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The daemon's exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 
     /// The daemon's log so far.

@@ -746,6 +746,32 @@ impl<R: Runtime> PodWorker<R> {
         }
     }
 
+    /// Stops one container of a pod being terminated: with its preStop hook when the
+    /// pod's spec is known, else (an orphan) with StopContainer alone.
+    async fn stop_for_termination(
+        &self,
+        pod: Option<&Pod>,
+        observed: &ObservedPod,
+        c: &ObservedContainer,
+        grace: Duration,
+    ) -> Result<(), SyncError> {
+        if let Some(pod) = pod {
+            self.events.record(
+                container_reference(pod, &c.name),
+                EventType::Normal,
+                reason::KILLING_CONTAINER,
+                format!("Stopping container {}", c.name),
+            );
+            return self
+                .kill_container(pod, observed, &c.name, &c.id, grace)
+                .await;
+        }
+        self.runtime
+            .stop_container(&c.id, grace)
+            .await
+            .map_err(self.runtime_error("StopContainer"))
+    }
+
     /// Stops and removes everything of the pod: regular containers together within the
     /// grace period, then sidecars in reverse order, then the sandboxes; the pod's log
     /// directory stays, as kubelet keeps logs of deleted pods until garbage collection.
@@ -811,32 +837,6 @@ impl<R: Runtime> PodWorker<R> {
             tracing::warn!(pod = %self.uid, error = %e, "cleaning up the pod's volumes");
         }
         Ok(())
-    }
-}
-
-impl<R: Runtime> PodWorker<R> {
-    async fn stop_for_termination(
-        &self,
-        pod: Option<&Pod>,
-        observed: &ObservedPod,
-        c: &ObservedContainer,
-        grace: Duration,
-    ) -> Result<(), SyncError> {
-        if let Some(pod) = pod {
-            self.events.record(
-                container_reference(pod, &c.name),
-                EventType::Normal,
-                reason::KILLING_CONTAINER,
-                format!("Stopping container {}", c.name),
-            );
-            return self
-                .kill_container(pod, observed, &c.name, &c.id, grace)
-                .await;
-        }
-        self.runtime
-            .stop_container(&c.id, grace)
-            .await
-            .map_err(self.runtime_error("StopContainer"))
     }
 }
 
