@@ -71,4 +71,13 @@ pub enum Error {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+
+    /// A map update or delete failed in the kernel: the map is full (`E2BIG`) or memory ran
+    /// short. Retry after entries have been removed.
+    #[error("writing map {map}")]
+    WriteMap {
+        map: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
 }
