@@ -17,7 +17,7 @@ use std::{fmt, net::Ipv4Addr};
 pub use bpf::{cleanup, find_cgroup2, install, PinnedMaps};
 pub use compile::{compile, Compiled, Problem};
 pub use maps::{MapOp, MemoryMaps, ServiceMaps};
-pub use reconcile::{Applied, Reconciler};
+pub use reconcile::{snapshot, Applied, MapBackend, MapService, MapSnapshot, Reconciler};
 
 /// A Service port's protocol, as the datapath balances it. SCTP is not balanced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

@@ -1,0 +1,272 @@
+use std::net::Ipv4Addr;
+
+use bosun_ebpf_abi::AffinityKey;
+
+use super::*;
+use crate::service::{MapOp, MemoryMaps, ServicePortName};
+
+fn frontend(last: u8, port: u16) -> Frontend {
+    Frontend {
+        address: Ipv4Addr::new(10, 96, 0, last),
+        port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn backend(last: u8) -> BackendAddr {
+    BackendAddr {
+        address: Ipv4Addr::new(10, 0, 0, last),
+        port: 8080,
+    }
+}
+
+fn service(last: u8, backends: &[u8]) -> DesiredService {
+    let mut backends: Vec<BackendAddr> = backends.iter().map(|b| backend(*b)).collect();
+    backends.sort();
+    DesiredService {
+        frontend: frontend(last, 80),
+        name: ServicePortName {
+            namespace: "default".into(),
+            name: format!("svc{last}"),
+            port: String::new(),
+        },
+        affinity_timeout: None,
+        backends,
+    }
+}
+
+/// What the maps serve, frontend → backends, read the way the kernel program reads them.
+fn served(maps: &MemoryMaps) -> Vec<(Frontend, Vec<BackendAddr>)> {
+    let snapshot = snapshot(maps).expect("memory maps never fail to read");
+    snapshot
+        .services
+        .into_iter()
+        .map(|s| {
+            let mut backends: Vec<BackendAddr> = s
+                .backends
+                .into_iter()
+                .map(|b| b.expect("every counted slot names a backend").address)
+                .collect();
+            backends.sort();
+            (s.frontend.expect("bosun's protocols"), backends)
+        })
+        .collect()
+}
+
+fn wanted(desired: &[DesiredService]) -> Vec<(Frontend, Vec<BackendAddr>)> {
+    let mut wanted: Vec<_> = desired
+        .iter()
+        .map(|d| (d.frontend, d.backends.clone()))
+        .collect();
+    wanted.sort();
+    wanted
+}
+
+/// The invariant the kernel program relies on: every counted slot names an existing backend.
+fn assert_consistent(maps: &MemoryMaps, after: &str) {
+    for (key, value) in &maps.services {
+        for slot in 0..value.count {
+            let backend = maps.slots.get(&SlotKey {
+                service: value.id,
+                slot,
+            });
+            let backend = backend.unwrap_or_else(|| {
+                panic!("{after}: service {key:?} counts slot {slot}, which is missing")
+            });
+            assert!(
+                maps.backends.contains_key(backend),
+                "{after}: slot {slot} of {key:?} names missing backend {backend}"
+            );
+        }
+    }
+}
+
+/// Applies `desired` to a copy of `start`, then replays its writes one at a time on another
+/// copy, checking the invariant after each; returns the maps after the apply.
+fn apply_checked(start: &MemoryMaps, desired: &[DesiredService]) -> MemoryMaps {
+    let mut maps = start.clone();
+    maps.ops.clear();
+    let mut reconciler = Reconciler::new(maps);
+    reconciler.apply(desired).expect("memory maps do not fail");
+    let after = reconciler.maps().clone();
+
+    let mut replay = start.clone();
+    for (n, op) in after.ops.iter().enumerate() {
+        replay_op(&mut replay, op);
+        assert_consistent(&replay, &format!("write {n} ({op:?})"));
+    }
+    assert_eq!(served(&after), wanted(desired));
+    after
+}
+
+fn replay_op(maps: &mut MemoryMaps, op: &MapOp) {
+    match op {
+        MapOp::PutBackend(id, b) => maps.put_backend(*id, b),
+        MapOp::PutSlot(k, b) => maps.put_slot(k, *b),
+        MapOp::PutService(k, v) => maps.put_service(k, v),
+        MapOp::DeleteService(k) => maps.delete_service(k),
+        MapOp::DeleteSlot(k) => maps.delete_slot(k),
+        MapOp::DeleteBackend(id) => maps.delete_backend(*id),
+        MapOp::DeleteAffinity(s, b) => maps.delete_affinity(*s, *b),
+    }
+    .expect("memory maps do not fail");
+}
+
+#[test]
+fn programs_services_from_empty_backends_first() {
+    let desired = [service(1, &[1, 2, 3]), service(2, &[])];
+    let maps = apply_checked(&MemoryMaps::default(), &desired);
+
+    let first_slot = maps.ops.iter().position(|op| matches!(op, MapOp::PutSlot(..)));
+    let last_backend = maps
+        .ops
+        .iter()
+        .rposition(|op| matches!(op, MapOp::PutBackend(..)));
+    assert!(last_backend < first_slot, "{:?}", maps.ops);
+    assert_eq!(maps.backends.len(), 3);
+    // The Service without endpoints is there with count 0, so connections are refused.
+    let empty = maps
+        .services
+        .values()
+        .find(|v| v.count == 0)
+        .expect("an entry for the Service without endpoints");
+    assert_ne!(empty.id, 0);
+}
+
+#[test]
+fn transitions_never_break_the_invariant() {
+    let steps: [&[DesiredService]; 7] = [
+        &[service(1, &[1, 2, 3])],
+        &[service(1, &[1, 2, 3, 4, 5])],
+        &[service(1, &[5])],
+        &[service(1, &[6, 7]), service(2, &[5, 6])],
+        &[service(2, &[5, 6])],
+        &[service(2, &[]), service(3, &[1])],
+        &[],
+    ];
+    let mut maps = MemoryMaps::default();
+    for desired in steps {
+        maps = apply_checked(&maps, desired);
+    }
+    assert!(maps.services.is_empty() && maps.slots.is_empty() && maps.backends.is_empty());
+}
+
+#[test]
+fn random_transitions_never_break_the_invariant() {
+    // A fixed linear congruential sequence: the same cases on every run.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |below: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % below
+    };
+    let mut maps = MemoryMaps::default();
+    for _ in 0..300 {
+        let services = next(6);
+        let desired: Vec<DesiredService> = (0..services)
+            .map(|s| {
+                let mut backends: Vec<u8> = (0..next(6)).map(|_| next(10) as u8 + 1).collect();
+                backends.sort();
+                backends.dedup();
+                let service = service(s as u8 + next(3) as u8 * 10, &backends);
+                (service.frontend, service)
+            })
+            // Keyed by frontend: the compiler never repeats one.
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_values()
+            .collect();
+        maps = apply_checked(&maps, &desired);
+    }
+}
+
+#[test]
+fn a_second_reconciler_adopts_ids_and_writes_nothing() {
+    let desired = [service(1, &[1, 2]), service(2, &[2, 3])];
+    let maps = apply_checked(&MemoryMaps::default(), &desired);
+    let ids: Vec<u32> = maps.services.values().map(|v| v.id).collect();
+
+    let mut restarted = maps.clone();
+    restarted.ops.clear();
+    let mut reconciler = Reconciler::new(restarted);
+    let applied = reconciler.apply(&desired).expect("memory maps do not fail");
+    assert!(applied.is_empty(), "{applied:?}");
+    assert!(reconciler.maps().ops.is_empty(), "{:?}", reconciler.maps().ops);
+
+    // A change after the restart keeps the ids it read back.
+    reconciler
+        .apply(&[service(1, &[1]), service(2, &[2, 3]), service(3, &[4])])
+        .expect("memory maps do not fail");
+    let after: Vec<u32> = reconciler.maps().services.values().map(|v| v.id).collect();
+    assert_eq!(&after[..2], &ids[..]);
+    assert!(!ids.contains(&after[2]));
+}
+
+#[test]
+fn a_failed_write_leaves_consistent_maps_and_the_next_apply_finishes() {
+    let start = apply_checked(&MemoryMaps::default(), &[service(1, &[1, 2, 3])]);
+    let desired = [service(1, &[3, 4]), service(2, &[1, 5])];
+    let writes = apply_checked(&start, &desired).ops.len();
+    for fail_at in 0..writes {
+        let mut maps = start.clone();
+        maps.fail_after(fail_at);
+        let mut reconciler = Reconciler::new(maps);
+        assert!(reconciler.apply(&desired).is_err(), "write {fail_at} fails");
+        assert_consistent(reconciler.maps(), &format!("failing write {fail_at}"));
+        reconciler.apply(&desired).expect("the retry succeeds");
+        assert_eq!(served(reconciler.maps()), wanted(&desired));
+    }
+}
+
+#[test]
+fn clients_stuck_to_a_leaving_backend_are_released() {
+    let mut sticky = service(1, &[1, 2]);
+    sticky.affinity_timeout = Some(10800);
+    let mut maps = apply_checked(&MemoryMaps::default(), &[sticky.clone()]);
+    let id = maps.services.values().next().expect("one service").id;
+    let backend_1 = maps.backends.iter().find(|(_, b)| b.address[3] == 1).expect("1");
+    let backend_1 = *backend_1.0;
+    let client = AffinityKey {
+        netns_cookie: 7,
+        service: id,
+        _pad: 0,
+    };
+    maps.stick(client, backend_1);
+
+    sticky.backends = vec![backend(2)];
+    let maps = apply_checked(&maps, &[sticky]);
+    assert!(maps.ops.contains(&MapOp::DeleteAffinity(id, Some(backend_1))));
+    assert!(maps.affinity.is_empty());
+
+    let maps = apply_checked(&maps, &[]);
+    assert!(maps.ops.contains(&MapOp::DeleteAffinity(id, None)));
+}
+
+#[test]
+fn leftovers_of_a_crash_are_repaired() {
+    let mut maps = apply_checked(&MemoryMaps::default(), &[service(1, &[1, 2])]);
+    let id = maps.services.values().next().expect("one service").id;
+    // A slot above the count, a slot of a service that is gone, and a backend nothing names.
+    maps.slots.insert(SlotKey { service: id, slot: 5 }, 1);
+    maps.slots.insert(SlotKey { service: 99, slot: 0 }, 1);
+    maps.backends.insert(42, backend_entry(backend(42)));
+    // A counted slot naming a missing backend.
+    maps.slots.insert(SlotKey { service: id, slot: 1 }, 77);
+
+    let maps = apply_checked(&maps, &[service(1, &[1, 2])]);
+    assert_eq!(maps.slots.len(), 2, "{:?}", maps.slots);
+    assert_eq!(maps.backends.len(), 2, "{:?}", maps.backends);
+}
+
+#[test]
+fn ids_are_reused_lowest_first() {
+    let maps = apply_checked(
+        &MemoryMaps::default(),
+        &[service(1, &[1]), service(2, &[2]), service(3, &[3])],
+    );
+    let maps = apply_checked(&maps, &[service(1, &[1]), service(3, &[3])]);
+    let maps = apply_checked(&maps, &[service(1, &[1]), service(3, &[3]), service(4, &[4])]);
+    let mut ids: Vec<u32> = maps.services.values().map(|v| v.id).collect();
+    ids.sort();
+    assert_eq!(ids, [1, 2, 3]);
+}
