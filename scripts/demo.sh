@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bosun on the embedded default: standalone, pods from the example manifests in
 # examples/manifests, on a private containerd node (CRI, CNI, images built here, no registry
-# needed); shown through `bosun get pods` and the crictl-style CLI.
+# needed); shown through `bosun get pods` and the crictl-style CLI. A Service in the examples
+# shows the service proxy: its ClusterIP reached from the host and from a pod.
 #
 #   BOSUN_DEMO_DIR   where the node lives (default /run/bosun-demo)
 #   BOSUN_DEMO_KEEP  1: keep the node until Ctrl-C (default when run from a terminal);
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 cargo build --quiet -p bosun -p bosun-tests --bins
 
 dir=${BOSUN_DEMO_DIR:-/run/bosun-demo}
+bpf_dir=/sys/fs/bpf/bosun-demo
 if [ -t 0 ]; then keep=${BOSUN_DEMO_KEEP:-1}; else keep=${BOSUN_DEMO_KEEP:-0}; fi
 bosun=target/debug/bosun
 testnode=target/debug/bosun-testnode
@@ -33,6 +35,7 @@ cleanup() {
     wait "$node" 2>/dev/null || true
     # Pod cgroups the runtime leaves behind, leaf first.
     find /sys/fs/cgroup -depth -type d -path '*/bosun-demo*' -exec rmdir {} + 2>/dev/null || true
+    "$bosun" run --cleanup --bpf-dir "$bpf_dir" >/dev/null 2>&1 || true
     rm -f "$out"
 }
 trap cleanup EXIT
@@ -54,6 +57,7 @@ cat >"$dir/bosun.yaml" <<CONFIG
 staticPodPath: $PWD/examples/manifests
 cgroupRoot: /bosun-demo/kubepods
 podLogsDir: $dir/pod-logs
+bpfDir: $bpf_dir
 CONFIG
 "$bosun" run --config "$dir/bosun.yaml" --container-runtime-endpoint "$endpoint" \
     --root-dir "$dir/bosun" --hostname-override demo-node 2>"$dir/bosun.log" &
@@ -75,12 +79,26 @@ busybox wget -q -O - "http://$ip:8080/"
 show logs "$("$bosun" ps -q --name app --state running)"
 show get events --for web-demo-node --root-dir "$dir/bosun"
 
+# The Service: what is desired, what the maps hold, and connections to its ClusterIP.
+for _ in $(seq 1 100); do
+    "$bosun" get endpoints web --root-dir "$dir/bosun" 2>/dev/null | grep -q '10.*,10' && break
+    sleep 0.1
+done
+show get services --root-dir "$dir/bosun"
+show get endpoints --root-dir "$dir/bosun"
+show dp services --bpf-dir "$bpf_dir"
+show dp backends --bpf-dir "$bpf_dir"
+echo; echo "\$ for i in 1 2 3 4 5 6; do wget -q -O - http://10.96.0.80/; done"
+for _ in 1 2 3 4 5 6; do timeout 5 busybox wget -q -O - http://10.96.0.80/; done
+show logs --tail 3 "$("$bosun" ps -q --name wget --state running)"
+
 if [ "$keep" = 1 ]; then
     echo
     echo "The node keeps running. In another shell:"
     echo "  export CONTAINER_RUNTIME_ENDPOINT=$endpoint"
     echo "  $PWD/$bosun get pods --root-dir $dir/bosun"
     echo "  $PWD/$bosun ps        # or pods, images, logs, exec -it ID sh, ..."
+    echo "  $PWD/$bosun get services --root-dir $dir/bosun; $PWD/$bosun dp services --bpf-dir $bpf_dir"
     echo "Add, edit or delete files in examples/manifests and watch the pods follow."
     echo "Ctrl-C stops it and removes everything it created."
     wait "$node" || true

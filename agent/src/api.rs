@@ -10,28 +10,48 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::{Event, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use crate::daemon::PodStore;
 use crate::events::{FieldSelector, Recorder};
+use crate::service::proxy::{ServiceStore, ServiceView};
 
 /// The path of the pod list.
 pub const PODS_PATH: &str = "/api/v1/pods";
 /// The path of the event list; it takes a `fieldSelector` query parameter.
 pub const EVENTS_PATH: &str = "/api/v1/events";
+/// The path of the Service list: those the service proxy last compiled.
+pub const SERVICES_PATH: &str = "/api/v1/services";
+/// The path of the EndpointSlice list: from manifests and computed from static pods.
+pub const ENDPOINT_SLICES_PATH: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 
-/// Serves the API on `socket` until the returned task is aborted, with an event list that
-/// stays empty: [`serve_with`] serves the events of a recorder.
-pub fn serve(socket: &Path, store: PodStore) -> Result<JoinHandle<()>> {
-    serve_with(socket, store, Recorder::new(""))
+/// What the API serves.
+#[derive(Clone)]
+pub struct ApiState {
+    pub pods: PodStore,
+    pub events: Recorder,
+    pub services: ServiceStore,
 }
 
-/// Serves the pods of `store` and the events of `events` on `socket` until the returned
-/// task is aborted.
-pub fn serve_with(socket: &Path, store: PodStore, events: Recorder) -> Result<JoinHandle<()>> {
+/// Serves the API on `socket` until the returned task is aborted, with event, Service and
+/// EndpointSlice lists that stay empty: [`serve_with`] serves them all.
+pub fn serve(socket: &Path, store: PodStore) -> Result<JoinHandle<()>> {
+    serve_with(
+        socket,
+        ApiState {
+            pods: store,
+            events: Recorder::new(""),
+            services: ServiceStore::default(),
+        },
+    )
+}
+
+/// Serves `state` on `socket` until the returned task is aborted.
+pub fn serve_with(socket: &Path, state: ApiState) -> Result<JoinHandle<()>> {
     // A socket left by a daemon that was killed is in the way; nothing else should be there.
     if socket.exists() {
         std::fs::remove_file(socket)
@@ -46,11 +66,10 @@ pub fn serve_with(socket: &Path, store: PodStore, events: Recorder) -> Result<Jo
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let store = store.clone();
-            let events = events.clone();
+            let state = state.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
-                    let response = respond(&request, &store, &events);
+                    let response = respond(&request, &state);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -61,9 +80,9 @@ pub fn serve_with(socket: &Path, store: PodStore, events: Recorder) -> Result<Jo
     }))
 }
 
-fn respond<B>(request: &Request<B>, store: &PodStore, events: &Recorder) -> Response<Full<Bytes>> {
+fn respond<B>(request: &Request<B>, state: &ApiState) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    if path != PODS_PATH && path != EVENTS_PATH {
+    if ![PODS_PATH, EVENTS_PATH, SERVICES_PATH, ENDPOINT_SLICES_PATH].contains(&path) {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -78,17 +97,29 @@ fn respond<B>(request: &Request<B>, store: &PodStore, events: &Recorder) -> Resp
         );
     }
     if path == PODS_PATH {
-        let pods: Vec<Pod> = match store.read() {
+        let pods: Vec<Pod> = match state.pods.read() {
             Ok(pods) => pods.values().cloned().collect(),
             Err(_) => Vec::new(),
         };
         return list("PodList", &pods);
     }
+    if path == SERVICES_PATH || path == ENDPOINT_SLICES_PATH {
+        let view = match state.services.read() {
+            Ok(view) => view.clone(),
+            Err(_) => ServiceView::default(),
+        };
+        return if path == SERVICES_PATH {
+            list("ServiceList", &view.services)
+        } else {
+            list("EndpointSliceList", &view.endpoint_slices)
+        };
+    }
     let selector = match field_selector(request.uri().query().unwrap_or_default()) {
         Ok(selector) => selector,
         Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", message),
     };
-    let items: Vec<Event> = events
+    let items: Vec<Event> = state
+        .events
         .events()
         .into_iter()
         .filter(|e| selector.matches(e))
@@ -200,6 +231,17 @@ pub async fn get_events(socket: &Path, field_selector: Option<&str>) -> Result<V
     get_list(socket, &path, "events").await
 }
 
+/// Fetches the Services the daemon's service proxy last compiled.
+pub async fn get_services(socket: &Path) -> Result<Vec<Service>> {
+    get_list(socket, SERVICES_PATH, "services").await
+}
+
+/// Fetches the EndpointSlices the daemon's service proxy last compiled: from manifests and
+/// computed from static pods.
+pub async fn get_endpoint_slices(socket: &Path) -> Result<Vec<EndpointSlice>> {
+    get_list(socket, ENDPOINT_SLICES_PATH, "endpointslices").await
+}
+
 /// GETs the list at `path` and returns its items; `what` names them in errors.
 async fn get_list<T: DeserializeOwned>(socket: &Path, path: &str, what: &str) -> Result<Vec<T>> {
     let stream = UnixStream::connect(socket).await.with_context(|| {
@@ -275,7 +317,14 @@ mod tests {
             reason::FAILED_VALIDATION,
             "bad.yaml: not a pod",
         );
-        let server = serve_with(&socket, PodStore::default(), recorder.clone())?;
+        let server = serve_with(
+            &socket,
+            ApiState {
+                pods: PodStore::default(),
+                events: recorder.clone(),
+                services: ServiceStore::default(),
+            },
+        )?;
 
         let all = get_events(&socket, None).await?;
         let names = |events: &[Event]| -> Vec<Option<String>> {
@@ -337,25 +386,23 @@ mod tests {
 
     #[test]
     fn unknown_paths_and_methods_get_a_status() {
-        let recorder = Recorder::new("node-1");
-        let store = PodStore::default();
+        let state = ApiState {
+            pods: PodStore::default(),
+            events: Recorder::new("node-1"),
+            services: ServiceStore::default(),
+        };
         let get = |uri: &str| Request::get(uri).body(()).expect("a request");
         assert_eq!(
-            respond(&get("/api/v1/nodes"), &store, &recorder).status(),
+            respond(&get("/api/v1/nodes"), &state).status(),
             StatusCode::NOT_FOUND
         );
         let post = Request::post(EVENTS_PATH).body(()).expect("a request");
         assert_eq!(
-            respond(&post, &store, &recorder).status(),
+            respond(&post, &state).status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(
-            respond(
-                &get("/api/v1/events?fieldSelector=bogus"),
-                &store,
-                &recorder
-            )
-            .status(),
+            respond(&get("/api/v1/events?fieldSelector=bogus"), &state).status(),
             StatusCode::BAD_REQUEST
         );
     }

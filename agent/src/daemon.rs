@@ -14,12 +14,14 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use tokio::sync::{watch, Notify};
 
+use crate::api::ApiState;
 use crate::events::{reason, EventType, Recorder};
 use crate::pod::observed::{keys, pod_digests};
 use crate::pod::spec::NodeContext;
 use crate::pod::volume::{self, HostMounter};
 use crate::pod::worker::{grace_period, pod_name, Objects, PodWorker};
 use crate::runtime::Runtime;
+use crate::service::proxy::{Proxy, ServiceStore};
 use crate::source;
 
 /// How often a worker syncs when nothing wakes it. Exit events, the relist and probe
@@ -42,6 +44,8 @@ pub struct Config {
     pub node: NodeContext,
     /// `maxPods`: pods beyond this many are rejected (phase Failed, reason OutOfpods).
     pub max_pods: usize,
+    /// The bpffs directory of the service datapath; `None` runs no service proxy.
+    pub bpf_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -71,7 +75,15 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let client = connect_with_retry(&config.runtime_endpoint).await?;
     let store: PodStore = Arc::default();
     let events = Recorder::new(config.node.node_name.clone());
-    let api = crate::api::serve_with(&config.api_socket(), store.clone(), events.clone())?;
+    let services = ServiceStore::default();
+    let api = crate::api::serve_with(
+        &config.api_socket(),
+        ApiState {
+            pods: store.clone(),
+            events: events.clone(),
+            services: services.clone(),
+        },
+    )?;
 
     let (mut snapshots, _watcher) = source::watch(
         config.manifest_dir.clone(),
@@ -82,12 +94,28 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
     let (objects_tx, objects) = watch::channel(Arc::new(Objects::new()));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let pods_changed = Arc::new(Notify::new());
+    let proxy = config.bpf_dir.as_ref().map(|bpf_dir| {
+        tokio::spawn(
+            Proxy {
+                bpf_dir: bpf_dir.clone(),
+                node: config.node.node_name.clone(),
+                objects: objects.clone(),
+                pods: store.clone(),
+                pods_changed: pods_changed.clone(),
+                view: services.clone(),
+                events: events.clone(),
+            }
+            .run(),
+        )
+    });
     let shared = Shared {
         runtime: client.clone(),
         ctx: ctx.clone(),
         events: events.clone(),
         objects,
         store: store.clone(),
+        pods_changed,
         done: done_tx,
     };
 
@@ -217,6 +245,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         }
     }
     api.abort();
+    if let Some(proxy) = proxy {
+        proxy.abort();
+    }
     let _ = std::fs::remove_file(config.api_socket());
     Ok(())
 }
@@ -332,6 +363,8 @@ struct Shared<R> {
     events: Recorder,
     objects: watch::Receiver<Arc<Objects>>,
     store: PodStore,
+    /// Notified when a pod's IP, readiness or termination changed: Services follow it.
+    pods_changed: Arc<Notify>,
     /// Told the UID of a worker that has terminated its pod and ended.
     done: tokio::sync::mpsc::UnboundedSender<String>,
 }
@@ -352,6 +385,7 @@ fn spawn_worker<R: Runtime>(
         shared.objects.clone(),
     );
     let store = shared.store.clone();
+    let pods_changed = shared.pods_changed.clone();
     let done = shared.done.clone();
     let wake = kick.clone();
     tokio::spawn(async move {
@@ -365,8 +399,13 @@ fn spawn_worker<R: Runtime>(
                     let key = pod_name(pod);
                     let mut with_status = (**pod).clone();
                     with_status.status = worker.status().cloned();
-                    if let Ok(mut pods) = store.write() {
-                        pods.insert(key, with_status);
+                    let facts = endpoint_facts(&with_status);
+                    let before = store
+                        .write()
+                        .ok()
+                        .and_then(|mut pods| pods.insert(key, with_status));
+                    if before.as_ref().map(endpoint_facts) != Some(facts) {
+                        pods_changed.notify_one();
                     }
                     match result {
                         Ok(requeue) => requeue.unwrap_or(RESYNC).min(RESYNC),
@@ -377,6 +416,19 @@ fn spawn_worker<R: Runtime>(
                     }
                 }
                 None => {
+                    if let (Some(pod), Ok(mut pods)) = (&last, store.write()) {
+                        // Terminating, as an API server marks a deleted pod: its endpoints
+                        // stop taking new connections.
+                        if let Some(held) = pods.get_mut(&pod_name(pod)) {
+                            if held.metadata.deletion_timestamp.is_none() {
+                                held.metadata.deletion_timestamp =
+                                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                                        crate::events::now(),
+                                    ));
+                                pods_changed.notify_one();
+                            }
+                        }
+                    }
                     let grace = last
                         .as_deref()
                         .map_or(Duration::from_secs(30), grace_period);
@@ -385,6 +437,7 @@ fn spawn_worker<R: Runtime>(
                             if let (Some(pod), Ok(mut pods)) = (&last, store.write()) {
                                 pods.remove(&pod_name(pod));
                             }
+                            pods_changed.notify_one();
                             let _ = done.send(uid);
                             return;
                         }
@@ -406,4 +459,19 @@ fn spawn_worker<R: Runtime>(
         }
     });
     WorkerHandle { desired, kick }
+}
+
+/// What of a pod its Services' endpoints depend on: IPs, phase, readiness, termination.
+fn endpoint_facts(pod: &Pod) -> (Option<String>, Option<String>, Option<String>, bool) {
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.clone());
+    (
+        status.and_then(|s| s.pod_ip.clone()),
+        status.and_then(|s| s.phase.clone()),
+        ready,
+        pod.metadata.deletion_timestamp.is_some(),
+    )
 }

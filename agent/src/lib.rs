@@ -1,11 +1,13 @@
 //! bosun's node agent: the pod lifecycle (kubelet's job) built on the `cri` crate, fed by
 //! pod sources (a manifest directory now, the API server later). The `bosun` binary wires it
-//! to its CLI. The library knows pods' desired state and the runtime's actual state; it does
-//! not know BPF maps (that is `netdp`).
+//! to its CLI. The library knows pods' desired state and the runtime's actual state; it writes
+//! Services to the datapath only through `netdp`'s reconciler and does not know BPF maps or
+//! programs themselves.
 
 pub mod api;
 pub mod daemon;
 pub mod events;
 pub mod pod;
 pub mod runtime;
+pub mod service;
 pub mod source;

@@ -69,6 +69,8 @@ impl Daemon {
             .arg(&root)
             .arg("--config")
             .arg(&config)
+            .arg("--bpf-dir")
+            .arg(node.bpf_dir())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -8,6 +8,7 @@
 pub mod daemon;
 pub mod fixtures;
 pub mod images;
+pub mod netns;
 pub mod node;
 
 pub use images::{ImageArchive, ImageError, TestImages, BUSYBOX_IMAGE, PAUSE_IMAGE};

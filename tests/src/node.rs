@@ -297,6 +297,12 @@ impl TestNode {
         &self.record.name
     }
 
+    /// The bpffs directory a daemon on this node pins its service datapath in; removed with
+    /// the node.
+    pub fn bpf_dir(&self) -> PathBuf {
+        self.record.bpf_dir()
+    }
+
     /// The slot this node holds; it numbers the bridge, subnet and network.
     pub fn slot(&self) -> u16 {
         self.record.slot

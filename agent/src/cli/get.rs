@@ -1,11 +1,13 @@
-//! `bosun get pods` and `bosun get events`: what the daemon manages, as Kubernetes objects
-//! (`v1.Pod`, `v1.Event`), printed as kubectl prints them.
+//! `bosun get pods|events|services|endpoints`: what the daemon manages, as Kubernetes objects
+//! (`v1.Pod`, `v1.Event`, `v1.Service`, `discovery.k8s.io/v1.EndpointSlice`), printed as
+//! kubectl prints them.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
@@ -23,6 +25,24 @@ pub enum GetWhat {
     Pods(GetPodsArgs),
     /// What happened to the pods and the node (pulls, starts, restarts, failures), newest last.
     Events(GetEventsArgs),
+    /// Services the service proxy serves (desired state; `bosun dp services` shows the maps).
+    #[command(alias = "svc")]
+    Services(GetListArgs),
+    /// EndpointSlices: from manifests and computed from static pods' IPs and readiness.
+    #[command(alias = "endpointslices", alias = "ep")]
+    Endpoints(GetListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GetListArgs {
+    /// Only objects with this name.
+    pub name: Option<String>,
+    /// Output format (default: a table).
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<GetFormat>,
+    /// The daemon's root directory, where its API socket is.
+    #[arg(long, default_value = super::run::DEFAULT_ROOT_DIR)]
+    pub root_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -113,7 +133,163 @@ pub async fn get(args: &GetArgs) -> Result<()> {
     match &args.what {
         GetWhat::Pods(args) => get_pods(args).await,
         GetWhat::Events(args) => get_events(args).await,
+        GetWhat::Services(args) => get_services(args).await,
+        GetWhat::Endpoints(args) => get_endpoints(args).await,
     }
+}
+
+async fn get_services(args: &GetListArgs) -> Result<()> {
+    let mut services = bosun::api::get_services(&bosun::daemon::api_socket(&args.root_dir)).await?;
+    if let Some(name) = &args.name {
+        services.retain(|s| s.metadata.name.as_deref() == Some(name.as_str()));
+        if services.is_empty() {
+            anyhow::bail!("service {name:?} not found");
+        }
+    }
+    if let Some(format) = GetFormat::structured(args.output) {
+        return print_objects(&services, args.name.is_some(), format);
+    }
+    let mut header = vec![
+        "NAMESPACE",
+        "NAME",
+        "TYPE",
+        "CLUSTER-IP",
+        "EXTERNAL-IP",
+        "PORT(S)",
+    ];
+    if args.output == Some(GetFormat::Wide) {
+        header.push("SELECTOR");
+    }
+    let mut table = Table::new(&header);
+    for service in &services {
+        table.row(service_row(service, args.output == Some(GetFormat::Wide)));
+    }
+    table.print()
+}
+
+/// A row of `kubectl get services` (with the namespace, as `-A` prints it).
+fn service_row(service: &Service, wide: bool) -> Vec<String> {
+    let none = || "<none>".to_owned();
+    let spec = service.spec.clone().unwrap_or_default();
+    let ports: Vec<String> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            let protocol = p.protocol.as_deref().unwrap_or("TCP");
+            match p.node_port {
+                Some(node_port) => format!("{}:{node_port}/{protocol}", p.port),
+                None => format!("{}/{protocol}", p.port),
+            }
+        })
+        .collect();
+    let external: Vec<String> = spec.external_ips.clone().unwrap_or_default();
+    let mut row = vec![
+        service.metadata.namespace.clone().unwrap_or_default(),
+        service.metadata.name.clone().unwrap_or_default(),
+        spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
+        spec.cluster_ip.clone().unwrap_or_else(none),
+        if external.is_empty() {
+            none()
+        } else {
+            external.join(",")
+        },
+        if ports.is_empty() {
+            none()
+        } else {
+            ports.join(",")
+        },
+    ];
+    if wide {
+        let selector: Vec<String> = spec
+            .selector
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        row.push(if selector.is_empty() {
+            none()
+        } else {
+            selector.join(",")
+        });
+    }
+    row
+}
+
+async fn get_endpoints(args: &GetListArgs) -> Result<()> {
+    let mut slices =
+        bosun::api::get_endpoint_slices(&bosun::daemon::api_socket(&args.root_dir)).await?;
+    if let Some(name) = &args.name {
+        slices.retain(|s| {
+            s.metadata.name.as_deref() == Some(name.as_str())
+                || service_of(s) == Some(name.as_str())
+        });
+        if slices.is_empty() {
+            anyhow::bail!("no EndpointSlice named {name:?} or of a Service {name:?}");
+        }
+    }
+    if let Some(format) = GetFormat::structured(args.output) {
+        return print_objects(&slices, false, format);
+    }
+    let mut table = Table::new(&[
+        "NAMESPACE",
+        "NAME",
+        "SERVICE",
+        "ADDRESSTYPE",
+        "PORTS",
+        "ENDPOINTS",
+        "NOT-READY",
+    ]);
+    for slice in &slices {
+        table.row(endpoint_slice_row(slice));
+    }
+    table.print()
+}
+
+/// The Service an EndpointSlice belongs to.
+fn service_of(slice: &EndpointSlice) -> Option<&str> {
+    slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get("kubernetes.io/service-name")
+        .map(String::as_str)
+}
+
+/// A row of `kubectl get endpointslices`, with the not-ready addresses in a column of their
+/// own (kubectl shows only ready ones).
+fn endpoint_slice_row(slice: &EndpointSlice) -> Vec<String> {
+    let none = || "<none>".to_owned();
+    let ports: Vec<String> = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.port.map(|n| n.to_string()))
+        .collect();
+    let (mut ready, mut not_ready) = (Vec::new(), Vec::new());
+    for endpoint in &slice.endpoints {
+        let is_ready = endpoint
+            .conditions
+            .as_ref()
+            .and_then(|c| c.ready)
+            .unwrap_or(true);
+        let addresses = endpoint.addresses.join(",");
+        if is_ready {
+            ready.push(addresses);
+        } else {
+            not_ready.push(addresses);
+        }
+    }
+    let list = |v: Vec<String>| if v.is_empty() { none() } else { v.join(",") };
+    vec![
+        slice.metadata.namespace.clone().unwrap_or_default(),
+        slice.metadata.name.clone().unwrap_or_default(),
+        service_of(slice).map_or_else(none, str::to_owned),
+        slice.address_type.clone(),
+        list(ports),
+        list(ready),
+        list(not_ready),
+    ]
 }
 
 async fn get_pods(args: &GetPodsArgs) -> Result<()> {

@@ -2,6 +2,7 @@
 //! whether or not the bosun daemon is running.
 
 mod containers;
+mod dp;
 mod exec;
 mod get;
 mod images;
@@ -93,6 +94,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Show what the running daemon manages.
     Get(get::GetArgs),
+    /// Show what the service datapath's maps hold (works while the daemon is down).
+    Dp(dp::DpArgs),
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +126,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Run(args) => return run::run(args).await,
         Command::Get(args) => return get::get(args).await.map(|()| 0),
+        Command::Dp(args) => return dp::dp(args).map(|()| 0),
         _ => {}
     }
     let client = CriClient::connect(&cli.runtime_endpoint, cli.timeout).await?;
@@ -144,7 +148,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Rmp(args) => pods::remove(&client, &args).await?,
         Command::Rmi(args) => images::remove(&client, &args).await?,
         Command::Pull(args) => images::pull(&client, &args).await?,
-        Command::Image(_) | Command::Run(_) | Command::Get(_) => unreachable!("handled above"),
+        Command::Image(_) | Command::Run(_) | Command::Get(_) | Command::Dp(_) => {
+            unreachable!("handled above")
+        }
     }
     Ok(0)
 }

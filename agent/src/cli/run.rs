@@ -30,6 +30,18 @@ pub struct RunArgs {
     /// A YAML config file with KubeletConfiguration field names.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The bpffs directory where the service datapath pins its maps and program links
+    /// (config file: bpfDir).
+    #[arg(long = "bpf-dir")]
+    pub bpf_dir: Option<PathBuf>,
+    /// Run without the service proxy: no programs are attached and Services are not served
+    /// (config file: serviceProxy: false).
+    #[arg(long = "no-service-proxy")]
+    pub no_service_proxy: bool,
+    /// Detach and remove everything the service datapath installed in the bpf directory, then
+    /// exit (kube-proxy's --cleanup). Pods are left alone.
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 /// The fields of KubeletConfiguration bosun reads (others are ignored).
@@ -45,6 +57,10 @@ pub struct ConfigFile {
     pub pod_logs_dir: Option<PathBuf>,
     pub resolv_conf: Option<PathBuf>,
     pub max_pods: Option<i64>,
+    /// bosun's own: the service datapath's bpffs directory.
+    pub bpf_dir: Option<PathBuf>,
+    /// bosun's own: `false` runs no service proxy.
+    pub service_proxy: Option<bool>,
 }
 
 /// An error in the configuration: the daemon exits with [`EXIT_BAD_CONFIG`].
@@ -54,6 +70,9 @@ pub struct BadConfig(pub String);
 
 /// The exit code for a configuration bosun cannot run with.
 pub const EXIT_BAD_CONFIG: i32 = 3;
+
+/// Where the service datapath pins its maps and links unless told otherwise.
+pub const DEFAULT_BPF_DIR: &str = "/sys/fs/bpf/bosun";
 
 /// kubelet's default `maxPods`.
 pub const DEFAULT_MAX_PODS: usize = 110;
@@ -105,13 +124,47 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
             .filter(|n| *n > 0)
             .ok_or_else(|| BadConfig(format!("maxPods: invalid value {n}: must be positive")))?,
     };
+    let service_proxy = !args.no_service_proxy && file.service_proxy != Some(false);
+    let bpf_dir = service_proxy.then(|| bpf_dir(args, file.bpf_dir));
     Ok(Config {
+        bpf_dir,
         max_pods,
         manifest_dir,
         runtime_endpoint: args.container_runtime_endpoint.clone(),
         root_dir: args.root_dir.clone(),
         node,
     })
+}
+
+/// The service datapath's directory: the flag, else the config file, else the default.
+fn bpf_dir(args: &RunArgs, from_file: Option<PathBuf>) -> PathBuf {
+    args.bpf_dir
+        .clone()
+        .or(from_file)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BPF_DIR))
+}
+
+/// `bosun run --cleanup`: removes the service datapath's programs, links and maps.
+fn cleanup(args: &RunArgs) -> Result<i32> {
+    let file = match &args.config {
+        Some(path) => match read_config(path) {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!("bosun: error: {e}");
+                return Ok(EXIT_BAD_CONFIG);
+            }
+        },
+        None => ConfigFile::default(),
+    };
+    let dir = bpf_dir(args, file.bpf_dir);
+    let removed = bosun_netdp::service::cleanup(&dir)
+        .with_context(|| format!("removing the service datapath in {}", dir.display()))?;
+    if removed {
+        println!("removed the service datapath in {}", dir.display());
+    } else {
+        println!("nothing installed in {}", dir.display());
+    }
+    Ok(0)
 }
 
 /// The host's resolv.conf (`resolvConf`, default /etc/resolv.conf); an empty path means
@@ -160,6 +213,9 @@ fn host_ip() -> String {
 }
 
 pub async fn run(args: &RunArgs) -> Result<i32> {
+    if args.cleanup {
+        return cleanup(args);
+    }
     let config = match load(args) {
         Ok(config) => config,
         Err(e) => {

@@ -117,7 +117,10 @@ fn programs_services_from_empty_backends_first() {
     let desired = [service(1, &[1, 2, 3]), service(2, &[])];
     let maps = apply_checked(&MemoryMaps::default(), &desired);
 
-    let first_slot = maps.ops.iter().position(|op| matches!(op, MapOp::PutSlot(..)));
+    let first_slot = maps
+        .ops
+        .iter()
+        .position(|op| matches!(op, MapOp::PutSlot(..)));
     let last_backend = maps
         .ops
         .iter()
@@ -191,7 +194,11 @@ fn a_second_reconciler_adopts_ids_and_writes_nothing() {
     let mut reconciler = Reconciler::new(restarted);
     let applied = reconciler.apply(&desired).expect("memory maps do not fail");
     assert!(applied.is_empty(), "{applied:?}");
-    assert!(reconciler.maps().ops.is_empty(), "{:?}", reconciler.maps().ops);
+    assert!(
+        reconciler.maps().ops.is_empty(),
+        "{:?}",
+        reconciler.maps().ops
+    );
 
     // A change after the restart keeps the ids it read back.
     reconciler
@@ -224,7 +231,11 @@ fn clients_stuck_to_a_leaving_backend_are_released() {
     sticky.affinity_timeout = Some(10800);
     let mut maps = apply_checked(&MemoryMaps::default(), &[sticky.clone()]);
     let id = maps.services.values().next().expect("one service").id;
-    let backend_1 = maps.backends.iter().find(|(_, b)| b.address[3] == 1).expect("1");
+    let backend_1 = maps
+        .backends
+        .iter()
+        .find(|(_, b)| b.address[3] == 1)
+        .expect("1");
     let backend_1 = *backend_1.0;
     let client = AffinityKey {
         netns_cookie: 7,
@@ -235,7 +246,9 @@ fn clients_stuck_to_a_leaving_backend_are_released() {
 
     sticky.backends = vec![backend(2)];
     let maps = apply_checked(&maps, &[sticky]);
-    assert!(maps.ops.contains(&MapOp::DeleteAffinity(id, Some(backend_1))));
+    assert!(maps
+        .ops
+        .contains(&MapOp::DeleteAffinity(id, Some(backend_1))));
     assert!(maps.affinity.is_empty());
 
     let maps = apply_checked(&maps, &[]);
@@ -247,11 +260,29 @@ fn leftovers_of_a_crash_are_repaired() {
     let mut maps = apply_checked(&MemoryMaps::default(), &[service(1, &[1, 2])]);
     let id = maps.services.values().next().expect("one service").id;
     // A slot above the count, a slot of a service that is gone, and a backend nothing names.
-    maps.slots.insert(SlotKey { service: id, slot: 5 }, 1);
-    maps.slots.insert(SlotKey { service: 99, slot: 0 }, 1);
+    maps.slots.insert(
+        SlotKey {
+            service: id,
+            slot: 5,
+        },
+        1,
+    );
+    maps.slots.insert(
+        SlotKey {
+            service: 99,
+            slot: 0,
+        },
+        1,
+    );
     maps.backends.insert(42, backend_entry(backend(42)));
     // A counted slot naming a missing backend.
-    maps.slots.insert(SlotKey { service: id, slot: 1 }, 77);
+    maps.slots.insert(
+        SlotKey {
+            service: id,
+            slot: 1,
+        },
+        77,
+    );
 
     let maps = apply_checked(&maps, &[service(1, &[1, 2])]);
     assert_eq!(maps.slots.len(), 2, "{:?}", maps.slots);
@@ -265,7 +296,10 @@ fn ids_are_reused_lowest_first() {
         &[service(1, &[1]), service(2, &[2]), service(3, &[3])],
     );
     let maps = apply_checked(&maps, &[service(1, &[1]), service(3, &[3])]);
-    let maps = apply_checked(&maps, &[service(1, &[1]), service(3, &[3]), service(4, &[4])]);
+    let maps = apply_checked(
+        &maps,
+        &[service(1, &[1]), service(3, &[3]), service(4, &[4])],
+    );
     let mut ids: Vec<u32> = maps.services.values().map(|v| v.id).collect();
     ids.sort();
     assert_eq!(ids, [1, 2, 3]);

@@ -49,6 +49,12 @@ impl NodeRecord {
         }
     }
 
+    /// Where a daemon on this node pins its service datapath: one directory per slot, so
+    /// nodes of tests running at once never share maps, and a dead node's are reaped with it.
+    pub fn bpf_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/bosun-test-{}", self.slot))
+    }
+
     pub fn layout(&self) -> NodeLayout {
         NodeLayout::new(&self.dir)
     }
@@ -97,6 +103,12 @@ pub(crate) fn teardown(record: &NodeRecord, containerd: Option<Child>) -> Vec<St
     step(
         "deleting iptables rules",
         host::delete_iptables_of_network(&record.network),
+    );
+    step(
+        "removing the service datapath",
+        bosun_netdp::service::cleanup(&record.bpf_dir())
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
     );
     step("removing the node directory", remove_dir(&record.dir));
     problems
