@@ -4,11 +4,16 @@
 use aya::{
     maps::{MapData, PerCpuArray},
     programs::{ProgramError, Xdp},
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
-use bosun_ebpf_abi::{PacketCount, PROBE_COUNT_KEY, PROBE_COUNT_MAP, PROBE_PROGRAM};
+use bosun_ebpf_abi::{
+    PacketCount, AFFINITY_MAP, PROBE_COUNT_KEY, PROBE_COUNT_MAP, PROBE_PROGRAM, REVNAT_MAP,
+};
 
 use crate::{object::OBJECT, Error};
+
+/// Entries of a map in the object that the probe loads but never uses.
+const SMALLEST_UNUSED_MAP: u32 = 64;
 
 /// Where in the receive path an XDP program runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,9 +45,15 @@ pub struct ProbeCounter {
 impl ProbeCounter {
     /// Loads the embedded object and the probe program into the kernel, attached nowhere yet.
     pub fn load() -> Result<Self, Error> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|source| Error::LoadObject {
-            source: Box::new(source),
-        })?;
+        // The object also holds the service maps; the probe uses none of them, so the two
+        // preallocated LRU maps are made small instead of taking megabytes of kernel memory.
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(AFFINITY_MAP, SMALLEST_UNUSED_MAP)
+            .map_max_entries(REVNAT_MAP, SMALLEST_UNUSED_MAP)
+            .load(OBJECT)
+            .map_err(|source| Error::LoadObject {
+                source: Box::new(source),
+            })?;
         probe_program(&mut ebpf)?
             .load()
             .map_err(|source| Error::LoadProgram {
