@@ -90,7 +90,8 @@ show dp services --bpf-dir "$bpf_dir"
 show dp backends --bpf-dir "$bpf_dir"
 echo; echo "\$ for i in 1 2 3 4 5 6; do wget -q -O - http://10.96.0.80/; done"
 for _ in 1 2 3 4 5 6; do timeout 5 busybox wget -q -O - http://10.96.0.80/; done
-show logs --tail 3 "$("$bosun" ps -q --name wget --state running)"
+sleep 2 # a few more rounds of the client pod
+show logs --tail 4 "$("$bosun" ps -q --name wget --state running)"
 
 if [ "$keep" = 1 ]; then
     echo
