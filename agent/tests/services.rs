@@ -52,9 +52,30 @@ impl Net {
         )
     }
 
+    /// Namespace pods named `names`, each answering on port 8080 with its name.
+    fn pods(&self, names: &[&str], protocol: Protocol) -> Result<(Vec<NetnsPod>, Vec<Ipv4Addr>)> {
+        let mut pods = Vec::new();
+        for (index, name) in names.iter().enumerate() {
+            let mut pod = self.pod(index as u8, name)?;
+            match protocol {
+                Protocol::Tcp => pod.serve_tcp(8080, name)?,
+                Protocol::Udp => pod.serve_udp(8080, name)?,
+            }
+            pods.push(pod);
+        }
+        let ips = pods.iter().map(NetnsPod::ip).collect();
+        Ok((pods, ips))
+    }
+
     fn vip(&self, last: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 231, self.slot as u8, last)
     }
+}
+
+#[derive(Clone, Copy)]
+enum Protocol {
+    Tcp,
+    Udp,
 }
 
 fn service(name: &str, vip: Ipv4Addr, port: u16, protocol: &str, extra: &str) -> String {
@@ -159,13 +180,7 @@ async fn connections_spread_over_endpoints_and_follow_their_slice() -> Result<()
     on_a_node("svc-spread", |node, daemon| async move {
         let result = async {
             let net = Net::of(&node);
-            let mut pods = Vec::new();
-            for (index, name) in ["a", "b", "c"].into_iter().enumerate() {
-                let mut pod = net.pod(index as u8, name)?;
-                pod.serve_tcp(8080, name)?;
-                pods.push(pod);
-            }
-            let ips: Vec<Ipv4Addr> = pods.iter().map(NetnsPod::ip).collect();
+            let (pods, ips) = net.pods(&["a", "b", "c"], Protocol::Tcp)?;
             let (vip, empty_vip) = (net.vip(10), net.vip(11));
             daemon.write_manifest(
                 "web.yaml",
@@ -256,13 +271,7 @@ async fn udp_replies_come_from_the_vip() -> Result<()> {
     on_a_node("svc-udp", |node, daemon| async move {
         let result = async {
             let net = Net::of(&node);
-            let mut pods = Vec::new();
-            for (index, name) in ["dns-a", "dns-b"].into_iter().enumerate() {
-                let mut pod = net.pod(index as u8, name)?;
-                pod.serve_udp(8080, name)?;
-                pods.push(pod);
-            }
-            let ips: Vec<Ipv4Addr> = pods.iter().map(NetnsPod::ip).collect();
+            let (pods, ips) = net.pods(&["dns-a", "dns-b"], Protocol::Udp)?;
             let vip = net.vip(53);
             daemon.write_manifest(
                 "dns.yaml",
@@ -298,13 +307,7 @@ async fn session_affinity_holds_then_expires() -> Result<()> {
     on_a_node("svc-affinity", |node, daemon| async move {
         let result = async {
             let net = Net::of(&node);
-            let mut pods = Vec::new();
-            for (index, name) in ["s1", "s2", "s3"].into_iter().enumerate() {
-                let mut pod = net.pod(index as u8, name)?;
-                pod.serve_tcp(8080, name)?;
-                pods.push(pod);
-            }
-            let ips: Vec<Ipv4Addr> = pods.iter().map(NetnsPod::ip).collect();
+            let (pods, ips) = net.pods(&["s1", "s2", "s3"], Protocol::Tcp)?;
             let vip = net.vip(20);
             let affinity = "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 2\n";
             daemon.write_manifest(
@@ -446,13 +449,7 @@ async fn a_killed_bosun_loses_no_connection_and_cleanup_removes_everything() -> 
     on_a_node("svc-restart", |node, daemon| async move {
         let result = async {
             let net = Net::of(&node);
-            let mut pods = Vec::new();
-            for (index, name) in ["r1", "r2"].into_iter().enumerate() {
-                let mut pod = net.pod(index as u8, name)?;
-                pod.serve_tcp(8080, name)?;
-                pods.push(pod);
-            }
-            let ips: Vec<Ipv4Addr> = pods.iter().map(NetnsPod::ip).collect();
+            let (pods, ips) = net.pods(&["r1", "r2"], Protocol::Tcp)?;
             let vip = net.vip(40);
             daemon.write_manifest(
                 "web.yaml",

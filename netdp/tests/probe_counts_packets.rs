@@ -1,16 +1,16 @@
 //! Loads the probe into the real kernel, attaches it to a veth and sends real packets through it.
 //! Needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN` for `setns`) and iproute2's `ip`.
 
+mod common;
+
 use std::{
-    fs::File,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     process::Command,
-    thread,
     time::Duration,
 };
 
 use bosun_netdp::{PacketCount, ProbeCounter, XdpMode};
-use nix::sched::{setns, CloneFlags};
+use common::{in_netns, ip};
 
 const RECEIVER: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
 const SENDER: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 2);
@@ -132,34 +132,4 @@ impl Drop for NetnsPair {
     fn drop(&mut self) {
         self.delete();
     }
-}
-
-fn ip(args: &[&str]) {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run ip {args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "ip {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-}
-
-/// Runs `f` on a thread that has entered network namespace `ns`. Sockets and attachments made
-/// there stay in `ns` after the thread ends. A thread of its own, rather than `ip netns exec`,
-/// because the latter remounts /sys, and because the test's own thread must stay where it is.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let netns = File::open(format!("/run/netns/{ns}"))
-                    .unwrap_or_else(|e| panic!("open network namespace {ns}: {e}"));
-                setns(netns, CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("enter network namespace {ns}: {e}"));
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }

@@ -7,6 +7,8 @@
 //! address ranges (10.213.N.0/24 for pods, 10.214.N.0/24 for VIPs), so tests run in parallel,
 //! in threads or processes, beside other tests that attach programs to the same root.
 
+mod common;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::{self, File},
@@ -28,10 +30,10 @@ use bosun_ebpf_abi::{
     PROTOCOL_UDP, SERVICE_FLAG_AFFINITY,
 };
 use bosun_netdp::service::{cleanup, find_cgroup2, install, PinnedMaps, ServiceMaps};
+use common::{in_netns, ip};
 use nix::{
     fcntl::{Flock, FlockArg},
     mount::{mount, MsFlags},
-    sched::{setns, CloneFlags},
     sys::{
         socket::{shutdown, Shutdown},
         statfs::{statfs, BPF_FS_MAGIC},
@@ -300,39 +302,9 @@ fn ensure_bpffs() {
     }
 }
 
-fn ip(args: &[&str]) {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run ip {args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "ip {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-}
-
 /// For removals of what may not exist.
 fn quiet_ip(args: &[&str]) {
     let _ = Command::new("ip").args(args).output();
-}
-
-/// Runs `f` on a thread that has entered network namespace `ns`. Sockets made there stay in
-/// `ns` after the thread ends. A thread of its own, rather than `ip netns exec`, because the
-/// latter remounts /sys, and because the test's own thread must stay in the host's namespace.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let netns = File::open(format!("/run/netns/{ns}"))
-                    .unwrap_or_else(|e| panic!("open network namespace {ns}: {e}"));
-                setns(netns, CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("enter network namespace {ns}: {e}"));
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }
 
 /// An error and its sources on one line.

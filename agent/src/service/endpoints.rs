@@ -410,6 +410,15 @@ spec:
         )
     }
 
+    /// Each endpoint's first address with its (ready, serving, terminating).
+    fn listed(slice: &EndpointSlice) -> Vec<(&str, (bool, bool, bool))> {
+        slice
+            .endpoints
+            .iter()
+            .map(|e| (e.addresses[0].as_str(), conditions(e)))
+            .collect()
+    }
+
     #[test]
     fn selects_pods_carrying_every_selector_label() {
         let svc = service(
@@ -609,11 +618,7 @@ spec:
         ];
         let slices = slices_for_pods(&[web_service()], &pods, "node-a");
         assert_eq!(slices.len(), 1);
-        let got: Vec<_> = slices[0]
-            .endpoints
-            .iter()
-            .map(|e| (e.addresses[0].as_str(), conditions(e)))
-            .collect();
+        let got = listed(&slices[0]);
         assert_eq!(
             got,
             [
@@ -639,11 +644,7 @@ spec:
         failed.status.as_mut().unwrap().phase = Some("Failed".into());
 
         let slices = slices_for_pods(&[svc], &[not_ready, terminating, failed], "node-a");
-        let got: Vec<_> = slices[0]
-            .endpoints
-            .iter()
-            .map(|e| (e.addresses[0].as_str(), conditions(e)))
-            .collect();
+        let got = listed(&slices[0]);
         // Terminal pods stay out even so.
         assert_eq!(
             got,
