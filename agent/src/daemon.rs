@@ -100,7 +100,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             Proxy {
                 bpf_dir: bpf_dir.clone(),
                 node: config.node.node_name.clone(),
-                objects: objects.clone(),
+                snapshots: snapshots.clone(),
                 pods: store.clone(),
                 pods_changed: pods_changed.clone(),
                 view: services.clone(),

@@ -171,6 +171,38 @@ async fn names_of(to: SocketAddr, n: usize) -> Result<Vec<String>> {
     .await
 }
 
+/// A client that repeats one request every 5 ms on a thread until stopped, counting
+/// successes and keeping the errors.
+struct ClientLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl ClientLoop {
+    fn start(request: impl Fn() -> Result<()> + Send + 'static) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = tokio::task::spawn_blocking(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match request() {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed)
+        });
+        ClientLoop { stop, thread }
+    }
+
+    /// Successes and failures so far.
+    async fn stop(self) -> Result<(usize, Vec<String>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(self.thread.await?)
+    }
+}
+
 fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
@@ -436,6 +468,19 @@ async fn a_pod_failing_readiness_leaves_its_service() -> Result<()> {
 
             sh(&client, &id, "touch /tmp/ready").await?;
             wait_for_backends(&node, vip, 80, 2).await?;
+
+            // A restart: the new bosun knows nothing of the pods' readiness until its workers
+            // and probes have run, and must not take them out of the Service meanwhile.
+            let looping = ClientLoop::start(move || http_get(at(vip, 80)).map(drop));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            daemon.kill().await?;
+            let daemon = Daemon::start(Path::new(BOSUN), &node, "").await?;
+            daemon.wait_for("web-1", "Ready", WITHIN, ready).await?;
+            daemon.wait_for("web-2", "Ready", WITHIN, ready).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (ok, failed) = looping.stop().await?;
+            assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), ok + failed.len());
+            wait_for_backends(&node, vip, 80, 2).await?;
             Ok(())
         }
         .await;
@@ -464,18 +509,8 @@ async fn a_killed_bosun_loses_no_connection_and_cleanup_removes_everything() -> 
             let before = bosun_json(&["dp", "services", "--bpf-dir", &bpf_dir]).await?;
 
             // A client connects in a loop while bosun is killed and started again.
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let flag = stop.clone();
-            let client = tokio::task::spawn_blocking(move || {
-                let (mut ok, mut failed) = (0u32, Vec::new());
-                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    match ask_tcp(at(vip, 80), CONNECT) {
-                        Ok(_) => ok += 1,
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                (ok, failed)
+            let looping = ClientLoop::start(move || {
+                ask_tcp(at(vip, 80), CONNECT).map(drop).map_err(Into::into)
             });
             tokio::time::sleep(Duration::from_millis(500)).await;
             daemon.kill().await?;
@@ -486,8 +521,7 @@ async fn a_killed_bosun_loses_no_connection_and_cleanup_removes_everything() -> 
             let daemon = Daemon::start(Path::new(BOSUN), &node, "").await?;
             wait_for_backends(&node, vip, 80, 2).await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let (ok, failed) = client.await?;
+            let (ok, failed) = looping.stop().await?;
             assert!(
                 failed.is_empty(),
                 "{} of {} connections failed: {failed:?}",

@@ -121,7 +121,7 @@ fn serves_ipv4(service: &Service) -> bool {
 }
 
 /// A pod carries every label of the selector, with the same value.
-fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
+pub(crate) fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
     let labels = pod.metadata.labels.as_ref();
     selector
         .iter()

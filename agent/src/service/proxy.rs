@@ -19,7 +19,8 @@ use tokio::sync::{watch, Notify};
 use crate::daemon::PodStore;
 use crate::events::{EventType, Recorder};
 use crate::pod::worker::Objects;
-use crate::service::endpoints::slices_for_pods;
+use crate::service::endpoints::{self, slices_for_pods};
+use crate::source::Snapshot;
 
 /// The Services and EndpointSlices the proxy last compiled, for the local API.
 #[derive(Clone, Debug, Default)]
@@ -36,6 +37,11 @@ pub const INVALID_SERVICE: &str = "FailedToProgramService";
 /// Event reason for a datapath that could not be installed or written.
 pub const DATAPATH_FAILED: &str = "FailedServiceProxy";
 
+/// The longest the first write waits for the pods to settle after a start.
+pub const SETTLE: Duration = Duration::from_secs(10);
+/// How often the first write checks whether they have.
+const SETTLE_POLL: Duration = Duration::from_millis(50);
+
 /// Longest wait between two attempts at a failing install or write.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -44,7 +50,9 @@ pub struct Proxy {
     /// The bpffs directory holding bosun's pinned maps and links.
     pub bpf_dir: PathBuf,
     pub node: String,
-    pub objects: watch::Receiver<Arc<Objects>>,
+    /// The manifest directory: Services and EndpointSlices among its objects, and which pods
+    /// it wants (see [`Proxy::run`] on the first write).
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub pods: PodStore,
     /// Notified when a pod's IP, readiness or termination changed.
     pub pods_changed: Arc<Notify>,
@@ -55,15 +63,25 @@ pub struct Proxy {
 impl Proxy {
     /// Runs until the task is dropped. The programs and maps stay when it ends: connections
     /// keep being balanced while bosun is down.
+    ///
+    /// **The first write waits until the pods are known.** After a restart the maps still hold
+    /// what the last bosun wrote and keep serving it; writing before the manifests are read,
+    /// before every pod's worker has reported its status, or before the readiness probes of the
+    /// Services' pods have run again would take endpoints out that are in fact fine (kube-proxy
+    /// likewise waits for its first full sync). So the first write comes once every selected
+    /// running pod is Ready again, or after [`SETTLE`] at the latest.
     pub async fn run(mut self) {
         let mut reconciler: Option<Reconciler<PinnedMaps>> = None;
         let mut applied: Option<Vec<DesiredService>> = None;
         let mut reported: BTreeSet<String> = BTreeSet::new();
         let mut backoff = Duration::from_millis(500);
+        let started = Instant::now();
         loop {
-            let desired = self.compile(&mut reported);
+            let (desired, settled) = self.compile(&mut reported);
             let mut retry = None;
-            if applied.as_ref() != Some(&desired) {
+            if applied.is_none() && !settled && started.elapsed() < SETTLE {
+                retry = Some(SETTLE_POLL);
+            } else if applied.as_ref() != Some(&desired) {
                 match self.write(&mut reconciler, &desired).await {
                     Ok(()) => {
                         applied = Some(desired);
@@ -83,22 +101,24 @@ impl Proxy {
                 }
             }
             tokio::select! {
-                changed = self.objects.changed() => if changed.is_err() { return },
+                changed = self.snapshots.changed() => if changed.is_err() { return },
                 () = self.pods_changed.notified() => {}
                 () = sleep_or_never(retry) => {}
             }
         }
     }
 
-    /// The datapath's desired state now, publishing what it came from for the API.
-    fn compile(&mut self, reported: &mut BTreeSet<String>) -> Vec<DesiredService> {
-        let objects = self.objects.borrow_and_update().clone();
-        let services: Vec<Service> = decode_all(&objects);
-        let mut slices: Vec<EndpointSlice> = decode_all(&objects);
+    /// The datapath's desired state now, publishing what it came from for the API, and
+    /// whether the pods it was computed from have settled (see [`Proxy::run`]).
+    fn compile(&mut self, reported: &mut BTreeSet<String>) -> (Vec<DesiredService>, bool) {
+        let snapshot = self.snapshots.borrow_and_update().clone();
+        let services: Vec<Service> = decode_all(&snapshot.objects);
+        let mut slices: Vec<EndpointSlice> = decode_all(&snapshot.objects);
         let pods: Vec<Pod> = match self.pods.read() {
             Ok(pods) => pods.values().cloned().collect(),
             Err(_) => Vec::new(),
         };
+        let settled = snapshot.scanned() && pods_settled(&snapshot, &services, &pods);
         slices.extend(slices_for_pods(&services, &pods, &self.node));
         let compiled = datapath::compile(&services, &slices, &self.node);
         for problem in &compiled.problems {
@@ -130,7 +150,7 @@ impl Proxy {
                 endpoint_slices: slices,
             };
         }
-        compiled.services
+        (compiled.services, settled)
     }
 
     /// Installs the datapath if it is not yet, then writes `desired` to its maps.
@@ -186,6 +206,50 @@ impl Proxy {
     }
 }
 
+/// Whether every pod the manifests want has reported a status, and every running pod that a
+/// Service selects is Ready.
+fn pods_settled(snapshot: &Snapshot, services: &[Service], pods: &[Pod]) -> bool {
+    let known: BTreeSet<&str> = pods
+        .iter()
+        .filter(|p| p.status.is_some())
+        .filter_map(|p| p.metadata.name.as_deref())
+        .collect();
+    let all_reported = snapshot.pods.values().all(|wanted| {
+        wanted
+            .pod
+            .metadata
+            .name
+            .as_deref()
+            .is_some_and(|name| known.contains(name))
+    });
+    all_reported
+        && pods
+            .iter()
+            .filter(|pod| services.iter().any(|service| selects(service, pod)))
+            .all(|pod| {
+                let status = pod.status.as_ref();
+                let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+                let ready = status
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                !running || ready
+            })
+}
+
+/// Whether `service`'s selector (non-empty) matches `pod` in the same namespace.
+fn selects(service: &Service, pod: &Pod) -> bool {
+    let namespace = |ns: &Option<String>| ns.clone().unwrap_or_else(|| "default".into());
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|selector| {
+            !selector.is_empty()
+                && namespace(&service.metadata.namespace) == namespace(&pod.metadata.namespace)
+                && endpoints::selects(selector, pod)
+        })
+}
+
 /// Every object of kind `T` among `objects`. They passed a strict decode when read, so a
 /// failure here is a bug, logged and skipped.
 fn decode_all<T: Resource + DeserializeOwned>(objects: &Objects) -> Vec<T> {
@@ -215,5 +279,68 @@ async fn sleep_or_never(duration: Option<Duration>) {
     match duration {
         Some(duration) => tokio::time::sleep(duration).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+
+    use super::*;
+
+    fn snapshot_of(manifests: &str) -> Snapshot {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(dir.path().join("pods.yaml"), manifests).expect("write the manifests");
+        crate::source::scan(dir.path(), "n1")
+    }
+
+    const MANIFESTS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  containers: [{name: c, image: busybox}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: job}\nspec:\n  containers: [{name: c, image: busybox}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 10.96.0.1\n  selector: {app: web}\n  ports: [{port: 80}]\n";
+
+    /// The pods of `snapshot` as their workers would store them: `phase` and Ready for each.
+    fn stored(snapshot: &Snapshot, status: &[(&str, &str, bool)]) -> Vec<Pod> {
+        status
+            .iter()
+            .map(|(name, phase, ready)| {
+                let mut pod = snapshot.pods[&format!("default/{name}-n1")].pod.clone();
+                pod.status = Some(PodStatus {
+                    phase: Some((*phase).into()),
+                    conditions: Some(vec![PodCondition {
+                        type_: "Ready".into(),
+                        status: if *ready { "True" } else { "False" }.into(),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                });
+                pod
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pods_settle_once_every_pod_reported_and_selected_running_pods_are_ready() {
+        let snapshot = snapshot_of(MANIFESTS);
+        let services: Vec<Service> = decode_all(&snapshot.objects);
+        assert_eq!(services.len(), 1);
+
+        // A worker that has not reported yet.
+        let pods = stored(&snapshot, &[("web", "Running", true)]);
+        assert!(!pods_settled(&snapshot, &services, &pods));
+        // A selected pod running but not Ready again yet (its probes have not run).
+        let pods = stored(
+            &snapshot,
+            &[("web", "Running", false), ("job", "Running", true)],
+        );
+        assert!(!pods_settled(&snapshot, &services, &pods));
+        // Readiness of pods no Service selects does not matter, nor that of pods not running.
+        let pods = stored(
+            &snapshot,
+            &[("web", "Running", true), ("job", "Running", false)],
+        );
+        assert!(pods_settled(&snapshot, &services, &pods));
+        let pods = stored(
+            &snapshot,
+            &[("web", "Pending", false), ("job", "Running", false)],
+        );
+        assert!(pods_settled(&snapshot, &services, &pods));
     }
 }
