@@ -526,7 +526,7 @@ async fn a_killed_bosun_loses_no_connection_and_cleanup_removes_everything() -> 
                 failed.is_empty(),
                 "{} of {} connections failed: {failed:?}",
                 failed.len(),
-                ok as usize + failed.len()
+                ok + failed.len()
             );
             assert!(ok > 50, "only {ok} connections in two seconds");
             // The restarted daemon adopted the ids it found.
