@@ -8,7 +8,7 @@
 //! slots above it go, and a backend goes only when no slot names it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
@@ -54,6 +54,11 @@ struct Held {
     stray_slots: Vec<SlotKey>,
     /// Ids of backends present in the map, whatever their address.
     backend_ids: BTreeMap<u32, Backend>,
+    /// How many counted slots name each backend id.
+    names: HashMap<u32, usize>,
+    /// Backend ids that may be named by no slot: checked, and removed if so, at the end of the
+    /// next apply.
+    unnamed: Vec<u32>,
     service_pool: IdPool,
     backend_pool: IdPool,
 }
@@ -133,43 +138,40 @@ fn write_changes(
     let mut applied = Applied::default();
 
     // Backends first: every slot written below names one that exists.
-    let mut wanted_backends = BTreeSet::new();
-    for service in desired {
-        wanted_backends.extend(service.backends.iter().map(|b| backend_entry(*b)));
-    }
-    for backend in &wanted_backends {
-        if !held.backends.contains_key(backend) {
+    for backend in desired.iter().flat_map(|s| &s.backends) {
+        let backend = backend_entry(*backend);
+        if !held.backends.contains_key(&backend) {
             let id = held.backend_pool.take();
-            maps.put_backend(id, backend)?;
-            held.backends.insert(*backend, id);
-            held.backend_ids.insert(id, *backend);
+            maps.put_backend(id, &backend)?;
+            held.backends.insert(backend, id);
+            held.backend_ids.insert(id, backend);
+            // Nothing names it yet; if the slot that would fails, the next apply removes it.
+            held.unnamed.push(id);
             applied.backends_added += 1;
         }
     }
 
-    // Services: slots, then the count; a shrinking count before the slots above it.
-    let mut wanted_keys = BTreeSet::new();
+    // Services: slots, then the count; a shrinking count before the slots above it. An
+    // unchanged service costs a comparison and no allocation beyond `ids`.
+    let mut wanted_keys: HashSet<ServiceKey> = HashSet::with_capacity(desired.len());
+    let mut ids: Vec<u32> = Vec::new();
     for service in desired {
         let key = service_key(service.frontend);
         if !wanted_keys.insert(key) {
             continue; // the compiler never repeats a frontend; the first wins if it did
         }
-        let ids: Vec<u32> = service
-            .backends
-            .iter()
-            .map(|b| held.backends[&backend_entry(*b)])
-            .collect();
-        let existing = held.services.get(&key);
-        let id = match existing {
-            Some(existing) => existing.value.id,
+        ids.clear();
+        ids.extend(
+            service
+                .backends
+                .iter()
+                .map(|b| held.backends[&backend_entry(*b)]),
+        );
+        let existing_value = held.services.get(&key).map(|s| s.value);
+        let id = match existing_value {
+            Some(existing) => existing.id,
             None => held.service_pool.take(),
         };
-        let old_slots = existing.map(|s| s.slots.clone()).unwrap_or_default();
-        for (slot, backend) in ids.iter().enumerate() {
-            if old_slots.get(slot) != Some(&Some(*backend)) {
-                maps.put_slot(&slot_key(id, slot), *backend)?;
-            }
-        }
         let value = ServiceValue {
             id,
             count: ids.len() as u32,
@@ -180,9 +182,34 @@ fn write_changes(
             },
             affinity_timeout: service.affinity_timeout.unwrap_or(0),
         };
-        if existing.map(|s| s.value) != Some(value) {
+        let old_slots = match held.services.get(&key) {
+            Some(existing)
+                if existing.value == value
+                    && existing.slots.len() == ids.len()
+                    && existing
+                        .slots
+                        .iter()
+                        .zip(&ids)
+                        .all(|(old, new)| *old == Some(*new)) =>
+            {
+                continue;
+            }
+            Some(existing) => existing.slots.clone(),
+            None => Vec::new(),
+        };
+        for (slot, backend) in ids.iter().enumerate() {
+            let old = old_slots.get(slot).copied().flatten();
+            if old != Some(*backend) {
+                maps.put_slot(&slot_key(id, slot), *backend)?;
+                held.name(*backend);
+                if let Some(old) = old {
+                    held.unname(old);
+                }
+            }
+        }
+        if existing_value != Some(value) {
             maps.put_service(&key, &value)?;
-            match existing {
+            match existing_value {
                 Some(_) => applied.updated += 1,
                 None => applied.added += 1,
             }
@@ -191,8 +218,11 @@ fn write_changes(
         let mut slots: Vec<Option<u32>> = ids.iter().copied().map(Some).collect();
         slots.extend(old_slots.iter().skip(ids.len()).copied());
         held.services.insert(key, HeldService { value, slots });
-        for slot in ids.len()..old_slots.len() {
+        for (slot, old) in old_slots.iter().enumerate().skip(ids.len()) {
             maps.delete_slot(&slot_key(id, slot))?;
+            if let Some(old) = old {
+                held.unname(*old);
+            }
         }
         if let Some(service) = held.services.get_mut(&key) {
             service.slots.truncate(ids.len());
@@ -222,46 +252,49 @@ fn write_changes(
     for key in gone {
         let service = &held.services[&key];
         let id = service.value.id;
-        let slots = service.slots.len();
+        let slots = service.slots.clone();
         maps.delete_service(&key)?;
         held.services.remove(&key);
         applied.removed += 1;
-        for slot in 0..slots {
+        for (slot, backend) in slots.iter().enumerate() {
             maps.delete_slot(&slot_key(id, slot))?;
+            if let Some(backend) = backend {
+                held.unname(*backend);
+            }
         }
         maps.delete_affinity(id, None)?;
         held.service_pool.give_back(id);
     }
-    let counted: BTreeSet<(u32, usize)> = held
-        .services
-        .values()
-        .map(|s| (s.value.id, s.slots.len()))
-        .collect();
-    for key in std::mem::take(&mut held.stray_slots) {
-        // A service that grew since the read has written over its own strays.
-        let reused = counted
-            .range((key.service, 0)..(key.service, usize::MAX))
-            .any(|(_, len)| (key.slot as usize) < *len);
-        if !reused {
-            maps.delete_slot(&key)?;
+    if !held.stray_slots.is_empty() {
+        let counted: BTreeSet<(u32, usize)> = held
+            .services
+            .values()
+            .map(|s| (s.value.id, s.slots.len()))
+            .collect();
+        for key in std::mem::take(&mut held.stray_slots) {
+            // A service that grew since the read has written over its own strays.
+            let reused = counted
+                .range((key.service, 0)..(key.service, usize::MAX))
+                .any(|(_, len)| (key.slot as usize) < *len);
+            if !reused {
+                maps.delete_slot(&key)?;
+            }
         }
     }
 
     // Backends no slot names any more.
-    let named: BTreeSet<u32> = held
-        .services
-        .values()
-        .flat_map(|s| s.slots.iter().flatten().copied())
-        .collect();
-    let unnamed: Vec<(u32, Backend)> = held
-        .backend_ids
-        .iter()
-        .filter(|(id, _)| !named.contains(id))
-        .map(|(id, b)| (*id, *b))
-        .collect();
-    for (id, backend) in unnamed {
+    let mut unnamed = std::mem::take(&mut held.unnamed);
+    unnamed.sort_unstable();
+    unnamed.dedup();
+    for id in unnamed {
+        if held.names.get(&id).copied().unwrap_or(0) > 0 {
+            continue;
+        }
+        let Some(backend) = held.backend_ids.remove(&id) else {
+            continue;
+        };
         maps.delete_backend(id)?;
-        held.backend_ids.remove(&id);
+        held.names.remove(&id);
         held.backend_pool.give_back(id);
         if held.backends.get(&backend) == Some(&id) {
             held.backends.remove(&backend);
@@ -269,6 +302,22 @@ fn write_changes(
         applied.backends_removed += 1;
     }
     Ok(applied)
+}
+
+impl Held {
+    /// One more slot names `backend`.
+    fn name(&mut self, backend: u32) {
+        *self.names.entry(backend).or_insert(0) += 1;
+    }
+
+    /// One slot fewer names `backend`; at none, it is removed at the end of the apply.
+    fn unname(&mut self, backend: u32) {
+        let names = self.names.entry(backend).or_insert(0);
+        *names = names.saturating_sub(1);
+        if *names == 0 {
+            self.unnamed.push(backend);
+        }
+    }
 }
 
 /// Reads the maps back. Whatever does not fit the invariant (a slot naming a missing backend,
@@ -311,7 +360,21 @@ fn read_held(maps: &impl ServiceMaps) -> Result<Held, Error> {
         .filter(|k| !counted.contains(k))
         .copied()
         .collect();
+    let mut names: HashMap<u32, usize> = HashMap::new();
+    for slot in services
+        .values()
+        .flat_map(|s: &HeldService| s.slots.iter().flatten())
+    {
+        *names.entry(*slot).or_insert(0) += 1;
+    }
+    let unnamed = backend_ids
+        .keys()
+        .filter(|id| !names.contains_key(id))
+        .copied()
+        .collect();
     Ok(Held {
+        names,
+        unnamed,
         service_pool: IdPool::from_used(services.values().map(|s: &HeldService| s.value.id)),
         backend_pool: IdPool::from_used(backend_ids.keys().copied()),
         services,
