@@ -86,6 +86,7 @@ impl Proxy {
                     Ok(()) => {
                         applied = Some(desired);
                         backoff = Duration::from_millis(500);
+                        crate::daemon::release_freed_memory();
                     }
                     Err(message) => {
                         tracing::warn!(%message, "service proxy");
