@@ -1,9 +1,60 @@
 #!/usr/bin/env bash
-# bosun's pod-lifecycle benchmarks, as root: installs what is needed (setup.sh), then builds
-# in release mode and runs them on a private containerd node (see BENCHMARKS.md).
-# Arguments go to the benchmark: a name filter (pod_start, pods_at_once, time_to_ready,
-# exit_detection, footprint), --quick, --samples N.
+# bosun's benchmarks, as root: installs what is needed (setup.sh), then builds in release mode
+# and runs them (see BENCHMARKS.md).
+#
+#   ./scripts/bench.sh [--quick] [--samples N]   both benchmarks, pods then services
+#   ./scripts/bench.sh pods [ARGS...]            the pod-lifecycle benchmark, on a private
+#                                                containerd node. ARGS: a name filter
+#                                                (pod_start, pods_at_once, time_to_ready,
+#                                                exit_detection, footprint), --quick,
+#                                                --samples N
+#   ./scripts/bench.sh services [ARGS...]        the Service benchmark: connect latency
+#                                                against kube-proxy's iptables rules and a
+#                                                rule-free floor, programming time, the
+#                                                daemon's memory, for 1000, 10000 and 30000
+#                                                Services. ARGS: a name filter (connect,
+#                                                programming, memory), --quick (1000 and
+#                                                10000, fewer samples), --samples N (connects
+#                                                per target), --services N (instead of the
+#                                                default sizes; repeatable)
+#   ./scripts/bench.sh FILTER... [--quick] ...   as before both existed: the pods benchmark
+#                                                with these arguments
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Only arguments both benchmarks take: a filter belongs to one of them.
+shared_only() {
+    while [ "$#" -gt 0 ]; do
+        case "$1" in
+            --quick) shift ;;
+            --samples) [ "$#" -ge 2 ] || return 1; shift 2 ;;
+            *) return 1 ;;
+        esac
+    done
+}
+
+bench() {
+    local name="$1"
+    shift
+    cargo bench -p bosun --bench "$name" -- "$@"
+}
+
 ./scripts/setup.sh
-exec cargo bench -p bosun --bench pods -- "$@"
+case "${1:-}" in
+    pods | services)
+        name="$1"
+        shift
+        bench "$name" "$@"
+        ;;
+    *)
+        if ! shared_only "$@"; then
+            bench pods "$@"
+            exit
+        fi
+        # Both, even if the first fails; the exit status says whether either did.
+        status=0
+        bench pods "$@" || status=$?
+        bench services "$@" || status=$?
+        exit "$status"
+        ;;
+esac

@@ -1,0 +1,2277 @@
+//! bosun's Service benchmarks: what a Service costs a connection, how long programming
+//! Services takes, and what holding them costs the daemon, against kube-proxy's iptables mode
+//! and against the floor of no Service handling at all, all measured in the same run.
+//!
+//! For each number N of Services (4 endpoints each):
+//!
+//! - `connect`: the latency of a TCP connect + close (SO_LINGER 0, so no TIME_WAIT) from a
+//!   client in a network namespace of its own, routed through the host to a backend namespace
+//!   in which one server answers on every endpoint address. Measured are the floor (no rules,
+//!   bosun not installed, straight to a backend); kube-proxy's iptables rules for the N
+//!   Services in a second client namespace, connecting to the first, middle and last
+//!   Service's ClusterIP and straight to a backend, which still walks KUBE-SERVICES; and bosun's
+//!   datapath on the cgroup2 root programmed with the same N Services, with the same four
+//!   targets from the rule-free namespace. Targets are measured in interleaved blocks, so that
+//!   a change in the machine's load hits all of them alike; bosun's programs run on every
+//!   connect of the machine once attached, so bosun and the floor take turns in rounds instead.
+//! - `programming`: bosun's compile and apply of the N Services into empty maps and of one
+//!   endpoint change, next to `iptables-restore` of the same N Services (the closest thing to
+//!   kube-proxy's full sync), given 300 s; if it needs longer, the rules the connects are
+//!   measured with are loaded in parts.
+//! - `memory`: a real `bosun run` on a test node is given one manifest of N Services and N
+//!   EndpointSlices: the time from writing it to N Services in the maps, and the daemon's
+//!   resident memory then.
+//!
+//! Run as root: `cargo bench -p bosun --bench services -- [--quick] [--samples N]
+//! [--services N]... [FILTER...]` (or `scripts/bench.sh services`). A FILTER selects the
+//! benchmarks whose name contains it.
+//!
+//! Everything the benchmark creates is named `bsb-*` (namespaces, links) or lives in
+//! /sys/fs/bpf/bosun-bench, and it uses addresses nothing else on the machine does (endpoints
+//! in 10.219.128.0/17, ClusterIPs from 10.220.0.1 on). It is removed when the run ends, also
+//! on Ctrl-C, and swept away at the start if a killed run left it behind.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read as _, Seek as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use bosun_netdp::service::{self as datapath, DesiredService, PinnedMaps, Reconciler, ServiceMaps};
+use bosun_tests::daemon::Daemon;
+use bosun_tests::node::TestNode;
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use nix::sys::signal::{SigSet, Signal};
+use sha2::{Digest, Sha256};
+
+const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
+const NODE_NAME: &str = "node1";
+const BENCHMARKS: [&str; 3] = ["connect", "programming", "memory"];
+const SIZES: [usize; 3] = [1_000, 10_000, 30_000];
+const QUICK_SIZES: [usize; 2] = [1_000, 10_000];
+/// What the datapath's service map holds (`SERVICE_MAX_ENTRIES`), less room for the spare
+/// endpoints of the change measurement.
+const MAX_SERVICES: usize = 65_000;
+const ENDPOINTS_PER_SERVICE: usize = 4;
+
+// ---- the goals, and what upstream reports for kube-proxy ----------------------------------
+
+const GOAL_VIP_RATIO: f64 = 1.05;
+const GOAL_FULL_PROGRAMMING: Duration = Duration::from_secs(1);
+const GOAL_ONE_CHANGE: Duration = Duration::from_millis(5);
+const KUBE_PROXY_REFERENCE: &str = "\
+reference, upstream kube-proxy 1.28 in iptables mode (published figures, not measured here):
+  full sync: 1.4 s at 1000 Services, 37 s at 5000, 166 s at 10000
+  one endpoint change: 75 ms at 1000 Services, 1.5 s at 10000
+  at 30000 Services every new connection costs 6.7× a rule-free one
+  RSS: 195 MiB at 10000 Services";
+
+// ---- names and addresses ------------------------------------------------------------------
+
+/// Every namespace and link the benchmark creates starts with this.
+const PREFIX: &str = "bsb-";
+/// Where the benchmark's own datapath pins its maps and links.
+const BPF_DIR: &str = "/sys/fs/bpf/bosun-bench";
+/// Every address in it is the backend namespace's own (a `local` route), and a server there
+/// answers on [`TARGET_PORTS`] ports from [`FIRST_TARGET_PORT`]: each of the 4·N endpoints
+/// gets an address and port of its own, as in a real cluster, and all of them answer.
+const ENDPOINT_NET: Ipv4Addr = Ipv4Addr::new(10, 219, 128, 0);
+const ENDPOINT_PREFIX: u8 = 17;
+const FIRST_TARGET_PORT: u16 = 8080;
+/// Enough for 4 × 65536 endpoints in the /17.
+const TARGET_PORTS: u16 = 8;
+/// Replacement endpoints of the change measurement: never connected to, so not routed.
+const SPARE_NET: Ipv4Addr = Ipv4Addr::new(10, 219, 96, 0);
+/// ClusterIPs are counted up from here (10.220.0.0/16, then 10.221.0.0/16).
+const VIP_BASE: Ipv4Addr = Ipv4Addr::new(10, 220, 0, 0);
+const SERVICE_PORT: u16 = 80;
+const NAMESPACE: &str = "default";
+/// kube-proxy's `--cluster-cidr`: the pods, here the endpoints. Traffic to a ClusterIP from
+/// outside it is masqueraded, as a host process's is on a kubeadm node.
+const CLUSTER_CIDR: &str = "10.219.128.0/17";
+/// Above this many endpoints kube-proxy leaves the comments out of its per-Service chains
+/// (`largeClusterEndpointsThreshold`).
+const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
+
+/// A network namespace joined to the host by a veth pair on 10.219.`third`.0/24: the host
+/// side is .1, the namespace side .2 and its default route.
+struct Wire {
+    netns: &'static str,
+    host_if: &'static str,
+    ns_if: &'static str,
+    third: u8,
+}
+
+impl Wire {
+    fn host_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 219, self.third, 1)
+    }
+
+    fn ns_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 219, self.third, 2)
+    }
+}
+
+const BACKEND: Wire = Wire {
+    netns: "bsb-backend",
+    host_if: "bsb-h-backend",
+    ns_if: "bsb-backend",
+    third: 0,
+};
+/// The client of the floor and of bosun: no rules at all.
+const PLAIN: Wire = Wire {
+    netns: "bsb-plain",
+    host_if: "bsb-h-plain",
+    ns_if: "bsb-plain",
+    third: 10,
+};
+/// The client with kube-proxy's rules.
+const IPTABLES: Wire = Wire {
+    netns: "bsb-iptables",
+    host_if: "bsb-h-iptables",
+    ns_if: "bsb-iptables",
+    third: 20,
+};
+
+// ---- timing and sizes ---------------------------------------------------------------------
+
+/// Connects per target before the next target's turn.
+const BLOCK: usize = 10;
+/// How long one warm-up connect may take before the path is declared broken.
+const WARM_UP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// kube-proxy's sync would be killed by nobody, but a benchmark has to end.
+const RESTORE_LIMIT: Duration = Duration::from_secs(300);
+/// Services per `iptables-restore` when the whole input took too long: about a second each.
+const RESTORE_PART: usize = 1000;
+/// How often the daemon's maps are counted while it programs them.
+const DAEMON_POLL: Duration = Duration::from_millis(50);
+/// Between a datapath's removal (or installation) and the next measurement (see
+/// `Lab::measure`): the kernel frees a removed datapath's maps in deferred work.
+const SWITCH_SETTLE: Duration = Duration::from_millis(250);
+/// After removing the namespace of kube-proxy's rules: the kernel destroys a namespace and
+/// frees its rules in deferred work, for hundreds of thousands of rules not at once.
+const NETNS_SETTLE: Duration = Duration::from_secs(2);
+/// The daemon's programming has stalled if the count does not move for this long.
+const DAEMON_STALL: Duration = Duration::from_secs(120);
+/// Between the datapath appearing and the idle memory reading.
+const DAEMON_SETTLE: Duration = Duration::from_secs(1);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this binary without it,
+    // and a test run must not build networks and load rules.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("services bench: not run (run it with `cargo bench`)");
+        return;
+    }
+    let options = match Options::parse(args.into_iter()) {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("services bench: {e:#}");
+            eprintln!(
+                "usage: services [--quick] [--samples N] [--services N]... [FILTER...]  \
+                 (benchmarks: {BENCHMARKS:?})"
+            );
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = catch_interrupts() {
+        eprintln!("services bench: error: {e:#}");
+        std::process::exit(1);
+    }
+    if let Err(e) = run(&options) {
+        eprintln!("services bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+// ---- options ------------------------------------------------------------------------------
+
+struct Options {
+    quick: bool,
+    samples: Option<usize>,
+    services: Vec<usize>,
+    filters: Vec<String>,
+}
+
+impl Options {
+    fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
+        let mut options = Options {
+            quick: false,
+            samples: None,
+            services: Vec::new(),
+            filters: Vec::new(),
+        };
+        let mut args = args;
+        let number = |flag: &str, value: Option<String>| -> Result<usize> {
+            let value = value.with_context(|| format!("{flag} needs a number"))?;
+            let n: usize = value.parse().with_context(|| format!("{flag} {value:?}"))?;
+            ensure!(n > 0, "{flag} must be at least 1");
+            Ok(n)
+        };
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => options.quick = true,
+                // cargo bench passes it to every bench target.
+                "--bench" => {}
+                "--samples" => options.samples = Some(number("--samples", args.next())?),
+                "--services" => {
+                    let n = number("--services", args.next())?;
+                    ensure!(
+                        n <= MAX_SERVICES,
+                        "--services {n}: the datapath holds at most {MAX_SERVICES} here"
+                    );
+                    options.services.push(n);
+                }
+                flag if flag.starts_with('-') => bail!("unknown flag {flag:?}"),
+                filter => options.filters.push(filter.to_owned()),
+            }
+        }
+        if let Some(unmatched) = options
+            .filters
+            .iter()
+            .find(|f| !BENCHMARKS.iter().any(|b| b.contains(f.as_str())))
+        {
+            bail!("{unmatched:?} matches no benchmark");
+        }
+        Ok(options)
+    }
+
+    fn selected(&self, benchmark: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| benchmark.contains(f.as_str()))
+    }
+
+    fn sizes(&self) -> Sizes {
+        let services = if !self.services.is_empty() {
+            self.services.clone()
+        } else if self.quick {
+            QUICK_SIZES.to_vec()
+        } else {
+            SIZES.to_vec()
+        };
+        let (connects, warm_up, changes, rounds) = if self.quick {
+            (500, 100, 10, 4)
+        } else {
+            (2000, 200, 30, 10)
+        };
+        Sizes {
+            services,
+            connects: self.samples.unwrap_or(connects),
+            warm_up,
+            changes,
+            rounds,
+        }
+    }
+}
+
+struct Sizes {
+    services: Vec<usize>,
+    /// Measured connects per target.
+    connects: usize,
+    /// Unmeasured connects per target first: they fill the neighbour, route and conntrack
+    /// caches and check that the target reaches the backends.
+    warm_up: usize,
+    /// Endpoint changes measured per N.
+    changes: usize,
+    /// How many times bosun is installed and measured between measurements of the floor.
+    rounds: usize,
+}
+
+// ---- interrupts ---------------------------------------------------------------------------
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread, and so in every thread started after it
+/// (children get a clean mask from `Command`), and turns them into a flag that every long step
+/// checks, so that an interrupted run still removes what it created. A second signal exits at
+/// once; the next run sweeps up what that leaves.
+fn catch_interrupts() -> Result<()> {
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(signal);
+    }
+    signals.thread_block().context("blocking signals")?;
+    std::thread::Builder::new()
+        .name("bsb-signals".into())
+        .spawn(move || loop {
+            let Ok(signal) = signals.wait() else { return };
+            if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                eprintln!("services bench: {signal}: exiting now; the next run cleans up");
+                std::process::exit(130);
+            }
+            eprintln!("services bench: {signal}: cleaning up (again to exit at once)");
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+// ---- the run ------------------------------------------------------------------------------
+
+fn run(options: &Options) -> Result<()> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "the benchmarks need root: they create network namespaces, load iptables rules and \
+         attach BPF programs"
+    );
+    // `default/kubernetes:https` is KUBE-SVC-NPX46M4PTMTKRN6Y on every kube-proxy node.
+    ensure!(
+        chain_hash("default/kubernetes:httpstcp") == "NPX46M4PTMTKRN6Y",
+        "the chain names are not kube-proxy's"
+    );
+    let sizes = options.sizes();
+    print_machine(options, &sizes);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let datapath_parts = options.selected("connect") || options.selected("programming");
+    let lab = if datapath_parts {
+        Some(Lab::create()?)
+    } else {
+        None
+    };
+    let mut node = None;
+    let mut outcome = Ok(());
+    for &n in &sizes.services {
+        let mut report = Report::new(n);
+        outcome = measure_size(
+            &Catalog { n },
+            options,
+            &sizes,
+            lab.as_ref(),
+            (&runtime, &mut node),
+            &mut report,
+        );
+        report.print();
+        if outcome.is_err() {
+            break;
+        }
+    }
+    drop(lab);
+    let node_gone = match node {
+        Some(node) => runtime.block_on(node.shutdown()),
+        None => Ok(()),
+    };
+    println!("\n{KUBE_PROXY_REFERENCE}");
+    println!("\nload average at the end: {}", load_average());
+    let left = leftovers();
+    if left.is_empty() {
+        println!("left behind: nothing");
+    } else {
+        println!("left behind:\n  {}", left.join("\n  "));
+    }
+    outcome.and(node_gone)
+}
+
+/// Everything selected, for one N. The test node for the daemon is started the first time
+/// it is needed.
+fn measure_size(
+    catalog: &Catalog,
+    options: &Options,
+    sizes: &Sizes,
+    lab: Option<&Lab>,
+    (runtime, node): (&tokio::runtime::Runtime, &mut Option<TestNode>),
+    report: &mut Report,
+) -> Result<()> {
+    if let Some(lab) = lab {
+        lab.run(catalog, options, sizes, report)?;
+    }
+    if options.selected("memory") {
+        let node = match node {
+            Some(node) => node,
+            None => node.insert(runtime.block_on(TestNode::start("svc-bench"))?),
+        };
+        report.daemon = Some(runtime.block_on(through_daemon(node, catalog))?);
+    }
+    Ok(())
+}
+
+fn print_machine(options: &Options, sizes: &Sizes) {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "?".to_owned())
+    };
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or_else(|| "?".to_owned(), |m| m.trim().to_owned());
+    let iptables = run_command("iptables", &["-V"]).unwrap_or_else(|_| "?".to_owned());
+    println!(
+        "bosun Service benchmarks{}: N = {:?} Services of {ENDPOINTS_PER_SERVICE} endpoints, \
+         {} connects per target after {} unmeasured",
+        if options.quick { " (quick)" } else { "" },
+        sizes.services,
+        sizes.connects,
+        sizes.warm_up
+    );
+    println!(
+        "machine: {cpus} CPUs ({model}), kernel {}, {}",
+        read("/proc/sys/kernel/osrelease"),
+        iptables.trim()
+    );
+    println!("load average at the start: {}", load_average());
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+// ---- the Services -------------------------------------------------------------------------
+
+/// N Services `svc-00000`…, each with one TCP port 80 and one EndpointSlice of 4 ready
+/// endpoints, all distinct.
+struct Catalog {
+    n: usize,
+}
+
+impl Catalog {
+    fn name(&self, i: usize) -> String {
+        format!("svc-{i:05}")
+    }
+
+    fn vip(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::from_bits(VIP_BASE.to_bits() + 1 + i as u32)
+    }
+
+    /// Endpoint `k` of Service `i`. A Service's four share a port, since an EndpointSlice has
+    /// one port list for all its endpoints.
+    fn endpoint(&self, i: usize, k: usize) -> SocketAddrV4 {
+        let j = (i * ENDPOINTS_PER_SERVICE + k) as u32;
+        let per_port = 1u32 << (32 - ENDPOINT_PREFIX);
+        SocketAddrV4::new(
+            Ipv4Addr::from_bits(ENDPOINT_NET.to_bits() + j % per_port),
+            FIRST_TARGET_PORT + (j / per_port) as u16,
+        )
+    }
+
+    /// The address the `c`th endpoint change puts in place of an endpoint.
+    fn spare(&self, c: usize) -> Ipv4Addr {
+        Ipv4Addr::from_bits(SPARE_NET.to_bits() + 1 + (c % 8000) as u32)
+    }
+
+    fn first(&self) -> usize {
+        0
+    }
+
+    fn middle(&self) -> usize {
+        self.n / 2
+    }
+
+    fn last(&self) -> usize {
+        self.n - 1
+    }
+
+    /// The endpoint "straight to a backend" connects to: a real endpoint, of no Service the
+    /// ClusterIP targets use.
+    fn backend(&self) -> SocketAddrV4 {
+        self.endpoint(self.n / 4, 1)
+    }
+
+    fn objects(&self) -> (Vec<Service>, Vec<EndpointSlice>) {
+        let services = (0..self.n)
+            .map(|i| Service {
+                metadata: ObjectMeta {
+                    name: Some(self.name(i)),
+                    namespace: Some(NAMESPACE.to_owned()),
+                    ..Default::default()
+                },
+                spec: Some(ServiceSpec {
+                    cluster_ip: Some(self.vip(i).to_string()),
+                    ports: Some(vec![ServicePort {
+                        port: i32::from(SERVICE_PORT),
+                        protocol: Some("TCP".to_owned()),
+                        target_port: Some(IntOrString::Int(i32::from(self.endpoint(i, 0).port()))),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let slices = (0..self.n)
+            .map(|i| EndpointSlice {
+                metadata: ObjectMeta {
+                    name: Some(format!("{}-1", self.name(i))),
+                    namespace: Some(NAMESPACE.to_owned()),
+                    labels: Some(BTreeMap::from([(
+                        "kubernetes.io/service-name".to_owned(),
+                        self.name(i),
+                    )])),
+                    ..Default::default()
+                },
+                address_type: "IPv4".to_owned(),
+                endpoints: (0..ENDPOINTS_PER_SERVICE)
+                    .map(|k| Endpoint {
+                        addresses: vec![self.endpoint(i, k).ip().to_string()],
+                        conditions: Some(EndpointConditions {
+                            ready: Some(true),
+                            serving: Some(true),
+                            terminating: Some(false),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ports: Some(vec![EndpointPort {
+                    port: Some(i32::from(self.endpoint(i, 0).port())),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                }]),
+            })
+            .collect();
+        (services, slices)
+    }
+
+    /// The same objects as one manifest file, for the daemon.
+    fn manifest(&self) -> String {
+        let mut text = String::with_capacity(self.n * 700);
+        for i in 0..self.n {
+            let name = self.name(i);
+            let port = self.endpoint(i, 0).port();
+            text.push_str(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\n\
+                 spec:\n  clusterIP: {vip}\n  ports: [{{port: {SERVICE_PORT}, targetPort: {port}, \
+                 protocol: TCP}}]\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata:\n  name: {name}-1\n  namespace: {NAMESPACE}\n  \
+                 labels: {{kubernetes.io/service-name: {name}}}\n\
+                 addressType: IPv4\nports: [{{port: {port}, protocol: TCP}}]\nendpoints:\n",
+                vip = self.vip(i),
+            ));
+            for k in 0..ENDPOINTS_PER_SERVICE {
+                text.push_str(&format!(
+                    "- {{addresses: [{}], conditions: {{ready: true}}}}\n",
+                    self.endpoint(i, k).ip()
+                ));
+            }
+            text.push_str("---\n");
+        }
+        text
+    }
+}
+
+// ---- kube-proxy's rules -------------------------------------------------------------------
+
+/// An `iptables-restore` input and what it holds.
+struct Ruleset {
+    text: String,
+    rules: usize,
+    chains: usize,
+}
+
+impl Ruleset {
+    fn new() -> Ruleset {
+        Ruleset {
+            text: String::new(),
+            rules: 0,
+            chains: 0,
+        }
+    }
+
+    fn table(&mut self, name: &str) {
+        self.text.push('*');
+        self.text.push_str(name);
+        self.text.push('\n');
+    }
+
+    fn chains<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+        for name in names {
+            self.text.push(':');
+            self.text.push_str(name);
+            self.text.push_str(" - [0:0]\n");
+            self.chains += 1;
+        }
+    }
+
+    fn rules<'a>(&mut self, rules: impl IntoIterator<Item = &'a String>) {
+        for rule in rules {
+            self.text.push_str(rule);
+            self.text.push('\n');
+            self.rules += 1;
+        }
+    }
+
+    fn commit(&mut self) {
+        self.text.push_str("COMMIT\n");
+    }
+}
+
+/// The rules kube-proxy 1.28's iptables proxier writes for the catalog's ClusterIP Services
+/// (`syncProxyRules`, `writeServiceToEndpointRules`), with `--cluster-cidr` set. The jumps
+/// from the built-in chains, which kube-proxy ensures one by one, are part of them here.
+struct KubeProxyRules {
+    filter_chains: Vec<String>,
+    filter_rules: Vec<String>,
+    /// kube-proxy's own chains in the nat table and their rules.
+    nat_chains: Vec<String>,
+    nat_rules: Vec<String>,
+    services: Vec<ServiceRules>,
+    /// KUBE-SERVICES' last rule.
+    nodeports: String,
+}
+
+/// The chains of one Service port and their rules.
+struct ServiceRules {
+    /// KUBE-SVC-…, then its KUBE-SEP-….
+    chains: Vec<String>,
+    rules: Vec<String>,
+    /// Its rule in KUBE-SERVICES.
+    portal: String,
+}
+
+fn owned(lines: &[&str]) -> Vec<String> {
+    lines.iter().map(|l| (*l).to_owned()).collect()
+}
+
+impl KubeProxyRules {
+    fn new(catalog: &Catalog) -> KubeProxyRules {
+        let filter_chains = owned(&[
+            "KUBE-EXTERNAL-SERVICES",
+            "KUBE-FORWARD",
+            "KUBE-NODEPORTS",
+            "KUBE-PROXY-FIREWALL",
+            "KUBE-SERVICES",
+        ]);
+        let filter_rules = owned(&[
+            "-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL",
+            "-A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS",
+            "-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+            "-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL",
+            "-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
+            "-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+            "-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+            "-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL",
+            "-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+            "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT",
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        ]);
+        let nat_chains = owned(&[
+            "KUBE-SERVICES",
+            "KUBE-NODEPORTS",
+            "KUBE-POSTROUTING",
+            "KUBE-MARK-MASQ",
+        ]);
+        let nat_rules = owned(&[
+            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+            "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+            "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+            "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+            "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000",
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully",
+            "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
+        ]);
+        KubeProxyRules {
+            filter_chains,
+            filter_rules,
+            nat_chains,
+            nat_rules,
+            services: (0..catalog.n).map(|i| service_rules(catalog, i)).collect(),
+            nodeports: "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; \
+                        NOTE: this must be the last rule in this chain\" -m addrtype \
+                        --dst-type LOCAL -j KUBE-NODEPORTS"
+                .to_owned(),
+        }
+    }
+
+    /// One input with everything, as kube-proxy's full sync writes it.
+    fn whole(&self) -> Ruleset {
+        self.input(0..self.services.len())
+    }
+
+    /// The same rules as inputs of `per` Services each, to be restored with `--noflush` one
+    /// after the other: iptables-nft-restore's time grows with the square of its input, and
+    /// these add up to the same tables far sooner.
+    fn parts(&self, per: usize) -> impl Iterator<Item = Ruleset> + '_ {
+        let n = self.services.len();
+        (0..n.div_ceil(per)).map(move |part| self.input(part * per..n.min((part + 1) * per)))
+    }
+
+    /// The input for the Services in `range`; the first range brings the tables' fixed part,
+    /// the last one KUBE-SERVICES' last rule. KUBE-SERVICES is declared (which flushes it
+    /// under `--noflush`) only by the first.
+    fn input(&self, range: std::ops::Range<usize>) -> Ruleset {
+        let first = range.start == 0;
+        let last = range.end == self.services.len();
+        let services = &self.services[range];
+        let mut ruleset = Ruleset::new();
+        if first {
+            ruleset.table("filter");
+            ruleset.chains(&self.filter_chains);
+            ruleset.rules(&self.filter_rules);
+            ruleset.commit();
+        }
+        ruleset.table("nat");
+        if first {
+            ruleset.chains(&self.nat_chains);
+        }
+        ruleset.chains(services.iter().flat_map(|s| &s.chains));
+        if first {
+            ruleset.rules(&self.nat_rules);
+        }
+        ruleset.rules(services.iter().flat_map(|s| &s.rules));
+        ruleset.rules(services.iter().map(|s| &s.portal));
+        if last {
+            ruleset.rules([&self.nodeports]);
+        }
+        ruleset.commit();
+        ruleset
+    }
+}
+
+fn service_rules(catalog: &Catalog, i: usize) -> ServiceRules {
+    // `appendServiceCommentLocked`: no comments in the per-Service chains of a large cluster.
+    let large = catalog.n * ENDPOINTS_PER_SERVICE > LARGE_CLUSTER_ENDPOINTS;
+    let comment = |text: &str| {
+        if large {
+            String::new()
+        } else {
+            format!(" -m comment --comment {text}")
+        }
+    };
+    // ServicePortName.String() of an unnamed port: "namespace/name".
+    let port_name = format!("{NAMESPACE}/{}", catalog.name(i));
+    let vip = catalog.vip(i);
+    let svc = format!("KUBE-SVC-{}", chain_hash(&format!("{port_name}tcp")));
+    let mut chains = vec![svc.clone()];
+    let mut rules = vec![format!(
+        "-A {svc} -m comment --comment \"{port_name} cluster IP\" -m tcp -p tcp -d {vip}/32 \
+         --dport {SERVICE_PORT} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ"
+    )];
+    for k in 0..ENDPOINTS_PER_SERVICE {
+        let endpoint = catalog.endpoint(i, k);
+        let sep = format!(
+            "KUBE-SEP-{}",
+            chain_hash(&format!("{port_name}tcp{endpoint}"))
+        );
+        let remaining = ENDPOINTS_PER_SERVICE - k;
+        let probability = if remaining > 1 {
+            format!(
+                " -m statistic --mode random --probability {:.10}",
+                1.0 / remaining as f64
+            )
+        } else {
+            String::new()
+        };
+        rules.push(format!(
+            "-A {svc}{}{probability} -j {sep}",
+            comment(&format!("\"{port_name} -> {endpoint}\""))
+        ));
+        let sep_comment = comment(&port_name);
+        rules.push(format!(
+            "-A {sep}{sep_comment} -s {}/32 -j KUBE-MARK-MASQ",
+            endpoint.ip()
+        ));
+        rules.push(format!(
+            "-A {sep}{sep_comment} -m tcp -p tcp -j DNAT --to-destination {endpoint}"
+        ));
+        chains.push(sep);
+    }
+    ServiceRules {
+        chains,
+        rules,
+        portal: format!(
+            "-A KUBE-SERVICES -m comment --comment \"{port_name} cluster IP\" -m tcp -p tcp \
+             -d {vip}/32 --dport {SERVICE_PORT} -j {svc}"
+        ),
+    }
+}
+
+/// kube-proxy's `portProtoHash`: the first 16 characters of the base32 (RFC 4648) of the
+/// SHA-256 of `text`. Checked at start against a name every cluster has.
+fn chain_hash(text: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let digest = Sha256::digest(text.as_bytes());
+    // 16 characters of 5 bits are the first 10 bytes.
+    let bits = digest[..10]
+        .iter()
+        .fold(0u128, |acc, byte| acc << 8 | u128::from(*byte));
+    (0..16)
+        .rev()
+        .map(|i| char::from(ALPHABET[((bits >> (i * 5)) & 31) as usize]))
+        .collect()
+}
+
+/// How loading the rules went.
+enum Load {
+    Took(Duration),
+    /// Killed after [`RESTORE_LIMIT`].
+    GaveUp(Duration),
+}
+
+/// `iptables-restore` in the namespace, with kube-proxy's flags, timed from start to exit.
+fn iptables_restore(netns: &str, ruleset: &Ruleset) -> Result<Load> {
+    let mut input = tempfile::tempfile().context("creating the restore input")?;
+    input
+        .write_all(ruleset.text.as_bytes())
+        .and_then(|()| input.rewind())
+        .context("writing the restore input")?;
+    let started = Instant::now();
+    // `ip netns exec` execs the command itself (no fork), so killing the child kills it.
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "iptables-restore"])
+        .args(["-w", "5", "-W", "100000", "--noflush", "--counters"])
+        .stdin(input)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting iptables-restore")?;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for iptables-restore")? {
+            let took = started.elapsed();
+            if !status.success() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                bail!("iptables-restore in {netns}: {status}: {}", stderr.trim());
+            }
+            return Ok(Load::Took(took));
+        }
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        if interrupted || started.elapsed() > RESTORE_LIMIT {
+            // Our own child, by its handle.
+            let _ = child.kill();
+            let _ = child.wait();
+            check_interrupted()?;
+            return Ok(Load::GaveUp(started.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---- the network --------------------------------------------------------------------------
+
+/// The backend namespace and its server, the rule-free client namespace and its client.
+/// Dropping it removes them all: the threads leave the namespaces first (fields drop in
+/// order).
+struct Lab {
+    plain: Client,
+    server: Server,
+    _plain_netns: Netns,
+    _endpoint_route: Route,
+    _backend_netns: Netns,
+    _forwarding: Forwarding,
+}
+
+impl Lab {
+    fn create() -> Result<Lab> {
+        sweep_leftovers()?;
+        let forwarding = Forwarding::enable()?;
+        let backend_netns = Netns::create(&BACKEND)?;
+        let endpoints = format!("{ENDPOINT_NET}/{ENDPOINT_PREFIX}");
+        ip(&[
+            "-n",
+            BACKEND.netns,
+            "route",
+            "add",
+            "local",
+            &endpoints,
+            "dev",
+            "lo",
+        ])?;
+        let endpoint_route = Route::add(&endpoints, BACKEND.ns_addr(), BACKEND.host_if)?;
+        let plain_netns = Netns::create(&PLAIN)?;
+        let server = Server::start(BACKEND.netns)?;
+        let plain = Client::spawn(PLAIN.netns)?;
+        Ok(Lab {
+            plain,
+            server,
+            _plain_netns: plain_netns,
+            _endpoint_route: endpoint_route,
+            _backend_netns: backend_netns,
+            _forwarding: forwarding,
+        })
+    }
+
+    /// The connect and programming measurements for one N.
+    fn run(
+        &self,
+        catalog: &Catalog,
+        options: &Options,
+        sizes: &Sizes,
+        report: &mut Report,
+    ) -> Result<()> {
+        report.foreign = foreign_datapaths();
+        let connect = options.selected("connect");
+        self.iptables(
+            catalog,
+            connect,
+            options.selected("programming"),
+            sizes,
+            report,
+        )?;
+        self.bosun(catalog, connect, sizes, report)
+    }
+
+    /// kube-proxy's rules in a client namespace of their own: loaded whole and timed (for
+    /// `programming`), then measured against the floor, interleaved (for `connect`).
+    fn iptables(
+        &self,
+        catalog: &Catalog,
+        connect: bool,
+        programming: bool,
+        sizes: &Sizes,
+        report: &mut Report,
+    ) -> Result<()> {
+        let rules = KubeProxyRules::new(catalog);
+        let mut netns = Netns::create(&IPTABLES)?;
+        let mut loaded = false;
+        if programming {
+            let whole = rules.whole();
+            report.ruleset = Some((whole.rules, whole.chains, whole.text.len()));
+            let load = iptables_restore(IPTABLES.netns, &whole)?;
+            loaded = matches!(load, Load::Took(_));
+            report.iptables_load = Some(load);
+        }
+        if !connect {
+            return Ok(());
+        }
+        if !loaded {
+            if programming {
+                // A restore killed while the kernel committed may have left the rules; start
+                // afresh rather than find out.
+                drop(netns);
+                netns = Netns::create(&IPTABLES)?;
+            }
+            let started = Instant::now();
+            for part in rules.parts(RESTORE_PART) {
+                match iptables_restore(IPTABLES.netns, &part)? {
+                    Load::Took(_) => {}
+                    Load::GaveUp(after) => {
+                        bail!("iptables-restore of {RESTORE_PART} Services gave up after {after:?}")
+                    }
+                }
+            }
+            report.iptables_parts = Some(started.elapsed());
+        }
+        drop(rules);
+
+        let client = Client::spawn(IPTABLES.netns)?;
+        let mut targets = vec![Target {
+            label: "floor: rule-free client → backend".into(),
+            client: &self.plain,
+            address: catalog.backend(),
+        }];
+        targets.extend(vip_targets("iptables", &client, catalog));
+        targets.push(Target {
+            label: "iptables: → backend, no Service (KUBE-SERVICES walk)".into(),
+            client: &client,
+            address: catalog.backend(),
+        });
+        let samples = self.measure(&targets, sizes.connects, sizes.warm_up, Duration::ZERO)?;
+        let mut rows = targets.iter().zip(samples).map(|(t, s)| labelled(t, s));
+        report.floor = rows.next();
+        report.iptables = rows.collect();
+        drop(targets);
+        drop(client);
+        let removing = Instant::now();
+        drop(netns);
+        report.iptables_removal = Some(removing.elapsed());
+        Ok(())
+    }
+
+    /// bosun's datapath on the cgroup2 root, programmed with the catalog. Its programs run
+    /// on every connect of the machine, so the floor cannot be measured while they are
+    /// attached: the run alternates rounds of floor and bosun (each round installs and
+    /// programs the datapath again) and ends with the floor, so that the floor's blocks
+    /// bracket every bosun block. The first round's programming is the one timed.
+    fn bosun(
+        &self,
+        catalog: &Catalog,
+        connect: bool,
+        sizes: &Sizes,
+        report: &mut Report,
+    ) -> Result<()> {
+        let rounds = if connect { sizes.rounds } else { 1 };
+        let floor = Target {
+            label: "floor, alternating with bosun's rounds".into(),
+            client: &self.plain,
+            address: catalog.backend(),
+        };
+        let mut targets = vip_targets("bosun", &self.plain, catalog);
+        targets.push(Target {
+            label: "bosun: → backend, no Service".into(),
+            client: &self.plain,
+            address: catalog.backend(),
+        });
+        let mut floor_samples = Vec::new();
+        let mut bosun_samples = vec![Vec::new(); targets.len()];
+        let mut desired = None;
+        for round in 0..rounds {
+            if connect {
+                let count = share(sizes.connects, rounds + 1, round);
+                // The first round follows the removal of kube-proxy's rules.
+                let settle = if round == 0 {
+                    NETNS_SETTLE
+                } else {
+                    SWITCH_SETTLE
+                };
+                let taken =
+                    self.measure(std::slice::from_ref(&floor), count, sizes.warm_up, settle)?;
+                floor_samples.extend(taken.into_iter().flatten());
+            }
+            let installed = Installed::new();
+            let cgroup = datapath::find_cgroup2().context("finding the cgroup2 mount")?;
+            let maps = datapath::install(Path::new(BPF_DIR), &cgroup)
+                .with_context(|| format!("installing the datapath in {BPF_DIR}"))?;
+            match &desired {
+                None => desired = Some(program(catalog, maps, sizes.changes, report)?),
+                Some(desired) => {
+                    Reconciler::new(maps)
+                        .apply(desired)
+                        .context("writing the Services to the maps")?;
+                }
+            }
+            if connect {
+                let count = share(sizes.connects, rounds, round);
+                let taken = self.measure(&targets, count, sizes.warm_up, SWITCH_SETTLE)?;
+                for (all, taken) in bosun_samples.iter_mut().zip(taken) {
+                    all.extend(taken);
+                }
+            }
+            installed.remove()?;
+        }
+        if connect {
+            let count = share(sizes.connects, rounds + 1, rounds);
+            let taken = self.measure(
+                std::slice::from_ref(&floor),
+                count,
+                sizes.warm_up,
+                SWITCH_SETTLE,
+            )?;
+            floor_samples.extend(taken.into_iter().flatten());
+            report.floor_again = Some(labelled(&floor, floor_samples));
+            report.bosun = targets
+                .iter()
+                .zip(bosun_samples)
+                .map(|(t, s)| labelled(t, s))
+                .collect();
+        }
+        Ok(())
+    }
+
+    /// Warms every target up, then measures `connects` connects to each, in interleaved
+    /// blocks. Returns the samples (µs) of each target, in order.
+    ///
+    /// First, for `settle`, it connects to the first target unmeasured: after a datapath
+    /// or a namespace went, the kernel is still freeing it, and after a pause the CPUs are
+    /// cold; connecting meanwhile rather than sleeping leaves neither to the samples.
+    fn measure(
+        &self,
+        targets: &[Target<'_>],
+        connects: usize,
+        warm_up: usize,
+        settle: Duration,
+    ) -> Result<Vec<Vec<f64>>> {
+        let settling = Instant::now();
+        while settling.elapsed() < settle {
+            let target = &targets[0];
+            target
+                .client
+                .connect(target.address, BLOCK, Some(WARM_UP_CONNECT_TIMEOUT))
+                .with_context(|| format!("{}: settling", target.label))?;
+            check_interrupted()?;
+        }
+        for target in targets {
+            let before = self.server.accepted();
+            target
+                .client
+                .connect(target.address, warm_up, Some(WARM_UP_CONNECT_TIMEOUT))
+                .with_context(|| format!("{}: warming up", target.label))?;
+            self.server
+                .wait_accepted(before + warm_up as u64)
+                .with_context(|| {
+                    format!(
+                        "{}: connects to {} did not all reach the backend namespace",
+                        target.label, target.address
+                    )
+                })?;
+        }
+        let mut samples = vec![Vec::with_capacity(connects); targets.len()];
+        let mut done = 0;
+        while done < connects {
+            let block = BLOCK.min(connects - done);
+            for (target, samples) in targets.iter().zip(&mut samples) {
+                let taken = target
+                    .client
+                    .connect(target.address, block, None)
+                    .with_context(|| target.label.clone())?;
+                samples.extend(taken);
+            }
+            done += block;
+            check_interrupted()?;
+        }
+        Ok(samples)
+    }
+}
+
+/// Where one row of the connect table connects, and from where.
+struct Target<'a> {
+    label: String,
+    client: &'a Client,
+    address: SocketAddrV4,
+}
+
+fn vip_targets<'a>(who: &str, client: &'a Client, catalog: &Catalog) -> Vec<Target<'a>> {
+    [
+        ("first", catalog.first()),
+        ("middle", catalog.middle()),
+        ("last", catalog.last()),
+    ]
+    .into_iter()
+    .map(|(position, i)| Target {
+        label: format!("{who}: → {position} Service's ClusterIP"),
+        client,
+        address: SocketAddrV4::new(catalog.vip(i), SERVICE_PORT),
+    })
+    .collect()
+}
+
+/// Part `i` of `total` split into `parts` nearly equal parts.
+fn share(total: usize, parts: usize, i: usize) -> usize {
+    total / parts + usize::from(i < total % parts)
+}
+
+fn labelled(target: &Target<'_>, samples: Vec<f64>) -> Row {
+    Row {
+        label: target.label.clone(),
+        samples,
+        note: String::new(),
+    }
+}
+
+/// Compiles and applies the catalog's Services into the (empty) maps, then replaces one
+/// endpoint `changes` times, timing each step; leaves the maps holding the catalog, and
+/// returns what they hold.
+fn program(
+    catalog: &Catalog,
+    maps: PinnedMaps,
+    changes: usize,
+    report: &mut Report,
+) -> Result<Vec<DesiredService>> {
+    let (services, mut slices) = catalog.objects();
+    let started = Instant::now();
+    let compiled = datapath::compile(&services, &slices, NODE_NAME);
+    let compile = started.elapsed();
+    if let Some(problem) = compiled.problems.first() {
+        bail!("compiling the benchmark's Services: {problem}");
+    }
+    ensure!(
+        compiled.services.len() == catalog.n,
+        "compiling {} Services gave {} frontends",
+        catalog.n,
+        compiled.services.len()
+    );
+    let mut reconciler = Reconciler::new(maps);
+    let started = Instant::now();
+    let applied = reconciler
+        .apply(&compiled.services)
+        .context("writing the Services to the maps")?;
+    let apply = started.elapsed();
+    ensure!(
+        applied.added == catalog.n,
+        "applying {} Services to empty maps added {}: were they empty?",
+        catalog.n,
+        applied.added
+    );
+    let held = reconciler.maps().services().context("reading the maps")?;
+    ensure!(
+        held.len() == catalog.n,
+        "the maps hold {} Services",
+        held.len()
+    );
+    report.compile = Some(compile);
+    report.apply = Some(apply);
+
+    // One endpoint of the middle Service replaced, as an EndpointSlice update would.
+    let changed = catalog.middle();
+    let original = slices[changed].endpoints[3].addresses.clone();
+    let mut compile_ms = Vec::new();
+    let mut apply_ms = Vec::new();
+    let mut total_ms = Vec::new();
+    for c in 0..changes {
+        slices[changed].endpoints[3].addresses = vec![catalog.spare(c).to_string()];
+        let started = Instant::now();
+        let compiled = datapath::compile(&services, &slices, NODE_NAME);
+        let compiled_at = started.elapsed();
+        let applied = reconciler
+            .apply(&compiled.services)
+            .context("writing one endpoint change")?;
+        let took = started.elapsed();
+        ensure!(
+            applied.backends_added == 1 && applied.backends_removed == 1,
+            "replacing one endpoint changed the maps by {applied:?}"
+        );
+        compile_ms.push(ms(compiled_at));
+        apply_ms.push(ms(took - compiled_at));
+        total_ms.push(ms(took));
+        check_interrupted()?;
+    }
+    // The ClusterIP targets connect to real endpoints only.
+    slices[changed].endpoints[3].addresses = original;
+    let desired = datapath::compile(&services, &slices, NODE_NAME).services;
+    reconciler
+        .apply(&desired)
+        .context("putting the changed endpoint back")?;
+    report.change = Some([compile_ms, apply_ms, total_ms]);
+    Ok(desired)
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// The benchmark's datapath in [`BPF_DIR`]: removed by [`Installed::remove`], or when dropped
+/// on the way out of a failure.
+struct Installed {
+    removed: bool,
+}
+
+impl Installed {
+    /// Made before `install`, so that a half-done install is removed too.
+    fn new() -> Installed {
+        Installed { removed: false }
+    }
+
+    fn remove(mut self) -> Result<()> {
+        self.removed = true;
+        datapath::cleanup(Path::new(BPF_DIR))
+            .map(|_| ())
+            .with_context(|| format!("removing the datapath in {BPF_DIR}"))
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if !self.removed {
+            if let Err(e) = datapath::cleanup(Path::new(BPF_DIR)) {
+                eprintln!("services bench: removing the datapath in {BPF_DIR}: {e}");
+            }
+        }
+    }
+}
+
+/// Other bosun datapaths attached on this machine (tests running meanwhile): their programs
+/// run on every connect, the floor's included.
+fn foreign_datapaths() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p != Path::new(BPF_DIR) && p.join("link_connect4").exists())
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+/// A namespace wired to the host as its [`Wire`] says; removed when dropped.
+struct Netns {
+    wire: &'static Wire,
+}
+
+impl Netns {
+    fn create(wire: &'static Wire) -> Result<Netns> {
+        ip(&["netns", "add", wire.netns])?;
+        // From here on, dropping it removes what was made.
+        let netns = Netns { wire };
+        let host = format!("{}/24", wire.host_addr());
+        let inside = format!("{}/24", wire.ns_addr());
+        let gateway = wire.host_addr().to_string();
+        let n = wire.netns;
+        ip(&[
+            "link",
+            "add",
+            wire.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            wire.ns_if,
+            "netns",
+            n,
+        ])?;
+        ip(&["addr", "add", &host, "dev", wire.host_if])?;
+        ip(&["link", "set", wire.host_if, "up"])?;
+        ip(&["-n", n, "link", "set", "lo", "up"])?;
+        ip(&["-n", n, "addr", "add", &inside, "dev", wire.ns_if])?;
+        ip(&["-n", n, "link", "set", wire.ns_if, "up"])?;
+        ip(&["-n", n, "route", "add", "default", "via", &gateway])?;
+        Ok(netns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // The pair goes with either end; removing the host's end now, rather than when the
+        // kernel gets round to destroying the namespace, keeps `ip link` clean at once.
+        let _ = ip(&["link", "del", self.wire.host_if]);
+        if let Err(e) = ip(&["netns", "del", self.wire.netns]) {
+            eprintln!("services bench: {e:#}");
+        }
+    }
+}
+
+/// A host route; removed when dropped.
+struct Route {
+    prefix: String,
+}
+
+impl Route {
+    fn add(prefix: &str, via: Ipv4Addr, dev: &str) -> Result<Route> {
+        ip(&["route", "add", prefix, "via", &via.to_string(), "dev", dev])?;
+        Ok(Route {
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        // Usually gone already with its link.
+        let _ = ip(&["route", "del", &self.prefix]);
+    }
+}
+
+/// IPv4 forwarding on the host, on for the run and put back as it was.
+struct Forwarding {
+    was: Option<String>,
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+impl Forwarding {
+    fn enable() -> Result<Forwarding> {
+        let was =
+            std::fs::read_to_string(IP_FORWARD).with_context(|| format!("reading {IP_FORWARD}"))?;
+        if was.trim() == "1" {
+            return Ok(Forwarding { was: None });
+        }
+        std::fs::write(IP_FORWARD, "1").with_context(|| format!("writing {IP_FORWARD}"))?;
+        Ok(Forwarding { was: Some(was) })
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        if let Some(was) = &self.was {
+            if let Err(e) = std::fs::write(IP_FORWARD, was.trim()) {
+                eprintln!("services bench: restoring {IP_FORWARD}: {e}");
+            }
+        }
+    }
+}
+
+/// Removes what a killed run left: `bsb-*` namespaces and links, and the benchmark's
+/// datapath. Then refuses to run if anything else routes the benchmark's addresses.
+fn sweep_leftovers() -> Result<()> {
+    for netns in netns_names()? {
+        if netns.starts_with(PREFIX) {
+            ip(&["netns", "del", &netns])?;
+        }
+    }
+    for link in link_names()? {
+        if link.starts_with(PREFIX) {
+            ip(&["link", "del", &link])?;
+        }
+    }
+    datapath::cleanup(Path::new(BPF_DIR))
+        .with_context(|| format!("removing a previous run's datapath in {BPF_DIR}"))?;
+    if let Some(route) = our_routes()?.first() {
+        bail!("a route on this machine already uses the benchmark's addresses: {route}");
+    }
+    Ok(())
+}
+
+/// What the benchmark may have left behind, for the last line of its output.
+fn leftovers() -> Vec<String> {
+    let mut left: Vec<String> = Vec::new();
+    let ours = |name: &String| name.starts_with(PREFIX);
+    match netns_names() {
+        Ok(names) => left.extend(
+            names
+                .iter()
+                .filter(|n| ours(n))
+                .map(|n| format!("netns {n}")),
+        ),
+        Err(e) => left.push(format!("(listing namespaces: {e:#})")),
+    }
+    match link_names() {
+        Ok(names) => left.extend(
+            names
+                .iter()
+                .filter(|n| ours(n))
+                .map(|n| format!("link {n}")),
+        ),
+        Err(e) => left.push(format!("(listing links: {e:#})")),
+    }
+    if Path::new(BPF_DIR).exists() {
+        left.push(BPF_DIR.to_owned());
+    }
+    match our_routes() {
+        Ok(routes) => left.extend(routes.into_iter().map(|r| format!("route {r}"))),
+        Err(e) => left.push(format!("(listing routes: {e:#})")),
+    }
+    left
+}
+
+fn netns_names() -> Result<Vec<String>> {
+    // "NAME" or "NAME (id: N)", one a line.
+    Ok(ip(&["netns", "list"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}
+
+fn link_names() -> Result<Vec<String>> {
+    // "3: NAME@PEER: <FLAGS> ...", one a line.
+    Ok(ip(&["-o", "link", "show"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|n| {
+            n.trim_end_matches(':')
+                .split('@')
+                .next()
+                .unwrap_or(n)
+                .to_owned()
+        })
+        .collect())
+}
+
+/// Host routes into the benchmark's address ranges.
+fn our_routes() -> Result<Vec<String>> {
+    Ok(ip(&["-o", "route", "show"])?
+        .lines()
+        .filter(|l| {
+            ["10.219.", "10.220.", "10.221."]
+                .iter()
+                .any(|p| l.contains(p))
+        })
+        .map(str::to_owned)
+        .collect())
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    run_command("ip", args)
+}
+
+fn run_command(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    ensure!(
+        output.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Where the clients run, and the softirq work of their packets with them (a veth delivers on
+/// the sender's CPU), and where the server accepts, out of the way.
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+
+/// Keeps the calling thread on one CPU: a connect's latency depends on whether its client
+/// last ran on the CPU it runs on now, and letting the scheduler decide would spread that over
+/// the targets unevenly.
+fn pin(cpu: usize) -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu % cpus).context("naming a CPU")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("pinning a thread to CPU {cpu}"))
+}
+
+/// Moves the calling thread, and only it, into the named network namespace.
+fn enter_netns(name: &str) -> Result<()> {
+    let path = Path::new("/run/netns").join(name);
+    let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {name}"))
+}
+
+// ---- the server and the clients -----------------------------------------------------------
+
+/// Accepts and closes connections on every target port, on every address of its namespace.
+struct Server {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl Server {
+    fn start(netns: &'static str) -> Result<Server> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = {
+            let (stop, accepted) = (stop.clone(), accepted.clone());
+            std::thread::Builder::new()
+                .name("bsb-server".into())
+                .spawn(move || {
+                    let listeners = enter_netns(netns)
+                        .and_then(|()| pin(SERVER_CPU))
+                        .and_then(|()| listen_all());
+                    let listeners = match listeners {
+                        Ok(listeners) => {
+                            let _ = ready_tx.send(Ok(()));
+                            listeners
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    serve(&listeners, &stop, &accepted)
+                })
+                .context("starting the server thread")?
+        };
+        let server = Server {
+            stop,
+            accepted,
+            thread: Some(thread),
+        };
+        ready_rx
+            .recv()
+            .context("the server thread ended before listening")??;
+        Ok(server)
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Waits (briefly: the connects are done, only accepting may lag) until `count`
+    /// connections have been accepted in all.
+    fn wait_accepted(&self, count: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.accepted() < count {
+            ensure!(
+                Instant::now() < deadline,
+                "the server accepted {} of {count}",
+                self.accepted()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("services bench: the server failed: {e:#}"),
+                Err(_) => eprintln!("services bench: the server thread panicked"),
+            }
+        }
+    }
+}
+
+fn listen_all() -> Result<Vec<TcpListener>> {
+    (0..TARGET_PORTS)
+        .map(|i| {
+            let port = FIRST_TARGET_PORT + i;
+            let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+                .with_context(|| format!("listening on port {port}"))?;
+            // A long accept queue, so that a slow turn of the accept loop never drops a SYN.
+            nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)
+                .context("raising the listen backlog")?;
+            listener
+                .set_nonblocking(true)
+                .context("making the listener non-blocking")?;
+            Ok(listener)
+        })
+        .collect()
+}
+
+fn serve(listeners: &[TcpListener], stop: &AtomicBool, accepted: &AtomicU64) -> Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags};
+    while !stop.load(Ordering::SeqCst) {
+        let mut fds: Vec<PollFd<'_>> = listeners
+            .iter()
+            .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
+            .collect();
+        poll(&mut fds, 100u16).context("waiting for connections")?;
+        for listener in listeners {
+            loop {
+                match listener.accept() {
+                    // Closed at once: the client resets the connection anyway.
+                    Ok(_) => {
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+                    Err(e) => return Err(e).context("accepting"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One batch of connects for a [`Client`].
+struct Job {
+    target: SocketAddrV4,
+    count: usize,
+    timeout: Option<Duration>,
+}
+
+/// A thread in a network namespace that connects on request.
+struct Client {
+    jobs: Option<mpsc::Sender<Job>>,
+    results: mpsc::Receiver<Result<Vec<f64>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Client {
+    fn spawn(netns: &'static str) -> Result<Client> {
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let (results_tx, results_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("bsb-client-{netns}"))
+            .spawn(move || {
+                if let Err(e) = enter_netns(netns).and_then(|()| pin(CLIENT_CPU)) {
+                    let _ = results_tx.send(Err(e));
+                    return;
+                }
+                let _ = results_tx.send(Ok(Vec::new()));
+                for job in jobs_rx {
+                    if results_tx.send(connect_many(&job)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("starting a client thread")?;
+        let client = Client {
+            jobs: Some(jobs_tx),
+            results: results_rx,
+            thread: Some(thread),
+        };
+        client
+            .results
+            .recv()
+            .context("the client thread ended before it started")??;
+        Ok(client)
+    }
+
+    /// `count` connects to `target`, each closed at once; their latencies in µs.
+    fn connect(
+        &self,
+        target: SocketAddrV4,
+        count: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<f64>> {
+        let jobs = self.jobs.as_ref().context("the client is stopped")?;
+        jobs.send(Job {
+            target,
+            count,
+            timeout,
+        })
+        .ok()
+        .context("the client thread has ended")?;
+        self.results.recv().context("the client thread has ended")?
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Closing the job channel ends the thread's loop.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Abortive close: RST instead of FIN, so no TIME_WAIT piles up over thousands of connects.
+const LINGER_RESET: nix::libc::linger = nix::libc::linger {
+    l_onoff: 1,
+    l_linger: 0,
+};
+
+fn connect_many(job: &Job) -> Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(job.count);
+    for _ in 0..job.count {
+        let started = Instant::now();
+        let stream = match job.timeout {
+            Some(timeout) => TcpStream::connect_timeout(&job.target.into(), timeout),
+            None => TcpStream::connect(job.target),
+        }
+        .with_context(|| format!("connecting to {}", job.target))?;
+        nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &LINGER_RESET)
+            .context("setting SO_LINGER")?;
+        drop(stream);
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(samples)
+}
+
+// ---- the daemon ---------------------------------------------------------------------------
+
+/// What a real daemon did with the catalog as a manifest.
+struct DaemonNumbers {
+    /// Manifest written → N Services in the maps.
+    programmed: Duration,
+    idle: Memory,
+    loaded: Memory,
+}
+
+/// A process's resident memory, from /proc/PID/status, in KiB.
+#[derive(Clone, Copy)]
+struct Memory {
+    rss: u64,
+    peak: u64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Result<Memory> {
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("{path} has no {name}"))
+        };
+        Ok(Memory {
+            rss: field("VmRSS:")?,
+            peak: field("VmHWM:")?,
+        })
+    }
+}
+
+/// Starts `bosun run` on the node, waits for its datapath, writes the catalog's manifest and
+/// waits for N Services in the maps; then kills the daemon and removes its datapath.
+async fn through_daemon(node: &TestNode, catalog: &Catalog) -> Result<DaemonNumbers> {
+    let dir = node.dir().join(format!("services-{}", catalog.n));
+    let mut daemon = Daemon::start_at(Path::new(BOSUN), node, &dir, "").await?;
+    let result = daemon_programs(&mut daemon, node, catalog).await;
+    if result.is_err() && !INTERRUPTED.load(Ordering::SeqCst) {
+        let log = daemon.log();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "--- end of bosun's log ---\n{}",
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        );
+    }
+    let killed = daemon.kill().await.context("killing bosun");
+    let removed = datapath::cleanup(&node.bpf_dir())
+        .map(|_| ())
+        .with_context(|| {
+            format!(
+                "removing the daemon's datapath in {}",
+                node.bpf_dir().display()
+            )
+        });
+    let _ = std::fs::remove_dir_all(&dir);
+    let numbers = result?;
+    killed?;
+    removed?;
+    Ok(numbers)
+}
+
+async fn daemon_programs(
+    daemon: &mut Daemon,
+    node: &TestNode,
+    catalog: &Catalog,
+) -> Result<DaemonNumbers> {
+    let pid = daemon.pid().context("bosun has exited")?;
+    let bpf_dir = node.bpf_dir();
+    // The daemon installs its datapath at start, before any Service exists.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let maps = loop {
+        if let Ok(maps) = PinnedMaps::open(&bpf_dir) {
+            break maps;
+        }
+        daemon_alive(daemon)?;
+        check_interrupted()?;
+        ensure!(
+            Instant::now() < deadline,
+            "bosun did not install its datapath in {} within 30 s",
+            bpf_dir.display()
+        );
+        tokio::time::sleep(DAEMON_POLL).await;
+    };
+    tokio::time::sleep(DAEMON_SETTLE).await;
+    let idle = Memory::of(pid)?;
+
+    let manifest = catalog.manifest();
+    let started = Instant::now();
+    daemon.write_manifest("services.yaml", &manifest)?;
+    drop(manifest);
+    let mut last = (0, Instant::now());
+    loop {
+        let count = maps
+            .services()
+            .context("counting the daemon's Services")?
+            .len();
+        if count >= catalog.n {
+            break;
+        }
+        if count != last.0 {
+            last = (count, Instant::now());
+        }
+        daemon_alive(daemon)?;
+        check_interrupted()?;
+        ensure!(
+            last.1.elapsed() < DAEMON_STALL,
+            "bosun's maps have held {count} of {} Services for {DAEMON_STALL:?}",
+            catalog.n
+        );
+        tokio::time::sleep(DAEMON_POLL).await;
+    }
+    let programmed = started.elapsed();
+    Ok(DaemonNumbers {
+        programmed,
+        idle,
+        loaded: Memory::of(pid)?,
+    })
+}
+
+fn daemon_alive(daemon: &mut Daemon) -> Result<()> {
+    if let Some(status) = daemon.try_wait()? {
+        bail!("bosun exited: {status}");
+    }
+    Ok(())
+}
+
+// ---- reporting ----------------------------------------------------------------------------
+
+/// Everything measured for one N; printed as one block.
+struct Report {
+    n: usize,
+    load: String,
+    foreign: Vec<String>,
+    floor: Option<Row>,
+    iptables: Vec<Row>,
+    floor_again: Option<Row>,
+    bosun: Vec<Row>,
+    /// Rules, chains, bytes.
+    ruleset: Option<(usize, usize, usize)>,
+    iptables_load: Option<Load>,
+    /// Loading the rules in parts, when the whole took too long.
+    iptables_parts: Option<Duration>,
+    iptables_removal: Option<Duration>,
+    compile: Option<Duration>,
+    apply: Option<Duration>,
+    /// One endpoint change: compile, apply, both (ms each).
+    change: Option<[Vec<f64>; 3]>,
+    daemon: Option<DaemonNumbers>,
+}
+
+impl Report {
+    fn new(n: usize) -> Report {
+        Report {
+            n,
+            load: load_average(),
+            foreign: Vec::new(),
+            floor: None,
+            iptables: Vec::new(),
+            floor_again: None,
+            bosun: Vec::new(),
+            ruleset: None,
+            iptables_load: None,
+            iptables_parts: None,
+            iptables_removal: None,
+            compile: None,
+            apply: None,
+            change: None,
+            daemon: None,
+        }
+    }
+
+    fn print(&self) {
+        let n = self.n;
+        println!(
+            "\n=== {n} Services, {ENDPOINTS_PER_SERVICE} endpoints each ===\n\
+             load average {} at the start, {} at the end",
+            self.load,
+            load_average()
+        );
+        for path in &self.foreign {
+            println!(
+                "NOTE: another bosun datapath is attached ({path}): its programs ran on every \
+                 connect measured here, the floor's included"
+            );
+        }
+        self.print_connect();
+        self.print_programming();
+        self.print_memory();
+        self.print_goals();
+    }
+
+    fn print_connect(&self) {
+        let Some(floor) = &self.floor else { return };
+        let mut table = Table::new("connect + close (SO_LINGER 0)", "µs");
+        let base = table.row(floor.clone(), None);
+        for row in &self.iptables {
+            table.row(row.clone(), Some(base));
+        }
+        if let Some(again) = &self.floor_again {
+            let again = table.row(again.clone(), Some(base));
+            for row in &self.bosun {
+                table.row(row.clone(), Some(again));
+            }
+        }
+        table.print();
+        if !self.bosun.is_empty() {
+            println!("  (bosun's rows are compared with the floor measured in turns with them)");
+        }
+    }
+
+    fn print_programming(&self) {
+        let n = self.n;
+        let mut table = Table::new("programming", "ms");
+        let mut any = false;
+        if let (Some(compile), Some(apply)) = (self.compile, self.apply) {
+            any = true;
+            table.row(
+                Row::once(&format!("bosun: compile {n} Services"), compile),
+                None,
+            );
+            table.row(Row::once("bosun: apply them to empty maps", apply), None);
+            table.row(
+                Row::once("bosun: full programming, compile + apply", compile + apply),
+                None,
+            );
+        }
+        if let Some([compile, apply, total]) = &self.change {
+            for (what, samples) in [
+                ("compile", compile),
+                ("apply", apply),
+                ("compile + apply", total),
+            ] {
+                table.row(
+                    Row {
+                        label: format!("bosun: one endpoint replaced, {what}"),
+                        samples: samples.clone(),
+                        note: String::new(),
+                    },
+                    None,
+                );
+            }
+        }
+        if let Some(load) = &self.iptables_load {
+            any = true;
+            let label = format!("iptables-restore of kube-proxy's rules for {n}");
+            table.row(
+                match load {
+                    Load::Took(took) => Row::once(&label, *took),
+                    Load::GaveUp(after) => Row::note(
+                        &label,
+                        &format!(
+                            "> {} s (killed after {:.0} s)",
+                            RESTORE_LIMIT.as_secs(),
+                            after.as_secs_f64()
+                        ),
+                    ),
+                },
+                None,
+            );
+        }
+        if let Some(parts) = self.iptables_parts {
+            table.row(
+                Row::once(
+                    &format!("iptables-restore of them in parts of {RESTORE_PART} Services"),
+                    parts,
+                ),
+                None,
+            );
+        }
+        if let Some(removal) = self.iptables_removal {
+            table.row(
+                Row::once("iptables: removing the namespace with its rules", removal),
+                None,
+            );
+        }
+        if let Some(daemon) = &self.daemon {
+            any = true;
+            table.row(
+                Row::once(
+                    "bosun daemon: manifest written → all in the maps",
+                    daemon.programmed,
+                ),
+                None,
+            );
+        }
+        if !any {
+            return;
+        }
+        table.print();
+        if let Some((rules, chains, bytes)) = self.ruleset {
+            println!(
+                "  (kube-proxy's rules: {rules} rules in {chains} chains, {:.1} MB of \
+                 iptables-restore input)",
+                bytes as f64 / 1e6,
+            );
+        }
+        if self.daemon.is_some() {
+            println!(
+                "  (the daemon's maps counted every {} ms)",
+                DAEMON_POLL.as_millis()
+            );
+        }
+    }
+
+    fn print_memory(&self) {
+        let Some(daemon) = &self.daemon else { return };
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        println!(
+            "\nmemory\n  bosun daemon VmRSS {:.1} MiB with {} Services ({:.1} MiB before the \
+             manifest; peak VmHWM {:.1} MiB)",
+            mib(daemon.loaded.rss),
+            self.n,
+            mib(daemon.idle.rss),
+            mib(daemon.loaded.peak)
+        );
+    }
+
+    fn print_goals(&self) {
+        let measured = self.floor_again.is_some() || self.compile.is_some();
+        if !measured {
+            return;
+        }
+        println!("\ngoals");
+        let median = |row: &Row| Stats::of(&row.samples).map(|s| s.median);
+        let p99 = |row: &Row| Stats::of(&row.samples).map(|s| s.p99);
+        let floor_again = self.floor_again.as_ref();
+        if let (Some(again), false) = (floor_again, self.bosun.is_empty()) {
+            let ratio =
+                |row: &Row, stat: &dyn Fn(&Row) -> Option<f64>| Some(stat(row)? / stat(again)?);
+            let vips = &self.bosun[..self.bosun.len() - 1];
+            let worst = vips
+                .iter()
+                .filter_map(|r| ratio(r, &median))
+                .fold(0.0, f64::max);
+            let worst_p99 = vips
+                .iter()
+                .filter_map(|r| ratio(r, &p99))
+                .fold(0.0, f64::max);
+            println!(
+                "  bosun → ClusterIP, worst of first/middle/last: {worst:.2}× the floor median \
+                 ({worst_p99:.2}× at p99); goal ≤ {GOAL_VIP_RATIO:.2}× at 30000 Services → {}",
+                verdict(hundredths(worst) <= hundredths(GOAL_VIP_RATIO))
+            );
+            let direct = self.bosun.last().and_then(|r| ratio(r, &median));
+            let drift = self
+                .floor
+                .as_ref()
+                .and_then(|f| Some(median(again)? / median(f)?));
+            if let (Some(direct), Some(drift)) = (direct, drift) {
+                // What the floor moved between its two measurements is what two measurements
+                // of the same thing differ by here.
+                let noise = (hundredths(drift) - 100).abs().max(1);
+                println!(
+                    "  bosun → backend, no Service: {direct:.2}× the floor; goal 1.00× → {} \
+                     (the floor itself moved {drift:.2}× between its two measurements)",
+                    if hundredths(direct) <= 100 {
+                        "met"
+                    } else if hundredths(direct) - 100 <= noise {
+                        "met, within the floor's own drift"
+                    } else {
+                        "NOT met"
+                    }
+                );
+            }
+        }
+        if let (Some(floor), Some(direct)) = (&self.floor, self.iptables.last()) {
+            if let (Some(d), Some(f)) = (median(direct), median(floor)) {
+                println!(
+                    "  (for comparison, iptables → backend, no Service: {:.2}× the floor)",
+                    d / f
+                );
+            }
+        }
+        if let (Some(compile), Some(apply)) = (self.compile, self.apply) {
+            let full = compile + apply;
+            println!(
+                "  full programming of {} Services: {:.0} ms; goal < {} ms at 30000 → {}",
+                self.n,
+                ms(full),
+                GOAL_FULL_PROGRAMMING.as_millis(),
+                verdict(full < GOAL_FULL_PROGRAMMING)
+            );
+        }
+        if let Some(stats) = self
+            .change
+            .as_ref()
+            .and_then(|[_, _, total]| Stats::of(total))
+        {
+            println!(
+                "  one endpoint change: {:.2} ms median, {:.2} ms p99; goal < {} ms → {}",
+                stats.median,
+                stats.p99,
+                GOAL_ONE_CHANGE.as_millis(),
+                verdict(stats.p99 < ms(GOAL_ONE_CHANGE))
+            );
+        }
+    }
+}
+
+/// A ratio as printed (two decimals), so that a verdict never contradicts the number shown.
+fn hundredths(ratio: f64) -> i64 {
+    (ratio * 100.0).round() as i64
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+struct Stats {
+    n: usize,
+    min: f64,
+    median: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(samples: &[f64]) -> Option<Stats> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        // Nearest rank: the smallest sample at or above the quantile.
+        let rank = |q: f64| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Some(Stats {
+            n,
+            min: sorted[0],
+            median,
+            p99: rank(0.99),
+            max: sorted[n - 1],
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Row {
+    label: String,
+    samples: Vec<f64>,
+    /// Shown instead of numbers when there are no samples.
+    note: String,
+}
+
+impl Row {
+    /// A single timing, in ms.
+    fn once(label: &str, took: Duration) -> Row {
+        Row {
+            label: label.to_owned(),
+            samples: vec![ms(took)],
+            note: String::new(),
+        }
+    }
+
+    fn note(label: &str, note: &str) -> Row {
+        Row {
+            label: label.to_owned(),
+            samples: Vec::new(),
+            note: note.to_owned(),
+        }
+    }
+}
+
+struct Table {
+    title: String,
+    unit: String,
+    /// Each row and the row it is compared with.
+    rows: Vec<(Row, Option<usize>)>,
+}
+
+impl Table {
+    fn new(title: &str, unit: &str) -> Table {
+        Table {
+            title: title.to_owned(),
+            unit: unit.to_owned(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, row: Row, baseline: Option<usize>) -> usize {
+        self.rows.push((row, baseline));
+        self.rows.len() - 1
+    }
+
+    fn print(&self) {
+        println!("\n{}", self.title);
+        let has_ratios = self.rows.iter().any(|(_, b)| b.is_some());
+        println!(
+            "  {:<56} {:>5} {:>9} {:>9} {:>9} {:>9}{}",
+            self.unit,
+            "n",
+            "min",
+            "median",
+            "p99",
+            "max",
+            if has_ratios {
+                "  ratio median (p99)"
+            } else {
+                ""
+            }
+        );
+        for (row, baseline) in &self.rows {
+            let Some(stats) = Stats::of(&row.samples) else {
+                println!("  {:<56} {}", row.label, row.note);
+                continue;
+            };
+            let ratio = baseline
+                .and_then(|b| Stats::of(&self.rows[b].0.samples))
+                .map(|base| {
+                    format!(
+                        "  {:.2}× ({:.2}×)",
+                        stats.median / base.median,
+                        stats.p99 / base.p99
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "  {:<56} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1}{ratio}",
+                row.label, stats.n, stats.min, stats.median, stats.p99, stats.max
+            );
+        }
+    }
+}
