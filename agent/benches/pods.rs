@@ -20,6 +20,10 @@
 //! Run as root: `cargo bench -p bosun --bench pods -- [--quick] [--samples N] [FILTER...]`
 //! (or `scripts/bench.sh`). A FILTER selects the benchmarks whose name contains it.
 
+mod common;
+
+use common::{load_average, Stats};
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -290,12 +294,6 @@ fn print_machine(cri: &CriClient, options: &Options) {
         version.runtime_version
     );
     println!("load average at the start: {}", load_average());
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".to_owned())
 }
 
 // ---- the benchmarks ---------------------------------------------------------------------
@@ -1261,39 +1259,6 @@ fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
 }
 
 // ---- reporting --------------------------------------------------------------------------
-
-struct Stats {
-    n: usize,
-    min: f64,
-    median: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(samples: &[f64]) -> Option<Stats> {
-        if samples.is_empty() {
-            return None;
-        }
-        let mut sorted = samples.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
-        // Nearest rank: the smallest sample at or above the quantile.
-        let rank = |q: f64| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
-        let median = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
-        Some(Stats {
-            n,
-            min: sorted[0],
-            median,
-            p99: rank(0.99),
-            max: sorted[n - 1],
-        })
-    }
-}
 
 struct Row {
     label: String,

@@ -31,6 +31,10 @@
 //! in 10.219.128.0/17, ClusterIPs from 10.220.0.1 on). It is removed when the run ends, also
 //! on Ctrl-C, and swept away at the start if a killed run left it behind.
 
+mod common;
+
+use common::{load_average, Stats};
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read as _, Seek as _, Write as _};
@@ -432,12 +436,6 @@ fn print_machine(options: &Options, sizes: &Sizes) {
         iptables.trim()
     );
     println!("load average at the start: {}", load_average());
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".to_owned())
 }
 
 // ---- the Services -------------------------------------------------------------------------
@@ -2152,39 +2150,6 @@ fn verdict(met: bool) -> &'static str {
         "met"
     } else {
         "NOT met"
-    }
-}
-
-struct Stats {
-    n: usize,
-    min: f64,
-    median: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(samples: &[f64]) -> Option<Stats> {
-        if samples.is_empty() {
-            return None;
-        }
-        let mut sorted = samples.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
-        // Nearest rank: the smallest sample at or above the quantile.
-        let rank = |q: f64| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
-        let median = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
-        Some(Stats {
-            n,
-            min: sorted[0],
-            median,
-            p99: rank(0.99),
-            max: sorted[n - 1],
-        })
     }
 }
 
