@@ -1873,6 +1873,7 @@ fn daemon_alive(daemon: &mut Daemon) -> Result<()> {
 struct Report {
     n: usize,
     load: String,
+    steal_at_start: Option<Duration>,
     foreign: Vec<String>,
     floor: Option<Row>,
     iptables: Vec<Row>,
@@ -1896,6 +1897,7 @@ impl Report {
         Report {
             n,
             load: load_average(),
+            steal_at_start: stolen(),
             foreign: Vec::new(),
             floor: None,
             iptables: Vec::new(),
@@ -1920,6 +1922,12 @@ impl Report {
             self.load,
             load_average()
         );
+        if let (Some(start), Some(end)) = (self.steal_at_start, stolen()) {
+            println!(
+                "CPU time the hypervisor took from this machine meanwhile (steal): {} ms",
+                end.saturating_sub(start).as_millis()
+            );
+        }
         for path in &self.foreign {
             println!(
                 "NOTE: another bosun datapath is attached ({path}): its programs ran on every \
@@ -2144,6 +2152,24 @@ impl Report {
 fn hundredths(ratio: f64) -> i64 {
     (ratio * 100.0).round() as i64
 }
+
+/// The CPU time all CPUs have lost to the hypervisor since boot (`steal` in /proc/stat), a
+/// source of noise no interleaving removes.
+fn stolen() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // "cpu user nice system idle iowait irq softirq steal ...", in clock ticks.
+    let ticks: u64 = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(8)?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ticks * 1000 / CLOCK_TICKS_PER_SECOND))
+}
+
+/// The kernel's clock tick for /proc/stat (USER_HZ, 100 on every Linux ABI bosun targets).
+const CLOCK_TICKS_PER_SECOND: u64 = 100;
 
 fn verdict(met: bool) -> &'static str {
     if met {
