@@ -111,7 +111,10 @@ fn respond<B>(request: &Request<B>, state: &ApiState) -> Response<Full<Bytes>> {
         return if path == SERVICES_PATH {
             list("ServiceList", &view.services)
         } else {
-            list("EndpointSliceList", &view.endpoint_slices)
+            list(
+                "EndpointSliceList",
+                &view.endpoint_slices().collect::<Vec<_>>(),
+            )
         };
     }
     let selector = match field_selector(request.uri().query().unwrap_or_default()) {

@@ -25,9 +25,26 @@ use crate::source::Snapshot;
 /// The Services and EndpointSlices the proxy last compiled, for the local API.
 #[derive(Clone, Debug, Default)]
 pub struct ServiceView {
-    pub services: Vec<Service>,
-    /// Those from manifests and those bosun computed from static pods.
-    pub endpoint_slices: Vec<EndpointSlice>,
+    pub services: Arc<Vec<Service>>,
+    /// EndpointSlices from the manifests.
+    pub manifest_slices: Arc<Vec<EndpointSlice>>,
+    /// EndpointSlices bosun computed from static pods.
+    pub pod_slices: Vec<EndpointSlice>,
+}
+
+impl ServiceView {
+    /// Every EndpointSlice: those from the manifests, then those of static pods.
+    pub fn endpoint_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.manifest_slices.iter().chain(&self.pod_slices)
+    }
+}
+
+/// The Services and EndpointSlices of one manifest snapshot, decoded once: pods change far
+/// more often than manifests, and each change recompiles.
+struct Decoded {
+    snapshot: Arc<Snapshot>,
+    services: Arc<Vec<Service>>,
+    slices: Arc<Vec<EndpointSlice>>,
 }
 
 pub type ServiceStore = Arc<RwLock<ServiceView>>;
@@ -71,22 +88,24 @@ impl Proxy {
     /// likewise waits for its first full sync). So the first write comes once every selected
     /// running pod is Ready again, or after [`SETTLE`] at the latest.
     pub async fn run(mut self) {
+        let mut decoded: Option<Decoded> = None;
         let mut reconciler: Option<Reconciler<PinnedMaps>> = None;
         let mut applied: Option<Vec<DesiredService>> = None;
         let mut reported: BTreeSet<String> = BTreeSet::new();
         let mut backoff = Duration::from_millis(500);
         let started = Instant::now();
         loop {
-            let (desired, settled) = self.compile(&mut reported);
+            let decoded_anew = self.decode(&mut decoded);
+            let (desired, settled) = self.compile(&mut reported, &decoded);
             let mut retry = None;
             if applied.is_none() && !settled && started.elapsed() < SETTLE {
                 retry = Some(SETTLE_POLL);
             } else if applied.as_ref() != Some(&desired) {
-                match self.write(&mut reconciler, &desired).await {
+                let (desired, written) = self.write(&mut reconciler, desired).await;
+                match written {
                     Ok(()) => {
                         applied = Some(desired);
                         backoff = Duration::from_millis(500);
-                        crate::daemon::release_freed_memory();
                     }
                     Err(message) => {
                         tracing::warn!(%message, "service proxy");
@@ -101,6 +120,10 @@ impl Proxy {
                     }
                 }
             }
+            if decoded_anew {
+                // Decoding a large manifest directory leaves much freed memory behind.
+                crate::daemon::release_freed_memory();
+            }
             tokio::select! {
                 changed = self.snapshots.changed() => if changed.is_err() { return },
                 () = self.pods_changed.notified() => {}
@@ -109,19 +132,46 @@ impl Proxy {
         }
     }
 
+    /// Decodes the Services and EndpointSlices of the newest manifest snapshot, unless they
+    /// are those of the snapshot decoded last. Returns whether it decoded.
+    fn decode(&mut self, decoded: &mut Option<Decoded>) -> bool {
+        let snapshot = self.snapshots.borrow_and_update().clone();
+        if decoded
+            .as_ref()
+            .is_some_and(|d| Arc::ptr_eq(&d.snapshot, &snapshot))
+        {
+            return false;
+        }
+        *decoded = Some(Decoded {
+            services: Arc::new(decode_all(&snapshot.objects)),
+            slices: Arc::new(decode_all(&snapshot.objects)),
+            snapshot,
+        });
+        true
+    }
+
     /// The datapath's desired state now, publishing what it came from for the API, and
     /// whether the pods it was computed from have settled (see [`Proxy::run`]).
-    fn compile(&mut self, reported: &mut BTreeSet<String>) -> (Vec<DesiredService>, bool) {
-        let snapshot = self.snapshots.borrow_and_update().clone();
-        let services: Vec<Service> = decode_all(&snapshot.objects);
-        let mut slices: Vec<EndpointSlice> = decode_all(&snapshot.objects);
+    fn compile(
+        &self,
+        reported: &mut BTreeSet<String>,
+        decoded: &Option<Decoded>,
+    ) -> (Vec<DesiredService>, bool) {
+        let Some(Decoded {
+            snapshot,
+            services,
+            slices,
+        }) = decoded
+        else {
+            return (Vec::new(), false);
+        };
         let pods: Vec<Pod> = match self.pods.read() {
             Ok(pods) => pods.values().cloned().collect(),
             Err(_) => Vec::new(),
         };
-        let settled = snapshot.scanned() && pods_settled(&snapshot, &services, &pods);
-        slices.extend(slices_for_pods(&services, &pods, &self.node));
-        let compiled = datapath::compile(&services, &slices, &self.node);
+        let settled = snapshot.scanned() && pods_settled(snapshot, services, &pods);
+        let pod_slices = slices_for_pods(services, &pods, &self.node);
+        let compiled = datapath::compile(services, slices.iter().chain(&pod_slices), &self.node);
         for problem in &compiled.problems {
             let text = problem.to_string();
             if reported.insert(text.clone()) {
@@ -147,21 +197,34 @@ impl Proxy {
         }
         if let Ok(mut view) = self.view.write() {
             *view = ServiceView {
-                services,
-                endpoint_slices: slices,
+                services: services.clone(),
+                manifest_slices: slices.clone(),
+                pod_slices,
             };
         }
         (compiled.services, settled)
     }
 
-    /// Installs the datapath if it is not yet, then writes `desired` to its maps.
+    /// Installs the datapath if it is not yet, then writes `desired` to its maps. `desired`
+    /// moves to the writing thread and comes back with the outcome, so it is never copied.
     async fn write(
         &self,
         reconciler: &mut Option<Reconciler<PinnedMaps>>,
-        desired: &[DesiredService],
-    ) -> Result<(), String> {
-        let mut current = match reconciler.take() {
-            Some(current) => current,
+        desired: Vec<DesiredService>,
+    ) -> (Vec<DesiredService>, Result<(), String>) {
+        match self.install_if_needed(reconciler.take()).await {
+            Ok(current) => self.apply(reconciler, current, desired).await,
+            Err(message) => (desired, Err(message)),
+        }
+    }
+
+    /// The reconciler, installing the datapath first if there is none yet.
+    async fn install_if_needed(
+        &self,
+        reconciler: Option<Reconciler<PinnedMaps>>,
+    ) -> Result<Reconciler<PinnedMaps>, String> {
+        match reconciler {
+            Some(current) => Ok(current),
             None => {
                 let bpf_dir = self.bpf_dir.clone();
                 let installed = tokio::task::spawn_blocking(move || {
@@ -178,20 +241,37 @@ impl Proxy {
                     )
                 })?;
                 tracing::info!(bpf_dir = %self.bpf_dir.display(), "service datapath installed");
-                Reconciler::new(maps)
+                Ok(Reconciler::new(maps))
+            }
+        }
+    }
+
+    /// Writes `desired` through `current` on a blocking thread; puts `current` back in
+    /// `reconciler` unless the thread died, in which case the next write installs again.
+    async fn apply(
+        &self,
+        reconciler: &mut Option<Reconciler<PinnedMaps>>,
+        mut current: Reconciler<PinnedMaps>,
+        desired: Vec<DesiredService>,
+    ) -> (Vec<DesiredService>, Result<(), String>) {
+        let started = Instant::now();
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = current.apply(&desired);
+            (current, desired, result)
+        })
+        .await;
+        let (current, desired, result) = match joined {
+            Ok(done) => done,
+            Err(e) => return (Vec::new(), Err(format!("writing the service maps: {e}"))),
+        };
+        *reconciler = Some(current);
+        let applied = match result {
+            Ok(applied) => applied,
+            Err(e) => {
+                let message = format!("writing the service maps: {}", error_chain(&e));
+                return (desired, Err(message));
             }
         };
-        let desired = desired.to_vec();
-        let started = Instant::now();
-        let (current, result) = tokio::task::spawn_blocking(move || {
-            let result = current.apply(&desired);
-            (current, result)
-        })
-        .await
-        .map_err(|e| format!("writing the service maps: {e}"))?;
-        *reconciler = Some(current);
-        let applied =
-            result.map_err(|e| format!("writing the service maps: {}", error_chain(&e)))?;
         if !applied.is_empty() {
             tracing::info!(
                 added = applied.added,
@@ -203,7 +283,7 @@ impl Proxy {
                 "service maps written"
             );
         }
-        Ok(())
+        (desired, Ok(()))
     }
 }
 

@@ -64,7 +64,11 @@ impl std::fmt::Display for Problem {
 ///
 /// Deterministic: the same input in any order gives the same output. Problems are grouped by
 /// object (kind, namespace, name), and within an object come in the order of its fields.
-pub fn compile(services: &[Service], slices: &[EndpointSlice], node: &str) -> Compiled {
+pub fn compile<'a>(
+    services: &[Service],
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &str,
+) -> Compiled {
     let mut problems = Vec::new();
 
     // kube-proxy's EndpointSliceCache keys slices by (namespace, service-name label)
