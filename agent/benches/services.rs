@@ -241,18 +241,12 @@ impl Options {
                 filter => options.filters.push(filter.to_owned()),
             }
         }
-        if let Some(unmatched) = options
-            .filters
-            .iter()
-            .find(|f| !BENCHMARKS.iter().any(|b| b.contains(f.as_str())))
-        {
-            bail!("{unmatched:?} matches no benchmark");
-        }
+        common::check_filters(&options.filters, &BENCHMARKS)?;
         Ok(options)
     }
 
     fn selected(&self, benchmark: &str) -> bool {
-        self.filters.is_empty() || self.filters.iter().any(|f| benchmark.contains(f.as_str()))
+        common::selected(&self.filters, benchmark)
     }
 
     fn sizes(&self) -> Sizes {

@@ -98,6 +98,22 @@ fn slice(service: &str, protocol: &str, endpoints: &[Ipv4Addr]) -> String {
     text
 }
 
+/// A Service (as [`service`]) and its EndpointSlice (as [`slice`]), as one manifest.
+fn service_and_slice(
+    name: &str,
+    vip: Ipv4Addr,
+    port: u16,
+    protocol: &str,
+    extra: &str,
+    endpoints: &[Ipv4Addr],
+) -> String {
+    format!(
+        "{}---\n{}",
+        service(name, vip, port, protocol, extra),
+        slice(name, protocol, endpoints)
+    )
+}
+
 /// `bosun ARGS -o json`, parsed.
 async fn bosun_json(args: &[&str]) -> Result<Value> {
     let output = tokio::process::Command::new(BOSUN)
@@ -217,9 +233,8 @@ async fn connections_spread_over_endpoints_and_follow_their_slice() -> Result<()
             daemon.write_manifest(
                 "web.yaml",
                 &format!(
-                    "{}---\n{}---\n{}",
-                    service("web", vip, 80, "TCP", ""),
-                    slice("web", "TCP", &ips),
+                    "{}---\n{}",
+                    service_and_slice("web", vip, 80, "TCP", "", &ips),
                     service("empty", empty_vip, 80, "TCP", "")
                 ),
             )?;
@@ -278,9 +293,8 @@ async fn connections_spread_over_endpoints_and_follow_their_slice() -> Result<()
             daemon.write_manifest(
                 "web.yaml",
                 &format!(
-                    "{}---\n{}---\n{}",
-                    service("web", vip, 80, "TCP", ""),
-                    slice("web", "TCP", &ips[..2]),
+                    "{}---\n{}",
+                    service_and_slice("web", vip, 80, "TCP", "", &ips[..2]),
                     service("empty", empty_vip, 80, "TCP", "")
                 ),
             )?;
@@ -307,11 +321,7 @@ async fn udp_replies_come_from_the_vip() -> Result<()> {
             let vip = net.vip(53);
             daemon.write_manifest(
                 "dns.yaml",
-                &format!(
-                    "{}---\n{}",
-                    service("dns", vip, 53, "UDP", ""),
-                    slice("dns", "UDP", &ips)
-                ),
+                &service_and_slice("dns", vip, 53, "UDP", "", &ips),
             )?;
             wait_for_backends(&node, vip, 53, 2).await?;
             let answers = blocking(move || {
@@ -344,7 +354,7 @@ async fn session_affinity_holds_then_expires() -> Result<()> {
             let affinity = "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 2\n";
             daemon.write_manifest(
                 "sticky.yaml",
-                &format!("{}---\n{}", service("sticky", vip, 80, "TCP", affinity), slice("sticky", "TCP", &ips)),
+                &service_and_slice("sticky", vip, 80, "TCP", affinity, &ips),
             )?;
             wait_for_backends(&node, vip, 80, 3).await?;
             let names = names_of(at(vip, 80), 15).await?;
@@ -498,11 +508,7 @@ async fn a_killed_bosun_loses_no_connection_and_cleanup_removes_everything() -> 
             let vip = net.vip(40);
             daemon.write_manifest(
                 "web.yaml",
-                &format!(
-                    "{}---\n{}",
-                    service("web", vip, 80, "TCP", ""),
-                    slice("web", "TCP", &ips)
-                ),
+                &service_and_slice("web", vip, 80, "TCP", "", &ips),
             )?;
             wait_for_backends(&node, vip, 80, 2).await?;
             let bpf_dir = node.bpf_dir().to_string_lossy().into_owned();

@@ -1,4 +1,4 @@
-//! What the benchmarks share: sample statistics and the machine's load.
+//! What the benchmarks share: name filters, sample statistics and the machine's load.
 
 /// min, median, nearest-rank p99 and max of a set of samples.
 pub struct Stats {
@@ -39,4 +39,20 @@ pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// Fails on a name filter that matches none of `benchmarks`.
+pub fn check_filters(filters: &[String], benchmarks: &[&str]) -> anyhow::Result<()> {
+    match filters
+        .iter()
+        .find(|f| !benchmarks.iter().any(|b| b.contains(f.as_str())))
+    {
+        Some(unmatched) => anyhow::bail!("{unmatched:?} matches no benchmark"),
+        None => Ok(()),
+    }
+}
+
+/// Whether `benchmark` runs: no filters, or one that its name contains.
+pub fn selected(filters: &[String], benchmark: &str) -> bool {
+    filters.is_empty() || filters.iter().any(|f| benchmark.contains(f.as_str()))
 }
