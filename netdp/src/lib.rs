@@ -11,6 +11,7 @@
 mod error;
 mod object;
 mod probe;
+pub mod policy;
 pub mod service;
 
 pub use bosun_ebpf_abi::PacketCount;

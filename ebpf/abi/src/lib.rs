@@ -233,3 +233,260 @@ unsafe impl aya::Pod for AffinityValue {}
 unsafe impl aya::Pod for RevNatKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RevNatValue {}
+
+// ---------------------------------------------------------------------------------------------
+// NetworkPolicy on each pod's interface (tcx on the host side of the pod's veth, both
+// directions).
+//
+// A pod is an *endpoint*, named by the ifindex of its host-side interface. Its entry in
+// [`ENDPOINT_MAP`] says for each direction whether it is isolated. For an isolated direction a
+// new flow is judged by two longest-prefix lookups: the peer's address gives a port class
+// ([`PEER_MAP`]), and the class with the flow's protocol and destination port gives the policy
+// that allows it ([`PORT_MAP`]). No match in either: dropped. Flows allowed once are remembered
+// in [`CONNTRACK_MAP`], so replies and later packets pass on one hash lookup.
+//
+// Traffic between a pod and its own node (kubelet's probes) always passes: [`NODE_MAP`] holds
+// the node's addresses.
+//
+// Userspace writes a class's port entries before any peer entry names the class, a direction's
+// peer entries before the endpoint's flags isolate it, and the endpoint entry before the
+// programs are attached; it removes in reverse.
+// ---------------------------------------------------------------------------------------------
+
+/// Hash map ifindex (`u32`, host order) → [`EndpointValue`]: every interface the policy
+/// programs are attached to. A packet on an interface without an entry is dropped.
+pub const ENDPOINT_MAP: &str = "BOSUN_EP_V1";
+/// LPM trie [`PeerKey`] → class (`u32`, host order): which ports an isolated endpoint may
+/// talk to, or be reached on, by a peer address.
+pub const PEER_MAP: &str = "BOSUN_PEER_V1";
+/// LPM trie [`PortKey`] → policy id (`u32`, host order; names in [`POLICY_NAME_MAP`]): the
+/// protocols and destination ports a class allows, and the policy that allows each.
+pub const PORT_MAP: &str = "BOSUN_PORT_V1";
+/// LRU hash map [`ConntrackKey`] → [`ConntrackValue`]: flows already allowed, per endpoint.
+pub const CONNTRACK_MAP: &str = "BOSUN_CT_V1";
+/// Hash map node address (network-order `[u8; 4]`) → `u32` (always 1).
+pub const NODE_MAP: &str = "BOSUN_NODE_V1";
+/// Per-CPU hash map [`CounterKey`] → [`PolicyCounters`]: packets allowed and dropped per
+/// endpoint and direction. Userspace creates an endpoint's two entries with the endpoint.
+pub const COUNTER_MAP: &str = "BOSUN_PCNT_V1";
+/// Ring buffer of [`PolicyEvent`]s: every dropped packet and every new flow allowed by policy.
+pub const EVENT_MAP: &str = "BOSUN_PEVT_V1";
+/// Hash map policy id (`u32`) → [`PolicyName`]: what `bosun monitor` prints for an id.
+pub const POLICY_NAME_MAP: &str = "BOSUN_PNAME_V1";
+
+pub const ENDPOINT_MAX_ENTRIES: u32 = 1 << 14;
+pub const PEER_MAX_ENTRIES: u32 = 1 << 20;
+pub const PORT_MAX_ENTRIES: u32 = 1 << 20;
+pub const CONNTRACK_MAX_ENTRIES: u32 = 1 << 18;
+pub const NODE_MAX_ENTRIES: u32 = 1 << 10;
+pub const COUNTER_MAX_ENTRIES: u32 = 2 * ENDPOINT_MAX_ENTRIES;
+pub const POLICY_NAME_MAX_ENTRIES: u32 = 1 << 16;
+/// Bytes of the event ring buffer: a power of two and a multiple of the page size.
+pub const EVENT_RING_BYTES: u32 = 1 << 20;
+
+/// tcx program on the host side's *egress*: packets going into the pod (the pod's ingress).
+pub const POLICY_INGRESS_PROGRAM: &str = "bosun_pol_in";
+/// tcx program on the host side's *ingress*: packets coming out of the pod (its egress).
+pub const POLICY_EGRESS_PROGRAM: &str = "bosun_pol_out";
+
+/// `IPPROTO_SCTP`.
+pub const PROTOCOL_SCTP: u8 = 132;
+
+/// A direction as the maps hold it: the pod's point of view, as in `policyTypes`.
+pub const DIRECTION_INGRESS: u8 = 0;
+pub const DIRECTION_EGRESS: u8 = 1;
+
+/// [`EndpointValue::flags`] bit: some policy selects the pod for ingress.
+pub const ENDPOINT_ISOLATED_INGRESS: u32 = 1;
+/// [`EndpointValue::flags`] bit: some policy selects the pod for egress.
+pub const ENDPOINT_ISOLATED_EGRESS: u32 = 2;
+
+/// [`PolicyEvent::verdict`]: the packet was dropped.
+pub const VERDICT_DROPPED: u8 = 0;
+/// [`PolicyEvent::verdict`]: a new flow was allowed by the policy in [`PolicyEvent::policy`].
+pub const VERDICT_ALLOWED: u8 = 1;
+
+/// Value of [`ENDPOINT_MAP`]. Host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointValue {
+    /// `ENDPOINT_ISOLATED_*` bits.
+    pub flags: u32,
+    /// For drop events: the id of a policy that isolates the pod for ingress (0: none).
+    pub ingress_policy: u32,
+    /// For drop events: the id of a policy that isolates the pod for egress (0: none).
+    pub egress_policy: u32,
+    pub _pad: u32,
+}
+
+/// The data of a [`PEER_MAP`] key, after the trie's `u32` prefix length. The prefix length
+/// always covers `endpoint`, `direction` and `_pad` (64 bits), then as many bits of `address`
+/// as the CIDR has: `64 + cidr_prefix_len`. Lookups use 96.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey {
+    /// The endpoint's ifindex, network order (the trie compares bytes from the first).
+    pub endpoint: [u8; 4],
+    /// `DIRECTION_*`.
+    pub direction: u8,
+    pub _pad: [u8; 3],
+    /// The peer's address, network order.
+    pub address: [u8; 4],
+}
+
+/// Bits of a [`PeerKey`] before its address.
+pub const PEER_KEY_FIXED_BITS: u32 = 64;
+
+/// The data of a [`PORT_MAP`] key, after the trie's `u32` prefix length. The prefix length is
+/// 32 (any protocol, any port), 40 (this protocol, any port), or `48 + n` (this protocol and
+/// ports sharing their first `n` bits). Lookups use 64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    /// The class, network order.
+    pub class: [u8; 4],
+    /// `IPPROTO_*`.
+    pub protocol: u8,
+    pub _pad: u8,
+    /// The flow's destination port, network order.
+    pub port: [u8; 2],
+}
+
+/// Prefix length of a [`PortKey`] matching every protocol and port of its class.
+pub const PORT_KEY_ANY_PROTOCOL_BITS: u32 = 32;
+/// Prefix length of a [`PortKey`] matching every port of its class and protocol.
+pub const PORT_KEY_ANY_PORT_BITS: u32 = 40;
+/// Bits of a [`PortKey`] before its port.
+pub const PORT_KEY_FIXED_BITS: u32 = 48;
+
+/// Key of [`CONNTRACK_MAP`]: a flow as one endpoint sees it, whichever way the packet goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConntrackKey {
+    /// The endpoint's ifindex, host order.
+    pub endpoint: u32,
+    /// The pod's address, network order.
+    pub local_address: [u8; 4],
+    /// The other side's address, network order.
+    pub remote_address: [u8; 4],
+    /// Network order; 0 for protocols without ports.
+    pub local_port: [u8; 2],
+    /// Network order; 0 for protocols without ports.
+    pub remote_port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`CONNTRACK_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConntrackValue {
+    /// `bpf_ktime_get_ns` when the flow was last seen, refreshed at most once a second.
+    pub last_seen_ns: u64,
+    /// `DIRECTION_*` of the flow's first packet.
+    pub direction: u8,
+    pub _pad: [u8; 7],
+}
+
+/// How long a TCP flow may be idle before a packet of it is judged again as new.
+pub const CONNTRACK_TCP_TIMEOUT_NS: u64 = 6 * 3600 * 1_000_000_000;
+/// How long a flow of any other protocol may be idle (conntrack's UDP stream timeout).
+pub const CONNTRACK_OTHER_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
+
+/// Key of [`COUNTER_MAP`]. Host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    pub endpoint: u32,
+    /// `DIRECTION_*`.
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`COUNTER_MAP`], one per CPU. Host byte order; wraps on overflow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyCounters {
+    pub allowed: u64,
+    pub dropped: u64,
+}
+
+/// A record of [`EVENT_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the packet.
+    pub time_ns: u64,
+    /// The endpoint's ifindex, host order.
+    pub endpoint: u32,
+    /// The deciding policy's id: the one that allowed the flow, or one that isolates the
+    /// endpoint in this direction for a drop. 0: none (a packet on an interface bosun does not
+    /// know).
+    pub policy: u32,
+    /// Network order.
+    pub source: [u8; 4],
+    /// Network order.
+    pub destination: [u8; 4],
+    /// Network order; 0 for protocols without ports.
+    pub source_port: [u8; 2],
+    /// Network order; 0 for protocols without ports.
+    pub destination_port: [u8; 2],
+    pub protocol: u8,
+    /// `DIRECTION_*`, from the pod's point of view.
+    pub direction: u8,
+    /// `VERDICT_*`.
+    pub verdict: u8,
+    pub _pad: u8,
+}
+
+/// Bytes of a [`PolicyName`].
+pub const POLICY_NAME_BYTES: usize = 320;
+
+/// Value of [`POLICY_NAME_MAP`]: `namespace/name`, UTF-8, padded with NULs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyName {
+    pub bytes: [u8; POLICY_NAME_BYTES],
+}
+
+impl Default for PolicyName {
+    fn default() -> Self {
+        Self {
+            bytes: [0; POLICY_NAME_BYTES],
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<EndpointValue>() == 16);
+const _: () = assert!(core::mem::size_of::<PeerKey>() == 12);
+const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ConntrackKey>() == 20);
+const _: () = assert!(core::mem::size_of::<ConntrackValue>() == 16);
+const _: () = assert!(core::mem::size_of::<CounterKey>() == 8);
+const _: () = assert!(core::mem::size_of::<PolicyCounters>() == 16);
+const _: () = assert!(core::mem::size_of::<PolicyEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<PolicyName>() == POLICY_NAME_BYTES);
+const _: () = assert!(ENDPOINT_MAP.len() <= 15 && PEER_MAP.len() <= 15 && PORT_MAP.len() <= 15);
+const _: () = assert!(CONNTRACK_MAP.len() <= 15 && NODE_MAP.len() <= 15);
+const _: () = assert!(COUNTER_MAP.len() <= 15 && EVENT_MAP.len() <= 15);
+const _: () = assert!(POLICY_NAME_MAP.len() <= 15);
+const _: () = assert!(POLICY_INGRESS_PROGRAM.len() <= 15 && POLICY_EGRESS_PROGRAM.len() <= 15);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for EndpointValue {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PeerKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PortKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ConntrackKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ConntrackValue {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CounterKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyCounters {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyEvent {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyName {}
