@@ -2,7 +2,9 @@
 # bosun on the embedded default: standalone, pods from the example manifests in
 # examples/manifests, on a private containerd node (CRI, CNI, images built here, no registry
 # needed); shown through `bosun get pods` and the crictl-style CLI. A Service in the examples
-# shows the service proxy: its ClusterIP reached from the host and from a pod.
+# shows the service proxy: its ClusterIP reached from the host and from a pod. A NetworkPolicy
+# lets only the client pod reach the web pods: an allowed and a denied connection, and the
+# drop in `bosun monitor`.
 #
 #   BOSUN_DEMO_DIR   where the node lives (default /run/bosun-demo)
 #   BOSUN_DEMO_KEEP  1: keep the node until Ctrl-C (default when run from a terminal);
@@ -91,7 +93,21 @@ show dp backends --bpf-dir "$bpf_dir"
 echo; echo "\$ for i in 1 2 3 4 5 6; do wget -q -O - http://10.96.0.80/; done"
 for _ in 1 2 3 4 5 6; do timeout 5 busybox wget -q -O - http://10.96.0.80/; done
 sleep 2 # a few more rounds of the client pod
-show logs --tail 4 "$("$bosun" ps -q --name wget --state running)"
+client=$("$bosun" pods -q --name client- --state ready)
+intruder=$("$bosun" pods -q --name intruder- --state ready)
+show logs --tail 4 "$("$bosun" ps -q --name wget --pod "$client" --state running)"
+
+# The NetworkPolicy: the web pods let in only pods labelled role=client.
+show get networkpolicies --root-dir "$dir/bosun"
+echo; echo "\$ bosun exec CLIENT wget -q -O - http://10.96.0.80/     # allowed: role=client"
+"$bosun" exec "$("$bosun" ps -q --name wget --pod "$client" --state running)" \
+    timeout 3 wget -q -O - http://10.96.0.80/ || true
+echo; echo "\$ bosun exec INTRUDER wget -q -O - http://10.96.0.80/   # denied: no label"
+"$bosun" exec "$("$bosun" ps -q --name wget --pod "$intruder" --state running)" \
+    sh -c 'timeout 2 wget -q -O - http://10.96.0.80/ || echo "no answer (dropped)"' || true
+echo; echo "\$ timeout 5 bosun monitor --verdict dropped    # the intruder's next tries"
+timeout 5 "$bosun" monitor --verdict dropped --bpf-dir "$bpf_dir" --root-dir "$dir/bosun" | head -n 3 || true
+show dp policies --bpf-dir "$bpf_dir"
 
 if [ "$keep" = 1 ]; then
     echo
@@ -100,6 +116,7 @@ if [ "$keep" = 1 ]; then
     echo "  $PWD/$bosun get pods --root-dir $dir/bosun"
     echo "  $PWD/$bosun ps        # or pods, images, logs, exec -it ID sh, ..."
     echo "  $PWD/$bosun get services --root-dir $dir/bosun; $PWD/$bosun dp services --bpf-dir $bpf_dir"
+    echo "  $PWD/$bosun monitor --bpf-dir $bpf_dir --root-dir $dir/bosun   # policy verdicts, live"
     echo "Add, edit or delete files in examples/manifests and watch the pods follow."
     echo "Ctrl-C stops it and removes everything it created."
     wait "$node" || true

@@ -32,11 +32,16 @@
 //! on Ctrl-C, and swept away at the start if a killed run left it behind.
 
 mod common;
+#[path = "common/lab.rs"]
+mod lab;
 
 use common::{load_average, Stats};
+use lab::{
+    catch_interrupts, check_interrupted, enter_netns, hundredths, interrupted, ip, ms, pin,
+    run_command, stolen, verdict, CLIENT_CPU, SERVER_CPU,
+};
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{Read as _, Seek as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -55,7 +60,6 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use nix::sys::signal::{SigSet, Signal};
 use sha2::{Digest, Sha256};
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
@@ -189,7 +193,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = catch_interrupts() {
+    if let Err(e) = catch_interrupts("services") {
         eprintln!("services bench: error: {e:#}");
         std::process::exit(1);
     }
@@ -285,41 +289,6 @@ struct Sizes {
     rounds: usize,
 }
 
-// ---- interrupts ---------------------------------------------------------------------------
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Blocks SIGINT, SIGTERM and SIGHUP in this thread, and so in every thread started after it
-/// (children get a clean mask from `Command`), and turns them into a flag that every long step
-/// checks, so that an interrupted run still removes what it created. A second signal exits at
-/// once; the next run sweeps up what that leaves.
-fn catch_interrupts() -> Result<()> {
-    let mut signals = SigSet::empty();
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        signals.add(signal);
-    }
-    signals.thread_block().context("blocking signals")?;
-    std::thread::Builder::new()
-        .name("bsb-signals".into())
-        .spawn(move || loop {
-            let Ok(signal) = signals.wait() else { return };
-            if INTERRUPTED.swap(true, Ordering::SeqCst) {
-                eprintln!("services bench: {signal}: exiting now; the next run cleans up");
-                std::process::exit(130);
-            }
-            eprintln!("services bench: {signal}: cleaning up (again to exit at once)");
-        })
-        .context("starting the signal thread")?;
-    Ok(())
-}
-
-fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
 // ---- the run ------------------------------------------------------------------------------
 
 fn run(options: &Options) -> Result<()> {
@@ -404,17 +373,6 @@ fn measure_size(
 }
 
 fn print_machine(options: &Options, sizes: &Sizes) {
-    let read = |path: &str| {
-        std::fs::read_to_string(path)
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "?".to_owned())
-    };
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = read("/proc/cpuinfo")
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or_else(|| "?".to_owned(), |m| m.trim().to_owned());
     let iptables = run_command("iptables", &["-V"]).unwrap_or_else(|_| "?".to_owned());
     println!(
         "bosun Service benchmarks{}: N = {:?} Services of {ENDPOINTS_PER_SERVICE} endpoints, \
@@ -424,11 +382,7 @@ fn print_machine(options: &Options, sizes: &Sizes) {
         sizes.connects,
         sizes.warm_up
     );
-    println!(
-        "machine: {cpus} CPUs ({model}), kernel {}, {}",
-        read("/proc/sys/kernel/osrelease"),
-        iptables.trim()
-    );
+    println!("machine: {}, {}", lab::machine(), iptables.trim());
     println!("load average at the start: {}", load_average());
 }
 
@@ -843,7 +797,7 @@ fn iptables_restore(netns: &str, ruleset: &Ruleset) -> Result<Load> {
             }
             return Ok(Load::Took(took));
         }
-        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        let interrupted = interrupted();
         if interrupted || started.elapsed() > RESTORE_LIMIT {
             // Our own child, by its handle.
             let _ = child.kill();
@@ -1233,10 +1187,6 @@ fn program(
     Ok(desired)
 }
 
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
 /// The benchmark's datapath in [`BPF_DIR`]: removed by [`Installed::remove`], or when dropped
 /// on the way out of a failure.
 struct Installed {
@@ -1466,49 +1416,6 @@ fn our_routes() -> Result<Vec<String>> {
         })
         .map(str::to_owned)
         .collect())
-}
-
-fn ip(args: &[&str]) -> Result<String> {
-    run_command("ip", args)
-}
-
-fn run_command(program: &str, args: &[&str]) -> Result<String> {
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    ensure!(
-        output.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Where the clients run, and the softirq work of their packets with them (a veth delivers on
-/// the sender's CPU), and where the server accepts, out of the way.
-const CLIENT_CPU: usize = 0;
-const SERVER_CPU: usize = 1;
-
-/// Keeps the calling thread on one CPU: a connect's latency depends on whether its client
-/// last ran on the CPU it runs on now, and letting the scheduler decide would spread that over
-/// the targets unevenly.
-fn pin(cpu: usize) -> Result<()> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu % cpus).context("naming a CPU")?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .with_context(|| format!("pinning a thread to CPU {cpu}"))
-}
-
-/// Moves the calling thread, and only it, into the named network namespace.
-fn enter_netns(name: &str) -> Result<()> {
-    let path = Path::new("/run/netns").join(name);
-    let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering network namespace {name}"))
 }
 
 // ---- the server and the clients -----------------------------------------------------------
@@ -1772,7 +1679,7 @@ async fn through_daemon(node: &TestNode, catalog: &Catalog) -> Result<DaemonNumb
     let dir = node.dir().join(format!("services-{}", catalog.n));
     let mut daemon = Daemon::start_at(Path::new(BOSUN), node, &dir, "").await?;
     let result = daemon_programs(&mut daemon, node, catalog).await;
-    if result.is_err() && !INTERRUPTED.load(Ordering::SeqCst) {
+    if result.is_err() && !interrupted() {
         let log = daemon.log();
         let lines: Vec<&str> = log.lines().collect();
         eprintln!(
@@ -2139,37 +2046,6 @@ impl Report {
                 verdict(stats.p99 < ms(GOAL_ONE_CHANGE))
             );
         }
-    }
-}
-
-/// A ratio as printed (two decimals), so that a verdict never contradicts the number shown.
-fn hundredths(ratio: f64) -> i64 {
-    (ratio * 100.0).round() as i64
-}
-
-/// The CPU time all CPUs have lost to the hypervisor since boot (`steal` in /proc/stat), a
-/// source of noise no interleaving removes.
-fn stolen() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    // "cpu user nice system idle iowait irq softirq steal ...", in clock ticks.
-    let ticks: u64 = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .nth(8)?
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(ticks * 1000 / CLOCK_TICKS_PER_SECOND))
-}
-
-/// The kernel's clock tick for /proc/stat (USER_HZ, 100 on every Linux ABI bosun targets).
-const CLOCK_TICKS_PER_SECOND: u64 = 100;
-
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "NOT met"
     }
 }
 

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
@@ -12,12 +13,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{Event, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use crate::daemon::PodStore;
 use crate::events::{FieldSelector, Recorder};
+use crate::policy::PolicyView;
 use crate::service::proxy::{ServiceStore, ServiceView};
 
 /// The path of the pod list.
@@ -29,12 +32,16 @@ pub const SERVICES_PATH: &str = "/api/v1/services";
 /// The path of the EndpointSlice list: from manifests and computed from static pods.
 pub const ENDPOINT_SLICES_PATH: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 
+/// The path of the NetworkPolicy list: those the policy enforcer last compiled.
+pub const NETWORK_POLICIES_PATH: &str = "/apis/networking.k8s.io/v1/networkpolicies";
+
 /// What the API serves.
 #[derive(Clone)]
 pub struct ApiState {
     pub pods: PodStore,
     pub events: Recorder,
     pub services: ServiceStore,
+    pub policies: Arc<RwLock<PolicyView>>,
 }
 
 /// Serves the API on `socket` until the returned task is aborted, with event, Service and
@@ -46,6 +53,7 @@ pub fn serve(socket: &Path, store: PodStore) -> Result<JoinHandle<()>> {
             pods: store,
             events: Recorder::new(""),
             services: ServiceStore::default(),
+            policies: Arc::default(),
         },
     )
 }
@@ -82,7 +90,15 @@ pub fn serve_with(socket: &Path, state: ApiState) -> Result<JoinHandle<()>> {
 
 fn respond<B>(request: &Request<B>, state: &ApiState) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    if ![PODS_PATH, EVENTS_PATH, SERVICES_PATH, ENDPOINT_SLICES_PATH].contains(&path) {
+    if ![
+        PODS_PATH,
+        EVENTS_PATH,
+        SERVICES_PATH,
+        ENDPOINT_SLICES_PATH,
+        NETWORK_POLICIES_PATH,
+    ]
+    .contains(&path)
+    {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -102,6 +118,13 @@ fn respond<B>(request: &Request<B>, state: &ApiState) -> Response<Full<Bytes>> {
             Err(_) => Vec::new(),
         };
         return list("PodList", &pods);
+    }
+    if path == NETWORK_POLICIES_PATH {
+        let policies = match state.policies.read() {
+            Ok(view) => view.policies.clone(),
+            Err(_) => Default::default(),
+        };
+        return list("NetworkPolicyList", &policies);
     }
     if path == SERVICES_PATH || path == ENDPOINT_SLICES_PATH {
         let view = match state.services.read() {
@@ -245,6 +268,11 @@ pub async fn get_endpoint_slices(socket: &Path) -> Result<Vec<EndpointSlice>> {
     get_list(socket, ENDPOINT_SLICES_PATH, "endpointslices").await
 }
 
+/// Fetches the NetworkPolicies the daemon's policy enforcer last compiled.
+pub async fn get_network_policies(socket: &Path) -> Result<Vec<NetworkPolicy>> {
+    get_list(socket, NETWORK_POLICIES_PATH, "networkpolicies").await
+}
+
 /// GETs the list at `path` and returns its items; `what` names them in errors.
 async fn get_list<T: DeserializeOwned>(socket: &Path, path: &str, what: &str) -> Result<Vec<T>> {
     let stream = UnixStream::connect(socket).await.with_context(|| {
@@ -326,6 +354,7 @@ mod tests {
                 pods: PodStore::default(),
                 events: recorder.clone(),
                 services: ServiceStore::default(),
+                policies: Arc::default(),
             },
         )?;
 
@@ -393,6 +422,7 @@ mod tests {
             pods: PodStore::default(),
             events: Recorder::new("node-1"),
             services: ServiceStore::default(),
+            policies: Arc::default(),
         };
         let get = |uri: &str| Request::get(uri).body(()).expect("a request");
         assert_eq!(

@@ -20,6 +20,7 @@ use crate::pod::observed::{keys, pod_digests};
 use crate::pod::spec::NodeContext;
 use crate::pod::volume::{self, HostMounter};
 use crate::pod::worker::{grace_period, pod_name, Objects, PodWorker};
+use crate::policy::{PolicyEnforcer, PolicyView};
 use crate::runtime::Runtime;
 use crate::service::proxy::{Proxy, ServiceStore};
 use crate::source;
@@ -44,8 +45,12 @@ pub struct Config {
     pub node: NodeContext,
     /// `maxPods`: pods beyond this many are rejected (phase Failed, reason OutOfpods).
     pub max_pods: usize,
-    /// The bpffs directory of the service datapath; `None` runs no service proxy.
+    /// The bpffs directory of the service and policy datapaths; `None` runs neither.
     pub bpf_dir: Option<PathBuf>,
+    /// Balance Services (with a `bpf_dir`).
+    pub service_proxy: bool,
+    /// Enforce NetworkPolicy on pods' interfaces (with a `bpf_dir`).
+    pub network_policy: bool,
 }
 
 impl Config {
@@ -76,12 +81,14 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let store: PodStore = Arc::default();
     let events = Recorder::new(config.node.node_name.clone());
     let services = ServiceStore::default();
+    let policies = Arc::new(RwLock::new(PolicyView::default()));
     let api = crate::api::serve_with(
         &config.api_socket(),
         ApiState {
             pods: store.clone(),
             events: events.clone(),
             services: services.clone(),
+            policies: policies.clone(),
         },
     )?;
 
@@ -95,27 +102,50 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let (objects_tx, objects) = watch::channel(Arc::new(Objects::new()));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let pods_changed = Arc::new(Notify::new());
-    let proxy = config.bpf_dir.as_ref().map(|bpf_dir| {
-        tokio::spawn(
-            Proxy {
-                bpf_dir: bpf_dir.clone(),
-                node: config.node.node_name.clone(),
-                snapshots: snapshots.clone(),
-                pods: store.clone(),
-                pods_changed: pods_changed.clone(),
-                view: services.clone(),
-                events: events.clone(),
-            }
-            .run(),
-        )
-    });
+    let policy_pods_changed = Arc::new(Notify::new());
+    let enforcer = config
+        .bpf_dir
+        .as_ref()
+        .filter(|_| config.network_policy)
+        .map(|bpf_dir| {
+            PolicyEnforcer::new(
+                bpf_dir.clone(),
+                &config.root_dir,
+                store.clone(),
+                events.clone(),
+                snapshots.clone(),
+                policies.clone(),
+            )
+        });
+    let policy_controller = enforcer
+        .clone()
+        .map(|enforcer| tokio::spawn(enforcer.run(policy_pods_changed.clone())));
+    let proxy = config
+        .bpf_dir
+        .as_ref()
+        .filter(|_| config.service_proxy)
+        .map(|bpf_dir| {
+            tokio::spawn(
+                Proxy {
+                    bpf_dir: bpf_dir.clone(),
+                    node: config.node.node_name.clone(),
+                    snapshots: snapshots.clone(),
+                    pods: store.clone(),
+                    pods_changed: pods_changed.clone(),
+                    view: services.clone(),
+                    events: events.clone(),
+                }
+                .run(),
+            )
+        });
     let shared = Shared {
         runtime: client.clone(),
         ctx: ctx.clone(),
         events: events.clone(),
         objects,
         store: store.clone(),
-        pods_changed,
+        pods_changed: [pods_changed, policy_pods_changed],
+        policy: enforcer,
         done: done_tx,
     };
 
@@ -249,6 +279,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     if let Some(proxy) = proxy {
         proxy.abort();
     }
+    if let Some(controller) = policy_controller {
+        controller.abort();
+    }
     let _ = std::fs::remove_file(config.api_socket());
     Ok(())
 }
@@ -364,8 +397,11 @@ struct Shared<R> {
     events: Recorder,
     objects: watch::Receiver<Arc<Objects>>,
     store: PodStore,
-    /// Notified when a pod's IP, readiness or termination changed: Services follow it.
-    pods_changed: Arc<Notify>,
+    /// Notified when a pod's IP, readiness or termination changed: Services and
+    /// NetworkPolicy peers follow it (one each: a `Notify` wakes one waiter).
+    pods_changed: [Arc<Notify>; 2],
+    /// Enforces NetworkPolicy on pods' interfaces, if configured.
+    policy: Option<Arc<PolicyEnforcer>>,
     /// Told the UID of a worker that has terminated its pod and ended.
     done: tokio::sync::mpsc::UnboundedSender<String>,
 }
@@ -384,7 +420,9 @@ fn spawn_worker<R: Runtime>(
         shared.events.clone(),
         kick.clone(),
         shared.objects.clone(),
-    );
+    )
+    .with_policy(shared.policy.clone());
+    let policy = shared.policy.clone();
     let store = shared.store.clone();
     let pods_changed = shared.pods_changed.clone();
     let done = shared.done.clone();
@@ -406,7 +444,7 @@ fn spawn_worker<R: Runtime>(
                         .ok()
                         .and_then(|mut pods| pods.insert(key, with_status));
                     if before.as_ref().map(endpoint_facts) != Some(facts) {
-                        pods_changed.notify_one();
+                        notify_all(&pods_changed);
                     }
                     match result {
                         Ok(requeue) => requeue.unwrap_or(RESYNC).min(RESYNC),
@@ -426,7 +464,7 @@ fn spawn_worker<R: Runtime>(
                                     Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                                         crate::events::now(),
                                     ));
-                                pods_changed.notify_one();
+                                notify_all(&pods_changed);
                             }
                         }
                     }
@@ -438,7 +476,10 @@ fn spawn_worker<R: Runtime>(
                             if let (Some(pod), Ok(mut pods)) = (&last, store.write()) {
                                 pods.remove(&pod_name(pod));
                             }
-                            pods_changed.notify_one();
+                            if let Some(policy) = &policy {
+                                policy.release(&uid).await;
+                            }
+                            notify_all(&pods_changed);
                             let _ = done.send(uid);
                             return;
                         }
@@ -460,6 +501,12 @@ fn spawn_worker<R: Runtime>(
         }
     });
     WorkerHandle { desired, kick }
+}
+
+fn notify_all(notifies: &[Arc<Notify>]) {
+    for notify in notifies {
+        notify.notify_one();
+    }
 }
 
 /// What of a pod its Services' endpoints depend on: IPs, phase, readiness, termination.

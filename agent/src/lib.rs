@@ -8,6 +8,7 @@ pub mod api;
 pub mod daemon;
 pub mod events;
 pub mod pod;
+pub mod policy;
 pub mod runtime;
 pub mod service;
 pub mod source;

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bosun_cri::{api, CriClient, CriError};
@@ -20,6 +21,12 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Option<api::PodSandboxStatus>, CriError>> + Send;
+    /// The network namespace of a sandbox, as a path another process can open; `None` if the
+    /// runtime does not say.
+    fn pod_sandbox_netns(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<PathBuf>, CriError>> + Send;
     fn list_pod_sandbox(
         &self,
         labels: HashMap<String, String>,
@@ -84,6 +91,17 @@ impl Runtime for CriClient {
                 .await
                 .map(|r| r.status),
         )
+    }
+
+    async fn pod_sandbox_netns(&self, id: &str) -> Result<Option<PathBuf>, CriError> {
+        let response = match CriClient::pod_sandbox_status(self, id, true).await {
+            Err(e) if e.is_not_found() => return Ok(None),
+            other => other?,
+        };
+        Ok(response
+            .info
+            .get("info")
+            .and_then(|info| netns_of_verbose_info(info)))
     }
 
     async fn list_pod_sandbox(
@@ -157,11 +175,55 @@ impl Runtime for CriClient {
     }
 }
 
+/// The network namespace in containerd's verbose sandbox info: the path in the runtime spec
+/// (`/var/run/netns/cni-…`), or else the sandbox process's own.
+fn netns_of_verbose_info(info: &str) -> Option<PathBuf> {
+    let info: serde_json::Value = serde_json::from_str(info).ok()?;
+    let from_spec = info
+        .pointer("/runtimeSpec/linux/namespaces")
+        .and_then(|n| n.as_array())
+        .and_then(|namespaces| {
+            namespaces
+                .iter()
+                .find(|n| n.get("type").and_then(|t| t.as_str()) == Some("network"))
+        })
+        .and_then(|n| n.get("path")?.as_str())
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from);
+    from_spec.or_else(|| {
+        let pid = info.get("pid")?.as_u64().filter(|pid| *pid > 0)?;
+        Some(PathBuf::from(format!("/proc/{pid}/ns/net")))
+    })
+}
+
 /// A status call for an object that no longer exists answers `None`, not an error: the
 /// object went away between listing and asking, which the caller treats as gone.
 fn absent_as_none<T>(result: Result<Option<T>, CriError>) -> Result<Option<T>, CriError> {
     match result {
         Err(e) if e.is_not_found() => Ok(None),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_network_namespace_comes_from_the_runtime_spec_or_the_sandbox_pid() {
+        let spec = r#"{"pid": 42, "runtimeSpec": {"linux": {"namespaces": [
+            {"type": "pid"}, {"type": "network", "path": "/var/run/netns/cni-1"}]}}}"#;
+        assert_eq!(
+            netns_of_verbose_info(spec),
+            Some(PathBuf::from("/var/run/netns/cni-1"))
+        );
+        let pid_only =
+            r#"{"pid": 42, "runtimeSpec": {"linux": {"namespaces": [{"type": "network"}]}}}"#;
+        assert_eq!(
+            netns_of_verbose_info(pid_only),
+            Some(PathBuf::from("/proc/42/ns/net"))
+        );
+        assert_eq!(netns_of_verbose_info(r#"{"pid": 0}"#), None);
+        assert_eq!(netns_of_verbose_info("not json"), None);
     }
 }

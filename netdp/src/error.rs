@@ -192,4 +192,177 @@ pub enum Error {
     /// process holds a link or program open. They go when it exits; retrying does not help.
     #[error("programs {program_ids:?} are still loaded after their links were unpinned")]
     StillLoaded { program_ids: Vec<u32> },
+
+    // NetworkPolicy datapath
+    /// No interface has this index in the calling thread's network namespace: the pod's
+    /// interface is gone, or not created yet. Retry only if it may still appear.
+    #[error("no interface with index {ifindex} in this network namespace")]
+    InterfaceIndexNotFound { ifindex: u32 },
+
+    /// The kernel refused to attach a tc program to the interface (it vanished meanwhile, or
+    /// another program holds the attachment exclusively). Retry only if the interface may
+    /// have been replaced.
+    #[error("attaching program {program} to interface {ifname} (index {ifindex})")]
+    AttachTc {
+        program: &'static str,
+        ifindex: u32,
+        ifname: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+
+    /// The clsact qdisc that tc programs need on kernels without tcx could not be added.
+    /// Do not retry: the interface does not take qdiscs.
+    #[error("adding a clsact qdisc to interface {ifname} (index {ifindex})")]
+    AddClsact {
+        ifindex: u32,
+        ifname: String,
+        #[source]
+        source: Box<aya::programs::tc::TcError>,
+    },
+
+    /// Removing a tc program attached through netlink (kernels without tcx) failed. Retry:
+    /// only a transient netlink failure explains it.
+    #[error("detaching program {program} from interface {ifname} (index {ifindex})")]
+    DetachTc {
+        program: &'static str,
+        ifindex: u32,
+        ifname: String,
+        #[source]
+        source: Box<aya::programs::tc::TcError>,
+    },
+
+    /// Asking the kernel which tcx programs run on the interface failed. Retry: only a
+    /// transient failure (memory) explains it.
+    #[error("listing the tcx programs of interface {ifname} (index {ifindex})")]
+    QueryTc {
+        ifindex: u32,
+        ifname: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+
+    /// The policy links of the interface were unpinned, but these programs still run on it
+    /// after a while: another process holds one of the links open. They stop when it closes
+    /// it; retrying does not help.
+    #[error(
+        "programs {program_ids:?} still run on interface index {ifindex} after their links \
+         were unpinned"
+    )]
+    StillAttached { ifindex: u32, program_ids: Vec<u32> },
+
+    /// A record of the event ring buffer is not the size of a `PolicyEvent`: the programs and
+    /// this build disagree. A build bug; do not retry.
+    #[error("a record of {map} has {size} bytes, not {expected}")]
+    EventSize {
+        map: &'static str,
+        size: usize,
+        expected: usize,
+    },
+
+    /// Waiting for the event ring buffer to become readable failed (registering it with the
+    /// Tokio reactor, or polling it). Retry only after a transient failure (memory, fds).
+    #[error("waiting for events in the ring buffer pinned at {path}")]
+    WaitEvents {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    // netlink
+    /// The network namespace file could not be opened: the sandbox is gone, or not created
+    /// yet. Retry only while the sandbox may still be being set up.
+    #[error("opening network namespace {netns}")]
+    OpenNetns {
+        netns: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// `setns` into the namespace failed: the file is not a network namespace (`EINVAL`) or
+    /// the process lacks `CAP_SYS_ADMIN` (`EPERM`). Do not retry.
+    #[error("entering network namespace {netns}")]
+    EnterNetns {
+        netns: PathBuf,
+        #[source]
+        source: nix::errno::Errno,
+    },
+
+    /// No thread could be started to enter the namespace. Retry: threads or memory ran short.
+    #[error("starting a thread to enter network namespace {netns}")]
+    SpawnNetnsThread {
+        netns: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A netlink socket could not be opened, or a send or receive on it failed (`call` is the
+    /// request). Retry: a full receive buffer (`ENOBUFS`) or short memory explains it.
+    #[error("{call} over rtnetlink in network namespace {netns}")]
+    Netlink {
+        call: &'static str,
+        netns: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The kernel answered in a form this crate cannot parse. Do not retry: the same kernel
+    /// answers the same way.
+    #[error("decoding the answer to {call} over rtnetlink in network namespace {netns}")]
+    NetlinkDecode {
+        call: &'static str,
+        netns: PathBuf,
+        #[source]
+        source: Box<netlink_packet_core::DecodeError>,
+    },
+
+    /// The kernel refused the request with `errno`. Do not retry unless that errno is
+    /// transient (`EBUSY`, `ENOBUFS`, `EINTR`).
+    #[error("{call} over rtnetlink in network namespace {netns}: {}", nix::errno::Errno::from_raw(*errno))]
+    NetlinkRefused {
+        call: &'static str,
+        netns: PathBuf,
+        errno: i32,
+    },
+
+    /// The namespace has no veth whose peer is in another namespace. Retry while the CNI
+    /// plugin may still be wiring the pod.
+    #[error("network namespace {netns} has no veth with its peer outside it (links: {links:?})")]
+    NoPodInterface { netns: PathBuf, links: Vec<String> },
+
+    /// Several veths lead out of the namespace, none is `eth0` and not exactly one has a
+    /// global IPv4 address. Do not retry.
+    #[error(
+        "network namespace {netns} has several veths leading out of it ({candidates:?}), none \
+         named eth0 and not exactly one with a global IPv4 address"
+    )]
+    AmbiguousPodInterface {
+        netns: PathBuf,
+        candidates: Vec<String>,
+    },
+
+    /// The pod's veth names a peer ifindex that no interface has in the caller's namespace:
+    /// the peer is in another namespace than the node's, or was just deleted. Do not retry.
+    #[error(
+        "the peer of {pod_ifname} in network namespace {netns} is ifindex {ifindex}, which \
+         names no interface in this namespace"
+    )]
+    HostInterfaceNotFound {
+        netns: PathBuf,
+        pod_ifname: String,
+        ifindex: u32,
+    },
+
+    /// The pod's veth names a peer ifindex that, in the caller's namespace, is another
+    /// interface (`name`): the peer lives in a third namespace. Do not retry.
+    #[error(
+        "the peer of {pod_ifname} in network namespace {netns} is ifindex {ifindex}, but \
+         {name:?} with that index in this namespace is not its peer"
+    )]
+    HostInterfaceMismatch {
+        netns: PathBuf,
+        pod_ifname: String,
+        ifindex: u32,
+        name: String,
+    },
 }

@@ -9,9 +9,10 @@
 //! attaching to an interface `CAP_NET_ADMIN`.
 
 mod error;
+pub mod netlink;
 mod object;
-mod probe;
 pub mod policy;
+mod probe;
 pub mod service;
 
 pub use bosun_ebpf_abi::PacketCount;

@@ -6,14 +6,12 @@ use aya::{
     programs::{ProgramError, Xdp},
     Ebpf, EbpfLoader,
 };
-use bosun_ebpf_abi::{
-    PacketCount, AFFINITY_MAP, PROBE_COUNT_KEY, PROBE_COUNT_MAP, PROBE_PROGRAM, REVNAT_MAP,
+use bosun_ebpf_abi::{PacketCount, PROBE_COUNT_KEY, PROBE_COUNT_MAP, PROBE_PROGRAM};
+
+use crate::{
+    object::{shrink_unused_maps, OBJECT, POLICY_MAPS, SERVICE_MAPS},
+    Error,
 };
-
-use crate::{object::OBJECT, Error};
-
-/// Entries of a map in the object that the probe loads but never uses.
-const SMALLEST_UNUSED_MAP: u32 = 64;
 
 /// Where in the receive path an XDP program runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,15 +43,13 @@ pub struct ProbeCounter {
 impl ProbeCounter {
     /// Loads the embedded object and the probe program into the kernel, attached nowhere yet.
     pub fn load() -> Result<Self, Error> {
-        // The object also holds the service maps; the probe uses none of them, so the two
-        // preallocated LRU maps are made small instead of taking megabytes of kernel memory.
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(AFFINITY_MAP, SMALLEST_UNUSED_MAP)
-            .map_max_entries(REVNAT_MAP, SMALLEST_UNUSED_MAP)
-            .load(OBJECT)
-            .map_err(|source| Error::LoadObject {
-                source: Box::new(source),
-            })?;
+        // The object also holds the service and policy maps; the probe uses none of them.
+        let mut loader = EbpfLoader::new();
+        shrink_unused_maps(&mut loader, &SERVICE_MAPS);
+        shrink_unused_maps(&mut loader, &POLICY_MAPS);
+        let mut ebpf = loader.load(OBJECT).map_err(|source| Error::LoadObject {
+            source: Box::new(source),
+        })?;
         probe_program(&mut ebpf)?
             .load()
             .map_err(|source| Error::LoadProgram {

@@ -1,9 +1,13 @@
-//! `bosun dp services|backends`: what the service datapath's pinned maps hold right now, read
+//! `bosun dp services|backends|policies`: what the datapath's pinned maps hold right now, read
 //! from bpffs directly, so it works while the daemon is down.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use bosun_netdp::policy::{
+    interface_name, read_counters, read_names, Direction, PinnedPolicyMaps, PolicyMaps as _,
+    ENDPOINT_ISOLATED_EGRESS, ENDPOINT_ISOLATED_INGRESS,
+};
 use bosun_netdp::service::{snapshot, MapSnapshot, PinnedMaps};
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -27,6 +31,8 @@ pub enum DpWhat {
     Services,
     /// Backends in the maps.
     Backends,
+    /// Pod interfaces under NetworkPolicy: isolation and allowed/dropped packets per direction.
+    Policies,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -37,6 +43,9 @@ pub enum DpFormat {
 }
 
 pub fn dp(args: &DpArgs) -> Result<()> {
+    if let DpWhat::Policies = args.what {
+        return policies(args);
+    }
     let maps = PinnedMaps::open(&args.bpf_dir).with_context(|| {
         format!(
             "opening the service maps in {} (has `bosun run` installed them there?)",
@@ -53,12 +62,14 @@ pub fn dp(args: &DpArgs) -> Result<()> {
         let value = match args.what {
             DpWhat::Services => serde_json::to_value(&snapshot.services)?,
             DpWhat::Backends => serde_json::to_value(&snapshot.backends)?,
+            DpWhat::Policies => unreachable!("handled above"),
         };
         return output::print_value(&value, format);
     }
     match args.what {
         DpWhat::Services => services_table(&snapshot),
         DpWhat::Backends => backends_table(&snapshot),
+        DpWhat::Policies => unreachable!("handled above"),
     }
     .print()
 }
@@ -95,4 +106,98 @@ fn backends_table(snapshot: &MapSnapshot) -> Table {
         table.row(vec![backend.id.to_string(), backend.address.to_string()]);
     }
     table
+}
+
+/// One endpoint of the policy maps, as `dp policies` shows it.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PolicyEndpoint {
+    ifindex: u32,
+    interface: Option<String>,
+    /// The policy isolating the pod for ingress; `None`: not isolated.
+    ingress: Option<String>,
+    egress: Option<String>,
+    ingress_allowed: u64,
+    ingress_dropped: u64,
+    egress_allowed: u64,
+    egress_dropped: u64,
+}
+
+fn policies(args: &DpArgs) -> Result<()> {
+    let opening = || {
+        format!(
+            "opening the policy maps in {} (has `bosun run` installed them there?)",
+            args.bpf_dir.display()
+        )
+    };
+    let maps = PinnedPolicyMaps::open(&args.bpf_dir).with_context(opening)?;
+    let counters = read_counters(&args.bpf_dir).with_context(opening)?;
+    let names = read_names(&args.bpf_dir).with_context(opening)?;
+    let isolation = |isolated: bool, id: u32| {
+        isolated.then(|| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}")))
+    };
+    let endpoints: Vec<PolicyEndpoint> = maps
+        .endpoints()
+        .context("reading the endpoint map")?
+        .into_iter()
+        .map(|(ifindex, value)| {
+            let count = |direction| {
+                counters
+                    .get(&(ifindex, direction))
+                    .copied()
+                    .unwrap_or_default()
+            };
+            let (ingress, egress) = (count(Direction::Ingress), count(Direction::Egress));
+            PolicyEndpoint {
+                ifindex,
+                interface: interface_name(ifindex),
+                ingress: isolation(
+                    value.flags & ENDPOINT_ISOLATED_INGRESS != 0,
+                    value.ingress_policy,
+                ),
+                egress: isolation(
+                    value.flags & ENDPOINT_ISOLATED_EGRESS != 0,
+                    value.egress_policy,
+                ),
+                ingress_allowed: ingress.allowed,
+                ingress_dropped: ingress.dropped,
+                egress_allowed: egress.allowed,
+                egress_dropped: egress.dropped,
+            }
+        })
+        .collect();
+    match args.output {
+        DpFormat::Json => {
+            output::print_value(&serde_json::to_value(&endpoints)?, output::Format::Json)
+        }
+        DpFormat::Yaml => {
+            output::print_value(&serde_json::to_value(&endpoints)?, output::Format::Yaml)
+        }
+        DpFormat::Table => {
+            let mut table = Table::new(&[
+                "IFINDEX",
+                "INTERFACE",
+                "INGRESS",
+                "EGRESS",
+                "IN ALLOWED/DROPPED",
+                "OUT ALLOWED/DROPPED",
+            ]);
+            let shown = |isolated: &Option<String>| {
+                isolated
+                    .as_ref()
+                    .map_or_else(|| "open".to_owned(), |p| format!("isolated ({p})"))
+            };
+            for e in &endpoints {
+                table.row(vec![
+                    e.ifindex.to_string(),
+                    e.interface.clone().unwrap_or_else(|| "<gone>".to_owned()),
+                    shown(&e.ingress),
+                    shown(&e.egress),
+                    format!("{}/{}", e.ingress_allowed, e.ingress_dropped),
+                    format!("{}/{}", e.egress_allowed, e.egress_dropped),
+                ]);
+            }
+            table.print()
+        }
+    }
 }

@@ -1,6 +1,6 @@
-//! `bosun get pods|events|services|endpoints`: what the daemon manages, as Kubernetes objects
-//! (`v1.Pod`, `v1.Event`, `v1.Service`, `discovery.k8s.io/v1.EndpointSlice`), printed as
-//! kubectl prints them.
+//! `bosun get pods|events|services|endpoints|networkpolicies`: what the daemon manages, as
+//! Kubernetes objects (`v1.Pod`, `v1.Event`, `v1.Service`, `discovery.k8s.io/v1.EndpointSlice`,
+//! `networking.k8s.io/v1.NetworkPolicy`), printed as kubectl prints them.
 
 use std::path::PathBuf;
 
@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
@@ -31,6 +32,9 @@ pub enum GetWhat {
     /// EndpointSlices: from manifests and computed from static pods' IPs and readiness.
     #[command(alias = "endpointslices", alias = "ep")]
     Endpoints(GetListArgs),
+    /// NetworkPolicies the daemon enforces (`bosun dp policies` shows the pods' interfaces).
+    #[command(alias = "netpol", alias = "networkpolicy")]
+    Networkpolicies(GetListArgs),
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +139,68 @@ pub async fn get(args: &GetArgs) -> Result<()> {
         GetWhat::Events(args) => get_events(args).await,
         GetWhat::Services(args) => get_services(args).await,
         GetWhat::Endpoints(args) => get_endpoints(args).await,
+        GetWhat::Networkpolicies(args) => get_network_policies(args).await,
+    }
+}
+
+async fn get_network_policies(args: &GetListArgs) -> Result<()> {
+    let mut policies =
+        bosun::api::get_network_policies(&bosun::daemon::api_socket(&args.root_dir)).await?;
+    if let Some(name) = &args.name {
+        policies.retain(|p| p.metadata.name.as_deref() == Some(name.as_str()));
+        if policies.is_empty() {
+            anyhow::bail!("networkpolicy {name:?} not found");
+        }
+    }
+    if let Some(format) = GetFormat::structured(args.output) {
+        return print_objects(&policies, args.name.is_some(), format);
+    }
+    let mut table = Table::new(&["NAMESPACE", "NAME", "POD-SELECTOR", "POLICY-TYPES"]);
+    for policy in &policies {
+        let spec = policy.spec.clone().unwrap_or_default();
+        let types = spec.policy_types.clone().unwrap_or_else(|| {
+            let mut types = vec!["Ingress".to_owned()];
+            if spec.egress.is_some() {
+                types.push("Egress".to_owned());
+            }
+            types
+        });
+        table.row(vec![
+            policy.metadata.namespace.clone().unwrap_or_default(),
+            policy.metadata.name.clone().unwrap_or_default(),
+            selector_text(spec.pod_selector.as_ref()),
+            types.join(","),
+        ]);
+    }
+    table.print()
+}
+
+/// A label selector as kubectl prints it: `app=web,tier in (a,b)`, or `<none>` for one that
+/// selects everything.
+fn selector_text(selector: Option<&LabelSelector>) -> String {
+    let Some(selector) = selector else {
+        return "<none>".to_owned();
+    };
+    let mut terms: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        terms.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            "DoesNotExist" => format!("!{}", e.key),
+            other => format!("{} {other} ({values})", e.key),
+        });
+    }
+    if terms.is_empty() {
+        "<none>".to_owned()
+    } else {
+        terms.join(",")
     }
 }
 

@@ -8,6 +8,7 @@ mod get;
 mod images;
 mod info;
 mod logs;
+mod monitor;
 pub mod output;
 mod pods;
 mod remove;
@@ -96,6 +97,7 @@ pub enum Command {
     Get(get::GetArgs),
     /// Show what the service datapath's maps hold (works while the daemon is down).
     Dp(dp::DpArgs),
+    Monitor(monitor::MonitorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +129,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Run(args) => return run::run(args).await,
         Command::Get(args) => return get::get(args).await.map(|()| 0),
         Command::Dp(args) => return dp::dp(args).map(|()| 0),
+        Command::Monitor(args) => return monitor::monitor(args).await.map(|()| 0),
         _ => {}
     }
     let client = CriClient::connect(&cli.runtime_endpoint, cli.timeout).await?;
@@ -148,7 +151,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Rmp(args) => pods::remove(&client, &args).await?,
         Command::Rmi(args) => images::remove(&client, &args).await?,
         Command::Pull(args) => images::pull(&client, &args).await?,
-        Command::Image(_) | Command::Run(_) | Command::Get(_) | Command::Dp(_) => {
+        Command::Image(_)
+        | Command::Run(_)
+        | Command::Get(_)
+        | Command::Dp(_)
+        | Command::Monitor(_) => {
             unreachable!("handled above")
         }
     }

@@ -38,8 +38,12 @@ pub struct RunArgs {
     /// (config file: serviceProxy: false).
     #[arg(long = "no-service-proxy")]
     pub no_service_proxy: bool,
-    /// Detach and remove everything the service datapath installed in the bpf directory, then
-    /// exit (kube-proxy's --cleanup). Pods are left alone.
+    /// Do not enforce NetworkPolicy: no programs are attached to pods' interfaces (config
+    /// file: networkPolicy: false).
+    #[arg(long = "no-network-policy")]
+    pub no_network_policy: bool,
+    /// Detach and remove everything the service and policy datapaths installed in the bpf
+    /// directory, then exit (kube-proxy's --cleanup). Pods are left alone.
     #[arg(long)]
     pub cleanup: bool,
 }
@@ -61,6 +65,8 @@ pub struct ConfigFile {
     pub bpf_dir: Option<PathBuf>,
     /// bosun's own: `false` runs no service proxy.
     pub service_proxy: Option<bool>,
+    /// bosun's own: `false` enforces no NetworkPolicy.
+    pub network_policy: Option<bool>,
 }
 
 /// An error in the configuration: the daemon exits with [`EXIT_BAD_CONFIG`].
@@ -125,9 +131,12 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
             .ok_or_else(|| BadConfig(format!("maxPods: invalid value {n}: must be positive")))?,
     };
     let service_proxy = !args.no_service_proxy && file.service_proxy != Some(false);
-    let bpf_dir = service_proxy.then(|| bpf_dir(args, file.bpf_dir));
+    let network_policy = !args.no_network_policy && file.network_policy != Some(false);
+    let bpf_dir = (service_proxy || network_policy).then(|| bpf_dir(args, file.bpf_dir));
     Ok(Config {
         bpf_dir,
+        service_proxy,
+        network_policy,
         max_pods,
         manifest_dir,
         runtime_endpoint: args.container_runtime_endpoint.clone(),
@@ -144,7 +153,7 @@ fn bpf_dir(args: &RunArgs, from_file: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_BPF_DIR))
 }
 
-/// `bosun run --cleanup`: removes the service datapath's programs, links and maps.
+/// `bosun run --cleanup`: removes the service and policy datapaths' programs, links and maps.
 fn cleanup(args: &RunArgs) -> Result<i32> {
     let file = match &args.config {
         Some(path) => match read_config(path) {
@@ -157,6 +166,9 @@ fn cleanup(args: &RunArgs) -> Result<i32> {
         None => ConfigFile::default(),
     };
     let dir = bpf_dir(args, file.bpf_dir);
+    // The policy datapath lives in a directory inside the service datapath's.
+    bosun_netdp::policy::cleanup(&dir)
+        .with_context(|| format!("removing the policy datapath in {}", dir.display()))?;
     let removed = bosun_netdp::service::cleanup(&dir)
         .with_context(|| format!("removing the service datapath in {}", dir.display()))?;
     if removed {

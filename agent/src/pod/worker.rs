@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify};
 use super::probe::{run_hook, ContainerProbes, ProbeKind, Target};
 use super::volume::{self, HostMounter, PodVolumes};
 use crate::events::{container_reference, reason, EventType, Recorder};
+use crate::policy::{PolicyEnforcer, FAILED_NETWORK_POLICY};
 use crate::runtime::Runtime;
 use crate::source::ObjectKey;
 
@@ -67,6 +68,9 @@ pub struct PodWorker<R: Runtime> {
     wake: Arc<Notify>,
     /// The ConfigMaps and Secrets of the manifest directory, for volumes.
     objects: watch::Receiver<Arc<Objects>>,
+    /// Puts the pod's NetworkPolicy in place before its containers start; `None` where
+    /// policy is not enforced.
+    policy: Option<Arc<PolicyEnforcer>>,
 }
 
 /// Objects of the manifest directory other than pods, by kind, namespace and name.
@@ -94,7 +98,14 @@ impl<R: Runtime> PodWorker<R> {
             probes: HashMap::new(),
             wake,
             objects,
+            policy: None,
         }
+    }
+
+    /// Enforces NetworkPolicy on the pod's interface from before its first container starts.
+    pub fn with_policy(mut self, policy: Option<Arc<PolicyEnforcer>>) -> Self {
+        self.policy = policy;
+        self
     }
 
     pub fn uid(&self) -> &str {
@@ -280,6 +291,25 @@ impl<R: Runtime> PodWorker<R> {
                 }
             }
         }
+        // No container starts before the pod's policy is enforced on its interface: the
+        // sandbox exists and has its address, and nothing in it runs yet.
+        if let Err(message) = self.admit_network_policy(pod, &observed).await {
+            if !plan.start.is_empty() {
+                self.events.warning(
+                    pod,
+                    FAILED_NETWORK_POLICY,
+                    format!("Network policy not in place, not starting containers: {message}"),
+                );
+                for start in &plan.start {
+                    self.facts.start_errors.insert(
+                        start.name.clone(),
+                        (FAILED_NETWORK_POLICY.to_owned(), message.clone()),
+                    );
+                }
+            }
+            self.publish(pod, &observed, now);
+            return Ok(Some(SANDBOX_RETRY));
+        }
         for start in &plan.start {
             acted |= self.start(pod, &observed, &volumes, start, now).await;
         }
@@ -435,6 +465,40 @@ impl<R: Runtime> PodWorker<R> {
             acted = true;
         }
         Ok(acted)
+    }
+
+    /// Has the enforcer put the pod's policy on the current sandbox's interface (at once if
+    /// it already has). Nothing to do for a pod on the node's network, without a ready
+    /// sandbox, or where policy is not enforced.
+    async fn admit_network_policy(&self, pod: &Pod, observed: &ObservedPod) -> Result<(), String> {
+        let Some(policy) = &self.policy else {
+            return Ok(());
+        };
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            return Ok(());
+        }
+        let Some(sandbox) = observed.sandbox().filter(|s| s.ready) else {
+            return Ok(());
+        };
+        let ip: std::net::Ipv4Addr = sandbox.ip.parse().map_err(|_| {
+            format!(
+                "sandbox {} has no IPv4 address ({:?}); NetworkPolicy is enforced for IPv4 only",
+                sandbox.id, sandbox.ip
+            )
+        })?;
+        let netns = async {
+            self.runtime
+                .pod_sandbox_netns(&sandbox.id)
+                .await
+                .map_err(|e| format!("PodSandboxStatus: {e}"))?
+                .ok_or_else(|| {
+                    format!(
+                        "the runtime does not say where sandbox {}'s network namespace is",
+                        sandbox.id
+                    )
+                })
+        };
+        policy.admit(pod, &self.uid, &sandbox.id, ip, netns).await
     }
 
     async fn create_sandbox(&mut self, pod: &Pod, attempt: u32) -> Result<(), (String, String)> {

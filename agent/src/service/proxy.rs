@@ -333,7 +333,7 @@ fn selects(service: &Service, pod: &Pod) -> bool {
 
 /// Every object of kind `T` among `objects`. They passed a strict decode when read, so a
 /// failure here is a bug, logged and skipped.
-fn decode_all<T: Resource + DeserializeOwned>(objects: &Objects) -> Vec<T> {
+pub(crate) fn decode_all<T: Resource + DeserializeOwned>(objects: &Objects) -> Vec<T> {
     objects
         .iter()
         .filter(|((kind, _, _), _)| kind == T::KIND)
@@ -345,7 +345,7 @@ fn decode_all<T: Resource + DeserializeOwned>(objects: &Objects) -> Vec<T> {
         .collect()
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -7,21 +7,27 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, xdp_action, BPF_F_NO_PREALLOC},
+    bindings::{bpf_sock_addr, xdp_action, BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
     helpers::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
         bpf_set_retval,
     },
-    macros::{cgroup_sock_addr, map, xdp},
-    maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{SockAddrContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, map, xdp},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{SockAddrContext, TcContext, XdpContext},
     EbpfContext as _,
 };
 use bosun_ebpf_abi::{
-    AffinityKey, AffinityValue, Backend, PacketCount, RevNatKey, RevNatValue, ServiceKey,
-    ServiceValue, SlotKey, AFFINITY_MAX_ENTRIES, BACKEND_MAX_ENTRIES, PROBE_COUNT_KEY,
-    PROTOCOL_TCP, PROTOCOL_UDP, REVNAT_MAX_ENTRIES, SERVICE_FLAG_AFFINITY, SERVICE_MAX_ENTRIES,
-    SLOT_MAX_ENTRIES,
+    AffinityKey, AffinityValue, Backend, ConntrackKey, ConntrackValue, CounterKey, EndpointValue,
+    PacketCount, PeerKey, PolicyCounters, PolicyEvent, PolicyName, PortKey, RevNatKey, RevNatValue,
+    ServiceKey, ServiceValue, SlotKey, AFFINITY_MAX_ENTRIES, BACKEND_MAX_ENTRIES,
+    CONNTRACK_MAX_ENTRIES, CONNTRACK_OTHER_TIMEOUT_NS, CONNTRACK_TCP_TIMEOUT_NS,
+    COUNTER_MAX_ENTRIES, DIRECTION_EGRESS, DIRECTION_INGRESS, ENDPOINT_ISOLATED_EGRESS,
+    ENDPOINT_ISOLATED_INGRESS, ENDPOINT_MAX_ENTRIES, EVENT_RING_BYTES, NODE_MAX_ENTRIES,
+    PEER_KEY_FIXED_BITS, PEER_MAX_ENTRIES, POLICY_NAME_MAX_ENTRIES, PORT_KEY_FIXED_BITS,
+    PORT_MAX_ENTRIES, PROBE_COUNT_KEY, PROTOCOL_SCTP, PROTOCOL_TCP, PROTOCOL_UDP,
+    REVNAT_MAX_ENTRIES, SERVICE_FLAG_AFFINITY, SERVICE_MAX_ENTRIES, SLOT_MAX_ENTRIES,
+    VERDICT_ALLOWED, VERDICT_DROPPED,
 };
 
 // The kernel decides from this string whether GPL-only helpers may be called. It matches the
@@ -307,6 +313,353 @@ fn to_frontend(ctx: &SockAddrContext) {
     if let Some(frontend) = copied(BOSUN_RNAT_V1.get_ptr(backend)) {
         set_destination(ctx, frontend.address, frontend.port);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NetworkPolicy on each pod's host-side interface (tcx, both directions). The maps' layouts,
+// and the order in which userspace fills them, are described in the ABI crate.
+//
+// Only IPv4 is enforced. Every other EtherType (ARP, IPv6, ...) passes, uncounted: pods here
+// have IPv4 addresses only, and ARP must pass for IPv4 to work at all. A node that gave pods
+// IPv6 addresses would need these programs extended first.
+//
+// Conntrack keys on addresses, ports and protocol only: an ICMP error about an allowed flow
+// (port unreachable, fragmentation needed) is a flow of its own, with ports 0, and an isolated
+// direction drops it unless a rule allows every port. So do later fragments of a datagram.
+// ---------------------------------------------------------------------------------------------
+
+/// Lets a packet through. Under tcx it means "ask the next program on the interface", and
+/// pass when there is none; under clsact it means pass. Not `TC_ACT_OK`, which under tcx
+/// would skip the programs of other owners attached after these.
+const POLICY_ALLOW: i32 = TC_ACT_UNSPEC;
+/// `TC_ACT_SHOT`. Not the binding: its type differs between the bpf target and the host.
+const POLICY_DROP: i32 = 2;
+
+/// A live flow's `last_seen_ns` is written back at most this often: a write per packet would
+/// make every CPU that carries the flow fight over the entry's cache line.
+const CONNTRACK_REFRESH_NS: u64 = NS_PER_SEC;
+
+/// Prefix lengths of the two lookups: every bit of the key.
+const PEER_LOOKUP_BITS: u32 = PEER_KEY_FIXED_BITS + 32;
+const PORT_LOOKUP_BITS: u32 = PORT_KEY_FIXED_BITS + 16;
+
+/// `bosun_ebpf_abi::ENDPOINT_MAP`. Not preallocated: a node has far fewer pods than the
+/// maximum.
+#[map]
+static BOSUN_EP_V1: HashMap<u32, EndpointValue> =
+    HashMap::with_max_entries(ENDPOINT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// `bosun_ebpf_abi::PEER_MAP`. aya adds `BPF_F_NO_PREALLOC`, without which the kernel refuses
+/// an LPM trie.
+#[map]
+static BOSUN_PEER_V1: LpmTrie<PeerKey, u32> = LpmTrie::with_max_entries(PEER_MAX_ENTRIES, 0);
+
+/// `bosun_ebpf_abi::PORT_MAP`; an LPM trie like the peer map.
+#[map]
+static BOSUN_PORT_V1: LpmTrie<PortKey, u32> = LpmTrie::with_max_entries(PORT_MAX_ENTRIES, 0);
+
+/// `bosun_ebpf_abi::CONNTRACK_MAP`. LRU, so that flows nobody closes age out without
+/// userspace, and a full map forgets the oldest flow (whose next packet is judged afresh)
+/// rather than refusing a new one. The kernel requires LRU maps to be preallocated.
+#[map]
+static BOSUN_CT_V1: LruHashMap<ConntrackKey, ConntrackValue> =
+    LruHashMap::with_max_entries(CONNTRACK_MAX_ENTRIES, 0);
+
+/// `bosun_ebpf_abi::NODE_MAP`; not preallocated, like the endpoint map.
+#[map]
+static BOSUN_NODE_V1: HashMap<[u8; 4], u32> =
+    HashMap::with_max_entries(NODE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// `bosun_ebpf_abi::COUNTER_MAP`. Per-CPU, so counting needs no atomics. Not preallocated: a
+/// preallocated per-CPU map costs its maximum times the number of CPUs, and the programs never
+/// insert (userspace creates the entries), so they never wait on an allocation.
+#[map]
+static BOSUN_PCNT_V1: PerCpuHashMap<CounterKey, PolicyCounters> =
+    PerCpuHashMap::with_max_entries(COUNTER_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// `bosun_ebpf_abi::EVENT_MAP`.
+#[map]
+static BOSUN_PEVT_V1: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// `bosun_ebpf_abi::POLICY_NAME_MAP`: only userspace reads it, but it lives here so that the
+/// object declares every map of the policy ABI and the loader pins it with the others.
+#[map]
+static BOSUN_PNAME_V1: HashMap<u32, PolicyName> =
+    HashMap::with_max_entries(POLICY_NAME_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// `bosun_ebpf_abi::POLICY_INGRESS_PROGRAM`, on the host side's egress: packets going into the
+/// pod.
+#[classifier]
+pub fn bosun_pol_in(ctx: TcContext) -> i32 {
+    enforce(&ctx, DIRECTION_INGRESS)
+}
+
+/// `bosun_ebpf_abi::POLICY_EGRESS_PROGRAM`, on the host side's ingress: packets coming out of
+/// the pod.
+#[classifier]
+pub fn bosun_pol_out(ctx: TcContext) -> i32 {
+    enforce(&ctx, DIRECTION_EGRESS)
+}
+
+/// What policy looks at in an IPv4 packet. Addresses and ports are network-order bytes, as
+/// the maps hold them.
+struct Packet {
+    source: [u8; 4],
+    destination: [u8; 4],
+    /// 0 for protocols without ports and for fragments after the first.
+    source_port: [u8; 2],
+    destination_port: [u8; 2],
+    protocol: u8,
+    /// A TCP SYN without ACK: a connection's first packet.
+    syn: bool,
+}
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// The packet's IPv4 header and ports, or `None` for anything that is not IPv4 or whose IPv4
+/// header is unreadable. The latter passes too: the receiving stack drops a malformed header
+/// itself, and it can carry no transport payload that a policy would have to judge.
+///
+/// Every read goes through `bpf_skb_load_bytes`, which checks bounds in the kernel and also
+/// reaches data beyond the linear part of the buffer.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet> {
+    let ethertype: [u8; 2] = ctx.load(12).ok()?;
+    if u16::from_be_bytes(ethertype) != ETH_P_IP {
+        return None;
+    }
+    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HLEN {
+        return None;
+    }
+    let fragment: [u8; 2] = ctx.load(ETH_HLEN + 6).ok()?;
+    let protocol: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    let mut packet = Packet {
+        source: ctx.load(ETH_HLEN + 12).ok()?,
+        destination: ctx.load(ETH_HLEN + 16).ok()?,
+        source_port: [0; 2],
+        destination_port: [0; 2],
+        protocol,
+        syn: false,
+    };
+    // Only a first fragment carries the transport header; later ones are judged with port 0
+    // (so an isolated direction drops them unless a rule allows every port).
+    let first_fragment = u16::from_be_bytes(fragment) & IPV4_FRAGMENT_OFFSET == 0;
+    if first_fragment && matches!(protocol, PROTOCOL_TCP | PROTOCOL_UDP | PROTOCOL_SCTP) {
+        let transport = ETH_HLEN + header_len;
+        // TCP, UDP and SCTP all begin with the source and destination port. A header too short
+        // to hold them leaves the ports 0, which no port rule but "every port" matches.
+        if let Ok(ports) = ctx.load::<[u8; 4]>(transport) {
+            packet.source_port = [ports[0], ports[1]];
+            packet.destination_port = [ports[2], ports[3]];
+        }
+        if protocol == PROTOCOL_TCP {
+            if let Ok(flags) = ctx.load::<u8>(transport + TCP_FLAGS_OFFSET) {
+                packet.syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            }
+        }
+    }
+    Some(packet)
+}
+
+/// The verdict on one packet of the endpoint whose host-side interface this is, `direction`
+/// being the pod's point of view. Inlined so that each program is one straight function.
+#[inline(always)]
+fn enforce(ctx: &TcContext, direction: u8) -> i32 {
+    let Some(packet) = parse(ctx) else {
+        return POLICY_ALLOW;
+    };
+    // SAFETY: reads a field of the context the kernel passed, valid for the whole run and
+    // readable by tc programs.
+    let endpoint = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let egress = direction == DIRECTION_EGRESS;
+    let (local, remote, local_port, remote_port) = if egress {
+        let p = &packet;
+        (p.source, p.destination, p.source_port, p.destination_port)
+    } else {
+        let p = &packet;
+        (p.destination, p.source, p.destination_port, p.source_port)
+    };
+
+    // An interface the programs are attached to but userspace does not know (yet, or any
+    // more): failing closed never exposes a pod that should be isolated.
+    let Some(config) = copied(BOSUN_EP_V1.get_ptr(endpoint)) else {
+        report(&packet, now, endpoint, direction, VERDICT_DROPPED, 0);
+        return verdict(endpoint, direction, false);
+    };
+    // Kubernetes requires traffic between a pod and its own node (kubelet's probes) to pass
+    // whatever the policies say.
+    if BOSUN_NODE_V1.get_ptr(remote).is_some() {
+        return verdict(endpoint, direction, true);
+    }
+    let flow = ConntrackKey {
+        endpoint,
+        local_address: local,
+        remote_address: remote,
+        local_port,
+        remote_port,
+        protocol: packet.protocol,
+        _pad: [0; 3],
+    };
+    // A SYN is a new connection even when its ports match a remembered flow: a client that
+    // reuses a port must not inherit the verdict on an older connection.
+    if !packet.syn && is_tracked(&flow, now) {
+        return verdict(endpoint, direction, true);
+    }
+    let (isolated, isolating_policy) = if egress {
+        (
+            config.flags & ENDPOINT_ISOLATED_EGRESS,
+            config.egress_policy,
+        )
+    } else {
+        (
+            config.flags & ENDPOINT_ISOLATED_INGRESS,
+            config.ingress_policy,
+        )
+    };
+    if isolated == 0 {
+        // Remembered even though this direction needs no verdict: the replies come back the
+        // other way, which may be isolated.
+        track(&flow, direction, now);
+        return verdict(endpoint, direction, true);
+    }
+    match allowing_policy(endpoint, direction, remote, &packet) {
+        Some(policy) => {
+            track(&flow, direction, now);
+            report(&packet, now, endpoint, direction, VERDICT_ALLOWED, policy);
+            verdict(endpoint, direction, true)
+        }
+        None => {
+            report(
+                &packet,
+                now,
+                endpoint,
+                direction,
+                VERDICT_DROPPED,
+                isolating_policy,
+            );
+            verdict(endpoint, direction, false)
+        }
+    }
+}
+
+/// Whether the flow was allowed before and has not been idle past its timeout; refreshes its
+/// last sighting if that is more than [`CONNTRACK_REFRESH_NS`] old.
+#[inline(always)]
+fn is_tracked(flow: &ConntrackKey, now: u64) -> bool {
+    let Some(entry) = BOSUN_CT_V1.get_ptr_mut(flow) else {
+        return false;
+    };
+    // SAFETY: a successful lookup returns an aligned pointer to the value, which stays
+    // allocated until the program returns. Other CPUs may write the same field meanwhile; an
+    // aligned 8-byte access is never torn, and any value written is a recent time. Should the
+    // LRU recycle the entry for another flow at that moment, that flow only looks fresher.
+    let last_seen = unsafe { core::ptr::addr_of!((*entry).last_seen_ns).read_volatile() };
+    let timeout = if flow.protocol == PROTOCOL_TCP {
+        CONNTRACK_TCP_TIMEOUT_NS
+    } else {
+        CONNTRACK_OTHER_TIMEOUT_NS
+    };
+    // Another CPU may have written a later time after this one read the clock.
+    let idle = now.saturating_sub(last_seen);
+    if idle >= timeout {
+        return false;
+    }
+    if idle > CONNTRACK_REFRESH_NS {
+        // SAFETY: as above.
+        unsafe { core::ptr::addr_of_mut!((*entry).last_seen_ns).write_volatile(now) };
+    }
+    true
+}
+
+fn track(flow: &ConntrackKey, direction: u8, now: u64) {
+    let entry = ConntrackValue {
+        last_seen_ns: now,
+        direction,
+        _pad: [0; 7],
+    };
+    // An LRU map makes room rather than fail; should it fail anyway, the next packet of the
+    // flow is judged again, with the same result.
+    let _ = BOSUN_CT_V1.insert(flow, entry, 0);
+}
+
+/// The policy that allows this new flow of an isolated direction, if any: the peer's address
+/// gives a port class, and the class with the protocol and destination port gives the policy.
+#[inline(always)]
+fn allowing_policy(endpoint: u32, direction: u8, remote: [u8; 4], packet: &Packet) -> Option<u32> {
+    let peer = Key::new(
+        PEER_LOOKUP_BITS,
+        PeerKey {
+            endpoint: endpoint.to_be_bytes(),
+            direction,
+            _pad: [0; 3],
+            address: remote,
+        },
+    );
+    let class = BOSUN_PEER_V1.get(&peer).copied()?;
+    let port = Key::new(
+        PORT_LOOKUP_BITS,
+        PortKey {
+            class: class.to_be_bytes(),
+            protocol: packet.protocol,
+            _pad: 0,
+            port: packet.destination_port,
+        },
+    );
+    BOSUN_PORT_V1.get(&port).copied()
+}
+
+/// Counts the packet for the endpoint's direction and returns what the program returns.
+#[inline(always)]
+fn verdict(endpoint: u32, direction: u8, allowed: bool) -> i32 {
+    let key = CounterKey {
+        endpoint,
+        direction,
+        _pad: [0; 3],
+    };
+    if let Some(counters) = BOSUN_PCNT_V1.get_ptr_mut(key) {
+        // SAFETY: the pointer comes from a successful lookup: non-null, aligned, this CPU's
+        // slot, valid for the whole run. tc programs run with migration disabled and userspace
+        // only reads or replaces the entry, so at worst an increment is lost.
+        let counters = unsafe { &mut *counters };
+        if allowed {
+            counters.allowed = counters.allowed.wrapping_add(1);
+        } else {
+            counters.dropped = counters.dropped.wrapping_add(1);
+        }
+    }
+    if allowed {
+        POLICY_ALLOW
+    } else {
+        POLICY_DROP
+    }
+}
+
+/// Emits an event; a full ring buffer loses it, never the verdict.
+fn report(packet: &Packet, now: u64, endpoint: u32, direction: u8, verdict: u8, policy: u32) {
+    let event = PolicyEvent {
+        time_ns: now,
+        endpoint,
+        policy,
+        source: packet.source,
+        destination: packet.destination,
+        source_port: packet.source_port,
+        destination_port: packet.destination_port,
+        protocol: packet.protocol,
+        direction,
+        verdict,
+        _pad: 0,
+    };
+    let _ = BOSUN_PEVT_V1.output::<PolicyEvent>(&event, 0);
 }
 
 #[cfg(not(target_arch = "bpf"))]

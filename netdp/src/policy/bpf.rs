@@ -1,83 +1,911 @@
-//! The real policy datapath: loads the two tcx programs, pins the policy maps and the
-//! programs' links in bpffs, attaches to pods' host-side interfaces. (Stub: being written.)
+//! The real policy datapath: loads the two tc programs, pins the policy maps and the programs'
+//! links in bpffs, attaches the programs to pods' host-side interfaces, and reads and writes
+//! the pinned maps.
+//!
+//! Everything lives under `<bpf_dir>/policy`, which [`cleanup`] removes: one pin per map, named
+//! after the map (`BOSUN_EP_V1`, ...), and in `links/` one pin per attached interface and
+//! direction, `<ifindex>_in` (the program on the host side's egress, the pod's ingress) and
+//! `<ifindex>_out`. The pinned links keep the programs attached while no daemon runs; the maps
+//! keep their entries across restarts.
+//!
+//! On kernels without tcx (before 6.6) the programs are attached as clsact filters, which are
+//! not links and cannot be pinned: they stay until [`detach`] or until the interface goes, but
+//! [`PolicyDatapath::attached`] and [`cleanup`] cannot see them.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
     path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
 };
 
-use bosun_ebpf_abi::{PolicyCounters, PolicyEvent};
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap, MapData, MapError, MapType, PerCpuHashMap, PerCpuValues, RingBuf,
+    },
+    programs::{
+        links::{FdLink, LinkOrder},
+        tc::{
+            qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLink,
+            TcAttachOptions, TcError, TcHandle,
+        },
+        SchedClassifier, TcAttachType,
+    },
+    sys::SyscallError,
+    util::KernelVersion,
+    Ebpf, EbpfLoader, Pod,
+};
+use bosun_ebpf_abi::{
+    ConntrackKey, ConntrackValue, CounterKey, EndpointValue, PeerKey, PolicyCounters, PolicyEvent,
+    PolicyName, PortKey, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, COUNTER_MAP, COUNTER_MAX_ENTRIES,
+    ENDPOINT_MAP, ENDPOINT_MAX_ENTRIES, EVENT_MAP, EVENT_RING_BYTES, NODE_MAP, NODE_MAX_ENTRIES,
+    PEER_MAP, PEER_MAX_ENTRIES, POLICY_EGRESS_PROGRAM, POLICY_INGRESS_PROGRAM, POLICY_NAME_MAP,
+    POLICY_NAME_MAX_ENTRIES, PORT_MAP, PORT_MAX_ENTRIES,
+};
+use tokio::io::{unix::AsyncFd, Interest};
 
-use super::Direction;
-use crate::Error;
+use super::{policy_name_str, Direction, PolicyMaps};
+use crate::{
+    object::{shrink_unused_maps, OBJECT, SERVICE_MAPS},
+    service::bpf::{
+        delete, entries, is_not_found, open_map, open_shaped, pin_over, prepare_dir, put,
+        read_error, remove_pin, unpin_link, MapShape, NEW_LINK_SUFFIX,
+    },
+    Error,
+};
 
-/// The policy programs, loaded, with their maps pinned under `<bpf_dir>/policy`.
-pub struct PolicyDatapath {
-    _dir: PathBuf,
+/// The directory under the daemon's bpffs directory that holds everything of this module.
+const POLICY_DIR: &str = "policy";
+/// The directory under [`POLICY_DIR`] that holds the links.
+const LINKS_DIR: &str = "links";
+
+/// A program, where on the host-side interface it runs, and the suffix of its link's pin.
+struct Hook {
+    program: &'static str,
+    attach_type: TcAttachType,
+    suffix: &'static str,
 }
 
-/// Loads the programs (through the verifier) and pins or reuses the maps under
-/// `<bpf_dir>/policy`; mounts bpffs first if needed. Attaches nothing.
-pub fn install(_bpf_dir: &Path) -> Result<PolicyDatapath, Error> {
-    todo!()
+const HOOKS: [Hook; 2] = [
+    Hook {
+        program: POLICY_INGRESS_PROGRAM,
+        attach_type: TcAttachType::Egress,
+        suffix: "_in",
+    },
+    Hook {
+        program: POLICY_EGRESS_PROGRAM,
+        attach_type: TcAttachType::Ingress,
+        suffix: "_out",
+    },
+];
+
+/// Priority and handle of the clsact filters on kernels without tcx. Fixed, so that attaching
+/// again replaces the filter in place (atomically, in the kernel) instead of adding another.
+const NETLINK_PRIORITY: u16 = 1;
+const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+/// How long [`detach`] waits for the kernel to take the programs off the interface after
+/// their links are unpinned: normally it is done when the last reference is closed.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(2);
+const DETACH_POLL: Duration = Duration::from_millis(2);
+
+/// The update flag that creates an entry and never replaces one.
+const BPF_NOEXIST: u64 = 1;
+
+/// Bytes of an LPM trie key before its data: the prefix length.
+const LPM_PREFIX_BYTES: usize = size_of::<u32>();
+
+const MAP_SHAPES: [MapShape; 8] = [
+    MapShape {
+        name: ENDPOINT_MAP,
+        map_type: MapType::Hash,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<EndpointValue>(),
+        max_entries: ENDPOINT_MAX_ENTRIES,
+    },
+    MapShape {
+        name: PEER_MAP,
+        map_type: MapType::LpmTrie,
+        key_size: LPM_PREFIX_BYTES + size_of::<PeerKey>(),
+        value_size: size_of::<u32>(),
+        max_entries: PEER_MAX_ENTRIES,
+    },
+    MapShape {
+        name: PORT_MAP,
+        map_type: MapType::LpmTrie,
+        key_size: LPM_PREFIX_BYTES + size_of::<PortKey>(),
+        value_size: size_of::<u32>(),
+        max_entries: PORT_MAX_ENTRIES,
+    },
+    MapShape {
+        name: CONNTRACK_MAP,
+        map_type: MapType::LruHash,
+        key_size: size_of::<ConntrackKey>(),
+        value_size: size_of::<ConntrackValue>(),
+        max_entries: CONNTRACK_MAX_ENTRIES,
+    },
+    MapShape {
+        name: NODE_MAP,
+        map_type: MapType::Hash,
+        key_size: size_of::<[u8; 4]>(),
+        value_size: size_of::<u32>(),
+        max_entries: NODE_MAX_ENTRIES,
+    },
+    MapShape {
+        name: COUNTER_MAP,
+        map_type: MapType::PerCpuHash,
+        key_size: size_of::<CounterKey>(),
+        value_size: size_of::<PolicyCounters>(),
+        max_entries: COUNTER_MAX_ENTRIES,
+    },
+    // A ring buffer has neither keys nor values; its size is its maximum of entries.
+    MapShape {
+        name: EVENT_MAP,
+        map_type: MapType::RingBuf,
+        key_size: 0,
+        value_size: 0,
+        max_entries: EVENT_RING_BYTES,
+    },
+    MapShape {
+        name: POLICY_NAME_MAP,
+        map_type: MapType::Hash,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<PolicyName>(),
+        max_entries: POLICY_NAME_MAX_ENTRIES,
+    },
+];
+
+/// The pinned maps, by name.
+fn shape(name: &str) -> &'static MapShape {
+    MAP_SHAPES
+        .iter()
+        .find(|shape| shape.name == name)
+        .expect("every policy map has a shape")
+}
+
+/// The policy programs, loaded and verified, with their maps pinned under
+/// `<bpf_dir>/policy`. Holding it costs one load; [`PolicyDatapath::attach`] then only
+/// attaches. Dropping it detaches nothing: the pinned links hold the programs.
+pub struct PolicyDatapath {
+    bpf_dir: PathBuf,
+    ebpf: Ebpf,
+}
+
+/// Loads the programs (through the verifier) and pins the maps under `<bpf_dir>/policy`, or
+/// reuses those pinned there with their entries; mounts bpffs at `/sys/fs/bpf` first if
+/// `bpf_dir` is below it and none is mounted. Attaches nothing.
+///
+/// Refuses a pinned map of another shape ([`Error::PinnedMapMismatch`]) before loading
+/// anything. One installer at a time per directory.
+pub fn install(bpf_dir: &Path) -> Result<PolicyDatapath, Error> {
+    let dir = policy_dir(bpf_dir);
+    prepare_dir(&dir)?;
+    // aya reuses a pinned map without looking at it; refuse one from an incompatible build.
+    for shape in &MAP_SHAPES {
+        let path = dir.join(shape.name);
+        if path.exists() {
+            open_shaped(&path, shape)?;
+        }
+    }
+    let links = dir.join(LINKS_DIR);
+    fs::create_dir_all(&links).map_err(|source| bpffs_error("mkdir", &links, source))?;
+    let mut loader = EbpfLoader::new();
+    for shape in &MAP_SHAPES {
+        loader.map_pin_path(shape.name, dir.join(shape.name));
+    }
+    shrink_unused_maps(&mut loader, &SERVICE_MAPS);
+    let mut ebpf = loader.load(OBJECT).map_err(|source| Error::LoadObject {
+        source: Box::new(source),
+    })?;
+    for hook in &HOOKS {
+        classifier(&mut ebpf, hook.program)?
+            .load()
+            .map_err(|source| Error::LoadProgram {
+                program: hook.program,
+                source: Box::new(source),
+            })?;
+    }
+    Ok(PolicyDatapath {
+        bpf_dir: bpf_dir.to_owned(),
+        ebpf,
+    })
 }
 
 impl PolicyDatapath {
     /// The pinned maps, for a [`super::PolicyReconciler`].
     pub fn maps(&self) -> Result<PinnedPolicyMaps, Error> {
-        todo!()
+        PinnedPolicyMaps::open(&self.bpf_dir)
     }
 
-    /// Attaches both programs to `ifindex` (tcx; clsact on kernels without tcx) and pins the
-    /// links, replacing earlier ones without a gap.
-    pub fn attach(&mut self, _ifindex: u32) -> Result<(), Error> {
-        todo!()
+    /// Attaches both programs to the interface `ifindex` of the calling thread's network
+    /// namespace and pins their links, replacing earlier ones without a gap: the new programs
+    /// run before the old ones stop, so for a moment a packet passes both (both read the same
+    /// maps and agree, but it is counted twice).
+    ///
+    /// Userspace must have written the endpoint's entry first: a packet on an interface
+    /// without one is dropped.
+    pub fn attach(&mut self, ifindex: u32) -> Result<(), Error> {
+        let ifname = interface_name(ifindex)?;
+        let tcx = has_tcx();
+        if !tcx {
+            add_clsact(ifindex, &ifname)?;
+        }
+        for hook in &HOOKS {
+            let program = classifier(&mut self.ebpf, hook.program)?;
+            if tcx {
+                attach_tcx(program, hook, ifindex, &ifname, &self.bpf_dir)?;
+            } else {
+                attach_netlink(program, hook, ifindex, &ifname)?;
+            }
+        }
+        Ok(())
     }
 
     /// The ifindexes with pinned links.
     pub fn attached(&self) -> Result<Vec<u32>, Error> {
-        todo!()
+        attached(&self.bpf_dir)
     }
 
     /// Detaches both programs from `ifindex`; not an error if they are not attached.
-    pub fn detach(&mut self, _ifindex: u32) -> Result<(), Error> {
-        todo!()
+    pub fn detach(&mut self, ifindex: u32) -> Result<(), Error> {
+        detach(&self.bpf_dir, ifindex)
     }
 }
 
-/// Same as [`PolicyDatapath::attach`], for callers holding only the directory.
-pub fn attach(_bpf_dir: &Path, _ifindex: u32) -> Result<(), Error> {
-    todo!()
+/// [`install`] and [`PolicyDatapath::attach`], for callers holding only the directory.
+pub fn attach(bpf_dir: &Path, ifindex: u32) -> Result<(), Error> {
+    install(bpf_dir)?.attach(ifindex)
 }
 
-/// Removes the links of `ifindex` under `bpf_dir`.
-pub fn detach(_bpf_dir: &Path, _ifindex: u32) -> Result<(), Error> {
-    todo!()
+/// Removes the links of `ifindex` under `bpf_dir` and returns once the programs no longer run
+/// on the interface (at once if it is gone). Not an error if nothing is attached. The wait
+/// looks the interface up in the calling thread's network namespace: call it from the one the
+/// interface is in, as for [`PolicyDatapath::attach`].
+pub fn detach(bpf_dir: &Path, ifindex: u32) -> Result<(), Error> {
+    if !has_tcx() {
+        return detach_netlink(ifindex);
+    }
+    let mut program_ids = Vec::new();
+    for hook in &HOOKS {
+        for path in [
+            link_pin(bpf_dir, ifindex, hook),
+            new_link_pin(bpf_dir, ifindex, hook),
+        ] {
+            program_ids.extend(unpin_link(&path)?);
+        }
+    }
+    wait_detached(ifindex, program_ids)
 }
 
-/// The policy maps pinned under `<bpf_dir>/policy`.
-pub struct PinnedPolicyMaps {}
+/// The ifindexes with pinned links under `bpf_dir`, in order.
+pub fn attached(bpf_dir: &Path) -> Result<Vec<u32>, Error> {
+    let links = policy_dir(bpf_dir).join(LINKS_DIR);
+    let listing = match fs::read_dir(&links) {
+        Ok(listing) => listing,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(bpffs_error("readdir", &links, source)),
+    };
+    let mut ifindexes = BTreeSet::new();
+    for entry in listing {
+        let entry = entry.map_err(|source| bpffs_error("readdir", &links, source))?;
+        if let Some(ifindex) = entry.file_name().to_str().and_then(pinned_ifindex) {
+            ifindexes.insert(ifindex);
+        }
+    }
+    Ok(ifindexes.into_iter().collect())
+}
 
-/// Per endpoint and direction, the counters summed over CPUs.
-pub fn read_counters(_bpf_dir: &Path) -> Result<BTreeMap<(u32, Direction), PolicyCounters>, Error> {
-    todo!()
+/// Detaches the programs from every interface with pinned links, then removes every pin under
+/// `<bpf_dir>/policy` and the directory. Returns `Ok(false)` if there was no such directory.
+/// Run it before [`crate::service::cleanup`], which removes `bpf_dir` itself.
+///
+/// Map handles that a running daemon holds keep its maps alive until it closes them, but no
+/// program reads them any more.
+pub fn cleanup(bpf_dir: &Path) -> Result<bool, Error> {
+    let dir = policy_dir(bpf_dir);
+    match fs::symlink_metadata(&dir) {
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(bpffs_error("stat", &dir, source)),
+    }
+    // Also the interfaces with only a `_new` pin, which a crash between pin and rename
+    // leaves.
+    let links = dir.join(LINKS_DIR);
+    let mut ifindexes = BTreeSet::new();
+    if let Ok(listing) = fs::read_dir(&links) {
+        for entry in listing.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let name = name.strip_suffix(NEW_LINK_SUFFIX).unwrap_or(&name);
+            ifindexes.extend(pinned_ifindex(name));
+        }
+    }
+    for ifindex in ifindexes {
+        detach(bpf_dir, ifindex)?;
+    }
+    remove_dir(&links)?;
+    for shape in &MAP_SHAPES {
+        remove_pin(&dir.join(shape.name))?;
+    }
+    remove_dir(&dir)?;
+    Ok(true)
+}
+
+fn policy_dir(bpf_dir: &Path) -> PathBuf {
+    bpf_dir.join(POLICY_DIR)
+}
+
+fn link_pin(bpf_dir: &Path, ifindex: u32, hook: &Hook) -> PathBuf {
+    policy_dir(bpf_dir)
+        .join(LINKS_DIR)
+        .join(format!("{ifindex}{}", hook.suffix))
+}
+
+fn new_link_pin(bpf_dir: &Path, ifindex: u32, hook: &Hook) -> PathBuf {
+    policy_dir(bpf_dir)
+        .join(LINKS_DIR)
+        .join(format!("{ifindex}{}{NEW_LINK_SUFFIX}", hook.suffix))
+}
+
+/// The ifindex a live link pin's name holds (`12_in`, `12_out`).
+fn pinned_ifindex(name: &str) -> Option<u32> {
+    let ifindex = HOOKS
+        .iter()
+        .find_map(|hook| name.strip_suffix(hook.suffix))?;
+    // `parse` alone would accept a leading '+'.
+    if ifindex.is_empty() || !ifindex.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ifindex.parse().ok()
+}
+
+fn remove_dir(path: &Path) -> Result<(), Error> {
+    match fs::remove_dir(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => {
+            Err(bpffs_error("rmdir", path, error))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn bpffs_error(call: &'static str, path: &Path, source: io::Error) -> Error {
+    Error::Bpffs {
+        call,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, Error> {
+    ebpf.program_mut(name)
+        .ok_or(Error::ProgramMissing { program: name })?
+        .try_into()
+        .map_err(|source| Error::LoadProgram {
+            program: name,
+            source: Box::new(source),
+        })
+}
+
+fn interface_name(ifindex: u32) -> Result<String, Error> {
+    super::interface_name(ifindex).ok_or(Error::InterfaceIndexNotFound { ifindex })
+}
+
+/// Whether the kernel has tcx (6.6 and later), the test aya itself makes.
+fn has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(6, 6, 0))
+}
+
+/// Attaches through a tcx link, pinned over the interface's earlier one. The name was just
+/// resolved from the index; should the interface be replaced by another of the same name in
+/// between, the new one gets the programs and its packets are dropped until userspace writes
+/// an endpoint entry for it, which fails closed.
+fn attach_tcx(
+    program: &mut SchedClassifier,
+    hook: &Hook,
+    ifindex: u32,
+    ifname: &str,
+    bpf_dir: &Path,
+) -> Result<(), Error> {
+    let attach_error = |source| Error::AttachTc {
+        program: hook.program,
+        ifindex,
+        ifname: ifname.to_owned(),
+        source: Box::new(source),
+    };
+    let new = new_link_pin(bpf_dir, ifindex, hook);
+    // Left by a crash between pin and rename; its program still runs and goes with it.
+    remove_pin(&new)?;
+    // Last: programs of other owners on the interface run first and see every packet.
+    let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+    let link_id = program
+        .attach_with_options(ifname, hook.attach_type, options)
+        .map_err(attach_error)?;
+    let link = program.take_link(link_id).map_err(attach_error)?;
+    let link = FdLink::try_from(link).map_err(|source| Error::LinkNotPinnable {
+        program: hook.program,
+        source: Box::new(source),
+    })?;
+    pin_over(link, hook.program, new, &link_pin(bpf_dir, ifindex, hook))
+}
+
+fn add_clsact(ifindex: u32, ifname: &str) -> Result<(), Error> {
+    match qdisc_add_clsact(ifname) {
+        Ok(()) => Ok(()),
+        Err(TcError::NetlinkError(error))
+            if error
+                .raw_os_error()
+                .is_some_and(|errno| errno == nix::libc::EEXIST) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(Error::AddClsact {
+            ifindex,
+            ifname: ifname.to_owned(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// Attaches as a clsact filter with a fixed priority and handle, replacing the filter an
+/// earlier attach put there in place. Such an attachment is no link: it cannot be pinned, and
+/// aya's handle would remove it when dropped, so the handle is forgotten and the filter stays
+/// until [`detach`] or until the interface goes. Untested here: the test machines have tcx.
+fn attach_netlink(
+    program: &mut SchedClassifier,
+    hook: &Hook,
+    ifindex: u32,
+    ifname: &str,
+) -> Result<(), Error> {
+    let attach_error = |source| Error::AttachTc {
+        program: hook.program,
+        ifindex,
+        ifname: ifname.to_owned(),
+        source: Box::new(source),
+    };
+    let options = TcAttachOptions::Netlink(NlOptions {
+        priority: NETLINK_PRIORITY,
+        handle: NETLINK_HANDLE,
+        classid: None,
+    });
+    let link_id = match program.attach_with_options(ifname, hook.attach_type, options) {
+        Ok(link_id) => link_id,
+        // Most likely the filter of an earlier attach: replace it.
+        Err(_) => {
+            let existing = SchedClassifierLink::attached(
+                ifname,
+                hook.attach_type,
+                NETLINK_PRIORITY,
+                NETLINK_HANDLE,
+                None,
+            )
+            .map_err(|_| Error::InterfaceIndexNotFound { ifindex })?;
+            program.attach_to_link(existing).map_err(attach_error)?
+        }
+    };
+    let link = program.take_link(link_id).map_err(attach_error)?;
+    std::mem::forget(link);
+    Ok(())
+}
+
+fn detach_netlink(ifindex: u32) -> Result<(), Error> {
+    let Ok(ifname) = interface_name(ifindex) else {
+        // The interface and its filters are gone.
+        return Ok(());
+    };
+    for hook in &HOOKS {
+        match qdisc_detach_program(&ifname, hook.attach_type, hook.program) {
+            Ok(()) => {}
+            Err(TcError::IoError(error)) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::DetachTc {
+                    program: hook.program,
+                    ifindex,
+                    ifname,
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until none of `program_ids` runs on the interface. The kernel takes a tcx program off
+/// when its link's last reference goes, which unpinning does unless another process holds the
+/// link open.
+fn wait_detached(ifindex: u32, program_ids: Vec<u32>) -> Result<(), Error> {
+    if program_ids.is_empty() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + DETACH_TIMEOUT;
+    loop {
+        let Ok(ifname) = interface_name(ifindex) else {
+            return Ok(());
+        };
+        let mut running = Vec::new();
+        for hook in &HOOKS {
+            let programs = match SchedClassifier::query_tcx(&ifname, hook.attach_type) {
+                Ok((_revision, programs)) => programs,
+                // Deleted between the name lookup and the query.
+                Err(_) if interface_name(ifindex).is_err() => return Ok(()),
+                Err(source) => {
+                    return Err(Error::QueryTc {
+                        ifindex,
+                        ifname,
+                        source: Box::new(source),
+                    })
+                }
+            };
+            running.extend(
+                programs
+                    .iter()
+                    .map(|program| program.id())
+                    .filter(|id| program_ids.contains(id)),
+            );
+        }
+        if running.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::StillAttached {
+                ifindex,
+                program_ids: running,
+            });
+        }
+        // The kernel offers no notification for a detach; the poll is short and bounded.
+        thread::sleep(DETACH_POLL);
+    }
+}
+
+/// The policy maps pinned under `<bpf_dir>/policy`, read and written in place. Any number of
+/// processes may hold them; the kernel makes each entry's update atomic.
+pub struct PinnedPolicyMaps {
+    endpoints: HashMap<MapData, u32, EndpointValue>,
+    peers: LpmTrie<MapData, PeerKey, u32>,
+    ports: LpmTrie<MapData, PortKey, u32>,
+    conntrack: HashMap<MapData, ConntrackKey, ConntrackValue>,
+    nodes: HashMap<MapData, [u8; 4], u32>,
+    counters: PerCpuHashMap<MapData, CounterKey, PolicyCounters>,
+    names: HashMap<MapData, u32, PolicyName>,
+}
+
+impl PinnedPolicyMaps {
+    /// Opens the maps an earlier [`install`] pinned, whether or not a daemon runs, checking
+    /// that each has this build's shape.
+    pub fn open(bpf_dir: &Path) -> Result<Self, Error> {
+        Ok(Self {
+            endpoints: open_pinned(bpf_dir, ENDPOINT_MAP)?,
+            peers: open_pinned(bpf_dir, PEER_MAP)?,
+            ports: open_pinned(bpf_dir, PORT_MAP)?,
+            conntrack: open_pinned(bpf_dir, CONNTRACK_MAP)?,
+            nodes: open_pinned(bpf_dir, NODE_MAP)?,
+            counters: open_pinned(bpf_dir, COUNTER_MAP)?,
+            names: open_pinned(bpf_dir, POLICY_NAME_MAP)?,
+        })
+    }
+}
+
+fn open_pinned<M: TryFrom<aya::maps::Map, Error = MapError>>(
+    bpf_dir: &Path,
+    name: &'static str,
+) -> Result<M, Error> {
+    open_map(&policy_dir(bpf_dir).join(name), shape(name))
+}
+
+/// Every entry of an LPM trie as `(prefix length, key data, value)`, sorted and without the
+/// duplicates a concurrent writer can make the kernel's iteration return.
+fn lpm_entries<K: Pod + Ord>(
+    trie: &LpmTrie<MapData, K, u32>,
+    name: &'static str,
+) -> Result<Vec<(u32, K, u32)>, Error> {
+    let mut sorted = BTreeMap::new();
+    for entry in trie.iter() {
+        let (key, value) = entry.map_err(|source| read_error(name, source))?;
+        sorted.insert((key.prefix_len(), key.data()), value);
+    }
+    Ok(sorted
+        .into_iter()
+        .map(|((prefix_len, key), value)| (prefix_len, key, value))
+        .collect())
+}
+
+fn lpm_put<K: Pod>(
+    trie: &mut LpmTrie<MapData, K, u32>,
+    name: &'static str,
+    prefix_len: u32,
+    key: &K,
+    value: u32,
+) -> Result<(), Error> {
+    trie.insert(&Key::new(prefix_len, *key), value, 0)
+        .map_err(|source| write_error(name, source))
+}
+
+/// Removing what is not there succeeds.
+fn lpm_delete<K: Pod>(
+    trie: &mut LpmTrie<MapData, K, u32>,
+    name: &'static str,
+    prefix_len: u32,
+    key: &K,
+) -> Result<(), Error> {
+    match trie.remove(&Key::new(prefix_len, *key)) {
+        Err(error) if !is_not_found(&error) => Err(write_error(name, error)),
+        _ => Ok(()),
+    }
+}
+
+fn write_error(map: &'static str, source: MapError) -> Error {
+    Error::WriteMap {
+        map,
+        source: Box::new(source),
+    }
+}
+
+fn counter_keys(ifindex: u32) -> [CounterKey; 2] {
+    [Direction::Ingress, Direction::Egress].map(|direction| CounterKey {
+        endpoint: ifindex,
+        direction: direction.number(),
+        _pad: [0; 3],
+    })
+}
+
+impl PolicyMaps for PinnedPolicyMaps {
+    fn endpoints(&self) -> Result<Vec<(u32, EndpointValue)>, Error> {
+        entries(&self.endpoints, ENDPOINT_MAP)
+    }
+
+    fn peers(&self) -> Result<Vec<(u32, PeerKey, u32)>, Error> {
+        lpm_entries(&self.peers, PEER_MAP)
+    }
+
+    fn ports(&self) -> Result<Vec<(u32, PortKey, u32)>, Error> {
+        lpm_entries(&self.ports, PORT_MAP)
+    }
+
+    fn policy_names(&self) -> Result<Vec<(u32, PolicyName)>, Error> {
+        entries(&self.names, POLICY_NAME_MAP)
+    }
+
+    fn node_addresses(&self) -> Result<Vec<[u8; 4]>, Error> {
+        Ok(entries(&self.nodes, NODE_MAP)?
+            .into_iter()
+            .map(|(address, _)| address)
+            .collect())
+    }
+
+    fn put_endpoint(&mut self, ifindex: u32, value: &EndpointValue) -> Result<(), Error> {
+        put(&mut self.endpoints, ENDPOINT_MAP, &ifindex, value)
+    }
+
+    fn put_peer(&mut self, prefix_len: u32, key: &PeerKey, class: u32) -> Result<(), Error> {
+        lpm_put(&mut self.peers, PEER_MAP, prefix_len, key, class)
+    }
+
+    fn put_port(&mut self, prefix_len: u32, key: &PortKey, policy: u32) -> Result<(), Error> {
+        lpm_put(&mut self.ports, PORT_MAP, prefix_len, key, policy)
+    }
+
+    fn put_policy_name(&mut self, id: u32, name: &PolicyName) -> Result<(), Error> {
+        put(&mut self.names, POLICY_NAME_MAP, &id, name)
+    }
+
+    fn put_node_address(&mut self, address: [u8; 4]) -> Result<(), Error> {
+        put(&mut self.nodes, NODE_MAP, &address, &1)
+    }
+
+    fn create_counters(&mut self, ifindex: u32) -> Result<(), Error> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, io_error)| {
+            write_error(
+                COUNTER_MAP,
+                MapError::SyscallError(SyscallError {
+                    call: "read possible CPUs",
+                    io_error,
+                }),
+            )
+        })?;
+        for key in counter_keys(ifindex) {
+            let zero = PerCpuValues::try_from(vec![PolicyCounters::default(); cpus]).map_err(
+                |io_error| {
+                    write_error(
+                        COUNTER_MAP,
+                        MapError::SyscallError(SyscallError {
+                            call: "per-CPU values",
+                            io_error,
+                        }),
+                    )
+                },
+            )?;
+            // BPF_NOEXIST: counters that exist (a restart) keep counting from where they are.
+            match self.counters.insert(key, zero, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                    if io_error.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(source) => return Err(write_error(COUNTER_MAP, source)),
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_endpoint(&mut self, ifindex: u32) -> Result<(), Error> {
+        delete(&mut self.endpoints, ENDPOINT_MAP, &ifindex)
+    }
+
+    fn delete_peer(&mut self, prefix_len: u32, key: &PeerKey) -> Result<(), Error> {
+        lpm_delete(&mut self.peers, PEER_MAP, prefix_len, key)
+    }
+
+    fn delete_port(&mut self, prefix_len: u32, key: &PortKey) -> Result<(), Error> {
+        lpm_delete(&mut self.ports, PORT_MAP, prefix_len, key)
+    }
+
+    fn delete_policy_name(&mut self, id: u32) -> Result<(), Error> {
+        delete(&mut self.names, POLICY_NAME_MAP, &id)
+    }
+
+    fn delete_node_address(&mut self, address: [u8; 4]) -> Result<(), Error> {
+        delete(&mut self.nodes, NODE_MAP, &address)
+    }
+
+    fn delete_endpoint_state(&mut self, ifindex: u32) -> Result<(), Error> {
+        for key in counter_keys(ifindex) {
+            match self.counters.remove(&key) {
+                Err(error) if !is_not_found(&error) => return Err(write_error(COUNTER_MAP, error)),
+                _ => {}
+            }
+        }
+        // Keys first, deletes after: deleting the key an iteration stands on makes the kernel
+        // start it over from the first key.
+        let mut flows = Vec::new();
+        for key in self.conntrack.keys() {
+            let key = key.map_err(|source| read_error(CONNTRACK_MAP, source))?;
+            if key.endpoint == ifindex {
+                flows.push(key);
+            }
+        }
+        for flow in &flows {
+            delete(&mut self.conntrack, CONNTRACK_MAP, flow)?;
+        }
+        Ok(())
+    }
+}
+
+/// Per endpoint and direction, the counters summed over CPUs (wrapping, as the programs count).
+pub fn read_counters(bpf_dir: &Path) -> Result<BTreeMap<(u32, Direction), PolicyCounters>, Error> {
+    let counters: PerCpuHashMap<MapData, CounterKey, PolicyCounters> =
+        open_pinned(bpf_dir, COUNTER_MAP)?;
+    let mut sums = BTreeMap::new();
+    for entry in counters.iter() {
+        let (key, per_cpu) = entry.map_err(|source| read_error(COUNTER_MAP, source))?;
+        let Some(direction) = Direction::from_number(key.direction) else {
+            continue;
+        };
+        let sum = per_cpu
+            .iter()
+            .fold(PolicyCounters::default(), |sum, cpu| PolicyCounters {
+                allowed: sum.allowed.wrapping_add(cpu.allowed),
+                dropped: sum.dropped.wrapping_add(cpu.dropped),
+            });
+        sums.insert((key.endpoint, direction), sum);
+    }
+    Ok(sums)
 }
 
 /// Policy ids and their names.
-pub fn read_names(_bpf_dir: &Path) -> Result<BTreeMap<u32, String>, Error> {
-    todo!()
+pub fn read_names(bpf_dir: &Path) -> Result<BTreeMap<u32, String>, Error> {
+    let names: HashMap<MapData, u32, PolicyName> = open_pinned(bpf_dir, POLICY_NAME_MAP)?;
+    Ok(entries(&names, POLICY_NAME_MAP)?
+        .into_iter()
+        .map(|(id, name)| (id, policy_name_str(&name)))
+        .collect())
 }
 
-/// Reads [`PolicyEvent`]s from the pinned ring buffer.
-pub struct EventReader {}
+/// Reads [`PolicyEvent`]s from the pinned ring buffer. A ring buffer has one consumer
+/// position: two readers of the same buffer split the events between them.
+pub struct EventReader {
+    path: PathBuf,
+    ring: AsyncFd<RingBuf<MapData>>,
+}
 
 impl EventReader {
-    pub fn open(_bpf_dir: &Path) -> Result<Self, Error> {
-        todo!()
+    /// Opens the ring buffer an earlier [`install`] pinned. Must be called within a Tokio
+    /// runtime (with I/O enabled), which will wake [`EventReader::next`]; panics otherwise.
+    pub fn open(bpf_dir: &Path) -> Result<Self, Error> {
+        let path = policy_dir(bpf_dir).join(EVENT_MAP);
+        let ring = open_map(&path, shape(EVENT_MAP))?;
+        // SAFETY: the ring buffer owns the map's file descriptor: it stays open, and
+        // `as_raw_fd` returns it, until the `AsyncFd` drops the ring buffer.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(
+            |error| Error::WaitEvents {
+                path: path.clone(),
+                source: error.into_parts().1,
+            },
+        )?;
+        Ok(Self { path, ring })
     }
 
-    /// Waits for the next event.
+    /// Waits for the next event. Events written while no reader waited are kept, up to the
+    /// ring buffer's size; beyond that the programs lose new ones.
     pub async fn next(&mut self) -> Result<PolicyEvent, Error> {
-        todo!()
+        loop {
+            let mut ready = self
+                .ring
+                .readable_mut()
+                .await
+                .map_err(|source| Error::WaitEvents {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if let Some(record) = ready.get_inner_mut().next() {
+                return decode_event(&record);
+            }
+            // Empty: wait for the kernel's next wakeup.
+            ready.clear_ready();
+        }
+    }
+}
+
+fn decode_event(record: &[u8]) -> Result<PolicyEvent, Error> {
+    if record.len() != size_of::<PolicyEvent>() {
+        return Err(Error::EventSize {
+            map: EVENT_MAP,
+            size: record.len(),
+            expected: size_of::<PolicyEvent>(),
+        });
+    }
+    // SAFETY: the record holds exactly `size_of::<PolicyEvent>()` bytes (checked above), and
+    // every bit pattern is a valid `PolicyEvent` (plain integers and byte arrays, no padding);
+    // `read_unaligned` needs no alignment.
+    Ok(unsafe { record.as_ptr().cast::<PolicyEvent>().read_unaligned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_live_link_pins_name_an_interface() {
+        assert_eq!(pinned_ifindex("12_in"), Some(12));
+        assert_eq!(pinned_ifindex("7_out"), Some(7));
+        for other in [
+            "12_in_new",
+            "_in",
+            "+1_in",
+            "x_out",
+            "12",
+            "BOSUN_EP_V1",
+            "12_inx",
+        ] {
+            assert_eq!(pinned_ifindex(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn every_map_of_the_abi_has_one_shape() {
+        let mut names: Vec<_> = MAP_SHAPES.iter().map(|shape| shape.name).collect();
+        names.sort_unstable();
+        let mut expected = crate::object::POLICY_MAPS.to_vec();
+        expected.sort_unstable();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn a_record_of_another_size_is_refused() {
+        let error = decode_event(&[0; 24]).expect_err("a short record");
+        assert!(
+            matches!(error, Error::EventSize { size: 24, .. }),
+            "{error}"
+        );
+        let event = PolicyEvent {
+            endpoint: 5,
+            policy: 9,
+            protocol: 6,
+            ..PolicyEvent::default()
+        };
+        // SAFETY: reads the bytes of a plain `#[repr(C)]` value without padding.
+        let bytes: [u8; size_of::<PolicyEvent>()] = unsafe { std::mem::transmute(event) };
+        assert_eq!(decode_event(&bytes).expect("a whole record"), event);
     }
 }

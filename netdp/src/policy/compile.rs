@@ -1,14 +1,46 @@
 //! NetworkPolicies, Namespaces and pods in; what the policy maps should hold out. Pure.
-//! (Stub: being written.)
+//!
+//! The semantics are `networking.k8s.io/v1`'s, as the API reference and the upstream docs
+//! state them:
+//!
+//! - A pod is isolated for a direction when a policy of its own namespace selects it and has
+//!   that direction in `policyTypes` (defaulted as the API server does: `Ingress`, plus
+//!   `Egress` when the policy has egress rules). What an isolated pod may do is the union of
+//!   the rules of every policy that isolates it in that direction.
+//! - A rule without peers (`from`/`to` absent or empty) matches every address; one without
+//!   `ports` matches every protocol and port. A peer's `podSelector` alone means pods of the
+//!   policy's namespace, `namespaceSelector` alone all pods of the namespaces it selects, both
+//!   together pods that both select. `ipBlock` matches addresses, pods' included.
+//! - A named port is looked up among the destination pod's container ports: the endpoint's
+//!   own for ingress, the peer's for egress, so an egress named port reaches pods only.
+//!
+//! The datapath judges a peer address by its longest matching prefix, so each prefix emitted
+//! carries everything allowed to the addresses for which it is the longest match; an empty set
+//! shadows a shorter prefix (an `except`, say).
+//!
+//! Where the API server would have rejected a field, the part it spoils is left out and a
+//! [`Problem`] says so. Left-out parts never widen what is allowed: a peer or port that cannot
+//! be read matches nothing, and a rule whose every peer (or port) is unreadable allows
+//! nothing.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
-use k8s_openapi::api::{core::v1::Namespace, networking::v1::NetworkPolicy};
+use k8s_openapi::{
+    api::{
+        core::v1::Namespace,
+        networking::v1::{IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
+    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+};
 
-use super::{Direction, PolicyPod, PolicyProtocol, Problem};
+use super::{Direction, NamedPort, PolicyPod, PolicyProtocol, Problem};
+use crate::service::Reporter;
+
+/// The label the API server puts on every Namespace, naming it.
+const LABEL_METADATA_NAME: &str = "kubernetes.io/metadata.name";
 
 /// What [`compile`] made of its input.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,6 +66,16 @@ pub struct Endpoint {
     pub egress: Option<String>,
 }
 
+impl Endpoint {
+    /// The policy isolating the endpoint in `direction`, if any.
+    pub fn isolated(&self, direction: Direction) -> Option<&str> {
+        match direction {
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
+        }
+    }
+}
+
 /// A peer CIDR of one endpoint's direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerPrefix {
@@ -45,8 +87,23 @@ pub struct PeerPrefix {
 }
 
 /// Destination ports allowed, each with the policy (`namespace/name`) that allows it.
+///
+/// As [`compile`] makes them: a range of every protocol stands alone (it allows everything,
+/// and its policy, the first by name of those allowing everything, takes the credit for all);
+/// otherwise the ranges of one protocol are disjoint, adjacent ones name different policies,
+/// and a port several policies allow is credited to the first by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortSet(pub BTreeSet<PortRange>);
+
+impl PortSet {
+    /// Whether the set allows `protocol` (an `IPPROTO_*` number) to `port`.
+    pub fn allows(&self, protocol: u8, port: u16) -> bool {
+        self.0.iter().any(|r| match r.protocol {
+            None => true,
+            Some(p) => p.number() == protocol && (r.first..=r.last).contains(&port),
+        })
+    }
+}
 
 /// A range of destination ports of one protocol, or everything.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,16 +117,1328 @@ pub struct PortRange {
 }
 
 /// Turns policies into map contents for the endpoints among `pods`.
+///
+/// Deterministic: the same input in any order gives the same output. Problems are grouped by
+/// object (kind, namespace, name) and within an object come in the order of its fields.
 pub fn compile(
-    _policies: &[NetworkPolicy],
-    _namespaces: &[Namespace],
-    _pods: &[PolicyPod],
+    policies: &[NetworkPolicy],
+    namespaces: &[Namespace],
+    pods: &[PolicyPod],
 ) -> Compiled {
-    todo!("being written")
+    let mut problems = Vec::new();
+
+    let mut pods: Vec<&PolicyPod> = pods.iter().collect();
+    pods.sort_by(|a, b| {
+        (&a.namespace, &a.name, a.ip, a.ifindex).cmp(&(&b.namespace, &b.name, b.ip, b.ifindex))
+    });
+    let namespace_labels = namespace_labels(namespaces, &pods);
+    let world = World {
+        pods: &pods,
+        namespace_labels: &namespace_labels,
+    };
+
+    // Sorted by name, so that the first isolating policy is the first in this order. Two
+    // objects with one name (possible in a manifest directory) are ordered by content.
+    let mut ordered: Vec<&NetworkPolicy> = policies.iter().collect();
+    ordered.sort_by(|a, b| {
+        object_key(a)
+            .cmp(&object_key(b))
+            .then_with(|| format!("{:?}", a.spec).cmp(&format!("{:?}", b.spec)))
+    });
+    let parsed: Vec<ParsedPolicy> = ordered
+        .into_iter()
+        .filter_map(|p| parse_policy(p, &world, &mut problems))
+        .collect();
+
+    let mut compiled = Compiled::default();
+    // Endpoints selected by the same policies (and, for ingress, with the same named ports)
+    // get the same peers: computed once.
+    let mut tables: BTreeMap<TableKey, BTreeMap<Cidr, PortSet>> = BTreeMap::new();
+    let mut owners: BTreeMap<u32, &PolicyPod> = BTreeMap::new();
+    for pod in pods.iter().copied() {
+        let Some(ifindex) = pod.ifindex else {
+            continue;
+        };
+        if let Some(owner) = owners.get(&ifindex) {
+            Reporter {
+                kind: "Pod",
+                namespace: &pod.namespace,
+                name: &pod.name,
+                problems: &mut problems,
+            }
+            .report(
+                "ifindex",
+                ifindex.to_string(),
+                &format!(
+                    "the interface is already {}'s; policy is not enforced for this pod",
+                    owner.key()
+                ),
+            );
+            continue;
+        }
+        owners.insert(ifindex, pod);
+
+        let selecting: Vec<usize> = parsed
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.namespace == pod.namespace && p.selector.matches(&pod.labels))
+            .map(|(i, _)| i)
+            .collect();
+        let mut endpoint = Endpoint {
+            pod: pod.key(),
+            ingress: None,
+            egress: None,
+        };
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let isolating: Vec<usize> = selecting
+                .iter()
+                .copied()
+                .filter(|i| parsed[*i].rules(direction).is_some())
+                .collect();
+            let Some(first) = isolating.first() else {
+                continue;
+            };
+            let name = Some(parsed[*first].key.clone());
+            match direction {
+                Direction::Ingress => endpoint.ingress = name,
+                Direction::Egress => endpoint.egress = name,
+            }
+            let key = TableKey {
+                direction,
+                policies: isolating,
+                // Only ingress resolves named ports against the endpoint itself.
+                named_ports: match direction {
+                    Direction::Ingress => sorted_named_ports(pod),
+                    Direction::Egress => Vec::new(),
+                },
+            };
+            let table = tables.entry(key).or_insert_with_key(|key| {
+                peer_table(&parsed, &key.policies, direction, &key.named_ports, &pods)
+            });
+            for (cidr, set) in table.iter() {
+                let prefix = PeerPrefix {
+                    endpoint: ifindex,
+                    direction,
+                    address: Ipv4Addr::from_bits(cidr.bits),
+                    prefix_len: cidr.len,
+                };
+                compiled.peers.insert(prefix, set.clone());
+            }
+        }
+        compiled.endpoints.insert(ifindex, endpoint);
+    }
+
+    // Stable: within one object, problems keep the order in which its fields were read.
+    problems.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+    compiled.problems = problems;
+    compiled
 }
 
 /// The fewest aligned blocks `(first port, fixed leading bits)` that cover `first..=last`
-/// exactly.
-pub fn port_blocks(_first: u16, _last: u16) -> Vec<(u16, u8)> {
-    todo!("being written")
+/// exactly: block `(p, n)` holds the `2^(16 - n)` ports from `p`, and `p`'s low `16 - n` bits
+/// are zero. Empty when `first > last`.
+pub fn port_blocks(first: u16, last: u16) -> Vec<(u16, u8)> {
+    let mut blocks = Vec::new();
+    let (mut next, last) = (u32::from(first), u32::from(last));
+    while next <= last {
+        // The largest block aligned at `next` that does not pass `last`.
+        let mut size_bits = next.trailing_zeros().min(16);
+        while next + (1 << size_bits) - 1 > last {
+            size_bits -= 1;
+        }
+        blocks.push((next as u16, (16 - size_bits) as u8));
+        next += 1 << size_bits;
+    }
+    blocks
+}
+
+/// An IPv4 prefix, host order, host bits zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Cidr {
+    bits: u32,
+    len: u8,
+}
+
+impl Cidr {
+    const EVERYWHERE: Cidr = Cidr { bits: 0, len: 0 };
+
+    fn new(bits: u32, len: u8) -> Self {
+        Self {
+            bits: bits & mask(len),
+            len,
+        }
+    }
+
+    fn host(address: Ipv4Addr) -> Self {
+        Self::new(address.to_bits(), 32)
+    }
+
+    fn contains(self, other: Cidr) -> bool {
+        self.len <= other.len && other.bits & mask(self.len) == self.bits
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from_bits(self.bits), self.len)
+    }
+}
+
+/// Which endpoints share a peer table.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct TableKey {
+    direction: Direction,
+    /// Indices into the parsed policies, in order.
+    policies: Vec<usize>,
+    named_ports: Vec<NamedPort>,
+}
+
+fn sorted_named_ports(pod: &PolicyPod) -> Vec<NamedPort> {
+    let mut ports = pod.named_ports.clone();
+    ports.sort();
+    ports
+}
+
+/// The pods and namespaces that selectors choose from.
+struct World<'a> {
+    /// Sorted; peers name pods by index here.
+    pods: &'a [&'a PolicyPod],
+    namespace_labels: &'a BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Every namespace's labels: its object's, and always `kubernetes.io/metadata.name`, as the
+/// API server sets it. A namespace known only from its pods has only that label.
+fn namespace_labels(
+    namespaces: &[Namespace],
+    pods: &[&PolicyPod],
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut objects: Vec<(&str, BTreeMap<String, String>)> = namespaces
+        .iter()
+        .filter_map(|n| {
+            let name = n.metadata.name.as_deref().filter(|n| !n.is_empty())?;
+            Some((name, n.metadata.labels.clone().unwrap_or_default()))
+        })
+        .collect();
+    // Of two objects with one name, the first in this order counts, whatever the input's.
+    objects.sort();
+    let mut labels: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (name, object_labels) in objects {
+        labels.entry(name.to_owned()).or_insert(object_labels);
+    }
+    for pod in pods {
+        labels.entry(pod.namespace.clone()).or_default();
+    }
+    for (name, labels) in labels.iter_mut() {
+        labels.insert(LABEL_METADATA_NAME.to_owned(), name.clone());
+    }
+    labels
+}
+
+/// A namespace left out (as in a manifest) is `default`, as `kubectl apply` would make it.
+fn object_key(policy: &NetworkPolicy) -> (&str, &str) {
+    (
+        policy
+            .metadata
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default"),
+        policy.metadata.name.as_deref().unwrap_or(""),
+    )
+}
+
+/// A policy as the compiler uses it: selectors checked, peers resolved to pods or prefixes.
+struct ParsedPolicy {
+    /// `namespace/name`.
+    key: String,
+    namespace: String,
+    selector: Selector,
+    /// `Some` when `policyTypes` has `Ingress`; the rules may be none (deny all).
+    ingress: Option<Vec<Rule>>,
+    egress: Option<Vec<Rule>>,
+}
+
+impl ParsedPolicy {
+    fn rules(&self, direction: Direction) -> Option<&[Rule]> {
+        match direction {
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
+        }
+    }
+}
+
+struct Rule {
+    /// `None`: every address.
+    peers: Option<Vec<Peer>>,
+    /// `None`: every protocol and port.
+    ports: Option<Vec<PortSpec>>,
+}
+
+enum Peer {
+    /// Indices into [`World::pods`].
+    Pods(Vec<usize>),
+    Block(Block),
+}
+
+/// An `ipBlock`: `cidr` without the `except`s.
+struct Block {
+    cidr: Cidr,
+    except: Vec<Cidr>,
+}
+
+impl Block {
+    fn contains(&self, prefix: Cidr) -> bool {
+        self.cidr.contains(prefix) && !self.except.iter().any(|e| e.contains(prefix))
+    }
+}
+
+enum PortSpec {
+    /// A protocol's ports `first..=last` (all of them when `port` is absent).
+    Range(PolicyProtocol, u16, u16),
+    /// A container port's name, looked up in the destination pod.
+    Named(PolicyProtocol, String),
+}
+
+/// Reads one policy, reporting what it cannot use. `None` when nothing of it can be used.
+fn parse_policy(
+    policy: &NetworkPolicy,
+    world: &World<'_>,
+    problems: &mut Vec<Problem>,
+) -> Option<ParsedPolicy> {
+    let (namespace, name) = object_key(policy);
+    let mut reporter = Reporter {
+        kind: "NetworkPolicy",
+        namespace,
+        name,
+        problems,
+    };
+    if name.is_empty() {
+        reporter.report(
+            "metadata.name",
+            "",
+            "a NetworkPolicy needs a name; it is ignored",
+        );
+        return None;
+    }
+    // A policy without `spec` is an empty spec: the Go type embeds it.
+    let spec = policy.spec.clone().unwrap_or_default();
+
+    let selector = match &spec.pod_selector {
+        None => Selector::default(),
+        Some(s) => match parse_selector(s, "spec.podSelector", &mut reporter) {
+            Some(selector) => selector,
+            None => {
+                reporter.report(
+                    "spec.podSelector",
+                    "",
+                    "the pods this policy applies to are unknown; it is ignored",
+                );
+                return None;
+            }
+        },
+    };
+
+    // `SetDefaults_NetworkPolicy`: without policyTypes, Ingress, plus Egress when there are
+    // egress rules.
+    let (mut ingress, mut egress) = (false, false);
+    match spec.policy_types.as_deref() {
+        None | Some([]) => {
+            ingress = true;
+            egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+        }
+        Some(types) => {
+            for (i, policy_type) in types.iter().enumerate() {
+                match policy_type.as_str() {
+                    "Ingress" => ingress = true,
+                    "Egress" => egress = true,
+                    other => reporter.report(
+                        format!("spec.policyTypes[{i}]"),
+                        other,
+                        "unknown policy type (Ingress or Egress); it is ignored",
+                    ),
+                }
+            }
+        }
+    }
+
+    let ingress = ingress.then(|| {
+        spec.ingress
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, rule)| Rule {
+                peers: parse_peers(
+                    rule.from.as_deref(),
+                    &format!("spec.ingress[{i}].from"),
+                    namespace,
+                    world,
+                    &mut reporter,
+                ),
+                ports: parse_ports(
+                    rule.ports.as_deref(),
+                    &format!("spec.ingress[{i}].ports"),
+                    &mut reporter,
+                ),
+            })
+            .collect()
+    });
+    let egress = egress.then(|| {
+        spec.egress
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, rule)| Rule {
+                peers: parse_peers(
+                    rule.to.as_deref(),
+                    &format!("spec.egress[{i}].to"),
+                    namespace,
+                    world,
+                    &mut reporter,
+                ),
+                ports: parse_ports(
+                    rule.ports.as_deref(),
+                    &format!("spec.egress[{i}].ports"),
+                    &mut reporter,
+                ),
+            })
+            .collect()
+    });
+
+    Some(ParsedPolicy {
+        key: format!("{namespace}/{name}"),
+        namespace: namespace.to_owned(),
+        selector,
+        ingress,
+        egress,
+    })
+}
+
+/// A rule's peers; `None` (every address) when the list is absent or empty. A peer that
+/// cannot be used is left out, so a list of only such peers matches nothing.
+fn parse_peers(
+    peers: Option<&[NetworkPolicyPeer]>,
+    field: &str,
+    namespace: &str,
+    world: &World<'_>,
+    reporter: &mut Reporter<'_>,
+) -> Option<Vec<Peer>> {
+    let peers = peers.filter(|p| !p.is_empty())?;
+    Some(
+        peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, peer)| {
+                parse_peer(peer, &format!("{field}[{i}]"), namespace, world, reporter)
+            })
+            .collect(),
+    )
+}
+
+/// `ValidateNetworkPolicyPeer` and the peer's meaning.
+fn parse_peer(
+    peer: &NetworkPolicyPeer,
+    field: &str,
+    namespace: &str,
+    world: &World<'_>,
+    reporter: &mut Reporter<'_>,
+) -> Option<Peer> {
+    if let Some(block) = &peer.ip_block {
+        if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
+            reporter.report(
+                field,
+                "",
+                "an ipBlock cannot be combined with a selector in one peer; this peer is ignored",
+            );
+            return None;
+        }
+        return parse_block(block, &format!("{field}.ipBlock"), reporter).map(Peer::Block);
+    }
+    if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+        reporter.report(
+            field,
+            "",
+            "a peer needs a podSelector, a namespaceSelector or an ipBlock; this peer is ignored",
+        );
+        return None;
+    }
+    let mut read = |selector: &Option<LabelSelector>, name: &str| match selector {
+        None => Some(None),
+        Some(s) => parse_selector(s, &format!("{field}.{name}"), reporter).map(Some),
+    };
+    let pod_selector = read(&peer.pod_selector, "podSelector")?;
+    let namespace_selector = read(&peer.namespace_selector, "namespaceSelector")?;
+
+    let pods = world
+        .pods
+        .iter()
+        .enumerate()
+        .filter(|(_, pod)| {
+            let in_namespace = match &namespace_selector {
+                None => pod.namespace == namespace,
+                Some(selector) => world
+                    .namespace_labels
+                    .get(&pod.namespace)
+                    .is_some_and(|labels| selector.matches(labels)),
+            };
+            in_namespace
+                && pod_selector
+                    .as_ref()
+                    .is_none_or(|selector| selector.matches(&pod.labels))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    Some(Peer::Pods(pods))
+}
+
+fn parse_block(block: &IPBlock, field: &str, reporter: &mut Reporter<'_>) -> Option<Block> {
+    let cidr_field = format!("{field}.cidr");
+    let cidr = match parse_cidr(&block.cidr) {
+        ParsedCidr::V4(cidr) => cidr,
+        ParsedCidr::V6 => {
+            reporter.report(
+                cidr_field,
+                block.cidr.as_str(),
+                "IPv6 is not enforced by bosun; this peer matches no IPv4 address",
+            );
+            return None;
+        }
+        ParsedCidr::Invalid => {
+            reporter.report(
+                cidr_field,
+                block.cidr.as_str(),
+                "not a CIDR; this peer is ignored",
+            );
+            return None;
+        }
+    };
+    let mut except = Vec::new();
+    for (i, text) in block.except.iter().flatten().enumerate() {
+        let except_field = format!("{field}.except[{i}]");
+        match parse_cidr(text) {
+            // `ValidateIPBlock`: a strict subset of the cidr.
+            ParsedCidr::V4(e) if cidr.contains(e) && e.len > cidr.len => except.push(e),
+            // The set difference is still well defined; it is what is enforced.
+            ParsedCidr::V4(e) if e.contains(cidr) => {
+                reporter.report(
+                    except_field,
+                    text.as_str(),
+                    &format!(
+                        "not inside the cidr {cidr} but covering it; this peer matches nothing"
+                    ),
+                );
+                except.push(e);
+            }
+            ParsedCidr::V4(_) | ParsedCidr::V6 => reporter.report(
+                except_field,
+                text.as_str(),
+                &format!("not inside the cidr {cidr}; it excepts nothing"),
+            ),
+            ParsedCidr::Invalid => {
+                // Ignoring only the except would allow what it was meant to deny.
+                reporter.report(
+                    except_field,
+                    text.as_str(),
+                    "not a CIDR; this peer is ignored",
+                );
+                return None;
+            }
+        }
+    }
+    except.sort();
+    except.dedup();
+    Some(Block { cidr, except })
+}
+
+enum ParsedCidr {
+    V4(Cidr),
+    V6,
+    Invalid,
+}
+
+/// `address/length`. Host bits are cleared, as `ParseCIDRSloppy` does.
+fn parse_cidr(text: &str) -> ParsedCidr {
+    let Some((address, len)) = text.split_once('/') else {
+        return ParsedCidr::Invalid;
+    };
+    let Ok(len) = len.parse::<u8>() else {
+        return ParsedCidr::Invalid;
+    };
+    match address.parse::<IpAddr>() {
+        Ok(IpAddr::V4(address)) if len <= 32 => ParsedCidr::V4(Cidr::new(address.to_bits(), len)),
+        Ok(IpAddr::V6(_)) if len <= 128 => ParsedCidr::V6,
+        _ => ParsedCidr::Invalid,
+    }
+}
+
+/// A rule's ports; `None` (everything) when the list is absent or empty. A port that cannot
+/// be used is left out, so a list of only such ports matches nothing.
+fn parse_ports(
+    ports: Option<&[NetworkPolicyPort]>,
+    field: &str,
+    reporter: &mut Reporter<'_>,
+) -> Option<Vec<PortSpec>> {
+    let ports = ports.filter(|p| !p.is_empty())?;
+    Some(
+        ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, port)| parse_port(port, &format!("{field}[{i}]"), reporter))
+            .collect(),
+    )
+}
+
+/// `ValidateNetworkPolicyPort`, with `SetDefaults_NetworkPolicyPort` (TCP).
+fn parse_port(
+    port: &NetworkPolicyPort,
+    field: &str,
+    reporter: &mut Reporter<'_>,
+) -> Option<PortSpec> {
+    let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
+    let Some(protocol) = PolicyProtocol::parse(protocol_name) else {
+        reporter.report(
+            format!("{field}.protocol"),
+            protocol_name,
+            "unknown protocol (TCP, UDP or SCTP); this port is ignored",
+        );
+        return None;
+    };
+    let end_field = format!("{field}.endPort");
+    match &port.port {
+        None => {
+            if let Some(end) = port.end_port {
+                reporter.report(
+                    end_field,
+                    end.to_string(),
+                    "endPort needs a numeric port; this port is ignored",
+                );
+                return None;
+            }
+            Some(PortSpec::Range(protocol, 0, u16::MAX))
+        }
+        Some(IntOrString::Int(number)) => {
+            let first = match u16::try_from(*number) {
+                Ok(first) if first != 0 => first,
+                _ => {
+                    reporter.report(
+                        format!("{field}.port"),
+                        number.to_string(),
+                        "not a port number (1-65535); this port is ignored",
+                    );
+                    return None;
+                }
+            };
+            let last = match port.end_port.map(u16::try_from) {
+                None => first,
+                Some(Ok(last)) if last >= first => last,
+                Some(Ok(_)) => {
+                    reporter.report(
+                        end_field,
+                        port.end_port.unwrap_or_default().to_string(),
+                        &format!("endPort is below port {first}; this port is ignored"),
+                    );
+                    return None;
+                }
+                Some(Err(_)) => {
+                    reporter.report(
+                        end_field,
+                        port.end_port.unwrap_or_default().to_string(),
+                        "not a port number (1-65535); this port is ignored",
+                    );
+                    return None;
+                }
+            };
+            Some(PortSpec::Range(protocol, first, last))
+        }
+        Some(IntOrString::String(name)) => {
+            if let Some(end) = port.end_port {
+                reporter.report(
+                    end_field,
+                    end.to_string(),
+                    &format!(
+                        "endPort cannot go with the named port {name:?}; this port is ignored"
+                    ),
+                );
+                return None;
+            }
+            Some(PortSpec::Named(protocol, name.clone()))
+        }
+    }
+}
+
+/// A checked label selector: every requirement must hold. Empty: selects everything.
+#[derive(Default)]
+struct Selector {
+    requirements: Vec<Requirement>,
+}
+
+enum Requirement {
+    In(String, BTreeSet<String>),
+    NotIn(String, BTreeSet<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+impl Selector {
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.requirements.iter().all(|r| match r {
+            Requirement::In(key, values) => labels.get(key).is_some_and(|v| values.contains(v)),
+            Requirement::NotIn(key, values) => labels.get(key).is_none_or(|v| !values.contains(v)),
+            Requirement::Exists(key) => labels.contains_key(key),
+            Requirement::DoesNotExist(key) => !labels.contains_key(key),
+        })
+    }
+}
+
+/// `LabelSelectorAsSelector`: `None` (and a problem) when a requirement is malformed.
+fn parse_selector(
+    selector: &LabelSelector,
+    field: &str,
+    reporter: &mut Reporter<'_>,
+) -> Option<Selector> {
+    let mut requirements: Vec<Requirement> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| Requirement::In(k.clone(), BTreeSet::from([v.clone()])))
+        .collect();
+    let mut valid = true;
+    for (i, expression) in selector.match_expressions.iter().flatten().enumerate() {
+        let values: BTreeSet<String> = expression.values.iter().flatten().cloned().collect();
+        let key = expression.key.clone();
+        let requirement = match expression.operator.as_str() {
+            "In" if !values.is_empty() => Requirement::In(key, values),
+            "NotIn" if !values.is_empty() => Requirement::NotIn(key, values),
+            "Exists" if values.is_empty() => Requirement::Exists(key),
+            "DoesNotExist" if values.is_empty() => Requirement::DoesNotExist(key),
+            "In" | "NotIn" => {
+                reporter.report(
+                    format!("{field}.matchExpressions[{i}].values"),
+                    "",
+                    "In and NotIn need values; the selector selects nothing",
+                );
+                valid = false;
+                continue;
+            }
+            "Exists" | "DoesNotExist" => {
+                reporter.report(
+                    format!("{field}.matchExpressions[{i}].values"),
+                    values.into_iter().collect::<Vec<_>>().join(","),
+                    "Exists and DoesNotExist take no values; the selector selects nothing",
+                );
+                valid = false;
+                continue;
+            }
+            other => {
+                reporter.report(
+                    format!("{field}.matchExpressions[{i}].operator"),
+                    other,
+                    "unknown operator (In, NotIn, Exists or DoesNotExist); the selector selects \
+                     nothing",
+                );
+                valid = false;
+                continue;
+            }
+        };
+        requirements.push(requirement);
+    }
+    valid.then_some(Selector { requirements })
+}
+
+/// The peer prefixes of one direction of endpoints that `policies` isolate, and that have
+/// `named_ports` (for ingress, whose named ports are the endpoint's).
+fn peer_table(
+    parsed: &[ParsedPolicy],
+    policies: &[usize],
+    direction: Direction,
+    named_ports: &[NamedPort],
+    pods: &[&PolicyPod],
+) -> BTreeMap<Cidr, PortSet> {
+    // What rules allow, by the kind of address set they allow it for.
+    let mut per_prefix: BTreeMap<Cidr, Vec<PortRange>> = BTreeMap::new();
+    let mut everywhere: Option<Vec<PortRange>> = None;
+    let mut blocks: Vec<(&Block, Vec<PortRange>)> = Vec::new();
+
+    for policy in policies.iter().map(|i| &parsed[*i]) {
+        for rule in policy.rules(direction).unwrap_or_default() {
+            let mut ranges = Vec::new();
+            let mut by_peer: Vec<(PolicyProtocol, &str)> = Vec::new();
+            match &rule.ports {
+                None => ranges.push(PortRange {
+                    protocol: None,
+                    first: 0,
+                    last: u16::MAX,
+                    policy: policy.key.clone(),
+                }),
+                Some(ports) => {
+                    for port in ports {
+                        match port {
+                            PortSpec::Range(protocol, first, last) => ranges.push(PortRange {
+                                protocol: Some(*protocol),
+                                first: *first,
+                                last: *last,
+                                policy: policy.key.clone(),
+                            }),
+                            PortSpec::Named(protocol, name) => match direction {
+                                Direction::Ingress => ranges.extend(resolve(
+                                    named_ports,
+                                    *protocol,
+                                    name,
+                                    &policy.key,
+                                )),
+                                Direction::Egress => by_peer.push((*protocol, name)),
+                            },
+                        }
+                    }
+                }
+            }
+            if ranges.is_empty() && by_peer.is_empty() {
+                continue;
+            }
+            // What a pod at `address` may be reached on beyond `ranges`: its own named ports.
+            let resolve_at = |pod: &PolicyPod| -> Vec<PortRange> {
+                by_peer
+                    .iter()
+                    .flat_map(|(protocol, name)| {
+                        resolve(&pod.named_ports, *protocol, name, &policy.key)
+                    })
+                    .collect()
+            };
+            let mut allow_pod = |pod: &PolicyPod, with_ranges: bool| {
+                let mut allowed = resolve_at(pod);
+                if with_ranges {
+                    allowed.extend(ranges.iter().cloned());
+                }
+                if !allowed.is_empty() {
+                    per_prefix
+                        .entry(Cidr::host(pod.ip))
+                        .or_default()
+                        .extend(allowed);
+                }
+            };
+            match &rule.peers {
+                None => {
+                    if !by_peer.is_empty() {
+                        pods.iter().for_each(|pod| allow_pod(pod, false));
+                    }
+                    everywhere.get_or_insert_with(Vec::new).extend(ranges);
+                }
+                Some(peers) => {
+                    for peer in peers {
+                        match peer {
+                            Peer::Pods(indices) => {
+                                indices.iter().for_each(|i| allow_pod(pods[*i], true));
+                            }
+                            Peer::Block(block) => {
+                                if !by_peer.is_empty() {
+                                    pods.iter()
+                                        .filter(|pod| block.contains(Cidr::host(pod.ip)))
+                                        .for_each(|pod| allow_pod(pod, false));
+                                }
+                                if !ranges.is_empty() {
+                                    blocks.push((block, ranges.clone()));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Every prefix some rule names; each address's longest match among them decides.
+    let mut prefixes: BTreeSet<Cidr> = per_prefix.keys().copied().collect();
+    if everywhere.is_some() {
+        prefixes.insert(Cidr::EVERYWHERE);
+    }
+    for (block, _) in &blocks {
+        prefixes.insert(block.cidr);
+        prefixes.extend(block.except.iter().copied());
+    }
+    let mut by_length: Vec<Cidr> = prefixes.into_iter().collect();
+    by_length.sort_by_key(|c| (c.len, c.bits));
+
+    // Shorter prefixes first, so that a prefix is left out when the next shorter one that is
+    // kept (or no match at all) already gives the same.
+    let mut table: BTreeMap<Cidr, PortSet> = BTreeMap::new();
+    for prefix in by_length {
+        // Every rule's address set is a union of "addresses whose longest match is P" for
+        // prefixes P: a block contains all or none of a prefix's own addresses, since the
+        // block's cidr and excepts are themselves prefixes.
+        let mut allowed: Vec<PortRange> = per_prefix.get(&prefix).cloned().unwrap_or_default();
+        allowed.extend(everywhere.iter().flatten().cloned());
+        for (block, ranges) in &blocks {
+            if block.contains(prefix) {
+                allowed.extend(ranges.iter().cloned());
+            }
+        }
+        let set = normalize(allowed);
+        let inherited = (0..prefix.len)
+            .rev()
+            .find_map(|len| table.get(&Cidr::new(prefix.bits, len)));
+        let redundant = match inherited {
+            Some(shorter) => *shorter == set,
+            None => set.0.is_empty(),
+        };
+        if !redundant {
+            table.insert(prefix, set);
+        }
+    }
+    table
+}
+
+/// The ranges of the ports named `name` for `protocol` among `ports`.
+fn resolve(
+    ports: &[NamedPort],
+    protocol: PolicyProtocol,
+    name: &str,
+    policy: &str,
+) -> Vec<PortRange> {
+    ports
+        .iter()
+        .filter(|p| p.name == name && p.protocol == protocol)
+        .map(|p| PortRange {
+            protocol: Some(protocol),
+            first: p.port,
+            last: p.port,
+            policy: policy.to_owned(),
+        })
+        .collect()
+}
+
+/// The canonical [`PortSet`] of a union of ranges: one any-protocol range if there is one,
+/// otherwise per protocol disjoint ranges, each port credited to the first policy by name
+/// that allows it, and adjacent ranges of one policy joined.
+fn normalize(ranges: Vec<PortRange>) -> PortSet {
+    if let Some(policy) = ranges
+        .iter()
+        .filter(|r| r.protocol.is_none())
+        .map(|r| &r.policy)
+        .min()
+    {
+        return PortSet(BTreeSet::from([PortRange {
+            protocol: None,
+            first: 0,
+            last: u16::MAX,
+            policy: policy.clone(),
+        }]));
+    }
+    let mut by_protocol: BTreeMap<PolicyProtocol, Vec<&PortRange>> = BTreeMap::new();
+    for range in ranges.iter().filter(|r| r.first <= r.last) {
+        if let Some(protocol) = range.protocol {
+            by_protocol.entry(protocol).or_default().push(range);
+        }
+    }
+    let mut set = BTreeSet::new();
+    for (protocol, ranges) in by_protocol {
+        // A sweep over the points where the set of covering ranges changes.
+        let mut starts: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+        let mut ends: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+        for range in &ranges {
+            starts
+                .entry(u32::from(range.first))
+                .or_default()
+                .push(&range.policy);
+            ends.entry(u32::from(range.last) + 1)
+                .or_default()
+                .push(&range.policy);
+        }
+        let points: Vec<u32> = starts
+            .keys()
+            .chain(ends.keys())
+            .copied()
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        let mut active: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut pieces: Vec<(u32, u32, &str)> = Vec::new();
+        for (i, point) in points.iter().enumerate() {
+            for policy in ends.get(point).into_iter().flatten() {
+                if let Some(count) = active.get_mut(policy) {
+                    *count -= 1;
+                    if *count == 0 {
+                        active.remove(policy);
+                    }
+                }
+            }
+            for policy in starts.get(point).into_iter().flatten() {
+                *active.entry(policy).or_insert(0) += 1;
+            }
+            let (Some((owner, _)), Some(next)) = (active.first_key_value(), points.get(i + 1))
+            else {
+                continue;
+            };
+            match pieces.last_mut() {
+                Some(last) if last.1 + 1 == *point && last.2 == *owner => last.1 = next - 1,
+                _ => pieces.push((*point, next - 1, owner)),
+            }
+        }
+        set.extend(pieces.into_iter().map(|(first, last, policy)| PortRange {
+            protocol: Some(protocol),
+            first: first as u16,
+            last: last as u16,
+            policy: policy.to_owned(),
+        }));
+    }
+    PortSet(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fewest aligned blocks covering `first..=last`, by splitting the port trie: a node
+    /// the range covers whole is one block, one it misses is none, any other must be split.
+    fn fewest_blocks(node_first: u32, node_bits: u8, first: u32, last: u32) -> usize {
+        let node_last = node_first + (1u32 << (16 - node_bits)) - 1;
+        if node_last < first || node_first > last {
+            0
+        } else if first <= node_first && node_last <= last {
+            1
+        } else {
+            let half = 1u32 << (15 - node_bits);
+            fewest_blocks(node_first, node_bits + 1, first, last)
+                + fewest_blocks(node_first + half, node_bits + 1, first, last)
+        }
+    }
+
+    fn check_blocks(first: u16, last: u16) {
+        let blocks = port_blocks(first, last);
+        let mut next = u32::from(first);
+        for (start, bits) in &blocks {
+            assert!(*bits <= 16, "{first}..={last}: {blocks:?}");
+            let size = 1u32 << (16 - bits);
+            assert_eq!(
+                u32::from(*start) % size,
+                0,
+                "{first}..={last}: unaligned {start}/{bits}"
+            );
+            assert_eq!(
+                u32::from(*start),
+                next,
+                "{first}..={last}: gap or overlap in {blocks:?}"
+            );
+            next += size;
+        }
+        assert_eq!(next, u32::from(last) + 1, "{first}..={last}: {blocks:?}");
+        assert_eq!(
+            blocks.len(),
+            fewest_blocks(0, 0, first.into(), last.into()),
+            "{first}..={last}: {blocks:?} is not the fewest"
+        );
+    }
+
+    #[test]
+    fn port_blocks_cover_exactly_with_the_fewest_blocks() {
+        assert_eq!(port_blocks(0, 65535), [(0, 0)]);
+        assert_eq!(port_blocks(80, 80), [(80, 16)]);
+        assert_eq!(port_blocks(8080, 8083), [(8080, 14)]);
+        assert_eq!(port_blocks(1, 0), []);
+        for first in (0..=300).chain(65_400..=65_535) {
+            for last in (first..=first + 300).filter(|l| *l <= 65_535) {
+                check_blocks(first as u16, last as u16);
+            }
+        }
+        // A fixed linear congruential sequence: the same cases on every run.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let a = (seed >> 48) as u16;
+            let b = (seed >> 32) as u16;
+            check_blocks(a.min(b), a.max(b));
+        }
+    }
+
+    /// A fixed linear congruential sequence: the same cases on every run.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((self.0 >> 33) % n as u64) as usize
+        }
+
+        fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+            from[self.below(from.len())]
+        }
+    }
+
+    const PROTOCOLS: [PolicyProtocol; 3] = [
+        PolicyProtocol::Tcp,
+        PolicyProtocol::Udp,
+        PolicyProtocol::Sctp,
+    ];
+    const CIDRS: [([u8; 4], u8); 8] = [
+        ([0, 0, 0, 0], 0),
+        ([10, 0, 0, 0], 8),
+        ([10, 0, 0, 0], 24),
+        ([10, 0, 0, 0], 25),
+        ([10, 0, 0, 128], 26),
+        ([10, 0, 0, 192], 32),
+        ([10, 0, 1, 0], 24),
+        ([192, 168, 0, 0], 16),
+    ];
+    const POD_ADDRESSES: [[u8; 4]; 10] = [
+        [10, 0, 0, 1],
+        [10, 0, 0, 127],
+        [10, 0, 0, 130],
+        [10, 0, 0, 192],
+        [10, 0, 0, 200],
+        [10, 0, 1, 5],
+        [10, 0, 2, 5],
+        [192, 168, 3, 4],
+        [172, 16, 0, 1],
+        [10, 0, 0, 1], // a second pod at one address
+    ];
+    const PROBE_PORTS: [u16; 14] = [0, 1, 2, 52, 53, 54, 79, 80, 81, 443, 444, 8080, 8081, 65535];
+
+    fn random_pods(rng: &mut Lcg) -> Vec<PolicyPod> {
+        (0..POD_ADDRESSES.len())
+            .map(|i| PolicyPod {
+                namespace: "a".into(),
+                name: format!("pod{i}"),
+                labels: BTreeMap::new(),
+                ip: POD_ADDRESSES[i].into(),
+                named_ports: (0..rng.below(3))
+                    .map(|_| NamedPort {
+                        name: rng.pick(&["http", "dns"]).into(),
+                        protocol: rng.pick(&PROTOCOLS),
+                        port: rng.pick(&[53, 80, 8080]),
+                    })
+                    .collect(),
+                ifindex: None,
+            })
+            .collect()
+    }
+
+    fn random_rule(rng: &mut Lcg, pods: usize) -> Rule {
+        let peers = (rng.below(4) != 0).then(|| {
+            (0..rng.below(3) + 1)
+                .map(|_| {
+                    if rng.below(2) == 0 {
+                        Peer::Pods((0..pods).filter(|_| rng.below(3) == 0).collect())
+                    } else {
+                        let (address, len) = rng.pick(&CIDRS);
+                        let cidr = Cidr::new(u32::from_be_bytes(address), len);
+                        let mut except: Vec<Cidr> = CIDRS
+                            .iter()
+                            .map(|(a, l)| Cidr::new(u32::from_be_bytes(*a), *l))
+                            .chain(POD_ADDRESSES.iter().map(|a| Cidr::host((*a).into())))
+                            .filter(|e| cidr.contains(*e) && e.len > cidr.len)
+                            .filter(|_| rng.below(3) == 0)
+                            .collect();
+                        except.sort();
+                        except.dedup();
+                        Peer::Block(Block { cidr, except })
+                    }
+                })
+                .collect()
+        });
+        let ports = (rng.below(4) != 0).then(|| {
+            (0..rng.below(3) + 1)
+                .map(|_| {
+                    let protocol = rng.pick(&PROTOCOLS);
+                    match rng.below(3) {
+                        0 => PortSpec::Named(protocol, rng.pick(&["http", "dns"]).into()),
+                        1 => PortSpec::Range(protocol, 0, u16::MAX),
+                        _ => {
+                            let first = rng.pick(&[1, 53, 80, 443, 8080]);
+                            PortSpec::Range(protocol, first, first + rng.pick(&[0, 1, 400]))
+                        }
+                    }
+                })
+                .collect()
+        });
+        Rule { peers, ports }
+    }
+
+    /// Whether the rules allow the flow, read straight from them, address by address.
+    fn rules_allow(
+        policies: &[ParsedPolicy],
+        direction: Direction,
+        endpoint_ports: &[NamedPort],
+        pods: &[&PolicyPod],
+        address: Ipv4Addr,
+        protocol: u8,
+        port: u16,
+    ) -> bool {
+        let pods_at = |indices: &mut dyn Iterator<Item = usize>| -> Vec<&PolicyPod> {
+            indices
+                .map(|i| pods[i])
+                .filter(|p| p.ip == address)
+                .collect()
+        };
+        let rules = policies
+            .iter()
+            .flat_map(|p| p.rules(direction).unwrap_or_default());
+        rules.into_iter().any(|rule| {
+            // The pods at `address` the rule's peers match, if the peers match it at all.
+            let matched: Option<Vec<&PolicyPod>> = match &rule.peers {
+                None => Some(pods_at(&mut (0..pods.len()))),
+                Some(peers) => {
+                    let mut matched = None;
+                    for peer in peers {
+                        let found = match peer {
+                            Peer::Pods(indices) => pods_at(&mut indices.iter().copied()),
+                            Peer::Block(b) if b.contains(Cidr::host(address)) => {
+                                matched.get_or_insert_with(Vec::new);
+                                pods_at(&mut (0..pods.len()))
+                            }
+                            Peer::Block(_) => Vec::new(),
+                        };
+                        if !found.is_empty() {
+                            matched.get_or_insert_with(Vec::new).extend(found);
+                        }
+                    }
+                    matched
+                }
+            };
+            let Some(destinations) = matched else {
+                return false;
+            };
+            let has = |ports: &[NamedPort], p: PolicyProtocol, name: &str| {
+                ports
+                    .iter()
+                    .any(|n| n.name == name && n.protocol == p && n.port == port)
+            };
+            match &rule.ports {
+                None => true,
+                Some(ports) => ports.iter().any(|spec| match spec {
+                    PortSpec::Range(p, first, last) => {
+                        p.number() == protocol && (*first..=*last).contains(&port)
+                    }
+                    PortSpec::Named(p, name) => {
+                        p.number() == protocol
+                            && match direction {
+                                Direction::Ingress => has(endpoint_ports, *p, name),
+                                Direction::Egress => {
+                                    destinations.iter().any(|d| has(&d.named_ports, *p, name))
+                                }
+                            }
+                    }
+                }),
+            }
+        })
+    }
+
+    #[test]
+    fn longest_prefix_tables_allow_exactly_what_the_rules_allow() {
+        let mut rng = Lcg(0x853c_49e6_748f_ea9b);
+        for case in 0..300 {
+            let owned = random_pods(&mut rng);
+            let pods: Vec<&PolicyPod> = owned.iter().collect();
+            let policies: Vec<ParsedPolicy> = (0..rng.below(3) + 1)
+                .map(|i| {
+                    let rules = |rng: &mut Lcg| {
+                        (rng.below(2) == 0).then(|| {
+                            (0..rng.below(4))
+                                .map(|_| random_rule(rng, pods.len()))
+                                .collect()
+                        })
+                    };
+                    ParsedPolicy {
+                        key: format!("a/p{i}"),
+                        namespace: "a".into(),
+                        selector: Selector::default(),
+                        ingress: rules(&mut rng),
+                        egress: rules(&mut rng),
+                    }
+                })
+                .collect();
+            let endpoint_ports = sorted_named_ports(pods[rng.below(pods.len())]);
+            let indices: Vec<usize> = (0..policies.len()).collect();
+
+            let mut addresses: BTreeSet<u32> = POD_ADDRESSES
+                .iter()
+                .map(|a| u32::from_be_bytes(*a))
+                .collect();
+            for (address, len) in CIDRS {
+                let cidr = Cidr::new(u32::from_be_bytes(address), len);
+                addresses.insert(cidr.bits);
+                addresses.insert(cidr.bits | !mask(len));
+                addresses.insert(cidr.bits.wrapping_sub(1));
+                addresses.insert((cidr.bits | !mask(len)).wrapping_add(1));
+            }
+            for direction in [Direction::Ingress, Direction::Egress] {
+                let isolating: Vec<usize> = indices
+                    .iter()
+                    .copied()
+                    .filter(|i| policies[*i].rules(direction).is_some())
+                    .collect();
+                let table = peer_table(&policies, &isolating, direction, &endpoint_ports, &pods);
+                for address in &addresses {
+                    let longest = (0..=32)
+                        .rev()
+                        .find_map(|len| table.get(&Cidr::new(*address, len)));
+                    for protocol in [1, 6, 17, 132] {
+                        for port in PROBE_PORTS {
+                            let want = rules_allow(
+                                &policies,
+                                direction,
+                                &endpoint_ports,
+                                &pods,
+                                Ipv4Addr::from_bits(*address),
+                                protocol,
+                                port,
+                            );
+                            let got = longest.is_some_and(|set| set.allows(protocol, port));
+                            assert_eq!(
+                                got,
+                                want,
+                                "case {case} {direction} {} proto {protocol} port {port}: {table:#?}",
+                                Ipv4Addr::from_bits(*address)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn range(protocol: Option<PolicyProtocol>, first: u16, last: u16, policy: &str) -> PortRange {
+        PortRange {
+            protocol,
+            first,
+            last,
+            policy: policy.into(),
+        }
+    }
+
+    #[test]
+    fn overlapping_ranges_are_credited_to_the_first_policy_by_name() {
+        let tcp = Some(PolicyProtocol::Tcp);
+        let set = normalize(vec![
+            range(tcp, 100, 200, "ns/b"),
+            range(tcp, 150, 300, "ns/a"),
+            range(tcp, 301, 400, "ns/a"),
+            range(tcp, 100, 120, "ns/b"),
+            range(tcp, 1000, 1000, "ns/b"),
+            range(Some(PolicyProtocol::Udp), 53, 53, "ns/c"),
+        ]);
+        let expected = [
+            range(tcp, 100, 149, "ns/b"),
+            range(tcp, 150, 400, "ns/a"),
+            range(tcp, 1000, 1000, "ns/b"),
+            range(Some(PolicyProtocol::Udp), 53, 53, "ns/c"),
+        ];
+        assert_eq!(set.0.into_iter().collect::<Vec<_>>(), expected);
+
+        let everything = normalize(vec![
+            range(tcp, 80, 80, "ns/a"),
+            range(None, 0, 65535, "ns/z"),
+        ]);
+        assert_eq!(
+            everything.0.into_iter().collect::<Vec<_>>(),
+            [range(None, 0, 65535, "ns/z")]
+        );
+        assert_eq!(normalize(vec![range(tcp, 0, 65535, "ns/a")]).0.len(), 1);
+    }
 }

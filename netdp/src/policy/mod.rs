@@ -18,14 +18,17 @@ mod reconcile;
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
 pub use bpf::{
-    attach, detach, install, read_counters, read_names, EventReader, PinnedPolicyMaps,
-    PolicyDatapath,
+    attach, attached, cleanup, detach, install, read_counters, read_names, EventReader,
+    PinnedPolicyMaps, PolicyDatapath,
 };
 pub use compile::{compile, port_blocks, Compiled, Endpoint, PeerPrefix, PortRange, PortSet};
 pub use maps::{policy_name, policy_name_str, MemoryPolicyMaps, PolicyMapOp, PolicyMaps};
 pub use reconcile::{PolicyApplied, PolicyReconciler};
 
 pub use crate::service::Problem;
+pub use bosun_ebpf_abi::{
+    EndpointValue, PolicyCounters, ENDPOINT_ISOLATED_EGRESS, ENDPOINT_ISOLATED_INGRESS,
+};
 
 /// A direction of traffic from the pod's point of view, as in `policyTypes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -143,4 +146,61 @@ impl PolicyPod {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+}
+
+/// A verdict the policy programs reported, decoded from the ring buffer's record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// `CLOCK_MONOTONIC` nanoseconds of the packet.
+    pub time_ns: u64,
+    /// The endpoint's interface.
+    pub ifindex: u32,
+    /// The endpoint's point of view.
+    pub direction: Direction,
+    /// `false`: dropped.
+    pub allowed: bool,
+    pub source: std::net::SocketAddrV4,
+    pub destination: std::net::SocketAddrV4,
+    /// `IPPROTO_*`.
+    pub protocol: u8,
+    /// The policy id that allowed the flow, or one isolating the endpoint for a drop; 0 for a
+    /// packet on an interface with no endpoint.
+    pub policy: u32,
+}
+
+impl From<bosun_ebpf_abi::PolicyEvent> for FlowEvent {
+    fn from(event: bosun_ebpf_abi::PolicyEvent) -> Self {
+        use bosun_ebpf_abi::{address_to_host, port_to_host};
+        let side = |address, port| {
+            std::net::SocketAddrV4::new(
+                Ipv4Addr::from(address_to_host(address)),
+                port_to_host(port),
+            )
+        };
+        Self {
+            time_ns: event.time_ns,
+            ifindex: event.endpoint,
+            direction: Direction::from_number(event.direction).unwrap_or(Direction::Ingress),
+            allowed: event.verdict == bosun_ebpf_abi::VERDICT_ALLOWED,
+            source: side(event.source, event.source_port),
+            destination: side(event.destination, event.destination_port),
+            protocol: event.protocol,
+            policy: event.policy,
+        }
+    }
+}
+
+/// The name of interface `ifindex` in the calling thread's network namespace; `None` if there
+/// is none. (nix's `if_indextoname` mistakes the C function's NULL for success and answers an
+/// empty name for a missing interface.)
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    let mut name = [0u8; nix::libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes the function may write, NUL included; the
+    // returned pointer is `name`'s or NULL, and only compared here.
+    let found = unsafe { nix::libc::if_indextoname(ifindex, name.as_mut_ptr().cast()) };
+    if found.is_null() {
+        return None;
+    }
+    let name = std::ffi::CStr::from_bytes_until_nul(&name).ok()?;
+    Some(name.to_string_lossy().into_owned()).filter(|name| !name.is_empty())
 }

@@ -35,7 +35,10 @@ use bosun_ebpf_abi::{
 };
 
 use super::ServiceMaps;
-use crate::{object::OBJECT, Error};
+use crate::{
+    object::{shrink_unused_maps, OBJECT, POLICY_MAPS},
+    Error,
+};
 
 const MOUNTS: &str = "/proc/mounts";
 
@@ -70,15 +73,15 @@ const HOOKS: [Hook; 4] = [
 
 /// Suffix of a link pinned but not yet renamed over the live one; found only after a crash.
 /// Not `.new`: bpffs refuses every name with a dot (`EPERM`), keeping them for itself.
-const NEW_LINK_SUFFIX: &str = "_new";
+pub(crate) const NEW_LINK_SUFFIX: &str = "_new";
 
 /// What a pinned map must look like to be this build's.
-struct MapShape {
-    name: &'static str,
-    map_type: MapType,
-    key_size: usize,
-    value_size: usize,
-    max_entries: u32,
+pub(crate) struct MapShape {
+    pub(crate) name: &'static str,
+    pub(crate) map_type: MapType,
+    pub(crate) key_size: usize,
+    pub(crate) value_size: usize,
+    pub(crate) max_entries: u32,
 }
 
 const MAP_SHAPES: [MapShape; 5] = [
@@ -164,6 +167,7 @@ pub fn install(bpf_dir: &Path, cgroup: &Path) -> Result<PinnedMaps, Error> {
     for shape in &MAP_SHAPES {
         loader.map_pin_path(shape.name, bpf_dir.join(shape.name));
     }
+    shrink_unused_maps(&mut loader, &POLICY_MAPS);
     let mut ebpf = loader.load(OBJECT).map_err(|source| Error::LoadObject {
         source: Box::new(source),
     })?;
@@ -326,7 +330,7 @@ impl ServiceMaps for PinnedMaps {
 
 /// Every entry, sorted and without the duplicates a concurrent writer can make the kernel's
 /// iteration return.
-fn entries<K: Pod + Ord, V: Pod>(
+pub(crate) fn entries<K: Pod + Ord, V: Pod>(
     map: &HashMap<MapData, K, V>,
     name: &'static str,
 ) -> Result<Vec<(K, V)>, Error> {
@@ -338,7 +342,7 @@ fn entries<K: Pod + Ord, V: Pod>(
     Ok(sorted.into_iter().collect())
 }
 
-fn put<K: Pod, V: Pod>(
+pub(crate) fn put<K: Pod, V: Pod>(
     map: &mut HashMap<MapData, K, V>,
     name: &'static str,
     key: &K,
@@ -351,7 +355,7 @@ fn put<K: Pod, V: Pod>(
 }
 
 /// Removing what is not there succeeds.
-fn delete<K: Pod, V: Pod>(
+pub(crate) fn delete<K: Pod, V: Pod>(
     map: &mut HashMap<MapData, K, V>,
     name: &'static str,
     key: &K,
@@ -365,14 +369,14 @@ fn delete<K: Pod, V: Pod>(
     }
 }
 
-fn read_error(map: &'static str, source: MapError) -> Error {
+pub(crate) fn read_error(map: &'static str, source: MapError) -> Error {
     Error::ReadMap {
         map,
         source: Box::new(source),
     }
 }
 
-fn is_not_found(error: &MapError) -> bool {
+pub(crate) fn is_not_found(error: &MapError) -> bool {
     match error {
         MapError::KeyNotFound | MapError::ElementNotFound => true,
         MapError::SyscallError(SyscallError { io_error, .. }) => {
@@ -382,21 +386,22 @@ fn is_not_found(error: &MapError) -> bool {
     }
 }
 
-/// Opens the map pinned at `path` as a typed map, refusing one whose shape is not `shape`.
-fn open_map<K: Pod, V: Pod>(
+/// Opens the map pinned at `path` as a typed map (`HashMap`, `LpmTrie`, ...), refusing one
+/// whose shape is not `shape`.
+pub(crate) fn open_map<M: TryFrom<Map, Error = MapError>>(
     path: &Path,
     shape: &MapShape,
-) -> Result<HashMap<MapData, K, V>, Error> {
+) -> Result<M, Error> {
     let data = open_shaped(path, shape)?;
     let map = Map::from_map_data(data).map_err(|source| open_error(path, shape, source))?;
-    HashMap::try_from(map).map_err(|source| Error::MapAbi {
+    M::try_from(map).map_err(|source| Error::MapAbi {
         map: shape.name,
         source: Box::new(source),
     })
 }
 
 /// Opens the map pinned at `path`, refusing one whose shape is not `shape`.
-fn open_shaped(path: &Path, shape: &MapShape) -> Result<MapData, Error> {
+pub(crate) fn open_shaped(path: &Path, shape: &MapShape) -> Result<MapData, Error> {
     let data = MapData::from_pin(path).map_err(|source| open_error(path, shape, source))?;
     let info = data
         .info()
@@ -482,16 +487,30 @@ fn attach_and_pin(
         program: hook.program,
         source: Box::new(source),
     })?;
-    let new = new_link_pin(bpf_dir, hook);
+    pin_over(
+        link,
+        hook.program,
+        new_link_pin(bpf_dir, hook),
+        &link_pin(bpf_dir, hook),
+    )
+}
+
+/// Pins `link` (of `program`) at `new`, then renames that pin over `live`. The new link runs
+/// before the old one stops: rename(2) replaces the old pin atomically, and the old link,
+/// pinned nowhere else, is released and its program detached. On failure the new link is
+/// dropped, which detaches it, and the old one stays.
+pub(crate) fn pin_over(
+    link: FdLink,
+    program: &'static str,
+    new: PathBuf,
+    live: &Path,
+) -> Result<(), Error> {
     let pinned = link.pin(&new).map_err(|source| Error::PinLink {
-        program: hook.program,
+        program,
         path: new.clone(),
         source: Box::new(source),
     })?;
-    let live = link_pin(bpf_dir, hook);
-    // rename(2) replaces the old pin atomically; the old link, pinned nowhere else, is
-    // released and its program detached.
-    if let Err(source) = fs::rename(&new, &live) {
+    if let Err(source) = fs::rename(&new, live) {
         // Unpinning detaches the new program again once `pinned` is dropped below.
         let _ = fs::remove_file(&new);
         return Err(Error::Bpffs {
@@ -513,7 +532,7 @@ fn new_link_pin(bpf_dir: &Path, hook: &Hook) -> PathBuf {
 }
 
 /// Removes the link pinned at `path`, if any, and returns its program's id.
-fn unpin_link(path: &Path) -> Result<Option<u32>, Error> {
+pub(crate) fn unpin_link(path: &Path) -> Result<Option<u32>, Error> {
     let pinned =
         match PinnedLink::from_pin(path) {
             Ok(pinned) => pinned,
@@ -536,7 +555,7 @@ fn unpin_link(path: &Path) -> Result<Option<u32>, Error> {
     Ok(link.info().ok().map(|info| info.program_id()))
 }
 
-fn remove_pin(path: &Path) -> Result<(), Error> {
+pub(crate) fn remove_pin(path: &Path) -> Result<(), Error> {
     match fs::remove_file(path) {
         Err(error) if error.kind() != io::ErrorKind::NotFound => Err(Error::Bpffs {
             call: "unlink",
@@ -571,7 +590,7 @@ fn wait_released(mut program_ids: Vec<u32>) -> Result<(), Error> {
 
 /// Creates `bpf_dir` and its missing parents after checking that it lies on bpffs, mounting
 /// bpffs at [`BPFFS_ROOT`] first if the directory is below it and none is mounted there.
-fn prepare_dir(bpf_dir: &Path) -> Result<(), Error> {
+pub(crate) fn prepare_dir(bpf_dir: &Path) -> Result<(), Error> {
     match check_bpffs(bpf_dir) {
         Err(Error::NotBpffs { mount_point, .. })
             if bpf_dir.starts_with(BPFFS_ROOT) && !mount_point.starts_with(BPFFS_ROOT) =>

@@ -129,15 +129,20 @@ fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
 }
 
 /// Collects the problems of one object.
-struct Reporter<'a> {
-    kind: &'static str,
-    namespace: &'a str,
-    name: &'a str,
-    problems: &'a mut Vec<Problem>,
+pub(crate) struct Reporter<'a> {
+    pub(crate) kind: &'static str,
+    pub(crate) namespace: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) problems: &'a mut Vec<Problem>,
 }
 
 impl Reporter<'_> {
-    fn report(&mut self, field: impl Into<String>, value: impl Into<String>, message: &str) {
+    pub(crate) fn report(
+        &mut self,
+        field: impl Into<String>,
+        value: impl Into<String>,
+        message: &str,
+    ) {
         self.problems.push(Problem {
             kind: self.kind,
             namespace: self.namespace.to_owned(),

@@ -7,7 +7,7 @@
 //! links under one bpffs directory and attaches them to the node's cgroup2 root, so that every
 //! `connect`, `sendmsg`, `recvmsg` and `getpeername` on the node goes through them.
 
-mod bpf;
+pub(crate) mod bpf;
 mod compile;
 mod maps;
 mod reconcile;
@@ -18,6 +18,10 @@ pub use bpf::{cleanup, find_cgroup2, install, PinnedMaps};
 pub use compile::{compile, Compiled, Problem};
 pub use maps::{MapOp, MemoryMaps, ServiceMaps};
 pub use reconcile::{snapshot, Applied, MapBackend, MapService, MapSnapshot, Reconciler};
+
+/// Shared with the policy compiler and reconciler.
+pub(crate) use compile::Reporter;
+pub(crate) use reconcile::IdPool;
 
 /// A Service port's protocol, as the datapath balances it. SCTP is not balanced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

@@ -66,21 +66,21 @@ struct Held {
 /// Hands out the lowest free id ≥ 1 in O(log n), so that programming thousands of services
 /// from empty stays linear.
 #[derive(Clone, Debug, Default)]
-struct IdPool {
+pub(crate) struct IdPool {
     /// Ids below `next` that are free.
     free: BTreeSet<u32>,
     next: u32,
 }
 
 impl IdPool {
-    fn from_used(used: impl IntoIterator<Item = u32>) -> Self {
+    pub(crate) fn from_used(used: impl IntoIterator<Item = u32>) -> Self {
         let used: BTreeSet<u32> = used.into_iter().filter(|id| *id != 0).collect();
         let next = used.last().map_or(1, |max| max + 1);
         let free = (1..next).filter(|id| !used.contains(id)).collect();
         Self { free, next }
     }
 
-    fn take(&mut self) -> u32 {
+    pub(crate) fn take(&mut self) -> u32 {
         match self.free.pop_first() {
             Some(id) => id,
             None => {
@@ -90,7 +90,7 @@ impl IdPool {
         }
     }
 
-    fn give_back(&mut self, id: u32) {
+    pub(crate) fn give_back(&mut self, id: u32) {
         if id != 0 && id < self.next {
             self.free.insert(id);
         }

@@ -104,6 +104,13 @@ pub(crate) fn teardown(record: &NodeRecord, containerd: Option<Child>) -> Vec<St
         "deleting iptables rules",
         host::delete_iptables_of_network(&record.network),
     );
+    // The policy datapath's directory is inside the service datapath's: first.
+    step(
+        "removing the policy datapath",
+        bosun_netdp::policy::cleanup(&record.bpf_dir())
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
+    );
     step(
         "removing the service datapath",
         bosun_netdp::service::cleanup(&record.bpf_dir())

@@ -80,6 +80,9 @@ impl Runtime for FakeRuntime {
     async fn pod_sandbox_status(&self, _: &str) -> Result<Option<api::PodSandboxStatus>, CriError> {
         unimplemented("PodSandboxStatus")
     }
+    async fn pod_sandbox_netns(&self, _: &str) -> Result<Option<std::path::PathBuf>, CriError> {
+        unimplemented("PodSandboxStatus")
+    }
     async fn list_pod_sandbox(
         &self,
         _: HashMap<String, String>,

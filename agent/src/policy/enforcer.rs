@@ -1,0 +1,473 @@
+//! The one writer of the policy maps. Three things change what they should hold, and each
+//! goes through [`PolicyEnforcer::sync`]: a pod worker admitting its sandbox's interface
+//! (before the pod's first container starts) or releasing it, the manifests' NetworkPolicies
+//! and Namespaces, and other pods' addresses and labels (peers).
+//!
+//! The endpoints (pod UID → sandbox, interface, address, labels) are kept in a small file
+//! under the root directory, so that a restarted bosun compiles exactly what the last one
+//! did and rewrites nothing: the pinned programs and maps enforce policy all the while, and
+//! nothing is written before the manifests have been read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bosun_netdp::netlink;
+use bosun_netdp::policy::{
+    self as datapath, Compiled, NamedPort, PinnedPolicyMaps, PolicyDatapath, PolicyPod,
+    PolicyProtocol, PolicyReconciler,
+};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::Resource as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Mutex, Notify};
+
+use crate::daemon::PodStore;
+use crate::events::{EventType, Recorder};
+use crate::service::proxy::{decode_all, error_chain};
+use crate::source::Snapshot;
+
+/// Event reason: the policy datapath could not be installed, written or attached. On a pod,
+/// its containers are not started until it can.
+pub const FAILED_NETWORK_POLICY: &str = "FailedNetworkPolicy";
+/// Event reason: part of a NetworkPolicy cannot be enforced as written (the rest is).
+pub const INVALID_NETWORK_POLICY: &str = "FailedToProgramNetworkPolicy";
+
+/// The file under the root directory that remembers the endpoints across restarts.
+const STATE_FILE: &str = "policy-endpoints.json";
+/// Longest wait between two attempts at a failing write.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The NetworkPolicies and Namespaces last compiled, for the local API.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyView {
+    pub policies: Arc<Vec<NetworkPolicy>>,
+    pub namespaces: Arc<Vec<Namespace>>,
+}
+
+/// A pod with an interface on this node, as its worker admitted it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct EndpointRecord {
+    namespace: String,
+    name: String,
+    sandbox: String,
+    ifindex: u32,
+    ip: Ipv4Addr,
+    labels: BTreeMap<String, String>,
+    named_ports: Vec<NamedPort>,
+}
+
+impl EndpointRecord {
+    fn policy_pod(&self) -> PolicyPod {
+        PolicyPod {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            ip: self.ip,
+            named_ports: self.named_ports.clone(),
+            ifindex: Some(self.ifindex),
+        }
+    }
+}
+
+struct Installed {
+    datapath: PolicyDatapath,
+    reconciler: PolicyReconciler<PinnedPolicyMaps>,
+}
+
+struct Decoded {
+    snapshot: Arc<Snapshot>,
+    policies: Arc<Vec<NetworkPolicy>>,
+    namespaces: Arc<Vec<Namespace>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    installed: Option<Installed>,
+    /// By pod UID.
+    endpoints: BTreeMap<String, EndpointRecord>,
+    /// Interfaces this process attached the programs to (after a restart the pinned links
+    /// of the previous one run until each pod is admitted again and gets the new programs).
+    attached: BTreeSet<u32>,
+    decoded: Option<Decoded>,
+    /// Problems already reported as events.
+    reported: BTreeSet<String>,
+    /// What the maps were last made to hold.
+    applied: Option<(Compiled, Vec<Ipv4Addr>)>,
+}
+
+/// See the module documentation. Shared by the pod workers and the controller task.
+pub struct PolicyEnforcer {
+    bpf_dir: PathBuf,
+    state_file: PathBuf,
+    pods: PodStore,
+    events: Recorder,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    view: Arc<RwLock<PolicyView>>,
+    inner: Mutex<Inner>,
+}
+
+impl PolicyEnforcer {
+    /// Reads back the endpoints the last bosun left. Installs nothing yet.
+    pub fn new(
+        bpf_dir: PathBuf,
+        root_dir: &Path,
+        pods: PodStore,
+        events: Recorder,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        view: Arc<RwLock<PolicyView>>,
+    ) -> Arc<Self> {
+        let state_file = root_dir.join(STATE_FILE);
+        let endpoints = match std::fs::read(&state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %state_file.display(), error = %e, "unreadable; starting without endpoints");
+                BTreeMap::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!(file = %state_file.display(), error = %e, "reading; starting without endpoints");
+                BTreeMap::new()
+            }
+        };
+        Arc::new(Self {
+            bpf_dir,
+            state_file,
+            pods,
+            events,
+            snapshots,
+            view,
+            inner: Mutex::new(Inner {
+                endpoints,
+                ..Inner::default()
+            }),
+        })
+    }
+
+    /// Puts the pod's policy in place on the interface of sandbox `sandbox` (address `ip`;
+    /// `netns` finds its network namespace, asked only when needed): map entries first, then
+    /// the programs. Returns once both are there; cheap when they already are. The error says
+    /// what failed, for an event.
+    pub async fn admit(
+        &self,
+        pod: &Pod,
+        uid: &str,
+        sandbox: &str,
+        ip: Ipv4Addr,
+        netns: impl std::future::Future<Output = Result<PathBuf, String>>,
+    ) -> Result<(), String> {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
+        let named_ports = named_ports(pod);
+        {
+            let inner = self.inner.lock().await;
+            if let Some(known) = inner.endpoints.get(uid) {
+                if known.sandbox == sandbox
+                    && known.ip == ip
+                    && known.labels == labels
+                    && known.named_ports == named_ports
+                    && inner.attached.contains(&known.ifindex)
+                {
+                    return Ok(());
+                }
+            }
+        }
+        let path = netns.await?;
+        let interface = tokio::task::spawn_blocking(move || netlink::host_interface(&path))
+            .await
+            .map_err(|e| format!("finding the pod's interface: {e}"))?
+            .map_err(|e| format!("finding the pod's interface: {}", error_chain(&e)))?;
+        let record = EndpointRecord {
+            namespace,
+            name,
+            sandbox: sandbox.to_owned(),
+            ifindex: interface.ifindex,
+            ip,
+            labels,
+            named_ports,
+        };
+        let mut inner = self.inner.lock().await;
+        let previous = inner.endpoints.insert(uid.to_owned(), record);
+        let result = self.sync(&mut inner).and_then(|()| {
+            let installed = inner.installed.as_mut().ok_or("no datapath")?;
+            installed
+                .datapath
+                .attach(interface.ifindex)
+                .map_err(|e| format!("attaching to {}: {}", interface.name, error_chain(&e)))
+        });
+        match result {
+            Ok(()) => {
+                inner.attached.insert(interface.ifindex);
+                if let Some(old) = previous.filter(|p| p.ifindex != interface.ifindex) {
+                    Self::detach(&mut inner, old.ifindex);
+                }
+                self.save(&inner);
+                tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or("")), interface = %interface.name, ifindex = interface.ifindex, "network policy in place");
+                Ok(())
+            }
+            Err(message) => {
+                // Not enforced: forget it, so the next attempt does everything again.
+                match previous {
+                    Some(previous) => inner.endpoints.insert(uid.to_owned(), previous),
+                    None => inner.endpoints.remove(uid),
+                };
+                Err(message)
+            }
+        }
+    }
+
+    /// Forgets the pod's endpoint once its sandbox is gone: its entries go and its programs
+    /// are detached.
+    pub async fn release(&self, uid: &str) {
+        let mut inner = self.inner.lock().await;
+        let Some(record) = inner.endpoints.remove(uid) else {
+            return;
+        };
+        if let Err(message) = self.sync(&mut inner) {
+            tracing::warn!(%message, "network policy: removing an endpoint");
+        }
+        Self::detach(&mut inner, record.ifindex);
+        self.save(&inner);
+    }
+
+    /// The controller: follows the manifests and other pods, retrying a failed write with
+    /// backoff. The programs and maps stay when it ends.
+    pub async fn run(self: Arc<Self>, pods_changed: Arc<Notify>) {
+        let mut snapshots = self.snapshots.clone();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let result = {
+                let mut inner = self.inner.lock().await;
+                self.sync(&mut inner)
+            };
+            let retry = match result {
+                Ok(()) => {
+                    backoff = Duration::from_millis(500);
+                    None
+                }
+                Err(message) => {
+                    tracing::warn!(%message, "network policy");
+                    self.events.record(
+                        self.events.node_reference(),
+                        EventType::Warning,
+                        FAILED_NETWORK_POLICY,
+                        message,
+                    );
+                    let retry = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    Some(retry)
+                }
+            };
+            tokio::select! {
+                changed = snapshots.changed() => if changed.is_err() { return },
+                () = pods_changed.notified() => {}
+                () = async {
+                    match retry {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
+    }
+
+    /// Compiles what the maps should hold now and writes the difference. Writes nothing
+    /// before the manifests have been read: until then the maps keep enforcing what the last
+    /// bosun wrote.
+    fn sync(&self, inner: &mut Inner) -> Result<(), String> {
+        let snapshot = self.snapshots.borrow().clone();
+        if !snapshot.scanned() {
+            return Err("the manifests have not been read yet".to_owned());
+        }
+        if !inner
+            .decoded
+            .as_ref()
+            .is_some_and(|d| Arc::ptr_eq(&d.snapshot, &snapshot))
+        {
+            let decoded = Decoded {
+                policies: Arc::new(decode_all(&snapshot.objects)),
+                namespaces: Arc::new(decode_all(&snapshot.objects)),
+                snapshot,
+            };
+            if let Ok(mut view) = self.view.write() {
+                *view = PolicyView {
+                    policies: decoded.policies.clone(),
+                    namespaces: decoded.namespaces.clone(),
+                };
+            }
+            inner.decoded = Some(decoded);
+        }
+        if inner.installed.is_none() {
+            let datapath = datapath::install(&self.bpf_dir)
+                .map_err(|e| format!("installing the policy datapath: {}", error_chain(&e)))?;
+            let maps = datapath
+                .maps()
+                .map_err(|e| format!("opening the policy maps: {}", error_chain(&e)))?;
+            let reconciler = PolicyReconciler::new(maps)
+                .map_err(|e| format!("reading the policy maps: {}", error_chain(&e)))?;
+            inner.installed = Some(Installed {
+                datapath,
+                reconciler,
+            });
+        }
+        self.prune(inner);
+
+        let pods = self.policy_pods(inner);
+        let Some(decoded) = &inner.decoded else {
+            return Ok(());
+        };
+        let compiled = datapath::compile(&decoded.policies, &decoded.namespaces, &pods);
+        self.report(&mut inner.reported, &compiled);
+        let node = netlink::node_addresses()
+            .map_err(|e| format!("listing the node's addresses: {}", error_chain(&e)))?;
+        if inner
+            .applied
+            .as_ref()
+            .is_some_and(|(c, n)| *c == compiled && *n == node)
+        {
+            return Ok(());
+        }
+        let Some(installed) = inner.installed.as_mut() else {
+            return Ok(());
+        };
+        // Whatever happens, what the maps hold is no longer known to be `applied`.
+        inner.applied = None;
+        installed
+            .reconciler
+            .apply(&compiled, &node)
+            .map_err(|e| format!("writing the policy maps: {}", error_chain(&e)))?;
+        inner.applied = Some((compiled, node));
+        Ok(())
+    }
+
+    /// Endpoints first, then every other pod with an address as a peer.
+    fn policy_pods(&self, inner: &Inner) -> Vec<PolicyPod> {
+        let mut pods: Vec<PolicyPod> = inner
+            .endpoints
+            .values()
+            .map(EndpointRecord::policy_pod)
+            .collect();
+        let local: BTreeSet<(String, String)> = inner
+            .endpoints
+            .values()
+            .map(|e| (e.namespace.clone(), e.name.clone()))
+            .collect();
+        let addresses: BTreeSet<Ipv4Addr> = inner.endpoints.values().map(|e| e.ip).collect();
+        if let Ok(store) = self.pods.read() {
+            for pod in store.values() {
+                let Some(peer) = peer(pod) else { continue };
+                if local.contains(&(peer.namespace.clone(), peer.name.clone()))
+                    || addresses.contains(&peer.ip)
+                {
+                    continue;
+                }
+                pods.push(peer);
+            }
+        }
+        pods
+    }
+
+    /// Drops endpoints whose interface is gone (a sandbox removed while bosun was down).
+    fn prune(&self, inner: &mut Inner) {
+        let gone: Vec<String> = inner
+            .endpoints
+            .iter()
+            .filter(|(_, e)| datapath::interface_name(e.ifindex).is_none())
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            if let Some(record) = inner.endpoints.remove(&uid) {
+                tracing::info!(pod = %format!("{}/{}", record.namespace, record.name), ifindex = record.ifindex, "interface gone; forgetting its endpoint");
+                Self::detach(inner, record.ifindex);
+            }
+        }
+    }
+
+    fn detach(inner: &mut Inner, ifindex: u32) {
+        inner.attached.remove(&ifindex);
+        if let Some(installed) = inner.installed.as_mut() {
+            if let Err(e) = installed.datapath.detach(ifindex) {
+                tracing::warn!(ifindex, error = %error_chain(&e), "detaching the policy programs");
+            }
+        }
+    }
+
+    fn save(&self, inner: &Inner) {
+        let write = || -> std::io::Result<()> {
+            let temporary = self.state_file.with_extension("json.tmp");
+            let bytes =
+                serde_json::to_vec_pretty(&inner.endpoints).map_err(std::io::Error::other)?;
+            std::fs::write(&temporary, bytes)?;
+            std::fs::rename(&temporary, &self.state_file)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(file = %self.state_file.display(), error = %e, "saving the policy endpoints");
+        }
+    }
+
+    fn report(&self, reported: &mut BTreeSet<String>, compiled: &Compiled) {
+        for problem in &compiled.problems {
+            let text = problem.to_string();
+            if !reported.insert(text.clone()) {
+                continue;
+            }
+            tracing::warn!(problem = %text, "network policy not enforced as written");
+            let involved = ObjectReference {
+                api_version: Some(NetworkPolicy::API_VERSION.into()),
+                kind: Some(problem.kind.into()),
+                namespace: Some(problem.namespace.clone()),
+                name: Some(problem.name.clone()),
+                ..Default::default()
+            };
+            let message = format!(
+                "{}: {:?}: {}",
+                problem.field, problem.value, problem.message
+            );
+            self.events.record(
+                involved,
+                EventType::Warning,
+                INVALID_NETWORK_POLICY,
+                message,
+            );
+        }
+    }
+}
+
+/// A pod of the store as a peer: one with an IPv4 address of its own (not the node's).
+fn peer(pod: &Pod) -> Option<PolicyPod> {
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return None;
+    }
+    let ip: Ipv4Addr = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
+    Some(PolicyPod {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        ip,
+        named_ports: named_ports(pod),
+        ifindex: None,
+    })
+}
+
+/// The pod's container ports that have a name, which NetworkPolicy ports may name.
+fn named_ports(pod: &Pod) -> Vec<NamedPort> {
+    let mut ports: Vec<NamedPort> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            Some(NamedPort {
+                name: p.name.clone()?,
+                protocol: PolicyProtocol::parse(p.protocol.as_deref().unwrap_or("TCP"))?,
+                port: u16::try_from(p.container_port).ok()?,
+            })
+        })
+        .collect();
+    ports.sort();
+    ports.dedup();
+    ports
+}
