@@ -81,9 +81,34 @@ mod tests {
         );
     }
 
+    /// (name, type, key size, value size, max entries, flags) of a map.
+    type MapSpec = (&'static str, u32, usize, usize, u32, u32);
+
+    /// Asserts that `object` has each of `maps`, shaped as described and not pinned.
+    fn assert_maps(object: &aya_obj::Object, maps: &[MapSpec]) {
+        for &(name, map_type, key_size, value_size, max_entries, flags) in maps {
+            let map = object
+                .maps
+                .get(name)
+                .unwrap_or_else(|| panic!("map {name} is missing from the object"));
+            assert_eq!(map.map_type(), map_type, "type of {name}");
+            assert_eq!(map.key_size() as usize, key_size, "key size of {name}");
+            assert_eq!(
+                map.value_size() as usize,
+                value_size,
+                "value size of {name}"
+            );
+            assert_eq!(map.max_entries(), max_entries, "max entries of {name}");
+            assert_eq!(map.map_flags(), flags, "flags of {name}");
+            // Pinned by a loader where it chooses, never by the object: any other loader of it
+            // (the probe) would pin the map under /sys/fs/bpf and leave it there.
+            assert_eq!(map.pinning(), PinningType::None, "pinning of {name}");
+        }
+    }
+
     /// The service maps as the ABI describes them: (name, type, key size, value size, max
     /// entries, flags). The three lookup maps are not preallocated; LRU maps must be.
-    const SERVICE_MAPS: [(&str, u32, usize, usize, u32, u32); 5] = [
+    const SERVICE_MAPS: [MapSpec; 5] = [
         (
             SERVICE_MAP,
             BPF_MAP_TYPE_HASH,
@@ -130,24 +155,7 @@ mod tests {
     fn object_holds_the_service_maps_and_programs() {
         let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
 
-        for (name, map_type, key_size, value_size, max_entries, flags) in SERVICE_MAPS {
-            let map = object
-                .maps
-                .get(name)
-                .unwrap_or_else(|| panic!("map {name} is missing from the object"));
-            assert_eq!(map.map_type(), map_type, "type of {name}");
-            assert_eq!(map.key_size() as usize, key_size, "key size of {name}");
-            assert_eq!(
-                map.value_size() as usize,
-                value_size,
-                "value size of {name}"
-            );
-            assert_eq!(map.max_entries(), max_entries, "max entries of {name}");
-            assert_eq!(map.map_flags(), flags, "flags of {name}");
-            // Pinned by the service loader where it chooses, never by the object: any other
-            // loader of it (the probe) would pin the map under /sys/fs/bpf and leave it there.
-            assert_eq!(map.pinning(), PinningType::None, "pinning of {name}");
-        }
+        assert_maps(&object, &SERVICE_MAPS);
 
         for (name, attach_type) in [
             (CONNECT4_PROGRAM, CgroupSockAddrAttachType::Connect4),
@@ -257,22 +265,7 @@ mod tests {
             ),
         ];
         let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
-        for (name, map_type, key_size, value_size, max_entries, flags) in maps {
-            let map = object
-                .maps
-                .get(name)
-                .unwrap_or_else(|| panic!("map {name} is missing from the object"));
-            assert_eq!(map.map_type(), map_type, "type of {name}");
-            assert_eq!(map.key_size() as usize, key_size, "key size of {name}");
-            assert_eq!(
-                map.value_size() as usize,
-                value_size,
-                "value size of {name}"
-            );
-            assert_eq!(map.max_entries(), max_entries, "max entries of {name}");
-            assert_eq!(map.map_flags(), flags, "flags of {name}");
-            assert_eq!(map.pinning(), PinningType::None, "pinning of {name}");
-        }
+        assert_maps(&object, &maps);
         for name in [POLICY_INGRESS_PROGRAM, POLICY_EGRESS_PROGRAM] {
             let program = object
                 .programs

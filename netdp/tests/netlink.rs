@@ -12,7 +12,7 @@ use bosun_netdp::{
     netlink::{host_interface, node_addresses, HostInterface},
     Error,
 };
-use common::{in_netns, ip};
+use common::{chain, in_netns, ip, quiet_ip};
 
 /// A network namespace, deleted on drop.
 struct Netns(String);
@@ -74,10 +74,6 @@ impl Drop for Veth {
     }
 }
 
-fn quiet_ip(args: &[&str]) {
-    let _ = Command::new("ip").args(args).output();
-}
-
 /// An interface's ifindex as `ip` reports it, in `ns` or the test's own namespace.
 fn ifindex(ns: Option<&Netns>, name: &str) -> u32 {
     let mut command = Command::new("ip");
@@ -93,16 +89,6 @@ fn ifindex(ns: Option<&Netns>, name: &str) -> u32 {
         .next()
         .and_then(|index| index.trim().parse().ok())
         .unwrap_or_else(|| panic!("no ifindex for {name} in {text:?}"))
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    line
 }
 
 #[test]

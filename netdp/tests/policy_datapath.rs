@@ -22,10 +22,9 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     io::{self, BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
-    process::Command,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -45,11 +44,10 @@ use bosun_netdp::policy::{
     self, install, policy_name, read_counters, read_names, Direction, EventReader,
     PinnedPolicyMaps, PolicyDatapath, PolicyMaps,
 };
-use common::{in_netns, ip};
+use common::{bind_udp, chain, in_netns, ip, listen_tcp, quiet_ip, Server};
 use nix::{
     net::if_::if_nametoindex,
     sched::{setns, CloneFlags},
-    sys::socket::{shutdown, Shutdown},
 };
 
 /// Every pod serves TCP on these ports, answering each line with its name...
@@ -58,6 +56,8 @@ const TCP_PORTS: [u16; 6] = [80, 81, 8000, 8001, 8002, 8003];
 const UDP_PORTS: [u16; 2] = [53, 54];
 /// How long a client waits for an answer that should come before the test fails.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a server keeps a silent connection.
+const ANSWER_IDLE: Duration = Duration::from_secs(30);
 /// How long a client waits before concluding that a packet was dropped. A drop is silent, so
 /// only a timeout shows it to the client; between namespaces on one bridge an answer takes
 /// well under a millisecond. Tests that can also see the drop itself (counters, events) check
@@ -144,11 +144,13 @@ impl Lab {
         // One at a time, so that a failure to start one still stops those before it.
         for i in 0..lab.pods.len() {
             for port in TCP_PORTS {
-                let server = Server::tcp(&lab.pods[i].ns, port);
+                let ns = &lab.pods[i].ns;
+                let server = Server::tcp(listen_tcp(ns, port), ns, ANSWER_IDLE);
                 lab.servers.push(server);
             }
             for port in UDP_PORTS {
-                let server = Server::udp(&lab.pods[i].ns, port);
+                let ns = &lab.pods[i].ns;
+                let server = Server::udp(bind_udp(ns, port), ns);
                 lab.servers.push(server);
             }
         }
@@ -241,95 +243,6 @@ impl Drop for Lab {
     }
 }
 
-/// A server thread in a pod's namespace that answers with the pod's name: each line on a TCP
-/// connection, each UDP datagram.
-struct Server {
-    stop: Arc<AtomicBool>,
-    /// The socket the thread blocks on; shut down to wake it.
-    socket: OwnedFd,
-    thread: JoinHandle<()>,
-}
-
-impl Server {
-    fn tcp(pod: &str, port: u16) -> Self {
-        let listener = in_netns(pod, || {
-            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-        })
-        .unwrap_or_else(|e| panic!("listen on TCP port {port} in {pod}: {e}"));
-        let name = pod.to_owned();
-        Self::spawn(duplicate(&listener), move |stop| {
-            for stream in listener.incoming() {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                // A failed accept (a client that reset first) concerns that client alone.
-                if let Ok(stream) = stream {
-                    let name = name.clone();
-                    thread::spawn(move || answer_lines(stream, &name));
-                }
-            }
-        })
-    }
-
-    fn udp(pod: &str, port: u16) -> Self {
-        let socket = in_netns(pod, || {
-            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-        })
-        .unwrap_or_else(|e| panic!("bind UDP port {port} in {pod}: {e}"));
-        let name = pod.to_owned();
-        Self::spawn(duplicate(&socket), move |stop| {
-            let mut buf = [0u8; 64];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((_, from)) = socket.recv_from(&mut buf) {
-                    // A lost reply shows as the client's timeout.
-                    let _ = socket.send_to(name.as_bytes(), from);
-                }
-            }
-        })
-    }
-
-    fn spawn(socket: OwnedFd, serve: impl FnOnce(&AtomicBool) + Send + 'static) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = thread::spawn({
-            let stop = Arc::clone(&stop);
-            move || serve(&stop)
-        });
-        Self {
-            stop,
-            socket,
-            thread,
-        }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wakes a blocked accept (with an error) or recv (with 0 bytes). On an unconnected UDP
-        // socket it reports ENOTCONN but takes effect all the same.
-        let _ = shutdown(self.socket.as_raw_fd(), Shutdown::Both);
-        let _ = self.thread.join();
-    }
-}
-
-fn duplicate(socket: &impl AsFd) -> OwnedFd {
-    socket
-        .as_fd()
-        .try_clone_to_owned()
-        .expect("duplicate a socket")
-}
-
-fn answer_lines(stream: TcpStream, name: &str) {
-    // A client that vanishes without closing must not keep this thread forever.
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    for line in BufReader::new(stream).lines() {
-        if line.is_err() || writeln!(writer, "{name}").is_err() {
-            return;
-        }
-    }
-}
-
 /// Runs `f` on a new thread that has entered network namespace `ns`, for clients that loop
 /// while the test goes on.
 fn spawn_in_netns<T: Send + 'static>(
@@ -342,22 +255,6 @@ fn spawn_in_netns<T: Send + 'static>(
         setns(netns, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("enter {path}: {e}"));
         f()
     })
-}
-
-/// For removals of what may not exist.
-fn quiet_ip(args: &[&str]) {
-    let _ = Command::new("ip").args(args).output();
-}
-
-/// An error and its sources on one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    line
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -28,14 +28,9 @@ use std::{
     fs::{self, File},
     io::{self, BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::Path,
-    process::Command,
-    sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering},
-        Arc,
-    },
-    thread::{self, JoinHandle},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -47,15 +42,12 @@ use bosun_netdp::{
     },
     service::{self, BackendAddr, DesiredService, Frontend, Protocol, ServicePortName},
 };
-use common::{in_netns, ip};
+use common::{chain, in_netns, ip, quiet_ip, Server};
 use k8s_openapi::{
     api::{core::v1::Namespace, networking::v1::NetworkPolicy},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use nix::{
-    sched::{setns, CloneFlags},
-    sys::socket::{shutdown, Shutdown},
-};
+use nix::sched::{setns, CloneFlags};
 use socket2::{Domain, Socket, Type};
 
 // ---------------------------------------------------------------------------------------------
@@ -78,6 +70,9 @@ const VIP_RANGE: &str = "10.217.0.0/24";
 /// How long a probe waits for a connection or an answer. Between namespaces on one bridge an
 /// allowed probe answers in well under a millisecond; a denied one costs this much.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long a server keeps a silent connection.
+const ANSWER_IDLE: Duration = Duration::from_secs(5);
 
 /// Probes bind source ports from this range, each used once per run: the policy programs
 /// remember allowed flows by their 5-tuple, and while a TCP SYN is always judged afresh, a UDP
@@ -612,9 +607,17 @@ impl Lab {
             // One at a time, so that a failure to start one still stops those before it.
             let name = lab.pods[i].key();
             for port in PORTS {
-                let server = Server::tcp(&lab.netns[i], port, &name);
+                let listener = in_pod(&lab.netns[i], || {
+                    TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+                })
+                .unwrap_or_else(|e| panic!("listen on TCP port {port} in {name}: {e}"));
+                let server = Server::tcp(listener, &name, ANSWER_IDLE);
                 lab.servers.push(server);
-                let server = Server::udp(&lab.netns[i], port, &name);
+                let socket = in_pod(&lab.netns[i], || {
+                    UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+                })
+                .unwrap_or_else(|e| panic!("bind UDP port {port} in {name}: {e}"));
+                let server = Server::udp(socket, &name);
                 lab.servers.push(server);
             }
         }
@@ -659,94 +662,6 @@ impl Drop for Lab {
     }
 }
 
-/// A server thread in a pod's namespace that answers with the pod's `namespace/name`: each
-/// line on a TCP connection, each UDP datagram.
-struct Server {
-    stop: Arc<AtomicBool>,
-    /// The socket the thread blocks on; shut down to wake it.
-    socket: OwnedFd,
-    thread: JoinHandle<()>,
-}
-
-impl Server {
-    fn tcp(netns: &File, port: u16, name: &str) -> Self {
-        let listener = in_pod(netns, || {
-            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-        })
-        .unwrap_or_else(|e| panic!("listen on TCP port {port} in {name}: {e}"));
-        let name = name.to_owned();
-        Self::spawn(duplicate(&listener), move |stop| {
-            for stream in listener.incoming() {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                // A failed accept concerns that client alone.
-                if let Ok(stream) = stream {
-                    let name = name.clone();
-                    thread::spawn(move || answer_lines(stream, &name));
-                }
-            }
-        })
-    }
-
-    fn udp(netns: &File, port: u16, name: &str) -> Self {
-        let socket = in_pod(netns, || {
-            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-        })
-        .unwrap_or_else(|e| panic!("bind UDP port {port} in {name}: {e}"));
-        let name = name.to_owned();
-        Self::spawn(duplicate(&socket), move |stop| {
-            let mut buf = [0u8; 64];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((_, from)) = socket.recv_from(&mut buf) {
-                    // A lost reply shows as the client's timeout.
-                    let _ = socket.send_to(name.as_bytes(), from);
-                }
-            }
-        })
-    }
-
-    fn spawn(socket: OwnedFd, serve: impl FnOnce(&AtomicBool) + Send + 'static) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = thread::spawn({
-            let stop = Arc::clone(&stop);
-            move || serve(&stop)
-        });
-        Self {
-            stop,
-            socket,
-            thread,
-        }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wakes a blocked accept (with an error) or recv (with 0 bytes).
-        let _ = shutdown(self.socket.as_raw_fd(), Shutdown::Both);
-        let _ = self.thread.join();
-    }
-}
-
-fn duplicate(socket: &impl AsFd) -> OwnedFd {
-    socket
-        .as_fd()
-        .try_clone_to_owned()
-        .expect("duplicate a socket")
-}
-
-fn answer_lines(stream: TcpStream, name: &str) {
-    // A client that vanishes without closing must not keep this thread for long.
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    for line in BufReader::new(stream).lines() {
-        if line.is_err() || writeln!(writer, "{name}").is_err() {
-            return;
-        }
-    }
-}
-
 /// Runs `f` on a thread of its own in the pod's network namespace.
 fn in_pod<T: Send>(netns: &File, f: impl FnOnce() -> T + Send) -> T {
     thread::scope(|scope| {
@@ -758,20 +673,6 @@ fn in_pod<T: Send>(netns: &File, f: impl FnOnce() -> T + Send) -> T {
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
-}
-
-fn quiet_ip(args: &[&str]) {
-    let _ = Command::new("ip").args(args).output();
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    line
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,15 +13,14 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs::{self, File},
     io::{self, BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::Command,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
-    thread::{self, JoinHandle},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -30,14 +29,11 @@ use bosun_ebpf_abi::{
     PROTOCOL_UDP, SERVICE_FLAG_AFFINITY,
 };
 use bosun_netdp::service::{cleanup, find_cgroup2, install, PinnedMaps, ServiceMaps};
-use common::{in_netns, ip};
+use common::{bind_udp, chain, ip, listen_tcp, quiet_ip, Server};
 use nix::{
     fcntl::{Flock, FlockArg},
     mount::{mount, MsFlags},
-    sys::{
-        socket::{shutdown, Shutdown},
-        statfs::{statfs, BPF_FS_MAGIC},
-    },
+    sys::statfs::{statfs, BPF_FS_MAGIC},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -51,6 +47,8 @@ const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 8053;
 /// How long a client waits for anything before the test fails.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a server keeps a silent connection.
+const ANSWER_IDLE: Duration = Duration::from_secs(30);
 
 /// One test's world: its pods and their servers, a route that makes its VIP range
 /// unreachable unless the programs rewrite a destination, and its bpffs directory. Dropping it
@@ -133,9 +131,10 @@ impl Lab {
         }
         // One at a time, so that a failure to start one still stops those before it.
         for i in 0..lab.pods.len() {
-            let server = Server::tcp(&lab.pods[i].name);
+            let pod = &lab.pods[i].name;
+            let server = Server::tcp(listen_tcp(pod, TCP_PORT), pod, ANSWER_IDLE);
             lab.servers.push(server);
-            let server = Server::udp(&lab.pods[i].name);
+            let server = Server::udp(bind_udp(pod, UDP_PORT), pod);
             lab.servers.push(server);
         }
         lab
@@ -193,96 +192,6 @@ impl Drop for Lab {
     }
 }
 
-/// A server thread in a pod's namespace that answers every request with the pod's name: each
-/// line on a TCP connection, each UDP datagram.
-struct Server {
-    stop: Arc<AtomicBool>,
-    /// The socket the thread blocks on; shut down to wake it.
-    socket: OwnedFd,
-    thread: JoinHandle<()>,
-}
-
-impl Server {
-    fn tcp(pod: &str) -> Self {
-        let listener = in_netns(pod, || {
-            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, TCP_PORT))
-        })
-        .unwrap_or_else(|e| panic!("listen on TCP port {TCP_PORT} in {pod}: {e}"));
-        let name = pod.to_owned();
-        Self::spawn(duplicate(&listener), move |stop| {
-            for stream in listener.incoming() {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                // A failed accept (a client that reset first) concerns that client alone.
-                if let Ok(stream) = stream {
-                    let name = name.clone();
-                    // One thread per connection: the restart test keeps one open while making others.
-                    thread::spawn(move || answer_lines(stream, &name));
-                }
-            }
-        })
-    }
-
-    fn udp(pod: &str) -> Self {
-        let socket = in_netns(pod, || {
-            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, UDP_PORT))
-        })
-        .unwrap_or_else(|e| panic!("bind UDP port {UDP_PORT} in {pod}: {e}"));
-        let name = pod.to_owned();
-        Self::spawn(duplicate(&socket), move |stop| {
-            let mut buf = [0u8; 64];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((_, from)) = socket.recv_from(&mut buf) {
-                    // A lost reply shows as the client's timeout.
-                    let _ = socket.send_to(name.as_bytes(), from);
-                }
-            }
-        })
-    }
-
-    fn spawn(socket: OwnedFd, serve: impl FnOnce(&AtomicBool) + Send + 'static) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = thread::spawn({
-            let stop = Arc::clone(&stop);
-            move || serve(&stop)
-        });
-        Self {
-            stop,
-            socket,
-            thread,
-        }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wakes a blocked accept (with an error) or recv (with 0 bytes). On an unconnected UDP
-        // socket it reports ENOTCONN but takes effect all the same.
-        let _ = shutdown(self.socket.as_raw_fd(), Shutdown::Both);
-        let _ = self.thread.join();
-    }
-}
-
-fn duplicate(socket: &impl AsFd) -> OwnedFd {
-    socket
-        .as_fd()
-        .try_clone_to_owned()
-        .expect("duplicate a socket")
-}
-
-fn answer_lines(stream: TcpStream, name: &str) {
-    // A client that vanishes without closing must not keep this thread forever.
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    for line in BufReader::new(stream).lines() {
-        if line.is_err() || writeln!(writer, "{name}").is_err() {
-            return;
-        }
-    }
-}
-
 /// Makes sure a bpffs is mounted at /sys/fs/bpf, where a node agent expects it, mounting one
 /// if not. The lock keeps two test processes from mounting one each.
 fn ensure_bpffs() {
@@ -300,22 +209,6 @@ fn ensure_bpffs() {
         )
         .unwrap_or_else(|e| panic!("mount bpffs at {BPFFS}: {e}"));
     }
-}
-
-/// For removals of what may not exist.
-fn quiet_ip(args: &[&str]) {
-    let _ = Command::new("ip").args(args).output();
-}
-
-/// An error and its sources on one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    line
 }
 
 // ---------------------------------------------------------------------------------------------
