@@ -17,6 +17,16 @@
 #                                                10000, fewer samples), --samples N (connects
 #                                                per target), --services N (instead of the
 #                                                default sizes; repeatable)
+#   ./scripts/bench.sh policy [ARGS...]          the NetworkPolicy benchmark: what the policy
+#                                                programs cost a request/response and a new
+#                                                connection with 0, 100 and 1000 policies
+#                                                against no program, compile and apply
+#                                                times, and policy change → enforcement.
+#                                                ARGS: a name filter (request_response,
+#                                                new_connections, programming, enforcement),
+#                                                --quick (fewer and shorter samples),
+#                                                --samples N (rate samples per configuration
+#                                                and policy changes each way)
 #   ./scripts/bench.sh FILTER... [--quick] ...   as before both existed: the pods benchmark
 #                                                with these arguments
 set -euo pipefail
@@ -41,7 +51,7 @@ bench() {
 
 ./scripts/setup.sh
 case "${1:-}" in
-    pods | services)
+    pods | services | policy)
         name="$1"
         shift
         bench "$name" "$@"

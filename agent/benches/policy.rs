@@ -246,7 +246,13 @@ impl Options {
         let (rounds, sample, warm_up, changes, repeats) = if self.quick {
             (3, Duration::from_secs(1), Duration::from_millis(100), 5, 3)
         } else {
-            (7, Duration::from_secs(2), Duration::from_millis(200), 20, 10)
+            (
+                7,
+                Duration::from_secs(2),
+                Duration::from_millis(200),
+                20,
+                10,
+            )
         };
         Sizes {
             rounds: self.samples.unwrap_or(rounds),
@@ -281,6 +287,9 @@ fn run(options: &Options) -> Result<()> {
     );
     let sizes = options.sizes();
     let steal_at_start = stolen();
+    // Compiles and applies run here, beside the server rather than on the client's CPU, where
+    // they would compete with the prober; every thread started from here on inherits it.
+    pin(SERVER_CPU)?;
     println!(
         "bosun NetworkPolicy benchmarks{}: configurations none, 0, {} and {} policies; \
          {} samples of {} s per rate and configuration; {} policy changes each way",
@@ -297,11 +306,7 @@ fn run(options: &Options) -> Result<()> {
     let mut lab = Lab::create()?;
     println!("{}", lab.bridge_netfilter);
     let catalog = Catalog::new(lab.server_ifindex, lab.client_ifindex);
-    let mut outcome = lab.run(&catalog, options, &sizes);
-    // The counters say whether the programs themselves dropped what the prober saw dropped.
-    if outcome.is_ok() {
-        outcome = lab.print_counters();
-    }
+    let outcome = lab.run(&catalog, options, &sizes);
     drop(lab);
 
     println!("\nload average at the end: {}", load_average());
@@ -327,31 +332,31 @@ impl Lab {
         if options.selected("programming") {
             self.programming(catalog, &compiled, sizes)?;
         }
-        let request_response = options.selected("request_response");
-        let new_connections = options.selected("new_connections");
-        if request_response || new_connections {
-            let rates = self.rates(&compiled, sizes, request_response, new_connections)?;
-            if request_response {
-                goals.request_response = rates.print(
-                    Rate::RequestResponse,
-                    "request/response: 1-byte request and response over one established \
-                     TCP connection",
-                    "transactions/s",
-                    "µs/txn",
-                );
+        let selected: Vec<Rate> = [
+            (Rate::RequestResponse, "request_response"),
+            (Rate::NewConnections, "new_connections"),
+        ]
+        .into_iter()
+        .filter(|(_, name)| options.selected(name))
+        .map(|(rate, _)| rate)
+        .collect();
+        if !selected.is_empty() {
+            let rates = self.rates(&compiled, sizes, &selected)?;
+            for &rate in &selected {
+                let goal = match rate {
+                    Rate::RequestResponse => &mut goals.request_response,
+                    Rate::NewConnections => &mut goals.new_connections,
+                };
+                *goal = rates.print(rate);
             }
-            if new_connections {
-                goals.new_connections = rates.print(
-                    Rate::NewConnections,
-                    "new connections: connect + 1-byte request/response + close (SO_LINGER 0)",
-                    "connections/s",
-                    "µs/conn",
-                );
-            }
+            self.program_time(&compiled, sizes, &selected)?;
         }
         if options.selected("enforcement") {
             goals.enforcement = Some(self.enforcement(catalog, &compiled, sizes)?);
         }
+        // Whether the programs themselves dropped what the prober saw dropped, and nothing
+        // else.
+        self.print_counters()?;
         goals.print();
         Ok(())
     }
@@ -448,7 +453,7 @@ impl Catalog {
         policy::compile(policies, &self.namespaces, &self.pods)
     }
 
-    /// What the maps hold in each configuration, checked: the client isolated never, the
+    /// What the maps hold in each configuration, checked: the client never isolated, the
     /// server for ingress with any policy, and the client allowed to the server's port by
     /// [`CLIENT_POLICY`] alone.
     fn configurations(&self) -> Result<BTreeMap<usize, Compiled>> {
@@ -571,7 +576,11 @@ fn port(protocol: &str, number: u16) -> NetworkPolicyPort {
 
 /// A policy of [`NAMESPACE`] that selects the server for ingress and allows `from` on
 /// `ports`.
-fn server_policy(name: &str, from: NetworkPolicyPeer, ports: Vec<NetworkPolicyPort>) -> NetworkPolicy {
+fn server_policy(
+    name: &str,
+    from: NetworkPolicyPeer,
+    ports: Vec<NetworkPolicyPort>,
+) -> NetworkPolicy {
     NetworkPolicy {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -676,11 +685,13 @@ impl Lab {
     }
 
     fn print_counters(&self) -> Result<()> {
-        let counters = policy::read_counters(Path::new(BPF_DIR))
-            .context("reading the policy counters")?;
+        let counters =
+            policy::read_counters(Path::new(BPF_DIR)).context("reading the policy counters")?;
         println!("\nthe programs' counters over the run (packets)");
-        for (ifindex, pod) in [(self.server_ifindex, SERVER.app), (self.client_ifindex, CLIENT.app)]
-        {
+        for (ifindex, pod) in [
+            (self.server_ifindex, SERVER.app),
+            (self.client_ifindex, CLIENT.app),
+        ] {
             for direction in [Direction::Ingress, Direction::Egress] {
                 if let Some(c) = counters.get(&(ifindex, direction)) {
                     println!(
@@ -728,7 +739,15 @@ impl Network {
             ip_in(
                 NODE_NETNS,
                 &[
-                    "link", "add", pod.host_if, "type", "veth", "peer", "name", "eth0", "netns",
+                    "link",
+                    "add",
+                    pod.host_if,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
                     pod.netns,
                 ],
             )?;
@@ -1179,24 +1198,44 @@ fn exchange(stream: &mut TcpStream) -> Result<()> {
     Ok(())
 }
 
-/// Transactions per second over a fresh connection: `warm_up` unmeasured, then `sample`.
-fn request_response_rate(warm_up: Duration, sample: Duration) -> Result<f64> {
+/// What one rate sample did.
+struct Counted {
+    /// Transactions (or connections), the warm-up's included.
+    all: u64,
+    /// Those of the measured part.
+    measured: u64,
+    /// How long the measured part took.
+    took: Duration,
+}
+
+impl Counted {
+    fn rate(&self) -> f64 {
+        self.measured as f64 / self.took.as_secs_f64()
+    }
+}
+
+/// Transactions over a fresh connection: `warm_up` unmeasured, then `sample`.
+fn request_responses(warm_up: Duration, sample: Duration) -> Result<Counted> {
     let mut stream = TcpStream::connect_timeout(&SERVER_ADDRESS.into(), CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to {SERVER_ADDRESS}"))?;
     stream.set_nodelay(true).context("setting TCP_NODELAY")?;
     stream
         .set_read_timeout(Some(CONNECT_TIMEOUT))
         .context("setting a read timeout")?;
-    repeat_for(warm_up, || exchange(&mut stream))?;
-    let (count, took) = repeat_for(sample, || exchange(&mut stream))?;
+    let (warm, _) = repeat_for(warm_up, || exchange(&mut stream))?;
+    let (measured, took) = repeat_for(sample, || exchange(&mut stream))?;
     close_abortively(stream)?;
-    Ok(count as f64 / took.as_secs_f64())
+    Ok(Counted {
+        all: warm + measured,
+        measured,
+        took,
+    })
 }
 
-/// New connections per second, each with one exchange: `warm_up` unmeasured (each connect
-/// with a timeout, so that a path that drops fails fast), then `sample` with plain blocking
+/// New connections, each with one exchange: `warm_up` unmeasured (each connect with a
+/// timeout, so that a path that drops fails fast), then `sample` with plain blocking
 /// connects, as an application makes them.
-fn new_connection_rate(warm_up: Duration, sample: Duration) -> Result<f64> {
+fn new_connections(warm_up: Duration, sample: Duration) -> Result<Counted> {
     let once = |timeout: Option<Duration>| -> Result<()> {
         let mut stream = match timeout {
             Some(timeout) => TcpStream::connect_timeout(&SERVER_ADDRESS.into(), timeout),
@@ -1210,9 +1249,13 @@ fn new_connection_rate(warm_up: Duration, sample: Duration) -> Result<f64> {
         exchange(&mut stream)?;
         close_abortively(stream)
     };
-    repeat_for(warm_up, || once(Some(CONNECT_TIMEOUT)))?;
-    let (count, took) = repeat_for(sample, || once(None))?;
-    Ok(count as f64 / took.as_secs_f64())
+    let (warm, _) = repeat_for(warm_up, || once(Some(CONNECT_TIMEOUT)))?;
+    let (measured, took) = repeat_for(sample, || once(None))?;
+    Ok(Counted {
+        all: warm + measured,
+        measured,
+        took,
+    })
 }
 
 // ---- rates --------------------------------------------------------------------------------
@@ -1221,6 +1264,26 @@ fn new_connection_rate(warm_up: Duration, sample: Duration) -> Result<f64> {
 enum Rate {
     RequestResponse,
     NewConnections,
+}
+
+impl Rate {
+    /// One sample, from the client pod.
+    fn sample(self, warm_up: Duration, sample: Duration) -> Result<Counted> {
+        in_netns(CLIENT.netns, Some(CLIENT_CPU), || match self {
+            Rate::RequestResponse => request_responses(warm_up, sample),
+            Rate::NewConnections => new_connections(warm_up, sample),
+        })
+        .with_context(|| self.to_string())
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rate::RequestResponse => "request/response",
+            Rate::NewConnections => "new connections",
+        })
+    }
 }
 
 /// Rate samples by rate and configuration.
@@ -1236,28 +1299,18 @@ impl Lab {
         &mut self,
         compiled: &BTreeMap<usize, Compiled>,
         sizes: &Sizes,
-        request_response: bool,
-        new_connections: bool,
+        selected: &[Rate],
     ) -> Result<Rates> {
         let mut rates = Rates::default();
         for round in 0..sizes.rounds {
             for k in 0..CONFIGS.len() {
                 let c = (round + k) % CONFIGS.len();
                 self.datapath.set(CONFIGS[c], compiled)?;
-                let (warm_up, sample) = (sizes.warm_up, sizes.sample);
-                if request_response {
-                    let rate = in_netns(CLIENT.netns, Some(CLIENT_CPU), || {
-                        request_response_rate(warm_up, sample)
-                    })
-                    .with_context(|| format!("request/response, {}", CONFIGS[c].label()))?;
-                    rates.add(Rate::RequestResponse, c, rate);
-                }
-                if new_connections {
-                    let rate = in_netns(CLIENT.netns, Some(CLIENT_CPU), || {
-                        new_connection_rate(warm_up, sample)
-                    })
-                    .with_context(|| format!("new connections, {}", CONFIGS[c].label()))?;
-                    rates.add(Rate::NewConnections, c, rate);
+                for &rate in selected {
+                    let counted = rate
+                        .sample(sizes.warm_up, sizes.sample)
+                        .with_context(|| CONFIGS[c].label())?;
+                    rates.add(rate, c, counted.rate());
                 }
                 check_interrupted()?;
             }
@@ -1274,36 +1327,160 @@ impl Rates {
 
     /// Prints one rate's table; returns the largest configuration's ratio to none, and
     /// none's own spread (max / min).
-    fn print(&self, rate: Rate, title: &str, unit: &str, per: &str) -> Option<(f64, f64)> {
-        let stats = |c: usize| self.samples.get(&(rate, c)).and_then(|s| Stats::of(s));
-        let none = stats(0)?;
+    fn print(&self, rate: Rate) -> Option<(f64, f64)> {
+        let (title, unit, per) = match rate {
+            Rate::RequestResponse => (
+                "request/response: 1-byte request and response over one established TCP \
+                 connection",
+                "transactions/s",
+                "µs/txn",
+            ),
+            Rate::NewConnections => (
+                "new connections: connect + 1-byte request/response + close (SO_LINGER 0)",
+                "connections/s",
+                "µs/conn",
+            ),
+        };
+        let samples = |c: usize| self.samples.get(&(rate, c));
+        let none = samples(0)?;
+        let spread = Stats::of(none).map(|s| s.max / s.min)?;
         println!("\n{title}");
         println!(
-            "  {:<44} {:>3} {:>10} {:>10} {:>10} {:>8}  ratio to none",
+            "  {:<44} {:>3} {:>10} {:>10} {:>10} {:>8}  ratio to none (min–max)",
             unit, "n", "min", "median", "max", per
         );
         let mut last = None;
         for (c, config) in CONFIGS.iter().enumerate() {
-            let Some(s) = stats(c) else { continue };
-            // Time per transaction over none's: a rate's inverse.
-            let ratio = none.median / s.median;
+            let Some(these) = samples(c) else { continue };
+            let Some(s) = Stats::of(these) else { continue };
+            // Time per transaction over none's in the same round (a rate's inverse), so that
+            // a change in the machine's load between rounds cancels out.
+            let ratios: Vec<f64> = none.iter().zip(these).map(|(n, t)| n / t).collect();
+            let Some(r) = Stats::of(&ratios) else {
+                continue;
+            };
             println!(
-                "  {:<44} {:>3} {:>10.0} {:>10.0} {:>10.0} {:>8.2}  {ratio:.2}×",
+                "  {:<44} {:>3} {:>10.0} {:>10.0} {:>10.0} {:>8.2}  {:.2}× ({:.2}–{:.2})",
                 config.label(),
                 s.n,
                 s.min,
                 s.median,
                 s.max,
-                1e6 / s.median
+                1e6 / s.median,
+                r.median,
+                r.min,
+                r.max
             );
-            last = Some(ratio);
+            last = Some(r.median);
         }
         println!(
-            "  (ratio: median time per transaction over none's; none's own samples spread \
-             {:.2}× from min to max)",
-            none.max / none.min
+            "  (ratio: the median over rounds of none's rate over this configuration's, measured \
+             back to back; none's own samples spread {spread:.2}× from min to max)"
         );
-        Some((last?, none.max / none.min))
+        Some((last?, spread))
+    }
+}
+
+// ---- the programs' own time -------------------------------------------------------------
+
+/// The policy programs' run time and runs, from the kernel's BPF statistics, which count only
+/// while the handle this holds is open (`BPF_ENABLE_STATS`: no sysctl to put back, and nothing
+/// left on if the run dies). They cost every BPF program on the machine two clock reads a
+/// run, so the rates above are measured without them.
+struct ProgramClock {
+    _enabled: std::os::fd::OwnedFd,
+    /// Both interfaces run the same two programs.
+    programs: Vec<u32>,
+}
+
+impl ProgramClock {
+    /// `ifindex`: an interface the programs are attached to.
+    fn start(ifindex: u32) -> Result<ProgramClock> {
+        let enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling the kernel's BPF run-time statistics")?;
+        // Where `policy::attach` pins an interface's links (see netdp's `policy::bpf`).
+        let links = Path::new(BPF_DIR).join("policy/links");
+        let programs = ["in", "out"]
+            .iter()
+            .map(|suffix| {
+                let pin = links.join(format!("{ifindex}_{suffix}"));
+                let link = aya::programs::links::PinnedLink::from_pin(&pin)
+                    .with_context(|| format!("opening the link pinned at {}", pin.display()))?;
+                let info = aya::programs::links::FdLink::from(link)
+                    .info()
+                    .with_context(|| format!("reading the link pinned at {}", pin.display()))?;
+                Ok(info.program_id())
+            })
+            .collect::<Result<_>>()?;
+        Ok(ProgramClock {
+            _enabled: enabled,
+            programs,
+        })
+    }
+
+    /// The programs' run time and runs so far.
+    fn read(&self) -> Result<(Duration, u64)> {
+        let mut found = 0;
+        let (mut time, mut runs) = (Duration::ZERO, 0);
+        // Programs of others may come and go meanwhile: only ours must be readable.
+        for info in aya::programs::loaded_programs().flatten() {
+            if self.programs.contains(&info.id()) {
+                found += 1;
+                time += info.run_time();
+                runs += info.run_count();
+            }
+        }
+        ensure!(
+            found == self.programs.len(),
+            "the policy programs {:?} are not loaded",
+            self.programs
+        );
+        Ok((time, runs))
+    }
+}
+
+impl Lab {
+    /// One more sample of each selected rate in each attached configuration, with the
+    /// kernel's statistics on: what the programs themselves take per packet and per
+    /// transaction. Ends detached.
+    fn program_time(
+        &mut self,
+        compiled: &BTreeMap<usize, Compiled>,
+        sizes: &Sizes,
+        selected: &[Rate],
+    ) -> Result<()> {
+        println!(
+            "\nthe programs' own run time (kernel BPF statistics, one more sample each, not part \
+             of the rates above)"
+        );
+        println!(
+            "  {:<44} {:<17} {:>8} {:>9} {:>9}",
+            "", "", "ns/run", "runs/txn", "µs/txn"
+        );
+        for config in &CONFIGS[1..] {
+            self.datapath.set(*config, compiled)?;
+            let clock = ProgramClock::start(self.server_ifindex)?;
+            for &rate in selected {
+                let (time_before, runs_before) = clock.read()?;
+                let counted = rate
+                    .sample(sizes.warm_up, sizes.sample)
+                    .with_context(|| config.label())?;
+                let (time_after, runs_after) = clock.read()?;
+                let time = (time_after - time_before).as_nanos() as f64;
+                let runs = (runs_after - runs_before) as f64;
+                let all = counted.all as f64;
+                println!(
+                    "  {:<44} {:<17} {:>8.0} {:>9.2} {:>9.3}",
+                    config.label(),
+                    rate.to_string(),
+                    time / runs.max(1.0),
+                    runs / all,
+                    time / all / 1000.0
+                );
+            }
+            check_interrupted()?;
+        }
+        self.datapath.set(Config::Detached, compiled)
     }
 }
 
@@ -1371,14 +1548,14 @@ impl Lab {
 fn print_ms_table(title: &str, rows: &[(String, Vec<f64>)]) {
     println!("\n{title}");
     println!(
-        "  {:<60} {:>3} {:>8} {:>8} {:>8}",
-        "ms", "n", "min", "median", "max"
+        "  {:<60} {:>3} {:>8} {:>8} {:>8} {:>8}",
+        "ms", "n", "min", "median", "p99", "max"
     );
     for (label, samples) in rows {
         match Stats::of(samples) {
             Some(s) => println!(
-                "  {label:<60} {:>3} {:>8.2} {:>8.2} {:>8.2}",
-                s.n, s.min, s.median, s.max
+                "  {label:<60} {:>3} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                s.n, s.min, s.median, s.p99, s.max
             ),
             None => println!("  {label:<60}   –"),
         }
@@ -1439,22 +1616,33 @@ impl Probed {
 /// Everything measured of the enforcement benchmark.
 #[derive(Default)]
 struct Enforcement {
-    /// Without the prober, both ways: compile, apply, both (ms).
+    /// Without the prober, both ways (ms).
     compile: Vec<f64>,
     apply: Vec<f64>,
-    total: Vec<f64>,
-    /// Without the prober: first connect after apply returned had the new verdict.
-    denied_at_once: usize,
-    allowed_at_once: usize,
-    /// With the prober: compile + apply (ms), both ways.
-    total_probed: Vec<f64>,
-    to_dropped: Vec<f64>,
-    to_allowed: Vec<f64>,
-    /// Connects with the old verdict after apply returned, or after the new one was seen.
+    /// The client's policy changed so that it no longer allows the client.
+    deny: Way,
+    /// And back.
+    allow: Way,
+    /// Prober connects with the old verdict after apply returned, or after the new one was
+    /// seen.
     stale: usize,
     flapped: usize,
     /// Changes whose new verdict the prober never saw.
     unseen: usize,
+}
+
+/// The changes of one way.
+#[derive(Default)]
+struct Way {
+    /// Compile + apply without the prober (ms).
+    total: Vec<f64>,
+    /// Without the prober: how often the first connect after apply returned had the new
+    /// verdict.
+    at_once: usize,
+    /// Compile + apply while the prober ran (ms).
+    total_probed: Vec<f64>,
+    /// Change start → the prober's first connect with the new verdict (ms).
+    to_new_verdict: Vec<f64>,
 }
 
 impl Lab {
@@ -1468,45 +1656,47 @@ impl Lab {
         let denying = catalog.policies(LARGEST, false);
         self.datapath.set(Config::Policies(LARGEST), compiled)?;
         in_netns(CLIENT.netns, Some(CLIENT_CPU), || {
-            new_connection_rate(Duration::from_millis(100), Duration::ZERO)
+            new_connections(Duration::from_millis(100), Duration::ZERO)
         })
         .context("the client's first connections with all policies in place")?;
 
         let mut e = Enforcement::default();
         // Without the prober: the change's own time, and the first connect after it.
         for _ in 0..sizes.changes {
-            for (policies, allowed) in [(&denying, false), (&allowing, true)] {
+            for allowed in [false, true] {
+                let policies = if allowed { &allowing } else { &denying };
                 let change = self.change(catalog, policies)?;
                 e.compile.push(ms(change.compile));
                 e.apply.push(ms(change.apply));
-                e.total.push(ms(change.compile + change.apply));
+                let way = e.way(allowed);
+                way.total.push(ms(change.compile + change.apply));
                 let connected = in_netns(CLIENT.netns, Some(CLIENT_CPU), || {
-                    Ok(TcpStream::connect_timeout(&SERVER_ADDRESS.into(), DENIED_WAIT)
-                        .ok()
-                        .map(close_abortively)
-                        .transpose()?
-                        .is_some())
+                    Ok(
+                        TcpStream::connect_timeout(&SERVER_ADDRESS.into(), DENIED_WAIT)
+                            .ok()
+                            .map(close_abortively)
+                            .transpose()?
+                            .is_some(),
+                    )
                 })?;
-                match (allowed, connected) {
-                    (false, false) => e.denied_at_once += 1,
-                    (true, true) => e.allowed_at_once += 1,
-                    _ => {}
-                }
+                way.at_once += usize::from(connected == allowed);
                 check_interrupted()?;
             }
         }
         // With the prober.
         for _ in 0..sizes.changes {
-            for (policies, allowed, wait) in [
-                (&denying, false, PROBE_DENIED_WAIT),
-                (&allowing, true, PROBE_ALLOWED_WAIT),
-            ] {
+            for allowed in [false, true] {
+                let (policies, wait) = if allowed {
+                    (&allowing, PROBE_ALLOWED_WAIT)
+                } else {
+                    (&denying, PROBE_DENIED_WAIT)
+                };
                 let (change, attempts) = self.probed_change(catalog, policies, wait)?;
-                e.total_probed.push(ms(change.compile + change.apply));
                 let probed = Probed::of(&change, &attempts, allowed);
+                let way = e.way(allowed);
+                way.total_probed.push(ms(change.compile + change.apply));
                 match probed.to_new_verdict {
-                    Some(took) if allowed => e.to_allowed.push(ms(took)),
-                    Some(took) => e.to_dropped.push(ms(took)),
+                    Some(took) => way.to_new_verdict.push(ms(took)),
                     None => e.unseen += 1,
                 }
                 e.stale += probed.stale_after_apply;
@@ -1609,38 +1799,52 @@ fn probe(wait: Duration, stop: &AtomicBool, started: &AtomicUsize) -> Result<Vec
 }
 
 impl Enforcement {
+    fn way(&mut self, allowed: bool) -> &mut Way {
+        if allowed {
+            &mut self.allow
+        } else {
+            &mut self.deny
+        }
+    }
+
     fn print(&self, sizes: &Sizes) {
         let n = sizes.changes;
+        let row = |label: &str, samples: &Vec<f64>| (label.to_owned(), samples.clone());
         print_ms_table(
             &format!(
                 "policy change with {LARGEST} policies in place: the client's policy stops \
-                 selecting it, and back ({n} each way)"
+                 selecting it (deny), and back (allow); {n} each way"
             ),
             &[
-                ("compile".to_owned(), self.compile.clone()),
-                ("apply".to_owned(), self.apply.clone()),
-                ("compile + apply".to_owned(), self.total.clone()),
-                (
-                    "compile + apply, with the prober running".to_owned(),
-                    self.total_probed.clone(),
+                row("compile (both ways)", &self.compile),
+                row("apply (both ways)", &self.apply),
+                row("deny: compile + apply", &self.deny.total),
+                row("allow: compile + apply", &self.allow.total),
+                row(
+                    "deny, with prober: compile + apply",
+                    &self.deny.total_probed,
                 ),
-                (
-                    "change start → first new connection dropped (prober)".to_owned(),
-                    self.to_dropped.clone(),
+                row(
+                    "deny, with prober: change start → first connect dropped",
+                    &self.deny.to_new_verdict,
                 ),
-                (
-                    format!(
-                        "change start → first new connection allowed again ({} ms steps)",
+                row(
+                    "allow, with prober: compile + apply",
+                    &self.allow.total_probed,
+                ),
+                row(
+                    &format!(
+                        "allow, with prober: change start → first connect ok ±{} ms",
                         PROBE_ALLOWED_WAIT.as_millis()
                     ),
-                    self.to_allowed.clone(),
+                    &self.allow.to_new_verdict,
                 ),
             ],
         );
         println!(
-            "  first connect after apply returned: denied {} of {n} times, allowed again {} \
-             of {n} times",
-            self.denied_at_once, self.allowed_at_once
+            "  first connect after apply returned (no prober): denied {} of {n} times, allowed \
+             again {} of {n} times",
+            self.deny.at_once, self.allow.at_once
         );
         println!(
             "  prober: {} connects with the old verdict after apply returned, {} after the new \
@@ -1667,6 +1871,12 @@ struct Goals {
 
 impl Goals {
     fn print(&self) {
+        if self.request_response.is_none()
+            && self.new_connections.is_none()
+            && self.enforcement.is_none()
+        {
+            return;
+        }
         println!("\ngoals");
         for (what, measured) in [
             ("request/response", self.request_response),
@@ -1681,7 +1891,7 @@ impl Goals {
             }
         }
         if let Some(e) = &self.enforcement {
-            if let Some(s) = Stats::of(&e.to_dropped) {
+            if let Some(s) = Stats::of(&e.deny.to_new_verdict) {
                 let consistent = e.stale == 0 && e.flapped == 0 && e.unseen == 0;
                 println!(
                     "  policy change → new connections dropped: {:.2} ms median, {:.2} ms max; \

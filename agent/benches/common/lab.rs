@@ -85,11 +85,18 @@ pub const SERVER_CPU: usize = 1;
 /// last ran on the CPU it runs on now, and letting the scheduler decide would spread that over
 /// the targets unevenly.
 pub fn pin(cpu: usize) -> Result<()> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut set = nix::sched::CpuSet::new();
-    set.set(cpu % cpus).context("naming a CPU")?;
+    set.set(cpu % online_cpus()).context("naming a CPU")?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
         .with_context(|| format!("pinning a thread to CPU {cpu}"))
+}
+
+/// The CPUs online, whatever the calling thread may run on (which is what
+/// `available_parallelism` counts, and a pinned thread's children inherit).
+fn online_cpus() -> usize {
+    // SAFETY: sysconf reads a system constant and touches no memory of the caller's.
+    let n = unsafe { nix::libc::sysconf(nix::libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|n| *n > 0).unwrap_or(1)
 }
 
 /// Moves the calling thread, and only it, into the named network namespace.
@@ -109,7 +116,7 @@ pub fn machine() -> String {
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "?".to_owned())
     };
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = online_cpus();
     let model = read("/proc/cpuinfo")
         .lines()
         .find(|l| l.starts_with("model name"))
