@@ -35,7 +35,7 @@ use aya::{
     },
     sys::SyscallError,
     util::KernelVersion,
-    Ebpf, EbpfLoader, Pod,
+    Ebpf, Pod,
 };
 use bosun_ebpf_abi::{
     ConntrackKey, ConntrackValue, CounterKey, EndpointValue, PeerKey, PolicyCounters, PolicyEvent,
@@ -48,10 +48,10 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{policy_name_str, Direction, PolicyMaps};
 use crate::{
-    object::{shrink_unused_maps, OBJECT, SERVICE_MAPS},
+    object::SERVICE_MAPS,
     service::bpf::{
-        delete, entries, is_not_found, open_map, open_shaped, pin_over, prepare_dir, put,
-        read_error, remove_pin, unpin_link, MapShape, NEW_LINK_SUFFIX,
+        delete, entries, is_not_found, load_pinned, open_map, pin_over, prepare_dir, put,
+        read_error, refuse_mismatched, remove_pin, unpin_link, MapShape, NEW_LINK_SUFFIX,
     },
     Error,
 };
@@ -182,23 +182,10 @@ pub struct PolicyDatapath {
 pub fn install(bpf_dir: &Path) -> Result<PolicyDatapath, Error> {
     let dir = policy_dir(bpf_dir);
     prepare_dir(&dir)?;
-    // aya reuses a pinned map without looking at it; refuse one from an incompatible build.
-    for shape in &MAP_SHAPES {
-        let path = dir.join(shape.name);
-        if path.exists() {
-            open_shaped(&path, shape)?;
-        }
-    }
+    refuse_mismatched(&dir, &MAP_SHAPES)?;
     let links = dir.join(LINKS_DIR);
     fs::create_dir_all(&links).map_err(|source| bpffs_error("mkdir", &links, source))?;
-    let mut loader = EbpfLoader::new();
-    for shape in &MAP_SHAPES {
-        loader.map_pin_path(shape.name, dir.join(shape.name));
-    }
-    shrink_unused_maps(&mut loader, &SERVICE_MAPS);
-    let mut ebpf = loader.load(OBJECT).map_err(|source| Error::LoadObject {
-        source: Box::new(source),
-    })?;
+    let mut ebpf = load_pinned(&dir, &MAP_SHAPES, &SERVICE_MAPS)?;
     for hook in &HOOKS {
         classifier(&mut ebpf, hook.program)?
             .load()

@@ -25,7 +25,7 @@ use aya::{
         loaded_programs, CgroupAttachMode, CgroupSockAddr,
     },
     sys::SyscallError,
-    EbpfLoader, Pod,
+    Ebpf, EbpfLoader, Pod,
 };
 use bosun_ebpf_abi::{
     AffinityKey, AffinityValue, Backend, RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey,
@@ -153,24 +153,8 @@ pub fn install(bpf_dir: &Path, cgroup: &Path) -> Result<PinnedMaps, Error> {
     for hook in &HOOKS {
         remove_pin(&new_link_pin(bpf_dir, hook))?;
     }
-    // aya reuses a pinned map without looking at it; refuse one from an incompatible build
-    // before any program is loaded against it.
-    for shape in &MAP_SHAPES {
-        let path = bpf_dir.join(shape.name);
-        if path.exists() {
-            open_shaped(&path, shape)?;
-        }
-    }
-
-    // aya opens a map pinned at its path and creates and pins it otherwise.
-    let mut loader = EbpfLoader::new();
-    for shape in &MAP_SHAPES {
-        loader.map_pin_path(shape.name, bpf_dir.join(shape.name));
-    }
-    shrink_unused_maps(&mut loader, &POLICY_MAPS);
-    let mut ebpf = loader.load(OBJECT).map_err(|source| Error::LoadObject {
-        source: Box::new(source),
-    })?;
+    refuse_mismatched(bpf_dir, &MAP_SHAPES)?;
+    let mut ebpf = load_pinned(bpf_dir, &MAP_SHAPES, &POLICY_MAPS)?;
     // Every program through the verifier before anything is attached: a rejected program
     // leaves the running ones in place.
     for hook in &HOOKS {
@@ -192,6 +176,37 @@ pub fn install(bpf_dir: &Path, cgroup: &Path) -> Result<PinnedMaps, Error> {
     // hold the programs, and the programs and pins hold the maps.
     drop(ebpf);
     PinnedMaps::open(bpf_dir)
+}
+
+/// Refuses a map pinned in `dir` with another shape than `shapes` says, before anything is
+/// loaded against it: aya would reuse it without looking.
+pub(crate) fn refuse_mismatched(dir: &Path, shapes: &[MapShape]) -> Result<(), Error> {
+    for shape in shapes {
+        let path = dir.join(shape.name);
+        if path.exists() {
+            open_shaped(&path, shape)?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the embedded object with the maps of `shapes` pinned in `dir` (reusing those already
+/// pinned there, with their entries; check them first with [`refuse_mismatched`]) and the
+/// maps named in `unused` at their smallest, since this loader never uses them.
+pub(crate) fn load_pinned(
+    dir: &Path,
+    shapes: &[MapShape],
+    unused: &[&'static str],
+) -> Result<Ebpf, Error> {
+    // aya opens a map pinned at its path and creates and pins it otherwise.
+    let mut loader = EbpfLoader::new();
+    for shape in shapes {
+        loader.map_pin_path(shape.name, dir.join(shape.name));
+    }
+    shrink_unused_maps(&mut loader, unused);
+    loader.load(OBJECT).map_err(|source| Error::LoadObject {
+        source: Box::new(source),
+    })
 }
 
 /// Detaches the programs and removes everything [`install`] put in `bpf_dir`, and the
