@@ -211,31 +211,16 @@ struct Options {
 
 impl Options {
     fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
-        let mut options = Options {
-            quick: false,
-            samples: None,
-            filters: Vec::new(),
-        };
-        let mut args = args;
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--quick" => options.quick = true,
-                // cargo bench passes it to every bench target.
-                "--bench" => {}
-                "--samples" => {
-                    let value = args.next().context("--samples needs a number")?;
-                    let n: usize = value
-                        .parse()
-                        .with_context(|| format!("--samples {value:?}"))?;
-                    ensure!(n > 0, "--samples must be at least 1");
-                    options.samples = Some(n);
-                }
-                flag if flag.starts_with('-') => bail!("unknown flag {flag:?}"),
-                filter => options.filters.push(filter.to_owned()),
-            }
-        }
-        common::check_filters(&options.filters, &BENCHMARKS)?;
-        Ok(options)
+        let common::Args {
+            quick,
+            samples,
+            filters,
+        } = common::Args::parse(args, &BENCHMARKS, |_, _| Ok(false))?;
+        Ok(Options {
+            quick,
+            samples,
+            filters,
+        })
     }
 
     fn selected(&self, benchmark: &str) -> bool {

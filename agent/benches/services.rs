@@ -214,39 +214,29 @@ struct Options {
 
 impl Options {
     fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
-        let mut options = Options {
-            quick: false,
-            samples: None,
-            services: Vec::new(),
-            filters: Vec::new(),
-        };
-        let mut args = args;
-        let number = |flag: &str, value: Option<String>| -> Result<usize> {
-            let value = value.with_context(|| format!("{flag} needs a number"))?;
-            let n: usize = value.parse().with_context(|| format!("{flag} {value:?}"))?;
-            ensure!(n > 0, "{flag} must be at least 1");
-            Ok(n)
-        };
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--quick" => options.quick = true,
-                // cargo bench passes it to every bench target.
-                "--bench" => {}
-                "--samples" => options.samples = Some(number("--samples", args.next())?),
-                "--services" => {
-                    let n = number("--services", args.next())?;
-                    ensure!(
-                        n <= MAX_SERVICES,
-                        "--services {n}: the datapath holds at most {MAX_SERVICES} here"
-                    );
-                    options.services.push(n);
-                }
-                flag if flag.starts_with('-') => bail!("unknown flag {flag:?}"),
-                filter => options.filters.push(filter.to_owned()),
+        let mut services = Vec::new();
+        let common::Args {
+            quick,
+            samples,
+            filters,
+        } = common::Args::parse(args, &BENCHMARKS, |flag, args| {
+            if flag != "--services" {
+                return Ok(false);
             }
-        }
-        common::check_filters(&options.filters, &BENCHMARKS)?;
-        Ok(options)
+            let n = common::positive("--services", args.next())?;
+            ensure!(
+                n <= MAX_SERVICES,
+                "--services {n}: the datapath holds at most {MAX_SERVICES} here"
+            );
+            services.push(n);
+            Ok(true)
+        })?;
+        Ok(Options {
+            quick,
+            samples,
+            services,
+            filters,
+        })
     }
 
     fn selected(&self, benchmark: &str) -> bool {

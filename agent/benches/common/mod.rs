@@ -41,6 +41,55 @@ pub fn load_average() -> String {
         .unwrap_or_else(|_| "?".to_owned())
 }
 
+/// The arguments every benchmark takes: `--quick`, `--samples N` and name filters.
+pub struct Args {
+    pub quick: bool,
+    pub samples: Option<usize>,
+    pub filters: Vec<String>,
+}
+
+impl Args {
+    /// Parses `args`; a flag of one benchmark's own goes to `extra` with the way to read its
+    /// value, and `extra` says whether it knew the flag. Filters must match `benchmarks`.
+    pub fn parse(
+        args: impl Iterator<Item = String>,
+        benchmarks: &[&str],
+        mut extra: impl FnMut(&str, &mut dyn Iterator<Item = String>) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<Args> {
+        let mut parsed = Args {
+            quick: false,
+            samples: None,
+            filters: Vec::new(),
+        };
+        let mut args = args;
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => parsed.quick = true,
+                // cargo bench passes it to every bench target.
+                "--bench" => {}
+                "--samples" => parsed.samples = Some(positive("--samples", args.next())?),
+                flag if flag.starts_with('-') => {
+                    if !extra(flag, &mut args)? {
+                        anyhow::bail!("unknown flag {flag:?}");
+                    }
+                }
+                filter => parsed.filters.push(filter.to_owned()),
+            }
+        }
+        check_filters(&parsed.filters, benchmarks)?;
+        Ok(parsed)
+    }
+}
+
+/// The value of a flag that takes a number of at least 1.
+pub fn positive(flag: &str, value: Option<String>) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    let value = value.with_context(|| format!("{flag} needs a number"))?;
+    let n: usize = value.parse().with_context(|| format!("{flag} {value:?}"))?;
+    anyhow::ensure!(n > 0, "{flag} must be at least 1");
+    Ok(n)
+}
+
 /// Fails on a name filter that matches none of `benchmarks`.
 pub fn check_filters(filters: &[String], benchmarks: &[&str]) -> anyhow::Result<()> {
     match filters
