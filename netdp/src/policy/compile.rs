@@ -24,14 +24,17 @@
 //! nothing.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr},
+    ops::Range,
 };
 
 use k8s_openapi::{
     api::{
         core::v1::Namespace,
-        networking::v1::{IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
+        networking::v1::{
+            IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+        },
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
@@ -128,14 +131,18 @@ pub fn compile(
     let mut problems = Vec::new();
 
     let mut pods: Vec<&PolicyPod> = pods.iter().collect();
+    // Labels last: two copies of a pod that differ only in labels (a manifest directory can
+    // hold both) must compile alike in any input order.
     pods.sort_by(|a, b| {
-        (&a.namespace, &a.name, a.ip, a.ifindex).cmp(&(&b.namespace, &b.name, b.ip, b.ifindex))
+        (&a.namespace, &a.name, a.ip, a.ifindex, &a.labels).cmp(&(
+            &b.namespace,
+            &b.name,
+            b.ip,
+            b.ifindex,
+            &b.labels,
+        ))
     });
-    let namespace_labels = namespace_labels(namespaces, &pods);
-    let world = World {
-        pods: &pods,
-        namespace_labels: &namespace_labels,
-    };
+    let world = World::new(&pods, namespace_labels(namespaces, &pods));
 
     // Sorted by name, so that the first isolating policy is the first in this order. Two
     // objects with one name (possible in a manifest directory) are ordered by content.
@@ -178,11 +185,11 @@ pub fn compile(
         }
         owners.insert(ifindex, pod);
 
-        let selecting: Vec<usize> = parsed
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.namespace == pod.namespace && p.selector.matches(&pod.labels))
-            .map(|(i, _)| i)
+        // `parsed` is in namespace order: the pod's namespace's policies are contiguous.
+        let first = parsed.partition_point(|p| p.namespace < pod.namespace.as_str());
+        let selecting: Vec<usize> = (first..parsed.len())
+            .take_while(|i| parsed[*i].namespace == pod.namespace)
+            .filter(|i| parsed[*i].selector.matches(&pod.labels))
             .collect();
         let mut endpoint = Endpoint {
             pod: pod.key(),
@@ -303,11 +310,110 @@ fn sorted_named_ports(pod: &PolicyPod) -> Vec<NamedPort> {
     ports
 }
 
-/// The pods and namespaces that selectors choose from.
+/// The pods and namespaces that selectors choose from, indexed so that choosing takes time
+/// in proportion to what is chosen rather than to the cluster.
 struct World<'a> {
-    /// Sorted; peers name pods by index here.
+    /// Sorted, so that a namespace's pods are contiguous; peers name pods by index here.
     pods: &'a [&'a PolicyPod],
-    namespace_labels: &'a BTreeMap<String, BTreeMap<String, String>>,
+    /// The namespaces that have pods, by name.
+    namespaces: Vec<PodNamespace<'a>>,
+    /// Every pod's namespace, as an index into `namespaces`.
+    pod_namespace: Vec<usize>,
+    /// The pods carrying each label `(key, value)`, in order.
+    by_label: HashMap<(&'a str, &'a str), Vec<usize>>,
+}
+
+struct PodNamespace<'a> {
+    name: &'a str,
+    labels: BTreeMap<String, String>,
+    /// Its pods, as indices into [`World::pods`].
+    pods: Range<usize>,
+}
+
+impl<'a> World<'a> {
+    /// `pods` sorted by namespace first; `labels` every namespace's, as [`namespace_labels`]
+    /// makes them.
+    fn new(
+        pods: &'a [&'a PolicyPod],
+        mut labels: BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Self {
+        let mut namespaces: Vec<PodNamespace<'a>> = Vec::new();
+        let mut pod_namespace = Vec::with_capacity(pods.len());
+        let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, pod) in pods.iter().enumerate() {
+            match namespaces.last_mut() {
+                Some(last) if last.name == pod.namespace => last.pods.end = i + 1,
+                _ => namespaces.push(PodNamespace {
+                    name: &pod.namespace,
+                    labels: labels.remove(&pod.namespace).unwrap_or_default(),
+                    pods: i..i + 1,
+                }),
+            }
+            pod_namespace.push(namespaces.len() - 1);
+            for (key, value) in &pod.labels {
+                by_label.entry((key, value)).or_default().push(i);
+            }
+        }
+        Self {
+            pods,
+            namespaces,
+            pod_namespace,
+            by_label,
+        }
+    }
+
+    /// The namespace named `name`, as an index into `namespaces`, if it has pods.
+    fn namespace(&self, name: &str) -> Option<usize> {
+        self.namespaces.binary_search_by(|n| n.name.cmp(name)).ok()
+    }
+
+    /// The pods of `chosen` (indices into `namespaces`, in order) that `selector` selects
+    /// (all of them when `None`), in order.
+    fn select(&self, chosen: &[usize], selector: Option<&Selector>) -> Vec<usize> {
+        let in_chosen: usize = chosen.iter().map(|n| self.namespaces[*n].pods.len()).sum();
+        let matches = |i: &usize| selector.is_none_or(|s| s.matches(&self.pods[*i].labels));
+        match selector.and_then(|s| self.labelled(s)) {
+            Some(candidates) if candidates.len() < in_chosen => candidates
+                .into_iter()
+                .filter(|i| chosen.binary_search(&self.pod_namespace[*i]).is_ok())
+                .filter(matches)
+                .collect(),
+            _ => chosen
+                .iter()
+                .flat_map(|n| self.namespaces[*n].pods.clone())
+                .filter(matches)
+                .collect(),
+        }
+    }
+
+    /// Every pod that `selector` may select, in order, when one of its requirements narrows
+    /// them to pods with certain labels: the fewest such.
+    fn labelled(&self, selector: &Selector) -> Option<Vec<usize>> {
+        let (key, values) = selector
+            .requirements
+            .iter()
+            .filter_map(Requirement::needed_values)
+            .min_by_key(|(key, values)| self.pods_with(key, values).count())?;
+        let mut pods: Vec<usize> = self.pods_with(key, values).collect();
+        // A pod has one value per key: only several values need merging.
+        if values.len() > 1 {
+            pods.sort_unstable();
+        }
+        Some(pods)
+    }
+
+    /// The pods with label `key` set to one of `values`, in order for each value.
+    fn pods_with<'s>(
+        &'s self,
+        key: &'s str,
+        values: &'s [&str],
+    ) -> impl Iterator<Item = usize> + 's {
+        values
+            .iter()
+            .filter_map(move |value| self.by_label.get(&(key, *value)))
+            .flatten()
+            .copied()
+    }
 }
 
 /// Every namespace's labels: its object's, and always `kubernetes.io/metadata.name`, as the
@@ -330,7 +436,9 @@ fn namespace_labels(
         labels.entry(name.to_owned()).or_insert(object_labels);
     }
     for pod in pods {
-        labels.entry(pod.namespace.clone()).or_default();
+        if !labels.contains_key(&pod.namespace) {
+            labels.insert(pod.namespace.clone(), BTreeMap::new());
+        }
     }
     for (name, labels) in labels.iter_mut() {
         labels.insert(LABEL_METADATA_NAME.to_owned(), name.clone());
@@ -352,18 +460,19 @@ fn object_key(policy: &NetworkPolicy) -> (&str, &str) {
 }
 
 /// A policy as the compiler uses it: selectors checked, peers resolved to pods or prefixes.
-struct ParsedPolicy {
+/// Strings are borrowed from the policy.
+struct ParsedPolicy<'a> {
     /// `namespace/name`.
     key: String,
-    namespace: String,
-    selector: Selector,
+    namespace: &'a str,
+    selector: Selector<'a>,
     /// `Some` when `policyTypes` has `Ingress`; the rules may be none (deny all).
-    ingress: Option<Vec<Rule>>,
-    egress: Option<Vec<Rule>>,
+    ingress: Option<Vec<Rule<'a>>>,
+    egress: Option<Vec<Rule<'a>>>,
 }
 
-impl ParsedPolicy {
-    fn rules(&self, direction: Direction) -> Option<&[Rule]> {
+impl<'a> ParsedPolicy<'a> {
+    fn rules(&self, direction: Direction) -> Option<&[Rule<'a>]> {
         match direction {
             Direction::Ingress => self.ingress.as_deref(),
             Direction::Egress => self.egress.as_deref(),
@@ -371,11 +480,11 @@ impl ParsedPolicy {
     }
 }
 
-struct Rule {
+struct Rule<'a> {
     /// `None`: every address.
     peers: Option<Vec<Peer>>,
     /// `None`: every protocol and port.
-    ports: Option<Vec<PortSpec>>,
+    ports: Option<Vec<PortSpec<'a>>>,
 }
 
 enum Peer {
@@ -396,19 +505,48 @@ impl Block {
     }
 }
 
-enum PortSpec {
+enum PortSpec<'a> {
     /// A protocol's ports `first..=last` (all of them when `port` is absent).
     Range(PolicyProtocol, u16, u16),
     /// A container port's name, looked up in the destination pod.
-    Named(PolicyProtocol, String),
+    Named(PolicyProtocol, &'a str),
+}
+
+/// A field's path, such as `spec.ingress[0].from[1].ipBlock.cidr`, written out only when a
+/// problem names it: most fields never do.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    Root(&'static str),
+    Name(&'a Field<'a>, &'static str),
+    Index(&'a Field<'a>, usize),
+}
+
+impl Field<'_> {
+    fn name(&self, name: &'static str) -> Field<'_> {
+        Field::Name(self, name)
+    }
+
+    fn index(&self, index: usize) -> Field<'_> {
+        Field::Index(self, index)
+    }
+}
+
+impl std::fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Field::Root(name) => f.write_str(name),
+            Field::Name(parent, name) => write!(f, "{parent}.{name}"),
+            Field::Index(parent, index) => write!(f, "{parent}[{index}]"),
+        }
+    }
 }
 
 /// Reads one policy, reporting what it cannot use. `None` when nothing of it can be used.
-fn parse_policy(
-    policy: &NetworkPolicy,
+fn parse_policy<'a>(
+    policy: &'a NetworkPolicy,
     world: &World<'_>,
     problems: &mut Vec<Problem>,
-) -> Option<ParsedPolicy> {
+) -> Option<ParsedPolicy<'a>> {
     let (namespace, name) = object_key(policy);
     let mut reporter = Reporter {
         kind: "NetworkPolicy",
@@ -425,11 +563,17 @@ fn parse_policy(
         return None;
     }
     // A policy without `spec` is an empty spec: the Go type embeds it.
-    let spec = policy.spec.clone().unwrap_or_default();
+    static EMPTY_SPEC: NetworkPolicySpec = NetworkPolicySpec {
+        egress: None,
+        ingress: None,
+        pod_selector: None,
+        policy_types: None,
+    };
+    let spec = policy.spec.as_ref().unwrap_or(&EMPTY_SPEC);
 
     let selector = match &spec.pod_selector {
         None => Selector::default(),
-        Some(s) => match parse_selector(s, "spec.podSelector", &mut reporter) {
+        Some(s) => match parse_selector(s, Field::Root("spec.podSelector"), &mut reporter) {
             Some(selector) => selector,
             None => {
                 reporter.report(
@@ -470,19 +614,19 @@ fn parse_policy(
             .iter()
             .flatten()
             .enumerate()
-            .map(|(i, rule)| Rule {
-                peers: parse_peers(
-                    rule.from.as_deref(),
-                    &format!("spec.ingress[{i}].from"),
-                    namespace,
-                    world,
-                    &mut reporter,
-                ),
-                ports: parse_ports(
-                    rule.ports.as_deref(),
-                    &format!("spec.ingress[{i}].ports"),
-                    &mut reporter,
-                ),
+            .map(|(i, rule)| {
+                let rules = Field::Root("spec.ingress");
+                let field = rules.index(i);
+                Rule {
+                    peers: parse_peers(
+                        rule.from.as_deref(),
+                        field.name("from"),
+                        namespace,
+                        world,
+                        &mut reporter,
+                    ),
+                    ports: parse_ports(rule.ports.as_deref(), field.name("ports"), &mut reporter),
+                }
             })
             .collect()
     });
@@ -491,26 +635,26 @@ fn parse_policy(
             .iter()
             .flatten()
             .enumerate()
-            .map(|(i, rule)| Rule {
-                peers: parse_peers(
-                    rule.to.as_deref(),
-                    &format!("spec.egress[{i}].to"),
-                    namespace,
-                    world,
-                    &mut reporter,
-                ),
-                ports: parse_ports(
-                    rule.ports.as_deref(),
-                    &format!("spec.egress[{i}].ports"),
-                    &mut reporter,
-                ),
+            .map(|(i, rule)| {
+                let rules = Field::Root("spec.egress");
+                let field = rules.index(i);
+                Rule {
+                    peers: parse_peers(
+                        rule.to.as_deref(),
+                        field.name("to"),
+                        namespace,
+                        world,
+                        &mut reporter,
+                    ),
+                    ports: parse_ports(rule.ports.as_deref(), field.name("ports"), &mut reporter),
+                }
             })
             .collect()
     });
 
     Some(ParsedPolicy {
         key: format!("{namespace}/{name}"),
-        namespace: namespace.to_owned(),
+        namespace,
         selector,
         ingress,
         egress,
@@ -521,7 +665,7 @@ fn parse_policy(
 /// cannot be used is left out, so a list of only such peers matches nothing.
 fn parse_peers(
     peers: Option<&[NetworkPolicyPeer]>,
-    field: &str,
+    field: Field<'_>,
     namespace: &str,
     world: &World<'_>,
     reporter: &mut Reporter<'_>,
@@ -531,17 +675,15 @@ fn parse_peers(
         peers
             .iter()
             .enumerate()
-            .filter_map(|(i, peer)| {
-                parse_peer(peer, &format!("{field}[{i}]"), namespace, world, reporter)
-            })
+            .filter_map(|(i, peer)| parse_peer(peer, field.index(i), namespace, world, reporter))
             .collect(),
     )
 }
 
 /// `ValidateNetworkPolicyPeer` and the peer's meaning.
-fn parse_peer(
-    peer: &NetworkPolicyPeer,
-    field: &str,
+fn parse_peer<'a>(
+    peer: &'a NetworkPolicyPeer,
+    field: Field<'_>,
     namespace: &str,
     world: &World<'_>,
     reporter: &mut Reporter<'_>,
@@ -549,58 +691,45 @@ fn parse_peer(
     if let Some(block) = &peer.ip_block {
         if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
             reporter.report(
-                field,
+                field.to_string(),
                 "",
                 "an ipBlock cannot be combined with a selector in one peer; this peer is ignored",
             );
             return None;
         }
-        return parse_block(block, &format!("{field}.ipBlock"), reporter).map(Peer::Block);
+        return parse_block(block, field.name("ipBlock"), reporter).map(Peer::Block);
     }
     if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
         reporter.report(
-            field,
+            field.to_string(),
             "",
             "a peer needs a podSelector, a namespaceSelector or an ipBlock; this peer is ignored",
         );
         return None;
     }
-    let mut read = |selector: &Option<LabelSelector>, name: &str| match selector {
+    let mut read = |selector: &'a Option<LabelSelector>, name| match selector {
         None => Some(None),
-        Some(s) => parse_selector(s, &format!("{field}.{name}"), reporter).map(Some),
+        Some(s) => parse_selector(s, field.name(name), reporter).map(Some),
     };
     let pod_selector = read(&peer.pod_selector, "podSelector")?;
     let namespace_selector = read(&peer.namespace_selector, "namespaceSelector")?;
 
-    let pods = world
-        .pods
-        .iter()
-        .enumerate()
-        .filter(|(_, pod)| {
-            let in_namespace = match &namespace_selector {
-                None => pod.namespace == namespace,
-                Some(selector) => world
-                    .namespace_labels
-                    .get(&pod.namespace)
-                    .is_some_and(|labels| selector.matches(labels)),
-            };
-            in_namespace
-                && pod_selector
-                    .as_ref()
-                    .is_none_or(|selector| selector.matches(&pod.labels))
-        })
-        .map(|(i, _)| i)
-        .collect();
-    Some(Peer::Pods(pods))
+    let chosen: Vec<usize> = match &namespace_selector {
+        None => world.namespace(namespace).into_iter().collect(),
+        Some(selector) => (0..world.namespaces.len())
+            .filter(|n| selector.matches(&world.namespaces[*n].labels))
+            .collect(),
+    };
+    Some(Peer::Pods(world.select(&chosen, pod_selector.as_ref())))
 }
 
-fn parse_block(block: &IPBlock, field: &str, reporter: &mut Reporter<'_>) -> Option<Block> {
-    let cidr_field = format!("{field}.cidr");
+fn parse_block(block: &IPBlock, field: Field<'_>, reporter: &mut Reporter<'_>) -> Option<Block> {
+    let cidr_field = field.name("cidr");
     let cidr = match parse_cidr(&block.cidr) {
         ParsedCidr::V4(cidr) => cidr,
         ParsedCidr::V6 => {
             reporter.report(
-                cidr_field,
+                cidr_field.to_string(),
                 block.cidr.as_str(),
                 "IPv6 is not enforced by bosun; this peer matches no IPv4 address",
             );
@@ -608,7 +737,7 @@ fn parse_block(block: &IPBlock, field: &str, reporter: &mut Reporter<'_>) -> Opt
         }
         ParsedCidr::Invalid => {
             reporter.report(
-                cidr_field,
+                cidr_field.to_string(),
                 block.cidr.as_str(),
                 "not a CIDR; this peer is ignored",
             );
@@ -616,15 +745,16 @@ fn parse_block(block: &IPBlock, field: &str, reporter: &mut Reporter<'_>) -> Opt
         }
     };
     let mut except = Vec::new();
+    let excepts_field = field.name("except");
     for (i, text) in block.except.iter().flatten().enumerate() {
-        let except_field = format!("{field}.except[{i}]");
+        let except_field = excepts_field.index(i);
         match parse_cidr(text) {
             // `ValidateIPBlock`: a strict subset of the cidr.
             ParsedCidr::V4(e) if cidr.contains(e) && e.len > cidr.len => except.push(e),
             // The set difference is still well defined; it is what is enforced.
             ParsedCidr::V4(e) if e.contains(cidr) => {
                 reporter.report(
-                    except_field,
+                    except_field.to_string(),
                     text.as_str(),
                     &format!(
                         "not inside the cidr {cidr} but covering it; this peer matches nothing"
@@ -633,14 +763,14 @@ fn parse_block(block: &IPBlock, field: &str, reporter: &mut Reporter<'_>) -> Opt
                 except.push(e);
             }
             ParsedCidr::V4(_) | ParsedCidr::V6 => reporter.report(
-                except_field,
+                except_field.to_string(),
                 text.as_str(),
                 &format!("not inside the cidr {cidr}; it excepts nothing"),
             ),
             ParsedCidr::Invalid => {
                 // Ignoring only the except would allow what it was meant to deny.
                 reporter.report(
-                    except_field,
+                    except_field.to_string(),
                     text.as_str(),
                     "not a CIDR; this peer is ignored",
                 );
@@ -676,42 +806,42 @@ fn parse_cidr(text: &str) -> ParsedCidr {
 
 /// A rule's ports; `None` (everything) when the list is absent or empty. A port that cannot
 /// be used is left out, so a list of only such ports matches nothing.
-fn parse_ports(
-    ports: Option<&[NetworkPolicyPort]>,
-    field: &str,
+fn parse_ports<'a>(
+    ports: Option<&'a [NetworkPolicyPort]>,
+    field: Field<'_>,
     reporter: &mut Reporter<'_>,
-) -> Option<Vec<PortSpec>> {
+) -> Option<Vec<PortSpec<'a>>> {
     let ports = ports.filter(|p| !p.is_empty())?;
     Some(
         ports
             .iter()
             .enumerate()
-            .filter_map(|(i, port)| parse_port(port, &format!("{field}[{i}]"), reporter))
+            .filter_map(|(i, port)| parse_port(port, field.index(i), reporter))
             .collect(),
     )
 }
 
 /// `ValidateNetworkPolicyPort`, with `SetDefaults_NetworkPolicyPort` (TCP).
-fn parse_port(
-    port: &NetworkPolicyPort,
-    field: &str,
+fn parse_port<'a>(
+    port: &'a NetworkPolicyPort,
+    field: Field<'_>,
     reporter: &mut Reporter<'_>,
-) -> Option<PortSpec> {
+) -> Option<PortSpec<'a>> {
     let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
     let Some(protocol) = PolicyProtocol::parse(protocol_name) else {
         reporter.report(
-            format!("{field}.protocol"),
+            field.name("protocol").to_string(),
             protocol_name,
             "unknown protocol (TCP, UDP or SCTP); this port is ignored",
         );
         return None;
     };
-    let end_field = format!("{field}.endPort");
+    let end_field = field.name("endPort");
     match &port.port {
         None => {
             if let Some(end) = port.end_port {
                 reporter.report(
-                    end_field,
+                    end_field.to_string(),
                     end.to_string(),
                     "endPort needs a numeric port; this port is ignored",
                 );
@@ -724,7 +854,7 @@ fn parse_port(
                 Ok(first) if first != 0 => first,
                 _ => {
                     reporter.report(
-                        format!("{field}.port"),
+                        field.name("port").to_string(),
                         number.to_string(),
                         "not a port number (1-65535); this port is ignored",
                     );
@@ -736,7 +866,7 @@ fn parse_port(
                 Some(Ok(last)) if last >= first => last,
                 Some(Ok(_)) => {
                     reporter.report(
-                        end_field,
+                        end_field.to_string(),
                         port.end_port.unwrap_or_default().to_string(),
                         &format!("endPort is below port {first}; this port is ignored"),
                     );
@@ -744,7 +874,7 @@ fn parse_port(
                 }
                 Some(Err(_)) => {
                     reporter.report(
-                        end_field,
+                        end_field.to_string(),
                         port.end_port.unwrap_or_default().to_string(),
                         "not a port number (1-65535); this port is ignored",
                     );
@@ -756,7 +886,7 @@ fn parse_port(
         Some(IntOrString::String(name)) => {
             if let Some(end) = port.end_port {
                 reporter.report(
-                    end_field,
+                    end_field.to_string(),
                     end.to_string(),
                     &format!(
                         "endPort cannot go with the named port {name:?}; this port is ignored"
@@ -764,51 +894,75 @@ fn parse_port(
                 );
                 return None;
             }
-            Some(PortSpec::Named(protocol, name.clone()))
+            Some(PortSpec::Named(protocol, name))
         }
     }
 }
 
 /// A checked label selector: every requirement must hold. Empty: selects everything.
 #[derive(Default)]
-struct Selector {
-    requirements: Vec<Requirement>,
+struct Selector<'a> {
+    requirements: Vec<Requirement<'a>>,
 }
 
-enum Requirement {
-    In(String, BTreeSet<String>),
-    NotIn(String, BTreeSet<String>),
-    Exists(String),
-    DoesNotExist(String),
+/// A requirement on one label; the values of `In` and `NotIn` are sorted and distinct.
+enum Requirement<'a> {
+    /// A `matchLabels` entry.
+    Equals(&'a str, &'a str),
+    In(&'a str, Vec<&'a str>),
+    NotIn(&'a str, Vec<&'a str>),
+    Exists(&'a str),
+    DoesNotExist(&'a str),
 }
 
-impl Selector {
+impl Requirement<'_> {
+    /// The key, and the values one of which it must have, when the requirement needs the
+    /// label.
+    fn needed_values(&self) -> Option<(&str, &[&str])> {
+        match self {
+            Requirement::Equals(key, value) => Some((key, std::slice::from_ref(value))),
+            Requirement::In(key, values) => Some((key, values)),
+            Requirement::NotIn(..) | Requirement::Exists(_) | Requirement::DoesNotExist(_) => None,
+        }
+    }
+}
+
+impl Selector<'_> {
     fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let has = |values: &[&str], value: &String| values.binary_search(&value.as_str()).is_ok();
         self.requirements.iter().all(|r| match r {
-            Requirement::In(key, values) => labels.get(key).is_some_and(|v| values.contains(v)),
-            Requirement::NotIn(key, values) => labels.get(key).is_none_or(|v| !values.contains(v)),
-            Requirement::Exists(key) => labels.contains_key(key),
-            Requirement::DoesNotExist(key) => !labels.contains_key(key),
+            Requirement::Equals(key, value) => labels.get(*key).is_some_and(|v| v == value),
+            Requirement::In(key, values) => labels.get(*key).is_some_and(|v| has(values, v)),
+            Requirement::NotIn(key, values) => labels.get(*key).is_none_or(|v| !has(values, v)),
+            Requirement::Exists(key) => labels.contains_key(*key),
+            Requirement::DoesNotExist(key) => !labels.contains_key(*key),
         })
     }
 }
 
 /// `LabelSelectorAsSelector`: `None` (and a problem) when a requirement is malformed.
-fn parse_selector(
-    selector: &LabelSelector,
-    field: &str,
+fn parse_selector<'a>(
+    selector: &'a LabelSelector,
+    field: Field<'_>,
     reporter: &mut Reporter<'_>,
-) -> Option<Selector> {
+) -> Option<Selector<'a>> {
     let mut requirements: Vec<Requirement> = selector
         .match_labels
         .iter()
         .flatten()
-        .map(|(k, v)| Requirement::In(k.clone(), BTreeSet::from([v.clone()])))
+        .map(|(k, v)| Requirement::Equals(k, v))
         .collect();
     let mut valid = true;
     for (i, expression) in selector.match_expressions.iter().flatten().enumerate() {
-        let values: BTreeSet<String> = expression.values.iter().flatten().cloned().collect();
-        let key = expression.key.clone();
+        let mut values: Vec<&str> = expression
+            .values
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        let key = expression.key.as_str();
         let requirement = match expression.operator.as_str() {
             "In" if !values.is_empty() => Requirement::In(key, values),
             "NotIn" if !values.is_empty() => Requirement::NotIn(key, values),
@@ -826,7 +980,7 @@ fn parse_selector(
             "Exists" | "DoesNotExist" => {
                 reporter.report(
                     format!("{field}.matchExpressions[{i}].values"),
-                    values.into_iter().collect::<Vec<_>>().join(","),
+                    values.join(","),
                     "Exists and DoesNotExist take no values; the selector selects nothing",
                 );
                 valid = false;
@@ -848,47 +1002,55 @@ fn parse_selector(
     valid.then_some(Selector { requirements })
 }
 
+/// A [`PortRange`] while tables are built: its policy borrowed, so that gathering and
+/// combining ranges copies no names.
+#[derive(Clone, Copy, Debug)]
+struct Allowed<'p> {
+    protocol: Option<PolicyProtocol>,
+    first: u16,
+    last: u16,
+    policy: &'p str,
+}
+
 /// The peer prefixes of one direction of endpoints that `policies` isolate, and that have
 /// `named_ports` (for ingress, whose named ports are the endpoint's).
-fn peer_table(
-    parsed: &[ParsedPolicy],
+fn peer_table<'p>(
+    parsed: &'p [ParsedPolicy<'_>],
     policies: &[usize],
     direction: Direction,
-    named_ports: &[NamedPort],
-    pods: &[&PolicyPod],
+    named_ports: &'p [NamedPort],
+    pods: &[&'p PolicyPod],
 ) -> BTreeMap<Cidr, PortSet> {
     // What rules allow, by the kind of address set they allow it for.
-    let mut per_prefix: BTreeMap<Cidr, Vec<PortRange>> = BTreeMap::new();
-    let mut everywhere: Option<Vec<PortRange>> = None;
-    let mut blocks: Vec<(&Block, Vec<PortRange>)> = Vec::new();
+    let mut per_prefix: BTreeMap<Cidr, Vec<Allowed>> = BTreeMap::new();
+    let mut everywhere: Option<Vec<Allowed>> = None;
+    let mut blocks: Vec<(&Block, Vec<Allowed>)> = Vec::new();
 
     for policy in policies.iter().map(|i| &parsed[*i]) {
+        let key = policy.key.as_str();
         for rule in policy.rules(direction).unwrap_or_default() {
             let mut ranges = Vec::new();
             let mut by_peer: Vec<(PolicyProtocol, &str)> = Vec::new();
             match &rule.ports {
-                None => ranges.push(PortRange {
+                None => ranges.push(Allowed {
                     protocol: None,
                     first: 0,
                     last: u16::MAX,
-                    policy: policy.key.clone(),
+                    policy: key,
                 }),
                 Some(ports) => {
                     for port in ports {
                         match port {
-                            PortSpec::Range(protocol, first, last) => ranges.push(PortRange {
+                            PortSpec::Range(protocol, first, last) => ranges.push(Allowed {
                                 protocol: Some(*protocol),
                                 first: *first,
                                 last: *last,
-                                policy: policy.key.clone(),
+                                policy: key,
                             }),
                             PortSpec::Named(protocol, name) => match direction {
-                                Direction::Ingress => ranges.extend(resolve(
-                                    named_ports,
-                                    *protocol,
-                                    name,
-                                    &policy.key,
-                                )),
+                                Direction::Ingress => {
+                                    ranges.extend(resolve(named_ports, *protocol, name, key))
+                                }
                                 Direction::Egress => by_peer.push((*protocol, name)),
                             },
                         }
@@ -898,21 +1060,14 @@ fn peer_table(
             if ranges.is_empty() && by_peer.is_empty() {
                 continue;
             }
-            // What a pod at `address` may be reached on beyond `ranges`: its own named ports.
-            let resolve_at = |pod: &PolicyPod| -> Vec<PortRange> {
-                by_peer
+            // What a pod may be reached on, `ranges` besides or not: its own named ports.
+            let mut allow_pod = |pod: &'p PolicyPod, with_ranges: bool| {
+                let mut allowed = by_peer
                     .iter()
-                    .flat_map(|(protocol, name)| {
-                        resolve(&pod.named_ports, *protocol, name, &policy.key)
-                    })
-                    .collect()
-            };
-            let mut allow_pod = |pod: &PolicyPod, with_ranges: bool| {
-                let mut allowed = resolve_at(pod);
-                if with_ranges {
-                    allowed.extend(ranges.iter().cloned());
-                }
-                if !allowed.is_empty() {
+                    .flat_map(|(protocol, name)| resolve(&pod.named_ports, *protocol, name, key))
+                    .chain(ranges.iter().copied().filter(|_| with_ranges))
+                    .peekable();
+                if allowed.peek().is_some() {
                     per_prefix
                         .entry(Cidr::host(pod.ip))
                         .or_default()
@@ -954,9 +1109,14 @@ fn peer_table(
     if everywhere.is_some() {
         prefixes.insert(Cidr::EVERYWHERE);
     }
-    for (block, _) in &blocks {
+    // The blocks by cidr, to find those containing a prefix among the few lengths they have.
+    let mut blocks_at: BTreeMap<Cidr, Vec<usize>> = BTreeMap::new();
+    let mut block_lengths = Lengths::default();
+    for (i, (block, _)) in blocks.iter().enumerate() {
         prefixes.insert(block.cidr);
         prefixes.extend(block.except.iter().copied());
+        blocks_at.entry(block.cidr).or_default().push(i);
+        block_lengths.insert(block.cidr.len);
     }
     let mut by_length: Vec<Cidr> = prefixes.into_iter().collect();
     by_length.sort_by_key(|c| (c.len, c.bits));
@@ -964,20 +1124,31 @@ fn peer_table(
     // Shorter prefixes first, so that a prefix is left out when the next shorter one that is
     // kept (or no match at all) already gives the same.
     let mut table: BTreeMap<Cidr, PortSet> = BTreeMap::new();
+    let mut table_lengths = Lengths::default();
+    let mut allowed: Vec<Allowed> = Vec::new();
     for prefix in by_length {
         // Every rule's address set is a union of "addresses whose longest match is P" for
         // prefixes P: a block contains all or none of a prefix's own addresses, since the
         // block's cidr and excepts are themselves prefixes.
-        let mut allowed: Vec<PortRange> = per_prefix.get(&prefix).cloned().unwrap_or_default();
-        allowed.extend(everywhere.iter().flatten().cloned());
-        for (block, ranges) in &blocks {
-            if block.contains(prefix) {
-                allowed.extend(ranges.iter().cloned());
+        allowed.clear();
+        allowed.extend(per_prefix.get(&prefix).into_iter().flatten());
+        allowed.extend(everywhere.iter().flatten());
+        for len in block_lengths.up_to(prefix.len) {
+            for i in blocks_at
+                .get(&Cidr::new(prefix.bits, len))
+                .into_iter()
+                .flatten()
+            {
+                let (block, ranges) = &blocks[*i];
+                if block.contains(prefix) {
+                    allowed.extend(ranges);
+                }
             }
         }
-        let set = normalize(allowed);
-        let inherited = (0..prefix.len)
-            .rev()
+        let set = normalize(&allowed);
+        let inherited = table_lengths
+            .up_to(prefix.len)
+            .filter(|len| *len < prefix.len)
             .find_map(|len| table.get(&Cidr::new(prefix.bits, len)));
         let redundant = match inherited {
             Some(shorter) => *shorter == set,
@@ -985,95 +1156,110 @@ fn peer_table(
         };
         if !redundant {
             table.insert(prefix, set);
+            table_lengths.insert(prefix.len);
         }
     }
     table
 }
 
+/// A set of prefix lengths (0 to 32).
+#[derive(Default)]
+struct Lengths(u64);
+
+impl Lengths {
+    fn insert(&mut self, len: u8) {
+        self.0 |= 1 << len;
+    }
+
+    /// Those of at most `len`, longest first.
+    fn up_to(&self, len: u8) -> impl Iterator<Item = u8> {
+        let mut left = self.0 & (u64::MAX >> (63 - len));
+        std::iter::from_fn(move || {
+            let longest = 63u32.checked_sub(left.leading_zeros())?;
+            left &= !(1 << longest);
+            Some(longest as u8)
+        })
+    }
+}
+
 /// The ranges of the ports named `name` for `protocol` among `ports`.
-fn resolve(
-    ports: &[NamedPort],
+fn resolve<'a>(
+    ports: &'a [NamedPort],
     protocol: PolicyProtocol,
-    name: &str,
-    policy: &str,
-) -> Vec<PortRange> {
+    name: &'a str,
+    policy: &'a str,
+) -> impl Iterator<Item = Allowed<'a>> + 'a {
     ports
         .iter()
-        .filter(|p| p.name == name && p.protocol == protocol)
-        .map(|p| PortRange {
+        .filter(move |p| p.name == name && p.protocol == protocol)
+        .map(move |p| Allowed {
             protocol: Some(protocol),
             first: p.port,
             last: p.port,
-            policy: policy.to_owned(),
+            policy,
         })
-        .collect()
 }
 
 /// The canonical [`PortSet`] of a union of ranges: one any-protocol range if there is one,
 /// otherwise per protocol disjoint ranges, each port credited to the first policy by name
 /// that allows it, and adjacent ranges of one policy joined.
-fn normalize(ranges: Vec<PortRange>) -> PortSet {
+fn normalize(ranges: &[Allowed<'_>]) -> PortSet {
     if let Some(policy) = ranges
         .iter()
         .filter(|r| r.protocol.is_none())
-        .map(|r| &r.policy)
+        .map(|r| r.policy)
         .min()
     {
         return PortSet(BTreeSet::from([PortRange {
             protocol: None,
             first: 0,
             last: u16::MAX,
-            policy: policy.clone(),
+            policy: policy.to_owned(),
         }]));
     }
-    let mut by_protocol: BTreeMap<PolicyProtocol, Vec<&PortRange>> = BTreeMap::new();
-    for range in ranges.iter().filter(|r| r.first <= r.last) {
-        if let Some(protocol) = range.protocol {
-            by_protocol.entry(protocol).or_default().push(range);
-        }
-    }
+    // A sweep over the points where the set of covering ranges changes: per protocol, by
+    // point, a range's end (the port after its last) before another's start.
+    let mut events: Vec<(PolicyProtocol, u32, bool, &str)> = ranges
+        .iter()
+        .filter(|r| r.first <= r.last)
+        .filter_map(|r| {
+            let protocol = r.protocol?;
+            Some([
+                (protocol, u32::from(r.first), true, r.policy),
+                (protocol, u32::from(r.last) + 1, false, r.policy),
+            ])
+        })
+        .flatten()
+        .collect();
+    events.sort_unstable_by_key(|(protocol, point, starts, _)| (*protocol, *point, *starts));
+
     let mut set = BTreeSet::new();
-    for (protocol, ranges) in by_protocol {
-        // A sweep over the points where the set of covering ranges changes.
-        let mut starts: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
-        let mut ends: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
-        for range in &ranges {
-            starts
-                .entry(u32::from(range.first))
-                .or_default()
-                .push(&range.policy);
-            ends.entry(u32::from(range.last) + 1)
-                .or_default()
-                .push(&range.policy);
-        }
-        let points: Vec<u32> = starts
-            .keys()
-            .chain(ends.keys())
-            .copied()
-            .collect::<BTreeSet<u32>>()
-            .into_iter()
-            .collect();
+    for events in events.chunk_by(|a, b| a.0 == b.0) {
+        let protocol = events[0].0;
         let mut active: BTreeMap<&str, usize> = BTreeMap::new();
         let mut pieces: Vec<(u32, u32, &str)> = Vec::new();
-        for (i, point) in points.iter().enumerate() {
-            for policy in ends.get(point).into_iter().flatten() {
-                if let Some(count) = active.get_mut(policy) {
+        let at_points: Vec<&[(PolicyProtocol, u32, bool, &str)]> =
+            events.chunk_by(|a, b| a.1 == b.1).collect();
+        for (i, at_point) in at_points.iter().enumerate() {
+            let point = at_point[0].1;
+            for (_, _, starts, policy) in at_point.iter() {
+                if *starts {
+                    *active.entry(policy).or_insert(0) += 1;
+                } else if let Some(count) = active.get_mut(policy) {
                     *count -= 1;
                     if *count == 0 {
                         active.remove(policy);
                     }
                 }
             }
-            for policy in starts.get(point).into_iter().flatten() {
-                *active.entry(policy).or_insert(0) += 1;
-            }
-            let (Some((owner, _)), Some(next)) = (active.first_key_value(), points.get(i + 1))
+            let (Some((owner, _)), Some(next)) = (active.first_key_value(), at_points.get(i + 1))
             else {
                 continue;
             };
+            let next = next[0].1;
             match pieces.last_mut() {
-                Some(last) if last.1 + 1 == *point && last.2 == *owner => last.1 = next - 1,
-                _ => pieces.push((*point, next - 1, owner)),
+                Some(last) if last.1 + 1 == point && last.2 == *owner => last.1 = next - 1,
+                _ => pieces.push((point, next - 1, owner)),
             }
         }
         set.extend(pieces.into_iter().map(|(first, last, policy)| PortRange {
@@ -1089,6 +1275,7 @@ fn normalize(ranges: Vec<PortRange>) -> PortSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
 
     /// The fewest aligned blocks covering `first..=last`, by splitting the port trie: a node
     /// the range covers whole is one block, one it misses is none, any other must be split.
@@ -1219,7 +1406,7 @@ mod tests {
             .collect()
     }
 
-    fn random_rule(rng: &mut Lcg, pods: usize) -> Rule {
+    fn random_rule(rng: &mut Lcg, pods: usize) -> Rule<'static> {
         let peers = (rng.below(4) != 0).then(|| {
             (0..rng.below(3) + 1)
                 .map(|_| {
@@ -1247,7 +1434,7 @@ mod tests {
                 .map(|_| {
                     let protocol = rng.pick(&PROTOCOLS);
                     match rng.below(3) {
-                        0 => PortSpec::Named(protocol, rng.pick(&["http", "dns"]).into()),
+                        0 => PortSpec::Named(protocol, rng.pick(&["http", "dns"])),
                         1 => PortSpec::Range(protocol, 0, u16::MAX),
                         _ => {
                             let first = rng.pick(&[1, 53, 80, 443, 8080]);
@@ -1346,7 +1533,7 @@ mod tests {
                     };
                     ParsedPolicy {
                         key: format!("a/p{i}"),
-                        namespace: "a".into(),
+                        namespace: "a",
                         selector: Selector::default(),
                         ingress: rules(&mut rng),
                         egress: rules(&mut rng),
@@ -1412,10 +1599,23 @@ mod tests {
         }
     }
 
+    fn normalized(ranges: &[PortRange]) -> PortSet {
+        let allowed: Vec<Allowed> = ranges
+            .iter()
+            .map(|r| Allowed {
+                protocol: r.protocol,
+                first: r.first,
+                last: r.last,
+                policy: &r.policy,
+            })
+            .collect();
+        normalize(&allowed)
+    }
+
     #[test]
     fn overlapping_ranges_are_credited_to_the_first_policy_by_name() {
         let tcp = Some(PolicyProtocol::Tcp);
-        let set = normalize(vec![
+        let set = normalized(&[
             range(tcp, 100, 200, "ns/b"),
             range(tcp, 150, 300, "ns/a"),
             range(tcp, 301, 400, "ns/a"),
@@ -1431,14 +1631,152 @@ mod tests {
         ];
         assert_eq!(set.0.into_iter().collect::<Vec<_>>(), expected);
 
-        let everything = normalize(vec![
-            range(tcp, 80, 80, "ns/a"),
-            range(None, 0, 65535, "ns/z"),
-        ]);
+        let everything = normalized(&[range(tcp, 80, 80, "ns/a"), range(None, 0, 65535, "ns/z")]);
         assert_eq!(
             everything.0.into_iter().collect::<Vec<_>>(),
             [range(None, 0, 65535, "ns/z")]
         );
-        assert_eq!(normalize(vec![range(tcp, 0, 65535, "ns/a")]).0.len(), 1);
+        assert_eq!(normalized(&[range(tcp, 0, 65535, "ns/a")]).0.len(), 1);
+    }
+
+    const LABEL_KEYS: [&str; 3] = ["app", "tier", LABEL_METADATA_NAME];
+    const LABEL_VALUES: [&str; 4] = ["web", "db", "a", "b"];
+
+    fn random_labels(rng: &mut Lcg) -> BTreeMap<String, String> {
+        (0..rng.below(3))
+            .map(|_| (rng.pick(&LABEL_KEYS).into(), rng.pick(&LABEL_VALUES).into()))
+            .collect()
+    }
+
+    fn random_selector(rng: &mut Lcg) -> LabelSelector {
+        LabelSelector {
+            match_labels: (rng.below(2) == 0).then(|| random_labels(rng)),
+            match_expressions: (rng.below(2) == 0).then(|| {
+                (0..rng.below(3))
+                    .map(|_| {
+                        let operator = rng.pick(&["In", "NotIn", "Exists", "DoesNotExist"]);
+                        LabelSelectorRequirement {
+                            key: rng.pick(&LABEL_KEYS).into(),
+                            operator: operator.into(),
+                            values: operator.ends_with("In").then(|| {
+                                (0..rng.below(3) + 1)
+                                    .map(|_| rng.pick(&LABEL_VALUES).into())
+                                    .collect()
+                            }),
+                        }
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    /// `selector.matches(labels)`, read straight from the API object.
+    fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+        let has = |key: &String, values: &Option<Vec<String>>| {
+            labels
+                .get(key)
+                .is_some_and(|v| values.iter().flatten().any(|value| value == v))
+        };
+        selector
+            .match_labels
+            .iter()
+            .flatten()
+            .all(|(key, value)| labels.get(key) == Some(value))
+            && selector
+                .match_expressions
+                .iter()
+                .flatten()
+                .all(|e| match e.operator.as_str() {
+                    "In" => has(&e.key, &e.values),
+                    "NotIn" => !has(&e.key, &e.values),
+                    "Exists" => labels.contains_key(&e.key),
+                    _ => !labels.contains_key(&e.key),
+                })
+    }
+
+    /// What the pod and label index finds is what looking at every pod finds: pods with the
+    /// same labels in other namespaces, namespaces told apart by their labels, selectors
+    /// with and without a label that they need.
+    #[test]
+    fn peers_select_the_pods_that_a_scan_of_every_pod_selects() {
+        let mut rng = Lcg(0x2545_f491_4f6c_dd1d);
+        for case in 0..2000 {
+            let owned: Vec<PolicyPod> = (0..rng.below(12))
+                .map(|i| PolicyPod {
+                    namespace: rng.pick(&["a", "b", "c"]).into(),
+                    name: format!("pod{i}"),
+                    labels: random_labels(&mut rng),
+                    ip: Ipv4Addr::new(10, 0, 0, i as u8),
+                    named_ports: Vec::new(),
+                    ifindex: None,
+                })
+                .collect();
+            let mut pods: Vec<&PolicyPod> = owned.iter().collect();
+            pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            // `c` has no object: only its name label.
+            let namespaces: Vec<Namespace> = ["a", "b"]
+                .into_iter()
+                .map(|name| Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(name.into()),
+                        labels: Some(random_labels(&mut rng)),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+                .collect();
+            let labels = namespace_labels(&namespaces, &pods);
+            let world = World::new(&pods, labels.clone());
+            let namespace_selector = (rng.below(2) == 0).then(|| random_selector(&mut rng));
+            // A peer needs one selector at least.
+            let pod_selector = (namespace_selector.is_none() || rng.below(3) != 0)
+                .then(|| random_selector(&mut rng));
+            let peer = NetworkPolicyPeer {
+                namespace_selector,
+                pod_selector,
+                ip_block: None,
+            };
+
+            let mut problems = Vec::new();
+            let mut reporter = Reporter {
+                kind: "NetworkPolicy",
+                namespace: "a",
+                name: "test",
+                problems: &mut problems,
+            };
+            let Some(Peer::Pods(got)) =
+                parse_peer(&peer, Field::Root("peer"), "a", &world, &mut reporter)
+            else {
+                panic!("case {case}: {peer:?} is not read as pods");
+            };
+            let expected: Vec<usize> = (0..pods.len())
+                .filter(|i| {
+                    let pod = pods[*i];
+                    let in_namespace = match &peer.namespace_selector {
+                        None => pod.namespace == "a",
+                        Some(selector) => selects(selector, &labels[&pod.namespace]),
+                    };
+                    in_namespace
+                        && peer
+                            .pod_selector
+                            .as_ref()
+                            .is_none_or(|s| selects(s, &pod.labels))
+                })
+                .collect();
+            assert_eq!(got, expected, "case {case}: {peer:?} {pods:?} {labels:?}");
+        }
+    }
+
+    #[test]
+    fn lengths_come_longest_first() {
+        let mut lengths = Lengths::default();
+        for len in [0, 8, 24, 32] {
+            lengths.insert(len);
+        }
+        assert_eq!(lengths.up_to(32).collect::<Vec<_>>(), [32, 24, 8, 0]);
+        assert_eq!(lengths.up_to(31).collect::<Vec<_>>(), [24, 8, 0]);
+        assert_eq!(lengths.up_to(24).collect::<Vec<_>>(), [24, 8, 0]);
+        assert_eq!(lengths.up_to(0).collect::<Vec<_>>(), [0]);
+        assert_eq!(Lengths::default().up_to(32).count(), 0);
     }
 }
