@@ -76,9 +76,10 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-const BENCHMARKS: [&str; 4] = [
+const BENCHMARKS: [&str; 5] = [
     "request_response",
     "new_connections",
+    "packet_paths",
     "programming",
     "enforcement",
 ];
@@ -240,6 +241,7 @@ impl Options {
             )
         };
         Sizes {
+            test_runs: if self.quick { 200_000 } else { 2_000_000 },
             rounds: self.samples.unwrap_or(rounds),
             sample,
             warm_up,
@@ -261,6 +263,8 @@ struct Sizes {
     changes: usize,
     /// Compiles of each size, and applies of the largest.
     repeats: usize,
+    /// Kernel test runs of each packet path in each configuration.
+    test_runs: u32,
 }
 
 // ---- the run ------------------------------------------------------------------------------
@@ -335,6 +339,9 @@ impl Lab {
                 *goal = rates.print(rate);
             }
             self.program_time(&compiled, sizes, &selected)?;
+        }
+        if options.selected("packet_paths") {
+            self.packet_paths(&compiled, sizes)?;
         }
         if options.selected("enforcement") {
             goals.enforcement = Some(self.enforcement(catalog, &compiled, sizes)?);
@@ -1464,6 +1471,148 @@ impl Lab {
                 );
             }
             check_interrupted()?;
+        }
+        self.datapath.set(Config::Detached, compiled)
+    }
+}
+
+// ---- the programs' time per packet, by path -------------------------------------------------
+
+/// A packet the programs are test-run on, and what they should make of it.
+struct PacketPath {
+    label: &'static str,
+    /// The server's program that sees it: ingress for packets to the server.
+    direction: Direction,
+    frame: fn() -> Vec<u8>,
+    /// Whether it passes when no policy selects the server, and when 100 or 1000 do.
+    allowed: [bool; 2],
+}
+
+/// An address in the pods' subnet that no policy allows.
+const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 218, 0, 250);
+
+const PACKET_PATHS: [PacketPath; 5] = [
+    PacketPath {
+        label: "known flow into the server (conntrack)",
+        direction: Direction::Ingress,
+        frame: || tcp_frame(CLIENT.address, 40001, SERVER.address, SERVER_PORT, TCP_ACK),
+        allowed: [true, true],
+    },
+    PacketPath {
+        label: "reply out of the server (conntrack)",
+        direction: Direction::Egress,
+        frame: || tcp_frame(SERVER.address, SERVER_PORT, CLIENT.address, 40001, TCP_ACK),
+        allowed: [true, true],
+    },
+    PacketPath {
+        label: "SYN from the client (judged, allowed)",
+        direction: Direction::Ingress,
+        frame: || tcp_frame(CLIENT.address, 40002, SERVER.address, SERVER_PORT, TCP_SYN),
+        allowed: [true, true],
+    },
+    PacketPath {
+        label: "SYN from a stranger (judged, dropped)",
+        direction: Direction::Ingress,
+        frame: || tcp_frame(STRANGER, 40003, SERVER.address, SERVER_PORT, TCP_SYN),
+        allowed: [true, false],
+    },
+    PacketPath {
+        label: "ARP (not IPv4)",
+        direction: Direction::Ingress,
+        frame: arp_frame,
+        allowed: [true, true],
+    },
+];
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// An Ethernet frame with an IPv4 header (no options) and a 20-byte TCP header. Checksums are
+/// left zero: the programs do not read them.
+fn tcp_frame(
+    source: Ipv4Addr,
+    sport: u16,
+    destination: Ipv4Addr,
+    dport: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(54);
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
+    frame.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+    frame.extend_from_slice(&source.octets());
+    frame.extend_from_slice(&destination.octets());
+    frame.extend_from_slice(&sport.to_be_bytes());
+    frame.extend_from_slice(&dport.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    frame
+}
+
+/// A broadcast ARP request.
+fn arp_frame() -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    frame.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1, 0x02, 0, 0, 0, 0, 1]);
+    frame.extend_from_slice(&CLIENT.address.octets());
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&SERVER.address.octets());
+    frame
+}
+
+impl Lab {
+    /// The programs' own time per packet on each path, from the kernel's test runs
+    /// (`BPF_PROG_TEST_RUN`) of the server's programs with the benchmark's maps: no network
+    /// stack around them, and none of the scheduling noise of the rates (the kernel leaves out
+    /// time the thread was preempted). Each path's first run also sets up its conntrack entry.
+    fn packet_paths(&mut self, compiled: &BTreeMap<usize, Compiled>, sizes: &Sizes) -> Result<()> {
+        println!(
+            "\nthe programs' time per packet by path (kernel test runs, {} per path and \
+             configuration; the event ring buffer, which nothing drains here, fills after the \
+             first 26000 events)",
+            sizes.test_runs
+        );
+        let configs = &CONFIGS[1..];
+        print!("  {:<42}", "ns/run");
+        for config in configs {
+            let Config::Policies(n) = config else {
+                continue;
+            };
+            print!(" {:>13}", format!("{n} policies"));
+        }
+        println!();
+        let server = self.server_ifindex;
+        let mut times = vec![Vec::new(); PACKET_PATHS.len()];
+        for config in configs {
+            self.datapath.set(*config, compiled)?;
+            let isolated = usize::from(*config != Config::Policies(0));
+            let programs = &mut self.datapath.programs;
+            for (path, times) in PACKET_PATHS.iter().zip(&mut times) {
+                let frame = (path.frame)();
+                let run = in_netns(NODE_NETNS, Some(SERVER_CPU), || {
+                    programs
+                        .test_run(path.direction, server, &frame, sizes.test_runs)
+                        .with_context(|| format!("test runs of {}", path.label))
+                })?;
+                ensure!(
+                    run.allowed == path.allowed[isolated],
+                    "{}, {}: the programs {} it",
+                    config.label(),
+                    path.label,
+                    if run.allowed {
+                        "let through"
+                    } else {
+                        "dropped"
+                    }
+                );
+                times.push(run.per_run.as_nanos());
+            }
+            check_interrupted()?;
+        }
+        for (path, times) in PACKET_PATHS.iter().zip(&times) {
+            print!("  {:<42}", path.label);
+            for ns in times {
+                print!(" {ns:>13}");
+            }
+            println!();
         }
         self.datapath.set(Config::Detached, compiled)
     }

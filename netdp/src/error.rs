@@ -211,6 +211,16 @@ pub enum Error {
         source: Box<aya::programs::ProgramError>,
     },
 
+    /// The kernel refused to run a program on a test packet (`BPF_PROG_TEST_RUN`): no such
+    /// interface in the caller's network namespace, a frame too short, or no privilege.
+    #[error("test run of program {program} on interface index {ifindex}")]
+    TestRun {
+        program: &'static str,
+        ifindex: u32,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+
     /// The clsact qdisc that tc programs need on kernels without tcx could not be added.
     /// Do not retry: the interface does not take qdiscs.
     #[error("adding a clsact qdisc to interface {ifname} (index {ifindex})")]

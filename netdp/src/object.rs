@@ -185,13 +185,13 @@ mod tests {
     #[test]
     fn object_holds_the_policy_maps_and_programs() {
         use aya_obj::generated::bpf_map_type::{
-            BPF_MAP_TYPE_LPM_TRIE, BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_RINGBUF,
+            BPF_MAP_TYPE_LPM_TRIE, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_RINGBUF,
         };
         use bosun_ebpf_abi::{
-            ConntrackKey, ConntrackValue, CounterKey, EndpointValue, PeerKey, PolicyCounters,
-            PolicyName, PortKey, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, COUNTER_MAP,
-            COUNTER_MAX_ENTRIES, ENDPOINT_MAP, ENDPOINT_MAX_ENTRIES, EVENT_MAP, EVENT_RING_BYTES,
-            NODE_MAP, NODE_MAX_ENTRIES, PEER_MAP, PEER_MAX_ENTRIES, POLICY_EGRESS_PROGRAM,
+            ConntrackKey, ConntrackValue, EndpointValue, PeerKey, PolicyCounters, PolicyName,
+            PortKey, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, COUNTER_MAP, COUNTER_MAX_ENTRIES,
+            ENDPOINT_MAP, ENDPOINT_MAX_ENTRIES, EVENT_MAP, EVENT_RING_BYTES, NODE_MAP,
+            NODE_MAX_ENTRIES, PEER_MAP, PEER_MAX_ENTRIES, POLICY_EGRESS_PROGRAM,
             POLICY_INGRESS_PROGRAM, POLICY_NAME_MAP, POLICY_NAME_MAX_ENTRIES, PORT_MAP,
             PORT_MAX_ENTRIES,
         };
@@ -241,11 +241,11 @@ mod tests {
             ),
             (
                 COUNTER_MAP,
-                BPF_MAP_TYPE_PERCPU_HASH as u32,
-                size_of::<CounterKey>(),
+                BPF_MAP_TYPE_PERCPU_ARRAY as u32,
+                size_of::<u32>(),
                 size_of::<PolicyCounters>(),
                 COUNTER_MAX_ENTRIES,
-                BPF_F_NO_PREALLOC,
+                0,
             ),
             (
                 EVENT_MAP,

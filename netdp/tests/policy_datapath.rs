@@ -167,9 +167,9 @@ impl Lab {
         maps.put_node_address(self.node_address.octets())
             .expect("put the node's address");
         for pod in &self.pods {
+            maps.reset_counters(pod.ifindex)
+                .expect("zero the counter slot");
             put_endpoint(&mut maps, pod.ifindex, None, None);
-            maps.create_counters(pod.ifindex)
-                .expect("create the counters");
         }
         for pod in &self.pods {
             self.attach(&mut datapath, pod.ifindex);
@@ -396,7 +396,9 @@ fn put_endpoint(
             | egress.map_or(0, |_| ENDPOINT_ISOLATED_EGRESS),
         ingress_policy: ingress.unwrap_or(0),
         egress_policy: egress.unwrap_or(0),
-        _pad: 0,
+        // Each endpoint counts in the slot of its ifindex: the lab's interfaces live in a new
+        // namespace, whose ifindexes are small.
+        counters: ifindex,
     };
     maps.put_endpoint(ifindex, &value)
         .unwrap_or_else(|e| panic!("put endpoint {ifindex}: {}", chain(&e)));
@@ -806,30 +808,26 @@ fn counters_and_events_report_verdicts() {
     let after_udp = counters(&lab, server.ifindex, Direction::Ingress);
     assert_eq!(after_udp.dropped, after_tcp.dropped + 1);
 
-    // The counters of an endpoint's state go with it.
-    maps.delete_endpoint_state(server.ifindex)
-        .expect("delete the endpoint's state");
-    let all = read_counters(&lab.bpf_dir).expect("read the counters");
+    // Zeroing an endpoint's counter slot starts its counts again; other slots keep theirs.
+    let a_before = counters(&lab, a.ifindex, Direction::Egress);
     assert!(
-        !all.contains_key(&(server.ifindex, Direction::Ingress))
-            && !all.contains_key(&(server.ifindex, Direction::Egress)),
-        "{all:?}"
+        a_before.allowed > 0,
+        "a's requests were counted: {a_before:?}"
     );
-    assert!(all.contains_key(&(a.ifindex, Direction::Egress)));
-    // Created again, they start at zero; creating existing ones keeps their counts.
-    maps.create_counters(server.ifindex)
-        .expect("create counters");
+    maps.reset_counters(server.ifindex)
+        .expect("zero the server's slot");
     assert_eq!(
         counters(&lab, server.ifindex, Direction::Ingress),
         PolicyCounters::default()
     );
-    let a_before = counters(&lab, a.ifindex, Direction::Egress);
-    maps.create_counters(a.ifindex)
-        .expect("create existing counters");
     assert_eq!(counters(&lab, a.ifindex, Direction::Egress), a_before);
+    // An endpoint without an entry has no counters to read.
+    maps.delete_endpoint(server.ifindex)
+        .expect("delete the server's entry");
+    let all = read_counters(&lab.bpf_dir).expect("read the counters");
     assert!(
-        a_before.allowed > 0,
-        "a's requests were counted: {a_before:?}"
+        !all.contains_key(&(server.ifindex, Direction::Ingress)),
+        "{all:?}"
     );
 }
 

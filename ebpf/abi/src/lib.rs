@@ -266,20 +266,23 @@ pub const PORT_MAP: &str = "BOSUN_PORT_V1";
 pub const CONNTRACK_MAP: &str = "BOSUN_CT_V1";
 /// Hash map node address (network-order `[u8; 4]`) → `u32` (always 1).
 pub const NODE_MAP: &str = "BOSUN_NODE_V1";
-/// Per-CPU hash map [`CounterKey`] → [`PolicyCounters`]: packets allowed and dropped per
-/// endpoint and direction. Userspace creates an endpoint's two entries with the endpoint.
+/// Per-CPU array of [`PolicyCounters`]: packets allowed and dropped per endpoint and
+/// direction, at [`counter_index`] of the endpoint's [`EndpointValue::counters`] slot.
+/// Userspace zeroes a slot's two entries before it gives the slot to an endpoint.
 pub const COUNTER_MAP: &str = "BOSUN_PCNT_V1";
 /// Ring buffer of [`PolicyEvent`]s: every dropped packet and every new flow allowed by policy.
 pub const EVENT_MAP: &str = "BOSUN_PEVT_V1";
 /// Hash map policy id (`u32`) → [`PolicyName`]: what `bosun monitor` prints for an id.
 pub const POLICY_NAME_MAP: &str = "BOSUN_PNAME_V1";
 
-pub const ENDPOINT_MAX_ENTRIES: u32 = 1 << 14;
+/// Far more than kubelet's largest `maxPods`; also the number of counter slots.
+pub const ENDPOINT_MAX_ENTRIES: u32 = 1 << 11;
 pub const PEER_MAX_ENTRIES: u32 = 1 << 20;
 pub const PORT_MAX_ENTRIES: u32 = 1 << 20;
 pub const CONNTRACK_MAX_ENTRIES: u32 = 1 << 18;
 pub const NODE_MAX_ENTRIES: u32 = 1 << 10;
-pub const COUNTER_MAX_ENTRIES: u32 = 2 * ENDPOINT_MAX_ENTRIES;
+/// Slots 1 to [`ENDPOINT_MAX_ENTRIES`], two entries each; slot 0 is never used.
+pub const COUNTER_MAX_ENTRIES: u32 = 2 * (ENDPOINT_MAX_ENTRIES + 1);
 pub const POLICY_NAME_MAX_ENTRIES: u32 = 1 << 16;
 /// Bytes of the event ring buffer: a power of two and a multiple of the page size.
 pub const EVENT_RING_BYTES: u32 = 1 << 20;
@@ -316,7 +319,8 @@ pub struct EndpointValue {
     pub ingress_policy: u32,
     /// For drop events: the id of a policy that isolates the pod for egress (0: none).
     pub egress_policy: u32,
-    pub _pad: u32,
+    /// The endpoint's slot in [`COUNTER_MAP`] (0: not counted).
+    pub counters: u32,
 }
 
 /// The data of a [`PEER_MAP`] key, after the trie's `u32` prefix length. The prefix length
@@ -381,7 +385,8 @@ pub struct ConntrackKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConntrackValue {
-    /// `bpf_ktime_get_ns` when the flow was last seen, refreshed at most once a second.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at the last tick) when the flow was last seen,
+    /// refreshed at most once a second.
     pub last_seen_ns: u64,
     /// `DIRECTION_*` of the flow's first packet.
     pub direction: u8,
@@ -393,14 +398,10 @@ pub const CONNTRACK_TCP_TIMEOUT_NS: u64 = 6 * 3600 * 1_000_000_000;
 /// How long a flow of any other protocol may be idle (conntrack's UDP stream timeout).
 pub const CONNTRACK_OTHER_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
 
-/// Key of [`COUNTER_MAP`]. Host byte order.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CounterKey {
-    pub endpoint: u32,
-    /// `DIRECTION_*`.
-    pub direction: u8,
-    pub _pad: [u8; 3],
+/// The index in [`COUNTER_MAP`] of a counter slot's direction (`DIRECTION_*`).
+#[inline(always)]
+pub const fn counter_index(slot: u32, direction: u8) -> u32 {
+    slot * 2 + direction as u32
 }
 
 /// Value of [`COUNTER_MAP`], one per CPU. Host byte order; wraps on overflow.
@@ -462,7 +463,6 @@ const _: () = assert!(core::mem::size_of::<PeerKey>() == 12);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConntrackKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ConntrackValue>() == 16);
-const _: () = assert!(core::mem::size_of::<CounterKey>() == 8);
 const _: () = assert!(core::mem::size_of::<PolicyCounters>() == 16);
 const _: () = assert!(core::mem::size_of::<PolicyEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<PolicyName>() == POLICY_NAME_BYTES);
@@ -483,7 +483,6 @@ unsafe impl aya::Pod for ConntrackKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ConntrackValue {}
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for CounterKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PolicyCounters {}
 #[cfg(feature = "user")]

@@ -9,24 +9,24 @@
 use aya_ebpf::{
     bindings::{bpf_sock_addr, xdp_action, BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
     helpers::{
-        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        bpf_set_retval,
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns,
+        bpf_ktime_get_ns, bpf_set_retval,
     },
     macros::{cgroup_sock_addr, classifier, map, xdp},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{SockAddrContext, TcContext, XdpContext},
     EbpfContext as _,
 };
 use bosun_ebpf_abi::{
-    AffinityKey, AffinityValue, Backend, ConntrackKey, ConntrackValue, CounterKey, EndpointValue,
-    PacketCount, PeerKey, PolicyCounters, PolicyEvent, PolicyName, PortKey, RevNatKey, RevNatValue,
-    ServiceKey, ServiceValue, SlotKey, AFFINITY_MAX_ENTRIES, BACKEND_MAX_ENTRIES,
-    CONNTRACK_MAX_ENTRIES, CONNTRACK_OTHER_TIMEOUT_NS, CONNTRACK_TCP_TIMEOUT_NS,
-    COUNTER_MAX_ENTRIES, DIRECTION_EGRESS, DIRECTION_INGRESS, ENDPOINT_ISOLATED_EGRESS,
-    ENDPOINT_ISOLATED_INGRESS, ENDPOINT_MAX_ENTRIES, EVENT_RING_BYTES, NODE_MAX_ENTRIES,
-    PEER_KEY_FIXED_BITS, PEER_MAX_ENTRIES, POLICY_NAME_MAX_ENTRIES, PORT_KEY_FIXED_BITS,
-    PORT_MAX_ENTRIES, PROBE_COUNT_KEY, PROTOCOL_SCTP, PROTOCOL_TCP, PROTOCOL_UDP,
-    REVNAT_MAX_ENTRIES, SERVICE_FLAG_AFFINITY, SERVICE_MAX_ENTRIES, SLOT_MAX_ENTRIES,
+    counter_index, AffinityKey, AffinityValue, Backend, ConntrackKey, ConntrackValue,
+    EndpointValue, PacketCount, PeerKey, PolicyCounters, PolicyEvent, PolicyName, PortKey,
+    RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey, AFFINITY_MAX_ENTRIES,
+    BACKEND_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, CONNTRACK_OTHER_TIMEOUT_NS,
+    CONNTRACK_TCP_TIMEOUT_NS, COUNTER_MAX_ENTRIES, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    ENDPOINT_ISOLATED_EGRESS, ENDPOINT_ISOLATED_INGRESS, ENDPOINT_MAX_ENTRIES, EVENT_RING_BYTES,
+    NODE_MAX_ENTRIES, PEER_KEY_FIXED_BITS, PEER_MAX_ENTRIES, POLICY_NAME_MAX_ENTRIES,
+    PORT_KEY_FIXED_BITS, PORT_MAX_ENTRIES, PROBE_COUNT_KEY, PROTOCOL_SCTP, PROTOCOL_TCP,
+    PROTOCOL_UDP, REVNAT_MAX_ENTRIES, SERVICE_FLAG_AFFINITY, SERVICE_MAX_ENTRIES, SLOT_MAX_ENTRIES,
     VERDICT_ALLOWED, VERDICT_DROPPED,
 };
 
@@ -370,12 +370,11 @@ static BOSUN_CT_V1: LruHashMap<ConntrackKey, ConntrackValue> =
 static BOSUN_NODE_V1: HashMap<[u8; 4], u32> =
     HashMap::with_max_entries(NODE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// `bosun_ebpf_abi::COUNTER_MAP`. Per-CPU, so counting needs no atomics. Not preallocated: a
-/// preallocated per-CPU map costs its maximum times the number of CPUs, and the programs never
-/// insert (userspace creates the entries), so they never wait on an allocation.
+/// `bosun_ebpf_abi::COUNTER_MAP`. Per-CPU, so counting needs no atomics; an array, whose
+/// lookups the kernel inlines, indexed by the endpoint entry's slot.
 #[map]
-static BOSUN_PCNT_V1: PerCpuHashMap<CounterKey, PolicyCounters> =
-    PerCpuHashMap::with_max_entries(COUNTER_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+static BOSUN_PCNT_V1: PerCpuArray<PolicyCounters> =
+    PerCpuArray::with_max_entries(COUNTER_MAX_ENTRIES, 0);
 
 /// `bosun_ebpf_abi::EVENT_MAP`.
 #[map]
@@ -426,10 +425,77 @@ const TCP_ACK: u8 = 0x10;
 /// header is unreadable. The latter passes too: the receiving stack drops a malformed header
 /// itself, and it can carry no transport payload that a policy would have to judge.
 ///
-/// Every read goes through `bpf_skb_load_bytes`, which checks bounds in the kernel and also
-/// reaches data beyond the linear part of the buffer.
+/// Reads the headers in place when they are in the linear part of the buffer, as they nearly
+/// always are; otherwise [`parse_loaded`] copies them out.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Packet> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + ETH_HLEN + IPV4_MIN_HLEN > end {
+        return parse_loaded(ctx);
+    }
+    let at = |offset: usize| -> u8 {
+        // SAFETY: every offset passed is below ETH_HLEN + IPV4_MIN_HLEN, checked above to lie
+        // within the packet's linear data.
+        unsafe { *((start + offset) as *const u8) }
+    };
+    if u16::from_be_bytes([at(12), at(13)]) != ETH_P_IP {
+        return None;
+    }
+    let version_ihl = at(ETH_HLEN);
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HLEN {
+        return None;
+    }
+    let protocol = at(ETH_HLEN + 9);
+    let mut packet = Packet {
+        source: [
+            at(ETH_HLEN + 12),
+            at(ETH_HLEN + 13),
+            at(ETH_HLEN + 14),
+            at(ETH_HLEN + 15),
+        ],
+        destination: [
+            at(ETH_HLEN + 16),
+            at(ETH_HLEN + 17),
+            at(ETH_HLEN + 18),
+            at(ETH_HLEN + 19),
+        ],
+        source_port: [0; 2],
+        destination_port: [0; 2],
+        protocol,
+        syn: false,
+    };
+    let fragment = u16::from_be_bytes([at(ETH_HLEN + 6), at(ETH_HLEN + 7)]);
+    if fragment & IPV4_FRAGMENT_OFFSET == 0
+        && matches!(protocol, PROTOCOL_TCP | PROTOCOL_UDP | PROTOCOL_SCTP)
+    {
+        let transport = start + ETH_HLEN + header_len;
+        // Each check against `end` uses a constant length, which the verifier follows.
+        if protocol == PROTOCOL_TCP {
+            if transport + TCP_FLAGS_OFFSET + 1 > end {
+                return parse_loaded(ctx);
+            }
+            // SAFETY: the 14 bytes from `transport` are within the linear data, checked above.
+            let flags = unsafe { *((transport + TCP_FLAGS_OFFSET) as *const u8) };
+            packet.syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        } else if transport + 4 > end {
+            return parse_loaded(ctx);
+        }
+        // SAFETY: at least the 4 bytes from `transport` are within the linear data, checked
+        // above for either protocol.
+        let ports = unsafe { *(transport as *const [u8; 4]) };
+        packet.source_port = [ports[0], ports[1]];
+        packet.destination_port = [ports[2], ports[3]];
+    }
+    Some(packet)
+}
+
+/// [`parse`] for headers that reach beyond the linear data: every read goes through
+/// `bpf_skb_load_bytes`, which checks bounds in the kernel and also reaches the rest of the
+/// buffer.
+#[inline(never)]
+fn parse_loaded(ctx: &TcContext) -> Option<Packet> {
     let ethertype: [u8; 2] = ctx.load(12).ok()?;
     if u16::from_be_bytes(ethertype) != ETH_P_IP {
         return None;
@@ -479,8 +545,10 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: reads a field of the context the kernel passed, valid for the whole run and
     // readable by tc programs.
     let endpoint = unsafe { (*ctx.skb.skb).ifindex };
+    // The coarse clock (the last tick's time) is enough for idle timeouts of minutes and
+    // hours, and costs a fraction of the precise one, which only events read.
     // SAFETY: a helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let egress = direction == DIRECTION_EGRESS;
     let (local, remote, local_port, remote_port) = if egress {
         let p = &packet;
@@ -491,16 +559,13 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
     };
 
     // An interface the programs are attached to but userspace does not know (yet, or any
-    // more): failing closed never exposes a pod that should be isolated.
+    // more): failing closed never exposes a pod that should be isolated. Not counted: counters
+    // belong to known endpoints.
     let Some(config) = copied(BOSUN_EP_V1.get_ptr(endpoint)) else {
-        report(&packet, now, endpoint, direction, VERDICT_DROPPED, 0);
-        return verdict(endpoint, direction, false);
+        report(&packet, endpoint, direction, VERDICT_DROPPED, 0);
+        return POLICY_DROP;
     };
-    // Kubernetes requires traffic between a pod and its own node (kubelet's probes) to pass
-    // whatever the policies say.
-    if BOSUN_NODE_V1.get_ptr(remote).is_some() {
-        return verdict(endpoint, direction, true);
-    }
+    let slot = config.counters;
     let flow = ConntrackKey {
         endpoint,
         local_address: local,
@@ -513,7 +578,13 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
     // A SYN is a new connection even when its ports match a remembered flow: a client that
     // reuses a port must not inherit the verdict on an older connection.
     if !packet.syn && is_tracked(&flow, now) {
-        return verdict(endpoint, direction, true);
+        return verdict(slot, direction, true);
+    }
+    // Kubernetes requires traffic between a pod and its own node (kubelet's probes) to pass
+    // whatever the policies say. Looked up after conntrack, which passes most packets: node
+    // flows are never tracked, so the order changes no verdict.
+    if BOSUN_NODE_V1.get_ptr(remote).is_some() {
+        return verdict(slot, direction, true);
     }
     let (isolated, isolating_policy) = if egress {
         (
@@ -530,24 +601,23 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
         // Remembered even though this direction needs no verdict: the replies come back the
         // other way, which may be isolated.
         track(&flow, direction, now);
-        return verdict(endpoint, direction, true);
+        return verdict(slot, direction, true);
     }
     match allowing_policy(endpoint, direction, remote, &packet) {
         Some(policy) => {
             track(&flow, direction, now);
-            report(&packet, now, endpoint, direction, VERDICT_ALLOWED, policy);
-            verdict(endpoint, direction, true)
+            report(&packet, endpoint, direction, VERDICT_ALLOWED, policy);
+            verdict(slot, direction, true)
         }
         None => {
             report(
                 &packet,
-                now,
                 endpoint,
                 direction,
                 VERDICT_DROPPED,
                 isolating_policy,
             );
-            verdict(endpoint, direction, false)
+            verdict(slot, direction, false)
         }
     }
 }
@@ -618,15 +688,11 @@ fn allowing_policy(endpoint: u32, direction: u8, remote: [u8; 4], packet: &Packe
     BOSUN_PORT_V1.get(&port).copied()
 }
 
-/// Counts the packet for the endpoint's direction and returns what the program returns.
+/// Counts the packet in the endpoint's counter slot for the direction and returns what the
+/// program returns.
 #[inline(always)]
-fn verdict(endpoint: u32, direction: u8, allowed: bool) -> i32 {
-    let key = CounterKey {
-        endpoint,
-        direction,
-        _pad: [0; 3],
-    };
-    if let Some(counters) = BOSUN_PCNT_V1.get_ptr_mut(key) {
+fn verdict(slot: u32, direction: u8, allowed: bool) -> i32 {
+    if let Some(counters) = BOSUN_PCNT_V1.get_ptr_mut(counter_index(slot, direction)) {
         // SAFETY: the pointer comes from a successful lookup: non-null, aligned, this CPU's
         // slot, valid for the whole run. tc programs run with migration disabled and userspace
         // only reads or replaces the entry, so at worst an increment is lost.
@@ -645,9 +711,10 @@ fn verdict(endpoint: u32, direction: u8, allowed: bool) -> i32 {
 }
 
 /// Emits an event; a full ring buffer loses it, never the verdict.
-fn report(packet: &Packet, now: u64, endpoint: u32, direction: u8, verdict: u8, policy: u32) {
+fn report(packet: &Packet, endpoint: u32, direction: u8, verdict: u8, policy: u32) {
     let event = PolicyEvent {
-        time_ns: now,
+        // SAFETY: a helper call without arguments.
+        time_ns: unsafe { bpf_ktime_get_ns() },
         endpoint,
         policy,
         source: packet.source,

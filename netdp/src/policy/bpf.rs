@@ -23,7 +23,7 @@ use std::{
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        HashMap, MapData, MapError, MapType, PerCpuHashMap, PerCpuValues, RingBuf,
+        HashMap, MapData, MapError, MapType, PerCpuArray, PerCpuValues, RingBuf,
     },
     programs::{
         links::{FdLink, LinkOrder},
@@ -31,18 +31,18 @@ use aya::{
             qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLink,
             TcAttachOptions, TcError, TcHandle,
         },
-        SchedClassifier, TcAttachType,
+        SchedClassifier, TcAttachType, TestRun as _, TestRunOptions,
     },
     sys::SyscallError,
     util::KernelVersion,
     Ebpf, Pod,
 };
 use bosun_ebpf_abi::{
-    ConntrackKey, ConntrackValue, CounterKey, EndpointValue, PeerKey, PolicyCounters, PolicyEvent,
-    PolicyName, PortKey, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, COUNTER_MAP, COUNTER_MAX_ENTRIES,
-    ENDPOINT_MAP, ENDPOINT_MAX_ENTRIES, EVENT_MAP, EVENT_RING_BYTES, NODE_MAP, NODE_MAX_ENTRIES,
-    PEER_MAP, PEER_MAX_ENTRIES, POLICY_EGRESS_PROGRAM, POLICY_INGRESS_PROGRAM, POLICY_NAME_MAP,
-    POLICY_NAME_MAX_ENTRIES, PORT_MAP, PORT_MAX_ENTRIES,
+    counter_index, ConntrackKey, ConntrackValue, EndpointValue, PeerKey, PolicyCounters,
+    PolicyEvent, PolicyName, PortKey, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, COUNTER_MAP,
+    COUNTER_MAX_ENTRIES, ENDPOINT_MAP, ENDPOINT_MAX_ENTRIES, EVENT_MAP, EVENT_RING_BYTES, NODE_MAP,
+    NODE_MAX_ENTRIES, PEER_MAP, PEER_MAX_ENTRIES, POLICY_EGRESS_PROGRAM, POLICY_INGRESS_PROGRAM,
+    POLICY_NAME_MAP, POLICY_NAME_MAX_ENTRIES, PORT_MAP, PORT_MAX_ENTRIES,
 };
 use tokio::io::{unix::AsyncFd, Interest};
 
@@ -91,9 +91,6 @@ const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 1);
 const DETACH_TIMEOUT: Duration = Duration::from_secs(2);
 const DETACH_POLL: Duration = Duration::from_millis(2);
 
-/// The update flag that creates an entry and never replaces one.
-const BPF_NOEXIST: u64 = 1;
-
 /// Bytes of an LPM trie key before its data: the prefix length.
 const LPM_PREFIX_BYTES: usize = size_of::<u32>();
 
@@ -135,8 +132,8 @@ const MAP_SHAPES: [MapShape; 8] = [
     },
     MapShape {
         name: COUNTER_MAP,
-        map_type: MapType::PerCpuHash,
-        key_size: size_of::<CounterKey>(),
+        map_type: MapType::PerCpuArray,
+        key_size: size_of::<u32>(),
         value_size: size_of::<PolicyCounters>(),
         max_entries: COUNTER_MAX_ENTRIES,
     },
@@ -230,6 +227,43 @@ impl PolicyDatapath {
         Ok(())
     }
 
+    /// Runs the program of `direction` `repeat` times on `frame`, an Ethernet frame, as if it
+    /// crossed interface `ifindex` of the calling thread's network namespace, with the pinned
+    /// maps (the kernel's `BPF_PROG_TEST_RUN`; nothing is attached). Returns whether the last
+    /// run let the frame through and the mean time of one run. For benchmarks and tests: the
+    /// runs update conntrack, counters and events as real packets would.
+    pub fn test_run(
+        &mut self,
+        direction: Direction,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<ProgramRun, Error> {
+        let program = match direction {
+            Direction::Ingress => POLICY_INGRESS_PROGRAM,
+            Direction::Egress => POLICY_EGRESS_PROGRAM,
+        };
+        let mut context = [0; SK_BUFF_IFINDEX_OFFSET + 4];
+        context[SK_BUFF_IFINDEX_OFFSET..].copy_from_slice(&ifindex.to_ne_bytes());
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&context),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let result = classifier(&mut self.ebpf, program)?
+            .test_run(options)
+            .map_err(|source| Error::TestRun {
+                program,
+                ifindex,
+                source: Box::new(source),
+            })?;
+        Ok(ProgramRun {
+            allowed: result.return_value != POLICY_DROP,
+            per_run: result.duration,
+        })
+    }
+
     /// The ifindexes with pinned links.
     pub fn attached(&self) -> Result<Vec<u32>, Error> {
         attached(&self.bpf_dir)
@@ -240,6 +274,23 @@ impl PolicyDatapath {
         detach(&self.bpf_dir, ifindex)
     }
 }
+
+/// What [`PolicyDatapath::test_run`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgramRun {
+    /// The last run's verdict.
+    pub allowed: bool,
+    /// The kernel's mean time of one run.
+    pub per_run: Duration,
+}
+
+/// The programs' verdict for a dropped packet, `TC_ACT_SHOT`.
+const POLICY_DROP: u32 = 2;
+
+/// Where `ifindex`, the one field a test run sets, lies in the kernel's `struct __sk_buff`,
+/// after ten `u32`s (`len` through `ingress_ifindex`) that must be zero. The kernel takes a
+/// context that ends there and treats the rest as zero.
+const SK_BUFF_IFINDEX_OFFSET: usize = 40;
 
 /// [`install`] and [`PolicyDatapath::attach`], for callers holding only the directory.
 pub fn attach(bpf_dir: &Path, ifindex: u32) -> Result<(), Error> {
@@ -556,7 +607,7 @@ pub struct PinnedPolicyMaps {
     ports: LpmTrie<MapData, PortKey, u32>,
     conntrack: HashMap<MapData, ConntrackKey, ConntrackValue>,
     nodes: HashMap<MapData, [u8; 4], u32>,
-    counters: PerCpuHashMap<MapData, CounterKey, PolicyCounters>,
+    counters: PerCpuArray<MapData, PolicyCounters>,
     names: HashMap<MapData, u32, PolicyName>,
 }
 
@@ -631,14 +682,6 @@ fn write_error(map: &'static str, source: MapError) -> Error {
     }
 }
 
-fn counter_keys(ifindex: u32) -> [CounterKey; 2] {
-    [Direction::Ingress, Direction::Egress].map(|direction| CounterKey {
-        endpoint: ifindex,
-        direction: direction.number(),
-        _pad: [0; 3],
-    })
-}
-
 impl PolicyMaps for PinnedPolicyMaps {
     fn endpoints(&self) -> Result<Vec<(u32, EndpointValue)>, Error> {
         entries(&self.endpoints, ENDPOINT_MAP)
@@ -683,7 +726,7 @@ impl PolicyMaps for PinnedPolicyMaps {
         put(&mut self.nodes, NODE_MAP, &address, &1)
     }
 
-    fn create_counters(&mut self, ifindex: u32) -> Result<(), Error> {
+    fn reset_counters(&mut self, slot: u32) -> Result<(), Error> {
         let cpus = aya::util::nr_cpus().map_err(|(_, io_error)| {
             write_error(
                 COUNTER_MAP,
@@ -693,7 +736,7 @@ impl PolicyMaps for PinnedPolicyMaps {
                 }),
             )
         })?;
-        for key in counter_keys(ifindex) {
+        for direction in [Direction::Ingress, Direction::Egress] {
             let zero = PerCpuValues::try_from(vec![PolicyCounters::default(); cpus]).map_err(
                 |io_error| {
                     write_error(
@@ -705,13 +748,9 @@ impl PolicyMaps for PinnedPolicyMaps {
                     )
                 },
             )?;
-            // BPF_NOEXIST: counters that exist (a restart) keep counting from where they are.
-            match self.counters.insert(key, zero, BPF_NOEXIST) {
-                Ok(()) => {}
-                Err(MapError::SyscallError(SyscallError { io_error, .. }))
-                    if io_error.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(source) => return Err(write_error(COUNTER_MAP, source)),
-            }
+            self.counters
+                .set(counter_index(slot, direction.number()), zero, 0)
+                .map_err(|source| write_error(COUNTER_MAP, source))?;
         }
         Ok(())
     }
@@ -736,13 +775,7 @@ impl PolicyMaps for PinnedPolicyMaps {
         delete(&mut self.nodes, NODE_MAP, &address)
     }
 
-    fn delete_endpoint_state(&mut self, ifindex: u32) -> Result<(), Error> {
-        for key in counter_keys(ifindex) {
-            match self.counters.remove(&key) {
-                Err(error) if !is_not_found(&error) => return Err(write_error(COUNTER_MAP, error)),
-                _ => {}
-            }
-        }
+    fn delete_flows(&mut self, ifindex: u32) -> Result<(), Error> {
         // Keys first, deletes after: deleting the key an iteration stands on makes the kernel
         // start it over from the first key.
         let mut flows = Vec::new();
@@ -761,21 +794,25 @@ impl PolicyMaps for PinnedPolicyMaps {
 
 /// Per endpoint and direction, the counters summed over CPUs (wrapping, as the programs count).
 pub fn read_counters(bpf_dir: &Path) -> Result<BTreeMap<(u32, Direction), PolicyCounters>, Error> {
-    let counters: PerCpuHashMap<MapData, CounterKey, PolicyCounters> =
-        open_pinned(bpf_dir, COUNTER_MAP)?;
+    let endpoints: HashMap<MapData, u32, EndpointValue> = open_pinned(bpf_dir, ENDPOINT_MAP)?;
+    let counters: PerCpuArray<MapData, PolicyCounters> = open_pinned(bpf_dir, COUNTER_MAP)?;
     let mut sums = BTreeMap::new();
-    for entry in counters.iter() {
-        let (key, per_cpu) = entry.map_err(|source| read_error(COUNTER_MAP, source))?;
-        let Some(direction) = Direction::from_number(key.direction) else {
+    for (ifindex, endpoint) in entries(&endpoints, ENDPOINT_MAP)? {
+        if endpoint.counters == 0 {
             continue;
-        };
-        let sum = per_cpu
-            .iter()
-            .fold(PolicyCounters::default(), |sum, cpu| PolicyCounters {
-                allowed: sum.allowed.wrapping_add(cpu.allowed),
-                dropped: sum.dropped.wrapping_add(cpu.dropped),
-            });
-        sums.insert((key.endpoint, direction), sum);
+        }
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let per_cpu = counters
+                .get(&counter_index(endpoint.counters, direction.number()), 0)
+                .map_err(|source| read_error(COUNTER_MAP, source))?;
+            let sum = per_cpu
+                .iter()
+                .fold(PolicyCounters::default(), |sum, cpu| PolicyCounters {
+                    allowed: sum.allowed.wrapping_add(cpu.allowed),
+                    dropped: sum.dropped.wrapping_add(cpu.dropped),
+                });
+            sums.insert((ifindex, direction), sum);
+        }
     }
     Ok(sums)
 }

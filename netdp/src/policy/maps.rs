@@ -29,8 +29,8 @@ pub trait PolicyMaps {
     fn put_port(&mut self, prefix_len: u32, key: &PortKey, policy: u32) -> Result<(), Error>;
     fn put_policy_name(&mut self, id: u32, name: &PolicyName) -> Result<(), Error>;
     fn put_node_address(&mut self, address: [u8; 4]) -> Result<(), Error>;
-    /// Creates the endpoint's counters at zero for both directions, unless they exist.
-    fn create_counters(&mut self, ifindex: u32) -> Result<(), Error>;
+    /// Zeroes counter slot `slot` in both directions, before an endpoint is given it.
+    fn reset_counters(&mut self, slot: u32) -> Result<(), Error>;
 
     /// Removing an entry that is not there is not an error.
     fn delete_endpoint(&mut self, ifindex: u32) -> Result<(), Error>;
@@ -38,8 +38,8 @@ pub trait PolicyMaps {
     fn delete_port(&mut self, prefix_len: u32, key: &PortKey) -> Result<(), Error>;
     fn delete_policy_name(&mut self, id: u32) -> Result<(), Error>;
     fn delete_node_address(&mut self, address: [u8; 4]) -> Result<(), Error>;
-    /// Removes the endpoint's counters and every conntrack entry of the endpoint.
-    fn delete_endpoint_state(&mut self, ifindex: u32) -> Result<(), Error>;
+    /// Removes every conntrack entry of the endpoint.
+    fn delete_flows(&mut self, ifindex: u32) -> Result<(), Error>;
 }
 
 /// One write, as [`MemoryPolicyMaps`] records it.
@@ -50,13 +50,13 @@ pub enum PolicyMapOp {
     PutPort(u32, PortKey, u32),
     PutPolicyName(u32, String),
     PutNodeAddress([u8; 4]),
-    CreateCounters(u32),
+    ResetCounters(u32),
     DeleteEndpoint(u32),
     DeletePeer(u32, PeerKey),
     DeletePort(u32, PortKey),
     DeletePolicyName(u32),
     DeleteNodeAddress([u8; 4]),
-    DeleteEndpointState(u32),
+    DeleteFlows(u32),
 }
 
 /// The maps in memory. `fail_after(n)` makes the write after the next `n` fail, once.
@@ -67,7 +67,8 @@ pub struct MemoryPolicyMaps {
     pub ports: BTreeMap<(u32, PortKey), u32>,
     pub policy_names: BTreeMap<u32, PolicyName>,
     pub node_addresses: std::collections::BTreeSet<[u8; 4]>,
-    pub counters: std::collections::BTreeSet<u32>,
+    /// Counter slots zeroed, and not given to an endpoint since.
+    pub zeroed: std::collections::BTreeSet<u32>,
     /// Every successful write, oldest first.
     pub ops: Vec<PolicyMapOp>,
     fail_in: Option<usize>,
@@ -94,6 +95,7 @@ impl MemoryPolicyMaps {
         match &op {
             PolicyMapOp::PutEndpoint(ifindex, value) => {
                 self.endpoints.insert(*ifindex, *value);
+                self.zeroed.remove(&value.counters);
             }
             PolicyMapOp::PutPeer(len, key, class) => {
                 self.peers.insert((*len, *key), *class);
@@ -107,8 +109,8 @@ impl MemoryPolicyMaps {
             PolicyMapOp::PutNodeAddress(address) => {
                 self.node_addresses.insert(*address);
             }
-            PolicyMapOp::CreateCounters(ifindex) => {
-                self.counters.insert(*ifindex);
+            PolicyMapOp::ResetCounters(slot) => {
+                self.zeroed.insert(*slot);
             }
             PolicyMapOp::DeleteEndpoint(ifindex) => {
                 self.endpoints.remove(ifindex);
@@ -125,9 +127,7 @@ impl MemoryPolicyMaps {
             PolicyMapOp::DeleteNodeAddress(address) => {
                 self.node_addresses.remove(address);
             }
-            PolicyMapOp::DeleteEndpointState(ifindex) => {
-                self.counters.remove(ifindex);
-            }
+            PolicyMapOp::DeleteFlows(_) => {}
         }
         self.ops.push(op);
         Ok(())
@@ -212,10 +212,10 @@ impl PolicyMaps for MemoryPolicyMaps {
         )
     }
 
-    fn create_counters(&mut self, ifindex: u32) -> Result<(), Error> {
+    fn reset_counters(&mut self, slot: u32) -> Result<(), Error> {
         self.write(
             bosun_ebpf_abi::COUNTER_MAP,
-            PolicyMapOp::CreateCounters(ifindex),
+            PolicyMapOp::ResetCounters(slot),
         )
     }
 
@@ -254,10 +254,10 @@ impl PolicyMaps for MemoryPolicyMaps {
         )
     }
 
-    fn delete_endpoint_state(&mut self, ifindex: u32) -> Result<(), Error> {
+    fn delete_flows(&mut self, ifindex: u32) -> Result<(), Error> {
         self.write(
-            bosun_ebpf_abi::COUNTER_MAP,
-            PolicyMapOp::DeleteEndpointState(ifindex),
+            bosun_ebpf_abi::CONNTRACK_MAP,
+            PolicyMapOp::DeleteFlows(ifindex),
         )
     }
 }

@@ -19,7 +19,7 @@ use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
 pub use bpf::{
     attach, attached, cleanup, detach, install, read_counters, read_names, EventReader,
-    PinnedPolicyMaps, PolicyDatapath,
+    PinnedPolicyMaps, PolicyDatapath, ProgramRun,
 };
 pub use compile::{compile, port_blocks, Compiled, Endpoint, PeerPrefix, PortRange, PortSet};
 pub use maps::{policy_name, policy_name_str, MemoryPolicyMaps, PolicyMapOp, PolicyMaps};

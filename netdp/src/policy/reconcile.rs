@@ -37,9 +37,9 @@ use crate::{service::IdPool, Error};
 /// What one [`PolicyReconciler::apply`] wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyApplied {
-    /// Entries put (counters created included).
+    /// Entries put (counter slots zeroed included).
     pub writes: usize,
-    /// Entries removed (an endpoint's counters and conntrack state count as one).
+    /// Entries removed (an endpoint's conntrack entries count as one).
     pub deletes: usize,
 }
 
@@ -56,7 +56,7 @@ pub struct PolicyReconciler<M: PolicyMaps> {
     /// What the maps hold, as last read or written; `None` after a failed write, when only the
     /// maps know, so the next [`PolicyReconciler::apply`] reads them again.
     held: Option<Held>,
-    /// Interfaces whose counters and conntrack state are still to be removed. Kept across a
+    /// Interfaces whose conntrack entries are still to be removed. Kept across a
     /// failed apply: once the entry and peers are gone, nothing in the maps says so.
     stale_state: BTreeSet<u32>,
 }
@@ -82,6 +82,8 @@ struct Held {
     /// The class kept for each content.
     by_content: BTreeMap<Content, u32>,
     class_pool: IdPool,
+    /// Counter slots; those of the endpoints are taken.
+    counter_pool: IdPool,
     names: BTreeMap<u32, String>,
     /// The id kept for each name.
     ids: BTreeMap<String, u32>,
@@ -167,9 +169,10 @@ fn write_changes(
         .collect();
     stale_state.extend(gone.iter().copied());
     for ifindex in gone {
-        if held.endpoints.contains_key(&ifindex) {
+        if let Some(old) = held.endpoints.get(&ifindex).copied() {
             maps.delete_endpoint(ifindex)?;
             held.endpoints.remove(&ifindex);
+            held.counter_pool.give_back(old.counters);
             applied.deletes += 1;
         }
         for direction in DIRECTIONS {
@@ -177,10 +180,10 @@ fn write_changes(
         }
     }
     // Also those an earlier apply failed to finish; and an interface that is back (ifindexes
-    // are reused) starts with fresh counters and no flows.
+    // are reused) starts with no flows.
     for ifindex in stale_state.clone() {
         if !held.endpoints.contains_key(&ifindex) {
-            maps.delete_endpoint_state(ifindex)?;
+            maps.delete_flows(ifindex)?;
             applied.deletes += 1;
         }
         stale_state.remove(&ifindex);
@@ -244,10 +247,15 @@ fn write_changes(
             }
         }
         let old = held.endpoints.get(&ifindex).copied();
-        if old.is_none() {
-            maps.create_counters(ifindex)?;
-            applied.writes += 1;
-        }
+        value.counters = match old {
+            Some(old) if old.counters != 0 => old.counters,
+            _ => {
+                let slot = held.counter_pool.take();
+                maps.reset_counters(slot)?;
+                applied.writes += 1;
+                slot
+            }
+        };
         for direction in DIRECTIONS {
             if value.flags & isolation_flag(direction) != 0 {
                 let wanted: BTreeMap<PeerEntry, u32> = wanted_peers
@@ -499,6 +507,7 @@ fn read_held(maps: &impl PolicyMaps) -> Result<Held, Error> {
     }
 
     let mut held = Held {
+        counter_pool: IdPool::from_used(endpoints.values().map(|e| e.counters)),
         endpoints,
         peers,
         class_pool: IdPool::from_used(classes.keys().copied()),

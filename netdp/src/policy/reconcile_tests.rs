@@ -339,13 +339,13 @@ fn replay_op(maps: &mut MemoryPolicyMaps, op: &PolicyMapOp) {
         PolicyMapOp::PutPort(l, k, p) => maps.put_port(*l, k, *p),
         PolicyMapOp::PutPolicyName(id, name) => maps.put_policy_name(*id, &policy_name(name)),
         PolicyMapOp::PutNodeAddress(a) => maps.put_node_address(*a),
-        PolicyMapOp::CreateCounters(i) => maps.create_counters(*i),
+        PolicyMapOp::ResetCounters(slot) => maps.reset_counters(*slot),
         PolicyMapOp::DeleteEndpoint(i) => maps.delete_endpoint(*i),
         PolicyMapOp::DeletePeer(l, k) => maps.delete_peer(*l, k),
         PolicyMapOp::DeletePort(l, k) => maps.delete_port(*l, k),
         PolicyMapOp::DeletePolicyName(id) => maps.delete_policy_name(*id),
         PolicyMapOp::DeleteNodeAddress(a) => maps.delete_node_address(*a),
-        PolicyMapOp::DeleteEndpointState(i) => maps.delete_endpoint_state(*i),
+        PolicyMapOp::DeleteFlows(i) => maps.delete_flows(*i),
     }
     .expect("memory maps do not fail");
 }
@@ -367,7 +367,7 @@ fn replay_checked(
 }
 
 /// The maps serve `desired`: every probe gets the verdicts the compiled state means, and
-/// counters exist for exactly the endpoints.
+/// every endpoint has a counter slot of its own.
 fn assert_serves(maps: &MemoryPolicyMaps, desired: &Compiled, probes: &[PeerProbe]) {
     let view = View::new(maps);
     for probe in probes {
@@ -378,7 +378,16 @@ fn assert_serves(maps: &MemoryPolicyMaps, desired: &Compiled, probes: &[PeerProb
         );
     }
     let endpoints: BTreeSet<u32> = desired.endpoints.keys().copied().collect();
-    assert_eq!(maps.counters, endpoints);
+    assert_eq!(
+        maps.endpoints.keys().copied().collect::<BTreeSet<u32>>(),
+        endpoints
+    );
+    let slots: BTreeSet<u32> = maps.endpoints.values().map(|e| e.counters).collect();
+    assert!(
+        !slots.contains(&0) && slots.len() == endpoints.len(),
+        "counter slots {:?}",
+        maps.endpoints
+    );
 }
 
 fn node(addresses: &[u8]) -> Vec<Ipv4Addr> {
@@ -443,7 +452,8 @@ fn a_new_endpoint_gets_names_classes_counters_and_peers_before_its_entry() {
     let maps = apply_checked(&MemoryPolicyMaps::default(), &state, &node(&[1]));
     let ops = &maps.ops;
 
-    let counters = position(ops, |op| *op == PolicyMapOp::CreateCounters(7));
+    let slot = maps.endpoints[&7].counters;
+    let counters = position(ops, |op| *op == PolicyMapOp::ResetCounters(slot));
     let first_peer = position(ops, |op| peer_of(op).is_some());
     let last_peer = last_position(ops, |op| peer_of(op).is_some());
     let entry = position(ops, |op| matches!(op, PolicyMapOp::PutEndpoint(7, _)));
@@ -496,7 +506,7 @@ fn a_removed_endpoint_loses_its_entry_first_and_its_state_last() {
     let ops = &maps.ops;
     assert_eq!(ops[0], PolicyMapOp::DeleteEndpoint(1), "{ops:#?}");
     let last_peer = last_position(ops, |op| peer_of(op) == Some(1));
-    let state = position(ops, |op| *op == PolicyMapOp::DeleteEndpointState(1));
+    let state = position(ops, |op| *op == PolicyMapOp::DeleteFlows(1));
     assert!(last_peer < state, "{ops:#?}");
     // Shortest prefix first when removing.
     let lens: Vec<u32> = ops
@@ -534,10 +544,13 @@ fn isolation_goes_on_after_the_peers_and_off_before_they_go() {
     let entry = position(&on.ops, |op| matches!(op, PolicyMapOp::PutEndpoint(1, _)));
     assert!(peer < entry, "{:#?}", on.ops);
     assert!(
-        !on.ops.contains(&PolicyMapOp::CreateCounters(1)),
+        !on.ops
+            .iter()
+            .any(|op| matches!(op, PolicyMapOp::ResetCounters(_))),
         "{:#?}",
         on.ops
     );
+    assert_eq!(on.endpoints[&1].counters, start.endpoints[&1].counters);
 
     // Ingress off and egress on in one apply: egress peers, the entry, then ingress peers go.
     let swapped = apply_checked(
@@ -678,7 +691,43 @@ fn transitions_keep_every_verdict_old_and_new_agree_on() {
         maps = apply_checked(&maps, &desired(step), &node(&[i as u8 % 3, 9]));
     }
     assert!(maps.endpoints.is_empty() && maps.peers.is_empty() && maps.ports.is_empty());
-    assert!(maps.policy_names.is_empty() && maps.counters.is_empty());
+    assert!(maps.policy_names.is_empty());
+}
+
+#[test]
+fn a_freed_counter_slot_is_zeroed_before_the_next_endpoint_counts_in_it() {
+    let two = apply_checked(
+        &MemoryPolicyMaps::default(),
+        &desired(&[(1, None, None, &[]), (2, None, None, &[])]),
+        &[],
+    );
+    let freed = two.endpoints[&1].counters;
+    let kept = two.endpoints[&2].counters;
+    let next = apply_checked(
+        &two,
+        &desired(&[(2, None, None, &[]), (3, None, None, &[])]),
+        &[],
+    );
+    assert_eq!(next.endpoints[&3].counters, freed, "{:?}", next.endpoints);
+    assert_eq!(next.endpoints[&2].counters, kept);
+    let gone = position(&next.ops, |op| *op == PolicyMapOp::DeleteEndpoint(1));
+    let zeroed = position(&next.ops, |op| *op == PolicyMapOp::ResetCounters(freed));
+    let entry = position(&next.ops, |op| matches!(op, PolicyMapOp::PutEndpoint(3, _)));
+    assert!(gone < zeroed && zeroed < entry, "{:#?}", next.ops);
+
+    // Each apply here starts from a new reconciler, as after a restart: slots are read back,
+    // and only a free one is handed out.
+    let after = apply_checked(
+        &next,
+        &desired(&[
+            (2, None, None, &[]),
+            (3, None, None, &[]),
+            (4, None, None, &[]),
+        ]),
+        &[],
+    );
+    assert_eq!(after.endpoints[&2].counters, kept);
+    assert_eq!(after.endpoints[&3].counters, freed);
 }
 
 /// A fixed linear congruential sequence: the same cases on every run.
@@ -902,7 +951,7 @@ fn leftovers_of_a_crash_are_removed() {
         "{:?}",
         repaired.policy_names
     );
-    assert!(repaired.ops.contains(&PolicyMapOp::DeleteEndpointState(9)));
+    assert!(repaired.ops.contains(&PolicyMapOp::DeleteFlows(9)));
 }
 
 /// Two namespaces, each with a pod isolated by its own policy, and peers in both.
