@@ -23,7 +23,8 @@
 #                                                against no program, compile and apply
 #                                                times, and policy change → enforcement.
 #                                                ARGS: a name filter (request_response,
-#                                                new_connections, programming, enforcement),
+#                                                new_connections, packet_paths, programming,
+#                                                enforcement),
 #                                                --quick (fewer and shorter samples),
 #                                                --samples N (rate samples per configuration
 #                                                and policy changes each way)
