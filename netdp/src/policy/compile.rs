@@ -609,24 +609,38 @@ fn parse_policy<'a>(
         }
     }
 
+    // One rule of `spec.<root>[i]`, whose peers are in field `peers_field`.
+    let mut rule = |root: &'static str,
+                    i: usize,
+                    peers_field: &'static str,
+                    peers: Option<&'a [NetworkPolicyPeer]>,
+                    ports: Option<&'a [NetworkPolicyPort]>| {
+        let rules = Field::Root(root);
+        let field = rules.index(i);
+        Rule {
+            peers: parse_peers(
+                peers,
+                field.name(peers_field),
+                namespace,
+                world,
+                &mut reporter,
+            ),
+            ports: parse_ports(ports, field.name("ports"), &mut reporter),
+        }
+    };
     let ingress = ingress.then(|| {
         spec.ingress
             .iter()
             .flatten()
             .enumerate()
-            .map(|(i, rule)| {
-                let rules = Field::Root("spec.ingress");
-                let field = rules.index(i);
-                Rule {
-                    peers: parse_peers(
-                        rule.from.as_deref(),
-                        field.name("from"),
-                        namespace,
-                        world,
-                        &mut reporter,
-                    ),
-                    ports: parse_ports(rule.ports.as_deref(), field.name("ports"), &mut reporter),
-                }
+            .map(|(i, r)| {
+                rule(
+                    "spec.ingress",
+                    i,
+                    "from",
+                    r.from.as_deref(),
+                    r.ports.as_deref(),
+                )
             })
             .collect()
     });
@@ -635,20 +649,7 @@ fn parse_policy<'a>(
             .iter()
             .flatten()
             .enumerate()
-            .map(|(i, rule)| {
-                let rules = Field::Root("spec.egress");
-                let field = rules.index(i);
-                Rule {
-                    peers: parse_peers(
-                        rule.to.as_deref(),
-                        field.name("to"),
-                        namespace,
-                        world,
-                        &mut reporter,
-                    ),
-                    ports: parse_ports(rule.ports.as_deref(), field.name("ports"), &mut reporter),
-                }
-            })
+            .map(|(i, r)| rule("spec.egress", i, "to", r.to.as_deref(), r.ports.as_deref()))
             .collect()
     });
 
