@@ -91,7 +91,7 @@ fn main() {
         println!("pods bench: not run (run it with `cargo bench`)");
         return;
     }
-    let options = match Options::parse(args.into_iter()) {
+    let options = match Options::parse(args.into_iter(), &BENCHMARKS, |_, _| Ok(false)) {
         Ok(options) => options,
         Err(e) => {
             eprintln!("pods bench: {e:#}");
@@ -117,30 +117,10 @@ fn main() {
 
 // ---- options and sizes ------------------------------------------------------------------
 
-struct Options {
-    quick: bool,
-    samples: Option<usize>,
-    filters: Vec<String>,
-}
+// The arguments are just the common ones.
+use common::Args as Options;
 
 impl Options {
-    fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
-        let common::Args {
-            quick,
-            samples,
-            filters,
-        } = common::Args::parse(args, &BENCHMARKS, |_, _| Ok(false))?;
-        Ok(Options {
-            quick,
-            samples,
-            filters,
-        })
-    }
-
-    fn selected(&self, benchmark: &str) -> bool {
-        common::selected(&self.filters, benchmark)
-    }
-
     fn sizes(&self) -> Sizes {
         let mut sizes = if self.quick {
             Sizes {

@@ -182,7 +182,7 @@ fn main() {
         println!("policy bench: not run (run it with `cargo bench`)");
         return;
     }
-    let options = match Options::parse(args.into_iter()) {
+    let options = match Options::parse(args.into_iter(), &BENCHMARKS, |_, _| Ok(false)) {
         Ok(options) => options,
         Err(e) => {
             eprintln!("policy bench: {e:#}");
@@ -204,30 +204,10 @@ fn main() {
 
 // ---- options ------------------------------------------------------------------------------
 
-struct Options {
-    quick: bool,
-    samples: Option<usize>,
-    filters: Vec<String>,
-}
+// The arguments are just the common ones.
+use common::Args as Options;
 
 impl Options {
-    fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
-        let common::Args {
-            quick,
-            samples,
-            filters,
-        } = common::Args::parse(args, &BENCHMARKS, |_, _| Ok(false))?;
-        Ok(Options {
-            quick,
-            samples,
-            filters,
-        })
-    }
-
-    fn selected(&self, benchmark: &str) -> bool {
-        common::selected(&self.filters, benchmark)
-    }
-
     fn sizes(&self) -> Sizes {
         let (rounds, sample, warm_up, changes, repeats) = if self.quick {
             (3, Duration::from_secs(1), Duration::from_millis(100), 5, 3)

@@ -206,20 +206,14 @@ fn main() {
 // ---- options ------------------------------------------------------------------------------
 
 struct Options {
-    quick: bool,
-    samples: Option<usize>,
+    args: common::Args,
     services: Vec<usize>,
-    filters: Vec<String>,
 }
 
 impl Options {
     fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
         let mut services = Vec::new();
-        let common::Args {
-            quick,
-            samples,
-            filters,
-        } = common::Args::parse(args, &BENCHMARKS, |flag, args| {
+        let args = common::Args::parse(args, &BENCHMARKS, |flag, args| {
             if flag != "--services" {
                 return Ok(false);
             }
@@ -231,34 +225,29 @@ impl Options {
             services.push(n);
             Ok(true)
         })?;
-        Ok(Options {
-            quick,
-            samples,
-            services,
-            filters,
-        })
+        Ok(Options { args, services })
     }
 
     fn selected(&self, benchmark: &str) -> bool {
-        common::selected(&self.filters, benchmark)
+        self.args.selected(benchmark)
     }
 
     fn sizes(&self) -> Sizes {
         let services = if !self.services.is_empty() {
             self.services.clone()
-        } else if self.quick {
+        } else if self.args.quick {
             QUICK_SIZES.to_vec()
         } else {
             SIZES.to_vec()
         };
-        let (connects, warm_up, changes, rounds) = if self.quick {
+        let (connects, warm_up, changes, rounds) = if self.args.quick {
             (500, 100, 10, 4)
         } else {
             (2000, 200, 30, 10)
         };
         Sizes {
             services,
-            connects: self.samples.unwrap_or(connects),
+            connects: self.args.samples.unwrap_or(connects),
             warm_up,
             changes,
             rounds,
@@ -367,7 +356,7 @@ fn print_machine(options: &Options, sizes: &Sizes) {
     println!(
         "bosun Service benchmarks{}: N = {:?} Services of {ENDPOINTS_PER_SERVICE} endpoints, \
          {} connects per target after {} unmeasured",
-        if options.quick { " (quick)" } else { "" },
+        if options.args.quick { " (quick)" } else { "" },
         sizes.services,
         sizes.connects,
         sizes.warm_up

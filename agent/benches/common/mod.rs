@@ -79,6 +79,11 @@ impl Args {
         check_filters(&parsed.filters, benchmarks)?;
         Ok(parsed)
     }
+
+    /// Whether `benchmark` runs: no filters, or one that its name contains.
+    pub fn selected(&self, benchmark: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| benchmark.contains(f.as_str()))
+    }
 }
 
 /// The value of a flag that takes a number of at least 1.
@@ -99,9 +104,4 @@ pub fn check_filters(filters: &[String], benchmarks: &[&str]) -> anyhow::Result<
         Some(unmatched) => anyhow::bail!("{unmatched:?} matches no benchmark"),
         None => Ok(()),
     }
-}
-
-/// Whether `benchmark` runs: no filters, or one that its name contains.
-pub fn selected(filters: &[String], benchmark: &str) -> bool {
-    filters.is_empty() || filters.iter().any(|f| benchmark.contains(f.as_str()))
 }
