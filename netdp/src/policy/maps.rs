@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use bosun_ebpf_abi::{EndpointValue, PeerKey, PolicyName, PortKey};
 
-use crate::Error;
+use crate::{service::InjectedFailure, Error};
 
 /// The policy maps as the reconciler sees them. LPM trie entries are named by their prefix
 /// length and key data together.
@@ -71,27 +71,17 @@ pub struct MemoryPolicyMaps {
     pub zeroed: std::collections::BTreeSet<u32>,
     /// Every successful write, oldest first.
     pub ops: Vec<PolicyMapOp>,
-    fail_in: Option<usize>,
+    fail: InjectedFailure,
 }
 
 impl MemoryPolicyMaps {
     /// The write after the next `writes` successful ones fails with a full-map error.
     pub fn fail_after(&mut self, writes: usize) {
-        self.fail_in = Some(writes);
+        self.fail.after(writes);
     }
 
     fn write(&mut self, map: &'static str, op: PolicyMapOp) -> Result<(), Error> {
-        match self.fail_in {
-            Some(0) => {
-                self.fail_in = None;
-                return Err(Error::WriteMap {
-                    map,
-                    source: Box::new(aya::maps::MapError::KeyNotFound),
-                });
-            }
-            Some(n) => self.fail_in = Some(n - 1),
-            None => {}
-        }
+        self.fail.check(map)?;
         match &op {
             PolicyMapOp::PutEndpoint(ifindex, value) => {
                 self.endpoints.insert(*ifindex, *value);

@@ -56,13 +56,44 @@ pub struct MemoryMaps {
     pub affinity: BTreeMap<(u32, u64), u32>,
     /// Every successful write, oldest first.
     pub ops: Vec<MapOp>,
+    fail: InjectedFailure,
+}
+
+/// A write failure the in-memory maps are told to inject: the write after the next `n`
+/// successful ones fails, once.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct InjectedFailure {
     fail_in: Option<usize>,
+}
+
+impl InjectedFailure {
+    pub(crate) fn after(&mut self, writes: usize) {
+        self.fail_in = Some(writes);
+    }
+
+    /// Called before each write to `map`: the full-map error if this write is the one.
+    pub(crate) fn check(&mut self, map: &'static str) -> Result<(), Error> {
+        match self.fail_in {
+            Some(0) => {
+                self.fail_in = None;
+                Err(Error::WriteMap {
+                    map,
+                    source: Box::new(aya::maps::MapError::KeyNotFound),
+                })
+            }
+            Some(n) => {
+                self.fail_in = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 impl MemoryMaps {
     /// The write after the next `writes` successful ones fails with a full-map error.
     pub fn fail_after(&mut self, writes: usize) {
-        self.fail_in = Some(writes);
+        self.fail.after(writes);
     }
 
     /// Puts a client's affinity entry, as the kernel program would.
@@ -72,17 +103,7 @@ impl MemoryMaps {
     }
 
     fn write(&mut self, map: &'static str, op: MapOp) -> Result<(), Error> {
-        match self.fail_in {
-            Some(0) => {
-                self.fail_in = None;
-                return Err(Error::WriteMap {
-                    map,
-                    source: Box::new(aya::maps::MapError::KeyNotFound),
-                });
-            }
-            Some(n) => self.fail_in = Some(n - 1),
-            None => {}
-        }
+        self.fail.check(map)?;
         match &op {
             MapOp::PutBackend(id, backend) => {
                 self.backends.insert(*id, *backend);

@@ -16,6 +16,7 @@ use std::{fmt, net::Ipv4Addr};
 
 pub use bpf::{cleanup, find_cgroup2, install, PinnedMaps};
 pub use compile::{compile, Compiled, Problem};
+pub(crate) use maps::InjectedFailure;
 pub use maps::{MapOp, MemoryMaps, ServiceMaps};
 pub use reconcile::{snapshot, Applied, MapBackend, MapService, MapSnapshot, Reconciler};
 
