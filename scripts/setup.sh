@@ -43,3 +43,7 @@ if ! .tools/bin/bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"
 fi
 
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+# The Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) that tests run
+# bosun against: built from Debian's source once per machine and cached outside the clone.
+./scripts/control-plane.sh build >/dev/null
