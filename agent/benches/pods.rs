@@ -1041,7 +1041,7 @@ impl Baseline {
         let dir = self.scratch.path().join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("pod.yaml"), text)?;
-        let snapshot = bosun::source::scan(&dir, NODE_NAME);
+        let (snapshot, _) = bosun::source::scan(&dir, NODE_NAME);
         if let Some(error) = snapshot.errors.first() {
             bail!("{error}");
         }

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
@@ -18,30 +18,28 @@ use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use crate::daemon::PodStore;
 use crate::events::{FieldSelector, Recorder};
-use crate::policy::PolicyView;
-use crate::service::proxy::{ServiceStore, ServiceView};
+use crate::store::{Objects, PodStore};
 
 /// The path of the pod list.
 pub const PODS_PATH: &str = "/api/v1/pods";
 /// The path of the event list; it takes a `fieldSelector` query parameter.
 pub const EVENTS_PATH: &str = "/api/v1/events";
-/// The path of the Service list: those the service proxy last compiled.
+/// The path of the Service list: those of the object store.
 pub const SERVICES_PATH: &str = "/api/v1/services";
-/// The path of the EndpointSlice list: from manifests and computed from static pods.
+/// The path of the EndpointSlice list: from manifests or the API server, and computed from
+/// static pods.
 pub const ENDPOINT_SLICES_PATH: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 
-/// The path of the NetworkPolicy list: those the policy enforcer last compiled.
+/// The path of the NetworkPolicy list: those of the object store.
 pub const NETWORK_POLICIES_PATH: &str = "/apis/networking.k8s.io/v1/networkpolicies";
 
-/// What the API serves.
+/// What the API serves: it reads the stores, and writes nothing.
 #[derive(Clone)]
 pub struct ApiState {
     pub pods: PodStore,
     pub events: Recorder,
-    pub services: ServiceStore,
-    pub policies: Arc<RwLock<PolicyView>>,
+    pub objects: Objects,
 }
 
 /// Serves the API on `socket` until the returned task is aborted, with event, Service and
@@ -52,8 +50,7 @@ pub fn serve(socket: &Path, store: PodStore) -> Result<JoinHandle<()>> {
         ApiState {
             pods: store,
             events: Recorder::new(""),
-            services: ServiceStore::default(),
-            policies: Arc::default(),
+            objects: Objects::default(),
         },
     )
 }
@@ -112,43 +109,27 @@ fn respond<B>(request: &Request<B>, state: &ApiState) -> Response<Full<Bytes>> {
             format!("{} is read-only", path),
         );
     }
-    if path == PODS_PATH {
-        let pods: Vec<Pod> = match state.pods.read() {
-            Ok(pods) => pods.values().cloned().collect(),
-            Err(_) => Vec::new(),
-        };
-        return list("PodList", &pods);
-    }
-    if path == NETWORK_POLICIES_PATH {
-        let policies = match state.policies.read() {
-            Ok(view) => view.policies.clone(),
-            Err(_) => Default::default(),
-        };
-        return list("NetworkPolicyList", &policies);
-    }
-    if path == SERVICES_PATH || path == ENDPOINT_SLICES_PATH {
-        let view = match state.services.read() {
-            Ok(view) => view.clone(),
-            Err(_) => ServiceView::default(),
-        };
-        return if path == SERVICES_PATH {
-            list("ServiceList", &view.services)
-        } else {
-            list(
-                "EndpointSliceList",
-                &view.endpoint_slices().collect::<Vec<_>>(),
-            )
-        };
+    match path {
+        PODS_PATH => return list("PodList", &state.pods.list()),
+        NETWORK_POLICIES_PATH => {
+            return list("NetworkPolicyList", &state.objects.network_policies.list())
+        }
+        SERVICES_PATH => return list("ServiceList", &state.objects.services.list()),
+        ENDPOINT_SLICES_PATH => {
+            return list("EndpointSliceList", &state.objects.endpoint_slices.list())
+        }
+        _ => {}
     }
     let selector = match field_selector(request.uri().query().unwrap_or_default()) {
         Ok(selector) => selector,
         Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", message),
     };
-    let items: Vec<Event> = state
+    let items: Vec<Arc<Event>> = state
         .events
         .events()
         .into_iter()
         .filter(|e| selector.matches(e))
+        .map(Arc::new)
         .collect();
     list("EventList", &items)
 }
@@ -207,7 +188,8 @@ fn percent_encode(value: &str) -> String {
     out
 }
 
-fn list<T: serde::Serialize>(kind: &str, items: &[T]) -> Response<Full<Bytes>> {
+fn list<T: serde::Serialize>(kind: &str, items: &[Arc<T>]) -> Response<Full<Bytes>> {
+    let items: Vec<&T> = items.iter().map(|item| &**item).collect();
     json(
         StatusCode::OK,
         &serde_json::json!({"kind": kind, "apiVersion": "v1", "metadata": {}, "items": items}),
@@ -353,8 +335,7 @@ mod tests {
             ApiState {
                 pods: PodStore::default(),
                 events: recorder.clone(),
-                services: ServiceStore::default(),
-                policies: Arc::default(),
+                objects: Objects::default(),
             },
         )?;
 
@@ -421,8 +402,7 @@ mod tests {
         let state = ApiState {
             pods: PodStore::default(),
             events: Recorder::new("node-1"),
-            services: ServiceStore::default(),
-            policies: Arc::default(),
+            objects: Objects::default(),
         };
         let get = |uri: &str| Request::get(uri).body(()).expect("a request");
         assert_eq!(

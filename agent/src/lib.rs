@@ -12,3 +12,5 @@ pub mod policy;
 pub mod runtime;
 pub mod service;
 pub mod source;
+pub mod store;
+pub mod util;

@@ -11,14 +11,7 @@ const EXIT_ERROR: i32 = 1;
 
 fn main() {
     let cli = cli::Cli::parse();
-    let filter = if cli.debug { "debug" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -38,6 +31,22 @@ fn main() {
     };
     // Leave without waiting for stdin readers (exec -i) still blocked in the runtime.
     std::process::exit(code);
+}
+
+/// Logs to stderr at the verbosity and in the format the flags ask for. `RUST_LOG`, when
+/// set, wins over `-v`.
+fn init_logging(cli: &cli::Cli) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_filter()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.logging_format {
+        cli::LoggingFormat::Json => builder.json().flatten_event(true).init(),
+        // No colour codes in files and journals.
+        cli::LoggingFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 /// An error and its causes on one line, leaving out causes whose text the line already

@@ -44,12 +44,40 @@ pub struct Cli {
     #[arg(short = 't', long, default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// Log debug output to stderr.
-    #[arg(short = 'D', long)]
+    /// Log debug output to stderr (as `--v=4`).
+    #[arg(short = 'D', long, global = true)]
     pub debug: bool,
+
+    /// Log verbosity, as kubelet's `-v`: 0–2 info (events and pod lifecycle), 3–4 debug,
+    /// 5 and more trace. `RUST_LOG` overrides it.
+    #[arg(short = 'v', long = "v", default_value_t = 0, global = true)]
+    pub verbosity: u8,
+
+    /// Log format, as kubelet's `--logging-format`: `text` (no colour unless stderr is a
+    /// terminal) or `json` (one object per line).
+    #[arg(long = "logging-format", default_value = "text", global = true)]
+    pub logging_format: LoggingFormat,
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoggingFormat {
+    Text,
+    Json,
+}
+
+impl Cli {
+    /// The log filter the flags ask for: kubelet's verbosity mapped to levels.
+    pub fn log_filter(&self) -> &'static str {
+        match (self.debug, self.verbosity) {
+            (_, 5..) => "trace",
+            (true, _) | (_, 3..=4) => "debug",
+            _ => "info",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,38 +1,46 @@
-//! `bosun run`: the node daemon. Desired pods come from the manifest directory; one worker
-//! per pod UID brings the runtime to them; containerd's task-exit events wake the worker of
-//! a pod whose container died, and a periodic resync is the safety net. The pods' status is
-//! served on a local unix socket.
+//! `bosun run`: the node daemon, split as kubelet splits it.
+//!
+//! - [`config`] merges the pods of every source (the manifest directory now, the API server
+//!   in a cluster) into one desired set keyed by UID;
+//! - this module's sync loop admits new pods and hands each to its worker;
+//! - [`pod_workers`] runs one worker per pod UID;
+//! - [`status_manager`] is the one writer of pod status (the pod store);
+//! - [`pleg`] tells which pods' containers changed in the runtime.
+//!
+//! Objects other than pods live in the typed object store ([`crate::store`]), fed by the
+//! sources and read by the workers (volumes), the service proxy, the EndpointSlice
+//! controller, the policy enforcer and the local API, none of which knows the others.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod config;
+pub mod pleg;
+pub mod pod_workers;
+pub mod status_manager;
+
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bosun_cri::{ContainerdClient, CriClient, CRI_NAMESPACE};
-use futures::StreamExt;
+use bosun_cri::CriClient;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
-use tokio::sync::{watch, Notify};
 
-use crate::api::ApiState;
 use crate::events::{reason, EventType, Recorder};
-use crate::pod::observed::{keys, pod_digests};
 use crate::pod::spec::NodeContext;
 use crate::pod::volume::{self, HostMounter};
-use crate::pod::worker::{grace_period, pod_name, Objects, PodWorker};
-use crate::policy::{PolicyEnforcer, PolicyView};
-use crate::runtime::Runtime;
-use crate::service::proxy::{Proxy, ServiceStore};
+use crate::pod::worker::pod_name;
+use crate::policy::PolicyEnforcer;
+use crate::service::endpoints;
+use crate::service::proxy::Proxy;
 use crate::source;
+use crate::store::{ObjectKey, Objects, Source, Subscription};
+use config::{PodConfig, PodUpdate};
+use pleg::PodLifecycleEvent;
+use pod_workers::{PodWorkers, Shared};
+use status_manager::StatusManager;
 
-/// How often a worker syncs when nothing wakes it. Exit events, the relist and probe
-/// results wake it at once; this only refreshes what nothing announces (configMap
-/// contents, status times).
-pub const RESYNC: Duration = Duration::from_secs(10);
-/// How often the daemon lists every sandbox and container (kubelet's PLEG relist): a
-/// pod whose containers changed without an event gets its worker woken, and pods no
-/// manifest wants are found.
-const RELIST: Duration = Duration::from_secs(1);
+pub use pod_workers::RESYNC;
+
 /// How often the manifest directory is rescanned besides inotify (kubelet's default).
 const RESCAN: Duration = Duration::from_secs(20);
 
@@ -64,31 +72,21 @@ pub fn api_socket(root_dir: &Path) -> PathBuf {
     root_dir.join("bosun.sock")
 }
 
-/// The pods as the workers last saw them, by `namespace/name`: spec and status.
-pub type PodStore = Arc<RwLock<BTreeMap<String, Pod>>>;
-
-struct WorkerHandle {
-    desired: watch::Sender<Option<Arc<Pod>>>,
-    kick: Arc<Notify>,
-}
-
 /// Runs the daemon until `shutdown` resolves. Pods keep running when it returns: a
 /// restarted bosun adopts them.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     std::fs::create_dir_all(&config.root_dir)
         .with_context(|| format!("creating the root directory {}", config.root_dir.display()))?;
     let client = connect_with_retry(&config.runtime_endpoint).await?;
-    let store: PodStore = Arc::default();
     let events = Recorder::new(config.node.node_name.clone());
-    let services = ServiceStore::default();
-    let policies = Arc::new(RwLock::new(PolicyView::default()));
+    let objects = Objects::new(&[Source::File]);
+    let (status, pods) = StatusManager::new();
     let api = crate::api::serve_with(
         &config.api_socket(),
-        ApiState {
-            pods: store.clone(),
+        crate::api::ApiState {
+            pods: pods.clone(),
             events: events.clone(),
-            services: services.clone(),
-            policies: policies.clone(),
+            objects: objects.clone(),
         },
     )?;
 
@@ -96,13 +94,17 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         config.manifest_dir.clone(),
         config.node.node_name.clone(),
         RESCAN,
+        objects.clone(),
     );
     let ctx = Arc::new(config.node.clone());
-    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
-    let (objects_tx, objects) = watch::channel(Arc::new(Objects::new()));
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let pods_changed = Arc::new(Notify::new());
-    let policy_pods_changed = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    // The static pods' EndpointSlices: standalone, nothing else computes them.
+    tasks.push(tokio::spawn(endpoints::run_controller(
+        objects.services.clone(),
+        pods.clone(),
+        objects.endpoint_slices.writer(Source::Local),
+        config.node.node_name.clone(),
+    )));
     let enforcer = config
         .bpf_dir
         .as_ref()
@@ -111,55 +113,46 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             PolicyEnforcer::new(
                 bpf_dir.clone(),
                 &config.root_dir,
-                store.clone(),
+                pods.clone(),
                 events.clone(),
-                snapshots.clone(),
-                policies.clone(),
+                objects.network_policies.clone(),
+                objects.namespaces.clone(),
             )
         });
-    let policy_controller = enforcer
-        .clone()
-        .map(|enforcer| tokio::spawn(enforcer.run(policy_pods_changed.clone())));
-    let proxy = config
-        .bpf_dir
-        .as_ref()
-        .filter(|_| config.service_proxy)
-        .map(|bpf_dir| {
-            tokio::spawn(
-                Proxy {
-                    bpf_dir: bpf_dir.clone(),
-                    node: config.node.node_name.clone(),
-                    snapshots: snapshots.clone(),
-                    pods: store.clone(),
-                    pods_changed: pods_changed.clone(),
-                    view: services.clone(),
-                    events: events.clone(),
-                }
-                .run(),
-            )
-        });
-    let shared = Shared {
+    if let Some(enforcer) = &enforcer {
+        tasks.push(tokio::spawn(enforcer.clone().run()));
+    }
+    if let Some(bpf_dir) = config.bpf_dir.as_ref().filter(|_| config.service_proxy) {
+        let proxy = Proxy {
+            bpf_dir: bpf_dir.clone(),
+            node: config.node.node_name.clone(),
+            services: objects.services.clone(),
+            endpoint_slices: objects.endpoint_slices.clone(),
+            pods: pods.clone(),
+            events: events.clone(),
+        };
+        tasks.push(tokio::spawn(proxy.run()));
+    }
+
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut workers = PodWorkers::new(Shared {
         runtime: client.clone(),
         ctx: ctx.clone(),
         events: events.clone(),
-        objects,
-        store: store.clone(),
-        pods_changed: [pods_changed, policy_pods_changed],
+        objects: Arc::new(objects.clone()),
+        status: status.clone(),
         policy: enforcer,
         done: done_tx,
-    };
-
-    let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let (kick_tx, mut kick_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    });
+    let (pleg_tx, mut pleg_rx) = tokio::sync::mpsc::unbounded_channel();
     let socket = bosun_cri::socket_path(&config.runtime_endpoint)?;
-    tokio::spawn(watch_exits(socket, exit_tx));
+    tasks.push(tokio::spawn(pleg::run(client.clone(), socket, pleg_tx)));
 
-    let mut relist = tokio::time::interval(RELIST);
-    relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut digests: HashMap<String, u64> = HashMap::new();
+    let mut pod_config = PodConfig::new(&[Source::File]);
+    let mut referenced = [objects.config_maps.subscribe(), objects.secrets.subscribe()];
     let mut pod_dirs_swept = false;
-    // Pods refused at admission, by UID, with their key in the store.
-    let mut rejected: HashMap<String, String> = HashMap::new();
+    // Pods refused at admission, by UID, with their key in the pod store.
+    let mut rejected: HashMap<String, ObjectKey> = HashMap::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -169,148 +162,179 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                     anyhow::bail!("the manifest source stopped");
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
-                let objects_changed = objects_tx.send_if_modified(|current| {
-                    let changed = **current != snapshot.objects;
-                    if changed {
-                        *current = Arc::new(snapshot.objects.clone());
-                    }
-                    changed
-                });
-                if objects_changed {
-                    // configMap and secret volumes follow their objects at once.
-                    for handle in workers.values() {
-                        handle.kick.notify_one();
-                    }
-                }
                 for error in &snapshot.errors {
                     events.record(events.node_reference(), EventType::Warning, reason::FAILED_VALIDATION, error.to_string());
                 }
-                let desired: HashMap<String, Arc<Pod>> = snapshot
-                    .pods
-                    .values()
-                    .filter_map(|p| Some((p.pod.metadata.uid.clone()?, Arc::new(p.pod.clone()))))
+                let pods = snapshot.pods.values().map(|p| Arc::new(p.pod.clone())).collect();
+                let changed = pod_config.apply(Source::File, PodUpdate::Set(pods));
+                sync_pods(&pod_config, changed, &mut workers, &mut rejected, &status, &events, config.max_pods);
+                crate::util::release_freed_memory();
+            }
+            _ = objects_changed(&mut referenced) => {
+                // configMap and secret volumes follow their objects: wake the pods that
+                // refer to what changed.
+                let keys: Vec<(ObjectKind, ObjectKey)> = referenced[0].take().keys.into_iter()
+                    .map(|k| (ObjectKind::ConfigMap, k))
+                    .chain(referenced[1].take().keys.into_iter().map(|k| (ObjectKind::Secret, k)))
                     .collect();
-                for (uid, handle) in &workers {
-                    if !desired.contains_key(uid) {
-                        handle.desired.send_replace(None);
+                for (uid, pod) in pod_config.desired() {
+                    if keys.iter().any(|(kind, key)| refers_to(&pod, *kind, key)) {
+                        workers.kick(&uid);
                     }
                 }
-                rejected.retain(|uid, key| {
-                    let wanted = desired.contains_key(uid);
-                    if !wanted {
-                        if let Ok(mut pods) = store.write() {
-                            pods.remove(key);
-                        }
-                    }
-                    wanted
-                });
-                let mut new = Vec::new();
-                for (uid, pod) in desired {
-                    match workers.get(&uid) {
-                        Some(handle) => {
-                            handle.desired.send_replace(Some(pod));
-                        }
-                        None if !rejected.contains_key(&uid) => new.push((uid, pod)),
-                        None => {}
-                    }
-                }
-                // Admission, in a stable order: pods beyond maxPods are rejected, as kubelet
-                // rejects them, and stay rejected while their manifest is unchanged.
-                new.sort_by_key(|(_, pod)| pod_name(pod));
-                for (uid, pod) in new {
-                    let active = workers.values().filter(|h| h.desired.borrow().is_some()).count();
-                    if active >= config.max_pods {
-                        let key = reject_out_of_pods(&store, &events, &pod, active, config.max_pods);
-                        rejected.insert(uid, key);
+            }
+            Some(event) = pleg_rx.recv() => match event {
+                PodLifecycleEvent::Changed(uid) => workers.kick(&uid),
+                PodLifecycleEvent::Relisted(uids) => {
+                    // Only once every source has listed its pods can a pod be unwanted.
+                    if !pod_config.all_sources_seen() {
                         continue;
                     }
-                    let handle = spawn_worker(&shared, uid.clone(), Some(pod));
-                    workers.insert(uid, handle);
-                }
-                release_freed_memory();
-            }
-            Some(container_id) = exit_rx.recv() => {
-                tracing::debug!(%container_id, "container exited");
-                tokio::spawn(pod_of_exited(client.clone(), container_id, kick_tx.clone()));
-            }
-            Some(uid) = kick_rx.recv() => {
-                if let Some(handle) = workers.get(&uid) {
-                    handle.kick.notify_one();
-                }
-            }
-            Some(uid) = done_rx.recv() => {
-                workers.remove(&uid);
-            }
-            _ = relist.tick() => {
-                let listed = tokio::try_join!(client.list_pod_sandbox(None), client.list_containers(None));
-                match listed {
-                    Ok((sandboxes, containers)) => {
-                        let now = pod_digests(&sandboxes, &containers);
-                        for (uid, digest) in &now {
-                            if let Some(handle) = workers.get(uid) {
-                                if digests.get(uid) != Some(digest) {
-                                    handle.kick.notify_one();
-                                }
-                            } else if snapshots.borrow().scanned() {
-                                // Only once the manifests were read can a pod be unwanted.
-                                tracing::info!(%uid, "terminating a pod no manifest wants");
-                                let handle = spawn_worker(&shared, uid.clone(), None);
-                                workers.insert(uid.clone(), handle);
-                            }
+                    for uid in &uids {
+                        if !workers.contains(uid) && pod_config.get(uid).is_none() {
+                            workers.terminate_orphan(uid);
                         }
-                        if !pod_dirs_swept && snapshots.borrow().scanned() {
-                            // Directories of pods that went away while bosun was down.
-                            pod_dirs_swept = true;
-                            let left = volume::pod_uids(&ctx.pods_dir).unwrap_or_default();
-                            for uid in left.iter().filter(|u| !workers.contains_key(*u) && !now.contains_key(*u)) {
-                                if let Err(e) = volume::cleanup(&ctx.pods_dir, uid, &HostMounter) {
-                                    tracing::warn!(%uid, error = %e, "removing a gone pod's directory");
-                                }
-                            }
-                        }
-                        digests = now;
                     }
-                    Err(e) => tracing::warn!(error = %e, "relisting the runtime's pods"),
+                    if !pod_dirs_swept {
+                        // Directories of pods that went away while bosun was down.
+                        pod_dirs_swept = true;
+                        let left = volume::pod_uids(&ctx.pods_dir).unwrap_or_default();
+                        for uid in left.iter().filter(|u| !workers.contains(u) && !uids.contains(u)) {
+                            if let Err(e) = volume::cleanup(&ctx.pods_dir, uid, &HostMounter) {
+                                tracing::warn!(%uid, error = %e, "removing a gone pod's directory");
+                            }
+                        }
+                    }
+                }
+            },
+            Some(uid) = done_rx.recv() => {
+                workers.done(&uid);
+                // A pod wanted again while it was being terminated starts anew.
+                if let Some(pod) = pod_config.get(&uid) {
+                    workers.update(&uid, Some(pod.clone()));
                 }
             }
         }
     }
     api.abort();
-    if let Some(proxy) = proxy {
-        proxy.abort();
-    }
-    if let Some(controller) = policy_controller {
-        controller.abort();
+    for task in tasks {
+        task.abort();
     }
     let _ = std::fs::remove_file(config.api_socket());
     Ok(())
 }
 
+/// Hands the pods whose desired state changed to their workers, admitting new ones first.
+fn sync_pods<R: crate::runtime::Runtime>(
+    pod_config: &PodConfig,
+    changed: BTreeSet<String>,
+    workers: &mut PodWorkers<R>,
+    rejected: &mut HashMap<String, ObjectKey>,
+    status: &StatusManager,
+    events: &Recorder,
+    max_pods: usize,
+) {
+    let desired = pod_config.desired();
+    let mut new = Vec::new();
+    for uid in changed {
+        match desired.get(&uid) {
+            None => {
+                workers.update(&uid, None);
+                if let Some(key) = rejected.remove(&uid) {
+                    status.remove(&key);
+                }
+            }
+            Some(pod) if workers.contains(&uid) => workers.update(&uid, Some(pod.clone())),
+            Some(_) if rejected.contains_key(&uid) => {}
+            Some(pod) => new.push((uid, pod.clone())),
+        }
+    }
+    // Admission, in a stable order: pods beyond maxPods are rejected, as kubelet rejects
+    // them, and stay rejected while their manifest is unchanged.
+    new.sort_by_key(|(_, pod)| pod_name(pod));
+    for (uid, pod) in new {
+        let active = workers.active();
+        if active >= max_pods {
+            let key = reject_out_of_pods(status, events, &pod, active, max_pods);
+            rejected.insert(uid, key);
+            continue;
+        }
+        workers.update(&uid, Some(pod));
+    }
+    if pod_config.all_sources_seen() {
+        status.expect(desired.into_keys().collect());
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ObjectKind {
+    ConfigMap,
+    Secret,
+}
+
+/// Resolves once either store changed; the changes stay to be taken.
+async fn objects_changed(subscriptions: &mut [Subscription; 2]) {
+    let [config_maps, secrets] = subscriptions;
+    tokio::select! {
+        () = config_maps.ready() => {}
+        () = secrets.ready() => {}
+    }
+}
+
+/// Whether `pod` mounts the ConfigMap or Secret `key` through a volume.
+fn refers_to(pod: &Pod, kind: ObjectKind, key: &ObjectKey) -> bool {
+    if pod.metadata.namespace.as_deref().unwrap_or("default") != key.namespace {
+        return false;
+    }
+    let name = Some(key.name.as_str());
+    pod.spec
+        .iter()
+        .flat_map(|spec| spec.volumes.iter().flatten())
+        .any(|volume| {
+            let direct = match kind {
+                ObjectKind::ConfigMap => volume.config_map.as_ref().map(|c| c.name.as_str()),
+                ObjectKind::Secret => volume
+                    .secret
+                    .as_ref()
+                    .and_then(|s| s.secret_name.as_deref()),
+            };
+            let projected = volume
+                .projected
+                .iter()
+                .flat_map(|p| p.sources.iter().flatten())
+                .any(|source| match kind {
+                    ObjectKind::ConfigMap => {
+                        source.config_map.as_ref().map(|c| c.name.as_str()) == name
+                    }
+                    ObjectKind::Secret => source.secret.as_ref().map(|s| s.name.as_str()) == name,
+                });
+            direct == name || projected
+        })
+}
+
 /// Records a pod refused because the node runs `maxPods` pods already: phase Failed with
-/// kubelet's reason and message, in the store and as an event. Returns its store key.
+/// kubelet's reason and message, in the pod store and as an event. Returns its store key.
 fn reject_out_of_pods(
-    store: &PodStore,
+    status: &StatusManager,
     events: &Recorder,
     pod: &Pod,
     used: usize,
     capacity: usize,
-) -> String {
+) -> ObjectKey {
     let message = format!(
         "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {capacity}"
     );
     events.warning(pod, "OutOfpods", message.clone());
-    let mut rejected = pod.clone();
-    rejected.status = Some(PodStatus {
-        phase: Some("Failed".to_owned()),
-        reason: Some("OutOfpods".to_owned()),
-        message: Some(message),
-        ..Default::default()
-    });
-    let key = pod_name(pod);
-    if let Ok(mut pods) = store.write() {
-        pods.insert(key.clone(), rejected);
-    }
-    key
+    status.set_status(
+        pod,
+        Some(PodStatus {
+            phase: Some("Failed".to_owned()),
+            reason: Some("OutOfpods".to_owned()),
+            message: Some(message),
+            ..Default::default()
+        }),
+    );
+    ObjectKey::of(&pod.metadata)
 }
 
 /// Connects to the runtime, waiting for it to come up as kubelet does.
@@ -326,213 +350,5 @@ async fn connect_with_retry(endpoint: &str) -> Result<CriClient> {
             }
             Err(e) => return Err(e).context("connecting to the container runtime"),
         }
-    }
-}
-
-/// Sends the pod UID of a container whose task exited, once CRI reports it exited too:
-/// containerd's CRI plugin learns of the exit from the same event, a moment later, and a
-/// worker woken before that would see the container still running.
-async fn pod_of_exited(
-    client: CriClient,
-    container_id: String,
-    kick: tokio::sync::mpsc::UnboundedSender<String>,
-) {
-    const SETTLE: Duration = Duration::from_millis(5);
-    for _ in 0..400 {
-        match client.container_status(&container_id, false).await {
-            Ok(r) => {
-                let Some(status) = r.status else { return };
-                if status.state != bosun_cri::api::ContainerState::ContainerRunning as i32 {
-                    if let Some(uid) = status.labels.get(keys::POD_UID) {
-                        let _ = kick.send(uid.clone());
-                    }
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(%container_id, error = %e, "status of an exited container");
-                return;
-            }
-        }
-        tokio::time::sleep(SETTLE).await;
-    }
-}
-
-/// Forwards the IDs of containers whose task exited, resubscribing when the stream ends.
-async fn watch_exits(socket: PathBuf, tx: tokio::sync::mpsc::UnboundedSender<String>) {
-    loop {
-        let subscribed = async {
-            let containerd = ContainerdClient::connect(&socket).await?;
-            containerd.task_exits(Some(CRI_NAMESPACE)).await
-        }
-        .await;
-        match subscribed {
-            Ok(exits) => {
-                let mut exits = Box::pin(exits);
-                while let Some(exit) = exits.next().await {
-                    match exit {
-                        Ok(exit) if exit.id == exit.container_id => {
-                            if tx.send(exit.container_id).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "containerd event stream");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "subscribing to containerd's task exits"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// What every pod worker shares.
-struct Shared<R> {
-    runtime: R,
-    ctx: Arc<NodeContext>,
-    events: Recorder,
-    objects: watch::Receiver<Arc<Objects>>,
-    store: PodStore,
-    /// Notified when a pod's IP, readiness or termination changed: Services and
-    /// NetworkPolicy peers follow it (one each: a `Notify` wakes one waiter).
-    pods_changed: [Arc<Notify>; 2],
-    /// Enforces NetworkPolicy on pods' interfaces, if configured.
-    policy: Option<Arc<PolicyEnforcer>>,
-    /// Told the UID of a worker that has terminated its pod and ended.
-    done: tokio::sync::mpsc::UnboundedSender<String>,
-}
-
-fn spawn_worker<R: Runtime>(
-    shared: &Shared<R>,
-    uid: String,
-    pod: Option<Arc<Pod>>,
-) -> WorkerHandle {
-    let (desired, mut rx) = watch::channel(pod);
-    let kick = Arc::new(Notify::new());
-    let mut worker = PodWorker::new(
-        shared.runtime.clone(),
-        shared.ctx.clone(),
-        uid.clone(),
-        shared.events.clone(),
-        kick.clone(),
-        shared.objects.clone(),
-    )
-    .with_policy(shared.policy.clone());
-    let policy = shared.policy.clone();
-    let store = shared.store.clone();
-    let pods_changed = shared.pods_changed.clone();
-    let done = shared.done.clone();
-    let wake = kick.clone();
-    tokio::spawn(async move {
-        let mut last: Option<Arc<Pod>> = None;
-        loop {
-            let wanted = rx.borrow_and_update().clone();
-            let requeue = match &wanted {
-                Some(pod) => {
-                    last = Some(pod.clone());
-                    let result = worker.sync(pod).await;
-                    let key = pod_name(pod);
-                    let mut with_status = (**pod).clone();
-                    with_status.status = worker.status().cloned();
-                    let facts = endpoint_facts(&with_status);
-                    let before = store
-                        .write()
-                        .ok()
-                        .and_then(|mut pods| pods.insert(key, with_status));
-                    if before.as_ref().map(endpoint_facts) != Some(facts) {
-                        notify_all(&pods_changed);
-                    }
-                    match result {
-                        Ok(requeue) => requeue.unwrap_or(RESYNC).min(RESYNC),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "syncing pod");
-                            RESYNC
-                        }
-                    }
-                }
-                None => {
-                    if let (Some(pod), Ok(mut pods)) = (&last, store.write()) {
-                        // Terminating, as an API server marks a deleted pod: its endpoints
-                        // stop taking new connections.
-                        if let Some(held) = pods.get_mut(&pod_name(pod)) {
-                            if held.metadata.deletion_timestamp.is_none() {
-                                held.metadata.deletion_timestamp =
-                                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                                        crate::events::now(),
-                                    ));
-                                notify_all(&pods_changed);
-                            }
-                        }
-                    }
-                    let grace = last
-                        .as_deref()
-                        .map_or(Duration::from_secs(30), grace_period);
-                    match worker.terminate(last.as_deref(), grace).await {
-                        Ok(()) => {
-                            if let (Some(pod), Ok(mut pods)) = (&last, store.write()) {
-                                pods.remove(&pod_name(pod));
-                            }
-                            if let Some(policy) = &policy {
-                                policy.release(&uid).await;
-                            }
-                            notify_all(&pods_changed);
-                            let _ = done.send(uid);
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "terminating pod");
-                            RESYNC
-                        }
-                    }
-                }
-            };
-            if requeue.is_zero() {
-                continue;
-            }
-            tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return },
-                () = wake.notified() => {}
-                () = tokio::time::sleep(requeue) => {}
-            }
-        }
-    });
-    WorkerHandle { desired, kick }
-}
-
-fn notify_all(notifies: &[Arc<Notify>]) {
-    for notify in notifies {
-        notify.notify_one();
-    }
-}
-
-/// What of a pod its Services' endpoints depend on: IPs, phase, readiness, termination.
-fn endpoint_facts(pod: &Pod) -> (Option<String>, Option<String>, Option<String>, bool) {
-    let status = pod.status.as_ref();
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| c.status.clone());
-    (
-        status.and_then(|s| s.pod_ip.clone()),
-        status.and_then(|s| s.phase.clone()),
-        ready,
-        pod.metadata.deletion_timestamp.is_some(),
-    )
-}
-
-/// Hands memory freed since to the kernel. Reading a large manifest directory allocates
-/// hundreds of megabytes for a moment (the YAML, its documents, their decoded copies); glibc
-/// keeps what was freed in its arenas, so without this the daemon's RSS would stay at that
-/// peak. Called after rare, large events only: it walks every arena.
-pub(crate) fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only gives whole free pages of glibc's heaps back to the kernel; it
-    // touches no memory in use and is thread-safe (it takes each arena's lock in turn).
-    unsafe {
-        nix::libc::malloc_trim(0);
     }
 }

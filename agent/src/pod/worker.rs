@@ -3,7 +3,7 @@
 //! what CRI cannot hold (restart back-off, the last start error, condition times), so a
 //! restarted bosun picks up where it left off.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,14 +16,14 @@ use super::observed::{keys, ContainerState, ObservedContainer, ObservedPod, Obse
 use super::plan::{self, containers_of, Backoff, ContainerKind, Health, ProbeFailure, Start};
 use super::spec::{self, NodeContext, RuntimeFacts};
 use super::status::{self, Facts};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use super::probe::{run_hook, ContainerProbes, ProbeKind, Target};
 use super::volume::{self, HostMounter, PodVolumes};
 use crate::events::{container_reference, reason, EventType, Recorder};
 use crate::policy::{PolicyEnforcer, FAILED_NETWORK_POLICY};
 use crate::runtime::Runtime;
-use crate::source::ObjectKey;
+use crate::store::ObjectGetter;
 
 /// The image pull back-off: 10 s doubling to 5 min, as for container restarts.
 const PULL_BACKOFF: (Duration, Duration) = (plan::INITIAL_BACKOFF, plan::MAX_BACKOFF);
@@ -66,15 +66,12 @@ pub struct PodWorker<R: Runtime> {
     probes: HashMap<String, ContainerProbes>,
     /// Wakes this pod's sync loop; probe results use it.
     wake: Arc<Notify>,
-    /// The ConfigMaps and Secrets of the manifest directory, for volumes.
-    objects: watch::Receiver<Arc<Objects>>,
+    /// The ConfigMaps and Secrets volumes refer to.
+    objects: Arc<dyn ObjectGetter>,
     /// Puts the pod's NetworkPolicy in place before its containers start; `None` where
     /// policy is not enforced.
     policy: Option<Arc<PolicyEnforcer>>,
 }
-
-/// Objects of the manifest directory other than pods, by kind, namespace and name.
-pub type Objects = BTreeMap<ObjectKey, serde_json::Value>;
 
 impl<R: Runtime> PodWorker<R> {
     pub fn new(
@@ -83,7 +80,7 @@ impl<R: Runtime> PodWorker<R> {
         uid: String,
         events: Recorder,
         wake: Arc<Notify>,
-        objects: watch::Receiver<Arc<Objects>>,
+        objects: Arc<dyn ObjectGetter>,
     ) -> Self {
         PodWorker {
             runtime,
@@ -232,8 +229,7 @@ impl<R: Runtime> PodWorker<R> {
         let mut acted = false;
         // Volumes are set up (and configMap contents refreshed) before anything starts; a
         // pod whose volumes cannot be set up starts nothing, and what runs keeps running.
-        let objects = self.objects.borrow().clone();
-        let volumes = match volume::prepare(pod, &self.ctx, &objects, &HostMounter) {
+        let volumes = match volume::prepare(pod, &self.ctx, &*self.objects, &HostMounter) {
             Ok(volumes) => Some(volumes),
             Err(e) => {
                 self.events.warning(

@@ -1,17 +1,18 @@
 //! The one writer of the policy maps. Three things change what they should hold, and each
 //! goes through [`PolicyEnforcer::sync`]: a pod worker admitting its sandbox's interface
-//! (before the pod's first container starts) or releasing it, the manifests' NetworkPolicies
-//! and Namespaces, and other pods' addresses and labels (peers).
+//! (before the pod's first container starts) or releasing it, the NetworkPolicies and
+//! Namespaces of the object store, and other pods' addresses and labels (peers). Compiling
+//! and writing the maps run on blocking threads, off the daemon's executor.
 //!
 //! The endpoints (pod UID → sandbox, interface, address, labels) are kept in a small file
 //! under the root directory, so that a restarted bosun compiles exactly what the last one
 //! did and rewrites nothing: the pinned programs and maps enforce policy all the while, and
-//! nothing is written before the manifests have been read.
+//! nothing is written before the policies and namespaces have all been read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bosun_netdp::netlink;
@@ -23,12 +24,11 @@ use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::Resource as _;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Mutex, Notify};
+use tokio::sync::Mutex;
 
-use crate::daemon::PodStore;
 use crate::events::{EventType, Recorder};
-use crate::service::proxy::{decode_all, error_chain};
-use crate::source::Snapshot;
+use crate::store::{PodStore, Store};
+use crate::util::{error_chain, sleep_or_never};
 
 /// Event reason: the policy datapath could not be installed, written or attached. On a pod,
 /// its containers are not started until it can.
@@ -40,13 +40,6 @@ pub const INVALID_NETWORK_POLICY: &str = "FailedToProgramNetworkPolicy";
 const STATE_FILE: &str = "policy-endpoints.json";
 /// Longest wait between two attempts at a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// The NetworkPolicies and Namespaces last compiled, for the local API.
-#[derive(Clone, Debug, Default)]
-pub struct PolicyView {
-    pub policies: Arc<Vec<NetworkPolicy>>,
-    pub namespaces: Arc<Vec<Namespace>>,
-}
 
 /// A pod with an interface on this node, as its worker admitted it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,12 +71,6 @@ struct Installed {
     reconciler: PolicyReconciler<PinnedPolicyMaps>,
 }
 
-struct Decoded {
-    snapshot: Arc<Snapshot>,
-    policies: Arc<Vec<NetworkPolicy>>,
-    namespaces: Arc<Vec<Namespace>>,
-}
-
 #[derive(Default)]
 struct Inner {
     installed: Option<Installed>,
@@ -92,7 +79,6 @@ struct Inner {
     /// Interfaces this process attached the programs to (after a restart the pinned links
     /// of the previous one run until each pod is admitted again and gets the new programs).
     attached: BTreeSet<u32>,
-    decoded: Option<Decoded>,
     /// Problems already reported as events.
     reported: BTreeSet<String>,
     /// What the maps were last made to hold.
@@ -105,8 +91,8 @@ pub struct PolicyEnforcer {
     state_file: PathBuf,
     pods: PodStore,
     events: Recorder,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    view: Arc<RwLock<PolicyView>>,
+    policies: Store<NetworkPolicy>,
+    namespaces: Store<Namespace>,
     inner: Mutex<Inner>,
 }
 
@@ -117,8 +103,8 @@ impl PolicyEnforcer {
         root_dir: &Path,
         pods: PodStore,
         events: Recorder,
-        snapshots: watch::Receiver<Arc<Snapshot>>,
-        view: Arc<RwLock<PolicyView>>,
+        policies: Store<NetworkPolicy>,
+        namespaces: Store<Namespace>,
     ) -> Arc<Self> {
         let state_file = root_dir.join(STATE_FILE);
         let endpoints = match std::fs::read(&state_file) {
@@ -137,8 +123,8 @@ impl PolicyEnforcer {
             state_file,
             pods,
             events,
-            snapshots,
-            view,
+            policies,
+            namespaces,
             inner: Mutex::new(Inner {
                 endpoints,
                 ..Inner::default()
@@ -191,7 +177,7 @@ impl PolicyEnforcer {
         };
         let mut inner = self.inner.lock().await;
         let previous = inner.endpoints.insert(uid.to_owned(), record);
-        let result = self.sync(&mut inner).and_then(|()| {
+        let result = self.sync(&mut inner).await.and_then(|()| {
             let installed = inner.installed.as_mut().ok_or("no datapath")?;
             installed
                 .datapath
@@ -226,22 +212,26 @@ impl PolicyEnforcer {
         let Some(record) = inner.endpoints.remove(uid) else {
             return;
         };
-        if let Err(message) = self.sync(&mut inner) {
+        if let Err(message) = self.sync(&mut inner).await {
             tracing::warn!(%message, "network policy: removing an endpoint");
         }
         Self::detach(&mut inner, record.ifindex);
         self.save(&inner);
     }
 
-    /// The controller: follows the manifests and other pods, retrying a failed write with
-    /// backoff. The programs and maps stay when it ends.
-    pub async fn run(self: Arc<Self>, pods_changed: Arc<Notify>) {
-        let mut snapshots = self.snapshots.clone();
+    /// The controller: follows the policies, namespaces and other pods, retrying a failed
+    /// write with backoff. The programs and maps stay when it ends.
+    pub async fn run(self: Arc<Self>) {
+        let mut changes = [
+            self.policies.subscribe(),
+            self.namespaces.subscribe(),
+            self.pods.subscribe(),
+        ];
         let mut backoff = Duration::from_millis(500);
         loop {
             let result = {
                 let mut inner = self.inner.lock().await;
-                self.sync(&mut inner)
+                self.sync(&mut inner).await
             };
             let retry = match result {
                 Ok(()) => {
@@ -261,44 +251,25 @@ impl PolicyEnforcer {
                     Some(retry)
                 }
             };
+            let [policies, namespaces, pods] = &mut changes;
             tokio::select! {
-                changed = snapshots.changed() => if changed.is_err() { return },
-                () = pods_changed.notified() => {}
-                () = async {
-                    match retry {
-                        Some(delay) => tokio::time::sleep(delay).await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
+                _ = policies.changed() => {}
+                _ = namespaces.changed() => {}
+                _ = pods.changed() => {}
+                () = sleep_or_never(retry) => {}
+            }
+            for subscription in &mut changes {
+                subscription.take();
             }
         }
     }
 
-    /// Compiles what the maps should hold now and writes the difference. Writes nothing
-    /// before the manifests have been read: until then the maps keep enforcing what the last
-    /// bosun wrote.
-    fn sync(&self, inner: &mut Inner) -> Result<(), String> {
-        let snapshot = self.snapshots.borrow().clone();
-        if !snapshot.scanned() {
-            return Err("the manifests have not been read yet".to_owned());
-        }
-        if !inner
-            .decoded
-            .as_ref()
-            .is_some_and(|d| Arc::ptr_eq(&d.snapshot, &snapshot))
-        {
-            let decoded = Decoded {
-                policies: Arc::new(decode_all(&snapshot.objects)),
-                namespaces: Arc::new(decode_all(&snapshot.objects)),
-                snapshot,
-            };
-            if let Ok(mut view) = self.view.write() {
-                *view = PolicyView {
-                    policies: decoded.policies.clone(),
-                    namespaces: decoded.namespaces.clone(),
-                };
-            }
-            inner.decoded = Some(decoded);
+    /// Compiles what the maps should hold now and writes the difference, both on blocking
+    /// threads. Writes nothing before the policies and namespaces have all been read: until
+    /// then the maps keep enforcing what the last bosun wrote.
+    async fn sync(&self, inner: &mut Inner) -> Result<(), String> {
+        if !self.policies.is_synced() || !self.namespaces.is_synced() {
+            return Err("the NetworkPolicies have not all been read yet".to_owned());
         }
         if inner.installed.is_none() {
             let datapath = datapath::install(&self.bpf_dir)
@@ -316,10 +287,16 @@ impl PolicyEnforcer {
         self.prune(inner);
 
         let pods = self.policy_pods(inner);
-        let Some(decoded) = &inner.decoded else {
-            return Ok(());
-        };
-        let compiled = datapath::compile(&decoded.policies, &decoded.namespaces, &pods);
+        let (policies, namespaces) = (self.policies.list(), self.namespaces.list());
+        let compiled = tokio::task::spawn_blocking(move || {
+            datapath::compile(
+                policies.iter().map(|p| &**p),
+                namespaces.iter().map(|n| &**n),
+                &pods,
+            )
+        })
+        .await
+        .map_err(|e| format!("compiling the network policies: {e}"))?;
         self.report(&mut inner.reported, &compiled);
         let node = netlink::node_addresses()
             .map_err(|e| format!("listing the node's addresses: {}", error_chain(&e)))?;
@@ -330,15 +307,20 @@ impl PolicyEnforcer {
         {
             return Ok(());
         }
-        let Some(installed) = inner.installed.as_mut() else {
+        let Some(mut installed) = inner.installed.take() else {
             return Ok(());
         };
         // Whatever happens, what the maps hold is no longer known to be `applied`.
         inner.applied = None;
-        installed
-            .reconciler
-            .apply(&compiled, &node)
-            .map_err(|e| format!("writing the policy maps: {}", error_chain(&e)))?;
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = installed.reconciler.apply(&compiled, &node);
+            (installed, compiled, node, result)
+        })
+        .await
+        .map_err(|e| format!("writing the policy maps: {e}"))?;
+        let (installed, compiled, node, result) = joined;
+        inner.installed = Some(installed);
+        result.map_err(|e| format!("writing the policy maps: {}", error_chain(&e)))?;
         inner.applied = Some((compiled, node));
         Ok(())
     }
@@ -356,16 +338,14 @@ impl PolicyEnforcer {
             .map(|e| (e.namespace.clone(), e.name.clone()))
             .collect();
         let addresses: BTreeSet<Ipv4Addr> = inner.endpoints.values().map(|e| e.ip).collect();
-        if let Ok(store) = self.pods.read() {
-            for pod in store.values() {
-                let Some(peer) = peer(pod) else { continue };
-                if local.contains(&(peer.namespace.clone(), peer.name.clone()))
-                    || addresses.contains(&peer.ip)
-                {
-                    continue;
-                }
-                pods.push(peer);
+        for pod in self.pods.list() {
+            let Some(peer) = peer(&pod) else { continue };
+            if local.contains(&(peer.namespace.clone(), peer.name.clone()))
+                || addresses.contains(&peer.ip)
+            {
+                continue;
             }
+            pods.push(peer);
         }
         pods
     }

@@ -1,5 +1,5 @@
 //! NetworkPolicy enforcement for the pods of this node: which pods are endpoints (a sandbox
-//! with an interface here), what policies and namespaces the manifests hold, and the one
+//! with an interface here), the policies and namespaces of the object store, and the one
 //! writer that turns them into the datapath's maps through netdp's compiler and reconciler.
 //!
 //! A pod's policy is in place before its first container starts: the pod worker calls
@@ -8,4 +8,4 @@
 
 mod enforcer;
 
-pub use enforcer::{PolicyEnforcer, PolicyView, FAILED_NETWORK_POLICY, INVALID_NETWORK_POLICY};
+pub use enforcer::{PolicyEnforcer, FAILED_NETWORK_POLICY, INVALID_NETWORK_POLICY};

@@ -7,13 +7,17 @@
 //! (nothing reads it here), zones and topology hints (no Node objects), and IPv6 slices
 //! (bosun's datapath is IPv4 only for now).
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::store::{PodStore, Store, Writer};
 
 /// The label naming a slice's Service (`discovery.LabelServiceName`).
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -27,11 +31,47 @@ pub const MANAGED_BY: &str = "bosun";
 /// The controller's default `--max-endpoints-per-slice`.
 const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
+/// The EndpointSlice controller for the pods of this node: follows the Services and the pods'
+/// status and keeps their slices in the store under [`Source::Local`](crate::store::Source::Local), computed off the
+/// daemon's executor. Runs until the task is dropped. Standalone this is the only writer of
+/// static pods' slices; in a cluster the controller manager writes them and this is not run.
+pub async fn run_controller(
+    services: Store<Service>,
+    pods: PodStore,
+    slices: Writer<EndpointSlice>,
+    node: String,
+) {
+    let mut service_changes = services.subscribe();
+    let mut pod_changes = pods.subscribe();
+    loop {
+        let (listed_services, listed_pods) = (services.list(), pods.list());
+        let node = node.clone();
+        let computed = tokio::task::spawn_blocking(move || {
+            slices_for_pods(listed_services.iter().map(|s| &**s), &listed_pods, &node)
+        })
+        .await;
+        match computed {
+            Ok(computed) => slices.replace(computed.into_iter().map(Arc::new)),
+            Err(e) => tracing::error!(error = %e, "computing the static pods' EndpointSlices"),
+        }
+        tokio::select! {
+            _ = service_changes.changed() => {}
+            _ = pod_changes.changed() => {}
+        }
+        service_changes.take();
+        pod_changes.take();
+    }
+}
+
 /// The EndpointSlices of every Service with a selector, over the pods it selects, for a node
 /// named `node`. Slices are named `<service>-bosun-<n>`, numbered per Service in the order of
 /// their port sets; the output is sorted by namespace, then Service, then slice number.
-pub fn slices_for_pods(services: &[Service], pods: &[Pod], node: &str) -> Vec<EndpointSlice> {
-    let mut ordered: Vec<&Service> = services.iter().collect();
+pub fn slices_for_pods<'s, P: Borrow<Pod>>(
+    services: impl IntoIterator<Item = &'s Service>,
+    pods: &[P],
+    node: &str,
+) -> Vec<EndpointSlice> {
+    let mut ordered: Vec<&Service> = services.into_iter().collect();
     ordered.sort_by(|a, b| object_key(&a.metadata).cmp(&object_key(&b.metadata)));
     ordered
         .into_iter()
@@ -39,7 +79,11 @@ pub fn slices_for_pods(services: &[Service], pods: &[Pod], node: &str) -> Vec<En
         .collect()
 }
 
-fn slices_for_service(service: &Service, pods: &[Pod], node: &str) -> Vec<EndpointSlice> {
+fn slices_for_service<P: Borrow<Pod>>(
+    service: &Service,
+    pods: &[P],
+    node: &str,
+) -> Vec<EndpointSlice> {
     let (namespace, name) = object_key(&service.metadata);
     let Some(spec) = &service.spec else {
         return Vec::new();
@@ -60,6 +104,7 @@ fn slices_for_service(service: &Service, pods: &[Pod], node: &str) -> Vec<Endpoi
     // `reconcile`: one group of endpoints per distinct set of resolved ports.
     let mut by_ports: BTreeMap<Vec<PortKey>, Vec<Endpoint>> = BTreeMap::new();
     for pod in pods {
+        let pod: &Pod = pod.borrow();
         let (pod_namespace, _) = object_key(&pod.metadata);
         if pod_namespace != namespace || !selects(selector, pod) || !should_be_in_endpoints(pod) {
             continue;

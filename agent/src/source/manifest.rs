@@ -5,13 +5,15 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, Toleration};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use k8s_openapi::Resource;
+use k8s_openapi::{Metadata, Resource};
 use serde::de::DeserializeOwned;
 use serde::Deserialize as _;
 use serde_json::Value;
@@ -20,6 +22,8 @@ use sha2::{Digest, Sha256};
 use super::defaults::apply_defaults;
 use super::strict::{decode, Problem};
 use super::validate::{check_label, check_subdomain, static_pod_name, unsupported, validate_pod};
+use super::validate_objects::Validate;
+use crate::store::{self, ObjectKey, Source};
 
 /// Where the pod came from; `file` for a manifest directory, as kubelet writes it.
 pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
@@ -28,9 +32,8 @@ pub const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
 /// When the pod was first read in its current form (RFC 3339). Not part of the hash.
 pub const CONFIG_SEEN_ANNOTATION: &str = "kubernetes.io/config.seen";
 
-/// `(kind, namespace, name)` of an object that is not a pod. The namespace is empty for
-/// cluster-scoped kinds (`Namespace`).
-pub type ObjectKey = (String, String, String);
+/// An object that is not a pod: its kind and key.
+type KindKey = (&'static str, ObjectKey);
 
 /// One problem with a manifest, with where it is. Retrying does not help: the file has to
 /// change. Displays as `pods/web.yaml: spec.containers[0].image: required value`.
@@ -81,18 +84,14 @@ impl StaticPod {
     }
 }
 
-/// Everything a manifest directory asks for at one moment.
+/// The pods a manifest directory asks for at one moment, and what is wrong with it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     /// Pods by `namespace/name` (the name with the node name appended).
     pub pods: BTreeMap<String, StaticPod>,
-    /// Services, EndpointSlices, NetworkPolicies, Namespaces, ConfigMaps and Secrets, as
-    /// written but with `metadata.namespace` filled in for namespaced kinds. Each has passed
-    /// a strict decode into its Kubernetes type.
-    pub objects: BTreeMap<ObjectKey, Value>,
     /// Problems, one per bad field, in file name order. A bad document contributes nothing
-    /// to `pods` or `objects`; the other documents and files are unaffected. They are not
-    /// logged here: the consumer decides how loudly to report them.
+    /// to `pods` or to the objects; the other documents and files are unaffected. They are
+    /// not logged here: the consumer decides how loudly to report them.
     pub errors: Vec<ManifestError>,
     /// Set by a read of the directory; `Snapshot::default()` is the placeholder that has
     /// not seen the directory, and must not be taken to mean "no pods are wanted".
@@ -106,8 +105,8 @@ impl Snapshot {
         self.scanned
     }
 
-    /// Whether the two ask for the same thing: the same pods (by UID), the same objects
-    /// and the same errors. Ignores when pods were seen.
+    /// Whether the two ask for the same thing: the same pods (by UID) and the same errors.
+    /// Ignores when pods were seen.
     pub fn same_desired_state(&self, other: &Snapshot) -> bool {
         let uids = |s: &Snapshot| -> Vec<(String, String)> {
             s.pods
@@ -117,13 +116,104 @@ impl Snapshot {
         };
         let texts =
             |s: &Snapshot| -> Vec<String> { s.errors.iter().map(ToString::to_string).collect() };
-        uids(self) == uids(other) && self.objects == other.objects && texts(self) == texts(other)
+        uids(self) == uids(other) && texts(self) == texts(other)
+    }
+}
+
+/// The objects other than pods that a manifest directory holds: decoded once, strictly,
+/// into their Kubernetes types and validated, with `metadata.namespace` filled in for
+/// namespaced kinds. The same `Arc`s go into the object store, so each is held once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ManifestObjects {
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub network_policies: Vec<Arc<NetworkPolicy>>,
+    pub namespaces: Vec<Arc<Namespace>>,
+    pub config_maps: Vec<Arc<ConfigMap>>,
+    pub secrets: Vec<Arc<Secret>>,
+}
+
+impl ManifestObjects {
+    /// Makes these the manifest directory's objects in `objects`; what did not change is
+    /// not announced.
+    pub fn store(self, objects: &store::Objects) {
+        objects.services.writer(Source::File).replace(self.services);
+        objects
+            .endpoint_slices
+            .writer(Source::File)
+            .replace(self.endpoint_slices);
+        objects
+            .network_policies
+            .writer(Source::File)
+            .replace(self.network_policies);
+        objects
+            .namespaces
+            .writer(Source::File)
+            .replace(self.namespaces);
+        objects
+            .config_maps
+            .writer(Source::File)
+            .replace(self.config_maps);
+        objects.secrets.writer(Source::File).replace(self.secrets);
+    }
+
+    fn push(&mut self, object: &AnyObject) {
+        match object {
+            AnyObject::Service(o) => self.services.push(o.clone()),
+            AnyObject::EndpointSlice(o) => self.endpoint_slices.push(o.clone()),
+            AnyObject::NetworkPolicy(o) => self.network_policies.push(o.clone()),
+            AnyObject::Namespace(o) => self.namespaces.push(o.clone()),
+            AnyObject::ConfigMap(o) => self.config_maps.push(o.clone()),
+            AnyObject::Secret(o) => self.secrets.push(o.clone()),
+        }
+    }
+
+    /// How many objects there are of every kind.
+    pub fn len(&self) -> usize {
+        self.services.len()
+            + self.endpoint_slices.len()
+            + self.network_policies.len()
+            + self.namespaces.len()
+            + self.config_maps.len()
+            + self.secrets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One decoded object of a kind other than Pod.
+#[derive(Debug, Clone, PartialEq)]
+enum AnyObject {
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    NetworkPolicy(Arc<NetworkPolicy>),
+    Namespace(Arc<Namespace>),
+    ConfigMap(Arc<ConfigMap>),
+    Secret(Arc<Secret>),
+}
+
+impl AnyObject {
+    /// The metadata of an object not shared yet (just decoded).
+    fn metadata_mut(&mut self) -> Option<&mut ObjectMeta> {
+        fn meta<T: Metadata<Ty = ObjectMeta>>(object: &mut Arc<T>) -> Option<&mut ObjectMeta> {
+            Arc::get_mut(object).map(Metadata::metadata_mut)
+        }
+        match self {
+            AnyObject::Service(o) => meta(o),
+            AnyObject::EndpointSlice(o) => meta(o),
+            AnyObject::NetworkPolicy(o) => meta(o),
+            AnyObject::Namespace(o) => meta(o),
+            AnyObject::ConfigMap(o) => meta(o),
+            AnyObject::Secret(o) => meta(o),
+        }
     }
 }
 
 /// Reads every manifest in `dir` once. Use [`ManifestSource`] (or `watch`) to read
 /// repeatedly: it also keeps a file's last good content while the file reads badly.
-pub fn scan(dir: &Path, node_name: &str) -> Snapshot {
+pub fn scan(dir: &Path, node_name: &str) -> (Snapshot, ManifestObjects) {
     ManifestSource::new(dir, node_name).rescan()
 }
 
@@ -166,7 +256,7 @@ impl ManifestSource {
     }
 
     /// Reads the directory now. Blocking file I/O: call it off the async executor.
-    pub fn rescan(&mut self) -> Snapshot {
+    pub fn rescan(&mut self) -> (Snapshot, ManifestObjects) {
         let seen = now_rfc3339();
         let (files, listing_error) = match list_manifest_files(&self.dir) {
             Ok(files) => (files, None),
@@ -179,9 +269,9 @@ impl ManifestSource {
                     .iter()
                     .map(|(file, manifests)| (file.clone(), manifests.clone()))
                     .collect();
-                let mut snapshot = merge(Some(error), &kept);
+                let (mut snapshot, objects) = merge(Some(error), &kept);
                 self.keep_first_seen(&mut snapshot);
-                return snapshot;
+                return (snapshot, objects);
             }
         };
 
@@ -202,10 +292,10 @@ impl ManifestSource {
         self.last_good
             .retain(|file, _| read.iter().any(|(present, _)| present == file));
 
-        let mut snapshot = merge(listing_error, &read);
+        let (mut snapshot, objects) = merge(listing_error, &read);
         self.keep_first_seen(&mut snapshot);
         self.warn_skipped(&read);
-        snapshot
+        (snapshot, objects)
     }
 
     /// A pod unchanged since the last rescan keeps the time it was first seen.
@@ -258,7 +348,7 @@ impl ManifestSource {
 struct FileManifests {
     /// With the number of their document, as in [`ManifestError::document`].
     pods: Vec<(Option<usize>, StaticPod)>,
-    objects: Vec<(Option<usize>, ObjectKey, Value)>,
+    objects: Vec<(Option<usize>, KindKey, AnyObject)>,
     errors: Vec<ManifestError>,
     /// Documents of kinds bosun does not read, as log lines.
     skipped: Vec<String>,
@@ -421,18 +511,56 @@ struct ObjectKind {
     kind: &'static str,
     api_version: &'static str,
     namespaced: bool,
-    decode: fn(&Value) -> Vec<Problem>,
+    /// Decodes strictly into the kind's type: the object, or every problem found.
+    decode: fn(&Value) -> Result<AnyObject, Vec<Problem>>,
 }
 
-fn object_kind<T: Resource + DeserializeOwned>(namespaced: bool) -> ObjectKind {
+/// A kind [`AnyObject`] holds.
+trait Kept: Resource + DeserializeOwned + Validate {
+    fn wrap(object: Arc<Self>) -> AnyObject;
+}
+
+macro_rules! kept {
+    ($($kind:ident),*) => {
+        $(impl Kept for $kind {
+            fn wrap(object: Arc<Self>) -> AnyObject {
+                AnyObject::$kind(object)
+            }
+        })*
+    };
+}
+kept!(
+    Service,
+    EndpointSlice,
+    NetworkPolicy,
+    Namespace,
+    ConfigMap,
+    Secret
+);
+
+/// Decodes strictly and validates as the API server would. An unknown field is most often a
+/// misspelt known one, which validation would report a second time as missing, so only an
+/// object without unknown fields is validated.
+fn decode_kept<T: Kept>(value: &Value) -> Result<AnyObject, Vec<Problem>> {
+    match decode::<T>(value) {
+        Ok((object, unknown_fields)) if unknown_fields.is_empty() => {
+            let problems = object.validate();
+            if problems.is_empty() {
+                Ok(T::wrap(Arc::new(object)))
+            } else {
+                Err(problems)
+            }
+        }
+        Ok((_, problems)) | Err(problems) => Err(problems),
+    }
+}
+
+fn object_kind<T: Kept>(namespaced: bool) -> ObjectKind {
     ObjectKind {
         kind: T::KIND,
         api_version: T::API_VERSION,
         namespaced,
-        decode: |value| match decode::<T>(value) {
-            Ok((_, unknown_fields)) => unknown_fields,
-            Err(problems) => problems,
-        },
+        decode: decode_kept::<T>,
     }
 }
 
@@ -531,38 +659,38 @@ impl DocumentReader<'_> {
         }
     }
 
-    fn read_object(&mut self, mut value: Value, kind: &ObjectKind) {
-        let problems = (kind.decode)(&value);
-        if !problems.is_empty() {
-            return self.problems(problems);
-        }
-        let name = match value.pointer("/metadata/name").and_then(Value::as_str) {
+    fn read_object(&mut self, value: Value, kind: &ObjectKind) {
+        let mut object = match (kind.decode)(&value) {
+            Ok(object) => object,
+            Err(problems) => return self.problems(problems),
+        };
+        let Some(meta) = object.metadata_mut() else {
+            return self.error("", "cannot take the object apart".into());
+        };
+        let name = match meta.name.as_deref() {
             None | Some("") => return self.error("metadata.name", "required value".into()),
-            Some(name) => name.to_string(),
+            Some(name) => name.to_owned(),
         };
         if let Err(why) = check_subdomain(&name) {
             return self.error("metadata.name", format!("invalid value {name:?}: {why}"));
         }
         let namespace = if kind.namespaced {
-            let namespace = value
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
+            let namespace = meta
+                .namespace
+                .clone()
                 .filter(|ns| !ns.is_empty())
-                .unwrap_or("default")
-                .to_string();
+                .unwrap_or_else(|| "default".to_owned());
             if let Err(why) = check_label(&namespace) {
                 let message = format!("invalid value {namespace:?}: {why}");
                 return self.error("metadata.namespace", message);
             }
-            if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-                metadata.insert("namespace".into(), Value::String(namespace.clone()));
-            }
+            meta.namespace = Some(namespace.clone());
             namespace
         } else {
             String::new()
         };
-        let key = (kind.kind.to_string(), namespace, name);
-        self.out.objects.push((self.document, key, value));
+        let key = (kind.kind, ObjectKey::new(namespace, name));
+        self.out.objects.push((self.document, key, object));
     }
 
     /// A top-level string field that must be present: `kind` or `apiVersion`.
@@ -725,13 +853,17 @@ fn parse_octal(s: &str) -> Option<u32> {
 
 /// Combines the files, in order: the first file to define a pod or object wins, a later
 /// definition is an error of the later file.
-fn merge(listing_error: Option<ManifestError>, read: &[(PathBuf, FileManifests)]) -> Snapshot {
+fn merge(
+    listing_error: Option<ManifestError>,
+    read: &[(PathBuf, FileManifests)],
+) -> (Snapshot, ManifestObjects) {
     let mut snapshot = Snapshot {
         errors: listing_error.into_iter().collect(),
         scanned: true,
         ..Snapshot::default()
     };
-    let mut object_files: BTreeMap<ObjectKey, &Path> = BTreeMap::new();
+    let mut objects = ManifestObjects::default();
+    let mut object_files: BTreeMap<&KindKey, &Path> = BTreeMap::new();
     for (file, manifests) in read {
         snapshot.errors.extend(manifests.errors.iter().cloned());
         for (document, static_pod) in &manifests.pods {
@@ -746,24 +878,23 @@ fn merge(listing_error: Option<ManifestError>, read: &[(PathBuf, FileManifests)]
                 snapshot.pods.insert(key, static_pod.clone());
             }
         }
-        for (document, key, value) in &manifests.objects {
+        for (document, key, object) in &manifests.objects {
             if let Some(first) = object_files.get(key) {
-                let (kind, namespace, name) = key;
-                let what = if namespace.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{namespace}/{name}")
-                };
-                snapshot
-                    .errors
-                    .push(duplicate_error(file, *document, kind, &what, first));
+                let (kind, what) = key;
+                snapshot.errors.push(duplicate_error(
+                    file,
+                    *document,
+                    kind,
+                    &what.to_string(),
+                    first,
+                ));
             } else {
-                object_files.insert(key.clone(), file);
-                snapshot.objects.insert(key.clone(), value.clone());
+                object_files.insert(key, file);
+                objects.push(object);
             }
         }
     }
-    snapshot
+    (snapshot, objects)
 }
 
 fn duplicate_error(

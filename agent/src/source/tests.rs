@@ -3,7 +3,10 @@
 use std::fs;
 use std::path::Path;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use super::*;
+use crate::store::ObjectKey;
 
 const NODE: &str = "Node1";
 
@@ -44,7 +47,7 @@ impl Dir {
     }
 
     fn scan(&self) -> Snapshot {
-        scan(self.path(), NODE)
+        scan(self.path(), NODE).0
     }
 
     /// Errors as displayed, with the temporary directory shown as `pods/`.
@@ -149,7 +152,7 @@ fn uid_is_stable_and_follows_the_content() {
         "back to the old content"
     );
 
-    let other_node = scan(dir.path(), "node2");
+    let other_node = scan(dir.path(), "node2").0;
     let other_uid = other_node.pods["default/web-node2"].uid();
     assert_ne!(other_uid, uid_of(&first), "the node is part of the UID");
 
@@ -165,8 +168,8 @@ fn uid_is_stable_and_follows_the_content() {
 fn rescans_of_unchanged_files_are_identical() {
     let dir = Dir::with(&[("web.yaml", WEB)]);
     let mut source = ManifestSource::new(dir.path(), NODE);
-    let first = source.rescan();
-    let second = source.rescan();
+    let first = source.rescan().0;
+    let second = source.rescan().0;
     assert!(first.same_desired_state(&second));
     assert_eq!(
         first, second,
@@ -407,36 +410,62 @@ kind: SomethingElse
 "
         ),
     )]);
-    let snapshot = dir.scan();
+    let (snapshot, objects) = scan(dir.path(), NODE);
     assert_eq!(snapshot.errors, []);
     assert_eq!(
         snapshot.pods.keys().collect::<Vec<_>>(),
         ["default/web-node1"]
     );
 
-    let key =
-        |kind: &str, ns: &str, name: &str| (kind.to_string(), ns.to_string(), name.to_string());
-    let keys: Vec<&ObjectKey> = snapshot.objects.keys().collect();
+    let keys = |metas: Vec<&ObjectMeta>| -> Vec<String> {
+        metas
+            .into_iter()
+            .map(|m| ObjectKey::of(m).to_string())
+            .collect()
+    };
     assert_eq!(
-        keys,
-        [
-            &key("ConfigMap", "apps", "conf"),
-            &key("EndpointSlice", "default", "web-1"),
-            &key("Namespace", "", "apps"),
-            &key("NetworkPolicy", "default", "deny"),
-            &key("Secret", "default", "token"),
-            &key("Service", "default", "web"),
-        ]
+        keys(objects.config_maps.iter().map(|o| &o.metadata).collect()),
+        ["apps/conf"]
     );
-    let service = &snapshot.objects[&key("Service", "default", "web")];
     assert_eq!(
-        service["metadata"]["namespace"], "default",
+        keys(
+            objects
+                .endpoint_slices
+                .iter()
+                .map(|o| &o.metadata)
+                .collect()
+        ),
+        ["default/web-1"]
+    );
+    assert_eq!(
+        keys(objects.namespaces.iter().map(|o| &o.metadata).collect()),
+        ["apps"]
+    );
+    assert_eq!(
+        keys(
+            objects
+                .network_policies
+                .iter()
+                .map(|o| &o.metadata)
+                .collect()
+        ),
+        ["default/deny"]
+    );
+    assert_eq!(
+        keys(objects.secrets.iter().map(|o| &o.metadata).collect()),
+        ["default/token"]
+    );
+    assert_eq!(
+        keys(objects.services.iter().map(|o| &o.metadata).collect()),
+        ["default/web"],
         "namespace filled in"
     );
-    assert_eq!(
-        service["spec"]["ports"][0]["port"], 80,
-        "otherwise as written"
-    );
+    let port = objects.services[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .map(|p| p[0].port);
+    assert_eq!(port, Some(80), "otherwise as written");
 }
 
 #[test]
@@ -464,7 +493,7 @@ spec:
         snapshot.pods.keys().collect::<Vec<_>>(),
         ["default/api-node1", "default/web-node1"]
     );
-    assert!(snapshot.objects.is_empty());
+    assert!(scan(dir.path(), NODE).1.is_empty());
 }
 
 #[test]
@@ -545,7 +574,7 @@ fn only_manifest_files_directly_in_the_directory_are_read() {
 fn a_missing_directory_is_one_error() {
     let dir = Dir::new();
     let missing = dir.path().join("manifests");
-    let snapshot = scan(&missing, NODE);
+    let snapshot = scan(&missing, NODE).0;
     assert!(snapshot.pods.is_empty());
     assert_eq!(
         snapshot
@@ -563,7 +592,7 @@ fn a_missing_directory_is_one_error() {
 #[test]
 fn the_path_may_be_a_single_manifest_file() {
     let dir = Dir::with(&[("pod.manifest", WEB)]);
-    let snapshot = scan(&dir.path().join("pod.manifest"), NODE);
+    let snapshot = scan(&dir.path().join("pod.manifest"), NODE).0;
     assert_eq!(snapshot.errors, []);
     assert!(snapshot.pods.contains_key("default/web-node1"));
 }
@@ -612,7 +641,7 @@ fn unquoted_octal_file_modes_read_as_kubectl_reads_them() {
 fn a_file_that_turns_bad_keeps_its_last_good_pods() {
     let dir = Dir::with(&[("web.yaml", WEB)]);
     let mut source = ManifestSource::new(dir.path(), NODE);
-    let good = source.rescan();
+    let good = source.rescan().0;
     let uid = uid_of(&good);
 
     // Half written: parses, but the container lost its image.
@@ -620,7 +649,7 @@ fn a_file_that_turns_bad_keeps_its_last_good_pods() {
         "web.yaml",
         &WEB[..WEB.find("    image").expect("fixture has an image")],
     );
-    let bad = source.rescan();
+    let bad = source.rescan().0;
     assert_eq!(uid_of(&bad), uid, "the last good pod stays");
     assert_eq!(
         dir.errors(&bad),
@@ -631,17 +660,21 @@ fn a_file_that_turns_bad_keeps_its_last_good_pods() {
         "web.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: web\n",
     );
-    assert_eq!(uid_of(&source.rescan()), uid, "also through syntax errors");
+    assert_eq!(
+        uid_of(&source.rescan().0),
+        uid,
+        "also through syntax errors"
+    );
 
     dir.write("web.yaml", &WEB.replace("nginx:1.27", "nginx:1.28"));
-    let fixed = source.rescan();
+    let fixed = source.rescan().0;
     assert_ne!(uid_of(&fixed), uid, "the fixed file replaces it");
     assert_eq!(fixed.errors, []);
 
     dir.write("web.yaml", "not: [valid");
-    assert_eq!(uid_of(&source.rescan()), uid_of(&fixed));
+    assert_eq!(uid_of(&source.rescan().0), uid_of(&fixed));
     fs::remove_file(dir.path().join("web.yaml")).expect("remove");
-    let deleted = source.rescan();
+    let deleted = source.rescan().0;
     assert!(
         deleted.pods.is_empty(),
         "deleting the file deletes its pods"
@@ -650,5 +683,38 @@ fn a_file_that_turns_bad_keeps_its_last_good_pods() {
 
     // Its last good content is forgotten with it.
     dir.write("web.yaml", "not: [valid");
-    assert!(source.rescan().pods.is_empty());
+    assert!(source.rescan().0.pods.is_empty());
+}
+
+#[test]
+fn invalid_objects_are_refused_with_their_file_field_and_value() {
+    let dir = Dir::with(&[
+        (
+            "svc.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 10.96.0.9\n  ports: [{port: 80, targetPort: 70000}]\n",
+        ),
+        (
+            "netpol.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [192.168.0.0/16]}}]\n",
+        ),
+        (
+            "ok.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fine}\ndata: {k: v}\n",
+        ),
+    ]);
+    let (snapshot, objects) = scan(dir.path(), NODE);
+    let errors = dir.errors(&snapshot);
+    assert_eq!(errors.len(), 2, "{errors:?} {objects:?}");
+    assert!(
+        errors[0].starts_with("pods/netpol.yaml: spec.ingress[0].from[0].ipBlock.except[0]: "),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with("pods/svc.yaml: spec.ports[0].targetPort: ")
+            && errors[1].contains("70000"),
+        "{errors:?}"
+    );
+    // Neither reaches the store; the valid object does.
+    assert!(objects.services.is_empty() && objects.network_policies.is_empty());
+    assert_eq!(objects.config_maps.len(), 1);
 }

@@ -15,7 +15,7 @@ use crate::pod::volume::{
 const RESTART_POLICIES: &[&str] = &["Always", "OnFailure", "Never"];
 const DNS_POLICIES: &[&str] = &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
 const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
-const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
+pub(super) const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
 /// An init container may only restart `Always`, which makes it a sidecar.
 const INIT_RESTART_POLICIES: &[&str] = &["Always"];
 const MOUNT_PROPAGATIONS: &[&str] = &["None", "HostToContainer", "Bidirectional"];
@@ -23,9 +23,9 @@ const MOUNT_PROPAGATIONS: &[&str] = &["None", "HostToContainer", "Bidirectional"
 const MAX_FILE_MODE: i32 = 0o777;
 
 /// The longest object name the API server accepts (a DNS-1123 subdomain).
-const MAX_SUBDOMAIN: usize = 253;
+pub(super) const MAX_SUBDOMAIN: usize = 253;
 /// The longest namespace or container name (a DNS-1123 label).
-const MAX_LABEL: usize = 63;
+pub(super) const MAX_LABEL: usize = 63;
 
 /// Checks a pod as written in a manifest (before defaults), for the node `node_name`
 /// whose name kubelet will append to the pod's.
@@ -427,7 +427,7 @@ fn check_container<'a>(
 }
 
 /// k8s-openapi decodes a missing port number as 0, so 0 means it was left out.
-fn check_required_port(problems: &mut Vec<Problem>, field: &str, port: i32) {
+pub(super) fn check_required_port(problems: &mut Vec<Problem>, field: &str, port: i32) {
     if port == 0 {
         problems.push(Problem::new(field, "required value"));
     } else {
@@ -450,7 +450,7 @@ fn check_target_port(problems: &mut Vec<Problem>, field: &str, port: &IntOrStrin
     }
 }
 
-fn check_port(problems: &mut Vec<Problem>, field: &str, port: i32) {
+pub(super) fn check_port(problems: &mut Vec<Problem>, field: &str, port: i32) {
     if !(1..=65535).contains(&port) {
         problems.push(Problem::new(
             field,
@@ -460,7 +460,7 @@ fn check_port(problems: &mut Vec<Problem>, field: &str, port: i32) {
 }
 
 /// An IANA service name, what a named port must be (RFC 6335).
-fn check_port_name(name: &str) -> Result<(), String> {
+pub(super) fn check_port_name(name: &str) -> Result<(), String> {
     const RULE: &str = "must be an IANA service name: at most 15 characters, lowercase \
                         letters, digits and '-', with at least one letter, no '--', and \
                         starting and ending with a letter or digit";
@@ -475,7 +475,12 @@ fn check_port_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn check_one_of(problems: &mut Vec<Problem>, field: &str, value: Option<&str>, supported: &[&str]) {
+pub(super) fn check_one_of(
+    problems: &mut Vec<Problem>,
+    field: &str,
+    value: Option<&str>,
+    supported: &[&str],
+) {
     let Some(value) = value else {
         return;
     };
@@ -496,11 +501,11 @@ pub(crate) fn unsupported(field: &str, value: &str, supported: &[&str]) -> Probl
     )
 }
 
-fn invalid(field: &str, value: &str, why: &str) -> Problem {
+pub(super) fn invalid(field: &str, value: &str, why: &str) -> Problem {
     Problem::new(field, format!("invalid value {value:?}: {why}"))
 }
 
-fn duplicate(field: &str, value: &str, first: &str) -> Problem {
+pub(super) fn duplicate(field: &str, value: &str, first: &str) -> Problem {
     Problem::new(
         field,
         format!("duplicate value {value:?}: already used by {first}"),
@@ -528,7 +533,7 @@ pub(crate) fn check_subdomain(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn is_label(part: &str) -> bool {
+pub(super) fn is_label(part: &str) -> bool {
     let alphanumeric = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     let bytes = part.as_bytes();
     match (bytes.first(), bytes.last()) {

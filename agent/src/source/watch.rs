@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{self, Instant, MissedTickBehavior};
 
 use super::manifest::{ManifestSource, Snapshot};
+use crate::store::Objects;
 
 /// How long to wait after a file system event for the rest of its burst: an editor's
 /// write-to-temporary-then-rename is several events within a millisecond or two and should
@@ -21,7 +22,9 @@ use super::manifest::{ManifestSource, Snapshot};
 /// written keeps its last good content and is read again on its next event.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
-/// Watches `dir` (which may not exist yet) and publishes the manifests of node `node_name`.
+/// Watches `dir` (which may not exist yet) and publishes the manifests of node `node_name`:
+/// its pods on the returned channel, its other objects into `objects` (always before the
+/// pods that may refer to them).
 ///
 /// The directory is read before this returns, so the receiver starts with a real snapshot,
 /// marked unseen: `changed()` resolves at once for it. It is read again after any change in
@@ -35,14 +38,21 @@ pub fn watch(
     dir: PathBuf,
     node_name: String,
     rescan_every: Duration,
+    objects: Objects,
 ) -> (channel::Receiver<Arc<Snapshot>>, JoinHandle<()>) {
-    spawn(ManifestSource::new(dir, node_name), rescan_every, true)
+    spawn(
+        ManifestSource::new(dir, node_name),
+        rescan_every,
+        true,
+        objects,
+    )
 }
 
 fn spawn(
     mut source: ManifestSource,
     rescan_every: Duration,
     use_inotify: bool,
+    objects: Objects,
 ) -> (channel::Receiver<Arc<Snapshot>>, JoinHandle<()>) {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut inotify = if use_inotify {
@@ -52,7 +62,9 @@ fn spawn(
     };
     // Watch before the first read, so nothing written in between goes unnoticed.
     inotify.refresh();
-    let (tx, mut rx) = channel::channel(Arc::new(source.rescan()));
+    let (first, first_objects) = source.rescan();
+    first_objects.store(&objects);
+    let (tx, mut rx) = channel::channel(Arc::new(first));
     // A consumer looping on `changed()` handles the first snapshot like any other.
     rx.mark_changed();
 
@@ -71,8 +83,10 @@ fn spawn(
                 }
             }
             inotify.refresh();
+            let objects = objects.clone();
             let rescanned = tokio::task::spawn_blocking(move || {
-                let snapshot = source.rescan();
+                let (snapshot, read) = source.rescan();
+                read.store(&objects);
                 (source, snapshot)
             })
             .await;
@@ -266,7 +280,12 @@ spec:
     #[tokio::test]
     async fn inotify_picks_up_add_change_and_delete() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut rx, task) = watch(dir.path().to_path_buf(), "node1".into(), NEVER);
+        let (mut rx, task) = watch(
+            dir.path().to_path_buf(),
+            "node1".into(),
+            NEVER,
+            Objects::default(),
+        );
         assert!(
             rx.has_changed().expect("watching"),
             "the first snapshot is news"
@@ -308,7 +327,12 @@ spec:
     async fn editor_style_write_and_rename_is_one_update() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("web.yaml"), POD).expect("write");
-        let (mut rx, _task) = watch(dir.path().to_path_buf(), "node1".into(), NEVER);
+        let (mut rx, _task) = watch(
+            dir.path().to_path_buf(),
+            "node1".into(),
+            NEVER,
+            Objects::default(),
+        );
         let first_uid = pod_uid(&rx.borrow_and_update()).expect("pod read at once");
 
         let temporary = dir.path().join(".web.yaml.swp");
@@ -323,7 +347,7 @@ spec:
     async fn directory_created_later_is_picked_up() {
         let parent = tempfile::tempdir().expect("tempdir");
         let dir = parent.path().join("manifests");
-        let (mut rx, _task) = watch(dir.clone(), "node1".into(), NEVER);
+        let (mut rx, _task) = watch(dir.clone(), "node1".into(), NEVER, Objects::default());
         assert_eq!(rx.borrow().errors.len(), 1, "missing directory is reported");
 
         fs::create_dir(&dir).expect("mkdir");
@@ -337,7 +361,7 @@ spec:
         let parent = tempfile::tempdir().expect("tempdir");
         let dir = parent.path().join("manifests");
         fs::create_dir(&dir).expect("mkdir");
-        let (mut rx, _task) = watch(dir.clone(), "node1".into(), NEVER);
+        let (mut rx, _task) = watch(dir.clone(), "node1".into(), NEVER, Objects::default());
 
         fs::remove_dir(&dir).expect("rmdir");
         wait_for(&mut rx, LIMIT, |s| !s.errors.is_empty()).await;
@@ -351,7 +375,7 @@ spec:
     async fn periodic_rescan_works_without_inotify() {
         let dir = tempfile::tempdir().expect("tempdir");
         let source = ManifestSource::new(dir.path(), "node1");
-        let (mut rx, _task) = spawn(source, Duration::from_millis(20), false);
+        let (mut rx, _task) = spawn(source, Duration::from_millis(20), false, Objects::default());
         assert!(rx.borrow().pods.is_empty());
 
         fs::write(dir.path().join("web.yaml"), POD).expect("write");

@@ -123,9 +123,9 @@ pub struct PortRange {
 ///
 /// Deterministic: the same input in any order gives the same output. Problems are grouped by
 /// object (kind, namespace, name) and within an object come in the order of its fields.
-pub fn compile(
-    policies: &[NetworkPolicy],
-    namespaces: &[Namespace],
+pub fn compile<'p, 'n>(
+    policies: impl IntoIterator<Item = &'p NetworkPolicy>,
+    namespaces: impl IntoIterator<Item = &'n Namespace>,
     pods: &[PolicyPod],
 ) -> Compiled {
     let mut problems = Vec::new();
@@ -146,7 +146,7 @@ pub fn compile(
 
     // Sorted by name, so that the first isolating policy is the first in this order. Two
     // objects with one name (possible in a manifest directory) are ordered by content.
-    let mut ordered: Vec<&NetworkPolicy> = policies.iter().collect();
+    let mut ordered: Vec<&NetworkPolicy> = policies.into_iter().collect();
     ordered.sort_by(|a, b| {
         object_key(a)
             .cmp(&object_key(b))
@@ -418,12 +418,12 @@ impl<'a> World<'a> {
 
 /// Every namespace's labels: its object's, and always `kubernetes.io/metadata.name`, as the
 /// API server sets it. A namespace known only from its pods has only that label.
-fn namespace_labels(
-    namespaces: &[Namespace],
+fn namespace_labels<'n>(
+    namespaces: impl IntoIterator<Item = &'n Namespace>,
     pods: &[&PolicyPod],
 ) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut objects: Vec<(&str, BTreeMap<String, String>)> = namespaces
-        .iter()
+        .into_iter()
         .filter_map(|n| {
             let name = n.metadata.name.as_deref().filter(|n| !n.is_empty())?;
             Some((name, n.metadata.labels.clone().unwrap_or_default()))

@@ -64,9 +64,9 @@ impl std::fmt::Display for Problem {
 ///
 /// Deterministic: the same input in any order gives the same output. Problems are grouped by
 /// object (kind, namespace, name), and within an object come in the order of its fields.
-pub fn compile<'a>(
-    services: &[Service],
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+pub fn compile<'s, 'e>(
+    services: impl IntoIterator<Item = &'s Service>,
+    slices: impl IntoIterator<Item = &'e EndpointSlice>,
     node: &str,
 ) -> Compiled {
     let mut problems = Vec::new();
@@ -94,7 +94,7 @@ pub fn compile<'a>(
 
     // Which Service keeps a frontend two of them claim depends on this order, so it is the
     // (namespace, name) order and not the input's.
-    let mut ordered: Vec<&Service> = services.iter().collect();
+    let mut ordered: Vec<&Service> = services.into_iter().collect();
     ordered.sort_by(|a, b| object_key(&a.metadata).cmp(&object_key(&b.metadata)));
 
     let mut claimed: BTreeMap<Frontend, DesiredService> = BTreeMap::new();

@@ -67,14 +67,13 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use serde_json::Value;
 
 use self::atomic_writer::Payload;
 use self::etc_hosts::HostsSource;
 use self::layout::{create_dirs, volume_dir, IoFailure, POD_DIR_MODE};
 use self::payload::{KeySource, ObjectKind, Sources, DEFAULT_MODE};
 use crate::pod::spec::{pod_hostname, NodeContext, ParsedQuantity, SpecError};
-use crate::source::ObjectKey;
+use crate::store::ObjectGetter;
 
 pub use self::etc_hosts::ETC_HOSTS_PATH;
 pub(crate) use self::host_path::HOST_PATH_TYPES;
@@ -100,7 +99,7 @@ const MAX_UNMOUNT_ROUNDS: usize = 8;
 ///
 /// Errors of the pod's spec (`Invalid`, `Unsupported`, `InvalidMount`, `UndefinedVolume`,
 /// `MissingField`, `InvalidUid`, `Spec`) stay until the pod changes. `ObjectNotFound`,
-/// `KeyNotFound` and `BadObject` go away when the manifest directory changes, and
+/// `KeyNotFound` go away when the objects change, and
 /// `HostPathType` when the node's files do. The others are failures of the node: retry
 /// with back-off.
 #[derive(Debug, thiserror::Error)]
@@ -142,15 +141,6 @@ pub enum VolumeError {
         namespace: String,
         name: String,
         key: String,
-    },
-    #[error("volume {volume:?}: {kind} \"{namespace}/{name}\" cannot be decoded: {source}")]
-    BadObject {
-        volume: String,
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        #[source]
-        source: serde_json::Error,
     },
     #[error("volume {volume:?}: mounting a tmpfs on {}: {source}", path.display())]
     Mount {
@@ -269,9 +259,8 @@ impl PodVolumes {
 ///
 /// - `ctx`: the node; [`NodeContext::pods_dir`] is where pod directories go,
 ///   `cluster_domain` goes into `/etc/hosts`, and the allocatable memory bounds tmpfs sizes.
-/// - `objects`: the ConfigMaps and Secrets configMap, secret and projected volumes read
-///   (the manifest source's [`Snapshot::objects`](crate::source::Snapshot)); looked up in
-///   the pod's namespace.
+/// - `objects`: the ConfigMaps and Secrets configMap, secret and projected volumes read,
+///   looked up in the pod's namespace.
 /// - `mounter`: [`HostMounter`] in the daemon.
 ///
 /// Each volume is set up as kubelet does: an emptyDir is a directory of mode 0777, with a
@@ -288,12 +277,11 @@ impl PodVolumes {
 /// All volumes are tried; the first error is returned.
 ///
 /// ```no_run
-/// # use std::collections::BTreeMap;
 /// # use bosun::pod::spec::NodeContext;
 /// # use bosun::pod::volume::{self, HostMounter};
 /// # fn sync(pod: &k8s_openapi::api::core::v1::Pod, ctx: &NodeContext,
-/// #         snapshot: &bosun::source::Snapshot) -> Result<(), volume::VolumeError> {
-/// let volumes = volume::prepare(pod, ctx, &snapshot.objects, &HostMounter)?;
+/// #         objects: &bosun::store::Objects) -> Result<(), volume::VolumeError> {
+/// let volumes = volume::prepare(pod, ctx, objects, &HostMounter)?;
 /// for name in volumes.updated() {
 ///     println!("volume {name} updated");
 /// }
@@ -302,7 +290,7 @@ impl PodVolumes {
 pub fn prepare(
     pod: &Pod,
     ctx: &NodeContext,
-    objects: &BTreeMap<ObjectKey, Value>,
+    objects: &dyn ObjectGetter,
     mounter: &dyn Mounter,
 ) -> Result<PodVolumes, VolumeError> {
     let uid = pod
@@ -414,7 +402,7 @@ fn create_pod_dir(pods_dir: &Path, uid: &str) -> Result<PathBuf, VolumeError> {
 struct Setup<'a> {
     pod: &'a Pod,
     ctx: &'a NodeContext,
-    objects: &'a BTreeMap<ObjectKey, Value>,
+    objects: &'a dyn ObjectGetter,
     mounter: &'a dyn Mounter,
     pod_dir: &'a Path,
     /// The mount points under the pod directory, read once when first needed.

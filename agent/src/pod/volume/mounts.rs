@@ -40,7 +40,7 @@ use crate::pod::spec::{expand, RuntimeFacts};
 /// # use bosun::pod::spec::{container_config, ContainerKind, NodeContext, RuntimeFacts};
 /// # use bosun::pod::volume::{self, HostMounter};
 /// # fn run(pod: &k8s_openapi::api::core::v1::Pod, ctx: &NodeContext,
-/// #        objects: &BTreeMap<bosun::source::ObjectKey, serde_json::Value>,
+/// #        objects: &bosun::store::Objects,
 /// #        facts: &RuntimeFacts) -> Result<(), Box<dyn std::error::Error>> {
 /// let volumes = volume::prepare(pod, ctx, objects, &HostMounter)?;
 /// let spec = pod.spec.as_ref().ok_or("no spec")?;

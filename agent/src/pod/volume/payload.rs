@@ -1,20 +1,16 @@
 //! The files of configMap, secret, downwardAPI and projected volumes (kubelet's
 //! `configmap.MakePayload`, `secret.MakePayload`, `downwardapi.CollectData` and the
-//! projected plugin's `collectData`), computed from the pod and the manifest directory's
-//! objects. Pure: the caller writes them with the atomic writer.
+//! projected plugin's `collectData`), computed from the pod and the objects it refers to.
+//! Pure: the caller writes them with the atomic writer.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, ProjectedVolumeSource, Secret,
-};
-use serde::Deserialize as _;
-use serde_json::Value;
+use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, KeyToPath, Pod, ProjectedVolumeSource};
 
 use super::atomic_writer::{FileProjection, Payload};
 use super::layout::{check_item_path, clean_path, format_mode};
 use super::VolumeError;
-use crate::source::ObjectKey;
+use crate::store::ObjectGetter;
 
 /// The mode of projected files when the volume does not say (the API server's default).
 pub(crate) const DEFAULT_MODE: u32 = 0o644;
@@ -43,7 +39,7 @@ impl ObjectKind {
 /// What the payload of one volume is computed from.
 pub(crate) struct Sources<'a> {
     pub pod: &'a Pod,
-    pub objects: &'a BTreeMap<ObjectKey, Value>,
+    pub objects: &'a dyn ObjectGetter,
     /// The volume's name, for errors.
     pub volume: &'a str,
 }
@@ -100,46 +96,36 @@ impl Sources<'_> {
     }
 
     /// The keys and values of a ConfigMap (`data` and `binaryData`) or Secret (`data`, with
-    /// `stringData` merged over it as the API server would), or `None` if the manifest
-    /// directory has no such object.
+    /// `stringData` merged over it as the API server would), or `None` if there is no such
+    /// object.
     fn object_data(
         &self,
         kind: ObjectKind,
         name: &str,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
-        let key = (
-            kind.as_str().to_owned(),
-            self.namespace().to_owned(),
-            name.to_owned(),
-        );
-        let Some(value) = self.objects.get(&key) else {
-            return Ok(None);
-        };
-        let bad_object = |source| VolumeError::BadObject {
-            volume: self.volume.to_owned(),
-            kind: kind.as_str(),
-            namespace: self.namespace().to_owned(),
-            name: name.to_owned(),
-            source,
-        };
+        let namespace = self.namespace();
         let mut data = BTreeMap::new();
         match kind {
             ObjectKind::ConfigMap => {
-                let object = ConfigMap::deserialize(value).map_err(bad_object)?;
-                for (key, text) in object.data.into_iter().flatten() {
-                    data.insert(key, text.into_bytes());
+                let Some(object) = self.objects.config_map(namespace, name) else {
+                    return Ok(None);
+                };
+                for (key, text) in object.data.iter().flatten() {
+                    data.insert(key.clone(), text.clone().into_bytes());
                 }
-                for (key, bytes) in object.binary_data.into_iter().flatten() {
-                    data.insert(key, bytes.0);
+                for (key, bytes) in object.binary_data.iter().flatten() {
+                    data.insert(key.clone(), bytes.0.clone());
                 }
             }
             ObjectKind::Secret => {
-                let object = Secret::deserialize(value).map_err(bad_object)?;
-                for (key, bytes) in object.data.into_iter().flatten() {
-                    data.insert(key, bytes.0);
+                let Some(object) = self.objects.secret(namespace, name) else {
+                    return Ok(None);
+                };
+                for (key, bytes) in object.data.iter().flatten() {
+                    data.insert(key.clone(), bytes.0.clone());
                 }
-                for (key, text) in object.string_data.into_iter().flatten() {
-                    data.insert(key, text.into_bytes());
+                for (key, text) in object.string_data.iter().flatten() {
+                    data.insert(key.clone(), text.clone().into_bytes());
                 }
             }
         }

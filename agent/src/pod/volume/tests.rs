@@ -1,7 +1,6 @@
 //! Pods as YAML in, directories, files, mount calls and CRI mounts out; on a temporary
 //! directory with the fake mounter, except for one test that mounts a real tmpfs.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -71,7 +70,7 @@ impl Node {
     }
 }
 
-type Objects = BTreeMap<ObjectKey, Value>;
+type Objects = crate::store::Objects;
 
 /// A pod from YAML, with the test UID and namespace `default` unless it has them.
 fn pod(yaml: &str) -> Pod {
@@ -86,24 +85,34 @@ fn pod(yaml: &str) -> Pod {
     pod
 }
 
-/// ConfigMaps and Secrets from a multi-document YAML, keyed as the manifest source keys them.
+/// ConfigMaps and Secrets from a multi-document YAML, in namespace `default` unless they say
+/// otherwise, as the manifest source stores them.
 fn objects(yaml: &str) -> Objects {
-    let mut out = Objects::new();
+    use crate::store::Source;
+    let out = Objects::default();
     for document in serde_yaml::Deserializer::from_str(yaml) {
-        let value = Value::deserialize(document).expect("test object parses");
-        let text = |pointer: &str| value.pointer(pointer).and_then(Value::as_str);
-        let key = (
-            text("/kind").expect("kind").to_owned(),
-            text("/metadata/namespace").unwrap_or("default").to_owned(),
-            text("/metadata/name").expect("name").to_owned(),
-        );
-        out.insert(key, value);
+        let mut value = Value::deserialize(document).expect("test object parses");
+        if value.pointer("/metadata/namespace").is_none() {
+            value["metadata"]["namespace"] = "default".into();
+        }
+        match value["kind"].as_str() {
+            Some("ConfigMap") => out
+                .config_maps
+                .writer(Source::File)
+                .apply(std::sync::Arc::new(
+                    serde_json::from_value(value).expect("a ConfigMap"),
+                )),
+            Some("Secret") => out.secrets.writer(Source::File).apply(std::sync::Arc::new(
+                serde_json::from_value(value).expect("a Secret"),
+            )),
+            other => panic!("test objects are ConfigMaps and Secrets, not {other:?}"),
+        }
     }
     out
 }
 
 fn no_objects() -> Objects {
-    Objects::new()
+    Objects::default()
 }
 
 fn container<'a>(pod: &'a Pod, name: &str) -> &'a Container {

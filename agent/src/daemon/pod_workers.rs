@@ -1,0 +1,178 @@
+//! Pod workers (kubelet's `pod_workers.go`): one task per pod UID that brings the runtime to
+//! the pod's spec, hands the status it computed to the status manager, and, once the pod is
+//! no longer wanted, terminates it within its grace period and ends. The daemon tells a
+//! worker what is wanted and wakes it; a worker reaches nothing else.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{watch, Notify};
+
+use super::status_manager::StatusManager;
+use crate::events::Recorder;
+use crate::pod::spec::NodeContext;
+use crate::pod::worker::{grace_period, PodWorker};
+use crate::policy::PolicyEnforcer;
+use crate::runtime::Runtime;
+use crate::store::{ObjectGetter, ObjectKey};
+
+/// How often a worker syncs when nothing wakes it. Exit events, the relist and probe
+/// results wake it at once; this only refreshes what nothing announces (status times).
+pub const RESYNC: Duration = Duration::from_secs(10);
+
+/// What every pod worker shares.
+pub struct Shared<R> {
+    pub runtime: R,
+    pub ctx: Arc<NodeContext>,
+    pub events: Recorder,
+    pub objects: Arc<dyn ObjectGetter>,
+    pub status: StatusManager,
+    /// Enforces NetworkPolicy on pods' interfaces, if configured.
+    pub policy: Option<Arc<PolicyEnforcer>>,
+    /// Told the UID of a worker that has terminated its pod and ended.
+    pub done: UnboundedSender<String>,
+}
+
+struct WorkerHandle {
+    desired: watch::Sender<Option<Arc<Pod>>>,
+    kick: Arc<Notify>,
+}
+
+/// The workers, by pod UID.
+pub struct PodWorkers<R> {
+    shared: Shared<R>,
+    workers: HashMap<String, WorkerHandle>,
+}
+
+impl<R: Runtime> PodWorkers<R> {
+    pub fn new(shared: Shared<R>) -> Self {
+        PodWorkers {
+            shared,
+            workers: HashMap::new(),
+        }
+    }
+
+    /// Tells the worker of `uid` that `pod` is wanted (`None`: no longer), starting one if
+    /// there is none. A pod that is not wanted and has no worker needs nothing.
+    pub fn update(&mut self, uid: &str, pod: Option<Arc<Pod>>) {
+        match self.workers.get(uid) {
+            Some(handle) => {
+                handle.desired.send_replace(pod);
+            }
+            None if pod.is_some() => {
+                let handle = self.spawn(uid.to_owned(), pod);
+                self.workers.insert(uid.to_owned(), handle);
+            }
+            None => {}
+        }
+    }
+
+    /// Starts a worker that terminates a pod the runtime holds but no source wants.
+    pub fn terminate_orphan(&mut self, uid: &str) {
+        if !self.workers.contains_key(uid) {
+            tracing::info!(%uid, "terminating a pod no source wants");
+            let handle = self.spawn(uid.to_owned(), None);
+            self.workers.insert(uid.to_owned(), handle);
+        }
+    }
+
+    /// Wakes the worker of `uid`, if there is one.
+    pub fn kick(&self, uid: &str) {
+        if let Some(handle) = self.workers.get(uid) {
+            handle.kick.notify_one();
+        }
+    }
+
+    /// Forgets the worker of `uid`, which has ended.
+    pub fn done(&mut self, uid: &str) {
+        self.workers.remove(uid);
+    }
+
+    pub fn contains(&self, uid: &str) -> bool {
+        self.workers.contains_key(uid)
+    }
+
+    /// How many workers run a wanted pod.
+    pub fn active(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|h| h.desired.borrow().is_some())
+            .count()
+    }
+
+    fn spawn(&self, uid: String, pod: Option<Arc<Pod>>) -> WorkerHandle {
+        let shared = &self.shared;
+        let (desired, mut rx) = watch::channel(pod);
+        let kick = Arc::new(Notify::new());
+        let mut worker = PodWorker::new(
+            shared.runtime.clone(),
+            shared.ctx.clone(),
+            uid.clone(),
+            shared.events.clone(),
+            kick.clone(),
+            shared.objects.clone(),
+        )
+        .with_policy(shared.policy.clone());
+        let policy = shared.policy.clone();
+        let status = shared.status.clone();
+        let done = shared.done.clone();
+        let wake = kick.clone();
+        tokio::spawn(async move {
+            let mut last: Option<Arc<Pod>> = None;
+            loop {
+                let wanted = rx.borrow_and_update().clone();
+                let requeue = match &wanted {
+                    Some(pod) => {
+                        last = Some(pod.clone());
+                        let result = worker.sync(pod).await;
+                        status.set_status(pod, worker.status().cloned());
+                        match result {
+                            Ok(requeue) => requeue.unwrap_or(RESYNC).min(RESYNC),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "syncing pod");
+                                RESYNC
+                            }
+                        }
+                    }
+                    None => {
+                        let key = last.as_deref().map(|pod| ObjectKey::of(&pod.metadata));
+                        if let Some(key) = &key {
+                            status.terminating(key);
+                        }
+                        let grace = last
+                            .as_deref()
+                            .map_or(Duration::from_secs(30), grace_period);
+                        match worker.terminate(last.as_deref(), grace).await {
+                            Ok(()) => {
+                                if let Some(key) = &key {
+                                    status.remove(key);
+                                }
+                                if let Some(policy) = &policy {
+                                    policy.release(&uid).await;
+                                }
+                                let _ = done.send(uid);
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "terminating pod");
+                                RESYNC
+                            }
+                        }
+                    }
+                };
+                if requeue.is_zero() {
+                    continue;
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(requeue) => {}
+                }
+            }
+        });
+        WorkerHandle { desired, kick }
+    }
+}

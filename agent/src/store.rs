@@ -1,0 +1,625 @@
+//! The typed object store: what every part of the daemon reads of the objects it does not own
+//! (Services, EndpointSlices, NetworkPolicies, Namespaces, ConfigMaps, Secrets, and the pods
+//! with their status), in the manner of kube-runtime's reflector `Store`.
+//!
+//! - **One copy of each object.** A [`Store<K>`] holds one `Arc<K>` per key; readers get
+//!   clones of the `Arc`, never of the object, and a writer that hands in an object equal to
+//!   the one held announces no change.
+//! - **Sources.** Objects come from the manifest directory ([`Source::File`]) or the API
+//!   server ([`Source::Api`]), each through its own [`Writer`]. When both hold an object of
+//!   the same key, the API server's is the one read: the cluster is the truth, a manifest's
+//!   copy only fills in where there is no cluster.
+//! - **Readiness per source.** A store is [`synced`](Store::is_synced) once every source it
+//!   expects has delivered a complete list (a manifest read, a watcher's initial list).
+//!   Before that, "not in the store" does not mean "does not exist".
+//! - **Changes name what changed.** A [`Subscription`] collects the keys written since it was
+//!   last read, coalesced, so a consumer recomputes only what those keys touch and a burst of
+//!   writes is one wake-up.
+//!
+//! The store knows nothing of where objects come from or what reads them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::Metadata;
+use tokio::sync::Notify;
+
+/// Where an object came from. Declared in read priority: the first source holding a key is
+/// the one read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// The kube-apiserver's watchers.
+    Api = 0,
+    /// The manifest directory (`staticPodPath`).
+    File = 1,
+    /// bosun itself: the EndpointSlices of static pods, which no controller writes
+    /// standalone.
+    Local = 2,
+}
+
+const SOURCES: usize = 3;
+
+/// The namespace and name of an object; the namespace is empty for cluster-scoped kinds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The key of an object by its metadata.
+    pub fn of(meta: &ObjectMeta) -> Self {
+        ObjectKey::new(
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// One key's object as each source has it.
+struct Slot<K> {
+    by_source: [Option<Arc<K>>; SOURCES],
+}
+
+impl<K> Slot<K> {
+    fn empty() -> Self {
+        Slot {
+            by_source: std::array::from_fn(|_| None),
+        }
+    }
+
+    /// The object read: the first source's that has one.
+    fn current(&self) -> Option<&Arc<K>> {
+        self.by_source.iter().flatten().next()
+    }
+}
+
+struct State<K> {
+    objects: BTreeMap<ObjectKey, Slot<K>>,
+    expected: [bool; SOURCES],
+    synced: [bool; SOURCES],
+}
+
+/// What a subscriber has not read yet.
+#[derive(Default)]
+struct Pending {
+    changes: Mutex<Changes>,
+    notify: Notify,
+}
+
+/// What changed in a store since a [`Subscription`] last looked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Keys whose object was added, changed or removed.
+    pub keys: BTreeSet<ObjectKey>,
+    /// A source delivered its first complete list: the store may now be synced.
+    pub synced: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && !self.synced
+    }
+}
+
+struct Shared<K> {
+    state: RwLock<State<K>>,
+    subscribers: Mutex<Vec<Weak<Pending>>>,
+}
+
+/// A typed object store; clones are cheap handles to the same store. See the module docs.
+pub struct Store<K> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for Store<K> {
+    fn clone(&self) -> Self {
+        Store {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for Store<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("len", &self.len())
+            .field("synced", &self.is_synced())
+            .finish()
+    }
+}
+
+impl<K> Default for Store<K> {
+    /// A store that expects nothing and so is synced from the start (for tests and for
+    /// parts that are not configured).
+    fn default() -> Self {
+        Store::new(&[])
+    }
+}
+
+impl<K> Store<K> {
+    /// An empty store that is synced once each of `sources` has delivered a full list.
+    pub fn new(sources: &[Source]) -> Self {
+        let mut expected = [false; SOURCES];
+        for source in sources {
+            expected[*source as usize] = true;
+        }
+        Store {
+            shared: Arc::new(Shared {
+                state: RwLock::new(State {
+                    objects: BTreeMap::new(),
+                    expected,
+                    synced: [false; SOURCES],
+                }),
+                subscribers: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State<K>> {
+        // A writer that panicked left a consistent map behind: every write is one insert.
+        self.shared
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The object of `key`, if any source has it.
+    pub fn get(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        self.read().objects.get(key)?.current().cloned()
+    }
+
+    /// The object `name` in `namespace` (empty for cluster-scoped kinds).
+    pub fn get_named(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        self.get(&ObjectKey::new(namespace, name))
+    }
+
+    /// Every object, in key order.
+    pub fn list(&self) -> Vec<Arc<K>> {
+        self.read()
+            .objects
+            .values()
+            .filter_map(Slot::current)
+            .cloned()
+            .collect()
+    }
+
+    /// Every object with its key, in key order.
+    pub fn entries(&self) -> Vec<(ObjectKey, Arc<K>)> {
+        self.read()
+            .objects
+            .iter()
+            .filter_map(|(key, slot)| Some((key.clone(), slot.current()?.clone())))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether every expected source has delivered a complete list.
+    pub fn is_synced(&self) -> bool {
+        let state = self.read();
+        (0..SOURCES).all(|i| !state.expected[i] || state.synced[i])
+    }
+
+    /// Whether `source` has delivered a complete list.
+    pub fn is_source_synced(&self, source: Source) -> bool {
+        self.read().synced[source as usize]
+    }
+
+    /// Changes from now on. Nothing before the call is reported.
+    pub fn subscribe(&self) -> Subscription {
+        let pending = Arc::new(Pending::default());
+        let mut subscribers = self
+            .shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subscribers.retain(|s| s.strong_count() > 0);
+        subscribers.push(Arc::downgrade(&pending));
+        Subscription { pending }
+    }
+
+    /// The writer of `source`'s objects. There should be one per source: two would each
+    /// take the other's objects for their own.
+    pub fn writer(&self, source: Source) -> Writer<K> {
+        Writer {
+            store: self.clone(),
+            source,
+        }
+    }
+
+    fn publish(&self, changes: Changes) {
+        if changes.is_empty() {
+            return;
+        }
+        let subscribers = self
+            .shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for pending in subscribers.iter().filter_map(Weak::upgrade) {
+            {
+                let mut held = pending
+                    .changes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                held.keys.extend(changes.keys.iter().cloned());
+                held.synced |= changes.synced;
+            }
+            pending.notify.notify_one();
+        }
+    }
+}
+
+/// Changes of a store not yet read; see [`Store::subscribe`].
+pub struct Subscription {
+    pending: Arc<Pending>,
+}
+
+impl Subscription {
+    /// Waits until something changed, then returns everything that did since the last call.
+    pub async fn changed(&mut self) -> Changes {
+        self.ready().await;
+        self.take()
+    }
+
+    /// Waits until something changed, leaving the changes to be taken.
+    pub async fn ready(&mut self) {
+        loop {
+            if !self.lock().is_empty() {
+                return;
+            }
+            self.pending.notify.notified().await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Changes> {
+        self.pending
+            .changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What changed since the last call, without waiting (empty if nothing did).
+    pub fn take(&mut self) -> Changes {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+/// Writes one source's objects into a store.
+pub struct Writer<K> {
+    store: Store<K>,
+    source: Source,
+}
+
+impl<K> Clone for Writer<K> {
+    fn clone(&self) -> Self {
+        Writer {
+            store: self.store.clone(),
+            source: self.source,
+        }
+    }
+}
+
+impl<K: Metadata<Ty = ObjectMeta> + PartialEq> Writer<K> {
+    /// Makes `objects` the whole of this source's objects (a manifest read, a watcher's
+    /// relist) and marks the source synced. Objects equal to those held are not announced.
+    pub fn replace(&self, objects: impl IntoIterator<Item = Arc<K>>) {
+        let index = self.source as usize;
+        let mut wanted: BTreeMap<ObjectKey, Arc<K>> = objects
+            .into_iter()
+            .map(|object| (ObjectKey::of(object.metadata()), object))
+            .collect();
+        let mut changes = Changes::default();
+        {
+            let mut state = self.write();
+            let mut emptied = Vec::new();
+            for (key, slot) in state.objects.iter_mut() {
+                let before = slot.current().cloned();
+                match wanted.remove(key) {
+                    Some(object) => slot.by_source[index] = Some(object),
+                    None => slot.by_source[index] = None,
+                }
+                if !same(before.as_ref(), slot.current()) {
+                    changes.keys.insert(key.clone());
+                }
+                if slot.current().is_none() {
+                    emptied.push(key.clone());
+                }
+            }
+            for key in emptied {
+                state.objects.remove(&key);
+            }
+            for (key, object) in wanted {
+                let mut slot = Slot::empty();
+                slot.by_source[index] = Some(object);
+                state.objects.insert(key.clone(), slot);
+                changes.keys.insert(key);
+            }
+            changes.synced = !state.synced[index];
+            state.synced[index] = true;
+        }
+        self.store.publish(changes);
+    }
+
+    /// Adds or replaces one object of this source.
+    pub fn apply(&self, object: Arc<K>) {
+        let key = ObjectKey::of(object.metadata());
+        let changed = {
+            let mut state = self.write();
+            let slot = state.objects.entry(key.clone()).or_insert_with(Slot::empty);
+            let before = slot.current().cloned();
+            slot.by_source[self.source as usize] = Some(object);
+            !same(before.as_ref(), slot.current())
+        };
+        if changed {
+            self.store.publish(Changes {
+                keys: BTreeSet::from([key]),
+                synced: false,
+            });
+        }
+    }
+
+    /// Removes this source's object of `key`, if it has one.
+    pub fn delete(&self, key: &ObjectKey) {
+        let changed = {
+            let mut state = self.write();
+            let Some(slot) = state.objects.get_mut(key) else {
+                return;
+            };
+            let before = slot.current().cloned();
+            slot.by_source[self.source as usize] = None;
+            let changed = !same(before.as_ref(), slot.current());
+            if slot.current().is_none() {
+                state.objects.remove(key);
+            }
+            changed
+        };
+        if changed {
+            self.store.publish(Changes {
+                keys: BTreeSet::from([key.clone()]),
+                synced: false,
+            });
+        }
+    }
+
+    /// Replaces this source's object of `key` with what `update` makes of it (`None`:
+    /// removes it). Announced only if the object read changed.
+    pub fn update(&self, key: &ObjectKey, update: impl FnOnce(Option<&Arc<K>>) -> Option<Arc<K>>) {
+        let index = self.source as usize;
+        let changed = {
+            let mut state = self.write();
+            let slot = state.objects.entry(key.clone()).or_insert_with(Slot::empty);
+            let before = slot.current().cloned();
+            slot.by_source[index] = update(slot.by_source[index].as_ref());
+            let changed = !same(before.as_ref(), slot.current());
+            if slot.current().is_none() {
+                state.objects.remove(key);
+            }
+            changed
+        };
+        if changed {
+            self.store.publish(Changes {
+                keys: BTreeSet::from([key.clone()]),
+                synced: false,
+            });
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State<K>> {
+        self.store
+            .shared
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The store written to.
+    pub fn store(&self) -> &Store<K> {
+        &self.store
+    }
+}
+
+/// Whether two reads are the same object: the same `Arc`, or equal contents.
+fn same<K: PartialEq>(a: Option<&Arc<K>>, b: Option<&Arc<K>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || **a == **b,
+        _ => false,
+    }
+}
+
+/// The stores of every kind of object the daemon reads but does not own. Clones share them.
+#[derive(Clone, Debug, Default)]
+pub struct Objects {
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
+    pub network_policies: Store<NetworkPolicy>,
+    pub namespaces: Store<Namespace>,
+    pub config_maps: Store<ConfigMap>,
+    pub secrets: Store<Secret>,
+}
+
+impl Objects {
+    /// Stores that are synced once each of `sources` has delivered its objects.
+    pub fn new(sources: &[Source]) -> Self {
+        Objects {
+            services: Store::new(sources),
+            endpoint_slices: Store::new(sources),
+            network_policies: Store::new(sources),
+            namespaces: Store::new(sources),
+            config_maps: Store::new(sources),
+            secrets: Store::new(sources),
+        }
+    }
+}
+
+/// Objects that pods refer to by name (configMap and secret volumes, `configMapKeyRef`,
+/// `secretKeyRef`, `envFrom`), looked up in the pod's namespace. Standalone, they are the
+/// manifest directory's objects; in a cluster, those the API server holds, fetched and
+/// watched per referenced object.
+pub trait ObjectGetter: Send + Sync {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>>;
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>>;
+}
+
+impl ObjectGetter for Objects {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        self.config_maps.get_named(namespace, name)
+    }
+
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.secrets.get_named(namespace, name)
+    }
+}
+
+/// The pods of this node with the status their workers last computed, by namespace and
+/// name; written by the status manager alone.
+pub type PodStore = Store<Pod>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_map(namespace: &str, name: &str, value: &str) -> Arc<ConfigMap> {
+        Arc::new(ConfigMap {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([("k".to_owned(), value.to_owned())])),
+            ..Default::default()
+        })
+    }
+
+    fn value(store: &Store<ConfigMap>, name: &str) -> Option<String> {
+        store
+            .get_named("default", name)
+            .and_then(|c| c.data.as_ref()?.get("k").cloned())
+    }
+
+    #[test]
+    fn replace_announces_only_what_changed_and_marks_the_source_synced() {
+        let store = Store::new(&[Source::File]);
+        let mut changes = store.subscribe();
+        assert!(!store.is_synced());
+        let file = store.writer(Source::File);
+        file.replace([
+            config_map("default", "a", "1"),
+            config_map("default", "b", "1"),
+        ]);
+        assert!(store.is_synced());
+        let first = changes.take();
+        assert!(first.synced);
+        assert_eq!(first.keys.len(), 2);
+
+        // An equal object is no change, even as a new Arc; b changed, a was removed, c added.
+        file.replace([
+            config_map("default", "b", "2"),
+            config_map("default", "c", "1"),
+        ]);
+        let second = changes.take();
+        assert!(!second.synced);
+        let names: Vec<&str> = second.keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        file.replace([
+            config_map("default", "b", "2"),
+            config_map("default", "c", "1"),
+        ]);
+        assert!(changes.take().is_empty());
+        assert_eq!(value(&store, "b").as_deref(), Some("2"));
+        assert_eq!(value(&store, "a"), None);
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn the_api_servers_object_shadows_the_manifests() {
+        let store = Store::new(&[Source::File, Source::Api]);
+        let file = store.writer(Source::File);
+        let api = store.writer(Source::Api);
+        file.replace([config_map("default", "a", "file")]);
+        assert!(!store.is_synced(), "the API source has not listed yet");
+        let mut changes = store.subscribe();
+        api.replace([config_map("default", "a", "api")]);
+        assert!(store.is_synced());
+        assert_eq!(value(&store, "a").as_deref(), Some("api"));
+        assert_eq!(changes.take().keys.len(), 1);
+        // The manifest changing under the API's object changes nothing read.
+        file.replace([config_map("default", "a", "file 2")]);
+        assert!(changes.take().keys.is_empty());
+        // The API's object going shows the manifest's again.
+        api.delete(&ObjectKey::new("default", "a"));
+        assert_eq!(value(&store, "a").as_deref(), Some("file 2"));
+        assert_eq!(changes.take().keys.len(), 1);
+        file.replace([]);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn apply_update_and_delete_announce_their_key() {
+        let store: Store<ConfigMap> = Store::default();
+        let mut changes = store.subscribe();
+        let api = store.writer(Source::Api);
+        api.apply(config_map("ns", "a", "1"));
+        api.apply(config_map("ns", "a", "1"));
+        let key = ObjectKey::new("ns", "a");
+        assert_eq!(changes.take().keys, BTreeSet::from([key.clone()]));
+        api.update(&key, |held| {
+            let mut next = (**held.expect("held")).clone();
+            next.data = None;
+            Some(Arc::new(next))
+        });
+        assert_eq!(changes.take().keys.len(), 1);
+        api.delete(&key);
+        api.delete(&key);
+        assert_eq!(changes.take().keys.len(), 1);
+        assert!(store.get(&key).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_wakes_once_for_a_burst() {
+        let store: Store<ConfigMap> = Store::default();
+        let mut changes = store.subscribe();
+        let api = store.writer(Source::Api);
+        for i in 0..10 {
+            api.apply(config_map("ns", &format!("o{i}"), "1"));
+        }
+        let burst = changes.changed().await;
+        assert_eq!(burst.keys.len(), 10);
+        assert!(changes.take().is_empty());
+        let waiter = tokio::spawn(async move { changes.changed().await });
+        tokio::task::yield_now().await;
+        api.delete(&ObjectKey::new("ns", "o3"));
+        let next = waiter.await.expect("the waiter ends");
+        assert_eq!(next.keys, BTreeSet::from([ObjectKey::new("ns", "o3")]));
+    }
+}
