@@ -5,6 +5,7 @@
 //! programs themselves.
 
 pub mod api;
+pub mod cluster;
 pub mod daemon;
 pub mod events;
 pub mod pod;

@@ -39,6 +39,17 @@ impl Daemon {
         dir: &Path,
         extra_config: &str,
     ) -> Result<Daemon> {
+        Self::start_with_args(bin, node, dir, extra_config, &[]).await
+    }
+
+    /// As [`Daemon::start_at`], with more flags for `bosun run` (e.g. `--kubeconfig`).
+    pub async fn start_with_args(
+        bin: &Path,
+        node: &TestNode,
+        dir: &Path,
+        extra_config: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<Daemon> {
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests)
             .with_context(|| format!("creating {}", manifests.display()))?;
@@ -71,6 +82,7 @@ impl Daemon {
             .arg(&config)
             .arg("--bpf-dir")
             .arg(node.bpf_dir())
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log_file)

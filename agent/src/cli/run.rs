@@ -46,6 +46,15 @@ pub struct RunArgs {
     /// directory, then exit (kube-proxy's --cleanup). Pods are left alone.
     #[arg(long)]
     pub cleanup: bool,
+
+    /// As kubelet's: join the cluster of the API server this kubeconfig names, as this
+    /// node. Without it bosun is standalone.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// As kubelet's: labels to register the node with, `key=value,key=value`.
+    #[arg(long = "node-labels", value_delimiter = ',')]
+    pub node_labels: Vec<String>,
 }
 
 /// The fields of KubeletConfiguration bosun reads (others are ignored).
@@ -88,16 +97,22 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         Some(path) => read_config(path)?,
         None => ConfigFile::default(),
     };
-    let manifest_dir = args
-        .pod_manifest_path
-        .clone()
-        .or(file.static_pod_path)
-        .ok_or_else(|| {
-            BadConfig(
-                "no pod manifest directory: give --pod-manifest-path or staticPodPath in --config"
-                    .into(),
-            )
+    let manifest_dir = args.pod_manifest_path.clone().or(file.static_pod_path);
+    if manifest_dir.is_none() && args.kubeconfig.is_none() {
+        return Err(BadConfig(
+            "no pods to run: give --pod-manifest-path (or staticPodPath in --config), --kubeconfig, or both"
+                .into(),
+        ));
+    }
+    let mut node_labels = std::collections::BTreeMap::new();
+    for label in &args.node_labels {
+        let (key, value) = label.split_once('=').ok_or_else(|| {
+            BadConfig(format!(
+                "--node-labels: invalid value {label:?}: must be key=value"
+            ))
         })?;
+        node_labels.insert(key.to_owned(), value.to_owned());
+    }
     let node_name = match &args.hostname_override {
         Some(name) => name.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -139,6 +154,8 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         network_policy,
         max_pods,
         manifest_dir,
+        kubeconfig: args.kubeconfig.clone(),
+        node_labels,
         runtime_endpoint: args.container_runtime_endpoint.clone(),
         root_dir: args.root_dir.clone(),
         node,
@@ -236,7 +253,8 @@ pub async fn run(args: &RunArgs) -> Result<i32> {
         }
     };
     tracing::info!(
-        manifests = %config.manifest_dir.display(),
+        manifests = ?config.manifest_dir,
+        kubeconfig = ?config.kubeconfig,
         endpoint = %config.runtime_endpoint,
         node = %config.node.node_name,
         "bosun starting"

@@ -16,7 +16,7 @@ pub mod pleg;
 pub mod pod_workers;
 pub mod status_manager;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,11 +43,34 @@ pub use pod_workers::RESYNC;
 
 /// How often the manifest directory is rescanned besides inotify (kubelet's default).
 const RESCAN: Duration = Duration::from_secs(20);
+/// The port of the kubelet API, as the Node advertises it.
+const KUBELET_PORT: i32 = 10250;
+
+/// The manifest source's next snapshot; never resolves without a manifest directory.
+async fn next_snapshot(
+    snapshots: &mut Option<(
+        tokio::sync::watch::Receiver<Arc<source::Snapshot>>,
+        tokio::task::JoinHandle<()>,
+    )>,
+) -> Option<Result<Arc<source::Snapshot>, ()>> {
+    let Some((receiver, _)) = snapshots else {
+        return std::future::pending().await;
+    };
+    match receiver.changed().await {
+        Ok(()) => Some(Ok(receiver.borrow_and_update().clone())),
+        Err(_) => Some(Err(())),
+    }
+}
 
 /// The daemon's configuration (from flags and the config file).
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub manifest_dir: PathBuf,
+    /// `staticPodPath`; `None` runs no static pods (only in a cluster).
+    pub manifest_dir: Option<PathBuf>,
+    /// `--kubeconfig`: join the cluster of that API server; `None` is standalone.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--node-labels`, registered beside kubelet's own.
+    pub node_labels: BTreeMap<String, String>,
     pub runtime_endpoint: String,
     pub root_dir: PathBuf,
     pub node: NodeContext,
@@ -79,7 +102,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         .with_context(|| format!("creating the root directory {}", config.root_dir.display()))?;
     let client = connect_with_retry(&config.runtime_endpoint).await?;
     let events = Recorder::new(config.node.node_name.clone());
-    let objects = Objects::new(&[Source::File]);
+    let file_sources: &[Source] = if config.manifest_dir.is_some() {
+        &[Source::File]
+    } else {
+        &[]
+    };
+    let objects = Objects::new(file_sources);
     let (status, pods) = StatusManager::new();
     let api = crate::api::serve_with(
         &config.api_socket(),
@@ -90,12 +118,45 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         },
     )?;
 
-    let (mut snapshots, _watcher) = source::watch(
-        config.manifest_dir.clone(),
-        config.node.node_name.clone(),
-        RESCAN,
-        objects.clone(),
-    );
+    let mut snapshots = config
+        .manifest_dir
+        .clone()
+        .map(|dir| source::watch(dir, config.node.node_name.clone(), RESCAN, objects.clone()));
+    let mut pod_sources = file_sources.to_vec();
+    let mut tasks = Vec::new();
+    let (api_tx, mut api_updates) = tokio::sync::mpsc::unbounded_channel::<PodUpdate>();
+    if let Some(kubeconfig) = &config.kubeconfig {
+        let cluster = crate::cluster::client(kubeconfig)
+            .await
+            .context("joining the cluster")?;
+        pod_sources.push(Source::Api);
+        let version = client.version();
+        let facts = crate::cluster::node::NodeFacts {
+            name: config.node.node_name.clone(),
+            labels: config.node_labels.clone(),
+            host_ip: config.node.host_ip.clone(),
+            cpus: config.node.node.allocatable_cpu_millis / 1000,
+            memory_bytes: config.node.node.memory_capacity_bytes,
+            max_pods: config.max_pods,
+            runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
+            port: KUBELET_PORT,
+        };
+        tasks.push(tokio::spawn(crate::cluster::node::run(
+            cluster.clone(),
+            facts,
+        )));
+        tasks.push(tokio::spawn(crate::cluster::pods::watch(
+            cluster.clone(),
+            config.node.node_name.clone(),
+            api_tx,
+        )));
+        tasks.push(tokio::spawn(crate::cluster::status::run(
+            cluster,
+            pods.clone(),
+        )));
+    } else {
+        drop(api_tx);
+    }
     let ctx = Arc::new(config.node.clone());
     let mut tasks = Vec::new();
     // The static pods' EndpointSlices: standalone, nothing else computes them.
@@ -148,7 +209,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let socket = bosun_cri::socket_path(&config.runtime_endpoint)?;
     tasks.push(tokio::spawn(pleg::run(client.clone(), socket, pleg_tx)));
 
-    let mut pod_config = PodConfig::new(&[Source::File]);
+    let mut pod_config = PodConfig::new(&pod_sources);
     let mut referenced = [objects.config_maps.subscribe(), objects.secrets.subscribe()];
     let mut pod_dirs_swept = false;
     // Pods refused at admission, by UID, with their key in the pod store.
@@ -157,11 +218,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            changed = snapshots.changed() => {
-                if changed.is_err() {
+            Some(snapshot) = next_snapshot(&mut snapshots) => {
+                let Ok(snapshot) = snapshot else {
                     anyhow::bail!("the manifest source stopped");
-                }
-                let snapshot = snapshots.borrow_and_update().clone();
+                };
                 for error in &snapshot.errors {
                     events.record(events.node_reference(), EventType::Warning, reason::FAILED_VALIDATION, error.to_string());
                 }
@@ -169,6 +229,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 let changed = pod_config.apply(Source::File, PodUpdate::Set(pods));
                 sync_pods(&pod_config, changed, &mut workers, &mut rejected, &status, &events, config.max_pods);
                 crate::util::release_freed_memory();
+            }
+            Some(update) = api_updates.recv() => {
+                let changed = pod_config.apply(Source::Api, update);
+                sync_pods(&pod_config, changed, &mut workers, &mut rejected, &status, &events, config.max_pods);
             }
             _ = objects_changed(&mut referenced) => {
                 // configMap and secret volumes follow their objects: wake the pods that
@@ -210,7 +274,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             Some(uid) = done_rx.recv() => {
                 workers.done(&uid);
                 // A pod wanted again while it was being terminated starts anew.
-                if let Some(pod) = pod_config.get(&uid) {
+                if let Some(pod) = pod_config.get(&uid).filter(|p| p.metadata.deletion_timestamp.is_none()) {
                     workers.update(&uid, Some(pod.clone()));
                 }
             }

@@ -123,7 +123,14 @@ impl<R: Runtime> PodWorkers<R> {
         tokio::spawn(async move {
             let mut last: Option<Arc<Pod>> = None;
             loop {
-                let wanted = rx.borrow_and_update().clone();
+                let mut wanted = rx.borrow_and_update().clone();
+                // A pod deleted in the API server is terminated within its deletion grace
+                // period, then forgotten.
+                if let Some(deleted) =
+                    wanted.take_if(|pod| pod.metadata.deletion_timestamp.is_some())
+                {
+                    last = Some(deleted);
+                }
                 let requeue = match &wanted {
                     Some(pod) => {
                         last = Some(pod.clone());

@@ -51,9 +51,12 @@ impl StatusManager {
         self.mark_synced_if_complete(&mut expected);
     }
 
-    /// Records `status` as the status of `pod` (its desired spec).
+    /// Records `status` as the status of `pod` (its desired spec), keeping what kubelet
+    /// keeps of the pod's own status: the scheduler's PodScheduled condition, and a terminal
+    /// phase, which a pod never leaves.
     pub fn set_status(&self, pod: &Pod, status: Option<PodStatus>) {
         let key = ObjectKey::of(&pod.metadata);
+        let status = status.map(|status| kept_from(pod.status.as_ref(), status));
         self.writer.update(&key, |held| {
             if let Some(held) = held.filter(|held| {
                 held.status == status && held.spec == pod.spec && same_but_deletion(held, pod)
@@ -120,6 +123,29 @@ impl StatusManager {
     }
 }
 
+/// `status` with what it must keep of `previous`: PodScheduled, and a terminal phase.
+fn kept_from(previous: Option<&PodStatus>, mut status: PodStatus) -> PodStatus {
+    let Some(previous) = previous else {
+        return status;
+    };
+    let terminal = |phase: Option<&str>| matches!(phase, Some("Succeeded" | "Failed"));
+    if terminal(previous.phase.as_deref()) && !terminal(status.phase.as_deref()) {
+        status.phase = previous.phase.clone();
+    }
+    if let Some(scheduled) = previous
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled")
+    {
+        let conditions = status.conditions.get_or_insert_with(Vec::new);
+        if !conditions.iter().any(|c| c.type_ == "PodScheduled") {
+            conditions.insert(0, scheduled.clone());
+        }
+    }
+    status
+}
+
 /// Whether the metadata of `held` is that of `pod`, leaving out the deletion mark a worker
 /// may have set.
 fn same_but_deletion(held: &Pod, pod: &Pod) -> bool {
@@ -163,6 +189,29 @@ mod tests {
         manager.set_status(&pod("b"), None);
         assert!(store.is_synced());
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn pod_scheduled_and_terminal_phases_are_kept() {
+        use k8s_openapi::api::core::v1::PodCondition;
+        let previous = PodStatus {
+            phase: Some("Failed".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let kept = kept_from(Some(&previous), running().expect("a status"));
+        assert_eq!(kept.phase.as_deref(), Some("Failed"));
+        let types: Vec<&str> = kept
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(types, ["PodScheduled"]);
     }
 
     #[test]

@@ -923,12 +923,17 @@ fn append_termination_message(container: &mut ObservedContainer, status: &api::C
     container.message.push_str(&message);
 }
 
-/// `terminationGracePeriodSeconds`, 30 s when unset.
+/// How long the pod's containers get to stop: the deletion grace period the API server set
+/// when the pod was deleted, else `terminationGracePeriodSeconds` (30 s by default).
 pub fn grace_period(pod: &Pod) -> Duration {
     let seconds = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.termination_grace_period_seconds)
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
         .unwrap_or(30);
     Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
 }

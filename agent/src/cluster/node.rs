@@ -1,0 +1,378 @@
+//! The Node object of this node (kubelet's `kubelet_node_status.go` and the node lease
+//! controller): registered with kubelet's labels, capacity, addresses and node info, an
+//! existing object reconciled rather than refused; its Lease in `kube-node-lease` renewed
+//! every 10 s; its status patched when it changes and at least every
+//! `nodeStatusReportFrequency` (5 min).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    NodeSystemInfo,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::Api;
+
+use super::ClusterError;
+
+/// The namespace of node leases.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// kubelet's `nodeLeaseDurationSeconds`.
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+/// How often the Lease is renewed: a quarter of its duration, as kubelet does.
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// kubelet's `nodeStatusUpdateFrequency`: how often the status is computed.
+pub const STATUS_UPDATE: Duration = Duration::from_secs(10);
+/// kubelet's `nodeStatusReportFrequency`: the longest an unchanged status goes unreported.
+pub const STATUS_REPORT: Duration = Duration::from_secs(300);
+
+/// What this node says about itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeFacts {
+    pub name: String,
+    /// `--node-labels`, beside kubelet's own.
+    pub labels: BTreeMap<String, String>,
+    pub host_ip: String,
+    pub cpus: i64,
+    pub memory_bytes: i64,
+    pub max_pods: usize,
+    /// The runtime's name and version, `containerd://1.6.20`.
+    pub runtime_version: String,
+    /// The port of the node's kubelet API (`daemonEndpoints`).
+    pub port: i32,
+}
+
+impl NodeFacts {
+    /// The Node to create: metadata, and the status to report.
+    pub fn node(&self) -> Node {
+        let mut labels = self.labels.clone();
+        labels.insert("kubernetes.io/hostname".into(), self.name.clone());
+        labels.insert("kubernetes.io/os".into(), std::env::consts::OS.into());
+        labels.insert("kubernetes.io/arch".into(), arch().into());
+        labels.insert("beta.kubernetes.io/os".into(), std::env::consts::OS.into());
+        labels.insert("beta.kubernetes.io/arch".into(), arch().into());
+        Node {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                labels: Some(labels),
+                annotations: Some(BTreeMap::from([(
+                    "volumes.kubernetes.io/controller-managed-attach-detach".to_owned(),
+                    "true".to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: None,
+            status: Some(self.status(None)),
+        }
+    }
+
+    /// The node's status now; `previous` keeps the transition times of conditions that did
+    /// not change.
+    pub fn status(&self, previous: Option<&NodeStatus>) -> NodeStatus {
+        let quantity = |s: String| Quantity(s);
+        let resources = BTreeMap::from([
+            ("cpu".to_owned(), quantity(self.cpus.to_string())),
+            (
+                "memory".to_owned(),
+                quantity(format!("{}Ki", self.memory_bytes / 1024)),
+            ),
+            ("pods".to_owned(), quantity(self.max_pods.to_string())),
+        ]);
+        let now = Time(crate::events::now());
+        let condition = |type_: &str, status: &str, reason: &str, message: &str| {
+            let kept = previous
+                .and_then(|p| p.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == type_ && c.status == status))
+                .and_then(|c| c.last_transition_time.clone());
+            NodeCondition {
+                type_: type_.to_owned(),
+                status: status.to_owned(),
+                reason: Some(reason.to_owned()),
+                message: Some(message.to_owned()),
+                last_heartbeat_time: Some(now.clone()),
+                last_transition_time: Some(kept.unwrap_or_else(|| now.clone())),
+            }
+        };
+        let mut addresses = Vec::new();
+        if !self.host_ip.is_empty() {
+            addresses.push(NodeAddress {
+                type_: "InternalIP".into(),
+                address: self.host_ip.clone(),
+            });
+        }
+        addresses.push(NodeAddress {
+            type_: "Hostname".into(),
+            address: self.name.clone(),
+        });
+        NodeStatus {
+            capacity: Some(resources.clone()),
+            allocatable: Some(resources),
+            addresses: Some(addresses),
+            conditions: Some(vec![
+                condition(
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                ),
+                condition(
+                    "DiskPressure",
+                    "False",
+                    "KubeletHasNoDiskPressure",
+                    "kubelet has no disk pressure",
+                ),
+                condition(
+                    "PIDPressure",
+                    "False",
+                    "KubeletHasSufficientPID",
+                    "kubelet has sufficient PID available",
+                ),
+                condition(
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "kubelet is posting ready status",
+                ),
+            ]),
+            daemon_endpoints: Some(NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint { port: self.port }),
+            }),
+            node_info: Some(system_info(&self.runtime_version)),
+            ..NodeStatus::default()
+        }
+    }
+}
+
+/// The architecture as Go names it (`GOARCH`), which is what the label carries.
+fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn system_info(runtime_version: &str) -> NodeSystemInfo {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let os_image = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_default();
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    NodeSystemInfo {
+        architecture: arch().into(),
+        boot_id: read("/proc/sys/kernel/random/boot_id"),
+        container_runtime_version: runtime_version.to_owned(),
+        kernel_version: kernel,
+        kube_proxy_version: String::new(),
+        kubelet_version: format!("v1.20.2-bosun.{}", env!("CARGO_PKG_VERSION")),
+        machine_id: read("/etc/machine-id"),
+        operating_system: std::env::consts::OS.into(),
+        os_image,
+        system_uuid: read("/sys/class/dmi/id/product_uuid"),
+        ..NodeSystemInfo::default()
+    }
+}
+
+/// Registers the node: creates its object, or reconciles the labels and status of an
+/// existing one. Returns its UID (the Lease's owner).
+pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<String, ClusterError> {
+    let api: Api<Node> = Api::all(client.clone());
+    let wanted = facts.node();
+    let node = match api.create(&PostParams::default(), &wanted).await {
+        Ok(node) => node,
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let patch = serde_json::json!({"metadata": {"labels": wanted.metadata.labels}});
+            api.patch(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|source| ClusterError::Api {
+                    call: format!("patching node {}", facts.name),
+                    source,
+                })?
+        }
+        Err(source) => {
+            return Err(ClusterError::Api {
+                call: format!("creating node {}", facts.name),
+                source,
+            })
+        }
+    };
+    // The status is a subresource: a create drops it.
+    let status = serde_json::json!({"status": facts.status(node.status.as_ref())});
+    api.patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .map_err(|source| ClusterError::Api {
+            call: format!("patching the status of node {}", facts.name),
+            source,
+        })?;
+    Ok(node.metadata.uid.unwrap_or_default())
+}
+
+/// Registers the node (retrying until it can), then renews its Lease and reports its
+/// status for as long as the task runs.
+pub async fn run(client: kube::Client, facts: NodeFacts) {
+    let mut delay = Duration::from_millis(200);
+    let uid = loop {
+        match register(&client, &facts).await {
+            Ok(uid) => break uid,
+            Err(e) => {
+                tracing::warn!(error = %crate::util::error_chain(&e), "registering the node; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(7));
+            }
+        }
+    };
+    tracing::info!(node = %facts.name, "node registered");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let mut reported: Option<(NodeStatus, Instant)> = None;
+    let mut lease_tick = tokio::time::interval(LEASE_RENEW);
+    let mut status_tick = tokio::time::interval(STATUS_UPDATE);
+    loop {
+        tokio::select! {
+            _ = lease_tick.tick() => {
+                if let Err(e) = renew_lease(&leases, &facts.name, &uid).await {
+                    tracing::warn!(error = %e, "renewing the node lease");
+                }
+            }
+            _ = status_tick.tick() => {
+                let status = facts.status(reported.as_ref().map(|(s, _)| s));
+                let due = reported.as_ref().is_none_or(|(last, at)| {
+                    !same_but_heartbeats(last, &status) || at.elapsed() >= STATUS_REPORT
+                });
+                if due {
+                    let patch = serde_json::json!({"status": status});
+                    match nodes.patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                        Ok(_) => reported = Some((status, Instant::now())),
+                        Err(e) => tracing::warn!(error = %e, "reporting the node status"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether two statuses differ only in their conditions' heartbeat times.
+fn same_but_heartbeats(a: &NodeStatus, b: &NodeStatus) -> bool {
+    let strip = |s: &NodeStatus| {
+        let mut s = s.clone();
+        for c in s.conditions.iter_mut().flatten() {
+            c.last_heartbeat_time = None;
+        }
+        s
+    };
+    strip(a) == strip(b)
+}
+
+/// Renews (creating it if needed) the node's Lease, owned by the Node.
+async fn renew_lease(leases: &Api<Lease>, name: &str, node_uid: &str) -> Result<(), kube::Error> {
+    let now = MicroTime(crate::events::now());
+    let patch = serde_json::json!({
+        "spec": {
+            "holderIdentity": name,
+            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+            "renewTime": now,
+        }
+    });
+    match leases
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.to_owned()),
+                    namespace: Some(LEASE_NAMESPACE.to_owned()),
+                    owner_references: Some(vec![OwnerReference {
+                        api_version: "v1".into(),
+                        kind: "Node".into(),
+                        name: name.to_owned(),
+                        uid: node_uid.to_owned(),
+                        ..OwnerReference::default()
+                    }]),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                    holder_identity: Some(name.to_owned()),
+                    lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                    renew_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            leases
+                .create(&PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> NodeFacts {
+        NodeFacts {
+            name: "node-a".into(),
+            labels: BTreeMap::from([("role".to_owned(), "edge".to_owned())]),
+            host_ip: "10.0.0.5".into(),
+            cpus: 2,
+            memory_bytes: 4 << 30,
+            max_pods: 110,
+            runtime_version: "containerd://1.6.20".into(),
+            port: 10250,
+        }
+    }
+
+    #[test]
+    fn the_node_carries_kubelets_labels_capacity_and_conditions() {
+        let node = facts().node();
+        let labels = node.metadata.labels.expect("labels");
+        assert_eq!(labels["kubernetes.io/hostname"], "node-a");
+        assert_eq!(labels["kubernetes.io/os"], "linux");
+        assert_eq!(labels["role"], "edge");
+        let status = node.status.expect("status");
+        let capacity = status.capacity.expect("capacity");
+        assert_eq!(capacity["memory"].0, "4194304Ki");
+        assert_eq!(capacity["pods"].0, "110");
+        let conditions = status.conditions.expect("conditions");
+        let ready = conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("True", Some("KubeletReady"))
+        );
+        let addresses = status.addresses.expect("addresses");
+        assert_eq!(addresses[0].address, "10.0.0.5");
+        assert_eq!(
+            status.node_info.expect("info").container_runtime_version,
+            "containerd://1.6.20"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_status_differs_only_in_heartbeats() {
+        let facts = facts();
+        let first = facts.status(None);
+        let second = facts.status(Some(&first));
+        assert!(same_but_heartbeats(&first, &second));
+        let mut more = facts.clone();
+        more.max_pods = 5;
+        assert!(!same_but_heartbeats(&first, &more.status(Some(&first))));
+    }
+}

@@ -1,0 +1,62 @@
+//! The API server as a pod source (kubelet's `config/apiserver.go`): a watch of the pods
+//! bound to this node (`spec.nodeName=NAME`, which is all the Node authorizer lets a node
+//! list), each relist delivered whole so that pods deleted while the watch was down are
+//! noticed.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt as _;
+use kube::Api;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::CONFIG_SOURCE_API;
+use crate::daemon::config::PodUpdate;
+use crate::source::CONFIG_SOURCE_ANNOTATION;
+
+/// Sends the pods bound to `node` as updates of the API source until `updates` closes.
+/// Errors are logged and the watch resumes with kube-runtime's default backoff.
+pub async fn watch(client: kube::Client, node: String, updates: UnboundedSender<PodUpdate>) {
+    let api: Api<Pod> = Api::all(client);
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut listing: Option<Vec<Arc<Pod>>> = None;
+    while let Some(event) = events.next().await {
+        let update = match event {
+            Ok(Event::Init) => {
+                listing = Some(Vec::new());
+                None
+            }
+            Ok(Event::InitApply(pod)) => {
+                listing.get_or_insert_with(Vec::new).push(marked(pod));
+                None
+            }
+            Ok(Event::InitDone) => Some(PodUpdate::Set(listing.take().unwrap_or_default())),
+            Ok(Event::Apply(pod)) => Some(PodUpdate::Apply(marked(pod))),
+            Ok(Event::Delete(pod)) => pod.metadata.uid.map(PodUpdate::Delete),
+            Err(e) => {
+                tracing::warn!(error = %e, "watching this node's pods; retrying");
+                None
+            }
+        };
+        if let Some(update) = update {
+            if updates.send(update).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The pod with kubelet's in-memory `kubernetes.io/config.source: api` annotation.
+fn marked(mut pod: Pod) -> Arc<Pod> {
+    pod.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            CONFIG_SOURCE_ANNOTATION.to_owned(),
+            CONFIG_SOURCE_API.to_owned(),
+        );
+    Arc::new(pod)
+}

@@ -1,0 +1,161 @@
+//! bosun as its node's kubelet in a real cluster: kube-apiserver, etcd and
+//! kube-controller-manager 1.20.2 started by `scripts/control-plane.sh`, a real containerd
+//! node, and bosun joined with the node identity `system:node:node1`. Each test has its own
+//! control plane (directory and ports) and node (directory, containerd, CNI subnet), so they
+//! may run in parallel.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use bosun_tests::control_plane::{self, ControlPlane};
+use bosun_tests::daemon::{Daemon, NODE_NAME, SLEEP_FOREVER};
+use bosun_tests::images::BUSYBOX_IMAGE;
+use bosun_tests::node::TestNode;
+use serde_json::Value;
+
+const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
+
+/// Runs `scenario` against bosun joined to a fresh control plane; prints bosun's log if it
+/// failed and tears everything down either way.
+async fn in_a_cluster<F, Fut>(name: &str, scenario: F) -> Result<()>
+where
+    F: FnOnce(ControlPlane, TestNode) -> Fut,
+    Fut: std::future::Future<Output = (ControlPlane, TestNode, Daemon, Result<()>)>,
+{
+    if let Err(why) = control_plane::available() {
+        panic!("could not run: no control plane here: {why}");
+    }
+    let plane = ControlPlane::start(name).await?;
+    let node = TestNode::start(name).await?;
+    let (plane, node, daemon, result) = scenario(plane, node).await;
+    if result.is_err() {
+        eprintln!("--- bosun's log ---\n{}", daemon.log());
+    }
+    drop(daemon);
+    node.shutdown().await?;
+    plane.shutdown().await?;
+    result
+}
+
+async fn join(plane: &ControlPlane, node: &TestNode) -> Result<Daemon> {
+    let kubeconfig = plane.node_kubeconfig(NODE_NAME).await?;
+    Daemon::start_with_args(
+        BOSUN.as_ref(),
+        node,
+        node.dir(),
+        "",
+        &["--kubeconfig".as_ref(), kubeconfig.as_os_str()],
+    )
+    .await
+}
+
+async fn get_json(plane: &ControlPlane, args: &[&str]) -> Result<Value> {
+    let mut all = vec!["get"];
+    all.extend(args);
+    all.extend(["-o", "json"]);
+    let out = plane.kubectl(all).await?;
+    serde_json::from_str(&out).context("kubectl's JSON")
+}
+
+/// Polls until `check` holds of `kubectl get ARGS -o json`, or fails with the last object.
+async fn wait_for(
+    plane: &ControlPlane,
+    args: &[&str],
+    within: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + within;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(value) = get_json(plane, args).await {
+            if check(&value) {
+                return Ok(value);
+            }
+            last = value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("kubectl get {args:?}: not as wanted within {within:?}; last: {last:#}")
+}
+
+fn condition<'a>(object: &'a Value, type_: &str) -> &'a str {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_node_registers_runs_a_bound_pod_reports_it_and_deletes_it_gracefully() -> Result<()> {
+    in_a_cluster("join", |plane, node| async move {
+        let daemon = match join(&plane, &node).await {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("starting bosun: {e:#}"),
+        };
+        let result = async {
+            // The Node, Ready, with kubelet's labels, and its Lease.
+            let node_object = wait_for(&plane, &["node", NODE_NAME], Duration::from_secs(30), |n| {
+                condition(n, "Ready") == "True"
+            })
+            .await?;
+            ensure!(node_object["metadata"]["labels"]["kubernetes.io/hostname"] == NODE_NAME);
+            ensure!(node_object["status"]["nodeInfo"]["containerRuntimeVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("containerd://")));
+            let lease = wait_for(
+                &plane,
+                &["lease", "-n", "kube-node-lease", NODE_NAME],
+                Duration::from_secs(20),
+                |l| l["spec"]["renewTime"].is_string(),
+            )
+            .await?;
+            ensure!(lease["metadata"]["ownerReferences"][0]["kind"] == "Node");
+
+            // A pod bound to the node runs, and its status reaches the API server. Its
+            // ServiceAccount token is not mounted: Secrets and ConfigMaps by reference from
+            // the API server are not fetched yet.
+            let manifest = node.dir().join("web.yaml");
+            std::fs::write(
+                &manifest,
+                format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: default}}\nspec:\n  nodeName: {NODE_NAME}\n  automountServiceAccountToken: false\n  terminationGracePeriodSeconds: 30\n  containers:\n  - name: app\n    image: {BUSYBOX_IMAGE}\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, {SLEEP_FOREVER:?}]\n    readinessProbe:\n      exec: {{command: [\"true\"]}}\n      periodSeconds: 1\n"
+                ),
+            )?;
+            plane
+                .kubectl(["apply", "-f", manifest.to_str().unwrap_or_default()])
+                .await?;
+            let pod = wait_for(&plane, &["pod", "web"], Duration::from_secs(60), |p| {
+                p["status"]["phase"] == "Running" && condition(p, "Ready") == "True"
+            })
+            .await?;
+            ensure!(node.subnet_contains(pod["status"]["podIP"].as_str().unwrap_or_default()));
+            ensure!(condition(&pod, "PodScheduled") == "True", "PodScheduled kept: {pod:#}");
+            ensure!(pod["status"]["containerStatuses"][0]["ready"] == true);
+            ensure!(pod["status"]["hostIP"].is_string());
+
+            // Graceful deletion: the container exits at once on SIGTERM, bosun then deletes
+            // the object with grace 0, long before the 30 s grace period ends.
+            let started = Instant::now();
+            plane.kubectl(["delete", "pod", "web", "--wait=false"]).await?;
+            let deadline = started + Duration::from_secs(25);
+            loop {
+                let out = plane
+                    .kubectl(["get", "pods", "--ignore-not-found", "-o", "name"])
+                    .await?;
+                if out.trim().is_empty() {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "pod still there: {out}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let gone_after = started.elapsed();
+            eprintln!("pod deleted in the API → object gone in {gone_after:?}");
+            ensure!(gone_after < Duration::from_secs(20), "took {gone_after:?}");
+            Ok(())
+        }
+        .await;
+        (plane, node, daemon, result)
+    })
+    .await
+}
