@@ -8,22 +8,36 @@
 //! ([`DEFAULT_CAPACITY`]) and drops the one seen least recently first. Every occurrence is also
 //! logged (Normal at info, Warning at warn), so the log and the events agree.
 //!
+//! A sink (in a cluster, the task writing events to the API server) takes every occurrence
+//! from [`Recorder::subscribe`], as kubelet's event broadcaster hands them to its watchers:
+//! folded, so that it can create an event once and then patch its count, through a bounded
+//! queue that never blocks the recorder. When a sink falls behind by [`SINK_QUEUE`]
+//! occurrences, further ones are dropped for it (and counted) until it catches up, as kubelet's
+//! broadcaster drops when its queue is full.
+//!
 //! This module knows Events and object references. It does not decide what to record (the pod
-//! worker and the daemon do) nor how they are served (`api` does).
+//! worker and the daemon do) nor how they are served (`api` does) or sent on (`cluster::events`
+//! does).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 /// The `source.component` (and `reportingComponent`) of every event bosun records.
 pub const COMPONENT: &str = "bosun";
 
 /// How many distinct events a [`Recorder`] keeps unless told otherwise.
 pub const DEFAULT_CAPACITY: usize = 1000;
+
+/// How many occurrences may wait for a sink before further ones are dropped for it: kubelet's
+/// `maxQueuedEvents`.
+pub const SINK_QUEUE: usize = 1000;
 
 /// An event's `type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -151,7 +165,25 @@ pub struct Recorder {
 #[derive(Debug)]
 struct Inner {
     host: String,
-    log: Mutex<EventLog>,
+    shared: Mutex<Shared>,
+    /// Occurrences dropped because a sink's queue was full, over all sinks.
+    dropped: AtomicU64,
+}
+
+/// What recording changes, under one lock: occurrences reach every sink in the order their
+/// counts were given, so a sink never sees a count go back.
+#[derive(Debug)]
+struct Shared {
+    log: EventLog,
+    sinks: Vec<Sink>,
+}
+
+/// One subscriber's end of its queue.
+#[derive(Debug)]
+struct Sink {
+    queue: mpsc::Sender<Event>,
+    /// Whether the last occurrence offered was dropped: a run of drops is logged once.
+    overflowing: bool,
 }
 
 impl Recorder {
@@ -166,9 +198,36 @@ impl Recorder {
         Recorder {
             inner: Arc::new(Inner {
                 host: host.into(),
-                log: Mutex::new(EventLog::new(capacity)),
+                shared: Mutex::new(Shared {
+                    log: EventLog::new(capacity),
+                    sinks: Vec::new(),
+                }),
+                dropped: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// A queue of every occurrence recorded from now on, each as the event stands after it
+    /// (current `count` and `lastTimestamp`; the `metadata.name` and `firstTimestamp` of its
+    /// first occurrence). Recording never waits for the receiver: when [`SINK_QUEUE`]
+    /// occurrences are waiting, further ones are dropped for this receiver and counted in
+    /// [`Recorder::dropped`]. Dropping the receiver unsubscribes it.
+    pub fn subscribe(&self) -> mpsc::Receiver<Event> {
+        self.subscribe_with_queue(SINK_QUEUE)
+    }
+
+    fn subscribe_with_queue(&self, queue: usize) -> mpsc::Receiver<Event> {
+        let (sender, receiver) = mpsc::channel(queue.max(1));
+        self.lock().sinks.push(Sink {
+            queue: sender,
+            overflowing: false,
+        });
+        receiver
+    }
+
+    /// How many occurrences were dropped because a subscriber's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
     }
 
     /// The node's name, as given to the constructor.
@@ -199,9 +258,16 @@ impl Recorder {
         let object = short_object(&involved);
         let namespace = involved.namespace.clone().unwrap_or_default();
         let field_path = involved.field_path.clone().unwrap_or_default();
-        let count = self
-            .lock()
-            .record(&self.inner.host, involved, type_, reason, &message, now());
+        let count = {
+            let mut guard = self.lock();
+            let shared = &mut *guard;
+            let event =
+                shared
+                    .log
+                    .record(&self.inner.host, involved, type_, reason, &message, now());
+            offer(&mut shared.sinks, event, &self.inner.dropped);
+            event.count.unwrap_or(1)
+        };
         macro_rules! log {
             ($level:expr) => {
                 tracing::event!(
@@ -234,17 +300,41 @@ impl Recorder {
     /// Every event kept, the one seen least recently first (so in `lastTimestamp` order, to
     /// the nanosecond).
     pub fn events(&self) -> Vec<Event> {
-        self.lock().events().cloned().collect()
+        self.lock().log.events().cloned().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, EventLog> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         // Each change to the log is a few map operations that cannot panic halfway in a way
         // that matters: keep recording rather than lose every later event.
         self.inner
-            .log
+            .shared
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Hands `event` to every sink without waiting: a full queue drops it (counted in `dropped`),
+/// a closed one is forgotten.
+fn offer(sinks: &mut Vec<Sink>, event: &Event, dropped: &AtomicU64) {
+    sinks.retain_mut(|sink| match sink.queue.try_send(event.clone()) {
+        Ok(()) => {
+            sink.overflowing = false;
+            true
+        }
+        Err(TrySendError::Full(event)) => {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            if !sink.overflowing {
+                tracing::warn!(
+                    event = event.metadata.name.as_deref().unwrap_or_default(),
+                    queue = sink.queue.max_capacity(),
+                    "an event sink is behind: dropping events for it until it catches up"
+                );
+            }
+            sink.overflowing = true;
+            true
+        }
+        Err(TrySendError::Closed(_)) => false,
+    });
 }
 
 /// What makes two events the same one (kubelet's `getEventKey`, without the source, which is
@@ -303,7 +393,7 @@ impl EventLog {
         }
     }
 
-    /// Records one occurrence at `now` and returns the event's count.
+    /// Records one occurrence at `now` and returns the event as it now stands.
     fn record(
         &mut self,
         host: &str,
@@ -312,7 +402,7 @@ impl EventLog {
         reason: &str,
         message: &str,
         now: Timestamp,
-    ) -> i32 {
+    ) -> &Event {
         let fresh = self.new_event(host, involved, type_, reason, message, now);
         let key = Key::of(&fresh);
         let seq = self.next_seq;
@@ -331,14 +421,14 @@ impl EventLog {
             }
             None => fresh,
         };
-        let count = event.count.unwrap_or(1);
         self.by_last_seen.insert(seq, event);
         while self.by_last_seen.len() > self.capacity {
             if let Some((_, dropped)) = self.by_last_seen.pop_first() {
                 self.index.remove(&Key::of(&dropped));
             }
         }
-        count
+        // The newest entry, which capacity (at least one) kept.
+        &self.by_last_seen[&seq]
     }
 
     /// A first occurrence, shaped as kubelet's event recorder makes it.
@@ -544,6 +634,8 @@ mod tests {
             message,
             at(second),
         )
+        .count
+        .unwrap_or_default()
     }
 
     fn summary(log: &EventLog) -> Vec<(String, String, i32)> {
@@ -767,5 +859,68 @@ mod tests {
             FieldSelector::parse("involvedObject.name"),
             Err(SelectorError::Malformed { .. })
         ));
+    }
+    #[test]
+    fn a_subscriber_receives_every_occurrence_folded() {
+        let recorder = Recorder::new("node-1");
+        let mut sink = recorder.subscribe();
+        let web = pod("web");
+        for _ in 0..3 {
+            recorder.warning(&web, reason::BACK_OFF_PULL_IMAGE, "Back-off pulling image");
+        }
+        recorder.record(
+            recorder.node_reference(),
+            EventType::Normal,
+            reason::STARTING,
+            "Starting bosun.",
+        );
+        let received: Vec<Event> = std::iter::from_fn(|| sink.try_recv().ok()).collect();
+        let counts: Vec<_> = received.iter().map(|e| e.count).collect();
+        assert_eq!(counts, [Some(1), Some(2), Some(3), Some(1)]);
+        // The repeats carry the first occurrence's name and firstTimestamp, so a sink can
+        // patch what it created.
+        let (first, third) = (&received[0], &received[2]);
+        assert_eq!(first.metadata.name, third.metadata.name);
+        assert_eq!(first.first_timestamp, third.first_timestamp);
+        assert!(third.last_timestamp >= first.last_timestamp);
+        // Each is what the recorder holds at that moment.
+        assert_eq!(recorder.events()[0], *third);
+        assert_eq!(received[3].metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(recorder.dropped(), 0);
+    }
+
+    #[test]
+    fn a_full_sink_drops_and_counts_without_blocking_the_recorder() {
+        let recorder = Recorder::new("node-1");
+        let mut slow = recorder.subscribe_with_queue(2);
+        let mut fast = recorder.subscribe();
+        let web = pod("web");
+        for i in 0..5 {
+            recorder.normal(&web, reason::PULLING_IMAGE, format!("Pulling image {i}"));
+        }
+        assert_eq!(recorder.dropped(), 3);
+        let messages = |sink: &mut mpsc::Receiver<Event>| -> Vec<String> {
+            std::iter::from_fn(|| sink.try_recv().ok())
+                .filter_map(|e| e.message)
+                .collect()
+        };
+        assert_eq!(messages(&mut slow), ["Pulling image 0", "Pulling image 1"]);
+        // Another sink is not held back by the slow one.
+        assert_eq!(messages(&mut fast).len(), 5);
+        // Once it has caught up, the slow sink receives again.
+        recorder.normal(&web, reason::PULLED_IMAGE, "Pulled");
+        assert_eq!(messages(&mut slow), ["Pulled"]);
+        assert_eq!(recorder.events().len(), 6);
+    }
+
+    #[test]
+    fn a_dropped_receiver_unsubscribes() {
+        let recorder = Recorder::new("node-1");
+        drop(recorder.subscribe());
+        let kept = recorder.subscribe();
+        recorder.normal(&pod("web"), reason::PULLING_IMAGE, "Pulling image");
+        assert_eq!(recorder.lock().sinks.len(), 1);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(recorder.dropped(), 0);
     }
 }

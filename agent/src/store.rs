@@ -29,6 +29,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Metadata;
 use tokio::sync::Notify;
 
+use crate::pod::references::RefKind;
+
 /// Where an object came from. Declared in read priority: the first source holding a key is
 /// the one read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -245,6 +247,15 @@ impl<K> Store<K> {
         subscribers.retain(|s| s.strong_count() > 0);
         subscribers.push(Arc::downgrade(&pending));
         Subscription { pending }
+    }
+
+    /// Announces `key` as changed without changing it: wakes those waiting for it (an
+    /// object found missing after waiting is news too).
+    pub fn touch(&self, key: &ObjectKey) {
+        self.publish(Changes {
+            keys: BTreeSet::from([key.clone()]),
+            synced: false,
+        });
     }
 
     /// The writer of `source`'s objects. There should be one per source: two would each
@@ -489,6 +500,11 @@ impl Objects {
 pub trait ObjectGetter: Send + Sync {
     fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>>;
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>>;
+    /// Whether the object is not known yet either way (its watch has not listed it): a
+    /// pod that needs it waits without an error, and is woken when it arrives.
+    fn pending(&self, _kind: RefKind, _namespace: &str, _name: &str) -> bool {
+        false
+    }
 }
 
 impl ObjectGetter for Objects {

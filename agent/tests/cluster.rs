@@ -113,13 +113,12 @@ async fn a_node_registers_runs_a_bound_pod_reports_it_and_deletes_it_gracefully(
             ensure!(lease["metadata"]["ownerReferences"][0]["kind"] == "Node");
 
             // A pod bound to the node runs, and its status reaches the API server. Its
-            // ServiceAccount token is not mounted: Secrets and ConfigMaps by reference from
-            // the API server are not fetched yet.
+            // ServiceAccount token (a Secret volume in 1.20) comes from the API server.
             let manifest = node.dir().join("web.yaml");
             std::fs::write(
                 &manifest,
                 format!(
-                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: default}}\nspec:\n  nodeName: {NODE_NAME}\n  automountServiceAccountToken: false\n  terminationGracePeriodSeconds: 30\n  containers:\n  - name: app\n    image: {BUSYBOX_IMAGE}\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, {SLEEP_FOREVER:?}]\n    readinessProbe:\n      exec: {{command: [\"true\"]}}\n      periodSeconds: 1\n"
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: default}}\nspec:\n  nodeName: {NODE_NAME}\n  terminationGracePeriodSeconds: 30\n  containers:\n  - name: app\n    image: {BUSYBOX_IMAGE}\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, {SLEEP_FOREVER:?}]\n    readinessProbe:\n      exec: {{command: [\"true\"]}}\n      periodSeconds: 1\n"
                 ),
             )?;
             plane
@@ -133,6 +132,18 @@ async fn a_node_registers_runs_a_bound_pod_reports_it_and_deletes_it_gracefully(
             ensure!(condition(&pod, "PodScheduled") == "True", "PodScheduled kept: {pod:#}");
             ensure!(pod["status"]["containerStatuses"][0]["ready"] == true);
             ensure!(pod["status"]["hostIP"].is_string());
+            // The pod's events reach the API server, as `kubectl get events` shows them.
+            let events = wait_for(&plane, &["events"], Duration::from_secs(20), |list| {
+                list["items"].as_array().is_some_and(|items| {
+                    items.iter().any(|e| {
+                        e["involvedObject"]["name"] == "web"
+                            && e["reason"] == "Started"
+                            && e["source"]["component"] == "bosun"
+                    })
+                })
+            })
+            .await;
+            ensure!(events.is_ok(), "no Started event: {events:?}");
 
             // Graceful deletion: the container exits at once on SIGTERM, bosun then deletes
             // the object with grace 0, long before the 30 s grace period ends.
@@ -152,6 +163,55 @@ async fn a_node_registers_runs_a_bound_pod_reports_it_and_deletes_it_gracefully(
             let gone_after = started.elapsed();
             eprintln!("pod deleted in the API → object gone in {gone_after:?}");
             ensure!(gone_after < Duration::from_secs(20), "took {gone_after:?}");
+            Ok(())
+        }
+        .await;
+        (plane, node, daemon, result)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn configmaps_and_secrets_come_from_the_api_server_and_edits_reach_the_container(
+) -> Result<()> {
+    in_a_cluster("objects", |plane, node| async move {
+        let daemon = match join(&plane, &node).await {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("starting bosun: {e:#}"),
+        };
+        let result = async {
+            let manifest = node.dir().join("objects.yaml");
+            std::fs::write(
+                &manifest,
+                format!(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: web-conf, namespace: default}}\ndata: {{greeting: hello}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: web-secret, namespace: default}}\nstringData: {{token: s3cret}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: reader, namespace: default}}\nspec:\n  nodeName: {NODE_NAME}\n  terminationGracePeriodSeconds: 1\n  volumes: [{{name: conf, configMap: {{name: web-conf}}}}]\n  containers:\n  - name: app\n    image: {BUSYBOX_IMAGE}\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, {SLEEP_FOREVER:?}]\n    env: [{{name: TOKEN, valueFrom: {{secretKeyRef: {{name: web-secret, key: token}}}}}}]\n    volumeMounts: [{{name: conf, mountPath: /conf}}]\n"
+                ),
+            )?;
+            plane
+                .kubectl(["apply", "-f", manifest.to_str().unwrap_or_default()])
+                .await?;
+            let pod = wait_for(&plane, &["pod", "reader"], Duration::from_secs(60), |p| {
+                p["status"]["phase"] == "Running"
+            })
+            .await?;
+            let id = bosun_tests::daemon::container_id(&pod, "app");
+            let cri = node.cri().await?;
+            let seen = bosun_tests::daemon::sh(&cri, &id, "cat /conf/greeting; echo; echo $TOKEN").await?;
+            ensure!(seen == "hello\ns3cret\n", "the container saw {seen:?}");
+
+            // An edit of the ConfigMap reaches the running container's volume.
+            plane
+                .kubectl(["patch", "configmap", "web-conf", "-p", r#"{"data":{"greeting":"bye"}}"#])
+                .await?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let now = bosun_tests::daemon::sh(&cri, &id, "cat /conf/greeting").await?;
+                if now == "bye" {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "still {now:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             Ok(())
         }
         .await;

@@ -7,7 +7,9 @@
 //! The API server being away never stops a pod: watches resume with backoff (relisting
 //! after 410 Gone), and status writes resume with the latest status.
 
+pub mod events;
 pub mod node;
+pub mod objects;
 pub mod pods;
 pub mod status;
 

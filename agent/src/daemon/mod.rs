@@ -11,6 +11,7 @@
 //! sources and read by the workers (volumes), the service proxy, the EndpointSlice
 //! controller, the policy enforcer and the local API, none of which knows the others.
 
+pub mod admission;
 pub mod config;
 pub mod pleg;
 pub mod pod_workers;
@@ -25,7 +26,9 @@ use anyhow::{Context, Result};
 use bosun_cri::CriClient;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 
+use crate::cluster::objects::ReferencedObjects;
 use crate::events::{reason, EventType, Recorder};
+use crate::pod::references::{references, RefKind};
 use crate::pod::spec::NodeContext;
 use crate::pod::volume::{self, HostMounter};
 use crate::pod::worker::pod_name;
@@ -125,6 +128,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let mut pod_sources = file_sources.to_vec();
     let mut tasks = Vec::new();
     let (api_tx, mut api_updates) = tokio::sync::mpsc::unbounded_channel::<PodUpdate>();
+    let mut referenced = None;
     if let Some(kubeconfig) = &config.kubeconfig {
         let cluster = crate::cluster::client(kubeconfig)
             .await
@@ -150,6 +154,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             config.node.node_name.clone(),
             api_tx,
         )));
+        // Subscribed before any pod worker starts, so that none of their events is missed.
+        tasks.push(tokio::spawn(crate::cluster::events::run(
+            cluster.clone(),
+            events.subscribe(),
+        )));
+        referenced = Some(ReferencedObjects::new(cluster.clone(), objects.clone()));
         tasks.push(tokio::spawn(crate::cluster::status::run(
             cluster,
             pods.clone(),
@@ -158,7 +168,6 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         drop(api_tx);
     }
     let ctx = Arc::new(config.node.clone());
-    let mut tasks = Vec::new();
     // The static pods' EndpointSlices: standalone, nothing else computes them.
     tasks.push(tokio::spawn(endpoints::run_controller(
         objects.services.clone(),
@@ -200,7 +209,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         runtime: client.clone(),
         ctx: ctx.clone(),
         events: events.clone(),
-        objects: Arc::new(objects.clone()),
+        objects: match &referenced {
+            Some(referenced) => referenced.clone(),
+            None => Arc::new(objects.clone()),
+        },
         status: status.clone(),
         policy: enforcer,
         done: done_tx,
@@ -210,7 +222,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     tasks.push(tokio::spawn(pleg::run(client.clone(), socket, pleg_tx)));
 
     let mut pod_config = PodConfig::new(&pod_sources);
-    let mut referenced = [objects.config_maps.subscribe(), objects.secrets.subscribe()];
+    let mut references_changed = [objects.config_maps.subscribe(), objects.secrets.subscribe()];
     let mut pod_dirs_swept = false;
     // Pods refused at admission, by UID, with their key in the pod store.
     let mut rejected: HashMap<String, ObjectKey> = HashMap::new();
@@ -232,14 +244,20 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             }
             Some(update) = api_updates.recv() => {
                 let changed = pod_config.apply(Source::Api, update);
+                if let Some(referenced) = &referenced {
+                    // Watches of what the pods refer to start before their workers look.
+                    for uid in &changed {
+                        referenced.track(uid, pod_config.get(uid).map(|p| &**p));
+                    }
+                }
                 sync_pods(&pod_config, changed, &mut workers, &mut rejected, &status, &events, config.max_pods);
             }
-            _ = objects_changed(&mut referenced) => {
+            _ = objects_changed(&mut references_changed) => {
                 // configMap and secret volumes follow their objects: wake the pods that
                 // refer to what changed.
-                let keys: Vec<(ObjectKind, ObjectKey)> = referenced[0].take().keys.into_iter()
-                    .map(|k| (ObjectKind::ConfigMap, k))
-                    .chain(referenced[1].take().keys.into_iter().map(|k| (ObjectKind::Secret, k)))
+                let keys: Vec<(RefKind, ObjectKey)> = references_changed[0].take().keys.into_iter()
+                    .map(|k| (RefKind::ConfigMap, k))
+                    .chain(references_changed[1].take().keys.into_iter().map(|k| (RefKind::Secret, k)))
                     .collect();
                 for (uid, pod) in pod_config.desired() {
                     if keys.iter().any(|(kind, key)| refers_to(&pod, *kind, key)) {
@@ -330,12 +348,6 @@ fn sync_pods<R: crate::runtime::Runtime>(
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ObjectKind {
-    ConfigMap,
-    Secret,
-}
-
 /// Resolves once either store changed; the changes stay to be taken.
 async fn objects_changed(subscriptions: &mut [Subscription; 2]) {
     let [config_maps, secrets] = subscriptions;
@@ -345,35 +357,12 @@ async fn objects_changed(subscriptions: &mut [Subscription; 2]) {
     }
 }
 
-/// Whether `pod` mounts the ConfigMap or Secret `key` through a volume.
-fn refers_to(pod: &Pod, kind: ObjectKind, key: &ObjectKey) -> bool {
-    if pod.metadata.namespace.as_deref().unwrap_or("default") != key.namespace {
-        return false;
-    }
-    let name = Some(key.name.as_str());
-    pod.spec
+/// Whether `pod` refers to the ConfigMap or Secret `key` (volumes, environment, pull
+/// secrets).
+fn refers_to(pod: &Pod, kind: RefKind, key: &ObjectKey) -> bool {
+    references(pod)
         .iter()
-        .flat_map(|spec| spec.volumes.iter().flatten())
-        .any(|volume| {
-            let direct = match kind {
-                ObjectKind::ConfigMap => volume.config_map.as_ref().map(|c| c.name.as_str()),
-                ObjectKind::Secret => volume
-                    .secret
-                    .as_ref()
-                    .and_then(|s| s.secret_name.as_deref()),
-            };
-            let projected = volume
-                .projected
-                .iter()
-                .flat_map(|p| p.sources.iter().flatten())
-                .any(|source| match kind {
-                    ObjectKind::ConfigMap => {
-                        source.config_map.as_ref().map(|c| c.name.as_str()) == name
-                    }
-                    ObjectKind::Secret => source.secret.as_ref().map(|s| s.name.as_str()) == name,
-                });
-            direct == name || projected
-        })
+        .any(|(k, namespace, name)| *k == kind && *namespace == key.namespace && *name == key.name)
 }
 
 /// Records a pod refused because the node runs `maxPods` pods already: phase Failed with

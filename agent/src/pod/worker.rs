@@ -231,6 +231,10 @@ impl<R: Runtime> PodWorker<R> {
         // pod whose volumes cannot be set up starts nothing, and what runs keeps running.
         let volumes = match volume::prepare(pod, &self.ctx, &*self.objects, &HostMounter) {
             Ok(volumes) => Some(volumes),
+            Err(e @ volume::VolumeError::ObjectPending { .. }) => {
+                tracing::debug!(pod = %pod_name(pod), "{e}");
+                None
+            }
             Err(e) => {
                 self.events.warning(
                     pod,
@@ -648,8 +652,15 @@ impl<R: Runtime> PodWorker<R> {
             &pulled.username,
         )
         .map_err(|e| config_error(&e))?;
-        let mut config = spec::container_config(pod, container, spec_kind, &self.ctx, &facts)
-            .map_err(|e| config_error(&e))?;
+        let mut config = spec::container_config_with(
+            pod,
+            container,
+            spec_kind,
+            &self.ctx,
+            &facts,
+            &*self.objects,
+        )
+        .map_err(|e| config_error(&e))?;
         // The runtime is given the image it resolved, and the name as written.
         if let Some(spec) = config.image.as_mut() {
             spec.user_specified_image = std::mem::take(&mut spec.image);

@@ -11,6 +11,7 @@ use super::resources::{
     self, ContainerResources, CPU, EPHEMERAL_STORAGE, HUGEPAGES_PREFIX, MEMORY,
 };
 use super::{NodeContext, RuntimeFacts, SpecError};
+use crate::store::ObjectGetter;
 
 /// Expands `$(NAME)` references in `input` (Kubernetes' `expansion.Expand`): a name that
 /// `lookup` knows is replaced by its value, an unknown one is left as written, `$$` is a
@@ -106,27 +107,71 @@ pub(crate) struct EnvContext<'a> {
     pub resources: &'a ContainerResources,
     /// The container's field path, `spec.containers[0]`.
     pub path: &'a str,
+    /// The ConfigMaps and Secrets `envFrom` and `valueFrom` refer to.
+    pub objects: &'a dyn ObjectGetter,
 }
 
 /// The container's environment: `envFrom` sources, then `env` in order, each `value`
 /// expanded against the variables defined before it. Service links are not added (bosun has
-/// no Service informer yet); ConfigMap and Secret references fail unless optional, in which
-/// case they are skipped as kubelet skips a missing optional source.
+/// no Service informer yet). A missing ConfigMap, Secret or key fails unless the reference is
+/// optional, in which case it is skipped, as kubelet does; `envFrom` keys that are not valid
+/// variable names are skipped too (kubelet records them in an event).
 pub(crate) fn make_environment(
     container: &Container,
     env: &EnvContext<'_>,
 ) -> Result<Environment, SpecError> {
     let mut result = Environment::default();
+    let namespace = env.pod.metadata.namespace.as_deref().unwrap_or("default");
     for (index, source) in container.env_from.iter().flatten().enumerate() {
         let path = format!("{}.envFrom[{index}]", env.path);
-        if let Some(reference) = &source.config_map_ref {
-            if !reference.optional.unwrap_or(false) {
-                return Err(unavailable(format!("{path}.configMapRef"), "ConfigMaps"));
+        let prefix = source.prefix.as_deref().unwrap_or_default();
+        let data: Option<Vec<(String, String)>> = if let Some(reference) = &source.config_map_ref {
+            match env.objects.config_map(namespace, &reference.name) {
+                Some(object) => Some(
+                    object
+                        .data
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                ),
+                None if reference.optional.unwrap_or(false) => None,
+                None => {
+                    return Err(not_found(
+                        format!("{path}.configMapRef"),
+                        "ConfigMap",
+                        namespace,
+                        &reference.name,
+                    ))
+                }
             }
-        }
-        if let Some(reference) = &source.secret_ref {
-            if !reference.optional.unwrap_or(false) {
-                return Err(unavailable(format!("{path}.secretRef"), "Secrets"));
+        } else if let Some(reference) = &source.secret_ref {
+            match env.objects.secret(namespace, &reference.name) {
+                Some(object) => Some(
+                    object
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+                        .collect(),
+                ),
+                None if reference.optional.unwrap_or(false) => None,
+                None => {
+                    return Err(not_found(
+                        format!("{path}.secretRef"),
+                        "Secret",
+                        namespace,
+                        &reference.name,
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        for (key, value) in data.into_iter().flatten() {
+            let name = format!("{prefix}{key}");
+            if is_env_var_name(&name) {
+                result.set(&name, value);
             }
         }
     }
@@ -181,20 +226,77 @@ fn resolve(
             Err(unavailable(path, what))
         }
     };
+    let namespace = env.pod.metadata.namespace.as_deref().unwrap_or("default");
+    let missing = |optional: Option<bool>, path: String, message: String| {
+        if optional.unwrap_or(false) {
+            Ok(None)
+        } else {
+            Err(SpecError::ObjectNotFound { path, message })
+        }
+    };
     if let Some(key) = &source.config_map_key_ref {
-        return optional_or(
-            key.optional,
-            format!("{path}.configMapKeyRef"),
-            "ConfigMaps",
-        );
+        let path = format!("{path}.configMapKeyRef");
+        let Some(object) = env.objects.config_map(namespace, &key.name) else {
+            return missing(
+                key.optional,
+                path,
+                format!("configmap \"{}\" not found", key.name),
+            );
+        };
+        return match object.data.as_ref().and_then(|d| d.get(&key.key)) {
+            Some(value) => Ok(Some(value.clone())),
+            None => missing(
+                key.optional,
+                path,
+                format!(
+                    "couldn't find key {} in ConfigMap {namespace}/{}",
+                    key.key, key.name
+                ),
+            ),
+        };
     }
     if let Some(key) = &source.secret_key_ref {
-        return optional_or(key.optional, format!("{path}.secretKeyRef"), "Secrets");
+        let path = format!("{path}.secretKeyRef");
+        let Some(object) = env.objects.secret(namespace, &key.name) else {
+            return missing(
+                key.optional,
+                path,
+                format!("secret \"{}\" not found", key.name),
+            );
+        };
+        return match object.data.as_ref().and_then(|d| d.get(&key.key)) {
+            Some(value) => Ok(Some(String::from_utf8_lossy(&value.0).into_owned())),
+            None => missing(
+                key.optional,
+                path,
+                format!(
+                    "couldn't find key {} in Secret {namespace}/{}",
+                    key.key, key.name
+                ),
+            ),
+        };
     }
     if let Some(key) = &source.file_key_ref {
         return optional_or(key.optional, format!("{path}.fileKeyRef"), "env files");
     }
     Ok(Some(String::new()))
+}
+
+fn not_found(path: String, kind: &str, namespace: &str, name: &str) -> SpecError {
+    SpecError::ObjectNotFound {
+        path,
+        message: format!("{kind} {namespace}/{name} not found"),
+    }
+}
+
+/// A valid environment variable name, as the API server checks `envFrom` keys
+/// (`IsEnvVarName`): printable ASCII but `=`, not starting with a digit.
+fn is_env_var_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'=')
 }
 
 fn unavailable(path: String, what: &str) -> SpecError {

@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use bosun_cri::api;
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use crate::store::ObjectGetter;
+
 pub use dns::{pod_dns_config, pod_hostname, HostDns, ResolvConf, ResolvConfError};
 pub use env::expand;
 pub use labels::{
@@ -183,6 +185,9 @@ pub enum SpecError {
     Unsupported { path: String, what: String },
     #[error("{path}: the container must not run as root: {reason}")]
     RunAsNonRoot { path: String, reason: String },
+    /// A ConfigMap or Secret the environment refers to does not exist (or lacks the key).
+    #[error("{path}: {message}")]
+    ObjectNotFound { path: String, message: String },
 }
 
 /// A required, non-empty string field.
@@ -306,6 +311,39 @@ pub fn container_config(
     ctx: &NodeContext,
     facts: &RuntimeFacts,
 ) -> Result<api::ContainerConfig, SpecError> {
+    container_config_with(pod, container, kind, ctx, facts, &NoObjects)
+}
+
+/// No ConfigMaps or Secrets: references to them fail unless optional.
+struct NoObjects;
+
+impl ObjectGetter for NoObjects {
+    fn config_map(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Option<std::sync::Arc<k8s_openapi::api::core::v1::ConfigMap>> {
+        None
+    }
+    fn secret(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Option<std::sync::Arc<k8s_openapi::api::core::v1::Secret>> {
+        None
+    }
+}
+
+/// As [`container_config`], with the ConfigMaps and Secrets the environment refers to
+/// (`configMapKeyRef`, `secretKeyRef`, `envFrom`) looked up in `objects`.
+pub fn container_config_with(
+    pod: &Pod,
+    container: &Container,
+    kind: ContainerKind,
+    ctx: &NodeContext,
+    facts: &RuntimeFacts,
+    objects: &dyn ObjectGetter,
+) -> Result<api::ContainerConfig, SpecError> {
     let path = container_path(pod, container, kind);
     required(pod.metadata.uid.as_deref(), "metadata.uid")?;
     let image = required(container.image.as_deref(), &format!("{path}.image"))?;
@@ -319,6 +357,7 @@ pub fn container_config(
             facts,
             resources: &container_resources,
             path: &path,
+            objects,
         },
     )?;
     let expand_all = |list: &Option<Vec<String>>| -> Vec<String> {

@@ -918,16 +918,73 @@ spec:
     };
     let secret = error_of(1);
     assert!(
-        matches!(&secret, Err(SpecError::Unsupported { path, .. })
-            if path == "spec.containers[1].env[1].valueFrom.secretKeyRef"),
+        matches!(&secret, Err(SpecError::ObjectNotFound { path, message })
+            if path == "spec.containers[1].env[1].valueFrom.secretKeyRef"
+                && message == "secret \"creds\" not found"),
         "{secret:?}"
     );
     let env_from = error_of(2);
     assert!(
-        matches!(&env_from, Err(SpecError::Unsupported { path, .. })
+        matches!(&env_from, Err(SpecError::ObjectNotFound { path, .. })
             if path == "spec.containers[2].envFrom[0].configMapRef"),
         "{env_from:?}"
     );
+}
+
+#[test]
+fn environment_comes_from_config_maps_and_secrets() {
+    use crate::store::{Objects, Source};
+    let objects = Objects::default();
+    objects.config_maps.writer(Source::Api).apply(std::sync::Arc::new(
+        serde_yaml::from_str(
+            "metadata: {name: settings, namespace: default}\ndata: {a: from-cm, 1bad: x, ok_key: y}",
+        )
+        .expect("a ConfigMap"),
+    ));
+    objects
+        .secrets
+        .writer(Source::Api)
+        .apply(std::sync::Arc::new(
+            serde_yaml::from_str(
+                "metadata: {name: creds, namespace: default}\ndata: {s: czNjcmV0}",
+            )
+            .expect("a Secret"),
+        ));
+    let pod = pod(r#"
+metadata: {name: cm}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    envFrom:
+    - {configMapRef: {name: settings}, prefix: CM_}
+    - {configMapRef: {name: settings}}
+    env:
+    - {name: S, valueFrom: {secretKeyRef: {name: creds, key: s}}}
+    - {name: A, valueFrom: {configMapKeyRef: {name: settings, key: a}}}
+    - {name: M, valueFrom: {configMapKeyRef: {name: settings, key: missing, optional: true}}}
+"#);
+    let config = ok(container_config_with(
+        &pod,
+        container_of(&pod, 0),
+        ContainerKind::Regular,
+        &node(),
+        &RuntimeFacts::default(),
+        &objects,
+    ));
+    let got = envs(&config);
+    let get = |name: &str| got.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    assert_eq!(get("CM_a"), Some("from-cm"));
+    assert_eq!(
+        get("CM_1bad"),
+        Some("x"),
+        "a prefix can make a key a valid name"
+    );
+    assert_eq!(get("1bad"), None, "an invalid name is skipped");
+    assert_eq!(get("ok_key"), Some("y"));
+    assert_eq!(get("S"), Some("s3cret"));
+    assert_eq!(get("A"), Some("from-cm"));
+    assert_eq!(get("M"), None);
 }
 
 // --- Ports, labels, annotations, hash ----------------------------------------------------

@@ -134,6 +134,15 @@ pub enum VolumeError {
         namespace: String,
         name: String,
     },
+    /// The object is being fetched from the API server: the pod waits, and is woken when
+    /// it arrives.
+    #[error("volume {volume:?}: waiting for {kind} \"{namespace}/{name}\"")]
+    ObjectPending {
+        volume: String,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
     #[error("volume {volume:?}: {kind} \"{namespace}/{name}\" has no key {key:?}")]
     KeyNotFound {
         volume: String,

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, KeyToPath, Pod, Projecte
 use super::atomic_writer::{FileProjection, Payload};
 use super::layout::{check_item_path, clean_path, format_mode};
 use super::VolumeError;
+use crate::pod::references::RefKind;
 use crate::store::ObjectGetter;
 
 /// The mode of projected files when the volume does not say (the API server's default).
@@ -104,11 +105,27 @@ impl Sources<'_> {
         name: &str,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
         let namespace = self.namespace();
+        let ref_kind = match kind {
+            ObjectKind::ConfigMap => RefKind::ConfigMap,
+            ObjectKind::Secret => RefKind::Secret,
+        };
+        let not_found = || {
+            if self.objects.pending(ref_kind, namespace, name) {
+                Err(VolumeError::ObjectPending {
+                    volume: self.volume.to_owned(),
+                    kind: kind.as_str(),
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })
+            } else {
+                Ok(None)
+            }
+        };
         let mut data = BTreeMap::new();
         match kind {
             ObjectKind::ConfigMap => {
                 let Some(object) = self.objects.config_map(namespace, name) else {
-                    return Ok(None);
+                    return not_found();
                 };
                 for (key, text) in object.data.iter().flatten() {
                     data.insert(key.clone(), text.clone().into_bytes());
@@ -119,7 +136,7 @@ impl Sources<'_> {
             }
             ObjectKind::Secret => {
                 let Some(object) = self.objects.secret(namespace, name) else {
-                    return Ok(None);
+                    return not_found();
                 };
                 for (key, bytes) in object.data.iter().flatten() {
                     data.insert(key.clone(), bytes.0.clone());
