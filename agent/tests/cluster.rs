@@ -145,6 +145,30 @@ async fn a_node_registers_runs_a_bound_pod_reports_it_and_deletes_it_gracefully(
             .await;
             ensure!(events.is_ok(), "no Started event: {events:?}");
 
+            // A pod that does not fit is rejected with kubelet's reason, in the API.
+            let hog = node.dir().join("hog.yaml");
+            std::fs::write(
+                &hog,
+                format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: hog, namespace: default}}\nspec:\n  nodeName: {NODE_NAME}\n  containers:\n  - name: app\n    image: {BUSYBOX_IMAGE}\n    resources: {{requests: {{cpu: '1000'}}}}\n"
+                ),
+            )?;
+            plane
+                .kubectl(["apply", "-f", hog.to_str().unwrap_or_default()])
+                .await?;
+            let hog = wait_for(&plane, &["pod", "hog"], Duration::from_secs(20), |p| {
+                p["status"]["phase"] == "Failed"
+            })
+            .await?;
+            ensure!(hog["status"]["reason"] == "OutOfcpu", "{hog:#}");
+            ensure!(hog["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Pod was rejected: Node didn't have enough resource: cpu, requested: 1000000")));
+            // Deleted, a rejected pod's object goes at once: nothing of it ever ran.
+            plane
+                .kubectl(["delete", "pod", "hog", "--timeout=15s"])
+                .await?;
+
             // Graceful deletion: the container exits at once on SIGTERM, bosun then deletes
             // the object with grace 0, long before the 30 s grace period ends.
             let started = Instant::now();
@@ -152,7 +176,7 @@ async fn a_node_registers_runs_a_bound_pod_reports_it_and_deletes_it_gracefully(
             let deadline = started + Duration::from_secs(25);
             loop {
                 let out = plane
-                    .kubectl(["get", "pods", "--ignore-not-found", "-o", "name"])
+                    .kubectl(["get", "pod", "web", "--ignore-not-found", "-o", "name"])
                     .await?;
                 if out.trim().is_empty() {
                     break;

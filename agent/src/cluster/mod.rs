@@ -15,9 +15,6 @@ pub mod status;
 
 use std::path::Path;
 
-/// The annotation kubelet puts on pods in memory to say where they came from: `api` here.
-pub const CONFIG_SOURCE_API: &str = "api";
-
 /// Why the API server could not be reached or answered no.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -48,13 +45,4 @@ pub async fn client(kubeconfig: &Path) -> Result<kube::Client, ClusterError> {
         .await
         .map_err(|e| invalid(e.into()))?;
     kube::Client::try_from(config).map_err(|e| invalid(e.into()))
-}
-
-/// Whether `pod` came from the API server (not the manifest directory).
-pub fn from_api(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(crate::source::CONFIG_SOURCE_ANNOTATION))
-        .is_some_and(|source| source == CONFIG_SOURCE_API)
 }

@@ -12,9 +12,7 @@ use kube::runtime::WatchStreamExt as _;
 use kube::Api;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::CONFIG_SOURCE_API;
-use crate::daemon::config::PodUpdate;
-use crate::source::CONFIG_SOURCE_ANNOTATION;
+use crate::source::{PodUpdate, CONFIG_SOURCE_ANNOTATION, CONFIG_SOURCE_API};
 
 /// Sends the pods bound to `node` as updates of the API source until `updates` closes.
 /// Errors are logged and the watch resumes with kube-runtime's default backoff.

@@ -1,19 +1,21 @@
 //! The status manager's API half (kubelet's `status_manager.go` syncPod): follows the pod
 //! store and patches `pods/status` of the pods that came from the API server, only when
 //! their status changed, with the pod's UID in the patch so that a pod deleted and created
-//! again under the same name is never written by mistake. A pod the store forgets (its
-//! worker terminated it) is deleted from the API with grace 0 and its UID as precondition,
-//! which ends a graceful deletion. Failed writes are retried with backoff, with the latest
-//! status.
+//! again under the same name is never written by mistake. A pod bosun is done with (its
+//! worker terminated it, or it never ran) is deleted from the API with grace 0 and its UID as
+//! precondition, which ends a graceful deletion. Failed writes are retried with backoff, with
+//! the latest status.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Api;
 
-use super::from_api;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::source::from_api;
 use crate::store::{ObjectKey, PodStore};
 use crate::util::sleep_or_never;
 
@@ -26,41 +28,49 @@ struct Written {
     status: Option<PodStatus>,
 }
 
-/// Runs until the task is dropped.
-pub async fn run(client: kube::Client, pods: PodStore) {
+/// Runs until the task is dropped. `finished` names the pods (key and UID) whose API
+/// objects are to be deleted.
+pub async fn run(
+    client: kube::Client,
+    pods: PodStore,
+    mut finished: UnboundedReceiver<(ObjectKey, String)>,
+) {
     let mut changes = pods.subscribe();
     let mut written: HashMap<ObjectKey, Written> = HashMap::new();
     let mut pending: BTreeSet<ObjectKey> = pods.entries().into_iter().map(|(k, _)| k).collect();
+    let mut deletions: BTreeMap<ObjectKey, String> = BTreeMap::new();
     let mut backoff = Duration::from_millis(200);
     loop {
-        let mut failed = BTreeSet::new();
+        let mut failed = false;
         for key in std::mem::take(&mut pending) {
-            let result = match pods.get(&key) {
-                Some(pod) if from_api(&pod) => {
-                    write_status(&client, &key, &pod, &mut written).await
-                }
-                Some(_) => Ok(()),
-                None => match written.get(&key) {
-                    Some(gone) => delete(&client, &key, &gone.uid).await.map(|()| {
-                        written.remove(&key);
-                    }),
-                    None => Ok(()),
-                },
+            let Some(pod) = pods.get(&key).filter(|pod| from_api(pod)) else {
+                continue;
             };
-            if let Err(e) = result {
+            if let Err(e) = write_status(&client, &key, &pod, &mut written).await {
                 tracing::warn!(pod = %key, error = %e, "writing pod status to the API server; retrying");
-                failed.insert(key);
+                pending.insert(key);
+                failed = true;
             }
         }
-        let retry = (!failed.is_empty()).then_some(backoff);
-        backoff = if failed.is_empty() {
-            Duration::from_millis(200)
-        } else {
+        for (key, uid) in std::mem::take(&mut deletions) {
+            written.remove(&key);
+            if let Err(e) = delete(&client, &key, &uid).await {
+                tracing::warn!(pod = %key, error = %e, "deleting a finished pod; retrying");
+                deletions.insert(key, uid);
+                failed = true;
+            }
+        }
+        let retry = failed.then_some(backoff);
+        backoff = if failed {
             (backoff * 2).min(MAX_BACKOFF)
+        } else {
+            Duration::from_millis(200)
         };
-        pending = failed;
         tokio::select! {
             changed = changes.changed() => pending.extend(changed.keys),
+            Some((key, uid)) = finished.recv() => {
+                deletions.insert(key, uid);
+            }
             () = sleep_or_never(retry) => {}
         }
     }

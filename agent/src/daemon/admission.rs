@@ -19,11 +19,11 @@
 //! 5. host ports already taken by admitted pods (`NodePorts`);
 //! 6. untolerated `NoExecute` taints, for pods that are not static (`TaintToleration`).
 //!
-//! Critical pods (static, mirror, or of system-critical priority) never fail for resources:
-//! kubelet evicts running pods to make room for them (`pkg/kubelet/preemption`). bosun does
-//! not preempt, so it admits a critical pod whose only failures are resources and lets the
-//! node be overcommitted; a critical pod that fails any other check is refused with that
-//! check's reason.
+//! Critical pods (static, mirror, or of system-critical priority) that fail only for
+//! resources are where bosun differs: kubelet evicts non-critical pods to make room for them
+//! (`pkg/kubelet/preemption`) and refuses them only when nothing can be evicted. bosun does
+//! not preempt yet, so it always refuses them, as kubelet does when every running pod is
+//! critical.
 //!
 //! Left out: the device, topology, eviction (node pressure), sysctl and AppArmor admit
 //! handlers; `SupplementalGroupsPolicy: Strict` (which needs the runtime's feature report);
@@ -63,11 +63,8 @@ const NODE_PORTS_DESC: &str = "node(s) didn't have free ports for the requested 
 const TAINT_TOLERATION_DESC: &str = "node(s) had taints that the pod didn't tolerate";
 
 const OS_LABEL: &str = "kubernetes.io/os";
-const CONFIG_MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// `kubernetes.io/config.source` of pods from the API server; any other source is static.
 const API_SOURCE: &str = "api";
-/// Priority at and above which a pod is critical (`scheduling.SystemCriticalPriority`).
-const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
 /// The only field `matchFields` can select a node by.
 const NODE_NAME_FIELD: &str = "metadata.name";
 const DEFAULT_HOST_IP: &str = "0.0.0.0";
@@ -121,16 +118,7 @@ pub fn admit(pod: &Pod, running: &[&Pod], node: &NodeInfo) -> Result<(), Rejecti
     if let Some(rejection) = reject_os(pod) {
         return Err(rejection);
     }
-    let failures = general_filter(pod, running, node);
-    let first = if is_critical(pod) {
-        // Kubelet would preempt for the resources; bosun overcommits instead.
-        failures
-            .into_iter()
-            .find(|failure| !matches!(failure, Failure::Insufficient { .. }))
-    } else {
-        failures.into_iter().next()
-    };
-    match first {
+    match general_filter(pod, running, node).into_iter().next() {
         Some(failure) => Err(failure.into_rejection()),
         None => Ok(()),
     }
@@ -225,18 +213,6 @@ fn general_filter(pod: &Pod, running: &[&Pod], node: &NodeInfo) -> Vec<Failure> 
         }
     }
     failures
-}
-
-/// A pod that runs whatever the node's resources: kubelet preempts for it
-/// (`kubelettypes.IsCriticalPod`).
-fn is_critical(pod: &Pod) -> bool {
-    let mirror = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(CONFIG_MIRROR_ANNOTATION));
-    let priority = pod.spec.as_ref().and_then(|s| s.priority);
-    is_static(pod) || mirror || priority.is_some_and(|p| p >= SYSTEM_CRITICAL_PRIORITY)
 }
 
 /// A pod from any source but the API server (`kubelettypes.IsStaticPod`).
@@ -1113,29 +1089,31 @@ spec:
     }
 
     #[test]
-    fn critical_pods_are_not_refused_for_resources() {
+    fn critical_pods_are_refused_for_resources_as_nothing_is_preempted() {
         let running = requesting("a", "2", "4Gi");
         let full = NodeInfo {
             max_pods: 1,
             ..node()
         };
-        let critical = [
-            "metadata: {annotations: {kubernetes.io/config.source: file}}",
-            "metadata: {annotations: {kubernetes.io/config.source: api, kubernetes.io/config.mirror: abc}}",
-            "metadata: {name: p}\nspec: {priority: 2000000000, containers: []}",
-        ];
-        for metadata in critical {
-            let mut pod = pod(metadata);
-            pod.spec.get_or_insert_with(Default::default).containers =
-                requesting("new", "1", "1Gi").spec.expect("spec").containers;
-            assert_eq!(admit(&pod, &[&running], &full), Ok(()), "{metadata}");
-        }
-        // Any other failure still rejects them, reported before the resources.
+        let mut static_pod = pod("metadata: {annotations: {kubernetes.io/config.source: file}}");
+        static_pod
+            .spec
+            .get_or_insert_with(Default::default)
+            .containers = requesting("new", "1", "1Gi").spec.expect("spec").containers;
+        assert_eq!(
+            rejection(&static_pod, &[&running], &full).reason,
+            "OutOfpods"
+        );
+        // Resources come first, then the other checks.
         let static_elsewhere = pod(
             "metadata: {annotations: {kubernetes.io/config.source: file}}\nspec:\n  nodeName: node-b\n  containers:\n  - {name: c, resources: {requests: {cpu: '1'}}}\n",
         );
         assert_eq!(
-            rejection(&static_elsewhere, &[&running], &full),
+            rejection(&static_elsewhere, &[&running], &full).reason,
+            "OutOfpods"
+        );
+        assert_eq!(
+            rejection(&static_elsewhere, &[], &node()),
             predicate(NODE_NAME, NODE_NAME_DESC)
         );
         // Priority just below system-critical is not critical.

@@ -8,18 +8,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::source::PodUpdate;
 use crate::store::Source;
-
-/// What a source says about its pods.
-#[derive(Debug)]
-pub enum PodUpdate {
-    /// Every pod of the source (a manifest read, a watcher's relist).
-    Set(Vec<Arc<Pod>>),
-    /// One pod added or changed.
-    Apply(Arc<Pod>),
-    /// One pod gone, by UID.
-    Delete(String),
-}
 
 /// The pods of every source, merged. A UID belongs to the first source that names it.
 #[derive(Debug, Default)]

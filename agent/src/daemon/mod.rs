@@ -36,8 +36,9 @@ use crate::policy::PolicyEnforcer;
 use crate::service::endpoints;
 use crate::service::proxy::Proxy;
 use crate::source;
+use crate::source::PodUpdate;
 use crate::store::{ObjectKey, Objects, Source, Subscription};
-use config::{PodConfig, PodUpdate};
+use config::PodConfig;
 use pleg::PodLifecycleEvent;
 use pod_workers::{PodWorkers, Shared};
 use status_manager::StatusManager;
@@ -77,7 +78,8 @@ pub struct Config {
     pub runtime_endpoint: String,
     pub root_dir: PathBuf,
     pub node: NodeContext,
-    /// `maxPods`: pods beyond this many are rejected (phase Failed, reason OutOfpods).
+    /// `maxPods`: pods beyond this many are rejected (phase Failed, reason OutOfpods), as
+    /// are pods that do not fit the node otherwise (see [`admission`]).
     pub max_pods: usize,
     /// The bpffs directory of the service and policy datapaths; `None` runs neither.
     pub bpf_dir: Option<PathBuf>,
@@ -111,7 +113,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         &[]
     };
     let objects = Objects::new(file_sources);
-    let (status, pods) = StatusManager::new();
+    let (mut status, pods) = StatusManager::new();
+    let finished = config
+        .kubeconfig
+        .is_some()
+        .then(|| status.report_finished());
     let api = crate::api::serve_with(
         &config.api_socket(),
         crate::api::ApiState {
@@ -160,10 +166,13 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             events.subscribe(),
         )));
         referenced = Some(ReferencedObjects::new(cluster.clone(), objects.clone()));
-        tasks.push(tokio::spawn(crate::cluster::status::run(
-            cluster,
-            pods.clone(),
-        )));
+        if let Some(finished) = finished {
+            tasks.push(tokio::spawn(crate::cluster::status::run(
+                cluster,
+                pods.clone(),
+                finished,
+            )));
+        }
     } else {
         drop(api_tx);
     }
@@ -222,6 +231,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     tasks.push(tokio::spawn(pleg::run(client.clone(), socket, pleg_tx)));
 
     let mut pod_config = PodConfig::new(&pod_sources);
+    let node_info = node_info(&config);
     let mut references_changed = [objects.config_maps.subscribe(), objects.secrets.subscribe()];
     let mut pod_dirs_swept = false;
     // Pods refused at admission, by UID, with their key in the pod store.
@@ -239,7 +249,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 }
                 let pods = snapshot.pods.values().map(|p| Arc::new(p.pod.clone())).collect();
                 let changed = pod_config.apply(Source::File, PodUpdate::Set(pods));
-                sync_pods(&pod_config, changed, &mut workers, &mut rejected, &status, &events, config.max_pods);
+                sync_pods(&pod_config, changed, &mut workers, &mut rejected, &status, &events, &node_info);
                 crate::util::release_freed_memory();
             }
             Some(update) = api_updates.recv() => {
@@ -250,7 +260,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                         referenced.track(uid, pod_config.get(uid).map(|p| &**p));
                     }
                 }
-                sync_pods(&pod_config, changed, &mut workers, &mut rejected, &status, &events, config.max_pods);
+                sync_pods(&pod_config, changed, &mut workers, &mut rejected, &status, &events, &node_info);
             }
             _ = objects_changed(&mut references_changed) => {
                 // configMap and secret volumes follow their objects: wake the pods that
@@ -314,7 +324,7 @@ fn sync_pods<R: crate::runtime::Runtime>(
     rejected: &mut HashMap<String, ObjectKey>,
     status: &StatusManager,
     events: &Recorder,
-    max_pods: usize,
+    node: &admission::NodeInfo,
 ) {
     let desired = pod_config.desired();
     let mut new = Vec::new();
@@ -327,17 +337,28 @@ fn sync_pods<R: crate::runtime::Runtime>(
                 }
             }
             Some(pod) if workers.contains(&uid) => workers.update(&uid, Some(pod.clone())),
+            // A pod deleted before it ran is done with at once.
+            Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
+                rejected.remove(&uid);
+                status.finished_without_running(pod);
+            }
             Some(_) if rejected.contains_key(&uid) => {}
             Some(pod) => new.push((uid, pod.clone())),
         }
     }
-    // Admission, in a stable order: pods beyond maxPods are rejected, as kubelet rejects
-    // them, and stay rejected while their manifest is unchanged.
-    new.sort_by_key(|(_, pod)| pod_name(pod));
+    // Admission in kubelet's order (by creation time, then name) against the pods already
+    // admitted; a rejected pod stays rejected while its desired state is unchanged.
+    new.sort_by_key(|(_, pod)| {
+        (
+            pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            pod_name(pod),
+        )
+    });
     for (uid, pod) in new {
-        let active = workers.active();
-        if active >= max_pods {
-            let key = reject_out_of_pods(status, events, &pod, active, max_pods);
+        let admitted = workers.admitted();
+        let running: Vec<&Pod> = admitted.iter().map(|p| &**p).collect();
+        if let Err(rejection) = admission::admit(&pod, &running, node) {
+            let key = reject(status, events, &pod, &rejection);
             rejected.insert(uid, key);
             continue;
         }
@@ -345,6 +366,32 @@ fn sync_pods<R: crate::runtime::Runtime>(
     }
     if pod_config.all_sources_seen() {
         status.expect(desired.into_keys().collect());
+    }
+}
+
+/// What admission knows of this node: its labels as registered, its allocatable resources.
+fn node_info(config: &Config) -> admission::NodeInfo {
+    let mut labels = config.node_labels.clone();
+    labels.insert(
+        "kubernetes.io/hostname".into(),
+        config.node.node_name.clone(),
+    );
+    labels.insert("kubernetes.io/os".into(), std::env::consts::OS.into());
+    let resources = &config.node.node;
+    let ephemeral = match resources.allocatable_ephemeral_storage_bytes {
+        0 => nix::sys::statvfs::statvfs(&config.root_dir)
+            .map(|fs| i64::try_from(fs.blocks() * fs.fragment_size()).unwrap_or(i64::MAX))
+            .unwrap_or(0),
+        bytes => bytes,
+    };
+    admission::NodeInfo {
+        name: config.node.node_name.clone(),
+        labels,
+        allocatable_cpu_millis: resources.allocatable_cpu_millis,
+        allocatable_memory_bytes: resources.allocatable_memory_bytes,
+        allocatable_ephemeral_storage_bytes: ephemeral,
+        max_pods: config.max_pods,
+        ..admission::NodeInfo::default()
     }
 }
 
@@ -365,25 +412,21 @@ fn refers_to(pod: &Pod, kind: RefKind, key: &ObjectKey) -> bool {
         .any(|(k, namespace, name)| *k == kind && *namespace == key.namespace && *name == key.name)
 }
 
-/// Records a pod refused because the node runs `maxPods` pods already: phase Failed with
-/// kubelet's reason and message, in the pod store and as an event. Returns its store key.
-fn reject_out_of_pods(
+/// Records a pod the node refused: phase Failed with kubelet's reason and message, in the
+/// pod store (and so in the API server) and as an event. Returns its store key.
+fn reject(
     status: &StatusManager,
     events: &Recorder,
     pod: &Pod,
-    used: usize,
-    capacity: usize,
+    rejection: &admission::Rejection,
 ) -> ObjectKey {
-    let message = format!(
-        "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {capacity}"
-    );
-    events.warning(pod, "OutOfpods", message.clone());
+    events.warning(pod, &rejection.reason, rejection.message.clone());
     status.set_status(
         pod,
         Some(PodStatus {
             phase: Some("Failed".to_owned()),
-            reason: Some("OutOfpods".to_owned()),
-            message: Some(message),
+            reason: Some(rejection.reason.clone()),
+            message: Some(rejection.status_message()),
             ..Default::default()
         }),
     );

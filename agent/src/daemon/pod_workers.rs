@@ -95,12 +95,13 @@ impl<R: Runtime> PodWorkers<R> {
         self.workers.contains_key(uid)
     }
 
-    /// How many workers run a wanted pod.
-    pub fn active(&self) -> usize {
+    /// The pods admitted and not being terminated.
+    pub fn admitted(&self) -> Vec<Arc<Pod>> {
         self.workers
             .values()
-            .filter(|h| h.desired.borrow().is_some())
-            .count()
+            .filter_map(|h| h.desired.borrow().clone())
+            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+            .collect()
     }
 
     fn spawn(&self, uid: String, pod: Option<Arc<Pod>>) -> WorkerHandle {

@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use crate::source::from_api;
 use crate::store::{ObjectKey, PodStore, Source, Writer};
 
 /// See the module documentation. Clones share one writer.
@@ -21,6 +24,9 @@ use crate::store::{ObjectKey, PodStore, Source, Writer};
 pub struct StatusManager {
     writer: Writer<Pod>,
     expected: Arc<Mutex<Expected>>,
+    /// Told the key and UID of each pod from the API server that bosun is done with, so
+    /// that its API object can be deleted.
+    finished: Option<UnboundedSender<(ObjectKey, String)>>,
 }
 
 #[derive(Default)]
@@ -39,8 +45,34 @@ impl StatusManager {
         let manager = StatusManager {
             writer: store.writer(Source::Local),
             expected: Arc::default(),
+            finished: None,
         };
         (manager, store)
+    }
+
+    /// From now on, the pods from the API server that bosun is done with (terminated, or
+    /// deleted before they were admitted) are sent on the returned channel. Call before
+    /// cloning the manager.
+    pub fn report_finished(&mut self) -> UnboundedReceiver<(ObjectKey, String)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.finished = Some(tx);
+        rx
+    }
+
+    /// Forgets `pod`, which will not run (deleted before admission, or rejected and then
+    /// deleted): its API object can go.
+    pub fn finished_without_running(&self, pod: &Pod) {
+        let key = ObjectKey::of(&pod.metadata);
+        self.writer.delete(&key);
+        self.report(key, pod);
+    }
+
+    fn report(&self, key: ObjectKey, pod: &Pod) {
+        if let (Some(finished), Some(uid)) = (&self.finished, pod.metadata.uid.clone()) {
+            if from_api(pod) {
+                let _ = finished.send((key, uid));
+            }
+        }
     }
 
     /// The pods every source wants, once all of them have listed theirs.
@@ -94,9 +126,13 @@ impl StatusManager {
         });
     }
 
-    /// Forgets a pod that is gone.
+    /// Forgets a pod that is gone (its worker terminated it).
     pub fn remove(&self, key: &ObjectKey) {
+        let held = self.writer.store().get(key);
         self.writer.delete(key);
+        if let Some(held) = held {
+            self.report(key.clone(), &held);
+        }
     }
 
     /// The pod store written to.

@@ -21,5 +21,33 @@ pub use manifest::{
 };
 pub use watch::watch;
 
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// `kubernetes.io/config.source` of the pods that came from the API server, as kubelet marks
+/// them in memory.
+pub const CONFIG_SOURCE_API: &str = "api";
+
+/// What a pod source says about its pods.
+#[derive(Debug)]
+pub enum PodUpdate {
+    /// Every pod of the source (a manifest read, a watcher's relist).
+    Set(Vec<Arc<Pod>>),
+    /// One pod added or changed.
+    Apply(Arc<Pod>),
+    /// One pod gone, by UID.
+    Delete(String),
+}
+
+/// Whether `pod` came from the API server (not the manifest directory).
+pub fn from_api(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CONFIG_SOURCE_ANNOTATION))
+        .is_some_and(|source| source == CONFIG_SOURCE_API)
+}
+
 #[cfg(test)]
 mod tests;
