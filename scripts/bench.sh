@@ -30,6 +30,10 @@
 #                                                and policy changes each way)
 #   ./scripts/bench.sh FILTER... [--quick] ...   as before both existed: the pods benchmark
 #                                                with these arguments
+#   ./scripts/bench.sh smoke                     every benchmark once with --smoke (one
+#                                                sample, the smallest size), to show that
+#                                                each still runs; fails if any fails.
+#                                                scripts/test.sh runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,8 +54,29 @@ bench() {
     cargo bench -p bosun --bench "$name" -- "$@"
 }
 
+# Every benchmark, each even if one before it failed; the exit status says whether any did.
+smoke() {
+    local status=0 name started
+    # Built first, so that the times below are the runs' own.
+    cargo bench -p bosun --benches --no-run
+    for name in pods services policy; do
+        started=$SECONDS
+        if bench "$name" --smoke; then
+            echo "smoke: $name passed in $((SECONDS - started)) s"
+        else
+            status=1
+            echo "smoke: $name FAILED after $((SECONDS - started)) s" >&2
+        fi
+    done
+    return "$status"
+}
+
 ./scripts/setup.sh
 case "${1:-}" in
+    smoke)
+        [ "$#" -eq 1 ] || { echo "bench.sh: smoke takes no arguments" >&2; exit 2; }
+        smoke
+        ;;
     pods | services | policy)
         name="$1"
         shift

@@ -17,8 +17,10 @@
 //! bosun's samples and the baseline's are interleaved, so a change in the machine's load
 //! during the run hits both alike.
 //!
-//! Run as root: `cargo bench -p bosun --bench pods -- [--quick] [--samples N] [FILTER...]`
-//! (or `scripts/bench.sh`). A FILTER selects the benchmarks whose name contains it.
+//! Run as root: `cargo bench -p bosun --bench pods -- [--quick | --smoke] [--samples N]
+//! [FILTER...]` (or `scripts/bench.sh pods`). A FILTER selects the benchmarks whose name
+//! contains it. `--smoke` takes one sample of each with the fewest pods, only to show that
+//! the benchmarks still run (`scripts/bench.sh smoke`, part of `scripts/test.sh`).
 
 mod common;
 
@@ -96,7 +98,7 @@ fn main() {
         Err(e) => {
             eprintln!("pods bench: {e:#}");
             eprintln!(
-                "usage: pods [--quick] [--samples N] [FILTER...]  (benchmarks: {BENCHMARKS:?})"
+                "usage: pods [--quick | --smoke] [--samples N] [FILTER...]  (benchmarks: {BENCHMARKS:?})"
             );
             std::process::exit(2);
         }
@@ -118,12 +120,22 @@ fn main() {
 // ---- options and sizes ------------------------------------------------------------------
 
 // The arguments are just the common ones.
-use common::Args as Options;
+use common::{Args as Options, Mode};
 
 impl Options {
     fn sizes(&self) -> Sizes {
-        let mut sizes = if self.quick {
-            Sizes {
+        let mut sizes = match self.mode {
+            Mode::Smoke => Sizes {
+                start_samples: 1,
+                at_once_pods: 2,
+                at_once_rounds: 1,
+                ready_samples: 1,
+                exit_samples: 1,
+                footprint_pods: 2,
+                window: Duration::from_secs(1),
+                settle: Duration::from_secs(1),
+            },
+            Mode::Quick => Sizes {
                 start_samples: 5,
                 at_once_pods: 10,
                 at_once_rounds: 2,
@@ -132,9 +144,8 @@ impl Options {
                 footprint_pods: 10,
                 window: Duration::from_secs(10),
                 settle: Duration::from_secs(5),
-            }
-        } else {
-            Sizes {
+            },
+            Mode::Full => Sizes {
                 start_samples: 40,
                 at_once_pods: 30,
                 at_once_rounds: 5,
@@ -143,7 +154,7 @@ impl Options {
                 footprint_pods: 100,
                 window: Duration::from_secs(60),
                 settle: Duration::from_secs(20),
-            }
+            },
         };
         if let Some(n) = self.samples {
             sizes.start_samples = n;
@@ -242,10 +253,7 @@ fn print_machine(cri: &CriClient, options: &Options) {
         .and_then(|l| l.split(':').nth(1))
         .map_or_else(|| "?".to_owned(), |m| m.trim().to_owned());
     let version = cri.version();
-    println!(
-        "bosun pod-lifecycle benchmarks{}",
-        if options.quick { " (quick)" } else { "" }
-    );
+    println!("bosun pod-lifecycle benchmarks{}", options.mode.label());
     println!(
         "machine: {cpus} CPUs ({model}), kernel {}, {} {}",
         read("/proc/sys/kernel/osrelease"),

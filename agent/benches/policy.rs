@@ -35,8 +35,10 @@
 //!   connecting in a tight loop, the time from the change's start to its first dropped (or,
 //!   back, allowed) connection.
 //!
-//! Run as root: `cargo bench -p bosun --bench policy -- [--quick] [--samples N] [FILTER...]`
-//! (or `scripts/bench.sh policy`). A FILTER selects the benchmarks whose name contains it.
+//! Run as root: `cargo bench -p bosun --bench policy -- [--quick | --smoke] [--samples N]
+//! [FILTER...]` (or `scripts/bench.sh policy`). A FILTER selects the benchmarks whose name
+//! contains it. `--smoke` takes one short sample of each, only to show that the benchmarks
+//! still run (`scripts/bench.sh smoke`, part of `scripts/test.sh`).
 //!
 //! Everything the benchmark creates is a `bpb-*` network namespace (the bridge and the veths
 //! live in them) or lives in /sys/fs/bpf/bosun-policy-bench; its addresses exist only in those
@@ -187,7 +189,8 @@ fn main() {
         Err(e) => {
             eprintln!("policy bench: {e:#}");
             eprintln!(
-                "usage: policy [--quick] [--samples N] [FILTER...]  (benchmarks: {BENCHMARKS:?})"
+                "usage: policy [--quick | --smoke] [--samples N] [FILTER...]  \
+                 (benchmarks: {BENCHMARKS:?})"
             );
             std::process::exit(2);
         }
@@ -205,23 +208,40 @@ fn main() {
 // ---- options ------------------------------------------------------------------------------
 
 // The arguments are just the common ones.
-use common::Args as Options;
+use common::{Args as Options, Mode};
 
 impl Options {
     fn sizes(&self) -> Sizes {
-        let (rounds, sample, warm_up, changes, repeats) = if self.quick {
-            (3, Duration::from_secs(1), Duration::from_millis(100), 5, 3)
-        } else {
-            (
+        let (rounds, sample, warm_up, changes, repeats, test_runs) = match self.mode {
+            // The policy counts stay as they are: 1000 policies compile in well under a
+            // second, and it is at 1000 that the enforcement and programming paths run.
+            Mode::Smoke => (
+                1,
+                Duration::from_millis(200),
+                Duration::from_millis(50),
+                1,
+                1,
+                1_000,
+            ),
+            Mode::Quick => (
+                3,
+                Duration::from_secs(1),
+                Duration::from_millis(100),
+                5,
+                3,
+                200_000,
+            ),
+            Mode::Full => (
                 7,
                 Duration::from_secs(2),
                 Duration::from_millis(200),
                 20,
                 10,
-            )
+                2_000_000,
+            ),
         };
         Sizes {
-            test_runs: if self.quick { 200_000 } else { 2_000_000 },
+            test_runs,
             rounds: self.samples.unwrap_or(rounds),
             sample,
             warm_up,
@@ -262,7 +282,7 @@ fn run(options: &Options) -> Result<()> {
     println!(
         "bosun NetworkPolicy benchmarks{}: configurations none, 0, {} and {} policies; \
          {} samples of {} s per rate and configuration; {} policy changes each way",
-        if options.quick { " (quick)" } else { "" },
+        options.mode.label(),
         SIZES[0],
         SIZES[1],
         sizes.rounds,

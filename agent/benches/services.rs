@@ -22,9 +22,11 @@
 //!   EndpointSlices: the time from writing it to N Services in the maps, and the daemon's
 //!   resident memory then.
 //!
-//! Run as root: `cargo bench -p bosun --bench services -- [--quick] [--samples N]
+//! Run as root: `cargo bench -p bosun --bench services -- [--quick | --smoke] [--samples N]
 //! [--services N]... [FILTER...]` (or `scripts/bench.sh services`). A FILTER selects the
-//! benchmarks whose name contains it.
+//! benchmarks whose name contains it. `--smoke` measures 1000 Services with a few connects and
+//! one change, only to show that the benchmarks still run (`scripts/bench.sh smoke`, part of
+//! `scripts/test.sh`).
 //!
 //! Everything the benchmark creates is named `bsb-*` (namespaces, links) or lives in
 //! /sys/fs/bpf/bosun-bench, and it uses addresses nothing else on the machine does (endpoints
@@ -35,7 +37,7 @@ mod common;
 #[path = "common/lab.rs"]
 mod lab;
 
-use common::{load_average, Stats};
+use common::{load_average, Mode, Stats};
 use lab::{
     catch_interrupts, check_interrupted, enter_netns, hundredths, interrupted, ip, ms, pin,
     run_command, stolen, verdict, CLIENT_CPU, SERVER_CPU,
@@ -187,7 +189,7 @@ fn main() {
         Err(e) => {
             eprintln!("services bench: {e:#}");
             eprintln!(
-                "usage: services [--quick] [--samples N] [--services N]... [FILTER...]  \
+                "usage: services [--quick | --smoke] [--samples N] [--services N]... [FILTER...]  \
                  (benchmarks: {BENCHMARKS:?})"
             );
             std::process::exit(2);
@@ -235,15 +237,19 @@ impl Options {
     fn sizes(&self) -> Sizes {
         let services = if !self.services.is_empty() {
             self.services.clone()
-        } else if self.args.quick {
-            QUICK_SIZES.to_vec()
         } else {
-            SIZES.to_vec()
+            match self.args.mode {
+                Mode::Smoke => SIZES[..1].to_vec(),
+                Mode::Quick => QUICK_SIZES.to_vec(),
+                Mode::Full => SIZES.to_vec(),
+            }
         };
-        let (connects, warm_up, changes, rounds) = if self.args.quick {
-            (500, 100, 10, 4)
-        } else {
-            (2000, 200, 30, 10)
+        let (connects, warm_up, changes, rounds) = match self.args.mode {
+            // A few warm-up connects still, because they are what checks that every target
+            // reaches the backends.
+            Mode::Smoke => (1, 10, 1, 1),
+            Mode::Quick => (500, 100, 10, 4),
+            Mode::Full => (2000, 200, 30, 10),
         };
         Sizes {
             services,
@@ -356,7 +362,7 @@ fn print_machine(options: &Options, sizes: &Sizes) {
     println!(
         "bosun Service benchmarks{}: N = {:?} Services of {ENDPOINTS_PER_SERVICE} endpoints, \
          {} connects per target after {} unmeasured",
-        if options.args.quick { " (quick)" } else { "" },
+        options.args.mode.label(),
         sizes.services,
         sizes.connects,
         sizes.warm_up
@@ -1653,7 +1659,11 @@ impl Memory {
 }
 
 /// Starts `bosun run` on the node, waits for its datapath, writes the catalog's manifest and
-/// waits for N Services in the maps; then kills the daemon and removes its datapath.
+/// waits for N Services in the maps; then kills the daemon and removes its datapaths.
+///
+/// The daemon runs as a node runs it, NetworkPolicy enforcement included (with no policy it
+/// only loads its programs and empty maps): its memory is then what a node pays for bosun at N
+/// Services, next to what it pays for kube-proxy, rather than a configuration nobody runs.
 async fn through_daemon(node: &TestNode, catalog: &Catalog) -> Result<DaemonNumbers> {
     let dir = node.dir().join(format!("services-{}", catalog.n));
     let mut daemon = Daemon::start_at(Path::new(BOSUN), node, &dir, "").await?;
@@ -1667,19 +1677,26 @@ async fn through_daemon(node: &TestNode, catalog: &Catalog) -> Result<DaemonNumb
         );
     }
     let killed = daemon.kill().await.context("killing bosun");
-    let removed = datapath::cleanup(&node.bpf_dir())
-        .map(|_| ())
-        .with_context(|| {
-            format!(
-                "removing the daemon's datapath in {}",
-                node.bpf_dir().display()
-            )
-        });
+    let removed = remove_daemon_datapaths(&node.bpf_dir());
     let _ = std::fs::remove_dir_all(&dir);
     let numbers = result?;
     killed?;
     removed?;
     Ok(numbers)
+}
+
+/// Removes what a killed daemon pinned in `bpf_dir`, so that the next size's daemon starts
+/// empty instead of adopting these Services. The daemon pins its policy datapath in a
+/// directory inside its service datapath's, so removing only the service one cannot remove
+/// `bpf_dir`; `bosun run --cleanup` removes whatever the daemon installs, in the order it
+/// needs, so this stays right when the daemon pins something more.
+fn remove_daemon_datapaths(bpf_dir: &Path) -> Result<()> {
+    let dir = bpf_dir
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", bpf_dir.display()))?;
+    run_command(BOSUN, &["run", "--cleanup", "--bpf-dir", dir])
+        .map(|_| ())
+        .with_context(|| format!("removing the daemon's datapaths in {dir}"))
 }
 
 async fn daemon_programs(

@@ -41,9 +41,32 @@ pub fn load_average() -> String {
         .unwrap_or_else(|_| "?".to_owned())
 }
 
-/// The arguments every benchmark takes: `--quick`, `--samples N` and name filters.
+/// How much of a benchmark runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// What the published figures come from.
+    Full,
+    /// `--quick`: fewer samples and smaller sizes, numbers still worth reading.
+    Quick,
+    /// `--smoke`: one sample of the smallest size, only to show that the benchmark still runs
+    /// from start to end; its numbers mean nothing.
+    Smoke,
+}
+
+impl Mode {
+    /// What a report's first line adds after the benchmark's name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Full => "",
+            Mode::Quick => " (quick)",
+            Mode::Smoke => " (smoke: one sample, numbers mean nothing)",
+        }
+    }
+}
+
+/// The arguments every benchmark takes: `--quick`, `--smoke`, `--samples N` and name filters.
 pub struct Args {
-    pub quick: bool,
+    pub mode: Mode,
     pub samples: Option<usize>,
     pub filters: Vec<String>,
 }
@@ -57,14 +80,15 @@ impl Args {
         mut extra: impl FnMut(&str, &mut dyn Iterator<Item = String>) -> anyhow::Result<bool>,
     ) -> anyhow::Result<Args> {
         let mut parsed = Args {
-            quick: false,
+            mode: Mode::Full,
             samples: None,
             filters: Vec::new(),
         };
         let mut args = args;
         while let Some(arg) = args.next() {
             match arg.as_str() {
-                "--quick" => parsed.quick = true,
+                "--quick" => parsed.mode = Mode::Quick,
+                "--smoke" => parsed.mode = Mode::Smoke,
                 // cargo bench passes it to every bench target.
                 "--bench" => {}
                 "--samples" => parsed.samples = Some(positive("--samples", args.next())?),
