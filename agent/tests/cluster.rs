@@ -243,3 +243,198 @@ async fn configmaps_and_secrets_come_from_the_api_server_and_edits_reach_the_con
     })
     .await
 }
+
+#[tokio::test]
+async fn a_static_pod_has_a_mirror_pod_that_comes_back_and_goes_with_it() -> Result<()> {
+    in_a_cluster("mirror", |plane, node| async move {
+        let daemon = match join(&plane, &node).await {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("starting bosun: {e:#}"),
+        };
+        let result = async {
+            daemon.write_manifest(
+                "static.yaml",
+                &bosun_tests::daemon::busybox_pod("static", "", "", SLEEP_FOREVER),
+            )?;
+            let name = format!("static-{NODE_NAME}");
+            let mirror = wait_for(&plane, &["pod", &name], Duration::from_secs(60), |p| {
+                p["status"]["phase"] == "Running"
+            })
+            .await?;
+            let annotations = &mirror["metadata"]["annotations"];
+            ensure!(
+                annotations["kubernetes.io/config.mirror"].is_string(),
+                "{mirror:#}"
+            );
+            ensure!(annotations["kubernetes.io/config.source"] == "file");
+            ensure!(mirror["metadata"]["ownerReferences"][0]["kind"] == "Node");
+            let first_uid = mirror["metadata"]["uid"].clone();
+
+            // Deleted, it is made again (a new object); the static pod never stopped.
+            plane
+                .kubectl(["delete", "pod", &name, "--wait=false"])
+                .await?;
+            wait_for(&plane, &["pod", &name], Duration::from_secs(30), |p| {
+                p["metadata"]["uid"] != first_uid && p["status"]["phase"] == "Running"
+            })
+            .await?;
+
+            // The manifest removed, the mirror goes too.
+            daemon.remove_manifest("static.yaml")?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let out = plane
+                    .kubectl(["get", "pod", &name, "--ignore-not-found", "-o", "name"])
+                    .await?;
+                if out.trim().is_empty() {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "mirror pod still there");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(())
+        }
+        .await;
+        (plane, node, daemon, result)
+    })
+    .await
+}
+
+/// A pod bound to the node: one busybox container with an exec readiness probe every second.
+fn probed_pod(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {NODE_NAME}\n  automountServiceAccountToken: false\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: {BUSYBOX_IMAGE}\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, {SLEEP_FOREVER:?}]\n    readinessProbe:\n      exec: {{command: [\"true\"]}}\n      periodSeconds: 1\n"
+    )
+}
+
+async fn apply(plane: &ControlPlane, node: &TestNode, name: &str, manifest: &str) -> Result<()> {
+    let file = node.dir().join(format!("{name}.yaml"));
+    std::fs::write(&file, manifest)?;
+    plane
+        .kubectl(["apply", "-f", file.to_str().unwrap_or_default()])
+        .await
+        .map(drop)
+}
+
+#[tokio::test]
+async fn bosun_killed_and_restarted_adopts_its_pods_and_never_flaps_ready() -> Result<()> {
+    in_a_cluster("restart", |plane, node| async move {
+        let daemon = match join(&plane, &node).await {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("starting bosun: {e:#}"),
+        };
+        let mut daemon = Some(daemon);
+        let result = async {
+            apply(&plane, &node, "steady", &probed_pod("steady")).await?;
+            let before = wait_for(&plane, &["pod", "steady"], Duration::from_secs(60), |p| {
+                condition(p, "Ready") == "True"
+            })
+            .await?;
+            let id = before["status"]["containerStatuses"][0]["containerID"].clone();
+
+            // Watch the pod's Ready condition in the API server while bosun dies and comes
+            // back.
+            let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let watcher = {
+                let admin = plane.admin_kubeconfig().to_owned();
+                let plane_kubectl = plane.kubectl_path().to_owned();
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    loop {
+                        let out = tokio::process::Command::new(&plane_kubectl)
+                            .arg("--kubeconfig")
+                            .arg(&admin)
+                            .args(["get", "pod", "steady", "-o", "json"])
+                            .output()
+                            .await;
+                        if let Ok(out) = out {
+                            if let Ok(pod) = serde_json::from_slice::<Value>(&out.stdout) {
+                                samples.push(condition(&pod, "Ready").to_owned());
+                            }
+                        }
+                        if stop_rx.try_recv().is_ok() {
+                            return samples;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+            };
+            if let Some(old) = daemon.take() {
+                old.kill().await?;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            daemon = Some(join(&plane, &node).await?);
+            // Long enough for the new bosun to sync the pod, probe it and write its status.
+            tokio::time::sleep(Duration::from_secs(12)).await;
+            let _ = stop_tx.send(());
+            let samples = watcher.await?;
+            ensure!(samples.len() > 20, "too few samples: {}", samples.len());
+            ensure!(
+                samples.iter().all(|s| s == "True"),
+                "Ready went away during the restart: {samples:?}"
+            );
+            let after = get_json(&plane, &["pod", "steady"]).await?;
+            ensure!(
+                after["status"]["containerStatuses"][0]["containerID"] == id,
+                "the container was replaced"
+            );
+            ensure!(after["status"]["containerStatuses"][0]["restartCount"] == 0);
+            Ok(())
+        }
+        .await;
+        let daemon = match daemon {
+            Some(daemon) => daemon,
+            None => join(&plane, &node).await.expect("a daemon to return"),
+        };
+        (plane, node, daemon, result)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_api_server_away_for_a_while_loses_nothing() -> Result<()> {
+    in_a_cluster("apidown", |plane, node| async move {
+        let daemon = match join(&plane, &node).await {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("starting bosun: {e:#}"),
+        };
+        let result = async {
+            apply(&plane, &node, "survivor", &probed_pod("survivor")).await?;
+            let pod = wait_for(&plane, &["pod", "survivor"], Duration::from_secs(60), |p| {
+                condition(p, "Ready") == "True"
+            })
+            .await?;
+            let id = bosun_tests::daemon::container_id(&pod, "app");
+            let lease = get_json(&plane, &["lease", "-n", "kube-node-lease", NODE_NAME]).await?;
+
+            plane.stop().await?;
+            // While the API server is away the container exits; bosun restarts it.
+            let cri = node.cri().await?;
+            let _ = bosun_tests::daemon::sh(&cri, &id, "kill 1").await;
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            plane.start_again().await?;
+
+            // The status written when the API server came back has the restart.
+            wait_for(&plane, &["pod", "survivor"], Duration::from_secs(60), |p| {
+                p["status"]["containerStatuses"][0]["restartCount"] == 1
+                    && condition(p, "Ready") == "True"
+            })
+            .await?;
+            wait_for(
+                &plane,
+                &["lease", "-n", "kube-node-lease", NODE_NAME],
+                Duration::from_secs(30),
+                |l| l["spec"]["renewTime"] != lease["spec"]["renewTime"],
+            )
+            .await?;
+            wait_for(&plane, &["node", NODE_NAME], Duration::from_secs(30), |n| {
+                condition(n, "Ready") == "True"
+            })
+            .await?;
+            Ok(())
+        }
+        .await;
+        (plane, node, daemon, result)
+    })
+    .await
+}

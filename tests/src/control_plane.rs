@@ -94,6 +94,11 @@ impl ControlPlane {
         &self.admin_kubeconfig
     }
 
+    /// The kubectl that matches the API server (1.20.2).
+    pub fn kubectl_path(&self) -> &Path {
+        &self.kubectl
+    }
+
     /// The API server's URL, `https://127.0.0.1:PORT`.
     pub fn server(&self) -> &str {
         &self.server

@@ -8,6 +8,7 @@
 //! after 410 Gone), and status writes resume with the latest status.
 
 pub mod events;
+pub mod mirror;
 pub mod node;
 pub mod objects;
 pub mod pods;

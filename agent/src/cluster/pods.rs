@@ -12,26 +12,53 @@ use kube::runtime::WatchStreamExt as _;
 use kube::Api;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::mirror::is_mirror;
 use crate::source::{PodUpdate, CONFIG_SOURCE_ANNOTATION, CONFIG_SOURCE_API};
+use crate::store::{ObjectKey, Writer};
 
 /// Sends the pods bound to `node` as updates of the API source until `updates` closes.
 /// Errors are logged and the watch resumes with kube-runtime's default backoff.
-pub async fn watch(client: kube::Client, node: String, updates: UnboundedSender<PodUpdate>) {
+///
+/// Mirror pods (the API server's copies of this node's static pods) are no pods to run:
+/// they go into `mirrors` instead.
+pub async fn watch(
+    client: kube::Client,
+    node: String,
+    updates: UnboundedSender<PodUpdate>,
+    mirrors: Writer<Pod>,
+) {
     let api: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
-    let mut listing: Option<Vec<Arc<Pod>>> = None;
+    let mut listing: Option<(Vec<Arc<Pod>>, Vec<Arc<Pod>>)> = None;
     while let Some(event) = events.next().await {
         let update = match event {
             Ok(Event::Init) => {
-                listing = Some(Vec::new());
+                listing = Some(Default::default());
                 None
             }
             Ok(Event::InitApply(pod)) => {
-                listing.get_or_insert_with(Vec::new).push(marked(pod));
+                let (pods, mirrored) = listing.get_or_insert_with(Default::default);
+                if is_mirror(&pod) {
+                    mirrored.push(Arc::new(pod));
+                } else {
+                    pods.push(marked(pod));
+                }
                 None
             }
-            Ok(Event::InitDone) => Some(PodUpdate::Set(listing.take().unwrap_or_default())),
+            Ok(Event::InitDone) => {
+                let (pods, mirrored) = listing.take().unwrap_or_default();
+                mirrors.replace(mirrored);
+                Some(PodUpdate::Set(pods))
+            }
+            Ok(Event::Apply(pod)) if is_mirror(&pod) => {
+                mirrors.apply(Arc::new(pod));
+                None
+            }
+            Ok(Event::Delete(pod)) if is_mirror(&pod) => {
+                mirrors.delete(&ObjectKey::of(&pod.metadata));
+                None
+            }
             Ok(Event::Apply(pod)) => Some(PodUpdate::Apply(marked(pod))),
             Ok(Event::Delete(pod)) => pod.metadata.uid.map(PodUpdate::Delete),
             Err(e) => {

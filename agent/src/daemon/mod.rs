@@ -155,10 +155,18 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             cluster.clone(),
             facts,
         )));
+        let mirrors = crate::store::Store::<Pod>::new(&[Source::Api]);
         tasks.push(tokio::spawn(crate::cluster::pods::watch(
             cluster.clone(),
             config.node.node_name.clone(),
             api_tx,
+            mirrors.writer(Source::Api),
+        )));
+        tasks.push(tokio::spawn(crate::cluster::mirror::run(
+            cluster.clone(),
+            config.node.node_name.clone(),
+            pods.clone(),
+            mirrors,
         )));
         // Subscribed before any pod worker starts, so that none of their events is missed.
         tasks.push(tokio::spawn(crate::cluster::events::run(

@@ -353,11 +353,12 @@ impl<R: Runtime> PodWorker<R> {
             }
             let events = self.events.clone();
             let involved = container_reference(pod, &c.name);
-            let probes = ContainerProbes::spawn(
+            let probes = ContainerProbes::resume(
                 self.runtime.clone(),
                 c,
                 Target::new(pod_ip.clone(), id.clone(), c),
                 latest.started_at.unwrap_or_else(SystemTime::now),
+                previous_health(pod, &id),
                 self.wake.clone(),
                 move |event| {
                     events.record(
@@ -932,6 +933,25 @@ fn append_termination_message(container: &mut ObservedContainer, status: &api::C
         container.message.push_str(": ");
     }
     container.message.push_str(&message);
+}
+
+/// What the pod's own status last said of container `id` — `(started, ready)` — when
+/// that status was not computed by this process (a pod from the API server after a restart of
+/// bosun), for its probes to resume from.
+fn previous_health(pod: &Pod, id: &str) -> Option<(bool, bool)> {
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|c| {
+            c.container_id
+                .as_deref()
+                .and_then(|full| full.split_once("://"))
+                .is_some_and(|(_, short)| short == id)
+        })
+        .map(|c| (c.started.unwrap_or(false), c.ready))
 }
 
 /// How long the pod's containers get to stop: the deletion grace period the API server set

@@ -104,16 +104,39 @@ impl ContainerProbes {
         on_change: Arc<Notify>,
         on_event: impl Fn(ProbeEvent) + Send + Sync + 'static,
     ) -> Self {
-        let probes = Probes {
+        Self::resume(
+            runtime, container, target, started_at, None, on_change, on_event,
+        )
+    }
+
+    /// As [`ContainerProbes::spawn`], for a container that was already probed before this
+    /// process (bosun restarted): `previous` is what its status last said, `(started,
+    /// ready)`. A container that had started does not run its startup probe again, and keeps
+    /// its readiness until its readiness probe says otherwise, so a restart of bosun never
+    /// takes a Ready pod out of Ready.
+    pub fn resume<R: Runtime>(
+        runtime: R,
+        container: &Container,
+        target: Target,
+        started_at: SystemTime,
+        previous: Option<(bool, bool)>,
+        on_change: Arc<Notify>,
+        on_event: impl Fn(ProbeEvent) + Send + Sync + 'static,
+    ) -> Self {
+        let mut probes = Probes {
             startup: container.startup_probe.clone(),
             liveness: container.liveness_probe.clone(),
             readiness: container.readiness_probe.clone(),
         };
+        let (was_started, was_ready) = previous.unwrap_or_default();
+        if was_started {
+            probes.startup = None;
+        }
         let started = probes.startup.is_none();
         let (state, receiver) = watch::channel(ProbeState {
             started,
             // kubelet's initial readiness is a failure; without a probe, ready = started.
-            ready: started && probes.readiness.is_none(),
+            ready: started && (probes.readiness.is_none() || was_ready),
             failed: None,
         });
         // Turned into the runtime's clock once, here, so periods and delays are tokio time
