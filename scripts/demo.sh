@@ -6,11 +6,18 @@
 # lets only the client pod reach the web pods: an allowed and a denied connection, and the
 # drop in `bosun monitor`.
 #
+# With --cluster, bosun also joins a local control plane (etcd, kube-apiserver and
+# kube-controller-manager 1.20.2, built from Debian's source by scripts/control-plane.sh) as the
+# node's kubelet: the pod in examples/cluster is created in the API server and shown with
+# kubectl (`get nodes,pods -o wide`, `get events`).
+#
 #   BOSUN_DEMO_DIR   where the node lives (default /run/bosun-demo)
 #   BOSUN_DEMO_KEEP  1: keep the node until Ctrl-C (default when run from a terminal);
 #                    0: tear it down as soon as the pods have been shown
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cluster=0
+if [ "${1:-}" = "--cluster" ]; then cluster=1; fi
 ./scripts/setup.sh
 cargo build --quiet -p bosun -p bosun-tests --bins
 
@@ -38,6 +45,7 @@ cleanup() {
     # Pod cgroups the runtime leaves behind, leaf first.
     find /sys/fs/cgroup -depth -type d -path '*/bosun-demo*' -exec rmdir {} + 2>/dev/null || true
     "$bosun" run --cleanup --bpf-dir "$bpf_dir" >/dev/null 2>&1 || true
+    [ "$cluster" = 1 ] && ./scripts/control-plane.sh down "$dir/control-plane" >/dev/null 2>&1
     rm -f "$out"
 }
 trap cleanup EXIT
@@ -61,8 +69,16 @@ cgroupRoot: /bosun-demo/kubepods
 podLogsDir: $dir/pod-logs
 bpfDir: $bpf_dir
 CONFIG
+join=()
+if [ "$cluster" = 1 ]; then
+    kubectl_dir=$(./scripts/control-plane.sh build)
+    kubectl() { "$kubectl_dir/kubectl" --kubeconfig "$dir/control-plane/admin.kubeconfig" "$@"; }
+    ./scripts/control-plane.sh up "$dir/control-plane" >/dev/null
+    join=(--kubeconfig "$(./scripts/control-plane.sh node-kubeconfig "$dir/control-plane" demo-node)")
+    echo "control plane up: kubeconfig $dir/control-plane/admin.kubeconfig"
+fi
 "$bosun" run --config "$dir/bosun.yaml" --container-runtime-endpoint "$endpoint" \
-    --root-dir "$dir/bosun" --hostname-override demo-node 2>"$dir/bosun.log" &
+    --root-dir "$dir/bosun" --hostname-override demo-node "${join[@]}" 2>"$dir/bosun.log" &
 daemon=$!
 echo "bosun run: manifests in examples/manifests, log in $dir/bosun.log"
 
@@ -109,6 +125,20 @@ echo; echo "\$ timeout 5 bosun monitor --verdict dropped    # the intruder's nex
 timeout 5 "$bosun" monitor --verdict dropped --bpf-dir "$bpf_dir" --root-dir "$dir/bosun" | head -n 3 || true
 show dp policies --bpf-dir "$bpf_dir"
 
+if [ "$cluster" = 1 ]; then
+    # Cluster mode: a pod created in the API server, run by bosun as the node's kubelet.
+    echo; echo "\$ kubectl apply -f examples/cluster/hello.yaml"
+    kubectl apply -f examples/cluster/hello.yaml
+    for _ in $(seq 1 300); do
+        kubectl get pod hello -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -q True && break
+        sleep 0.2
+    done
+    echo; echo "\$ kubectl get nodes,pods -o wide"
+    kubectl get nodes,pods -o wide
+    echo; echo "\$ kubectl get events --sort-by=.lastTimestamp"
+    kubectl get events --sort-by=.lastTimestamp | tail -n 15
+fi
+
 if [ "$keep" = 1 ]; then
     echo
     echo "The node keeps running. In another shell:"
@@ -118,6 +148,7 @@ if [ "$keep" = 1 ]; then
     echo "  $PWD/$bosun get services --root-dir $dir/bosun; $PWD/$bosun dp services --bpf-dir $bpf_dir"
     echo "  $PWD/$bosun monitor --bpf-dir $bpf_dir --root-dir $dir/bosun   # policy verdicts, live"
     echo "Add, edit or delete files in examples/manifests and watch the pods follow."
+    [ "$cluster" = 1 ] && echo "  $kubectl_dir/kubectl --kubeconfig $dir/control-plane/admin.kubeconfig get nodes,pods -o wide"
     echo "Ctrl-C stops it and removes everything it created."
     wait "$node" || true
 fi

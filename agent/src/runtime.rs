@@ -57,7 +57,12 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         &self,
         image: &str,
     ) -> impl Future<Output = Result<Option<api::Image>, CriError>> + Send;
-    fn pull_image(&self, image: &str) -> impl Future<Output = Result<String, CriError>> + Send;
+    /// Pulls `image`, with the registry credentials `auth` if given.
+    fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<api::AuthConfig>,
+    ) -> impl Future<Output = Result<String, CriError>> + Send;
     /// Runs `cmd` in the container and waits for it. The runtime kills the command after
     /// `timeout` (whole seconds; zero means none) and then answers `DeadlineExceeded` rather
     /// than an exit code.
@@ -161,8 +166,12 @@ impl Runtime for CriClient {
             .and_then(|s| s.image))
     }
 
-    async fn pull_image(&self, image: &str) -> Result<String, CriError> {
-        CriClient::pull_image(self, image, None, None).await
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<api::AuthConfig>,
+    ) -> Result<String, CriError> {
+        CriClient::pull_image(self, image, auth, None).await
     }
 
     async fn exec_sync(

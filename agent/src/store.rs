@@ -505,6 +505,37 @@ pub trait ObjectGetter: Send + Sync {
     fn pending(&self, _kind: RefKind, _namespace: &str, _name: &str) -> bool {
         false
     }
+    /// A token for a projected `serviceAccountToken` volume. Only the API server issues
+    /// them, so there are none standalone.
+    fn service_account_token(&self, _key: &TokenKey) -> TokenLookup {
+        TokenLookup::Unsupported
+    }
+}
+
+/// A service account token as a pod's projected volume asks for it, and as kubelet's token
+/// manager keys its cache: the account, the audience, the lifetime and the pod it is bound to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    pub namespace: String,
+    pub service_account: String,
+    /// Empty: the API server's own audiences.
+    pub audience: String,
+    pub expiration_seconds: i64,
+    pub pod_name: String,
+    pub pod_uid: String,
+}
+
+/// What [`ObjectGetter::service_account_token`] has for a [`TokenKey`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenLookup {
+    /// A token that is still valid.
+    Token(Arc<str>),
+    /// Being requested: the pod waits without an error, and is woken when it arrives.
+    Pending,
+    /// The last request failed, and there is no valid token; it is requested again later.
+    Failed(String),
+    /// No API server issues tokens here.
+    Unsupported,
 }
 
 impl ObjectGetter for Objects {

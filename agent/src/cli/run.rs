@@ -8,8 +8,12 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
-use bosun::daemon::Config;
-use bosun::pod::spec::{HostDns, NodeContext, NodeResources};
+use std::collections::BTreeMap;
+
+use bosun::daemon::{Config, NodeCapacity};
+
+use bosun::pod::spec::{HostDns, NodeContext, NodeResources, ParsedQuantity};
+use k8s_openapi::api::core::v1::Taint;
 
 pub const DEFAULT_ROOT_DIR: &str = "/var/lib/bosun";
 
@@ -55,6 +59,10 @@ pub struct RunArgs {
     /// As kubelet's: labels to register the node with, `key=value,key=value`.
     #[arg(long = "node-labels", value_delimiter = ',')]
     pub node_labels: Vec<String>,
+
+    /// As kubelet's: taints to register the node with, `key=value:Effect,...`.
+    #[arg(long = "register-with-taints", value_delimiter = ',')]
+    pub register_with_taints: Vec<String>,
 }
 
 /// The fields of KubeletConfiguration bosun reads (others are ignored).
@@ -76,6 +84,18 @@ pub struct ConfigFile {
     pub service_proxy: Option<bool>,
     /// bosun's own: `false` enforces no NetworkPolicy.
     pub network_policy: Option<bool>,
+    /// Resources set aside for Kubernetes' daemons and for the system (`cpu`, `memory`,
+    /// `ephemeral-storage`): not allocatable to pods.
+    #[serde(default)]
+    pub kube_reserved: BTreeMap<String, String>,
+    #[serde(default)]
+    pub system_reserved: BTreeMap<String, String>,
+    /// Hard eviction thresholds; kubelet's defaults when unset. Only `memory.available` and
+    /// `nodefs.available` reduce allocatable, as in kubelet. bosun evicts nothing yet.
+    pub eviction_hard: Option<BTreeMap<String, String>>,
+    /// Taints the node registers with.
+    #[serde(default)]
+    pub register_with_taints: Vec<Taint>,
 }
 
 /// An error in the configuration: the daemon exits with [`EXIT_BAD_CONFIG`].
@@ -121,6 +141,19 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
             .to_owned(),
     }
     .to_lowercase();
+    let mut taints = file.register_with_taints.clone();
+    for text in &args.register_with_taints {
+        taints.push(parse_taint(text)?);
+    }
+    let capacity = node_capacity(&args.root_dir);
+    let allocatable = allocatable(
+        &capacity,
+        &file.kube_reserved,
+        &file.system_reserved,
+        file.eviction_hard
+            .as_ref()
+            .unwrap_or(&default_eviction_hard()),
+    )?;
     let node = NodeContext {
         node_name,
         cluster_dns: file.cluster_dns,
@@ -134,7 +167,12 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         host_ip: host_ip(),
         resolv_conf: load_resolv_conf(file.resolv_conf)?,
         pod_pids_limit: file.pod_pids_limit,
-        node: node_resources(),
+        node: NodeResources {
+            memory_capacity_bytes: capacity.memory_bytes,
+            allocatable_cpu_millis: allocatable.cpu_millis,
+            allocatable_memory_bytes: allocatable.memory_bytes,
+            allocatable_ephemeral_storage_bytes: allocatable.ephemeral_bytes,
+        },
         pods_dir: args.root_dir.join("pods"),
         ..NodeContext::default()
     };
@@ -156,6 +194,8 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         manifest_dir,
         kubeconfig: args.kubeconfig.clone(),
         node_labels,
+        node_taints: taints,
+        capacity,
         runtime_endpoint: args.container_runtime_endpoint.clone(),
         root_dir: args.root_dir.clone(),
         node,
@@ -206,23 +246,125 @@ fn load_resolv_conf(path: Option<PathBuf>) -> Result<HostDns, BadConfig> {
     HostDns::load(&path).map_err(|e| BadConfig(format!("resolvConf {}: {e}", path.display())))
 }
 
-/// The node's memory and CPU, for OOM scores and the downward API's unlimited values.
-fn node_resources() -> NodeResources {
+/// The node's capacity: its CPUs, its memory, and the file system of bosun's root directory
+/// (kubelet's nodefs).
+fn node_capacity(root_dir: &Path) -> NodeCapacity {
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
             let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_owned();
             let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
+            kib.checked_mul(1024)
         })
         .unwrap_or(0);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    NodeResources {
-        memory_capacity_bytes: memory,
-        allocatable_cpu_millis: i64::try_from(cpus).unwrap_or(1) * 1000,
-        allocatable_memory_bytes: memory,
-        allocatable_ephemeral_storage_bytes: 0,
+    // The root directory may not exist yet: its nearest existing ancestor is on the same
+    // file system as far as anyone can tell.
+    let ephemeral = root_dir
+        .ancestors()
+        .find_map(|dir| nix::sys::statvfs::statvfs(dir).ok())
+        .map(|fs| i64::try_from(fs.blocks().saturating_mul(fs.fragment_size())).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    NodeCapacity {
+        cpu_millis: i64::try_from(cpus).unwrap_or(1) * 1000,
+        memory_bytes: memory,
+        ephemeral_bytes: ephemeral,
     }
+}
+
+/// kubelet's default `evictionHard` (Linux).
+fn default_eviction_hard() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("memory.available".to_owned(), "100Mi".to_owned()),
+        ("nodefs.available".to_owned(), "10%".to_owned()),
+        ("nodefs.inodesFree".to_owned(), "5%".to_owned()),
+        ("imagefs.available".to_owned(), "15%".to_owned()),
+    ])
+}
+
+/// kubelet's node allocatable: capacity less `kubeReserved`, `systemReserved` and the hard
+/// eviction thresholds of memory and the node's file system, never below zero.
+fn allocatable(
+    capacity: &NodeCapacity,
+    kube_reserved: &BTreeMap<String, String>,
+    system_reserved: &BTreeMap<String, String>,
+    eviction_hard: &BTreeMap<String, String>,
+) -> Result<NodeCapacity, BadConfig> {
+    let quantity = |field: &str, key: &str, text: &str| {
+        ParsedQuantity::parse(text)
+            .map_err(|e| BadConfig(format!("{field}: {key}: invalid value {text:?}: {e}")))
+    };
+    let mut reserved = NodeCapacity::default();
+    for (field, map) in [
+        ("kubeReserved", kube_reserved),
+        ("systemReserved", system_reserved),
+    ] {
+        for (key, text) in map {
+            let q = quantity(field, key, text)?;
+            match key.as_str() {
+                "cpu" => reserved.cpu_millis += q.milli_value(),
+                "memory" => reserved.memory_bytes += q.value(),
+                "ephemeral-storage" => reserved.ephemeral_bytes += q.value(),
+                "pid" => {}
+                other => {
+                    return Err(BadConfig(format!(
+                        "{field}: unsupported resource {other:?}: must be one of cpu, memory, ephemeral-storage, pid"
+                    )))
+                }
+            }
+        }
+    }
+    let threshold = |signal: &str, of: i64| -> Result<i64, BadConfig> {
+        let Some(text) = eviction_hard.get(signal) else {
+            return Ok(0);
+        };
+        match text.strip_suffix('%') {
+            Some(percent) => {
+                let percent: f64 = percent.parse().map_err(|_| {
+                    BadConfig(format!("evictionHard: {signal}: invalid value {text:?}"))
+                })?;
+                Ok((of as f64 * percent / 100.0) as i64)
+            }
+            None => Ok(quantity("evictionHard", signal, text)?.value()),
+        }
+    };
+    reserved.memory_bytes += threshold("memory.available", capacity.memory_bytes)?;
+    reserved.ephemeral_bytes += threshold("nodefs.available", capacity.ephemeral_bytes)?;
+    Ok(NodeCapacity {
+        cpu_millis: (capacity.cpu_millis - reserved.cpu_millis).max(0),
+        memory_bytes: (capacity.memory_bytes - reserved.memory_bytes).max(0),
+        ephemeral_bytes: (capacity.ephemeral_bytes - reserved.ephemeral_bytes).max(0),
+    })
+}
+
+/// A taint as `--register-with-taints` writes it: `key[=value]:Effect`.
+fn parse_taint(text: &str) -> Result<Taint, BadConfig> {
+    let bad = |why: &str| {
+        BadConfig(format!(
+            "--register-with-taints: invalid value {text:?}: {why}"
+        ))
+    };
+    let (key_value, effect) = text
+        .rsplit_once(':')
+        .ok_or_else(|| bad("must be key[=value]:Effect"))?;
+    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+        return Err(bad(
+            "the effect must be NoSchedule, PreferNoSchedule or NoExecute",
+        ));
+    }
+    let (key, value) = match key_value.split_once('=') {
+        Some((key, value)) => (key, Some(value.to_owned())),
+        None => (key_value, None),
+    };
+    if key.is_empty() {
+        return Err(bad("the key is required"));
+    }
+    Ok(Taint {
+        key: key.to_owned(),
+        value,
+        effect: effect.to_owned(),
+        time_added: None,
+    })
 }
 
 fn read_config(path: &Path) -> Result<ConfigFile, BadConfig> {
@@ -272,4 +414,52 @@ pub async fn run(args: &RunArgs) -> Result<i32> {
         .await
         .context("running the daemon")?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocatable_is_capacity_less_reserved_and_eviction_thresholds() {
+        let capacity = NodeCapacity {
+            cpu_millis: 2000,
+            memory_bytes: 4 << 30,
+            ephemeral_bytes: 100 << 30,
+        };
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let got = allocatable(
+            &capacity,
+            &map(&[("cpu", "100m"), ("memory", "256Mi")]),
+            &map(&[("cpu", "0.1"), ("ephemeral-storage", "1Gi")]),
+            &default_eviction_hard(),
+        )
+        .expect("valid");
+        assert_eq!(got.cpu_millis, 1800);
+        assert_eq!(got.memory_bytes, (4 << 30) - (256 << 20) - (100 << 20));
+        assert_eq!(got.ephemeral_bytes, (100 << 30) - (1 << 30) - (10 << 30));
+        let bad = allocatable(&capacity, &map(&[("gpu", "1")]), &map(&[]), &map(&[]));
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn taints_parse_as_kubelet_writes_them() {
+        let taint = parse_taint("dedicated=edge:NoSchedule").expect("valid");
+        assert_eq!(
+            (
+                taint.key.as_str(),
+                taint.value.as_deref(),
+                taint.effect.as_str()
+            ),
+            ("dedicated", Some("edge"), "NoSchedule")
+        );
+        assert!(parse_taint("bare:NoExecute").is_ok_and(|t| t.value.is_none()));
+        assert!(parse_taint("k=v:Sometimes").is_err());
+        assert!(parse_taint("no-effect").is_err());
+    }
 }

@@ -38,6 +38,8 @@ pub async fn run(client: kube::Client, node: String, pods: PodStore, mirrors: St
     let mut node_uid: Option<String> = None;
     // The status last written on each mirror, by the mirror's UID.
     let mut written: HashMap<String, Option<PodStatus>> = HashMap::new();
+    // Static pods (and hashes) whose mirror the API server refused.
+    let mut refused = BTreeSet::new();
     let mut retry = None;
     loop {
         tokio::select! {
@@ -62,7 +64,16 @@ pub async fn run(client: kube::Client, node: String, pods: PodStore, mirrors: St
         let Some(owner) = node_uid.clone() else {
             continue;
         };
-        let result = sync(&client, &node, &owner, &pods, &mirrors, &mut written).await;
+        let result = sync(
+            &client,
+            &node,
+            &owner,
+            &pods,
+            &mirrors,
+            &mut written,
+            &mut refused,
+        )
+        .await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "mirror pods; retrying");
             retry = Some(Duration::from_secs(2));
@@ -77,6 +88,7 @@ async fn sync(
     pods: &PodStore,
     mirrors: &Store<Pod>,
     written: &mut HashMap<String, Option<PodStatus>>,
+    refused: &mut BTreeSet<(ObjectKey, String)>,
 ) -> Result<(), kube::Error> {
     let statics: HashMap<ObjectKey, Arc<Pod>> = pods
         .entries()
@@ -107,6 +119,15 @@ async fn sync(
                     }
                     // The watch has not shown it yet; the next round writes its status.
                     Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                    // Refused for good: NodeRestriction forbids mirror pods that refer to
+                    // API objects (ConfigMaps, Secrets, service accounts), as for kubelet.
+                    // Said once per static pod; the other mirrors go on.
+                    Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => {
+                        if refused.insert((key.clone(), hash.clone())) {
+                            tracing::warn!(pod = %key, reason = %e.message, "mirror pod refused by the API server");
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             }

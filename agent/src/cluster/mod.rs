@@ -13,6 +13,7 @@ pub mod node;
 pub mod objects;
 pub mod pods;
 pub mod status;
+pub mod tokens;
 
 use std::path::Path;
 

@@ -9,15 +9,18 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
-    NodeSystemInfo,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 
+use bosun_cri::CriClient;
+
 use super::ClusterError;
+use crate::daemon::NodeCapacity;
 
 /// The namespace of node leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -36,9 +39,12 @@ pub struct NodeFacts {
     pub name: String,
     /// `--node-labels`, beside kubelet's own.
     pub labels: BTreeMap<String, String>,
+    /// `--register-with-taints`: set when the Node is created, as kubelet does.
+    pub taints: Vec<Taint>,
     pub host_ip: String,
-    pub cpus: i64,
-    pub memory_bytes: i64,
+    pub capacity: NodeCapacity,
+    /// Capacity less reserved resources and hard eviction thresholds.
+    pub allocatable: NodeCapacity,
     pub max_pods: usize,
     /// The runtime's name and version, `containerd://1.6.20`.
     pub runtime_version: String,
@@ -47,7 +53,7 @@ pub struct NodeFacts {
 }
 
 impl NodeFacts {
-    /// The Node to create: metadata, and the status to report.
+    /// The Node to create: metadata, taints, and the status to report.
     pub fn node(&self) -> Node {
         let mut labels = self.labels.clone();
         labels.insert("kubernetes.io/hostname".into(), self.name.clone());
@@ -65,23 +71,33 @@ impl NodeFacts {
                 )])),
                 ..ObjectMeta::default()
             },
-            spec: None,
-            status: Some(self.status(None)),
+            spec: Some(NodeSpec {
+                taints: (!self.taints.is_empty()).then(|| self.taints.clone()),
+                ..NodeSpec::default()
+            }),
+            status: Some(self.status(None, &RuntimeHealth::default())),
         }
     }
 
     /// The node's status now; `previous` keeps the transition times of conditions that did
-    /// not change.
-    pub fn status(&self, previous: Option<&NodeStatus>) -> NodeStatus {
-        let quantity = |s: String| Quantity(s);
-        let resources = BTreeMap::from([
-            ("cpu".to_owned(), quantity(self.cpus.to_string())),
-            (
-                "memory".to_owned(),
-                quantity(format!("{}Ki", self.memory_bytes / 1024)),
-            ),
-            ("pods".to_owned(), quantity(self.max_pods.to_string())),
-        ]);
+    /// not change, `runtime` says whether the runtime and its network are ready.
+    pub fn status(&self, previous: Option<&NodeStatus>, runtime: &RuntimeHealth) -> NodeStatus {
+        let resources = |of: &NodeCapacity| {
+            BTreeMap::from([
+                ("cpu".to_owned(), Quantity(format!("{}m", of.cpu_millis))),
+                (
+                    "memory".to_owned(),
+                    Quantity(format!("{}Ki", of.memory_bytes / 1024)),
+                ),
+                (
+                    "ephemeral-storage".to_owned(),
+                    Quantity(of.ephemeral_bytes.to_string()),
+                ),
+                ("hugepages-1Gi".to_owned(), Quantity("0".into())),
+                ("hugepages-2Mi".to_owned(), Quantity("0".into())),
+                ("pods".to_owned(), Quantity(self.max_pods.to_string())),
+            ])
+        };
         let now = Time(crate::events::now());
         let condition = |type_: &str, status: &str, reason: &str, message: &str| {
             let kept = previous
@@ -108,9 +124,18 @@ impl NodeFacts {
             type_: "Hostname".into(),
             address: self.name.clone(),
         });
+        let ready = match &runtime.not_ready {
+            None => condition(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "kubelet is posting ready status",
+            ),
+            Some(why) => condition("Ready", "False", "KubeletNotReady", why),
+        };
         NodeStatus {
-            capacity: Some(resources.clone()),
-            allocatable: Some(resources),
+            capacity: Some(resources(&self.capacity)),
+            allocatable: Some(resources(&self.allocatable)),
             addresses: Some(addresses),
             conditions: Some(vec![
                 condition(
@@ -131,18 +156,50 @@ impl NodeFacts {
                     "KubeletHasSufficientPID",
                     "kubelet has sufficient PID available",
                 ),
-                condition(
-                    "Ready",
-                    "True",
-                    "KubeletReady",
-                    "kubelet is posting ready status",
-                ),
+                ready,
             ]),
             daemon_endpoints: Some(NodeDaemonEndpoints {
                 kubelet_endpoint: Some(DaemonEndpoint { port: self.port }),
             }),
             node_info: Some(system_info(&self.runtime_version)),
             ..NodeStatus::default()
+        }
+    }
+}
+
+/// Whether the container runtime and its network are ready, from CRI `Status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeHealth {
+    /// Why the node is not ready, in kubelet's words; `None`: it is.
+    pub not_ready: Option<String>,
+}
+
+impl RuntimeHealth {
+    /// Asks the runtime, as kubelet's runtime state check does.
+    pub async fn of(runtime: &CriClient) -> RuntimeHealth {
+        let status = match runtime.status(false).await {
+            Ok(status) => status,
+            Err(e) => {
+                return RuntimeHealth {
+                    not_ready: Some(format!("container runtime is down: {e}")),
+                }
+            }
+        };
+        let conditions = status.status.map(|s| s.conditions).unwrap_or_default();
+        let problem = |type_: &str, what: &str| {
+            let found = conditions.iter().find(|c| c.r#type == type_);
+            match found {
+                Some(c) if c.status => None,
+                Some(c) => Some(format!(
+                    "{what}: {type_}=false reason:{} message:{}",
+                    c.reason, c.message
+                )),
+                None => Some(format!("{what}: {type_} missing")),
+            }
+        };
+        RuntimeHealth {
+            not_ready: problem("RuntimeReady", "container runtime not ready")
+                .or_else(|| problem("NetworkReady", "container runtime network not ready")),
         }
     }
 }
@@ -209,7 +266,7 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<String
         }
     };
     // The status is a subresource: a create drops it.
-    let status = serde_json::json!({"status": facts.status(node.status.as_ref())});
+    let status = serde_json::json!({"status": facts.status(node.status.as_ref(), &RuntimeHealth::default())});
     api.patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .map_err(|source| ClusterError::Api {
@@ -221,7 +278,7 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<String
 
 /// Registers the node (retrying until it can), then renews its Lease and reports its
 /// status for as long as the task runs.
-pub async fn run(client: kube::Client, facts: NodeFacts) {
+pub async fn run(client: kube::Client, facts: NodeFacts, runtime: CriClient) {
     let mut delay = Duration::from_millis(200);
     let uid = loop {
         match register(&client, &facts).await {
@@ -247,7 +304,8 @@ pub async fn run(client: kube::Client, facts: NodeFacts) {
                 }
             }
             _ = status_tick.tick() => {
-                let status = facts.status(reported.as_ref().map(|(s, _)| s));
+                let health = RuntimeHealth::of(&runtime).await;
+                let status = facts.status(reported.as_ref().map(|(s, _)| s), &health);
                 let due = reported.as_ref().is_none_or(|(last, at)| {
                     !same_but_heartbeats(last, &status) || at.elapsed() >= STATUS_REPORT
                 });
@@ -328,9 +386,23 @@ mod tests {
         NodeFacts {
             name: "node-a".into(),
             labels: BTreeMap::from([("role".to_owned(), "edge".to_owned())]),
+            taints: vec![Taint {
+                key: "dedicated".into(),
+                value: Some("edge".into()),
+                effect: "NoSchedule".into(),
+                time_added: None,
+            }],
             host_ip: "10.0.0.5".into(),
-            cpus: 2,
-            memory_bytes: 4 << 30,
+            capacity: NodeCapacity {
+                cpu_millis: 2000,
+                memory_bytes: 4 << 30,
+                ephemeral_bytes: 10 << 30,
+            },
+            allocatable: NodeCapacity {
+                cpu_millis: 1900,
+                memory_bytes: (4 << 30) - (100 << 20),
+                ephemeral_bytes: 9 << 30,
+            },
             max_pods: 110,
             runtime_version: "containerd://1.6.20".into(),
             port: 10250,
@@ -344,10 +416,21 @@ mod tests {
         assert_eq!(labels["kubernetes.io/hostname"], "node-a");
         assert_eq!(labels["kubernetes.io/os"], "linux");
         assert_eq!(labels["role"], "edge");
+        assert_eq!(
+            node.spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .map(Vec::len),
+            Some(1)
+        );
         let status = node.status.expect("status");
         let capacity = status.capacity.expect("capacity");
         assert_eq!(capacity["memory"].0, "4194304Ki");
         assert_eq!(capacity["pods"].0, "110");
+        assert_eq!(
+            status.allocatable.clone().expect("allocatable")["cpu"].0,
+            "1900m"
+        );
         let conditions = status.conditions.expect("conditions");
         let ready = conditions
             .iter()
@@ -368,11 +451,27 @@ mod tests {
     #[test]
     fn an_unchanged_status_differs_only_in_heartbeats() {
         let facts = facts();
-        let first = facts.status(None);
-        let second = facts.status(Some(&first));
+        let ready = RuntimeHealth::default();
+        let first = facts.status(None, &ready);
+        let second = facts.status(Some(&first), &ready);
         assert!(same_but_heartbeats(&first, &second));
         let mut more = facts.clone();
         more.max_pods = 5;
-        assert!(!same_but_heartbeats(&first, &more.status(Some(&first))));
+        assert!(!same_but_heartbeats(
+            &first,
+            &more.status(Some(&first), &ready)
+        ));
+        let down = RuntimeHealth {
+            not_ready: Some("container runtime network not ready: NetworkReady=false".into()),
+        };
+        let not_ready = facts.status(Some(&first), &down);
+        let condition = not_ready
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready");
+        assert_eq!(condition.status, "False");
+        assert_eq!(condition.reason.as_deref(), Some("KubeletNotReady"));
     }
 }

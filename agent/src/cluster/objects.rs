@@ -20,8 +20,9 @@ use kube::Api;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
+use super::tokens::TokenManager;
 use crate::pod::references::{references, RefKind, Reference};
-use crate::store::{ObjectGetter, ObjectKey, Objects, Source, Store};
+use crate::store::{ObjectGetter, ObjectKey, Objects, Source, Store, TokenKey, TokenLookup};
 
 struct Watch {
     /// How many pods refer to the object.
@@ -39,18 +40,21 @@ struct Inner {
 }
 
 /// The referenced objects of this node's pods; see the module documentation. Also the
-/// [`ObjectGetter`] of pods in cluster mode.
+/// [`ObjectGetter`] of pods in cluster mode, which has their service account tokens from
+/// `tokens`.
 pub struct ReferencedObjects {
     client: kube::Client,
     objects: Objects,
+    tokens: TokenManager,
     inner: Mutex<Inner>,
 }
 
 impl ReferencedObjects {
-    pub fn new(client: kube::Client, objects: Objects) -> Arc<Self> {
+    pub fn new(client: kube::Client, objects: Objects, tokens: TokenManager) -> Arc<Self> {
         Arc::new(ReferencedObjects {
             client,
             objects,
+            tokens,
             inner: Mutex::default(),
         })
     }
@@ -58,6 +62,9 @@ impl ReferencedObjects {
     /// Follows what `pod` (of UID `uid`) refers to now; `None`: the pod is gone.
     pub fn track(&self, uid: &str, pod: Option<&Pod>) {
         let now = pod.map(references).unwrap_or_default();
+        if pod.is_none() {
+            self.tokens.forget_pod(uid);
+        }
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let before = inner.by_pod.remove(uid).unwrap_or_default();
         for reference in now.difference(&before) {
@@ -143,6 +150,10 @@ impl ObjectGetter for ReferencedObjects {
             .watches
             .get(&reference)
             .is_some_and(|watch| !watch.listed.load(Ordering::Acquire))
+    }
+
+    fn service_account_token(&self, key: &TokenKey) -> TokenLookup {
+        self.tokens.get(key)
     }
 }
 

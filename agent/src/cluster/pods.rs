@@ -30,7 +30,8 @@ pub async fn watch(
     let api: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
-    let mut listing: Option<(Vec<Arc<Pod>>, Vec<Arc<Pod>>)> = None;
+    // During a relist: the pods, and the mirror pods.
+    let mut listing: Option<Listing> = None;
     while let Some(event) = events.next().await {
         let update = match event {
             Ok(Event::Init) => {
@@ -73,6 +74,9 @@ pub async fn watch(
         }
     }
 }
+
+/// A relist in progress: the pods to run, and the mirror pods.
+type Listing = (Vec<Arc<Pod>>, Vec<Arc<Pod>>);
 
 /// The pod with kubelet's in-memory `kubernetes.io/config.source: api` annotation.
 fn marked(mut pod: Pod) -> Arc<Pod> {

@@ -27,6 +27,7 @@ use bosun_cri::CriClient;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 
 use crate::cluster::objects::ReferencedObjects;
+use crate::cluster::tokens::TokenManager;
 use crate::events::{reason, EventType, Recorder};
 use crate::pod::references::{references, RefKind};
 use crate::pod::spec::NodeContext;
@@ -44,6 +45,15 @@ use pod_workers::{PodWorkers, Shared};
 use status_manager::StatusManager;
 
 pub use pod_workers::RESYNC;
+
+/// CPU, memory and ephemeral storage of the node: its capacity, or what of it is
+/// allocatable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeCapacity {
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub ephemeral_bytes: i64,
+}
 
 /// How often the manifest directory is rescanned besides inotify (kubelet's default).
 const RESCAN: Duration = Duration::from_secs(20);
@@ -75,6 +85,10 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// `--node-labels`, registered beside kubelet's own.
     pub node_labels: BTreeMap<String, String>,
+    /// `--register-with-taints` / `registerWithTaints`.
+    pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// The node's capacity; `node.node` holds what of it is allocatable.
+    pub capacity: NodeCapacity,
     pub runtime_endpoint: String,
     pub root_dir: PathBuf,
     pub node: NodeContext,
@@ -134,6 +148,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let mut pod_sources = file_sources.to_vec();
     let mut tasks = Vec::new();
     let (api_tx, mut api_updates) = tokio::sync::mpsc::unbounded_channel::<PodUpdate>();
+    // The UIDs of pods whose service account token request ended.
+    let (tokens_tx, mut tokens_ready) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut referenced = None;
     if let Some(kubeconfig) = &config.kubeconfig {
         let cluster = crate::cluster::client(kubeconfig)
@@ -141,12 +157,18 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             .context("joining the cluster")?;
         pod_sources.push(Source::Api);
         let version = client.version();
+        let allocatable = &config.node.node;
         let facts = crate::cluster::node::NodeFacts {
             name: config.node.node_name.clone(),
             labels: config.node_labels.clone(),
+            taints: config.node_taints.clone(),
             host_ip: config.node.host_ip.clone(),
-            cpus: config.node.node.allocatable_cpu_millis / 1000,
-            memory_bytes: config.node.node.memory_capacity_bytes,
+            capacity: config.capacity,
+            allocatable: NodeCapacity {
+                cpu_millis: allocatable.allocatable_cpu_millis,
+                memory_bytes: allocatable.allocatable_memory_bytes,
+                ephemeral_bytes: allocatable.allocatable_ephemeral_storage_bytes,
+            },
             max_pods: config.max_pods,
             runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
             port: KUBELET_PORT,
@@ -154,6 +176,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         tasks.push(tokio::spawn(crate::cluster::node::run(
             cluster.clone(),
             facts,
+            client.clone(),
         )));
         let mirrors = crate::store::Store::<Pod>::new(&[Source::Api]);
         tasks.push(tokio::spawn(crate::cluster::pods::watch(
@@ -173,7 +196,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             cluster.clone(),
             events.subscribe(),
         )));
-        referenced = Some(ReferencedObjects::new(cluster.clone(), objects.clone()));
+        let tokens = TokenManager::new(cluster.clone(), tokens_tx);
+        referenced = Some(ReferencedObjects::new(
+            cluster.clone(),
+            objects.clone(),
+            tokens,
+        ));
         if let Some(finished) = finished {
             tasks.push(tokio::spawn(crate::cluster::status::run(
                 cluster,
@@ -183,6 +211,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         }
     } else {
         drop(api_tx);
+        drop(tokens_tx);
     }
     let ctx = Arc::new(config.node.clone());
     // The static pods' EndpointSlices: standalone, nothing else computes them.
@@ -283,6 +312,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                     }
                 }
             }
+            Some(uid) = tokens_ready.recv() => workers.kick(&uid),
             Some(event) = pleg_rx.recv() => match event {
                 PodLifecycleEvent::Changed(uid) => workers.kick(&uid),
                 PodLifecycleEvent::Relisted(uids) => {
@@ -386,19 +416,14 @@ fn node_info(config: &Config) -> admission::NodeInfo {
     );
     labels.insert("kubernetes.io/os".into(), std::env::consts::OS.into());
     let resources = &config.node.node;
-    let ephemeral = match resources.allocatable_ephemeral_storage_bytes {
-        0 => nix::sys::statvfs::statvfs(&config.root_dir)
-            .map(|fs| i64::try_from(fs.blocks() * fs.fragment_size()).unwrap_or(i64::MAX))
-            .unwrap_or(0),
-        bytes => bytes,
-    };
     admission::NodeInfo {
         name: config.node.node_name.clone(),
         labels,
         allocatable_cpu_millis: resources.allocatable_cpu_millis,
         allocatable_memory_bytes: resources.allocatable_memory_bytes,
-        allocatable_ephemeral_storage_bytes: ephemeral,
+        allocatable_ephemeral_storage_bytes: resources.allocatable_ephemeral_storage_bytes,
         max_pods: config.max_pods,
+        taints: config.node_taints.clone(),
         ..admission::NodeInfo::default()
     }
 }

@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod observed;
 pub mod plan;
 pub mod probe;
+pub mod pull_secrets;
 pub mod references;
 pub mod spec;
 pub mod status;

@@ -19,6 +19,7 @@ use super::status::{self, Facts};
 use tokio::sync::Notify;
 
 use super::probe::{run_hook, ContainerProbes, ProbeKind, Target};
+use super::pull_secrets;
 use super::volume::{self, HostMounter, PodVolumes};
 use crate::events::{container_reference, reason, EventType, Recorder};
 use crate::policy::{PolicyEnforcer, FAILED_NETWORK_POLICY};
@@ -784,7 +785,17 @@ impl<R: Runtime> PodWorker<R> {
             format!("Pulling image \"{image}\""),
         );
         let began = std::time::Instant::now();
-        match self.runtime.pull_image(image).await {
+        let (pulled, missing) = pull_secrets::pull(&self.runtime, pod, image, &*self.objects).await;
+        if !missing.is_empty() {
+            let message = format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image \
+                 may not succeed.",
+                missing.join(", ")
+            );
+            let reason = pull_secrets::FAILED_TO_RETRIEVE_IMAGE_PULL_SECRET;
+            self.events.warning(pod, reason, message);
+        }
+        match pulled {
             Ok(_) => {
                 self.events.record(
                     container_reference(pod, name),

@@ -118,7 +118,7 @@ impl Runtime for FakeRuntime {
     async fn image_status(&self, _: &str) -> Result<Option<api::Image>, CriError> {
         unimplemented("ImageStatus")
     }
-    async fn pull_image(&self, _: &str) -> Result<String, CriError> {
+    async fn pull_image(&self, _: &str, _: Option<api::AuthConfig>) -> Result<String, CriError> {
         unimplemented("PullImage")
     }
 

@@ -42,7 +42,8 @@
 //! `sizeLimit` eviction on disk (a Memory emptyDir is bounded by its tmpfs size), the
 //! `volume-subpaths` bind mounts that make `subPath` immune to a link swapped in by another
 //! container at the last moment (see `resolve_sub_path`), downwardAPI `resourceFieldRef`,
-//! projected `serviceAccountToken`, `clusterTrustBundle` and `podCertificate`, and every
+//! projected `serviceAccountToken` standalone (in a cluster the API server issues them),
+//! projected `clusterTrustBundle` and `podCertificate`, and every
 //! volume type that needs a cluster or a storage driver (persistentVolumeClaim, nfs, csi,
 //! image, …): those fail with [`VolumeError::Unsupported`].
 
@@ -142,6 +143,14 @@ pub enum VolumeError {
         kind: &'static str,
         namespace: String,
         name: String,
+    },
+    /// The API server did not issue a service account token; requested again later.
+    #[error("volume {volume:?}: a token of ServiceAccount \"{namespace}/{name}\": {message}")]
+    Token {
+        volume: String,
+        namespace: String,
+        name: String,
+        message: String,
     },
     #[error("volume {volume:?}: {kind} \"{namespace}/{name}\" has no key {key:?}")]
     KeyNotFound {

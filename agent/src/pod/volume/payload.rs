@@ -5,16 +5,22 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, KeyToPath, Pod, ProjectedVolumeSource};
+use k8s_openapi::api::core::v1::{
+    DownwardAPIVolumeFile, KeyToPath, Pod, ProjectedVolumeSource, ServiceAccountTokenProjection,
+};
 
 use super::atomic_writer::{FileProjection, Payload};
 use super::layout::{check_item_path, clean_path, format_mode};
 use super::VolumeError;
 use crate::pod::references::RefKind;
-use crate::store::ObjectGetter;
+use crate::store::{ObjectGetter, TokenKey, TokenLookup};
 
 /// The mode of projected files when the volume does not say (the API server's default).
 pub(crate) const DEFAULT_MODE: u32 = 0o644;
+
+/// A serviceAccountToken source's `expirationSeconds` when it does not say (the API
+/// server's default).
+const DEFAULT_TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 
 /// The fieldRef paths a downwardAPI volume file may use.
 const SUPPORTED_FIELD_PATHS: &str = "metadata.name, metadata.namespace, metadata.uid, \
@@ -269,6 +275,83 @@ impl Sources<'_> {
         Ok(())
     }
 
+    /// Adds the file of a serviceAccountToken source to `out`: a token of the pod's
+    /// service account bound to the pod (kubelet's projected plugin with its token manager).
+    /// kubelet writes it 0600 when the pod has an fsGroup, which bosun does not apply.
+    fn project_token(
+        &self,
+        projection: &ServiceAccountTokenProjection,
+        mode: u32,
+        field: &str,
+        out: &mut Payload,
+    ) -> Result<(), VolumeError> {
+        let path = self.path(&projection.path, format!("{field}.path"))?;
+        let expiration_seconds = projection
+            .expiration_seconds
+            .unwrap_or(DEFAULT_TOKEN_EXPIRATION_SECONDS);
+        // The API server's validation of the field, for pods that did not pass through it.
+        let invalid = match expiration_seconds {
+            ..600 => Some("may not specify a duration less than 10 minutes"),
+            0x1_0000_0001.. => Some("may not specify a duration larger than 2^32 seconds"),
+            _ => None,
+        };
+        if let Some(reason) = invalid {
+            let field = format!("{field}.expirationSeconds");
+            return Err(self.invalid(field, expiration_seconds.to_string(), reason));
+        }
+        let spec = self.pod.spec.as_ref();
+        let service_account = spec
+            .and_then(|s| {
+                s.service_account_name
+                    .as_deref()
+                    .or(s.service_account.as_deref())
+            })
+            .filter(|name| !name.is_empty())
+            .unwrap_or("default");
+        let key = TokenKey {
+            namespace: self.namespace().to_owned(),
+            service_account: service_account.to_owned(),
+            audience: projection.audience.clone().unwrap_or_default(),
+            expiration_seconds,
+            pod_name: self.pod.metadata.name.clone().unwrap_or_default(),
+            pod_uid: self.pod.metadata.uid.clone().unwrap_or_default(),
+        };
+        let token = match self.objects.service_account_token(&key) {
+            TokenLookup::Token(token) => token,
+            TokenLookup::Pending => {
+                return Err(VolumeError::ObjectPending {
+                    volume: self.volume.to_owned(),
+                    kind: "a token of ServiceAccount",
+                    namespace: key.namespace,
+                    name: key.service_account,
+                })
+            }
+            TokenLookup::Failed(message) => {
+                return Err(VolumeError::Token {
+                    volume: self.volume.to_owned(),
+                    namespace: key.namespace,
+                    name: key.service_account,
+                    message,
+                })
+            }
+            TokenLookup::Unsupported => {
+                return Err(VolumeError::Unsupported {
+                    volume: self.volume.to_owned(),
+                    field: field.to_owned(),
+                    kind: "projected serviceAccountToken".to_owned(),
+                })
+            }
+        };
+        out.insert(
+            path,
+            FileProjection {
+                data: token.as_bytes().to_vec(),
+                mode,
+            },
+        );
+        Ok(())
+    }
+
     /// The files of a projected volume: its sources in order, a later file replacing an
     /// earlier one at the same path.
     pub(crate) fn project_sources(
@@ -311,10 +394,9 @@ impl Sources<'_> {
                 let items = downward_api.items.as_deref().unwrap_or_default();
                 let field = format!("{field}.downwardAPI");
                 self.project_downward_api(items, default_mode, &field, &mut out)?;
-            } else if projection.service_account_token.is_some() {
-                // Tokens are issued by the API server, which bosun does not talk to yet.
-                let kind = "projected serviceAccountToken";
-                return Err(unsupported(kind, "serviceAccountToken"));
+            } else if let Some(token) = &projection.service_account_token {
+                let field = format!("{field}.serviceAccountToken");
+                self.project_token(token, default_mode, &field, &mut out)?;
             } else if projection.cluster_trust_bundle.is_some() {
                 let kind = "projected clusterTrustBundle";
                 return Err(unsupported(kind, "clusterTrustBundle"));
