@@ -65,7 +65,7 @@ echo "node up: CRI endpoint $endpoint"
 # bosun itself: the node daemon, on the example manifests.
 cat >"$dir/bosun.yaml" <<CONFIG
 staticPodPath: $PWD/examples/manifests
-cgroupRoot: /bosun-demo/kubepods
+cgroupRoot: /bosun-demo
 podLogsDir: $dir/pod-logs
 bpfDir: $bpf_dir
 CONFIG

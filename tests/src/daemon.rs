@@ -58,7 +58,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "cgroupRoot: {}/kubepods\npodLogsDir: {}\nclusterDomain: cluster.local\n{extra_config}",
+                "cgroupRoot: {}\npodLogsDir: {}\nclusterDomain: cluster.local\n{extra_config}",
                 node.cgroup_parent(),
                 node.dir().join("pod-logs").display()
             ),

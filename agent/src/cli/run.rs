@@ -74,7 +74,10 @@ pub struct ConfigFile {
     pub cluster_dns: Vec<String>,
     pub cluster_domain: Option<String>,
     pub pod_pids_limit: Option<i64>,
+    /// As kubelet's: the parent of the `kubepods` cgroup, `/` by default.
     pub cgroup_root: Option<String>,
+    /// As kubelet's: `cgroupfs` (the default); `systemd` is refused for now.
+    pub cgroup_driver: Option<String>,
     pub pod_logs_dir: Option<PathBuf>,
     pub resolv_conf: Option<PathBuf>,
     pub max_pods: Option<i64>,
@@ -141,6 +144,14 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
             .to_owned(),
     }
     .to_lowercase();
+    match file.cgroup_driver.as_deref() {
+        None | Some("cgroupfs") => {}
+        Some(other) => {
+            return Err(BadConfig(format!(
+                "cgroupDriver: unsupported value {other:?}: bosun supports \"cgroupfs\" only (set containerd's SystemdCgroup = false to match)"
+            )))
+        }
+    }
     let mut taints = file.register_with_taints.clone();
     for text in &args.register_with_taints {
         taints.push(parse_taint(text)?);
@@ -163,7 +174,7 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         pod_logs_dir: file
             .pod_logs_dir
             .unwrap_or_else(|| PathBuf::from("/var/log/pods")),
-        cgroup_root: file.cgroup_root.unwrap_or_else(|| "/kubepods".into()),
+        cgroup_root: kubepods_cgroup(file.cgroup_root.as_deref()),
         host_ip: host_ip(),
         resolv_conf: load_resolv_conf(file.resolv_conf)?,
         pod_pids_limit: file.pod_pids_limit,
@@ -270,6 +281,12 @@ fn node_capacity(root_dir: &Path) -> NodeCapacity {
         memory_bytes: memory,
         ephemeral_bytes: ephemeral,
     }
+}
+
+/// The cgroup pods go under: `kubepods` below `cgroupRoot`, as kubelet lays it out.
+fn kubepods_cgroup(cgroup_root: Option<&str>) -> String {
+    let root = cgroup_root.unwrap_or("/").trim_end_matches('/');
+    format!("{root}/kubepods")
 }
 
 /// kubelet's default `evictionHard` (Linux).
@@ -445,6 +462,16 @@ mod tests {
         assert_eq!(got.ephemeral_bytes, (100 << 30) - (1 << 30) - (10 << 30));
         let bad = allocatable(&capacity, &map(&[("gpu", "1")]), &map(&[]), &map(&[]));
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn cgroup_root_is_the_parent_of_kubepods() {
+        assert_eq!(kubepods_cgroup(None), "/kubepods");
+        assert_eq!(kubepods_cgroup(Some("/")), "/kubepods");
+        assert_eq!(
+            kubepods_cgroup(Some("/bosun-demo/")),
+            "/bosun-demo/kubepods"
+        );
     }
 
     #[test]

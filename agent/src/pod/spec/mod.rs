@@ -53,7 +53,8 @@ pub struct NodeContext {
     pub cluster_domain: String,
     /// Where pod log directories go, e.g. `/var/log/pods`.
     pub pod_logs_dir: PathBuf,
-    /// The cgroup every pod's cgroup goes under (cgroupfs driver), e.g. `/kubepods`.
+    /// The cgroup every pod's cgroup goes under (cgroupfs driver): `kubepods` below the
+    /// configured `cgroupRoot`, e.g. `/kubepods`.
     pub cgroup_root: String,
     /// The node's IP: `status.hostIP` and `status.hostIPs` in the downward API, and which IP
     /// family comes first in `status.podIPs`.
