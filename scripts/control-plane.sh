@@ -10,9 +10,19 @@
 #                              ServiceAccount
 #   node-kubeconfig DIR NODE   write DIR/node-NODE.kubeconfig (user system:node:NODE, group
 #                              system:nodes) and print its path
+#   bootstrap-kubeconfig DIR   make a bootstrap token and the RBAC kubeadm makes for kubelet TLS
+#                              bootstrapping (node CSRs approved automatically, renewals
+#                              too); write DIR/bootstrap.kubeconfig with the token and print
+#                              its path
 #   stop-apiserver DIR         stop only kube-apiserver (etcd keeps the state)
 #   start-apiserver DIR        start it again and wait until it serves
 #   down DIR                   stop everything `up` started; DIR stays for the caller to remove
+#
+# With BOSUN_CLUSTER_SIGNING_DURATION set (a Go duration, say 2m), `up` has
+# kube-controller-manager issue certificates valid that long instead of a year, for tests of
+# certificate rotation. 1.20 dates certificates back 5 minutes and counts the duration from
+# there: 6m gives certificates valid for one minute from when they are issued. With
+# BOSUN_AUDIT=1, kube-apiserver logs every request of a node to DIR/audit.log.
 #
 # Everything binds to 127.0.0.1 on ports picked free, so control planes of tests running in
 # parallel never meet. Progress goes to stderr; stdout carries only the results named above.
@@ -387,7 +397,16 @@ start_etcd() {
 }
 
 start_apiserver() {
-    local pki=$DIR/pki
+    local pki=$DIR/pki audit=()
+    # BOSUN_AUDIT=1: each finished request of a node (group system:nodes) as one JSON line
+    # in DIR/audit.log, nothing of anyone else's, so benchmarks can count a node's requests.
+    if [ "${BOSUN_AUDIT:-}" = 1 ]; then
+        printf '%s\n' 'apiVersion: audit.k8s.io/v1' 'kind: Policy' \
+            'omitStages: [RequestReceived, ResponseStarted]' 'rules:' \
+            '- {level: Metadata, userGroups: ["system:nodes"]}' '- {level: None}' \
+            >"$DIR/audit-policy.yaml"
+        audit=(--audit-policy-file="$DIR/audit-policy.yaml" --audit-log-path="$DIR/audit.log")
+    fi
     # --insecure-port=0: 1.20 still opens an unauthenticated port 8080 by default, which two
     # control planes would fight over. --endpoint-reconciler-type=none: Endpoints may not name
     # a loopback address, so the kubernetes Service gets none rather than an error every 10 s.
@@ -408,7 +427,7 @@ start_apiserver() {
         --api-audiences="$SERVICE_ACCOUNT_ISSUER" \
         --service-account-signing-key-file="$pki/sa.key" \
         --service-account-key-file="$pki/sa.pub" \
-        --allow-privileged=true --profiling=false
+        --allow-privileged=true --profiling=false "${audit[@]}"
     wait_for "kube-apiserver /readyz" kube-apiserver \
         curl -fsS --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
         "https://127.0.0.1:$APISERVER_PORT/readyz"
@@ -433,6 +452,7 @@ start_controller_manager() {
         --use-service-account-credentials=true \
         --service-cluster-ip-range="$SERVICE_CIDR" \
         --controllers='*,bootstrapsigner,tokencleaner' \
+        ${BOSUN_CLUSTER_SIGNING_DURATION:+--experimental-cluster-signing-duration="$BOSUN_CLUSTER_SIGNING_DURATION"} \
         --profiling=false
 }
 
@@ -502,6 +522,101 @@ cmd_node_kubeconfig() {
     echo "$DIR/node-$node.kubeconfig"
 }
 
+# The group kubeadm gives its node bootstrap tokens; its bindings name this group.
+BOOTSTRAP_GROUP=system:bootstrappers:kubeadm:default-node-token
+
+cmd_bootstrap_kubeconfig() {
+    state_dir "${1:-}"
+    cmd_bin_dir >/dev/null
+    local file=$DIR/bootstrap.kubeconfig
+    if [ -f "$file" ]; then
+        echo "$file"
+        return
+    fi
+    umask 077
+    # A bootstrap token is `[a-z0-9]{6}.[a-z0-9]{16}`; hex digits are a subset.
+    local id secret
+    id=$(openssl rand -hex 3)
+    secret=$(openssl rand -hex 8)
+    # What `kubeadm init` makes: bootstrap tokens may create CSRs, which kube-controller-manager
+    # approves, as it approves nodes' CSRs renewing their own certificate.
+    kubectl_admin apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Secret
+metadata:
+  name: bootstrap-token-$id
+  namespace: kube-system
+type: bootstrap.kubernetes.io/token
+stringData:
+  description: bosun test bootstrap token
+  token-id: "$id"
+  token-secret: "$secret"
+  usage-bootstrap-authentication: "true"
+  usage-bootstrap-signing: "true"
+  auth-extra-groups: $BOOTSTRAP_GROUP
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: kubeadm:kubelet-bootstrap
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:node-bootstrapper
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: Group
+  name: $BOOTSTRAP_GROUP
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: kubeadm:node-autoapprove-bootstrap
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:certificates.k8s.io:certificatesigningrequests:nodeclient
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: Group
+  name: $BOOTSTRAP_GROUP
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: kubeadm:node-autoapprove-certificate-rotation
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:certificates.k8s.io:certificatesigningrequests:selfnodeclient
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: Group
+  name: system:nodes
+EOF
+    cat >"$file.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: bosun-test
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority-data: $(base64 -w0 "$DIR/pki/ca.crt")
+users:
+- name: kubelet-bootstrap
+  user:
+    token: $id.$secret
+contexts:
+- name: kubelet-bootstrap@bosun-test
+  context:
+    cluster: bosun-test
+    user: kubelet-bootstrap
+current-context: kubelet-bootstrap@bosun-test
+EOF
+    mv "$file.tmp" "$file"
+    echo "$file"
+}
+
 cmd_stop_apiserver() {
     state_dir "${1:-}"
     stop kube-apiserver
@@ -533,6 +648,7 @@ main() {
     bin-dir) cmd_bin_dir "$@" ;;
     up) cmd_up "$@" ;;
     node-kubeconfig) cmd_node_kubeconfig "$@" ;;
+    bootstrap-kubeconfig) cmd_bootstrap_kubeconfig "$@" ;;
     stop-apiserver) cmd_stop_apiserver "$@" ;;
     start-apiserver) cmd_start_apiserver "$@" ;;
     down) cmd_down "$@" ;;

@@ -40,12 +40,15 @@ node=$!
 daemon=
 cleanup() {
     [ -n "$daemon" ] && { kill -TERM "$daemon" 2>/dev/null; wait "$daemon" 2>/dev/null; }
+    # Before the node goes: its directory holds the control plane's.
+    if [ "$cluster" = 1 ]; then
+        ./scripts/control-plane.sh down "$dir/control-plane" >/dev/null 2>&1 || true
+    fi
     kill -TERM "$node" 2>/dev/null || true
     wait "$node" 2>/dev/null || true
     # Pod cgroups the runtime leaves behind, leaf first.
     find /sys/fs/cgroup -depth -type d -path '*/bosun-demo*' -exec rmdir {} + 2>/dev/null || true
     "$bosun" run --cleanup --bpf-dir "$bpf_dir" >/dev/null 2>&1 || true
-    [ "$cluster" = 1 ] && ./scripts/control-plane.sh down "$dir/control-plane" >/dev/null 2>&1
     rm -f "$out"
 }
 trap cleanup EXIT

@@ -384,42 +384,12 @@ impl<K: Metadata<Ty = ObjectMeta> + PartialEq> Writer<K> {
     /// Adds or replaces one object of this source.
     pub fn apply(&self, object: Arc<K>) {
         let key = ObjectKey::of(object.metadata());
-        let changed = {
-            let mut state = self.write();
-            let slot = state.objects.entry(key.clone()).or_insert_with(Slot::empty);
-            let before = slot.current().cloned();
-            slot.by_source[self.source as usize] = Some(object);
-            !same(before.as_ref(), slot.current())
-        };
-        if changed {
-            self.store.publish(Changes {
-                keys: BTreeSet::from([key]),
-                synced: false,
-            });
-        }
+        self.update(&key, |_| Some(object));
     }
 
     /// Removes this source's object of `key`, if it has one.
     pub fn delete(&self, key: &ObjectKey) {
-        let changed = {
-            let mut state = self.write();
-            let Some(slot) = state.objects.get_mut(key) else {
-                return;
-            };
-            let before = slot.current().cloned();
-            slot.by_source[self.source as usize] = None;
-            let changed = !same(before.as_ref(), slot.current());
-            if slot.current().is_none() {
-                state.objects.remove(key);
-            }
-            changed
-        };
-        if changed {
-            self.store.publish(Changes {
-                keys: BTreeSet::from([key.clone()]),
-                synced: false,
-            });
-        }
+        self.update(key, |_| None);
     }
 
     /// Replaces this source's object of `key` with what `update` makes of it (`None`:
@@ -438,10 +408,7 @@ impl<K: Metadata<Ty = ObjectMeta> + PartialEq> Writer<K> {
             changed
         };
         if changed {
-            self.store.publish(Changes {
-                keys: BTreeSet::from([key.clone()]),
-                synced: false,
-            });
+            self.store.touch(key);
         }
     }
 

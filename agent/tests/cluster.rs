@@ -438,3 +438,55 @@ async fn the_api_server_away_for_a_while_loses_nothing() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_node_joins_by_tls_bootstrapping() -> Result<()> {
+    in_a_cluster("tlsboot", |plane, node| async move {
+        let bootstrap = match plane.bootstrap_kubeconfig().await {
+            Ok(path) => path,
+            Err(e) => panic!("a bootstrap kubeconfig: {e:#}"),
+        };
+        let kubeconfig = node.dir().join("bosun-kubeconfig");
+        let cert_dir = node.dir().join("pki");
+        let daemon = match Daemon::start_with_args(
+            BOSUN.as_ref(),
+            &node,
+            node.dir(),
+            "",
+            &[
+                "--kubeconfig".as_ref(),
+                kubeconfig.as_os_str(),
+                "--bootstrap-kubeconfig".as_ref(),
+                bootstrap.as_os_str(),
+                "--cert-dir".as_ref(),
+                cert_dir.as_os_str(),
+            ],
+        )
+        .await
+        {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("starting bosun: {e:#}"),
+        };
+        let result = async {
+            // The CSR was approved and issued; bosun joined with the node identity.
+            wait_for(&plane, &["node", NODE_NAME], Duration::from_secs(60), |n| {
+                condition(n, "Ready") == "True"
+            })
+            .await?;
+            ensure!(kubeconfig.exists(), "no kubeconfig written");
+            ensure!(cert_dir.join("kubelet-client-current.pem").exists());
+            let csrs = get_json(&plane, &["csr"]).await?;
+            let issued = csrs["items"].as_array().is_some_and(|items| {
+                items.iter().any(|csr| {
+                    csr["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
+                        && csr["status"]["certificate"].is_string()
+                })
+            });
+            ensure!(issued, "no issued node client CSR: {csrs:#}");
+            Ok(())
+        }
+        .await;
+        (plane, node, daemon, result)
+    })
+    .await
+}

@@ -65,6 +65,46 @@ impl ControlPlane {
     /// `name`, and returns once the API server is ready and kube-controller-manager has made
     /// the `default` ServiceAccount in namespace `default`. Needs root and the built binaries.
     pub async fn start(name: &str) -> Result<ControlPlane> {
+        Self::start_with(name, &[]).await
+    }
+
+    /// As [`ControlPlane::start`], but the certificates kube-controller-manager issues for
+    /// CertificateSigningRequests are valid for `lifetime` (whole seconds) instead of a year:
+    /// for tests of client-certificate rotation. kube-controller-manager 1.20 dates each back
+    /// 5 minutes and counts `lifetime` from there, so give more than 5 minutes: 6 minutes
+    /// makes certificates that are valid for one minute after they are issued.
+    pub async fn start_with_certificate_lifetime(
+        name: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<ControlPlane> {
+        let duration = format!("{}s", lifetime.as_secs());
+        Self::start_with(name, &[("BOSUN_CLUSTER_SIGNING_DURATION", &duration)]).await
+    }
+
+    /// As [`ControlPlane::start`], with kube-apiserver logging every request of a node
+    /// (group `system:nodes`) to an audit log, read with [`ControlPlane::node_requests`].
+    pub async fn start_with_audit_log(name: &str) -> Result<ControlPlane> {
+        Self::start_with(name, &[("BOSUN_AUDIT", "1")]).await
+    }
+
+    /// The audit events of nodes' requests so far, one per finished request (fields as in
+    /// `audit.k8s.io/v1` `Event`: `user.username`, `verb`, `objectRef.resource`, ...). Empty
+    /// unless started with [`ControlPlane::start_with_audit_log`].
+    pub fn node_requests(&self) -> Result<Vec<serde_json::Value>> {
+        let path = self.dir.join("audit.log");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        // The last line may be half written.
+        Ok(text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect())
+    }
+
+    async fn start_with(name: &str, env: &[(&str, &str)]) -> Result<ControlPlane> {
         let bin_dir =
             bin_dir().map_err(|reason| anyhow!("a control plane cannot run here: {reason}"))?;
         let name = name.to_owned();
@@ -79,7 +119,7 @@ impl ControlPlane {
             owner: Some(owner),
         };
         // On failure `plane` is dropped here, which removes whatever was created.
-        let printed = plane.run_script("up", &[]).await?;
+        let printed = plane.run_script_with_env("up", &[], env).await?;
         anyhow::ensure!(
             Path::new(&printed) == plane.admin_kubeconfig,
             "up printed {printed:?}, not {}",
@@ -115,6 +155,17 @@ impl ControlPlane {
     /// NodeRestriction admission plugin confine to that node's objects.
     pub async fn node_kubeconfig(&self, node: &str) -> Result<PathBuf> {
         self.run_script("node-kubeconfig", &[node])
+            .await
+            .map(PathBuf::from)
+    }
+
+    /// Writes a bootstrap kubeconfig, as `kubeadm token create` gives a joining node: a
+    /// bootstrap token (groups `system:bootstrappers` and
+    /// `system:bootstrappers:kubeadm:default-node-token`) allowed to create
+    /// CertificateSigningRequests, which kube-controller-manager approves and signs, as it
+    /// does nodes' requests to renew their own certificate. The same file on every call.
+    pub async fn bootstrap_kubeconfig(&self) -> Result<PathBuf> {
+        self.run_script("bootstrap-kubeconfig", &[])
             .await
             .map(PathBuf::from)
     }
@@ -175,10 +226,20 @@ impl ControlPlane {
 
     /// `control-plane.sh COMMAND DIR ARGS...`; its stdout (one line), or an error with stderr.
     async fn run_script(&self, command: &str, args: &[&str]) -> Result<String> {
+        self.run_script_with_env(command, args, &[]).await
+    }
+
+    async fn run_script_with_env(
+        &self,
+        command: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<String> {
         let output = tokio::process::Command::new(script())
             .arg(command)
             .arg(&self.dir)
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .await
             .with_context(|| format!("running {}", script().display()))?;

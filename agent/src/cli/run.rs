@@ -56,6 +56,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
 
+    /// As kubelet's: when --kubeconfig names no file yet, or one whose client certificate has
+    /// expired, get a client certificate with the bootstrap token of this kubeconfig.
+    #[arg(long = "bootstrap-kubeconfig")]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+
+    /// As kubelet's: where the client certificate and key are kept.
+    #[arg(long = "cert-dir")]
+    pub cert_dir: Option<PathBuf>,
+
     /// As kubelet's: labels to register the node with, `key=value,key=value`.
     #[arg(long = "node-labels", value_delimiter = ',')]
     pub node_labels: Vec<String>,
@@ -99,6 +108,8 @@ pub struct ConfigFile {
     /// Taints the node registers with.
     #[serde(default)]
     pub register_with_taints: Vec<Taint>,
+    /// Renew the client certificate before it expires (with TLS bootstrapping).
+    pub rotate_certificates: Option<bool>,
 }
 
 /// An error in the configuration: the daemon exits with [`EXIT_BAD_CONFIG`].
@@ -121,6 +132,11 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         None => ConfigFile::default(),
     };
     let manifest_dir = args.pod_manifest_path.clone().or(file.static_pod_path);
+    if args.bootstrap_kubeconfig.is_some() && args.kubeconfig.is_none() {
+        return Err(BadConfig(
+            "--bootstrap-kubeconfig needs --kubeconfig: the file the issued credentials are written to".into(),
+        ));
+    }
     if manifest_dir.is_none() && args.kubeconfig.is_none() {
         return Err(BadConfig(
             "no pods to run: give --pod-manifest-path (or staticPodPath in --config), --kubeconfig, or both"
@@ -204,6 +220,12 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         max_pods,
         manifest_dir,
         kubeconfig: args.kubeconfig.clone(),
+        bootstrap_kubeconfig: args.bootstrap_kubeconfig.clone(),
+        cert_dir: args
+            .cert_dir
+            .clone()
+            .unwrap_or_else(|| args.root_dir.join("pki")),
+        rotate_certificates: file.rotate_certificates.unwrap_or(true),
         node_labels,
         node_taints: taints,
         capacity,

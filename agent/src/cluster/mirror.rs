@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::PostParams;
 use kube::Api;
 
+use super::{delete_pod, patch_pod_status};
 use crate::source::{from_api, CONFIG_HASH_ANNOTATION};
 use crate::store::{ObjectKey, PodStore, Store};
 use crate::util::sleep_or_never;
@@ -106,8 +107,8 @@ async fn sync(
         let mirror = match current {
             Some(mirror) => mirror,
             None => {
-                if let Some(stale) = mirrors.get(key) {
-                    delete(&api, key, &stale).await?;
+                if let Some(stale) = mirrors.get(key).and_then(|m| m.metadata.uid.clone()) {
+                    delete_pod(client, key, &stale).await?;
                 }
                 match api
                     .create(&PostParams::default(), &mirror_of(pod, node, node_uid))
@@ -136,24 +137,20 @@ async fn sync(
             continue;
         };
         if pod.status.is_some() && written.get(&uid) != Some(&pod.status) {
-            let patch = serde_json::json!({"metadata": {"uid": uid}, "status": pod.status});
-            match api
-                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 || e.code == 422 => {}
-                Err(e) => return Err(e),
-            }
+            patch_pod_status(client, key, &uid, pod.status.as_ref()).await?;
             written.insert(uid, pod.status.clone());
         }
     }
     // Mirrors whose static pod is gone, once the pods are all known.
     if pods.is_synced() {
         for (key, mirror) in mirrors.entries() {
-            if !statics.contains_key(&key) {
-                let api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
-                delete(&api, &key, &mirror).await?;
+            if let Some(uid) = mirror
+                .metadata
+                .uid
+                .as_deref()
+                .filter(|_| !statics.contains_key(&key))
+            {
+                delete_pod(client, &key, uid).await?;
             }
         }
     }
@@ -201,25 +198,6 @@ fn mirror_of(pod: &Pod, node: &str, node_uid: &str) -> Pod {
         },
         spec: pod.spec.clone(),
         status: None,
-    }
-}
-
-async fn delete(api: &Api<Pod>, key: &ObjectKey, mirror: &Pod) -> Result<(), kube::Error> {
-    let params = DeleteParams {
-        grace_period_seconds: Some(0),
-        preconditions: Some(Preconditions {
-            uid: mirror.metadata.uid.clone(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&key.name, &params).await {
-        Ok(_) => {
-            tracing::info!(pod = %key, "mirror pod deleted");
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(e),
     }
 }
 

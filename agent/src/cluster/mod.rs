@@ -7,6 +7,7 @@
 //! The API server being away never stops a pod: watches resume with backoff (relisting
 //! after 410 Gone), and status writes resume with the latest status.
 
+pub mod bootstrap;
 pub mod events;
 pub mod mirror;
 pub mod node;
@@ -16,6 +17,12 @@ pub mod status;
 pub mod tokens;
 
 use std::path::Path;
+
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::Api;
+
+use crate::store::ObjectKey;
 
 /// Why the API server could not be reached or answered no.
 #[derive(Debug, thiserror::Error)]
@@ -47,4 +54,54 @@ pub async fn client(kubeconfig: &Path) -> Result<kube::Client, ClusterError> {
         .await
         .map_err(|e| invalid(e.into()))?;
     kube::Client::try_from(config).map_err(|e| invalid(e.into()))
+}
+
+/// Patches the status of the pod `key` to `status`, only if the pod there is still `uid`
+/// (the UID in the patch fails it otherwise). A pod that is gone or was replaced is no
+/// error: there is nothing of ours to write.
+pub(crate) async fn patch_pod_status(
+    client: &kube::Client,
+    key: &ObjectKey,
+    uid: &str,
+    status: Option<&PodStatus>,
+) -> Result<(), kube::Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
+    let patch = serde_json::json!({"metadata": {"uid": uid}, "status": status});
+    match api
+        .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 || e.code == 422 => {
+            tracing::debug!(pod = %key, code = e.code, "pod status not written: {}", e.message);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes the pod `key` at once (grace 0), only if it is still `uid`. A pod already gone or
+/// replaced is no error.
+pub(crate) async fn delete_pod(
+    client: &kube::Client,
+    key: &ObjectKey,
+    uid: &str,
+) -> Result<(), kube::Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&key.name, &params).await {
+        Ok(_) => {
+            tracing::info!(pod = %key, "pod deleted from the API server");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
 }

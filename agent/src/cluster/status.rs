@@ -10,11 +10,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use kube::Api;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::{delete_pod, patch_pod_status};
 use crate::source::from_api;
 use crate::store::{ObjectKey, PodStore};
 use crate::util::sleep_or_never;
@@ -54,7 +53,7 @@ pub async fn run(
         }
         for (key, uid) in std::mem::take(&mut deletions) {
             written.remove(&key);
-            if let Err(e) = delete(&client, &key, &uid).await {
+            if let Err(e) = delete_pod(&client, &key, &uid).await {
                 tracing::warn!(pod = %key, error = %e, "deleting a finished pod; retrying");
                 deletions.insert(key, uid);
                 failed = true;
@@ -90,23 +89,8 @@ async fn write_status(
     {
         return Ok(());
     }
-    let api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
-    let patch = serde_json::json!({
-        "metadata": {"uid": uid},
-        "status": pod.status,
-    });
     let started = std::time::Instant::now();
-    match api
-        .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => {}
-        // Gone, or another pod of that name: nothing of ours to write.
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 || e.code == 422 => {
-            tracing::debug!(pod = %key, code = e.code, "pod status not written: {}", e.message);
-        }
-        Err(e) => return Err(e),
-    }
+    patch_pod_status(client, key, &uid, pod.status.as_ref()).await?;
     tracing::debug!(pod = %key, took_ms = started.elapsed().as_millis() as u64, "pod status written");
     written.insert(
         key.clone(),
@@ -116,26 +100,4 @@ async fn write_status(
         },
     );
     Ok(())
-}
-
-/// Deletes the API object of a pod bosun has finished with, at once and only if it is still
-/// the same pod.
-async fn delete(client: &kube::Client, key: &ObjectKey, uid: &str) -> Result<(), kube::Error> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
-    let params = DeleteParams {
-        grace_period_seconds: Some(0),
-        preconditions: Some(Preconditions {
-            uid: Some(uid.to_owned()),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&key.name, &params).await {
-        Ok(_) => {
-            tracing::info!(pod = %key, "pod deleted from the API server");
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(e),
-    }
 }

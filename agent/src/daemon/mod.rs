@@ -83,6 +83,12 @@ pub struct Config {
     pub manifest_dir: Option<PathBuf>,
     /// `--kubeconfig`: join the cluster of that API server; `None` is standalone.
     pub kubeconfig: Option<PathBuf>,
+    /// `--bootstrap-kubeconfig`: get the `--kubeconfig` credentials by TLS bootstrapping.
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// `--cert-dir`: where the bootstrapped client certificate is kept.
+    pub cert_dir: PathBuf,
+    /// `rotateCertificates`: renew the client certificate before it expires.
+    pub rotate_certificates: bool,
     /// `--node-labels`, registered beside kubelet's own.
     pub node_labels: BTreeMap<String, String>,
     /// `--register-with-taints` / `registerWithTaints`.
@@ -152,9 +158,34 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let (tokens_tx, mut tokens_ready) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut referenced = None;
     if let Some(kubeconfig) = &config.kubeconfig {
-        let cluster = crate::cluster::client(kubeconfig)
+        if let Some(bootstrap) = &config.bootstrap_kubeconfig {
+            crate::cluster::bootstrap::ensure_credentials(
+                kubeconfig,
+                bootstrap,
+                &config.cert_dir,
+                &config.node.node_name,
+            )
             .await
-            .context("joining the cluster")?;
+            .context("TLS bootstrapping")?;
+        }
+        // Every task's client follows the credentials: a renewed certificate is picked up
+        // by the next request.
+        let (cluster, credentials) = crate::cluster::bootstrap::swappable(
+            crate::cluster::client(kubeconfig)
+                .await
+                .context("joining the cluster")?,
+        );
+        if config.rotate_certificates && config.bootstrap_kubeconfig.is_some() {
+            tasks.push(tokio::spawn(crate::cluster::bootstrap::rotate(
+                crate::cluster::bootstrap::Rotation {
+                    kubeconfig: kubeconfig.clone(),
+                    cert_dir: config.cert_dir.clone(),
+                    node: config.node.node_name.clone(),
+                    bootstrap: config.bootstrap_kubeconfig.clone(),
+                },
+                credentials,
+            )));
+        }
         pod_sources.push(Source::Api);
         let version = client.version();
         let allocatable = &config.node.node;
