@@ -6,8 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
-use bosun_tests::control_plane::{self, ControlPlane};
+use anyhow::{ensure, Result};
+use bosun_tests::cluster::{self, condition, get_json, in_a_cluster, wait_for};
+use bosun_tests::control_plane::ControlPlane;
 use bosun_tests::daemon::{Daemon, NODE_NAME, SLEEP_FOREVER};
 use bosun_tests::images::BUSYBOX_IMAGE;
 use bosun_tests::node::TestNode;
@@ -15,75 +16,8 @@ use serde_json::Value;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
 
-/// Runs `scenario` against bosun joined to a fresh control plane; prints bosun's log if it
-/// failed and tears everything down either way.
-async fn in_a_cluster<F, Fut>(name: &str, scenario: F) -> Result<()>
-where
-    F: FnOnce(ControlPlane, TestNode) -> Fut,
-    Fut: std::future::Future<Output = (ControlPlane, TestNode, Daemon, Result<()>)>,
-{
-    if let Err(why) = control_plane::available() {
-        panic!("could not run: no control plane here: {why}");
-    }
-    let plane = ControlPlane::start(name).await?;
-    let node = TestNode::start(name).await?;
-    let (plane, node, daemon, result) = scenario(plane, node).await;
-    if result.is_err() {
-        eprintln!("--- bosun's log ---\n{}", daemon.log());
-    }
-    drop(daemon);
-    node.shutdown().await?;
-    plane.shutdown().await?;
-    result
-}
-
 async fn join(plane: &ControlPlane, node: &TestNode) -> Result<Daemon> {
-    let kubeconfig = plane.node_kubeconfig(NODE_NAME).await?;
-    Daemon::start_with_args(
-        BOSUN.as_ref(),
-        node,
-        node.dir(),
-        "",
-        &["--kubeconfig".as_ref(), kubeconfig.as_os_str()],
-    )
-    .await
-}
-
-async fn get_json(plane: &ControlPlane, args: &[&str]) -> Result<Value> {
-    let mut all = vec!["get"];
-    all.extend(args);
-    all.extend(["-o", "json"]);
-    let out = plane.kubectl(all).await?;
-    serde_json::from_str(&out).context("kubectl's JSON")
-}
-
-/// Polls until `check` holds of `kubectl get ARGS -o json`, or fails with the last object.
-async fn wait_for(
-    plane: &ControlPlane,
-    args: &[&str],
-    within: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Result<Value> {
-    let deadline = Instant::now() + within;
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        if let Ok(value) = get_json(plane, args).await {
-            if check(&value) {
-                return Ok(value);
-            }
-            last = value;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("kubectl get {args:?}: not as wanted within {within:?}; last: {last:#}")
-}
-
-fn condition<'a>(object: &'a Value, type_: &str) -> &'a str {
-    object["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-        .and_then(|c| c["status"].as_str())
-        .unwrap_or("")
+    cluster::join(BOSUN.as_ref(), plane, node, &[]).await
 }
 
 #[tokio::test]

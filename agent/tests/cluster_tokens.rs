@@ -5,73 +5,15 @@
 //! the `kube-root-ca.crt` ConfigMap, the namespace), and `imagePullSecrets` that exist or
 //! not. No registry is reachable here, so the image is one the node has.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use bosun_tests::control_plane::{self, ControlPlane};
-use bosun_tests::daemon::{Daemon, NODE_NAME, SLEEP_FOREVER};
+use bosun_tests::cluster::{self, in_a_cluster, wait_for};
+use bosun_tests::daemon::{NODE_NAME, SLEEP_FOREVER};
 use bosun_tests::images::BUSYBOX_IMAGE;
-use bosun_tests::node::TestNode;
 use serde_json::Value;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
-
-/// Runs `scenario` against bosun joined to a fresh control plane; prints bosun's log if it
-/// failed and tears everything down either way.
-async fn in_a_cluster<F, Fut>(name: &str, scenario: F) -> Result<()>
-where
-    F: FnOnce(ControlPlane, TestNode, Daemon) -> Fut,
-    Fut: std::future::Future<Output = (ControlPlane, TestNode, Daemon, Result<()>)>,
-{
-    if let Err(why) = control_plane::available() {
-        panic!("could not run: no control plane here: {why}");
-    }
-    let plane = ControlPlane::start(name).await?;
-    let node = TestNode::start(name).await?;
-    let kubeconfig = plane.node_kubeconfig(NODE_NAME).await?;
-    let daemon = Daemon::start_with_args(
-        BOSUN.as_ref(),
-        &node,
-        node.dir(),
-        "",
-        &["--kubeconfig".as_ref(), kubeconfig.as_os_str()],
-    )
-    .await
-    .context("starting bosun")?;
-    let (plane, node, daemon, result) = scenario(plane, node, daemon).await;
-    if result.is_err() {
-        eprintln!("--- bosun's log ---\n{}", daemon.log());
-    }
-    drop(daemon);
-    node.shutdown().await?;
-    plane.shutdown().await?;
-    result
-}
-
-/// Polls until `check` holds of `kubectl get ARGS -o json`, or fails with the last object.
-async fn wait_for(
-    plane: &ControlPlane,
-    args: &[&str],
-    within: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Result<Value> {
-    let deadline = Instant::now() + within;
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        let mut all = vec!["get"];
-        all.extend(args);
-        all.extend(["-o", "json"]);
-        if let Ok(out) = plane.kubectl(all).await {
-            let value: Value = serde_json::from_str(&out).context("kubectl's JSON")?;
-            if check(&value) {
-                return Ok(value);
-            }
-            last = value;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("kubectl get {args:?}: not as wanted within {within:?}; last: {last:#}")
-}
 
 /// The claims of a JWT: its middle part, base64url without padding.
 fn jwt_claims(token: &str) -> Result<Value> {
@@ -96,7 +38,11 @@ fn jwt_claims(token: &str) -> Result<Value> {
 
 #[tokio::test]
 async fn a_projected_token_bound_to_the_pod_and_the_root_ca_reach_the_container() -> Result<()> {
-    in_a_cluster("tokens", |plane, node, daemon| async move {
+    in_a_cluster("tokens", |plane, node| async move {
+        let daemon = match cluster::join(BOSUN.as_ref(), &plane, &node, &[]).await {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("starting bosun: {e:#}"),
+        };
         let result = async {
             let manifest = node.dir().join("tokens.yaml");
             // `registry` holds credentials for a registry this pod does not pull from;

@@ -105,6 +105,21 @@ impl ControlPlane {
     }
 
     async fn start_with(name: &str, env: &[(&str, &str)]) -> Result<ControlPlane> {
+        // Ports are picked free but not reserved: a control plane starting at the same moment
+        // (another test's) may bind one first. Such a start is tried again, on new ports.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match Self::start_once(name, env).await {
+                Err(e) if attempts < 3 && format!("{e:#}").contains("address already in use") => {
+                    eprintln!("control plane {name}: a port was taken meanwhile; starting again");
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once(name: &str, env: &[(&str, &str)]) -> Result<ControlPlane> {
         let bin_dir =
             bin_dir().map_err(|reason| anyhow!("a control plane cannot run here: {reason}"))?;
         let name = name.to_owned();

@@ -5,6 +5,7 @@
 //! Everything here needs root and acts on the real machine: mounts, cgroups, links and
 //! iptables rules, each confined to what a node created and recorded.
 
+pub mod cluster;
 pub mod control_plane;
 pub mod daemon;
 pub mod fixtures;

@@ -1,0 +1,92 @@
+//! bosun joined to a real control plane, for the cluster-mode tests: a fresh
+//! [`ControlPlane`], a [`TestNode`] and `bosun run --kubeconfig` with the node identity
+//! `system:node:node1`, and ways to wait for what the API server shows.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::control_plane::{self, ControlPlane};
+use crate::daemon::{Daemon, NODE_NAME};
+use crate::node::TestNode;
+
+/// Runs `scenario` on a fresh control plane and node named after `name`; prints bosun's log
+/// if it failed and tears everything down either way. The scenario starts bosun (see
+/// [`join`]) and hands its daemon back. Panics, saying so, where no control plane can run.
+pub async fn in_a_cluster<F, Fut>(name: &str, scenario: F) -> Result<()>
+where
+    F: FnOnce(ControlPlane, TestNode) -> Fut,
+    Fut: Future<Output = (ControlPlane, TestNode, Daemon, Result<()>)>,
+{
+    if let Err(why) = control_plane::available() {
+        panic!("could not run: no control plane here: {why}");
+    }
+    let plane = ControlPlane::start(name).await?;
+    let node = TestNode::start(name).await?;
+    let (plane, node, daemon, result) = scenario(plane, node).await;
+    if result.is_err() {
+        eprintln!("--- bosun's log ---\n{}", daemon.log());
+    }
+    drop(daemon);
+    node.shutdown().await?;
+    plane.shutdown().await?;
+    result
+}
+
+/// Starts `bin run` on `node`, joined to `plane` as `node1` with `extra` flags.
+pub async fn join(
+    bin: &Path,
+    plane: &ControlPlane,
+    node: &TestNode,
+    extra: &[&OsStr],
+) -> Result<Daemon> {
+    let kubeconfig = plane.node_kubeconfig(NODE_NAME).await?;
+    let mut args = vec!["--kubeconfig".as_ref(), kubeconfig.as_os_str()];
+    args.extend(extra);
+    Daemon::start_with_args(bin, node, node.dir(), "", &args)
+        .await
+        .context("starting bosun")
+}
+
+/// `kubectl get ARGS -o json`.
+pub async fn get_json(plane: &ControlPlane, args: &[&str]) -> Result<Value> {
+    let mut all = vec!["get"];
+    all.extend(args);
+    all.extend(["-o", "json"]);
+    let out = plane.kubectl(all).await?;
+    serde_json::from_str(&out).context("kubectl's JSON")
+}
+
+/// Polls until `check` holds of `kubectl get ARGS -o json`, or fails with the last object.
+pub async fn wait_for(
+    plane: &ControlPlane,
+    args: &[&str],
+    within: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + within;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(value) = get_json(plane, args).await {
+            if check(&value) {
+                return Ok(value);
+            }
+            last = value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("kubectl get {args:?}: not as wanted within {within:?}; last: {last:#}")
+}
+
+/// The status of the condition `type_` of a pod or node as JSON, `""` if it has none.
+pub fn condition<'a>(object: &'a Value, type_: &str) -> &'a str {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+}
