@@ -25,9 +25,14 @@ where
     if let Err(why) = control_plane::available() {
         panic!("could not run: no control plane here: {why}");
     }
-    let plane = ControlPlane::start(name).await?;
+    // With an audit log of the node's requests, to check that it never needed what the
+    // Node authorizer and NodeRestriction refuse.
+    let plane = ControlPlane::start_with_audit_log(name).await?;
     let node = TestNode::start(name).await?;
-    let (plane, node, daemon, result) = scenario(plane, node).await;
+    let (plane, node, daemon, mut result) = scenario(plane, node).await;
+    if result.is_ok() {
+        result = refused_requests(&plane);
+    }
     if result.is_err() {
         eprintln!("--- bosun's log ---\n{}", daemon.log());
     }
@@ -35,6 +40,20 @@ where
     node.shutdown().await?;
     plane.shutdown().await?;
     result
+}
+
+/// Fails if the API server refused the node any request (403): bosun asks only for what its
+/// node identity is allowed.
+fn refused_requests(plane: &ControlPlane) -> Result<()> {
+    let requests = plane.node_requests()?;
+    anyhow::ensure!(!requests.is_empty(), "no request of the node was audited");
+    let refused: Vec<String> = requests
+        .iter()
+        .filter(|event| event["responseStatus"]["code"] == 403)
+        .map(|event| format!("{} {}", event["verb"], event["requestURI"]))
+        .collect();
+    anyhow::ensure!(refused.is_empty(), "the node was refused: {refused:?}");
+    Ok(())
 }
 
 /// Starts `bin run` on `node`, joined to `plane` as `node1` with `extra` flags.
