@@ -121,6 +121,37 @@ async fn a_node_registers_runs_a_bound_pod_reports_it_and_deletes_it_gracefully(
             let gone_after = started.elapsed();
             eprintln!("pod deleted in the API → object gone in {gone_after:?}");
             ensure!(gone_after < Duration::from_secs(20), "took {gone_after:?}");
+
+            // Forced out of the API (no grace): the container is killed at once, though it
+            // ignores SIGTERM and its grace period is 30 s.
+            apply(
+                &plane,
+                &node,
+                "stubborn",
+                &probed_pod("stubborn")
+                    .replace("terminationGracePeriodSeconds: 1", "terminationGracePeriodSeconds: 30")
+                    .replace("trap 'exit 0' TERM", "trap '' TERM"),
+            )
+            .await?;
+            let stubborn = wait_for(&plane, &["pod", "stubborn"], Duration::from_secs(60), |p| {
+                p["status"]["phase"] == "Running"
+            })
+            .await?;
+            let id = bosun_tests::daemon::container_id(&stubborn, "app");
+            let cri = node.cri().await?;
+            let forced = Instant::now();
+            plane
+                .kubectl(["delete", "pod", "stubborn", "--grace-period=0", "--force"])
+                .await?;
+            loop {
+                let state = cri.container_status(&id, false).await.ok().and_then(|r| r.status).map(|s| s.state);
+                if state != Some(bosun_cri::api::ContainerState::ContainerRunning as i32) {
+                    break;
+                }
+                ensure!(forced.elapsed() < Duration::from_secs(10), "still running after a forced deletion");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            eprintln!("forced deletion → container stopped in {:?}", forced.elapsed());
             Ok(())
         }
         .await;

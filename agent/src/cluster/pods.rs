@@ -61,7 +61,7 @@ pub async fn watch(
                 None
             }
             Ok(Event::Apply(pod)) => Some(PodUpdate::Apply(marked(pod))),
-            Ok(Event::Delete(pod)) => pod.metadata.uid.map(PodUpdate::Delete),
+            Ok(Event::Delete(pod)) => Some(PodUpdate::Delete(marked(pod))),
             Err(e) => {
                 tracing::warn!(error = %e, "watching this node's pods; retrying");
                 None

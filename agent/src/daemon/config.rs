@@ -47,8 +47,10 @@ impl PodConfig {
                     pods.insert(uid, pod);
                 }
             }
-            PodUpdate::Delete(uid) => {
-                pods.remove(&uid);
+            PodUpdate::Delete(pod) => {
+                if let Some(uid) = uid(&pod) {
+                    pods.remove(&uid);
+                }
             }
         }
         let after = self.desired();
@@ -122,7 +124,7 @@ mod tests {
         assert!(config.all_sources_seen());
         let changed = config.apply(Source::Api, PodUpdate::Apply(pod("b", "nginx")));
         assert_eq!(changed, BTreeSet::from(["b".to_owned()]));
-        let changed = config.apply(Source::Api, PodUpdate::Delete("b".into()));
+        let changed = config.apply(Source::Api, PodUpdate::Delete(pod("b", "nginx")));
         assert_eq!(changed, BTreeSet::from(["b".to_owned()]));
         assert_eq!(config.desired().keys().collect::<Vec<_>>(), ["a"]);
         assert!(config.get("a").is_some_and(|p| Arc::ptr_eq(p, &a)));

@@ -321,6 +321,13 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 crate::util::release_freed_memory();
             }
             Some(update) = api_updates.recv() => {
+                if let PodUpdate::Delete(gone) = &update {
+                    // Removed from the API before bosun finished with it (a forced
+                    // deletion): its containers are killed at once, as kubelet does.
+                    if let Some(uid) = gone.metadata.uid.as_deref().filter(|uid| workers.contains(uid)) {
+                        workers.update(uid, Some(killed_at_once(gone)));
+                    }
+                }
                 let changed = pod_config.apply(Source::Api, update);
                 if let Some(referenced) = &referenced {
                     // Watches of what the pods refer to start before their workers look.
@@ -383,6 +390,16 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     }
     let _ = std::fs::remove_file(config.api_socket());
     Ok(())
+}
+
+/// `pod` marked deleted with no grace period left.
+fn killed_at_once(pod: &Pod) -> Arc<Pod> {
+    let mut pod = pod.clone();
+    pod.metadata.deletion_grace_period_seconds = Some(0);
+    pod.metadata.deletion_timestamp.get_or_insert_with(|| {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(crate::events::now())
+    });
+    Arc::new(pod)
 }
 
 /// Hands the pods whose desired state changed to their workers, admitting new ones first.

@@ -36,8 +36,8 @@ pub enum PodUpdate {
     Set(Vec<Arc<Pod>>),
     /// One pod added or changed.
     Apply(Arc<Pod>),
-    /// One pod gone, by UID.
-    Delete(String),
+    /// One pod gone: its last state.
+    Delete(Arc<Pod>),
 }
 
 /// Whether `pod` came from the API server (not the manifest directory).
