@@ -37,6 +37,17 @@ async fn a_node_registers_runs_a_bound_pod_reports_it_and_deletes_it_gracefully(
             ensure!(node_object["status"]["nodeInfo"]["containerRuntimeVersion"]
                 .as_str()
                 .is_some_and(|v| v.starts_with("containerd://")));
+            // The images the runtime holds are in the node status.
+            wait_for(&plane, &["node", NODE_NAME], Duration::from_secs(30), |n| {
+                n["status"]["images"].as_array().is_some_and(|images| {
+                    images.iter().any(|i| {
+                        i["names"]
+                            .as_array()
+                            .is_some_and(|names| names.iter().any(|n| n == BUSYBOX_IMAGE))
+                    })
+                })
+            })
+            .await?;
             let lease = wait_for(
                 &plane,
                 &["lease", "-n", "kube-node-lease", NODE_NAME],

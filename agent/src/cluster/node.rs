@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
-    NodeSystemInfo, Taint,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
+    NodeSpec, NodeStatus, NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -162,17 +162,25 @@ impl NodeFacts {
                 kubelet_endpoint: Some(DaemonEndpoint { port: self.port }),
             }),
             node_info: Some(system_info(&self.runtime_version)),
+            images: (!runtime.images.is_empty()).then(|| runtime.images.clone()),
             ..NodeStatus::default()
         }
     }
 }
 
-/// Whether the container runtime and its network are ready, from CRI `Status`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Whether the container runtime and its network are ready, from CRI `Status`, and the
+/// images it holds.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RuntimeHealth {
     /// Why the node is not ready, in kubelet's words; `None`: it is.
     pub not_ready: Option<String>,
+    /// The images the runtime holds, largest first, at most [`MAX_IMAGES`] (kubelet's
+    /// `nodeStatusMaxImages`).
+    pub images: Vec<ContainerImage>,
 }
+
+/// kubelet's `nodeStatusMaxImages`.
+pub const MAX_IMAGES: usize = 50;
 
 impl RuntimeHealth {
     /// Asks the runtime, as kubelet's runtime state check does.
@@ -182,6 +190,7 @@ impl RuntimeHealth {
             Err(e) => {
                 return RuntimeHealth {
                     not_ready: Some(format!("container runtime is down: {e}")),
+                    images: Vec::new(),
                 }
             }
         };
@@ -197,9 +206,33 @@ impl RuntimeHealth {
                 None => Some(format!("{what}: {type_} missing")),
             }
         };
+        let mut images: Vec<ContainerImage> = match runtime.list_images(None).await {
+            Ok(images) => images
+                .into_iter()
+                .map(|image| {
+                    let mut names = image.repo_digests;
+                    names.extend(image.repo_tags);
+                    ContainerImage {
+                        names: Some(names),
+                        size_bytes: i64::try_from(image.size).ok(),
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "listing images for the node status");
+                Vec::new()
+            }
+        };
+        images.sort_by(|a, b| {
+            b.size_bytes
+                .cmp(&a.size_bytes)
+                .then_with(|| a.names.cmp(&b.names))
+        });
+        images.truncate(MAX_IMAGES);
         RuntimeHealth {
             not_ready: problem("RuntimeReady", "container runtime not ready")
                 .or_else(|| problem("NetworkReady", "container runtime network not ready")),
+            images,
         }
     }
 }
@@ -463,6 +496,7 @@ mod tests {
         ));
         let down = RuntimeHealth {
             not_ready: Some("container runtime network not ready: NetworkReady=false".into()),
+            ..RuntimeHealth::default()
         };
         let not_ready = facts.status(Some(&first), &down);
         let condition = not_ready
