@@ -116,7 +116,15 @@ impl<R: Runtime> PodWorkers<R> {
             kick.clone(),
             shared.objects.clone(),
         )
-        .with_policy(shared.policy.clone());
+        .with_policy(shared.policy.clone())
+        .with_status_sink({
+            let status = shared.status.clone();
+            Arc::new(
+                move |pod: &Pod, computed: &k8s_openapi::api::core::v1::PodStatus| {
+                    status.set_status(pod, Some(computed.clone()));
+                },
+            )
+        });
         let policy = shared.policy.clone();
         let status = shared.status.clone();
         let done = shared.done.clone();

@@ -72,7 +72,14 @@ pub struct PodWorker<R: Runtime> {
     /// Puts the pod's NetworkPolicy in place before its containers start; `None` where
     /// policy is not enforced.
     policy: Option<Arc<PolicyEnforcer>>,
+    /// Told each status as soon as it is computed (the status manager), before the sync acts
+    /// on it: a container's exit is reported before the pod's sandbox is stopped or the
+    /// container restarted, as kubelet's syncPod sets the status first.
+    on_status: Option<StatusSink>,
 }
+
+/// Receives a pod's status as soon as its worker computes it.
+pub type StatusSink = Arc<dyn Fn(&Pod, &PodStatus) + Send + Sync>;
 
 impl<R: Runtime> PodWorker<R> {
     pub fn new(
@@ -97,7 +104,14 @@ impl<R: Runtime> PodWorker<R> {
             wake,
             objects,
             policy: None,
+            on_status: None,
         }
+    }
+
+    /// Hands each status to `sink` as soon as it is computed.
+    pub fn with_status_sink(mut self, sink: StatusSink) -> Self {
+        self.on_status = Some(sink);
+        self
     }
 
     /// Enforces NetworkPolicy on the pod's interface from before its first container starts.
@@ -212,6 +226,8 @@ impl<R: Runtime> PodWorker<R> {
             now,
         );
         self.facts.waiting = plan.waiting.clone();
+        // What was observed is reported before anything is done about it.
+        self.publish(pod, &observed, now);
         for (name, waiting) in &plan.waiting {
             if let plan::Waiting::CrashLoopBackOff { .. } = waiting {
                 self.events.record(
@@ -433,13 +449,11 @@ impl<R: Runtime> PodWorker<R> {
     }
 
     fn publish(&mut self, pod: &Pod, observed: &ObservedPod, now: SystemTime) {
-        self.status = Some(status::pod_status(
-            pod,
-            observed,
-            &self.facts,
-            self.status.as_ref(),
-            now,
-        ));
+        let status = status::pod_status(pod, observed, &self.facts, self.status.as_ref(), now);
+        if let Some(sink) = &self.on_status {
+            sink(pod, &status);
+        }
+        self.status = Some(status);
     }
 
     /// Stops what still runs of a finished pod, and its sandbox.
