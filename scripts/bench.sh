@@ -28,6 +28,14 @@
 #                                                --quick (fewer and shorter samples),
 #                                                --samples N (rate samples per configuration
 #                                                and policy changes each way)
+#   ./scripts/bench.sh cluster [ARGS...]         the cluster-mode benchmark, bosun joined to a
+#                                                private control plane: pod start (against the
+#                                                static manifest path and bare CRI), status
+#                                                updates, N pods at once, deletion, and the
+#                                                steady state (RSS, CPU, API requests). ARGS:
+#                                                a name filter (pod_start, status_update,
+#                                                pods_at_once, pod_delete, footprint),
+#                                                --quick, --samples N
 #   ./scripts/bench.sh FILTER... [--quick] ...   as before both existed: the pods benchmark
 #                                                with these arguments
 #   ./scripts/bench.sh smoke                     every benchmark once with --smoke (one
@@ -59,7 +67,7 @@ smoke() {
     local status=0 name started
     # Built first, so that the times below are the runs' own.
     cargo bench -p bosun --benches --no-run
-    for name in pods services policy; do
+    for name in pods services policy cluster; do
         started=$SECONDS
         if bench "$name" --smoke; then
             echo "smoke: $name passed in $((SECONDS - started)) s"
@@ -77,7 +85,7 @@ case "${1:-}" in
         [ "$#" -eq 1 ] || { echo "bench.sh: smoke takes no arguments" >&2; exit 2; }
         smoke
         ;;
-    pods | services | policy)
+    pods | services | policy | cluster)
         name="$1"
         shift
         bench "$name" "$@"

@@ -1,0 +1,1191 @@
+//! bosun as a cluster's node agent: a real control plane (kube-apiserver, etcd and
+//! kube-controller-manager 1.20.2, as `agent/tests/cluster.rs` starts them), a real containerd
+//! node (a `TestNode`) and `bosun run --kubeconfig` joined to it as `system:node:node1`:
+//!
+//! - `pod_start`: pod created in the API → container started, against the same pod as a static
+//!   manifest and against the bare CRI sequence (RunPodSandbox, CreateContainer,
+//!   StartContainer) issued directly; also → Running and → Ready in the API;
+//! - `status_update`: a container's exit → its terminated state visible in the API, against
+//!   when CRI first reports the exit;
+//! - `pods_at_once`: N pods created at once → all Running in the API, against N bare CRI
+//!   sequences issued concurrently;
+//! - `pod_delete`: a pod deleted in the API → its object gone, against the container's exit;
+//! - `footprint`: bosun's memory, CPU and API requests a minute, idle and with N probed pods.
+//!
+//! End points are containerd's own CRI timestamps (`started_at`, `finished_at`) and the
+//! moments this benchmark's own watch of the API's pods receives a change, all on the host's
+//! wall clock. The samples of each side alternate, so a change in load hits both alike.
+//!
+//! Run as root: `cargo bench -p bosun --bench cluster -- [--quick | --smoke] [--samples N]
+//! [FILTER...]` (or `scripts/bench.sh cluster`).
+
+mod common;
+
+use common::{load_average, Args as Options, Mode, Stats};
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use bosun::pod::spec::{
+    self, ContainerKind, HostDns, NodeContext, NodeResources, RuntimeFacts, POD_NAME_LABEL,
+};
+use bosun_cri::{api, CriClient};
+use bosun_tests::control_plane::{self, ControlPlane};
+use bosun_tests::daemon::{Daemon, NODE_NAME};
+use bosun_tests::images::BUSYBOX_IMAGE;
+use bosun_tests::node::TestNode;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt as _};
+
+const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
+const BENCHMARKS: [&str; 5] = [
+    "pod_start",
+    "status_update",
+    "pods_at_once",
+    "pod_delete",
+    "footprint",
+];
+
+/// PID 1 that waits forever and exits at once on SIGTERM (PID 1 ignores it unless trapped).
+const SERVE: &str = "trap 'exit 0' TERM; sleep 2147483647 & wait";
+/// Runs a second, then fails (with restartPolicy Never it stays terminated).
+const EXIT_SOON: &str = "trap 'exit 0' TERM; sleep 1 & wait; exit 3";
+
+const READINESS_1S: &str = "    readinessProbe:
+      exec:
+        command: [\"true\"]
+      periodSeconds: 1
+";
+/// The probes of the standalone `footprint` benchmark (`pods.rs`), so the two compare.
+const FOOTPRINT_PROBES: &str = "    readinessProbe:
+      exec:
+        command: [\"true\"]
+      periodSeconds: 10
+    livenessProbe:
+      exec:
+        command: [\"true\"]
+      periodSeconds: 10
+";
+
+/// kubelet 1.20.2's figures on the same machine, for comparison.
+const KUBELET_STARTED_MS: f64 = 348.0;
+const KUBELET_RUNNING_MS: f64 = 881.0;
+const KUBELET_READY_MS: f64 = 1205.0;
+const KUBELET_DELETE_MS: f64 = 8100.0;
+const KUBELET_REQUESTS_PER_MINUTE: f64 = 12.0;
+const KUBELET_RSS_MIB: f64 = 94.0;
+
+/// USER_HZ, the unit of `/proc/PID/stat` times on every Linux ABI bosun targets.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+/// How long any one pod may take to reach what a benchmark waits for.
+const LONG: Duration = Duration::from_secs(120);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --benches` runs this binary without `--bench`: no cluster then.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("cluster bench: not run (run it with `cargo bench`)");
+        return;
+    }
+    let options = match Options::parse(args.into_iter(), &BENCHMARKS, |_, _| Ok(false)) {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("cluster bench: {e:#}");
+            eprintln!(
+                "usage: cluster [--quick | --smoke] [--samples N] [FILTER...]  (benchmarks: {BENCHMARKS:?})"
+            );
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run(&options)),
+        Err(e) => Err(e).context("starting the async runtime"),
+    };
+    if let Err(e) = result {
+        eprintln!("cluster bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+struct Sizes {
+    samples: usize,
+    at_once_pods: usize,
+    at_once_rounds: usize,
+    footprint_pods: usize,
+    window: Duration,
+    settle: Duration,
+}
+
+fn sizes(options: &Options) -> Sizes {
+    let mut sizes = match options.mode {
+        Mode::Smoke => Sizes {
+            samples: 1,
+            at_once_pods: 2,
+            at_once_rounds: 1,
+            footprint_pods: 2,
+            window: Duration::from_secs(2),
+            settle: Duration::from_secs(1),
+        },
+        Mode::Quick => Sizes {
+            samples: 5,
+            at_once_pods: 5,
+            at_once_rounds: 2,
+            footprint_pods: 10,
+            window: Duration::from_secs(20),
+            settle: Duration::from_secs(5),
+        },
+        Mode::Full => Sizes {
+            samples: 20,
+            at_once_pods: 100,
+            at_once_rounds: 3,
+            footprint_pods: 100,
+            window: Duration::from_secs(60),
+            settle: Duration::from_secs(20),
+        },
+    };
+    if let Some(n) = options.samples {
+        sizes.samples = n;
+    }
+    sizes
+}
+
+// ---- the run ----------------------------------------------------------------------------
+
+async fn run(options: &Options) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmarks need root: they run containerd and pods");
+    }
+    control_plane::available().map_err(|why| anyhow::anyhow!("no control plane here: {why}"))?;
+    let plane = ControlPlane::start_with_audit_log("bench-cluster").await?;
+    let node = match TestNode::start("bench-cluster").await {
+        Ok(node) => node,
+        Err(e) => {
+            let _ = plane.shutdown().await;
+            return Err(e);
+        }
+    };
+    let outcome = run_on(&plane, &node, options).await;
+    let node_down = node.shutdown().await;
+    let plane_down = plane.shutdown().await;
+    outcome.and(node_down).and(plane_down)
+}
+
+async fn run_on(plane: &ControlPlane, node: &TestNode, options: &Options) -> Result<()> {
+    let kubeconfig = plane.node_kubeconfig(NODE_NAME).await?;
+    let daemon = Daemon::start_with_args(
+        BOSUN.as_ref(),
+        node,
+        &node.dir().join("bosun-cluster"),
+        "",
+        &["--kubeconfig".as_ref(), kubeconfig.as_os_str()],
+    )
+    .await?;
+    let result = async {
+        let bench = Bench::new(plane, node, &daemon, sizes(options)).await?;
+        bench.print_machine(options);
+        bench.wait_node_ready().await?;
+        bench.warm_up().await?;
+        if options.selected("pod_start") {
+            bench.pod_start().await?;
+        }
+        if options.selected("status_update") {
+            bench.status_update().await?;
+        }
+        if options.selected("pods_at_once") {
+            bench.pods_at_once().await?;
+        }
+        if options.selected("pod_delete") {
+            bench.pod_delete().await?;
+        }
+        if options.selected("footprint") {
+            bench.footprint().await?;
+        }
+        println!("\nload average at the end: {}", load_average());
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let log = daemon.log();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "--- end of bosun's log ---\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        );
+    }
+    daemon.kill().await.context("killing bosun")?;
+    result
+}
+
+// ---- the API side: pods created, watched and deleted -------------------------------------
+
+/// When this benchmark's own watch of namespace `default` first saw each thing of a pod.
+#[derive(Default, Clone)]
+struct Seen {
+    added: Option<SystemTime>,
+    running: Option<SystemTime>,
+    ready: Option<SystemTime>,
+    /// Its container terminated (state or lastState), or restarted.
+    terminated: Option<SystemTime>,
+    deleted: Option<SystemTime>,
+    /// The first container's CRI ID, once the API names it.
+    container_id: Option<String>,
+}
+
+/// A watch of the API's pods, recording [`Seen`] per pod name.
+struct Watch {
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+    changed: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    fn start(pods: Api<Pod>) -> Watch {
+        let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            let changed = changed.clone();
+            async move {
+                let mut events =
+                    Box::pin(watcher(pods, watcher::Config::default()).default_backoff());
+                while let Some(event) = events.next().await {
+                    let now = SystemTime::now();
+                    let (pod, deleted) = match event {
+                        Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                            (pod, false)
+                        }
+                        Ok(watcher::Event::Delete(pod)) => (pod, true),
+                        _ => continue,
+                    };
+                    let Some(name) = pod.metadata.name.clone() else {
+                        continue;
+                    };
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    record(seen.entry(name).or_default(), &pod, deleted, now);
+                    changed.notify_waiters();
+                }
+            }
+        });
+        Watch {
+            seen,
+            changed,
+            task,
+        }
+    }
+
+    fn get(&self, name: &str) -> Seen {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Waits until `what` gives something for pod `name`.
+    async fn wait<T>(&self, name: &str, what: impl Fn(&Seen) -> Option<T>) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + LONG;
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(found) = what(&self.get(name)) {
+                return Ok(found);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                bail!("pod {name} did not get there within {LONG:?}");
+            }
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn record(seen: &mut Seen, pod: &Pod, deleted: bool, now: SystemTime) {
+    seen.added.get_or_insert(now);
+    if deleted {
+        seen.deleted.get_or_insert(now);
+    }
+    let Some(status) = pod.status.as_ref() else {
+        return;
+    };
+    if status.phase.as_deref() == Some("Running") {
+        seen.running.get_or_insert(now);
+    }
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if ready {
+        seen.ready.get_or_insert(now);
+    }
+    if let Some(container) = status.container_statuses.iter().flatten().next() {
+        let terminated = container.restart_count > 0
+            || container
+                .state
+                .as_ref()
+                .is_some_and(|s| s.terminated.is_some())
+            || container
+                .last_state
+                .as_ref()
+                .is_some_and(|s| s.terminated.is_some());
+        if terminated {
+            seen.terminated.get_or_insert(now);
+        }
+        if let Some(id) = container.container_id.as_deref() {
+            let id = id.rsplit_once("://").map_or(id, |(_, id)| id);
+            seen.container_id = Some(id.to_owned());
+        }
+    }
+}
+
+/// A pod in namespace `default` bound to the benchmark's node (or, `bound` false, the same as
+/// a static manifest): one busybox container `app` running `sh -c script`, its own
+/// `container_extra` lines (four-space indented) spliced in.
+fn pod_text(name: &str, bound: bool, restart: &str, container_extra: &str, script: &str) -> String {
+    let node = if bound {
+        format!("  nodeName: {NODE_NAME}\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n\
+         {node}  automountServiceAccountToken: false\n  terminationGracePeriodSeconds: 30\n  \
+         restartPolicy: {restart}\n  containers:\n  - name: app\n    \
+         image: {BUSYBOX_IMAGE}\n    imagePullPolicy: IfNotPresent\n    \
+         command: [sh, -c, {script:?}]\n{container_extra}"
+    )
+}
+
+// ---- the benchmarks ---------------------------------------------------------------------
+
+struct Bench<'a> {
+    plane: &'a ControlPlane,
+    daemon: &'a Daemon,
+    client: kube::Client,
+    pods: Api<Pod>,
+    watch: Watch,
+    cri: CriClient,
+    baseline: Baseline,
+    sizes: Sizes,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl<'a> Bench<'a> {
+    async fn new(
+        plane: &'a ControlPlane,
+        node: &'a TestNode,
+        daemon: &'a Daemon,
+        sizes: Sizes,
+    ) -> Result<Bench<'a>> {
+        let client = bosun::cluster::client(plane.admin_kubeconfig()).await?;
+        let pods = Api::<Pod>::namespaced(client.clone(), "default");
+        let cri = node.cri().await?;
+        Ok(Bench {
+            plane,
+            daemon,
+            watch: Watch::start(pods.clone()),
+            pods,
+            client,
+            baseline: Baseline::new(node, cri.clone())?,
+            cri,
+            sizes,
+            next: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
+    fn name(&self, prefix: &str) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{prefix}-{n}")
+    }
+
+    fn print_machine(&self, options: &Options) {
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "?".to_owned())
+        };
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let model = read("/proc/cpuinfo")
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map_or_else(|| "?".to_owned(), |m| m.trim().to_owned());
+        let version = self.cri.version();
+        println!("bosun cluster-mode benchmarks{}", options.mode.label());
+        println!(
+            "machine: {cpus} CPUs ({model}), kernel {}, {} {}, kube-apiserver 1.20.2",
+            read("/proc/sys/kernel/osrelease"),
+            version.runtime_name,
+            version.runtime_version
+        );
+        println!("load average at the start: {}", load_average());
+    }
+
+    async fn wait_node_ready(&self) -> Result<()> {
+        let nodes = Api::<Node>::all(self.client.clone());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(node) = nodes.get(NODE_NAME).await {
+                let ready = node
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                if ready {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("node {NODE_NAME} was not Ready in the API within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// One pod each way, unmeasured: the node's first pod creates its bridge.
+    async fn warm_up(&self) -> Result<()> {
+        let name = self.name("warm");
+        self.create(&name, "Always", "", SERVE).await?;
+        self.watch.wait(&name, |s| s.running).await?;
+        self.delete_and_wait(&name).await?;
+        let name = self.name("warm-bare");
+        let pod = self
+            .baseline
+            .pod(&name, &pod_text(&name, false, "Always", "", SERVE))?;
+        let (sandbox, _) = self.baseline.start(&pod).await?;
+        self.baseline.remove(&sandbox).await
+    }
+
+    /// POSTs the pod; returns when the POST returned.
+    async fn create(
+        &self,
+        name: &str,
+        restart: &str,
+        extra: &str,
+        script: &str,
+    ) -> Result<SystemTime> {
+        let pod: Pod = serde_yaml::from_str(&pod_text(name, true, restart, extra, script))
+            .context("the benchmark's own pod")?;
+        self.pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .with_context(|| format!("creating pod {name}"))?;
+        Ok(SystemTime::now())
+    }
+
+    /// DELETE with the pod's own grace period; returns when the call went out.
+    async fn delete(&self, name: &str) -> Result<SystemTime> {
+        let t0 = SystemTime::now();
+        self.pods
+            .delete(name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting pod {name}"))?;
+        Ok(t0)
+    }
+
+    /// Deletes the pod and waits until its object and its sandboxes are gone.
+    async fn delete_and_wait(&self, name: &str) -> Result<()> {
+        self.delete(name).await?;
+        self.watch.wait(name, |s| s.deleted).await?;
+        self.wait_no_sandbox(name).await
+    }
+
+    async fn wait_no_sandbox(&self, label: &str) -> Result<()> {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let sandboxes = self
+                .cri
+                .list_pod_sandbox(Some(name_filter(label)))
+                .await
+                .context("ListPodSandbox")?;
+            if sandboxes.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("pod {label}'s sandbox still there after {LONG:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn pod_start(&self) -> Result<()> {
+        let load = load_average();
+        let mut bare = Vec::new();
+        let mut manifest = Vec::new();
+        let mut api_started = Vec::new();
+        let mut watch_event = Vec::new();
+        let mut running = Vec::new();
+        let mut ready = Vec::new();
+        for _ in 0..self.sizes.samples {
+            // Bare CRI.
+            let name = self.name("bare");
+            let pod = self.baseline.pod(
+                &name,
+                &pod_text(&name, false, "Always", READINESS_1S, SERVE),
+            )?;
+            let (sandbox, t0) = self.baseline.start(&pod).await?;
+            bare.push(ms_between(
+                t0,
+                started_at(&self.cri, &full_static(&name)).await?,
+            ));
+            self.baseline.remove(&sandbox).await?;
+
+            // Static manifest: its mirror pod Running in the API says when to read CRI.
+            let name = self.name("static");
+            let file = format!("{name}.yaml");
+            let text = pod_text(&name, false, "Always", READINESS_1S, SERVE);
+            let t0 = SystemTime::now();
+            self.daemon.write_manifest(&file, &text)?;
+            let full = full_static(&name);
+            self.watch.wait(&full, |s| s.running).await?;
+            manifest.push(ms_between(t0, started_at(&self.cri, &full).await?));
+            self.daemon.remove_manifest(&file)?;
+            self.watch.wait(&full, |s| s.deleted).await?;
+            self.wait_no_sandbox(&full).await?;
+
+            // The API.
+            let name = self.name("api");
+            let t0 = self.create(&name, "Always", READINESS_1S, SERVE).await?;
+            let seen_ready = self.watch.wait(&name, |s| s.ready).await?;
+            let seen = self.watch.get(&name);
+            api_started.push(ms_between(t0, started_at(&self.cri, &name).await?));
+            watch_event.push(ms_between(t0, seen.added.unwrap_or(t0)));
+            running.push(ms_between(t0, seen.running.unwrap_or(seen_ready)));
+            ready.push(ms_between(t0, seen_ready));
+            self.delete_and_wait(&name).await?;
+        }
+        let mut table = Table::new(
+            "pod_start: one pod → container running (CRI started_at); exec readiness probe, \
+             periodSeconds 1",
+            &load,
+        );
+        let base = table.row("bare CRI: RunPodSandbox → started_at", bare, None);
+        let stat = table.row(
+            "static manifest: written → started_at",
+            manifest,
+            Some(base),
+        );
+        let api = table.row(
+            "API: POST returned → started_at",
+            api_started.clone(),
+            Some(base),
+        );
+        table.row(
+            "API: POST returned → started_at (vs static)",
+            api_started,
+            Some(stat),
+        );
+        let event = table.row(
+            "API: POST returned → watch event here (≤ 0: before)",
+            watch_event,
+            None,
+        );
+        let running = table.row("API: POST returned → Running in the API", running, None);
+        let ready = table.row("API: POST returned → Ready in the API", ready, None);
+        table.print();
+        let (b, a, e) = (
+            table.median(base),
+            table.median(api),
+            table.median(event).max(0.0),
+        );
+        println!(
+            "  goal: POST → started ≤ 1.05× bare CRI + one watch event ({:.1} ms): {:.1} ms vs \
+             {:.1} ms, {}",
+            e,
+            a,
+            1.05 * b + e,
+            met(a <= 1.05 * b + e)
+        );
+        println!(
+            "  kubelet 1.20.2 here: {KUBELET_STARTED_MS} ms to started ({:.2}×), \
+             {KUBELET_RUNNING_MS} ms to Running ({:.2}×), {KUBELET_READY_MS} ms to Ready ({:.2}×) \
+             (bosun's median over kubelet's)",
+            a / KUBELET_STARTED_MS,
+            table.median(running) / KUBELET_RUNNING_MS,
+            table.median(ready) / KUBELET_READY_MS,
+        );
+        Ok(())
+    }
+
+    async fn status_update(&self) -> Result<()> {
+        let load = load_average();
+        let mut reported = Vec::new();
+        let mut visible = Vec::new();
+        let mut after_cri = Vec::new();
+        for _ in 0..self.sizes.samples {
+            let name = self.name("exit");
+            self.create(&name, "Never", "", EXIT_SOON).await?;
+            let id = self
+                .watch
+                .wait(&name, |s| s.running.and(s.container_id.clone()))
+                .await?;
+            let (finished, cri_seen) = wait_exited(&self.cri, &id).await?;
+            let api_seen = self.watch.wait(&name, |s| s.terminated).await?;
+            reported.push(ms_between(finished, cri_seen));
+            visible.push(ms_between(finished, api_seen));
+            after_cri.push(ms_between(cri_seen, api_seen));
+            self.delete_and_wait(&name).await?;
+        }
+        let mut table = Table::new(
+            "status_update: container exits (CRI finished_at) → terminated in the API \
+             (restartPolicy Never; CRI polled every 2 ms)",
+            &load,
+        );
+        table.row(
+            "containerd: finished_at → CRI reports it exited",
+            reported,
+            None,
+        );
+        table.row("bosun: finished_at → visible in the API", visible, None);
+        let after = table.row(
+            "bosun: CRI reports exited → visible in the API",
+            after_cri,
+            None,
+        );
+        table.print();
+        let m = table.median(after);
+        println!(
+            "  goal: ≤ 20 ms from when CRI reports the exit to the API showing it (includes one \
+             watch event here): {m:.1} ms, {}",
+            met(m <= 20.0)
+        );
+        Ok(())
+    }
+
+    async fn pods_at_once(&self) -> Result<()> {
+        let load = load_average();
+        let count = self.sizes.at_once_pods;
+        let mut bare = Vec::new();
+        let mut api = Vec::new();
+        for _ in 0..self.sizes.at_once_rounds {
+            let names: Vec<String> = (0..count).map(|_| self.name("bare-many")).collect();
+            let pods = names
+                .iter()
+                .map(|n| {
+                    self.baseline
+                        .pod(n, &pod_text(n, false, "Always", "", SERVE))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let t0 = SystemTime::now();
+            let started =
+                futures::future::join_all(pods.iter().map(|p| self.baseline.start(p))).await;
+            let sandboxes = started.into_iter().collect::<Result<Vec<_>>>()?;
+            let mut last = t0;
+            for name in &names {
+                last = last.max(started_at(&self.cri, &full_static(name)).await?);
+            }
+            bare.push(ms_between(t0, last));
+            for (sandbox, _) in &sandboxes {
+                self.baseline.remove(sandbox).await?;
+            }
+
+            let names: Vec<String> = (0..count).map(|_| self.name("many")).collect();
+            let texts = names
+                .iter()
+                .map(|n| serde_yaml::from_str(&pod_text(n, true, "Always", "", SERVE)))
+                .collect::<Result<Vec<Pod>, _>>()?;
+            let t0 = SystemTime::now();
+            let params = PostParams::default();
+            let created =
+                futures::future::join_all(texts.iter().map(|p| self.pods.create(&params, p))).await;
+            for result in created {
+                result.context("creating a pod")?;
+            }
+            let mut last = t0;
+            for name in &names {
+                last = last.max(self.watch.wait(name, |s| s.running).await?);
+            }
+            api.push(ms_between(t0, last));
+            let deleted =
+                futures::future::join_all(names.iter().map(|n| self.delete_and_wait(n))).await;
+            deleted.into_iter().collect::<Result<Vec<_>>>()?;
+        }
+        let mut table = Table::new(
+            &format!("pods_at_once: {count} pods, first call → the last one running"),
+            &load,
+        );
+        let base = table.row(
+            &format!("bare CRI: {count} sequences → last started_at"),
+            bare,
+            None,
+        );
+        let row = table.row(
+            &format!("API: {count} POSTs at once → all Running in API"),
+            api,
+            Some(base),
+        );
+        table.print();
+        let ratio = table.median(row) / table.median(base);
+        println!(
+            "  goal: ≤ 1.1× bare CRI: {ratio:.2}×, {}",
+            met(ratio <= 1.1)
+        );
+        Ok(())
+    }
+
+    async fn pod_delete(&self) -> Result<()> {
+        let load = load_average();
+        let mut exited = Vec::new();
+        let mut gone = Vec::new();
+        let mut after_exit = Vec::new();
+        for _ in 0..self.sizes.samples {
+            let name = self.name("del");
+            self.create(&name, "Always", "", SERVE).await?;
+            let id = self
+                .watch
+                .wait(&name, |s| s.running.and(s.container_id.clone()))
+                .await?;
+            let t0 = self.delete(&name).await?;
+            let (finished, _) = wait_exited(&self.cri, &id).await?;
+            let seen_gone = self.watch.wait(&name, |s| s.deleted).await?;
+            exited.push(ms_between(t0, finished));
+            gone.push(ms_between(t0, seen_gone));
+            after_exit.push(ms_between(finished, seen_gone));
+            self.wait_no_sandbox(&name).await?;
+        }
+        let mut table = Table::new(
+            "pod_delete: DELETE (terminationGracePeriodSeconds 30, the container exits at once \
+             on SIGTERM) → object gone",
+            &load,
+        );
+        let base = table.row("container: DELETE → finished_at", exited, None);
+        let row = table.row("API: DELETE → object gone (watch event)", gone, Some(base));
+        table.row("API: finished_at → object gone", after_exit, None);
+        table.print();
+        println!(
+            "  kubelet 1.20.2 here: {:.1} s to object gone; bosun {:.2} s ({:.3}×)",
+            KUBELET_DELETE_MS / 1000.0,
+            table.median(row) / 1000.0,
+            table.median(row) / KUBELET_DELETE_MS
+        );
+        Ok(())
+    }
+
+    async fn footprint(&self) -> Result<()> {
+        let count = self.sizes.footprint_pods;
+        let pid = self.daemon.pid().context("bosun is not running")?;
+        tokio::time::sleep(self.sizes.settle).await;
+        self.wait_events_written().await?;
+        let idle_load = load_average();
+        let idle = self.measure(pid).await?;
+
+        let names: Vec<String> = (0..count).map(|_| self.name("fp")).collect();
+        let began = Instant::now();
+        for name in &names {
+            self.create(name, "Always", FOOTPRINT_PROBES, SERVE).await?;
+        }
+        for name in &names {
+            self.watch.wait(name, |s| s.ready).await?;
+        }
+        let all_ready = began.elapsed();
+        tokio::time::sleep(self.sizes.settle).await;
+        self.wait_events_written().await?;
+        let loaded_load = load_average();
+        let loaded = self.measure(pid).await?;
+
+        println!(
+            "\nfootprint: bosun's own process (VmRSS from /proc/PID/status; CPU is utime+stime \
+             from /proc/PID/stat) and its requests to the API server (audit log) over {:?}",
+            self.sizes.window
+        );
+        println!(
+            "  {count} pods, each with an exec readiness and an exec liveness probe (`true`, \
+             periodSeconds 10), all Ready in the API {:.1} s after the first POST",
+            all_ready.as_secs_f64()
+        );
+        println!(
+            "  {:<28} {:>8} {:>11} {:>13} {:>18}  load average",
+            "", "RSS MiB", "CPU % core", "requests/min", "without events"
+        );
+        for (label, m, load) in [
+            ("idle, 0 pods".to_owned(), &idle, &idle_load),
+            (format!("{count} pods with probes"), &loaded, &loaded_load),
+        ] {
+            println!(
+                "  {label:<28} {:>8.1} {:>11.2} {:>13.1} {:>18.1}  {load}",
+                m.rss_mib, m.cpu_percent, m.requests_per_minute, m.requests_per_minute_no_events
+            );
+        }
+        for (label, m) in [("idle", &idle), ("loaded", &loaded)] {
+            let by_kind: Vec<String> = m.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            println!("  requests {label}: {}", by_kind.join(", "));
+        }
+        println!(
+            "  kubelet 1.20.2 here (10 probed pods): {KUBELET_REQUESTS_PER_MINUTE} requests/min, \
+             {KUBELET_RSS_MIB} MiB RSS; bosun with {count}: {:.2}× the requests, {:.2}× the RSS",
+            loaded.requests_per_minute / KUBELET_REQUESTS_PER_MINUTE,
+            loaded.rss_mib / KUBELET_RSS_MIB
+        );
+        println!(
+            "  (the audit log holds {} requests of the node over the whole run)",
+            self.plane.node_requests()?.len()
+        );
+        let deleted =
+            futures::future::join_all(names.iter().map(|n| self.delete_and_wait(n))).await;
+        deleted.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok(())
+    }
+
+    /// Waits until bosun has written no Event for a while (at most 5 minutes): its event
+    /// writes are rate-limited to 5 a second, as kubelet's, so after many pods the queue
+    /// takes minutes to drain, and those writes are not the steady state.
+    async fn wait_events_written(&self) -> Result<()> {
+        let quiet = self.sizes.settle.min(Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let events = |requests: &[serde_json::Value]| {
+            requests
+                .iter()
+                .filter(|r| r["objectRef"]["resource"] == "events")
+                .count()
+        };
+        loop {
+            let before = events(&self.plane.node_requests()?);
+            tokio::time::sleep(quiet).await;
+            if events(&self.plane.node_requests()?) == before || Instant::now() > deadline {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn measure(&self, pid: u32) -> Result<Footprint> {
+        let requests_before = self.plane.node_requests()?.len();
+        let before = cpu_ticks(pid)?;
+        tokio::time::sleep(self.sizes.window).await;
+        let after = cpu_ticks(pid)?;
+        let requests = self.plane.node_requests()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .context("reading bosun's /proc status")?;
+        let window = self.sizes.window.as_secs_f64();
+        let mut by_kind = BTreeMap::new();
+        let mut no_events = 0_usize;
+        for event in requests.iter().skip(requests_before) {
+            let kind = format!(
+                "{} {}",
+                event["verb"].as_str().unwrap_or("?"),
+                event["objectRef"]["resource"].as_str().unwrap_or("?")
+            );
+            *by_kind.entry(kind).or_insert(0_usize) += 1;
+            if event["objectRef"]["resource"] != "events" {
+                no_events += 1;
+            }
+        }
+        Ok(Footprint {
+            rss_mib: status_kib(&status, "VmRSS:")? / 1024.0,
+            cpu_percent: after.saturating_sub(before) as f64 / CLOCK_TICKS_PER_SECOND / window
+                * 100.0,
+            requests_per_minute: requests.len().saturating_sub(requests_before) as f64 * 60.0
+                / window,
+            requests_per_minute_no_events: no_events as f64 * 60.0 / window,
+            by_kind,
+        })
+    }
+}
+
+fn met(yes: bool) -> &'static str {
+    if yes {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+struct Footprint {
+    rss_mib: f64,
+    cpu_percent: f64,
+    requests_per_minute: f64,
+    /// The same without Events (their writes come in bursts after pods start or stop).
+    requests_per_minute_no_events: f64,
+    /// Requests in the window by verb and resource.
+    by_kind: BTreeMap<String, usize>,
+}
+
+/// A `VmRSS:`-style line of `/proc/PID/status`, in KiB.
+fn status_kib(status: &str, key: &str) -> Result<f64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {key} in /proc/PID/status"))
+}
+
+/// utime + stime of a process, all its threads, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name, in parentheses, may hold spaces: count fields after its end.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the name come state (field 3), ..., utime (14) and stime (15).
+    let field = |n: usize| -> Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("field {n} of {path}"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+// ---- CRI timestamps ---------------------------------------------------------------------
+
+/// The static pod name of manifest pod `name` on the node (also the bare pods' label).
+fn full_static(name: &str) -> String {
+    format!("{name}-{NODE_NAME}")
+}
+
+fn name_filter(name: &str) -> api::PodSandboxFilter {
+    api::PodSandboxFilter {
+        label_selector: HashMap::from([(POD_NAME_LABEL.to_owned(), name.to_owned())]),
+        ..Default::default()
+    }
+}
+
+/// The latest `started_at` of the containers of the pod labelled `name`.
+async fn started_at(cri: &CriClient, name: &str) -> Result<SystemTime> {
+    let containers = cri
+        .list_containers(Some(api::ContainerFilter {
+            label_selector: HashMap::from([(POD_NAME_LABEL.to_owned(), name.to_owned())]),
+            ..Default::default()
+        }))
+        .await
+        .context("ListContainers")?;
+    let mut latest = None;
+    for c in &containers {
+        let status = cri
+            .container_status(&c.id, false)
+            .await
+            .context("ContainerStatus")?
+            .status
+            .with_context(|| format!("container {} has no status", c.id))?;
+        latest = latest.max(from_cri(status.started_at));
+    }
+    latest.with_context(|| format!("pod {name} has no started container"))
+}
+
+/// Polls a container's status every 2 ms until CRI reports it exited; returns its
+/// `finished_at` and when the exit was first seen.
+async fn wait_exited(cri: &CriClient, id: &str) -> Result<(SystemTime, SystemTime)> {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let status = cri
+            .container_status(id, false)
+            .await
+            .context("ContainerStatus")?
+            .status
+            .with_context(|| format!("container {id} has no status"))?;
+        let seen = SystemTime::now();
+        if status.state == api::ContainerState::ContainerExited as i32 {
+            let finished = from_cri(status.finished_at)
+                .with_context(|| format!("container {id} exited without finished_at"))?;
+            return Ok((finished, seen));
+        }
+        if Instant::now() > deadline {
+            bail!("container {id} did not exit within {LONG:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn from_cri(nanos: i64) -> Option<SystemTime> {
+    let nanos = u64::try_from(nanos).ok().filter(|n| *n > 0)?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
+}
+
+/// `to - from` in milliseconds, negative when `to` is earlier.
+fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
+    match to.duration_since(from) {
+        Ok(d) => d.as_secs_f64() * 1000.0,
+        Err(e) => -e.duration().as_secs_f64() * 1000.0,
+    }
+}
+
+// ---- the baseline: bare CRI calls -------------------------------------------------------
+
+// The same baseline as `pods.rs`'s (which this change could not touch); both belong in
+// `common/` once that file is free to move it there.
+
+/// Issues the CRI calls bosun would, directly, with the configs bosun's own translation makes
+/// of the same pod as a static manifest (without bosun's ownership label, so that the daemon
+/// leaves these pods alone).
+struct Baseline {
+    cri: CriClient,
+    ctx: NodeContext,
+    scratch: tempfile::TempDir,
+}
+
+struct BarePod {
+    sandbox: api::PodSandboxConfig,
+    container: api::ContainerConfig,
+}
+
+impl Baseline {
+    fn new(node: &TestNode, cri: CriClient) -> Result<Baseline> {
+        let resolv = Path::new("/etc/resolv.conf");
+        let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+        let memory = status_kib(&meminfo, "MemTotal:")? as i64 * 1024;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ctx = NodeContext {
+            node_name: NODE_NAME.to_owned(),
+            pod_logs_dir: node.dir().join("pod-logs"),
+            cgroup_root: format!("{}/kubepods", node.cgroup_parent()),
+            resolv_conf: HostDns::load(resolv)
+                .with_context(|| format!("reading {}", resolv.display()))?,
+            node: NodeResources {
+                memory_capacity_bytes: memory,
+                allocatable_cpu_millis: i64::try_from(cpus).unwrap_or(1) * 1000,
+                allocatable_memory_bytes: memory,
+                allocatable_ephemeral_storage_bytes: 0,
+            },
+            ..NodeContext::default()
+        };
+        Ok(Baseline {
+            cri,
+            ctx,
+            scratch: tempfile::tempdir().context("creating a scratch directory")?,
+        })
+    }
+
+    /// The configs of the static pod `text` (named `name`) as bosun would make them.
+    fn pod(&self, name: &str, text: &str) -> Result<BarePod> {
+        let dir = self.scratch.path().join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("pod.yaml"), text)?;
+        let (snapshot, _) = bosun::source::scan(&dir, NODE_NAME);
+        if let Some(error) = snapshot.errors.first() {
+            bail!("{error}");
+        }
+        let pod = &snapshot
+            .pods
+            .values()
+            .next()
+            .context("the manifest holds no pod")?
+            .pod;
+        let container = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .context("the pod has no container")?;
+        let sandbox = spec::sandbox_config(pod, &self.ctx, 0)?;
+        let container = spec::container_config(
+            pod,
+            container,
+            ContainerKind::Regular,
+            &self.ctx,
+            &RuntimeFacts::default(),
+        )?;
+        Ok(BarePod { sandbox, container })
+    }
+
+    /// RunPodSandbox, CreateContainer, StartContainer; the sandbox's ID and when the first
+    /// call went out.
+    async fn start(&self, pod: &BarePod) -> Result<(String, SystemTime)> {
+        std::fs::create_dir_all(&pod.sandbox.log_directory)
+            .with_context(|| format!("creating {}", pod.sandbox.log_directory))?;
+        let t0 = SystemTime::now();
+        let sandbox_id = self
+            .cri
+            .run_pod_sandbox(pod.sandbox.clone(), "")
+            .await
+            .context("RunPodSandbox")?;
+        let container_id = self
+            .cri
+            .create_container(&sandbox_id, pod.container.clone(), pod.sandbox.clone())
+            .await
+            .context("CreateContainer")?;
+        self.cri
+            .start_container(&container_id)
+            .await
+            .context("StartContainer")?;
+        Ok((sandbox_id, t0))
+    }
+
+    async fn remove(&self, sandbox_id: &str) -> Result<()> {
+        self.cri
+            .stop_pod_sandbox(sandbox_id)
+            .await
+            .context("StopPodSandbox")?;
+        self.cri
+            .remove_pod_sandbox(sandbox_id)
+            .await
+            .context("RemovePodSandbox")
+    }
+}
+
+// ---- reporting --------------------------------------------------------------------------
+
+struct Row {
+    label: String,
+    samples: Vec<f64>,
+    /// The row this one is compared with.
+    baseline: Option<usize>,
+}
+
+struct Table {
+    title: String,
+    load: String,
+    rows: Vec<Row>,
+}
+
+impl Table {
+    fn new(title: &str, load_at_start: &str) -> Table {
+        Table {
+            title: title.to_owned(),
+            load: load_at_start.to_owned(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, label: &str, samples: Vec<f64>, baseline: Option<usize>) -> usize {
+        self.rows.push(Row {
+            label: label.to_owned(),
+            samples,
+            baseline,
+        });
+        self.rows.len() - 1
+    }
+
+    fn median(&self, row: usize) -> f64 {
+        Stats::of(&self.rows[row].samples).map_or(f64::NAN, |s| s.median)
+    }
+
+    fn print(&self) {
+        println!("\n{}", self.title);
+        println!(
+            "  load average {} at the start, {} at the end",
+            self.load,
+            load_average()
+        );
+        println!(
+            "  {:<52} {:>4} {:>9} {:>9} {:>9} {:>9}  ratio of medians",
+            "ms", "n", "min", "median", "p99", "max"
+        );
+        for row in &self.rows {
+            let Some(stats) = Stats::of(&row.samples) else {
+                println!("  {:<52}    0", row.label);
+                continue;
+            };
+            let ratio = row
+                .baseline
+                .map(|b| format!("{:.2}×", stats.median / self.median(b)))
+                .unwrap_or_default();
+            println!(
+                "  {:<52} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>9.1}  {ratio}",
+                row.label, stats.n, stats.min, stats.median, stats.p99, stats.max
+            );
+        }
+    }
+}
