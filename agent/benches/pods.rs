@@ -22,8 +22,11 @@
 //! contains it. `--smoke` takes one sample of each with the fewest pods, only to show that
 //! the benchmarks still run (`scripts/bench.sh smoke`, part of `scripts/test.sh`).
 
+#[path = "common/bare.rs"]
+mod bare;
 mod common;
 
+use bare::{cpu_ticks, from_cri, ms_between, status_kib, Baseline, NODE_NAME};
 use common::{load_average, Stats};
 
 use std::collections::{HashMap, HashSet};
@@ -31,16 +34,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use bosun::pod::spec::{
-    self, ContainerKind, HostDns, NodeContext, NodeResources, RuntimeFacts, POD_NAME_LABEL,
-};
+use bosun::pod::spec::POD_NAME_LABEL;
 use bosun_cri::{api, CriClient};
 use bosun_tests::images::BUSYBOX_IMAGE;
 use bosun_tests::node::TestNode;
 use k8s_openapi::api::core::v1::Pod;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
-const NODE_NAME: &str = "node1";
 const BENCHMARKS: [&str; 5] = [
     "pod_start",
     "pods_at_once",
@@ -761,35 +761,6 @@ struct Footprint {
     containerd_cpu_percent: f64,
 }
 
-/// A `VmRSS:`-style line of `/proc/PID/status`, in KiB.
-fn status_kib(status: &str, key: &str) -> Result<f64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no {key} in /proc/PID/status"))
-}
-
-/// utime + stime of a process, all its threads, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // The command name, in parentheses, may hold spaces: count fields after its end.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // After the name come state (field 3), ..., utime (14) and stime (15).
-    let field = |n: usize| -> Result<u64> {
-        fields
-            .get(n - 3)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("field {n} of {path}"))
-    };
-    Ok(field(14)? + field(15)?)
-}
-
 // ---- bosun's side -------------------------------------------------------------------------
 
 /// A `bosun run` on the test node, with its own root, manifest directory and log under
@@ -948,14 +919,6 @@ impl Staged {
     }
 }
 
-fn cgroup_root(node: &TestNode) -> String {
-    format!("{}/kubepods", node.cgroup_parent())
-}
-
-fn pod_logs_dir(node: &TestNode) -> PathBuf {
-    node.dir().join("pod-logs")
-}
-
 /// A pod with one busybox container `app` running `sh -c script`; `container_extra` is
 /// spliced into the container (four-space indented lines).
 fn manifest(name: &str, container_extra: &str, script: &str) -> String {
@@ -987,128 +950,6 @@ fn is_ready(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-// ---- the baseline: bare CRI calls -------------------------------------------------------
-
-/// Issues the CRI calls bosun would, directly, with the configs bosun's own translation
-/// makes of the same manifest on the same node (less bosun's ownership label, so that the
-/// daemon leaves these pods alone).
-struct Baseline {
-    cri: CriClient,
-    ctx: NodeContext,
-    scratch: tempfile::TempDir,
-}
-
-/// A pod's CRI configs.
-struct BarePod {
-    sandbox: api::PodSandboxConfig,
-    container: api::ContainerConfig,
-}
-
-impl Baseline {
-    fn new(node: &TestNode, cri: CriClient) -> Result<Baseline> {
-        let resolv = Path::new("/etc/resolv.conf");
-        let memory = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                let kib: i64 = m
-                    .lines()
-                    .find_map(|l| l.strip_prefix("MemTotal:"))?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()?;
-                Some(kib * 1024)
-            })
-            .context("reading MemTotal from /proc/meminfo")?;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let ctx = NodeContext {
-            node_name: NODE_NAME.to_owned(),
-            pod_logs_dir: pod_logs_dir(node),
-            cgroup_root: cgroup_root(node),
-            resolv_conf: HostDns::load(resolv)
-                .with_context(|| format!("reading {}", resolv.display()))?,
-            node: NodeResources {
-                memory_capacity_bytes: memory,
-                allocatable_cpu_millis: i64::try_from(cpus).unwrap_or(1) * 1000,
-                allocatable_memory_bytes: memory,
-                allocatable_ephemeral_storage_bytes: 0,
-            },
-            ..NodeContext::default()
-        };
-        Ok(Baseline {
-            cri,
-            ctx,
-            scratch: tempfile::tempdir().context("creating a scratch directory")?,
-        })
-    }
-
-    /// The configs of the static pod `text` (named `name`) as bosun would make them.
-    fn pod(&self, name: &str, text: &str) -> Result<BarePod> {
-        let dir = self.scratch.path().join(name);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("pod.yaml"), text)?;
-        let (snapshot, _) = bosun::source::scan(&dir, NODE_NAME);
-        if let Some(error) = snapshot.errors.first() {
-            bail!("{error}");
-        }
-        let pod = &snapshot
-            .pods
-            .values()
-            .next()
-            .context("the manifest holds no pod")?
-            .pod;
-        let container = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.first())
-            .context("the pod has no container")?;
-        let sandbox = spec::sandbox_config(pod, &self.ctx, 0)?;
-        let container = spec::container_config(
-            pod,
-            container,
-            ContainerKind::Regular,
-            &self.ctx,
-            &RuntimeFacts::default(),
-        )?;
-        Ok(BarePod { sandbox, container })
-    }
-
-    /// RunPodSandbox, CreateContainer, StartContainer. Returns the sandbox's ID and when
-    /// the first call went out; the timestamps are read later with [`pod_times`], so that
-    /// reading them adds no load to concurrent starts.
-    async fn start(&self, pod: &BarePod) -> Result<(String, SystemTime)> {
-        std::fs::create_dir_all(&pod.sandbox.log_directory)
-            .with_context(|| format!("creating {}", pod.sandbox.log_directory))?;
-        let t0 = SystemTime::now();
-        let sandbox_id = self
-            .cri
-            .run_pod_sandbox(pod.sandbox.clone(), "")
-            .await
-            .context("RunPodSandbox")?;
-        let container_id = self
-            .cri
-            .create_container(&sandbox_id, pod.container.clone(), pod.sandbox.clone())
-            .await
-            .context("CreateContainer")?;
-        self.cri
-            .start_container(&container_id)
-            .await
-            .context("StartContainer")?;
-        Ok((sandbox_id, t0))
-    }
-
-    async fn remove(&self, sandbox_id: &str) -> Result<()> {
-        self.cri
-            .stop_pod_sandbox(sandbox_id)
-            .await
-            .context("StopPodSandbox")?;
-        self.cri
-            .remove_pod_sandbox(sandbox_id)
-            .await
-            .context("RemovePodSandbox")
-    }
 }
 
 // ---- timestamps -------------------------------------------------------------------------
@@ -1210,19 +1051,6 @@ async fn started_times(cri: &CriClient, id: &str) -> Result<Option<ContainerTime
         started,
         finished: from_cri(status.finished_at).unwrap_or(SystemTime::UNIX_EPOCH),
     }))
-}
-
-fn from_cri(nanos: i64) -> Option<SystemTime> {
-    let nanos = u64::try_from(nanos).ok().filter(|n| *n > 0)?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
-}
-
-/// `to - from` in milliseconds, negative when `to` is earlier.
-fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
-    match to.duration_since(from) {
-        Ok(d) => d.as_secs_f64() * 1000.0,
-        Err(e) => -e.duration().as_secs_f64() * 1000.0,
-    }
 }
 
 // ---- reporting --------------------------------------------------------------------------
