@@ -291,9 +291,21 @@ subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubern
     openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 }
 
-# kubeconfig FILE USER CERT_NAME: a kubeconfig with everything embedded, written atomically.
+# write_kubeconfig FILE USER CERT_NAME: a kubeconfig for the client certificate CERT_NAME in
+# DIR/pki, everything embedded, written atomically.
 write_kubeconfig() {
-    local file=$1 user=$2 cert=$3 pki=$DIR/pki
+    local pki=$DIR/pki
+    kubeconfig_with "$1" "$2" \
+        "client-certificate-data: $(base64 -w0 "$pki/$3.crt")" \
+        "client-key-data: $(base64 -w0 "$pki/$3.key")"
+}
+
+# kubeconfig_with FILE USER CREDENTIAL...: a kubeconfig for this control plane whose user has
+# these credential lines (`token: ...`, `client-certificate-data: ...`), written atomically.
+kubeconfig_with() {
+    local file=$1 user=$2 line credentials=
+    shift 2
+    for line in "$@"; do credentials+="    $line"$'\n'; done
     cat >"$file.tmp" <<EOF
 apiVersion: v1
 kind: Config
@@ -301,13 +313,11 @@ clusters:
 - name: bosun-test
   cluster:
     server: https://127.0.0.1:$APISERVER_PORT
-    certificate-authority-data: $(base64 -w0 "$pki/ca.crt")
+    certificate-authority-data: $(base64 -w0 "$DIR/pki/ca.crt")
 users:
 - name: $user
   user:
-    client-certificate-data: $(base64 -w0 "$pki/$cert.crt")
-    client-key-data: $(base64 -w0 "$pki/$cert.key")
-contexts:
+${credentials}contexts:
 - name: $user@bosun-test
   context:
     cluster: bosun-test
@@ -594,26 +604,7 @@ subjects:
   kind: Group
   name: system:nodes
 EOF
-    cat >"$file.tmp" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: bosun-test
-  cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
-    certificate-authority-data: $(base64 -w0 "$DIR/pki/ca.crt")
-users:
-- name: kubelet-bootstrap
-  user:
-    token: $id.$secret
-contexts:
-- name: kubelet-bootstrap@bosun-test
-  context:
-    cluster: bosun-test
-    user: kubelet-bootstrap
-current-context: kubelet-bootstrap@bosun-test
-EOF
-    mv "$file.tmp" "$file"
+    kubeconfig_with "$file" kubelet-bootstrap "token: $id.$secret"
     echo "$file"
 }
 
