@@ -208,6 +208,27 @@ impl<K> Store<K> {
             .collect()
     }
 
+    /// The objects of `namespace`, in name order.
+    pub fn list_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+        self.read()
+            .objects
+            .range(ObjectKey::new(namespace, "")..)
+            .take_while(|(key, _)| key.namespace == namespace)
+            .filter_map(|(_, slot)| slot.current())
+            .cloned()
+            .collect()
+    }
+
+    /// Every object `source` holds, in key order, whether or not another source's object of
+    /// the same key is the one read.
+    pub fn list_of(&self, source: Source) -> Vec<Arc<K>> {
+        self.read()
+            .objects
+            .values()
+            .filter_map(|slot| slot.by_source[source as usize].clone())
+            .collect()
+    }
+
     /// Every object with its key, in key order.
     pub fn entries(&self) -> Vec<(ObjectKey, Arc<K>)> {
         self.read()
@@ -461,12 +482,27 @@ impl Objects {
 }
 
 /// Objects that pods refer to by name (configMap and secret volumes, `configMapKeyRef`,
-/// `secretKeyRef`, `envFrom`), looked up in the pod's namespace. Standalone, they are the
-/// manifest directory's objects; in a cluster, those the API server holds, fetched and
-/// watched per referenced object.
+/// `secretKeyRef`, `envFrom`), looked up in the pod's namespace, and the Services that make
+/// their containers' service environment variables. Standalone, they are the manifest
+/// directory's objects; in a cluster, those the API server holds: ConfigMaps and Secrets
+/// fetched and watched per referenced object, Services all watched.
 pub trait ObjectGetter: Send + Sync {
     fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>>;
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>>;
+    /// The Service `name` in `namespace`.
+    fn service(&self, _namespace: &str, _name: &str) -> Option<Arc<Service>> {
+        None
+    }
+    /// The Services of `namespace`, in name order.
+    fn services(&self, _namespace: &str) -> Vec<Arc<Service>> {
+        Vec::new()
+    }
+    /// Whether the API server's Services have not been listed yet: a pod from the API server
+    /// waits for them, or its containers would miss their variables (kubelet's
+    /// `serviceHasSynced`).
+    fn services_pending(&self) -> bool {
+        false
+    }
     /// Whether the object is not known yet either way (its watch has not listed it): a
     /// pod that needs it waits without an error, and is woken when it arrives.
     fn pending(&self, _kind: RefKind, _namespace: &str, _name: &str) -> bool {
@@ -512,6 +548,14 @@ impl ObjectGetter for Objects {
 
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
         self.secrets.get_named(namespace, name)
+    }
+
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.services.get_named(namespace, name)
+    }
+
+    fn services(&self, namespace: &str) -> Vec<Arc<Service>> {
+        self.services.list_namespace(namespace)
     }
 }
 
@@ -617,6 +661,36 @@ mod tests {
         api.delete(&key);
         assert_eq!(changes.take().keys.len(), 1);
         assert!(store.get(&key).is_none());
+    }
+
+    #[test]
+    fn listing_a_namespace_or_a_source() {
+        let store = Store::new(&[Source::File, Source::Api]);
+        let file = store.writer(Source::File);
+        let api = store.writer(Source::Api);
+        file.replace([
+            config_map("a", "x", "file"),
+            config_map("b", "y", "file"),
+            config_map("bb", "z", "file"),
+        ]);
+        api.replace([config_map("b", "y", "api"), config_map("b", "w", "api")]);
+        let data = |objects: Vec<Arc<ConfigMap>>| -> Vec<String> {
+            objects
+                .iter()
+                .map(|c| {
+                    let key = ObjectKey::of(&c.metadata);
+                    format!("{key}={}", c.data.as_ref().expect("data")["k"])
+                })
+                .collect()
+        };
+        assert_eq!(data(store.list_namespace("b")), ["b/w=api", "b/y=api"]);
+        assert_eq!(data(store.list_namespace("c")), Vec::<String>::new());
+        // A source's own objects, even where another source's are read.
+        assert_eq!(
+            data(store.list_of(Source::File)),
+            ["a/x=file", "b/y=file", "bb/z=file"]
+        );
+        assert_eq!(data(store.list_of(Source::Local)), Vec::<String>::new());
     }
 
     #[tokio::test]

@@ -466,3 +466,48 @@ async fn a_node_joins_by_tls_bootstrapping() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test]
+async fn containers_have_the_service_environment_variables_of_the_api_servers_services(
+) -> Result<()> {
+    in_a_cluster("service-env", |plane, node| async move {
+        let daemon = match join(&plane, &node).await {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("starting bosun: {e:#}"),
+        };
+        let result = async {
+            let service = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n";
+            apply(&plane, &node, "web-service", service).await?;
+            let pod = format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: env, namespace: default}}\nspec:\n  nodeName: {NODE_NAME}\n  automountServiceAccountToken: false\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: {BUSYBOX_IMAGE}\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, {SLEEP_FOREVER:?}]\n    env: [{{name: WEB_URL, value: 'http://$(WEB_SERVICE_HOST):$(WEB_SERVICE_PORT_HTTP)'}}]\n"
+            );
+            apply(&plane, &node, "env-pod", &pod).await?;
+            let pod = wait_for(&plane, &["pod", "env"], Duration::from_secs(60), |p| {
+                p["status"]["phase"] == "Running"
+            })
+            .await?;
+            let cluster_ip = |service: Value| service["spec"]["clusterIP"].as_str().map(str::to_owned);
+            let web = cluster_ip(get_json(&plane, &["service", "web"]).await?);
+            let kubernetes = cluster_ip(get_json(&plane, &["service", "kubernetes"]).await?);
+            let (Some(web), Some(kubernetes)) = (web, kubernetes) else {
+                anyhow::bail!("a Service without a cluster IP");
+            };
+            let id = bosun_tests::daemon::container_id(&pod, "app");
+            let cri = node.cri().await?;
+            let seen = bosun_tests::daemon::sh(
+                &cri,
+                &id,
+                "echo $WEB_SERVICE_HOST $WEB_SERVICE_PORT $WEB_PORT_80_TCP $WEB_URL; echo $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT",
+            )
+            .await?;
+            let expected = format!(
+                "{web} 80 tcp://{web}:80 http://{web}:80\n{kubernetes} 443\n"
+            );
+            ensure!(seen == expected, "the container saw {seen:?}, not {expected:?}");
+            Ok(())
+        }
+        .await;
+        (plane, node, daemon, result)
+    })
+    .await
+}

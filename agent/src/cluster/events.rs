@@ -598,3 +598,7 @@ mod tests {
         assert_eq!(at[19], 2000);
     }
 }
+
+#[cfg(test)]
+#[path = "events_tests.rs"]
+mod events_tests;

@@ -223,3 +223,7 @@ mod tests {
         assert_eq!(mirror.spec, pod.spec);
     }
 }
+
+#[cfg(test)]
+#[path = "mirror_tests.rs"]
+mod mirror_tests;

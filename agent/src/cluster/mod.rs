@@ -9,10 +9,13 @@
 
 pub mod bootstrap;
 pub mod events;
+#[cfg(test)]
+pub(crate) mod fake_api;
 pub mod mirror;
 pub mod node;
 pub mod objects;
 pub mod pods;
+pub mod services;
 pub mod status;
 pub mod tokens;
 

@@ -5,7 +5,7 @@
 //! `nodeStatusReportFrequency` (5 min).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
+use tokio::time::Instant;
 
 use bosun_cri::CriClient;
 
@@ -281,7 +282,8 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<String
     let api: Api<Node> = Api::all(client.clone());
     let wanted = facts.node();
     let node = match api.create(&PostParams::default(), &wanted).await {
-        Ok(node) => node,
+        // Created with its status (a Node's create keeps it, unlike a pod's).
+        Ok(node) => return Ok(node.metadata.uid.unwrap_or_default()),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let patch = serde_json::json!({"metadata": {"labels": wanted.metadata.labels}});
             api.patch(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -298,7 +300,7 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<String
             })
         }
     };
-    // The status is a subresource: a create drops it.
+    // An existing Node's status is reconciled like its labels.
     let status = serde_json::json!({"status": facts.status(node.status.as_ref(), &RuntimeHealth::default())});
     api.patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&status))
         .await
@@ -509,3 +511,7 @@ mod tests {
         assert_eq!(condition.reason.as_deref(), Some("KubeletNotReady"));
     }
 }
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod node_tests;

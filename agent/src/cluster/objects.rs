@@ -4,14 +4,15 @@
 //! Node authorizer lets a node read), started when the first pod of this node refers to it
 //! and stopped when the last one is gone. What they see goes into the object store, where
 //! volumes and the environment read it; an edit reaches running pods' volumes at once.
-//! Nothing is ever listed cluster-wide.
+//! Nothing is ever listed cluster-wide here; the Services, which every pod's environment
+//! reads, are watched whole by [`super::services`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
 use kube::runtime::watcher::{self, Event};
@@ -143,6 +144,18 @@ impl ObjectGetter for ReferencedObjects {
         self.objects.secret(namespace, name)
     }
 
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.objects.service(namespace, name)
+    }
+
+    fn services(&self, namespace: &str) -> Vec<Arc<Service>> {
+        self.objects.services(namespace)
+    }
+
+    fn services_pending(&self) -> bool {
+        !self.objects.services.is_source_synced(Source::Api)
+    }
+
     fn pending(&self, kind: RefKind, namespace: &str, name: &str) -> bool {
         let reference = (kind, namespace.to_owned(), name.to_owned());
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -204,3 +217,7 @@ async fn follow<K>(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "objects_tests.rs"]
+mod objects_tests;

@@ -89,3 +89,7 @@ fn marked(mut pod: Pod) -> Arc<Pod> {
         );
     Arc::new(pod)
 }
+
+#[cfg(test)]
+#[path = "pods_tests.rs"]
+mod pods_tests;

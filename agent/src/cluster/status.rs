@@ -101,3 +101,7 @@ async fn write_status(
     );
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "status_tests.rs"]
+mod status_tests;

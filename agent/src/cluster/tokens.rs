@@ -409,3 +409,7 @@ mod tests {
         assert!(f.ready.try_recv().is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "tokens_tests.rs"]
+mod tokens_tests;

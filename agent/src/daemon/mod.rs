@@ -216,6 +216,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             api_tx,
             mirrors.writer(Source::Api),
         )));
+        tasks.push(tokio::spawn(crate::cluster::services::watch(
+            cluster.clone(),
+            objects.services.writer(Source::Api),
+        )));
         tasks.push(tokio::spawn(crate::cluster::mirror::run(
             cluster.clone(),
             config.node.node_name.clone(),

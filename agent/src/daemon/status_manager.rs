@@ -90,6 +90,13 @@ impl StatusManager {
         let key = ObjectKey::of(&pod.metadata);
         let status = status.map(|status| kept_from(pod.status.as_ref(), status));
         self.writer.update(&key, |held| {
+            // Checked against what this writer set last as well (kubelet checks its own
+            // cache): a worker's late report must not undo a terminal phase the API has
+            // not echoed back yet.
+            let own = held
+                .filter(|held| held.metadata.uid == pod.metadata.uid)
+                .and_then(|held| held.status.as_ref());
+            let status = status.map(|status| kept_from(own, status));
             if let Some(held) = held.filter(|held| {
                 held.status == status && held.spec == pod.spec && same_but_deletion(held, pod)
             }) {

@@ -261,6 +261,13 @@ impl<R: Runtime> PodWorker<R> {
                 None
             }
         };
+        // Nor does anything start before the containers' environment can have its Service
+        // variables (kubelet's `serviceHasSynced`): the pod waits as for a pending volume.
+        let services_pending = spec::services_pending(pod, &*self.objects);
+        if services_pending {
+            tracing::debug!(pod = %pod_name(pod), "waiting for the Services to be listed");
+        }
+        let volumes = volumes.filter(|_| !services_pending);
 
         for id in &plan.stop_sandboxes {
             self.runtime

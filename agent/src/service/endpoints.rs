@@ -17,7 +17,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::store::{PodStore, Store, Writer};
+use crate::store::{PodStore, Source, Store, Writer};
 
 /// The label naming a slice's Service (`discovery.LabelServiceName`).
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -35,6 +35,9 @@ const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 /// status and keeps their slices in the store under [`Source::Local`](crate::store::Source::Local), computed off the
 /// daemon's executor. Runs until the task is dropped. Standalone this is the only writer of
 /// static pods' slices; in a cluster the controller manager writes them and this is not run.
+///
+/// Only the manifest directory's Services get slices here: the API server's have theirs from
+/// the controller manager.
 pub async fn run_controller(
     services: Store<Service>,
     pods: PodStore,
@@ -44,7 +47,7 @@ pub async fn run_controller(
     let mut service_changes = services.subscribe();
     let mut pod_changes = pods.subscribe();
     loop {
-        let (listed_services, listed_pods) = (services.list(), pods.list());
+        let (listed_services, listed_pods) = (services.list_of(Source::File), pods.list());
         let node = node.clone();
         let computed = tokio::task::spawn_blocking(move || {
             slices_for_pods(listed_services.iter().map(|s| &**s), &listed_pods, &node)

@@ -1,5 +1,5 @@
 //! The service proxy: kube-proxy's loop. Services and EndpointSlices from the object store
-//! (the manifest directory's, the API server's, and those bosun computes for static pods)
+//! (the manifest directory's Services; its slices and those bosun computes for static pods)
 //! are compiled into the datapath's desired state and written to the pinned maps by netdp's
 //! reconciler, both off the daemon's executor. A failed write is retried with backoff; a
 //! Service the datapath cannot serve (SCTP, a bad IP) is reported once as a Warning event
@@ -16,7 +16,7 @@ use k8s_openapi::Resource;
 
 use crate::events::{EventType, Recorder};
 use crate::service::endpoints;
-use crate::store::{PodStore, Store, Subscription};
+use crate::store::{PodStore, Source, Store, Subscription};
 use crate::util::{error_chain, sleep_or_never};
 
 /// Event reason for a Service (or EndpointSlice) the datapath cannot serve as written.
@@ -112,12 +112,21 @@ impl Proxy {
         self.services.is_synced()
             && self.endpoint_slices.is_synced()
             && self.pods.is_synced()
-            && pods_settled(&self.services.list(), &self.pods.list())
+            && pods_settled(&self.served(), &self.pods.list())
+    }
+
+    /// The Services balanced here: the manifest directory's only. The API server's
+    /// EndpointSlices are not watched yet, so an API Service would be programmed without
+    /// backends and refuse connections that another node's proxy would serve; the store
+    /// holds the API's Services for the pods' environment alone. This ends when the
+    /// EndpointSlices come from the API server too.
+    fn served(&self) -> Vec<std::sync::Arc<Service>> {
+        self.services.list_of(Source::File)
     }
 
     /// Compiles the store's Services and EndpointSlices on a blocking thread.
     async fn compile(&self) -> Compiled {
-        let services = self.services.list();
+        let services = self.served();
         let slices = self.endpoint_slices.list();
         let node = self.node.clone();
         let compiled = tokio::task::spawn_blocking(move || {

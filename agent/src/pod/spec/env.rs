@@ -1,10 +1,12 @@
-//! A container's environment (kubelet's `makeEnvironmentVariables`), the downward API for
-//! environment variables, and `$(VAR)` expansion (`third_party/forked/golang/expansion`).
+//! A container's environment (kubelet's `makeEnvironmentVariables`), the Service
+//! environment variables (`getServiceEnvVarMap`, `envvars.FromServices`), the downward API
+//! for environment variables, and `$(VAR)` expansion (`third_party/forked/golang/expansion`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Service};
 
 use super::quantity::ParsedQuantity;
 use super::resources::{
@@ -88,6 +90,10 @@ impl Environment {
         self.values.get(name).cloned()
     }
 
+    fn contains(&self, name: &str) -> bool {
+        self.values.contains_key(name)
+    }
+
     pub fn into_pairs(mut self) -> Vec<(String, String)> {
         self.order
             .into_iter()
@@ -107,19 +113,25 @@ pub(crate) struct EnvContext<'a> {
     pub resources: &'a ContainerResources,
     /// The container's field path, `spec.containers[0]`.
     pub path: &'a str,
-    /// The ConfigMaps and Secrets `envFrom` and `valueFrom` refer to.
+    /// The ConfigMaps and Secrets `envFrom` and `valueFrom` refer to, and the Services of
+    /// the service environment variables.
     pub objects: &'a dyn ObjectGetter,
 }
 
 /// The container's environment: `envFrom` sources, then `env` in order, each `value`
-/// expanded against the variables defined before it. Service links are not added (bosun has
-/// no Service informer yet). A missing ConfigMap, Secret or key fails unless the reference is
-/// optional, in which case it is skipped, as kubelet does; `envFrom` keys that are not valid
-/// variable names are skipped too (kubelet records them in an event).
+/// expanded against the variables defined before it and the Service variables, then the
+/// Service variables that neither defined. A missing ConfigMap, Secret or key fails unless
+/// the reference is optional, in which case it is skipped, as kubelet does; `envFrom` keys
+/// that are not valid variable names are skipped too (kubelet records them in an event).
+///
+/// The Services are read as they are: kubelet refuses to build the environment of a pod
+/// from the API server before its Service informer has listed once, and here the caller
+/// waits for that instead (see [`services_pending`]).
 pub(crate) fn make_environment(
     container: &Container,
     env: &EnvContext<'_>,
 ) -> Result<Environment, SpecError> {
+    let services = service_environment(env.pod, env.objects);
     let mut result = Environment::default();
     let namespace = env.pod.metadata.namespace.as_deref().unwrap_or("default");
     for (index, source) in container.env_from.iter().flatten().enumerate() {
@@ -177,24 +189,33 @@ pub(crate) fn make_environment(
     }
     for (index, var) in container.env.iter().flatten().enumerate() {
         let path = format!("{}.env[{index}]", env.path);
-        if let Some(value) = resolve(var, &result, env, &path)? {
+        if let Some(value) = resolve(var, &result, &services, env, &path)? {
             result.set(&var.name, value);
+        }
+    }
+    for (name, value) in services.into_pairs() {
+        if !result.contains(&name) {
+            result.set(&name, value);
         }
     }
     Ok(result)
 }
 
 /// One variable's value; `None` when an optional source is missing and the variable is
-/// skipped.
+/// skipped. `$(NAME)` in a value is looked up in what the container defined before it, then
+/// in the Service variables (kubelet's `MappingFuncFor(tmpEnv, serviceEnv)`).
 fn resolve(
     var: &EnvVar,
     defined: &Environment,
+    services: &Environment,
     env: &EnvContext<'_>,
     path: &str,
 ) -> Result<Option<String>, SpecError> {
     let value = var.value.as_deref().unwrap_or_default();
     if !value.is_empty() {
-        return Ok(Some(expand(value, |name| defined.get(name))));
+        return Ok(Some(expand(value, |name| {
+            defined.get(name).or_else(|| services.get(name))
+        })));
     }
     let Some(source) = &var.value_from else {
         return Ok(Some(String::new()));
@@ -280,6 +301,116 @@ fn resolve(
         return optional_or(key.optional, format!("{path}.fileKeyRef"), "env files");
     }
     Ok(Some(String::new()))
+}
+
+/// The Service kubelet gives every pod the variables of, whatever its `enableServiceLinks`
+/// (its `masterServices`), in the `default` namespace.
+const MASTER_SERVICE: &str = "kubernetes";
+const MASTER_SERVICE_NAMESPACE: &str = "default";
+
+/// Whether `pod` must wait before its environment is built: it came from the API server,
+/// whose Services have not been listed yet (kubelet's `serviceHasSynced`). Static pods do not
+/// wait, as with kubelet: they must be able to start without an API server.
+pub fn services_pending(pod: &Pod, objects: &dyn ObjectGetter) -> bool {
+    crate::source::from_api(pod) && objects.services_pending()
+}
+
+/// The Service environment variables of `pod` (kubelet's `getServiceEnvVarMap`): with
+/// `enableServiceLinks` (unset reads as the API's default, true) those of every Service of
+/// the pod's namespace, and always those of the `kubernetes` Service of `default` unless a
+/// Service of that name in the pod's namespace already gave them. Services without a cluster
+/// IP (headless, ExternalName) give none.
+///
+/// kubelet walks the Services in its informer's (random) order; here they go by name, and
+/// where two Services' variables collide (`a-port-80-tcp` and `a`'s port 80), the later name
+/// wins.
+fn service_environment(pod: &Pod, objects: &dyn ObjectGetter) -> Environment {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut chosen: BTreeMap<String, Arc<Service>> = BTreeMap::new();
+    if links {
+        for service in objects.services(namespace) {
+            if let Some(name) = service
+                .metadata
+                .name
+                .clone()
+                .filter(|_| has_cluster_ip(&service))
+            {
+                chosen.insert(name, service);
+            }
+        }
+    }
+    if let Some(master) = objects
+        .service(MASTER_SERVICE_NAMESPACE, MASTER_SERVICE)
+        .filter(|s| has_cluster_ip(s))
+    {
+        chosen.entry(MASTER_SERVICE.to_owned()).or_insert(master);
+    }
+    let mut result = Environment::default();
+    for (name, service) in &chosen {
+        service_variables(&mut result, name, service);
+    }
+    result
+}
+
+/// Whether the Service has a cluster IP to link to (`v1helper.IsServiceIPSet`). An
+/// ExternalName Service has none in the API; one from a manifest is skipped whatever it says.
+fn has_cluster_ip(service: &Service) -> bool {
+    let Some(spec) = &service.spec else {
+        return false;
+    };
+    let ip = spec.cluster_ip.as_deref().unwrap_or_default();
+    !ip.is_empty() && ip != "None" && spec.type_.as_deref() != Some("ExternalName")
+}
+
+/// One Service's variables (`envvars.FromServices`): `NAME_SERVICE_HOST`,
+/// `NAME_SERVICE_PORT` (the first port) and `NAME_SERVICE_PORT_PORTNAME` for each named
+/// port, then Docker's link variables (`makeLinkVariables`): `NAME_PORT` for the first port,
+/// and `NAME_PORT_<port>_<PROTO>` with `_PROTO`, `_PORT` and `_ADDR` for each. A Service
+/// without ports (which the API server refuses; kubelet would crash on it) has the host only.
+fn service_variables(out: &mut Environment, name: &str, service: &Service) {
+    let prefix = name.replace('-', "_").to_uppercase();
+    let spec = service.spec.as_ref();
+    let ip = spec.and_then(|s| s.cluster_ip.clone()).unwrap_or_default();
+    let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+    out.set(&format!("{prefix}_SERVICE_HOST"), ip.clone());
+    let Some(first) = ports.first() else {
+        return;
+    };
+    let service_port = format!("{prefix}_SERVICE_PORT");
+    out.set(&service_port, first.port.to_string());
+    for port in ports {
+        if let Some(port_name) = port.name.as_deref().filter(|n| !n.is_empty()) {
+            let port_name = port_name.replace('-', "_").to_uppercase();
+            out.set(
+                &format!("{service_port}_{port_name}"),
+                port.port.to_string(),
+            );
+        }
+    }
+    // `net.JoinHostPort`: an IPv6 address in brackets.
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.clone()
+    };
+    for (index, port) in ports.iter().enumerate() {
+        let protocol = port.protocol.as_deref().unwrap_or("TCP");
+        let lower = protocol.to_lowercase();
+        let url = format!("{lower}://{host}:{}", port.port);
+        if index == 0 {
+            out.set(&format!("{prefix}_PORT"), url.clone());
+        }
+        let port_prefix = format!("{prefix}_PORT_{}_{}", port.port, protocol.to_uppercase());
+        out.set(&port_prefix, url);
+        out.set(&format!("{port_prefix}_PROTO"), lower);
+        out.set(&format!("{port_prefix}_PORT"), port.port.to_string());
+        out.set(&format!("{port_prefix}_ADDR"), ip.clone());
+    }
 }
 
 fn not_found(path: String, kind: &str, namespace: &str, name: &str) -> SpecError {
@@ -495,6 +626,10 @@ fn divide_ceil(value: i64, divisor: i64) -> Option<i64> {
     }
     Some((value as f64 / divisor as f64).ceil() as i64)
 }
+
+#[cfg(test)]
+#[path = "service_env_tests.rs"]
+mod service_env_tests;
 
 #[cfg(test)]
 mod tests {

@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use crate::store::ObjectGetter;
 
 pub use dns::{pod_dns_config, pod_hostname, HostDns, ResolvConf, ResolvConfError};
-pub use env::expand;
+pub use env::{expand, services_pending};
 pub use labels::{
     container_hash, CONTAINER_HASH_ANNOTATION, CONTAINER_NAME_LABEL, CONTAINER_PORTS_ANNOTATION,
     DELETION_GRACE_PERIOD_ANNOTATION, POD_NAMESPACE_LABEL, POD_NAME_LABEL, POD_UID_LABEL,
@@ -336,7 +336,8 @@ impl ObjectGetter for NoObjects {
 }
 
 /// As [`container_config`], with the ConfigMaps and Secrets the environment refers to
-/// (`configMapKeyRef`, `secretKeyRef`, `envFrom`) looked up in `objects`.
+/// (`configMapKeyRef`, `secretKeyRef`, `envFrom`) looked up in `objects`, and the service
+/// environment variables of its Services. Wait for [`services_pending`] first.
 pub fn container_config_with(
     pod: &Pod,
     container: &Container,
