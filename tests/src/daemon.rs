@@ -83,7 +83,11 @@ impl Daemon {
             .arg("--bpf-dir")
             .arg(node.bpf_dir())
             .args(args)
-            .env("RUST_LOG", "info")
+            // BOSUN_TEST_LOG raises (or lowers) the daemon's log level in a test.
+            .env(
+                "RUST_LOG",
+                std::env::var("BOSUN_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(log_file)
             .kill_on_drop(true)

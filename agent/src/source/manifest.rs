@@ -391,7 +391,7 @@ fn list_manifest_files(dir: &Path) -> Result<Vec<PathBuf>, Unlisted> {
         let entry = entry.map_err(unreadable)?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') || format_of(Path::new(&*name)).is_none() {
+        if !is_manifest_name(&name) {
             continue;
         }
         let path = entry.path();
@@ -415,6 +415,12 @@ fn list_manifest_files(dir: &Path) -> Result<Vec<PathBuf>, Unlisted> {
 enum Format {
     Yaml,
     Json,
+}
+
+/// Whether the reader takes a file of this name in a manifest directory: hidden files
+/// (an editor's or a writer's temporary) and other extensions are skipped, as kubelet does.
+pub(super) fn is_manifest_name(name: &str) -> bool {
+    !name.starts_with('.') && format_of(Path::new(name)).is_some()
 }
 
 fn format_of(path: &Path) -> Option<Format> {

@@ -16,10 +16,11 @@ use tokio::time::{self, Instant, MissedTickBehavior};
 use super::manifest::{ManifestSource, Snapshot};
 use crate::store::Objects;
 
-/// How long to wait after a file system event for the rest of its burst: an editor's
-/// write-to-temporary-then-rename is several events within a millisecond or two and should
-/// be one rescan. It is on the path of every pod start, so it is short; a file caught half
-/// written keeps its last good content and is read again on its next event.
+/// How long to wait after a file is created or written for the rest of the write: the
+/// directory is read as soon as a file is complete (closed after writing, or renamed into
+/// place as editors and `kubectl`-style writers do), at the latest this long after a write
+/// that no close follows. A file caught half written keeps its last good content and is
+/// read again on its next event.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// Watches `dir` (which may not exist yet) and publishes the manifests of node `node_name`:
@@ -77,8 +78,10 @@ fn spawn(
             tokio::select! {
                 () = tx.closed() => return,
                 _ = ticker.tick() => {}
-                Some(()) = events.recv() => {
-                    time::sleep(DEBOUNCE).await;
+                Some(complete) = events.recv() => {
+                    if !complete {
+                        until_complete(&mut events).await;
+                    }
                     while events.try_recv().is_ok() {}
                 }
             }
@@ -111,6 +114,20 @@ fn spawn(
     (rx, task)
 }
 
+/// Waits for a change that leaves a file complete, or [`DEBOUNCE`] at the longest.
+async fn until_complete(events: &mut mpsc::UnboundedReceiver<bool>) {
+    let deadline = time::sleep(DEBOUNCE);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return,
+            event = events.recv() => if event != Some(false) {
+                return;
+            },
+        }
+    }
+}
+
 /// inotify watches on the manifest directory and on its parent (which sees the directory
 /// appear, vanish or be replaced). A watch belongs to an inode, so each is re-established
 /// when the path comes to name a different one.
@@ -130,8 +147,29 @@ fn is_read(kind: &notify::EventKind) -> bool {
         if !matches!(access, AccessKind::Close(AccessMode::Write)))
 }
 
+/// A file created or written to, and not yet closed: more of the write may follow.
+fn is_being_written(kind: &notify::EventKind) -> bool {
+    use notify::event::ModifyKind;
+    matches!(
+        kind,
+        notify::EventKind::Create(_) | notify::EventKind::Modify(ModifyKind::Data(_))
+    )
+}
+
+/// Whether a change at `path` can change what `dir` asks for: the directory (or file) itself,
+/// or a file in it that the reader takes (not an editor's hidden temporary).
+fn may_matter(dir: &Path, path: &Path) -> bool {
+    match path.strip_prefix(dir) {
+        Ok(rest) if rest.as_os_str().is_empty() => true,
+        Ok(rest) => rest
+            .to_str()
+            .is_none_or(|name| name.contains('/') || super::manifest::is_manifest_name(name)),
+        Err(_) => false,
+    }
+}
+
 impl DirWatch {
-    fn new(dir: &Path, events: mpsc::UnboundedSender<()>) -> Self {
+    fn new(dir: &Path, events: mpsc::UnboundedSender<bool>) -> Self {
         let mut this = Self::disabled(dir);
         // Events name paths under the watched path as given, so compare absolute paths.
         let relevant = this.dir.clone();
@@ -139,21 +177,23 @@ impl DirWatch {
             let wanted = match &event {
                 // Reading a file is no change: without this, each rescan's own opens
                 // would trigger the next rescan. A close after writing is a change.
-                Ok(event) if is_read(&event.kind) => false,
-                Ok(event) => {
-                    event.need_rescan() || event.paths.iter().any(|p| p.starts_with(&relevant))
+                Ok(event) if is_read(&event.kind) => None,
+                Ok(event) if event.need_rescan() => Some(true),
+                Ok(event) if event.paths.iter().any(|p| may_matter(&relevant, p)) => {
+                    Some(!is_being_written(&event.kind))
                 }
+                Ok(_) => None,
                 Err(err) => {
                     tracing::warn!(
                         error = %err,
                         "inotify error; rescanning the static pod manifests"
                     );
-                    true
+                    Some(true)
                 }
             };
-            if wanted {
+            if let Some(complete) = wanted {
                 // The receiver is gone only when the watch task has ended.
-                let _ = events.send(());
+                let _ = events.send(complete);
             }
         };
         match notify::recommended_watcher(handler) {
@@ -264,6 +304,40 @@ spec:
             AccessMode::Write
         ))));
         assert!(!is_read(&EventKind::Create(CreateKind::File)));
+    }
+
+    #[test]
+    fn a_file_renamed_or_closed_is_complete_one_being_written_is_not() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, EventKind};
+        use notify::event::{ModifyKind, RenameMode};
+        assert!(is_being_written(&EventKind::Create(CreateKind::File)));
+        assert!(is_being_written(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(!is_being_written(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(!is_being_written(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!is_being_written(&EventKind::Remove(
+            notify::event::RemoveKind::File
+        )));
+    }
+
+    #[test]
+    fn only_files_the_reader_takes_matter() {
+        let dir = Path::new("/etc/kubernetes/manifests");
+        assert!(may_matter(dir, dir), "the directory itself");
+        assert!(may_matter(dir, &dir.join("web.yaml")));
+        assert!(may_matter(dir, &dir.join("web.json")));
+        assert!(!may_matter(dir, &dir.join(".web.yaml.swp")), "hidden");
+        assert!(!may_matter(dir, &dir.join(".web.yaml.tmp")), "hidden");
+        assert!(!may_matter(dir, &dir.join("README")), "not a manifest");
+        assert!(
+            !may_matter(dir, Path::new("/etc/kubernetes/admin.conf")),
+            "a sibling, seen through the parent's watch"
+        );
     }
 
     fn pod_uid(snapshot: &Snapshot) -> Option<String> {
