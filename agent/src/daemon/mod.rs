@@ -305,6 +305,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let mut pod_config = PodConfig::new(&pod_sources);
     let node_info = node_info(&config);
     let mut references_changed = [objects.config_maps.subscribe(), objects.secrets.subscribe()];
+    // Pods from the API server wait until its Services are listed (for their environment
+    // variables): woken when they are, instead of at their next retry.
+    let mut services_listing = referenced.is_some().then(|| objects.services.subscribe());
     let mut pod_dirs_swept = false;
     // Pods refused at admission, by UID, with their key in the pod store.
     let mut rejected: HashMap<String, ObjectKey> = HashMap::new();
@@ -351,6 +354,16 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 for (uid, pod) in pod_config.desired() {
                     if keys.iter().any(|(kind, key)| refers_to(&pod, *kind, key)) {
                         workers.kick(&uid);
+                    }
+                }
+            }
+            () = changed(&mut services_listing) => {
+                if objects.services.is_source_synced(Source::Api) {
+                    services_listing = None;
+                    for (uid, pod) in pod_config.desired() {
+                        if source::from_api(&pod) {
+                            workers.kick(&uid);
+                        }
                     }
                 }
             }
@@ -481,6 +494,16 @@ fn node_info(config: &Config) -> admission::NodeInfo {
 }
 
 /// Resolves once either store changed; the changes stay to be taken.
+/// The next change of `subscription`; never, without one.
+async fn changed(subscription: &mut Option<Subscription>) {
+    match subscription {
+        Some(subscription) => {
+            subscription.changed().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn objects_changed(subscriptions: &mut [Subscription; 2]) {
     let [config_maps, secrets] = subscriptions;
     tokio::select! {
