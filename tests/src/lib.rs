@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod control_plane;
 pub mod daemon;
+pub mod fake_cri;
 pub mod fixtures;
 pub mod images;
 pub mod netns;

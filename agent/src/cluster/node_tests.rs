@@ -11,10 +11,7 @@ use kube::Api;
 use serde_json::json;
 
 use bosun_cri::CriClient;
-use bosun_proto::cri;
-use bosun_proto::cri::runtime_service_server::{RuntimeService, RuntimeServiceServer};
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
+use bosun_tests::fake_cri::{serve, VersionOnly};
 
 use super::{register, renew_lease, run, NodeCapacity, NodeFacts, LEASE_NAMESPACE};
 use crate::cluster::fake_api::FakeApi;
@@ -128,35 +125,12 @@ async fn the_lease_is_created_owned_by_the_node_then_renewed() {
     assert_eq!(fake.succeeded("PATCH", LEASE), 1, "then patched");
 }
 
-/// Answers `Version`; every other call is UNIMPLEMENTED, which makes the node not ready.
-struct VersionOnly;
-
-#[tonic::async_trait]
-impl RuntimeService for VersionOnly {
-    async fn version(
-        &self,
-        _request: tonic::Request<cri::VersionRequest>,
-    ) -> Result<tonic::Response<cri::VersionResponse>, tonic::Status> {
-        Ok(tonic::Response::new(cri::VersionResponse {
-            version: "0.1.0".to_owned(),
-            runtime_name: "fake".to_owned(),
-            runtime_version: "0.0.1".to_owned(),
-            runtime_api_version: "v1".to_owned(),
-        }))
-    }
-}
-
 /// A client of a [`VersionOnly`] runtime served on a socket in `dir`. Every call is a
 /// round trip over a unix socket in this runtime, answered at once, so paused time does not
 /// move while one is under way.
 async fn runtime(dir: &Path) -> CriClient {
     let socket = dir.join("cri.sock");
-    let listener = UnixListener::bind(&socket).expect("bind the runtime's socket");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RuntimeServiceServer::new(VersionOnly))
-            .serve_with_incoming(UnixListenerStream::new(listener)),
-    );
+    serve(VersionOnly, &socket);
     let endpoint = format!("unix://{}", socket.display());
     CriClient::connect(&endpoint, Duration::from_secs(60))
         .await
