@@ -60,7 +60,20 @@ impl<R: Runtime> PodWorkers<R> {
     pub fn update(&mut self, uid: &str, pod: Option<Arc<Pod>>) {
         match self.workers.get(uid) {
             Some(handle) => {
-                handle.desired.send_replace(pod);
+                handle.desired.send_if_modified(|held| {
+                    // A pod marked for deletion that its worker has not seen yet stays: the
+                    // worker terminates it within the deletion's grace period and ends, as
+                    // for `None`, where `None` would have it use the pod's own grace period
+                    // (a forced deletion marks the pod, then removes it, in one go).
+                    let marked = held
+                        .as_ref()
+                        .is_some_and(|p| p.metadata.deletion_timestamp.is_some());
+                    if pod.is_none() && marked {
+                        return false;
+                    }
+                    *held = pod;
+                    true
+                });
             }
             None if pod.is_some() => {
                 let handle = self.spawn(uid.to_owned(), pod);
