@@ -4,6 +4,7 @@
 //! restarted bosun picks up where it left off.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -316,8 +317,24 @@ impl<R: Runtime> PodWorker<R> {
             }
         }
         // No container starts before the pod's policy is enforced on its interface: the
-        // sandbox exists and has its address, and nothing in it runs yet.
-        if let Err(message) = self.admit_network_policy(pod, &observed).await {
+        // sandbox exists and has its address, and nothing in it runs yet. Putting it there
+        // waits for the kernel (some 20 ms for the two tcx links), so it runs on its own task
+        // while the first container is created; only StartContainer waits for it.
+        let admission = self.admit_network_policy(pod, &observed);
+        let mut admission = if plan.start.is_empty() {
+            Admission::from(admission.await)
+        } else {
+            Admission::Pending(tokio::spawn(admission))
+        };
+        for start in &plan.start {
+            if admission.failed().is_some() {
+                break;
+            }
+            acted |= self
+                .start(pod, &observed, &volumes, start, now, &mut admission)
+                .await;
+        }
+        if let Some(message) = admission.failed() {
             if !plan.start.is_empty() {
                 self.events.warning(
                     pod,
@@ -327,15 +344,12 @@ impl<R: Runtime> PodWorker<R> {
                 for start in &plan.start {
                     self.facts.start_errors.insert(
                         start.name.clone(),
-                        (FAILED_NETWORK_POLICY.to_owned(), message.clone()),
+                        (FAILED_NETWORK_POLICY.to_owned(), message.to_owned()),
                     );
                 }
             }
             self.publish(pod, &observed, now);
             return Ok(Some(SANDBOX_RETRY));
-        }
-        for start in &plan.start {
-            acted |= self.start(pod, &observed, &volumes, start, now).await;
         }
         self.publish(pod, &observed, now);
         let requeue = if acted {
@@ -492,36 +506,44 @@ impl<R: Runtime> PodWorker<R> {
 
     /// Has the enforcer put the pod's policy on the current sandbox's interface (at once if
     /// it already has). Nothing to do for a pod on the node's network, without a ready
-    /// sandbox, or where policy is not enforced.
-    async fn admit_network_policy(&self, pod: &Pod, observed: &ObservedPod) -> Result<(), String> {
-        let Some(policy) = &self.policy else {
-            return Ok(());
-        };
-        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
-            return Ok(());
+    /// sandbox, or where policy is not enforced. A future of its own, which borrows nothing of
+    /// the worker, so that it can run while the worker creates a container.
+    fn admit_network_policy(
+        &self,
+        pod: &Pod,
+        observed: &ObservedPod,
+    ) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        let on_pod_network = pod.spec.as_ref().and_then(|s| s.host_network) != Some(true);
+        let sandbox = observed.sandbox().filter(|s| s.ready);
+        let wanted = self
+            .policy
+            .clone()
+            .filter(|_| on_pod_network)
+            .zip(sandbox.map(|s| (s.id.clone(), s.ip.clone())))
+            .map(|(policy, sandbox)| (policy, sandbox, pod.clone()));
+        let (runtime, uid) = (self.runtime.clone(), self.uid.clone());
+        async move {
+            let Some((policy, (sandbox, ip), pod)) = wanted else {
+                return Ok(());
+            };
+            let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| {
+                format!(
+                    "sandbox {sandbox} has no IPv4 address ({ip:?}); NetworkPolicy is enforced for IPv4 only"
+                )
+            })?;
+            let netns = async {
+                runtime
+                    .pod_sandbox_netns(&sandbox)
+                    .await
+                    .map_err(|e| format!("PodSandboxStatus: {e}"))?
+                    .ok_or_else(|| {
+                        format!(
+                            "the runtime does not say where sandbox {sandbox}'s network namespace is"
+                        )
+                    })
+            };
+            policy.admit(&pod, &uid, &sandbox, ip, netns).await
         }
-        let Some(sandbox) = observed.sandbox().filter(|s| s.ready) else {
-            return Ok(());
-        };
-        let ip: std::net::Ipv4Addr = sandbox.ip.parse().map_err(|_| {
-            format!(
-                "sandbox {} has no IPv4 address ({:?}); NetworkPolicy is enforced for IPv4 only",
-                sandbox.id, sandbox.ip
-            )
-        })?;
-        let netns = async {
-            self.runtime
-                .pod_sandbox_netns(&sandbox.id)
-                .await
-                .map_err(|e| format!("PodSandboxStatus: {e}"))?
-                .ok_or_else(|| {
-                    format!(
-                        "the runtime does not say where sandbox {}'s network namespace is",
-                        sandbox.id
-                    )
-                })
-        };
-        policy.admit(pod, &self.uid, &sandbox.id, ip, netns).await
     }
 
     async fn create_sandbox(&mut self, pod: &Pod, attempt: u32) -> Result<(), (String, String)> {
@@ -576,8 +598,11 @@ impl<R: Runtime> PodWorker<R> {
         volumes: &PodVolumes,
         start: &Start,
         now: SystemTime,
+        admission: &mut Admission,
     ) -> bool {
-        let result = self.try_start(pod, observed, volumes, start, now).await;
+        let result = self
+            .try_start(pod, observed, volumes, start, now, admission)
+            .await;
         let ran = match &result {
             Ok(()) => true,
             Err((why, _)) => why == POST_START_HOOK_ERROR,
@@ -590,6 +615,8 @@ impl<R: Runtime> PodWorker<R> {
                 self.facts.start_errors.remove(&start.name);
                 true
             }
+            // Reported for the whole pod by the sync.
+            Err((why, _)) if why == FAILED_NETWORK_POLICY => false,
             Err((why, message)) => {
                 let involved = container_reference(pod, &start.name);
                 let (type_, event_reason, text) = match why.as_str() {
@@ -631,6 +658,7 @@ impl<R: Runtime> PodWorker<R> {
         volumes: &PodVolumes,
         start: &Start,
         now: SystemTime,
+        admission: &mut Admission,
     ) -> Result<(), (String, String)> {
         let Some((container, kind)) = containers_of(pod)
             .into_iter()
@@ -697,6 +725,13 @@ impl<R: Runtime> PodWorker<R> {
             .create_container(&sandbox.id, config, sandbox_config)
             .await
             .map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
+        if let Err(message) = admission.wait().await {
+            // Never started: it goes, and the next attempt creates it again.
+            if let Err(e) = self.runtime.remove_container(&id).await {
+                tracing::debug!(container = %id, error = %e, "removing a container not started");
+            }
+            return Err((FAILED_NETWORK_POLICY.to_owned(), message));
+        }
         self.events.record(
             involved.clone(),
             EventType::Normal,
@@ -941,6 +976,46 @@ impl<R: Runtime> PodWorker<R> {
             tracing::warn!(pod = %self.uid, error = %e, "cleaning up the pod's volumes");
         }
         Ok(())
+    }
+}
+
+/// The pod's NetworkPolicy on its interface: done, failed, or under way on its own task while
+/// the worker creates the first container (see [`PodWorker::sync`]).
+enum Admission {
+    Done,
+    Failed(String),
+    Pending(tokio::task::JoinHandle<Result<(), String>>),
+}
+
+impl From<Result<(), String>> for Admission {
+    fn from(result: Result<(), String>) -> Self {
+        match result {
+            Ok(()) => Admission::Done,
+            Err(message) => Admission::Failed(message),
+        }
+    }
+}
+
+impl Admission {
+    /// Waits for it to be done; the reason it is not, if it failed.
+    async fn wait(&mut self) -> Result<(), String> {
+        if let Admission::Pending(task) = self {
+            *self = match task.await {
+                Ok(result) => result.into(),
+                Err(e) => Admission::Failed(format!("putting the policy in place: {e}")),
+            };
+        }
+        match self.failed() {
+            Some(message) => Err(message.to_owned()),
+            None => Ok(()),
+        }
+    }
+
+    fn failed(&self) -> Option<&str> {
+        match self {
+            Admission::Failed(message) => Some(message),
+            _ => None,
+        }
     }
 }
 

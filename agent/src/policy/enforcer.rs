@@ -177,18 +177,24 @@ impl PolicyEnforcer {
         };
         let mut inner = self.inner.lock().await;
         let previous = inner.endpoints.insert(uid.to_owned(), record);
-        let result = self.sync(&mut inner).await.and_then(|()| {
-            let installed = inner.installed.as_mut().ok_or("no datapath")?;
-            installed
-                .datapath
-                .attach(interface.ifindex)
-                .map_err(|e| format!("attaching to {}: {}", interface.name, error_chain(&e)))
-        });
+        let mut result = self.sync(&mut inner).await;
+        if result.is_ok() {
+            let ifindex = interface.ifindex;
+            result = match on_datapath(&mut inner, move |datapath| datapath.attach(ifindex)).await {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(format!(
+                    "attaching to {}: {}",
+                    interface.name,
+                    error_chain(&e)
+                )),
+                None => Err("no datapath".to_owned()),
+            };
+        }
         match result {
             Ok(()) => {
                 inner.attached.insert(interface.ifindex);
                 if let Some(old) = previous.filter(|p| p.ifindex != interface.ifindex) {
-                    Self::detach(&mut inner, old.ifindex);
+                    Self::detach(&mut inner, old.ifindex).await;
                 }
                 self.save(&inner);
                 tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or("")), interface = %interface.name, ifindex = interface.ifindex, "network policy in place");
@@ -215,7 +221,7 @@ impl PolicyEnforcer {
         if let Err(message) = self.sync(&mut inner).await {
             tracing::warn!(%message, "network policy: removing an endpoint");
         }
-        Self::detach(&mut inner, record.ifindex);
+        Self::detach(&mut inner, record.ifindex).await;
         self.save(&inner);
     }
 
@@ -361,17 +367,21 @@ impl PolicyEnforcer {
         for uid in gone {
             if let Some(record) = inner.endpoints.remove(&uid) {
                 tracing::info!(pod = %format!("{}/{}", record.namespace, record.name), ifindex = record.ifindex, "interface gone; forgetting its endpoint");
-                Self::detach(inner, record.ifindex);
+                // The interface is gone, and its programs with it: only the pins go, at once.
+                inner.attached.remove(&record.ifindex);
+                if let Some(installed) = inner.installed.as_mut() {
+                    if let Err(e) = installed.datapath.detach(record.ifindex) {
+                        tracing::warn!(ifindex = record.ifindex, error = %error_chain(&e), "detaching the policy programs");
+                    }
+                }
             }
         }
     }
 
-    fn detach(inner: &mut Inner, ifindex: u32) {
+    async fn detach(inner: &mut Inner, ifindex: u32) {
         inner.attached.remove(&ifindex);
-        if let Some(installed) = inner.installed.as_mut() {
-            if let Err(e) = installed.datapath.detach(ifindex) {
-                tracing::warn!(ifindex, error = %error_chain(&e), "detaching the policy programs");
-            }
+        if let Some(Err(e)) = on_datapath(inner, move |datapath| datapath.detach(ifindex)).await {
+            tracing::warn!(ifindex, error = %error_chain(&e), "detaching the policy programs");
         }
     }
 
@@ -450,4 +460,23 @@ fn named_ports(pod: &Pod) -> Vec<NamedPort> {
     ports.sort();
     ports.dedup();
     ports
+}
+
+/// Runs `work` with the installed datapath on a blocking thread, and `None` if there is none
+/// (or `work` panicked: then the next sync installs it again). Attaching and detaching wait
+/// for the kernel, some 10 ms per tcx link here (an RCU grace period under RTNL), which the
+/// daemon's executor, and every pod on it, must not.
+async fn on_datapath<T: Send + 'static>(
+    inner: &mut Inner,
+    work: impl FnOnce(&mut PolicyDatapath) -> T + Send + 'static,
+) -> Option<T> {
+    let mut installed = inner.installed.take()?;
+    let (installed, result) = tokio::task::spawn_blocking(move || {
+        let result = work(&mut installed.datapath);
+        (installed, result)
+    })
+    .await
+    .ok()?;
+    inner.installed = Some(installed);
+    Some(result)
 }
