@@ -10,6 +10,7 @@ use clap::Parser;
 const EXIT_ERROR: i32 = 1;
 
 fn main() {
+    bosun::util::one_malloc_arena();
     let cli = cli::Cli::parse();
     init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_current_thread()
