@@ -156,7 +156,10 @@ impl<R: Runtime> PodWorkers<R> {
                 let requeue = match &wanted {
                     Some(pod) => {
                         last = Some(pod.clone());
-                        let result = worker.sync(pod).await;
+                        // Boxed, here and below: the task lives as long as the pod, and
+                        // these futures are large (tens of KiB) but alive only while
+                        // they run.
+                        let result = Box::pin(worker.sync(pod)).await;
                         status.set_status(pod, worker.status().cloned());
                         match result {
                             Ok(requeue) => requeue.unwrap_or(RESYNC).min(RESYNC),
@@ -174,13 +177,13 @@ impl<R: Runtime> PodWorkers<R> {
                         let grace = last
                             .as_deref()
                             .map_or(Duration::from_secs(30), grace_period);
-                        match worker.terminate(last.as_deref(), grace).await {
+                        match Box::pin(worker.terminate(last.as_deref(), grace)).await {
                             Ok(()) => {
                                 if let Some(key) = &key {
                                     status.remove(key);
                                 }
                                 if let Some(policy) = &policy {
-                                    policy.release(&uid).await;
+                                    Box::pin(policy.release(&uid)).await;
                                 }
                                 let _ = done.send(uid);
                                 return;

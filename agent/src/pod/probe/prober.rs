@@ -352,12 +352,15 @@ impl<R: Runtime, E: Fn(ProbeEvent) + Send + Sync> Prober<R, E> {
     /// event; answers `None` for an attempt to throw away, else `Err` with the failure's
     /// message.
     async fn attempt(&self, kind: ProbeKind, probe: &Probe) -> Option<Result<(), String>> {
-        let mut outcome = run_probe(&self.runtime, probe, &self.target).await;
+        // Boxed: a probe's future (an exec, an HTTP or gRPC request) is large, and the
+        // prober's task, alive as long as its container, would otherwise hold its room for
+        // good, once per probe of the container.
+        let mut outcome = Box::pin(run_probe(&self.runtime, probe, &self.target)).await;
         for _ in 1..ATTEMPTS {
             if !matches!(outcome, Outcome::Unknown(_)) {
                 break;
             }
-            outcome = run_probe(&self.runtime, probe, &self.target).await;
+            outcome = Box::pin(run_probe(&self.runtime, probe, &self.target)).await;
         }
         let event = |event_kind, message| {
             tracing::debug!(container = %self.target.container_id, probe = %kind, ?event_kind, %message, "probe");
