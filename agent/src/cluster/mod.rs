@@ -46,6 +46,13 @@ pub enum ClusterError {
     },
 }
 
+/// The object without its managed fields: nothing on a node reads them, and they can be most
+/// of an object's size (every copy a node keeps would carry them).
+pub(crate) fn narrowed<K: kube::Resource>(mut object: K) -> K {
+    object.meta_mut().managed_fields = None;
+    object
+}
+
 /// A client for the API server named in `kubeconfig`, with its credentials.
 pub async fn client(kubeconfig: &Path) -> Result<kube::Client, ClusterError> {
     let invalid = |source: Box<dyn std::error::Error + Send + Sync>| ClusterError::Kubeconfig {

@@ -41,7 +41,7 @@ pub async fn watch(
             Ok(Event::InitApply(pod)) => {
                 let (pods, mirrored) = listing.get_or_insert_with(Default::default);
                 if is_mirror(&pod) {
-                    mirrored.push(Arc::new(pod));
+                    mirrored.push(Arc::new(super::narrowed(pod)));
                 } else {
                     pods.push(marked(pod));
                 }
@@ -53,7 +53,7 @@ pub async fn watch(
                 Some(PodUpdate::Set(pods))
             }
             Ok(Event::Apply(pod)) if is_mirror(&pod) => {
-                mirrors.apply(Arc::new(pod));
+                mirrors.apply(Arc::new(super::narrowed(pod)));
                 None
             }
             Ok(Event::Delete(pod)) if is_mirror(&pod) => {
@@ -78,8 +78,10 @@ pub async fn watch(
 /// A relist in progress: the pods to run, and the mirror pods.
 type Listing = (Vec<Arc<Pod>>, Vec<Arc<Pod>>);
 
-/// The pod with kubelet's in-memory `kubernetes.io/config.source: api` annotation.
-fn marked(mut pod: Pod) -> Arc<Pod> {
+/// The pod with kubelet's in-memory `kubernetes.io/config.source: api` annotation, without
+/// its managed fields.
+fn marked(pod: Pod) -> Arc<Pod> {
+    let mut pod = super::narrowed(pod);
     pod.metadata
         .annotations
         .get_or_insert_with(Default::default)

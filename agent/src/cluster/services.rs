@@ -15,6 +15,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::Api;
 
+use super::narrowed;
 use crate::store::{ObjectKey, Writer};
 
 /// Keeps `services` (the API source's writer) equal to the cluster's Services until the task
@@ -29,26 +30,19 @@ pub async fn watch(client: kube::Client, services: Writer<Service>) {
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Init) => listing = Some(Vec::new()),
-            Ok(Event::InitApply(service)) => {
-                listing.get_or_insert_with(Vec::new).push(narrowed(service))
-            }
+            Ok(Event::InitApply(service)) => listing
+                .get_or_insert_with(Vec::new)
+                .push(Arc::new(narrowed(service))),
             Ok(Event::InitDone) => {
                 let listed = listing.take().unwrap_or_default();
                 tracing::debug!(services = listed.len(), "Services listed");
                 services.replace(listed);
             }
-            Ok(Event::Apply(service)) => services.apply(narrowed(service)),
+            Ok(Event::Apply(service)) => services.apply(Arc::new(narrowed(service))),
             Ok(Event::Delete(service)) => services.delete(&ObjectKey::of(&service.metadata)),
             Err(e) => tracing::warn!(error = %e, "watching the Services; retrying"),
         }
     }
-}
-
-/// The Service without its managed fields, which nothing on a node reads and which can be
-/// most of its size.
-fn narrowed(mut service: Service) -> Arc<Service> {
-    service.metadata.managed_fields = None;
-    Arc::new(service)
 }
 
 #[cfg(test)]
