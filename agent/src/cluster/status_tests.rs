@@ -76,6 +76,16 @@ fn count(fake: &FakeApi, method: &str, path: &str) -> usize {
         .count()
 }
 
+/// The status of the first condition the API holds for `web` (its Ready, in these tests).
+fn ready_written(fake: &FakeApi) -> String {
+    let written: Pod = fake.object("pods", "default", "web").expect("the pod");
+    let conditions = written
+        .status
+        .and_then(|s| s.conditions)
+        .expect("conditions");
+    conditions[0].status.clone()
+}
+
 fn phase(fake: &FakeApi) -> Option<String> {
     let web: Pod = fake.object("pods", "default", "web")?;
     web.status?.phase
@@ -106,12 +116,7 @@ async fn the_status_is_patched_only_when_it_changed_with_the_pods_uid() {
     writer.apply(Arc::new(web("uid-1", Some(status("Running", true)))));
     fake.until("the new status", |f| f.succeeded("PATCH", STATUS) == 2)
         .await;
-    let written: Pod = fake.object("pods", "default", "web").expect("the pod");
-    let conditions = written
-        .status
-        .and_then(|s| s.conditions)
-        .expect("conditions");
-    assert_eq!(conditions[0].status, "True");
+    assert_eq!(ready_written(&fake), "True");
     assert_eq!(count(&fake, "PATCH", POD), 0, "only the status subresource");
 }
 
@@ -215,12 +220,7 @@ async fn status_writes_resume_with_the_latest_status_once_the_api_server_is_back
     fake.set_unreachable(false);
     fake.until("the status", |f| f.succeeded("PATCH", STATUS) == 1)
         .await;
-    let written: Pod = fake.object("pods", "default", "web").expect("the pod");
-    let conditions = written
-        .status
-        .and_then(|s| s.conditions)
-        .expect("conditions");
-    assert_eq!(conditions[0].status, "True", "the latest status");
+    assert_eq!(ready_written(&fake), "True", "the latest status");
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(count(&fake, "PATCH", STATUS), tries + 1, "written once");
     assert!(!task.is_finished(), "the writer goes on");
