@@ -23,7 +23,7 @@
 mod bare;
 mod common;
 
-use bare::{cpu_ticks, from_cri, ms_between, status_kib, Baseline, NODE_NAME};
+use bare::{cpu_percent, cpu_ticks, from_cri, ms_between, status_kib, Baseline, NODE_NAME};
 use common::{load_average, Args as Options, Mode, Stats};
 
 use std::collections::{BTreeMap, HashMap};
@@ -80,40 +80,18 @@ const KUBELET_DELETE_MS: f64 = 8100.0;
 const KUBELET_REQUESTS_PER_MINUTE: f64 = 12.0;
 const KUBELET_RSS_MIB: f64 = 94.0;
 
-/// USER_HZ, the unit of `/proc/PID/stat` times on every Linux ABI bosun targets.
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 /// How long any one pod may take to reach what a benchmark waits for.
 const LONG: Duration = Duration::from_secs(120);
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // `cargo test --benches` runs this binary without `--bench`: no cluster then.
-    if !args.iter().any(|a| a == "--bench") {
-        println!("cluster bench: not run (run it with `cargo bench`)");
+    let usage =
+        format!("[--quick | --smoke] [--samples N] [FILTER...]  (benchmarks: {BENCHMARKS:?})");
+    let Some(options) = common::bench_args("cluster", &usage, |args| {
+        Options::parse(args, &BENCHMARKS, |_, _| Ok(false))
+    }) else {
         return;
-    }
-    let options = match Options::parse(args.into_iter(), &BENCHMARKS, |_, _| Ok(false)) {
-        Ok(options) => options,
-        Err(e) => {
-            eprintln!("cluster bench: {e:#}");
-            eprintln!(
-                "usage: cluster [--quick | --smoke] [--samples N] [FILTER...]  (benchmarks: {BENCHMARKS:?})"
-            );
-            std::process::exit(2);
-        }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build();
-    let result = match runtime {
-        Ok(runtime) => runtime.block_on(run(&options)),
-        Err(e) => Err(e).context("starting the async runtime"),
-    };
-    if let Err(e) = result {
-        eprintln!("cluster bench: error: {e:#}");
-        std::process::exit(1);
-    }
+    bare::run_async("cluster", run(&options));
 }
 
 struct Sizes {
@@ -883,8 +861,7 @@ impl<'a> Bench<'a> {
         }
         Ok(Footprint {
             rss_mib: status_kib(&status, "VmRSS:")? / 1024.0,
-            cpu_percent: after.saturating_sub(before) as f64 / CLOCK_TICKS_PER_SECOND / window
-                * 100.0,
+            cpu_percent: cpu_percent(after.saturating_sub(before), self.sizes.window),
             requests_per_minute: requests.len().saturating_sub(requests_before) as f64 * 60.0
                 / window,
             requests_per_minute_no_events: no_events as f64 * 60.0 / window,

@@ -26,7 +26,7 @@
 mod bare;
 mod common;
 
-use bare::{cpu_ticks, from_cri, ms_between, status_kib, Baseline, NODE_NAME};
+use bare::{cpu_percent, cpu_ticks, from_cri, ms_between, status_kib, Baseline, NODE_NAME};
 use common::{load_average, Stats};
 
 use std::collections::{HashMap, HashSet};
@@ -81,40 +81,15 @@ const FOOTPRINT_PROBES: &str = "    readinessProbe:
       periodSeconds: 10
 ";
 
-/// The kernel's clock tick for `/proc/PID/stat` times (USER_HZ, 100 on every Linux ABI
-/// bosun targets).
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs this binary without it,
-    // and a test run must not start a node (criterion behaves the same way).
-    if !args.iter().any(|a| a == "--bench") {
-        println!("pods bench: not run (run it with `cargo bench`)");
+    let usage =
+        format!("[--quick | --smoke] [--samples N] [FILTER...]  (benchmarks: {BENCHMARKS:?})");
+    let Some(options) = common::bench_args("pods", &usage, |args| {
+        Options::parse(args, &BENCHMARKS, |_, _| Ok(false))
+    }) else {
         return;
-    }
-    let options = match Options::parse(args.into_iter(), &BENCHMARKS, |_, _| Ok(false)) {
-        Ok(options) => options,
-        Err(e) => {
-            eprintln!("pods bench: {e:#}");
-            eprintln!(
-                "usage: pods [--quick | --smoke] [--samples N] [FILTER...]  (benchmarks: {BENCHMARKS:?})"
-            );
-            std::process::exit(2);
-        }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build();
-    let result = match runtime {
-        Ok(runtime) => runtime.block_on(run(&options)),
-        Err(e) => Err(e).context("starting the async runtime"),
-    };
-    if let Err(e) = result {
-        eprintln!("pods bench: error: {e:#}");
-        std::process::exit(1);
-    }
+    bare::run_async("pods", run(&options));
 }
 
 // ---- options and sizes ------------------------------------------------------------------
@@ -669,9 +644,7 @@ impl<'a> Bench<'a> {
         let before = (cpu_ticks(daemon.pid)?, cpu_ticks(containerd)?);
         tokio::time::sleep(self.sizes.window).await;
         let after = (cpu_ticks(daemon.pid)?, cpu_ticks(containerd)?);
-        let percent = |ticks: u64| {
-            ticks as f64 / CLOCK_TICKS_PER_SECOND / self.sizes.window.as_secs_f64() * 100.0
-        };
+        let percent = |ticks: u64| cpu_percent(ticks, self.sizes.window);
         let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid))
             .context("reading bosun's /proc status")?;
         Ok(Footprint {

@@ -177,32 +177,15 @@ const PROBE_WAIT_LIMIT: Duration = Duration::from_secs(5);
 const SERVER_POLL_MS: u16 = 100;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs this binary without it,
-    // and a test run must not build networks and attach programs.
-    if !args.iter().any(|a| a == "--bench") {
-        println!("policy bench: not run (run it with `cargo bench`)");
+    let usage =
+        format!("[--quick | --smoke] [--samples N] [FILTER...]  (benchmarks: {BENCHMARKS:?})");
+    let Some(options) = common::bench_args("policy", &usage, |args| {
+        Options::parse(args, &BENCHMARKS, |_, _| Ok(false))
+    }) else {
         return;
-    }
-    let options = match Options::parse(args.into_iter(), &BENCHMARKS, |_, _| Ok(false)) {
-        Ok(options) => options,
-        Err(e) => {
-            eprintln!("policy bench: {e:#}");
-            eprintln!(
-                "usage: policy [--quick | --smoke] [--samples N] [FILTER...]  \
-                 (benchmarks: {BENCHMARKS:?})"
-            );
-            std::process::exit(2);
-        }
     };
-    if let Err(e) = catch_interrupts("policy") {
-        eprintln!("policy bench: error: {e:#}");
-        std::process::exit(1);
-    }
-    if let Err(e) = run(&options) {
-        eprintln!("policy bench: error: {e:#}");
-        std::process::exit(1);
-    }
+    common::exit_on_error("policy", catch_interrupts("policy"));
+    common::exit_on_error("policy", run(&options));
 }
 
 // ---- options ------------------------------------------------------------------------------

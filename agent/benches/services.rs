@@ -177,32 +177,14 @@ const DAEMON_STALL: Duration = Duration::from_secs(120);
 const DAEMON_SETTLE: Duration = Duration::from_secs(1);
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs this binary without it,
-    // and a test run must not build networks and load rules.
-    if !args.iter().any(|a| a == "--bench") {
-        println!("services bench: not run (run it with `cargo bench`)");
+    let usage = format!(
+        "[--quick | --smoke] [--samples N] [--services N]... [FILTER...]  (benchmarks: {BENCHMARKS:?})"
+    );
+    let Some(options) = common::bench_args("services", &usage, Options::parse) else {
         return;
-    }
-    let options = match Options::parse(args.into_iter()) {
-        Ok(options) => options,
-        Err(e) => {
-            eprintln!("services bench: {e:#}");
-            eprintln!(
-                "usage: services [--quick | --smoke] [--samples N] [--services N]... [FILTER...]  \
-                 (benchmarks: {BENCHMARKS:?})"
-            );
-            std::process::exit(2);
-        }
     };
-    if let Err(e) = catch_interrupts("services") {
-        eprintln!("services bench: error: {e:#}");
-        std::process::exit(1);
-    }
-    if let Err(e) = run(&options) {
-        eprintln!("services bench: error: {e:#}");
-        std::process::exit(1);
-    }
+    common::exit_on_error("services", catch_interrupts("services"));
+    common::exit_on_error("services", run(&options));
 }
 
 // ---- options ------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-//! The bare CRI calls bosun's benchmarks measure it against, and the readings of CRI
-//! timestamps and `/proc` they share. Included with `#[path]` by the benchmarks that use it.
+//! The bare CRI calls bosun's benchmarks measure it against, the readings of CRI timestamps
+//! and `/proc` they share, and how they run (async, on two worker threads). Included with
+//! `#[path]` by the benchmarks that use it (pods and cluster).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -142,6 +143,11 @@ pub fn status_kib(status: &str, key: &str) -> Result<f64> {
         .with_context(|| format!("no {key} in /proc/PID/status"))
 }
 
+/// `ticks` of CPU time (see [`cpu_ticks`]) spent over `window`, as a percentage of one core.
+pub fn cpu_percent(ticks: u64, window: Duration) -> f64 {
+    ticks as f64 / crate::common::CLOCK_TICKS_PER_SECOND as f64 / window.as_secs_f64() * 100.0
+}
+
 /// utime + stime of a process, all its threads, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/stat");
@@ -159,4 +165,14 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
             .with_context(|| format!("field {n} of {path}"))
     };
     Ok(field(14)? + field(15)?)
+}
+
+/// Runs an async benchmark on a runtime of two worker threads, exiting on failure.
+pub fn run_async<F: std::future::Future<Output = Result<()>>>(name: &str, run: F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime");
+    crate::common::exit_on_error(name, runtime.and_then(|runtime| runtime.block_on(run)));
 }

@@ -140,11 +140,10 @@ pub fn stolen() -> Option<Duration> {
         .nth(8)?
         .parse()
         .ok()?;
-    Some(Duration::from_millis(ticks * 1000 / CLOCK_TICKS_PER_SECOND))
+    Some(Duration::from_millis(
+        ticks * 1000 / crate::common::CLOCK_TICKS_PER_SECOND,
+    ))
 }
-
-/// The kernel's clock tick for /proc/stat (USER_HZ, 100 on every Linux ABI bosun targets).
-const CLOCK_TICKS_PER_SECOND: u64 = 100;
 
 // ---- reporting ----------------------------------------------------------------------------
 

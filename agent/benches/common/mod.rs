@@ -129,3 +129,39 @@ pub fn check_filters(filters: &[String], benchmarks: &[&str]) -> anyhow::Result<
         None => Ok(()),
     }
 }
+
+/// The kernel's clock tick for `/proc/PID/stat` and `/proc/stat` times (USER_HZ, 100 on every
+/// Linux ABI bosun targets).
+pub const CLOCK_TICKS_PER_SECOND: u64 = 100;
+
+/// The benchmark `name`'s arguments as `parse` reads them, or `None` when the binary was not
+/// run by `cargo bench`: `cargo test --benches` runs it without `--bench`, and a test run
+/// must not start nodes, build networks or attach programs. Bad arguments exit with status
+/// 2, the error and `usage`.
+pub fn bench_args<T>(
+    name: &str,
+    usage: &str,
+    parse: impl FnOnce(std::vec::IntoIter<String>) -> anyhow::Result<T>,
+) -> Option<T> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("{name} bench: not run (run it with `cargo bench`)");
+        return None;
+    }
+    match parse(args.into_iter()) {
+        Ok(parsed) => Some(parsed),
+        Err(e) => {
+            eprintln!("{name} bench: {e:#}");
+            eprintln!("usage: {name} {usage}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Exits with status 1 and the error if the benchmark `name` failed.
+pub fn exit_on_error(name: &str, result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        eprintln!("{name} bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
