@@ -273,6 +273,23 @@ async fn renew(
     Ok(csr)
 }
 
+/// The request kubelet makes for its client certificate: subject `O=system:nodes,
+/// CN=system:node:NODE`, no extensions.
+fn node_certificate_request(
+    node: &str,
+    key: &rcgen::KeyPair,
+) -> Result<rcgen::CertificateSigningRequest, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params.serialize_request(key)
+}
+
 /// Requests a kubelet client certificate for `node` with `key` and waits until it is issued;
 /// the request's name and the certificate (PEM).
 async fn request_certificate(
@@ -281,16 +298,7 @@ async fn request_certificate(
     key: &rcgen::KeyPair,
 ) -> Result<(String, Vec<u8>), BootstrapError> {
     let common_name = format!("system:node:{node}");
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "system:nodes");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, common_name.as_str());
-    let request = params
-        .serialize_request(key)
+    let request = node_certificate_request(node, key)
         .and_then(|request| request.pem())
         .map_err(BootstrapError::Key)?;
     let name = request_name(
@@ -893,15 +901,7 @@ mod tests {
     #[test]
     fn the_request_carries_the_node_subject_and_no_extensions() {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "system:nodes");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "system:node:n1");
-        let der = params.serialize_request(&key).unwrap();
+        let der = node_certificate_request("n1", &key).unwrap();
         use x509_parser::prelude::FromDer as _;
         let (_, parsed) =
             x509_parser::certification_request::X509CertificationRequest::from_der(der.der())
