@@ -17,12 +17,6 @@ use serde_json::Value;
 
 const NODE: &str = "node1";
 
-fn require_control_plane() {
-    if let Err(why) = control_plane::available() {
-        panic!("could not run: no control plane here: {why}");
-    }
-}
-
 fn node(name: &str) -> Node {
     Node {
         metadata: ObjectMeta {
@@ -53,7 +47,7 @@ fn current_target(cert_dir: &Path) -> Result<std::path::PathBuf> {
 
 #[tokio::test]
 async fn a_node_without_a_kubeconfig_bootstraps_one_that_acts_as_that_node_only() -> Result<()> {
-    require_control_plane();
+    control_plane::require();
     let plane = ControlPlane::start("bootstrap").await?;
     let bootstrap_kubeconfig = plane.bootstrap_kubeconfig().await?;
     let dir = tempfile::tempdir()?;
@@ -126,7 +120,7 @@ async fn a_node_without_a_kubeconfig_bootstraps_one_that_acts_as_that_node_only(
 #[tokio::test]
 async fn the_client_certificate_is_renewed_with_the_nodes_own_credentials_before_it_expires(
 ) -> Result<()> {
-    require_control_plane();
+    control_plane::require();
     // kube-controller-manager 1.20 dates certificates back 5 minutes (for clocks behind its
     // own) and counts the lifetime from there: this one is valid for a minute after it is
     // issued, and renewal, due at 70–90 % of 6 minutes, comes within 24 s of issuing.

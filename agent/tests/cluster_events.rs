@@ -2,10 +2,11 @@
 //! `scripts/control-plane.sh`) with the node identity `system:node:node1`: a repeated pod event
 //! is created once and its count patched, and the Node's event lands in `default`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bosun::events::{reason, EventType, Recorder};
+use bosun_tests::cluster::wait_for;
 use bosun_tests::control_plane::{self, ControlPlane};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -33,32 +34,9 @@ fn events_of<'a>(list: &'a Value, kind: &str, name: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-/// Polls `kubectl get events -A` until `check` holds, or fails with the last list.
-async fn wait_for_events(
-    plane: &ControlPlane,
-    within: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Result<Value> {
-    let deadline = Instant::now() + within;
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        if let Ok(out) = plane.kubectl(["get", "events", "-A", "-o", "json"]).await {
-            let list: Value = serde_json::from_str(&out).context("kubectl's JSON")?;
-            if check(&list) {
-                return Ok(list);
-            }
-            last = list;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    anyhow::bail!("events not as wanted within {within:?}; last: {last:#}")
-}
-
 #[tokio::test]
 async fn events_are_created_and_their_repeats_patched_with_the_node_identity() -> Result<()> {
-    if let Err(why) = control_plane::available() {
-        panic!("could not run: no control plane here: {why}");
-    }
+    control_plane::require();
     let plane = ControlPlane::start("events").await?;
     let client = node_client(&plane).await?;
     let recorder = Recorder::new(NODE);
@@ -92,7 +70,7 @@ async fn events_are_created_and_their_repeats_patched_with_the_node_identity() -
         "Starting bosun.",
     );
 
-    let list = wait_for_events(&plane, Duration::from_secs(30), |list| {
+    let list = wait_for(&plane, &["events", "-A"], Duration::from_secs(30), |list| {
         let pod_events = events_of(list, "Pod", "web");
         pod_events.len() == 1
             && pod_events[0]["count"] == 3
@@ -132,7 +110,7 @@ async fn events_are_created_and_their_repeats_patched_with_the_node_identity() -
         reason::BACK_OFF_PULL_IMAGE,
         "Back-off pulling image \"nonexistent:latest\"",
     );
-    let list = wait_for_events(&plane, Duration::from_secs(30), |list| {
+    let list = wait_for(&plane, &["events", "-A"], Duration::from_secs(30), |list| {
         events_of(list, "Pod", "web").first().map(|e| &e["count"]) == Some(&Value::from(4))
     })
     .await?;

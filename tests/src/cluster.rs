@@ -22,9 +22,7 @@ where
     F: FnOnce(ControlPlane, TestNode) -> Fut,
     Fut: Future<Output = (ControlPlane, TestNode, Daemon, Result<()>)>,
 {
-    if let Err(why) = control_plane::available() {
-        panic!("could not run: no control plane here: {why}");
-    }
+    control_plane::require();
     // With an audit log of the node's requests, to check that it never needed what the
     // Node authorizer and NodeRestriction refuse.
     let plane = ControlPlane::start_with_audit_log(name).await?;

@@ -33,6 +33,14 @@ pub fn available() -> Result<(), String> {
     bin_dir().map(drop)
 }
 
+/// Panics, saying plainly that the test could not run and why, where no control plane can
+/// run on this machine: a test that needs one must not pass without it.
+pub fn require() {
+    if let Err(why) = available() {
+        panic!("could not run: no control plane here: {why}");
+    }
+}
+
 /// The directory holding etcd, kube-apiserver, kube-controller-manager and kubectl.
 fn bin_dir() -> Result<PathBuf, String> {
     let output = std::process::Command::new(script())

@@ -15,11 +15,9 @@ use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-/// Starts a control plane, saying plainly when this machine cannot run one.
+/// Starts a control plane; panics, saying so, when this machine cannot run one.
 async fn start(name: &str) -> Result<ControlPlane> {
-    if let Err(reason) = control_plane::available() {
-        println!("could not run: no control plane on this machine: {reason}");
-    }
+    control_plane::require();
     let began = Instant::now();
     let plane = ControlPlane::start(name).await?;
     eprintln!(
