@@ -515,22 +515,31 @@ impl<R: Runtime> PodWorker<R> {
     ) -> impl Future<Output = Result<(), String>> + Send + 'static {
         let on_pod_network = pod.spec.as_ref().and_then(|s| s.host_network) != Some(true);
         let sandbox = observed.sandbox().filter(|s| s.ready);
+        // What the enforcer needs of the pod, taken now: the pod itself stays with the worker.
         let wanted = self
             .policy
             .clone()
             .filter(|_| on_pod_network)
-            .zip(sandbox.map(|s| (s.id.clone(), s.ip.clone())))
-            .map(|(policy, sandbox)| (policy, sandbox, pod.clone()));
+            .zip(sandbox)
+            .map(|(policy, sandbox)| {
+                let endpoint = sandbox
+                    .ip
+                    .parse()
+                    .map(|ip| crate::policy::endpoint(pod, ip))
+                    .map_err(|_| {
+                        format!(
+                            "sandbox {} has no IPv4 address ({:?}); NetworkPolicy is enforced for IPv4 only",
+                            sandbox.id, sandbox.ip
+                        )
+                    });
+                (policy, sandbox.id.clone(), endpoint)
+            });
         let (runtime, uid) = (self.runtime.clone(), self.uid.clone());
         async move {
-            let Some((policy, (sandbox, ip), pod)) = wanted else {
+            let Some((policy, sandbox, endpoint)) = wanted else {
                 return Ok(());
             };
-            let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| {
-                format!(
-                    "sandbox {sandbox} has no IPv4 address ({ip:?}); NetworkPolicy is enforced for IPv4 only"
-                )
-            })?;
+            let endpoint = endpoint?;
             let netns = async {
                 runtime
                     .pod_sandbox_netns(&sandbox)
@@ -542,7 +551,7 @@ impl<R: Runtime> PodWorker<R> {
                         )
                     })
             };
-            policy.admit(&pod, &uid, &sandbox, ip, netns).await
+            policy.admit(endpoint, &uid, &sandbox, netns).await
         }
     }
 

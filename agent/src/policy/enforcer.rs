@@ -132,22 +132,25 @@ impl PolicyEnforcer {
         })
     }
 
-    /// Puts the pod's policy in place on the interface of sandbox `sandbox` (address `ip`;
-    /// `netns` finds its network namespace, asked only when needed): map entries first, then
-    /// the programs. Returns once both are there; cheap when they already are. The error says
-    /// what failed, for an event.
+    /// Puts the policy of pod `uid` (`endpoint`, see [`endpoint`]) in place on the interface
+    /// of sandbox `sandbox` (`netns` finds its network namespace, asked only when needed):
+    /// map entries first, then the programs. Returns once both are there; cheap when they
+    /// already are. The error says what failed, for an event.
     pub async fn admit(
         &self,
-        pod: &Pod,
+        endpoint: PolicyPod,
         uid: &str,
         sandbox: &str,
-        ip: Ipv4Addr,
         netns: impl std::future::Future<Output = Result<PathBuf, String>>,
     ) -> Result<(), String> {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
-        let named_ports = named_ports(pod);
+        let PolicyPod {
+            namespace,
+            name,
+            labels,
+            ip,
+            named_ports,
+            ifindex: _,
+        } = endpoint;
         {
             let inner = self.inner.lock().await;
             if let Some(known) = inner.endpoints.get(uid) {
@@ -161,6 +164,7 @@ impl PolicyEnforcer {
                 }
             }
         }
+        let pod_name = format!("{namespace}/{name}");
         let path = netns.await?;
         let interface = tokio::task::spawn_blocking(move || netlink::host_interface(&path))
             .await
@@ -197,7 +201,7 @@ impl PolicyEnforcer {
                     Self::detach(&mut inner, old.ifindex).await;
                 }
                 self.save(&inner);
-                tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or("")), interface = %interface.name, ifindex = interface.ifindex, "network policy in place");
+                tracing::info!(pod = %pod_name, interface = %interface.name, ifindex = interface.ifindex, "network policy in place");
                 Ok(())
             }
             Err(message) => {
@@ -432,14 +436,20 @@ fn peer(pod: &Pod) -> Option<PolicyPod> {
         return None;
     }
     let ip: Ipv4Addr = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
-    Some(PolicyPod {
+    Some(endpoint(pod, ip))
+}
+
+/// What the policy compiler needs of `pod` at address `ip`: its name, labels and named ports
+/// (its interface still unknown).
+pub fn endpoint(pod: &Pod, ip: Ipv4Addr) -> PolicyPod {
+    PolicyPod {
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         name: pod.metadata.name.clone().unwrap_or_default(),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         ip,
         named_ports: named_ports(pod),
         ifindex: None,
-    })
+    }
 }
 
 /// The pod's container ports that have a name, which NetworkPolicy ports may name.
