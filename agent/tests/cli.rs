@@ -33,10 +33,23 @@ async fn bosun_raw(args: &[&str]) -> Output {
         "$ bosun {}\n[exit {:?}]\n{}{}",
         args.join(" "),
         output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        head(&output.stdout),
+        head(&output.stderr)
     );
     output
+}
+
+/// The first lines of a command's output, for the test's log: long outputs (`info`,
+/// `inspect`) would otherwise bury the failure message in a shortened log.
+fn head(output: &[u8]) -> String {
+    const LINES: usize = 12;
+    let text = String::from_utf8_lossy(output);
+    let total = text.lines().count();
+    let mut shown: String = text.lines().take(LINES).map(|l| format!("{l}\n")).collect();
+    if total > LINES {
+        shown.push_str(&format!("[… {} more lines]\n", total - LINES));
+    }
+    shown
 }
 
 fn stdout(output: &Output) -> String {
@@ -361,16 +374,25 @@ async fn read_commands_show_what_the_runtime_holds() -> anyhow::Result<()> {
     assert_eq!(String::from_utf8_lossy(&piped.stdout), "got:ping\n");
 
     // exec -it: the command gets a terminal (script(1) gives bosun one), and its exit code.
-    let it = tokio::process::Command::new("script")
-        .args(["-q", "-e", "-c"])
-        .arg(format!(
-            "{BOSUN} -r {ep} exec -it {} sh -c 'tty; exit 5'",
-            f.app
-        ))
-        .arg("/dev/null")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
+    // script's stdin is a pipe held open until the command ends: at the end of its input
+    // script writes an end-of-file character into the terminal, and if that lands before
+    // bosun has put the terminal in raw mode, the terminal echoes it into the output.
+    let it = {
+        let mut child = tokio::process::Command::new("script")
+            .args(["-q", "-e", "-c"])
+            .arg(format!(
+                "{BOSUN} -r {ep} exec -it {} sh -c 'tty; exit 5'",
+                f.app
+            ))
+            .arg("/dev/null")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().expect("stdin");
+        let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await??;
+        drop(stdin);
+        out
+    };
     let it_out = String::from_utf8_lossy(&it.stdout);
     assert!(it_out.starts_with("/dev/pts/"), "{it_out:?}");
     assert_eq!(it.status.code(), Some(5), "{it_out:?}");
