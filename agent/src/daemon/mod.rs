@@ -369,7 +369,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             }
             Some(uid) = tokens_ready.recv() => workers.kick(&uid),
             Some(event) = pleg_rx.recv() => match event {
-                PodLifecycleEvent::Changed(uid) => workers.kick(&uid),
+                PodLifecycleEvent::Changed(uid) => workers.runtime_changed(&uid),
                 PodLifecycleEvent::Relisted(uids) => {
                     // Only once every source has listed its pods can a pod be unwanted.
                     if !pod_config.all_sources_seen() {

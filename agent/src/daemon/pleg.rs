@@ -49,6 +49,10 @@ pub async fn run(client: CriClient, socket: PathBuf, events: UnboundedSender<Pod
                                 let _ = events.send(PodLifecycleEvent::Changed(uid.clone()));
                             }
                         }
+                        // A pod whose last sandbox went away changed too.
+                        for uid in digests.keys().filter(|uid| !now.contains_key(*uid)) {
+                            let _ = events.send(PodLifecycleEvent::Changed(uid.clone()));
+                        }
                         let _ = events.send(PodLifecycleEvent::Relisted(now.keys().cloned().collect()));
                         digests = now;
                     }

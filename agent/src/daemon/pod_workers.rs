@@ -4,6 +4,7 @@
 //! worker what is wanted and wakes it; a worker reaches nothing else.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub struct Shared<R> {
 struct WorkerHandle {
     desired: watch::Sender<Option<Arc<Pod>>>,
     kick: Arc<Notify>,
+    /// Bumped for each change the PLEG sees in the pod's sandboxes and containers.
+    runtime_changes: Arc<AtomicU64>,
 }
 
 /// The workers, by pod UID.
@@ -99,6 +102,15 @@ impl<R: Runtime> PodWorkers<R> {
         }
     }
 
+    /// Tells the worker of `uid` that its pod changed in the runtime, and wakes it: its next
+    /// sync reads the runtime again.
+    pub fn runtime_changed(&self, uid: &str) {
+        if let Some(handle) = self.workers.get(uid) {
+            handle.runtime_changes.fetch_add(1, Ordering::Release);
+            handle.kick.notify_one();
+        }
+    }
+
     /// Forgets the worker of `uid`, which has ended.
     pub fn done(&mut self, uid: &str) {
         self.workers.remove(uid);
@@ -121,6 +133,7 @@ impl<R: Runtime> PodWorkers<R> {
         let shared = &self.shared;
         let (desired, mut rx) = watch::channel(pod);
         let kick = Arc::new(Notify::new());
+        let runtime_changes = Arc::new(AtomicU64::new(0));
         let mut worker = PodWorker::new(
             shared.runtime.clone(),
             shared.ctx.clone(),
@@ -130,6 +143,7 @@ impl<R: Runtime> PodWorkers<R> {
             shared.objects.clone(),
         )
         .with_policy(shared.policy.clone())
+        .with_runtime_changes(runtime_changes.clone())
         .with_status_sink({
             let status = shared.status.clone();
             Arc::new(
@@ -205,6 +219,10 @@ impl<R: Runtime> PodWorkers<R> {
                 }
             }
         });
-        WorkerHandle { desired, kick }
+        WorkerHandle {
+            desired,
+            kick,
+            runtime_changes,
+        }
     }
 }

@@ -10,3 +10,5 @@ pub mod spec;
 pub mod status;
 pub mod volume;
 pub mod worker;
+#[cfg(test)]
+mod worker_tests;

@@ -190,6 +190,15 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether the plan changes nothing in the runtime.
+    pub fn is_idle(&self) -> bool {
+        self.create_sandbox.is_none()
+            && self.stop_sandboxes.is_empty()
+            && self.kill.is_empty()
+            && self.start.is_empty()
+            && !self.finished
+    }
+
     fn requeue_at(&mut self, until: SystemTime, now: SystemTime) {
         let after = until.duration_since(now).unwrap_or_default();
         self.requeue_after = Some(self.requeue_after.map_or(after, |d| d.min(after)));

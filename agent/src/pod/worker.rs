@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -77,6 +78,13 @@ pub struct PodWorker<R: Runtime> {
     /// on it: a container's exit is reported before the pod's sandbox is stopped or the
     /// container restarted, as kubelet's syncPod sets the status first.
     on_status: Option<StatusSink>,
+    /// Counts the changes the PLEG saw in this pod's sandboxes and containers; `None`: no
+    /// PLEG feeds this worker, and every sync reads the runtime.
+    runtime_changes: Option<Arc<AtomicU64>>,
+    /// What the last sync read from the runtime, with the change count read before it, kept
+    /// while that sync did nothing to the runtime (kubelet's pod cache): a sync that finds
+    /// the count unchanged reuses it instead of four CRI calls or more.
+    observed: Option<(u64, Arc<ObservedPod>)>,
 }
 
 /// Receives a pod's status as soon as its worker computes it.
@@ -106,7 +114,16 @@ impl<R: Runtime> PodWorker<R> {
             objects,
             policy: None,
             on_status: None,
+            runtime_changes: None,
+            observed: None,
         }
+    }
+
+    /// Reuses what was read from the runtime while `changes` (bumped by the PLEG for each
+    /// change it sees in this pod, before it wakes the worker) stands still.
+    pub fn with_runtime_changes(mut self, changes: Arc<AtomicU64>) -> Self {
+        self.runtime_changes = Some(changes);
+        self
     }
 
     /// Hands each status to `sink` as soon as it is computed.
@@ -212,7 +229,14 @@ impl<R: Runtime> PodWorker<R> {
             self.facts.host_ip = self.ctx.host_ip.clone();
             self.facts.qos_class = spec::qos_class(pod).to_string();
         }
-        let observed = self.observe().await?;
+        let changes = self
+            .runtime_changes
+            .as_ref()
+            .map(|c| c.load(Ordering::Acquire));
+        let observed = match self.observed.take() {
+            Some((seen, observed)) if Some(seen) == changes => observed,
+            _ => Arc::new(self.observe().await?),
+        };
         self.update_probes(pod, &observed);
         let hashes = containers_of(pod)
             .into_iter()
@@ -227,6 +251,10 @@ impl<R: Runtime> PodWorker<R> {
             now,
         );
         self.facts.waiting = plan.waiting.clone();
+        // A sync that leaves the runtime as it found it leaves its reading valid.
+        if let (Some(changes), true) = (changes, plan.is_idle()) {
+            self.observed = Some((changes, observed.clone()));
+        }
         // What was observed is reported before anything is done about it.
         self.publish(pod, &observed, now);
         for (name, waiting) in &plan.waiting {
