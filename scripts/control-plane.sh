@@ -420,6 +420,8 @@ start_apiserver() {
     # --insecure-port=0: 1.20 still opens an unauthenticated port 8080 by default, which two
     # control planes would fight over. --endpoint-reconciler-type=none: Endpoints may not name
     # a loopback address, so the kubernetes Service gets none rather than an error every 10 s.
+    # --kubelet-preferred-address-types: kubeadm's order; a test node's Hostname resolves
+    # nowhere, its InternalIP is where its kubelet API listens.
     start kube-apiserver "$BIN_DIR/kube-apiserver" \
         --advertise-address=127.0.0.1 --bind-address=127.0.0.1 \
         --secure-port="$APISERVER_PORT" --insecure-port=0 \
@@ -430,6 +432,7 @@ start_apiserver() {
         --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
         --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
         --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+        --kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname \
         --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
         --enable-bootstrap-token-auth \
         --service-cluster-ip-range="$SERVICE_CIDR" \

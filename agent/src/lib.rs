@@ -11,6 +11,7 @@ pub mod events;
 pub mod pod;
 pub mod policy;
 pub mod runtime;
+pub mod server;
 pub mod service;
 pub mod source;
 pub mod store;

@@ -64,9 +64,22 @@ pub async fn join(
     let kubeconfig = plane.node_kubeconfig(NODE_NAME).await?;
     let mut args = vec!["--kubeconfig".as_ref(), kubeconfig.as_os_str()];
     args.extend(extra);
-    Daemon::start_with_args(bin, node, node.dir(), "", &args)
+    // The kubelet API on a port of its own (tests run side by side), trusting the cluster's
+    // CA for client certificates, as the API server presents one signed by it.
+    let config = format!(
+        "port: {}\nauthentication:\n  x509:\n    clientCAFile: {}\n",
+        free_port()?,
+        plane.dir().join("pki/ca.crt").display()
+    );
+    Daemon::start_with_args(bin, node, node.dir(), &config, &args)
         .await
         .context("starting bosun")
+}
+
+/// A TCP port nothing listens on right now (the kernel's choice of an ephemeral port).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind(("0.0.0.0", 0)).context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// `kubectl get ARGS -o json`.

@@ -55,10 +55,17 @@ impl Daemon {
             .with_context(|| format!("creating {}", manifests.display()))?;
         let root = dir.join("bosun");
         let config = dir.join("bosun.yaml");
+        // Daemons of tests running at once would fight over the one /healthz port: none is
+        // served unless a test asks for it.
+        let healthz = if extra_config.contains("healthzPort") {
+            ""
+        } else {
+            "healthzPort: 0\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "cgroupRoot: {}\npodLogsDir: {}\nclusterDomain: cluster.local\n{extra_config}",
+                "cgroupRoot: {}\npodLogsDir: {}\nclusterDomain: cluster.local\n{healthz}{extra_config}",
                 node.cgroup_parent(),
                 node.dir().join("pod-logs").display()
             ),

@@ -120,7 +120,7 @@ pub enum Command {
     #[command(subcommand)]
     Image(images::ImageCommand),
     /// Run the node daemon: pods from a manifest directory, over CRI.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Show what the running daemon manages.
     Get(get::GetArgs),
     /// Show what the service datapath's maps hold (works while the daemon is down).

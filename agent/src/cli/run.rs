@@ -12,7 +12,11 @@ use std::collections::BTreeMap;
 
 use bosun::daemon::{Config, NodeCapacity};
 
+use bosun::pod::log_rotation::RotationConfig;
 use bosun::pod::spec::{HostDns, NodeContext, NodeResources, ParsedQuantity};
+use bosun::server::auth::{AuthenticationConfig, AuthorizationConfig, AuthorizationMode};
+use bosun::server::tls::TlsConfig;
+use bosun::server::ServerConfig;
 use k8s_openapi::api::core::v1::Taint;
 
 pub const DEFAULT_ROOT_DIR: &str = "/var/lib/bosun";
@@ -72,6 +76,43 @@ pub struct RunArgs {
     /// As kubelet's: taints to register the node with, `key=value:Effect,...`.
     #[arg(long = "register-with-taints", value_delimiter = ',')]
     pub register_with_taints: Vec<String>,
+
+    /// As kubelet's: the address the kubelet API listens on (config file: address).
+    #[arg(long)]
+    pub address: Option<std::net::IpAddr>,
+
+    /// As kubelet's: the kubelet API's port (config file: port; default 10250).
+    #[arg(long)]
+    pub port: Option<u16>,
+
+    /// As kubelet's: the kubelet API's serving certificate (config file: tlsCertFile);
+    /// without it a self-signed one is made and kept in --cert-dir.
+    #[arg(long = "tls-cert-file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// As kubelet's: the key of --tls-cert-file (config file: tlsPrivateKeyFile).
+    #[arg(long = "tls-private-key-file")]
+    pub tls_private_key_file: Option<PathBuf>,
+
+    /// As kubelet's: client certificates signed by this CA bundle are an identity for the
+    /// kubelet API (config file: authentication.x509.clientCAFile).
+    #[arg(long = "client-ca-file")]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// As kubelet's: let requests without credentials in as `system:anonymous` (config file:
+    /// authentication.anonymous.enabled; default false).
+    #[arg(long = "anonymous-auth")]
+    pub anonymous_auth: Option<bool>,
+
+    /// As kubelet's: `Webhook` (ask the API server, the default) or `AlwaysAllow` (config
+    /// file: authorization.mode).
+    #[arg(long = "authorization-mode")]
+    pub authorization_mode: Option<String>,
+
+    /// As kubelet's: the plain-HTTP `/healthz` port on 127.0.0.1, 0 for none (config file:
+    /// healthzPort; default 10248).
+    #[arg(long = "healthz-port")]
+    pub healthz_port: Option<u16>,
 }
 
 /// The fields of KubeletConfiguration bosun reads (others are ignored).
@@ -110,6 +151,78 @@ pub struct ConfigFile {
     pub register_with_taints: Vec<Taint>,
     /// Renew the client certificate before it expires (with TLS bootstrapping).
     pub rotate_certificates: Option<bool>,
+    /// Rotate a container's log once it reaches this size (a quantity; default 10Mi).
+    pub container_log_max_size: Option<String>,
+    /// Keep this many log files of a container, the live one included (default 5).
+    pub container_log_max_files: Option<i64>,
+    /// How often logs are checked for rotation (a duration; default 10s).
+    pub container_log_monitor_interval: Option<String>,
+    /// Serve the kubelet API (default: in a cluster; standalone only when set).
+    pub enable_server: Option<bool>,
+    pub address: Option<String>,
+    pub port: Option<i64>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    pub tls_min_version: Option<String>,
+    #[serde(default)]
+    pub tls_cipher_suites: Vec<String>,
+    pub healthz_bind_address: Option<String>,
+    pub healthz_port: Option<i64>,
+    #[serde(default)]
+    pub authentication: AuthenticationFile,
+    #[serde(default)]
+    pub authorization: AuthorizationFile,
+}
+
+/// KubeletConfiguration `authentication`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationFile {
+    #[serde(default)]
+    pub x509: X509File,
+    #[serde(default)]
+    pub webhook: WebhookFile,
+    #[serde(default)]
+    pub anonymous: EnabledFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509File {
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookFile {
+    pub enabled: Option<bool>,
+    #[serde(rename = "cacheTTL")]
+    pub cache_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnabledFile {
+    pub enabled: Option<bool>,
+}
+
+/// KubeletConfiguration `authorization`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationFile {
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub webhook: AuthorizationWebhookFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationWebhookFile {
+    #[serde(rename = "cacheAuthorizedTTL")]
+    pub cache_authorized_ttl: Option<String>,
+    #[serde(rename = "cacheUnauthorizedTTL")]
+    pub cache_unauthorized_ttl: Option<String>,
 }
 
 /// An error in the configuration: the daemon exits with [`EXIT_BAD_CONFIG`].
@@ -131,7 +244,10 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         Some(path) => read_config(path)?,
         None => ConfigFile::default(),
     };
-    let manifest_dir = args.pod_manifest_path.clone().or(file.static_pod_path);
+    let manifest_dir = args
+        .pod_manifest_path
+        .clone()
+        .or(file.static_pod_path.clone());
     if args.bootstrap_kubeconfig.is_some() && args.kubeconfig.is_none() {
         return Err(BadConfig(
             "--bootstrap-kubeconfig needs --kubeconfig: the file the issued credentials are written to".into(),
@@ -181,6 +297,9 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
             .as_ref()
             .unwrap_or(&default_eviction_hard()),
     )?;
+    let log_rotation = log_rotation(&file)?;
+    let host_ip = host_ip();
+    let server = server_config(args, &file, &node_name, &host_ip)?;
     let node = NodeContext {
         node_name,
         cluster_dns: file.cluster_dns,
@@ -191,7 +310,7 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
             .pod_logs_dir
             .unwrap_or_else(|| PathBuf::from("/var/log/pods")),
         cgroup_root: kubepods_cgroup(file.cgroup_root.as_deref()),
-        host_ip: host_ip(),
+        host_ip,
         resolv_conf: load_resolv_conf(file.resolv_conf)?,
         pod_pids_limit: file.pod_pids_limit,
         node: NodeResources {
@@ -232,7 +351,209 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         runtime_endpoint: args.container_runtime_endpoint.clone(),
         root_dir: args.root_dir.clone(),
         node,
+        server: server.0,
+        healthz: server.1,
+        log_rotation,
     })
+}
+
+/// Container log rotation (`containerLogMaxSize`, `containerLogMaxFiles`,
+/// `containerLogMonitorInterval`); `None` when `containerLogMaxSize` is negative, which turns
+/// rotation off as in kubelet.
+fn log_rotation(file: &ConfigFile) -> Result<Option<RotationConfig>, BadConfig> {
+    let mut config = RotationConfig::default();
+    if let Some(size) = &file.container_log_max_size {
+        let parsed = ParsedQuantity::parse(size)
+            .map_err(|e| BadConfig(format!("containerLogMaxSize: invalid value {size:?}: {e}")))?;
+        let bytes = parsed.value();
+        if bytes < 0 {
+            return Ok(None);
+        }
+        config.max_size = u64::try_from(bytes).unwrap_or(u64::MAX);
+    }
+    if let Some(files) = file.container_log_max_files {
+        config.max_files = usize::try_from(files).map_err(|_| {
+            BadConfig(format!(
+                "containerLogMaxFiles: invalid value {files}: must be at least 2"
+            ))
+        })?;
+    }
+    if let Some(interval) = &file.container_log_monitor_interval {
+        config.interval = go_duration(interval).map_err(|reason| {
+            BadConfig(format!(
+                "containerLogMonitorInterval: invalid value {interval:?}: {reason}"
+            ))
+        })?;
+    }
+    config.validate().map_err(|e| BadConfig(e.to_string()))?;
+    Ok(Some(config))
+}
+
+/// The kubelet API's settings: flags over the config file over kubelet's defaults. `None`
+/// for the API when it is not served: `enableServer: false`, or standalone unless
+/// `enableServer: true`. The plain `/healthz` address comes apart (None: `healthzPort: 0`).
+fn server_config(
+    args: &RunArgs,
+    file: &ConfigFile,
+    node_name: &str,
+    host_ip: &str,
+) -> Result<(Option<ServerConfig>, Option<std::net::SocketAddr>), BadConfig> {
+    let ip = |field: &str, value: &str| {
+        value.parse::<std::net::IpAddr>().map_err(|_| {
+            BadConfig(format!(
+                "{field}: invalid value {value:?}: must be an IP address"
+            ))
+        })
+    };
+    let port = |field: &str, value: i64| {
+        u16::try_from(value)
+            .map_err(|_| BadConfig(format!("{field}: invalid value {value}: must be 0-65535")))
+    };
+    let duration = |field: &str, value: &Option<String>, default: u64| match value {
+        None => Ok(std::time::Duration::from_secs(default)),
+        Some(text) => go_duration(text)
+            .map_err(|reason| BadConfig(format!("{field}: invalid value {text:?}: {reason}"))),
+    };
+    let healthz_port = match args.healthz_port {
+        Some(p) => p,
+        None => port("healthzPort", file.healthz_port.unwrap_or(10248))?,
+    };
+    let healthz_ip = ip(
+        "healthzBindAddress",
+        file.healthz_bind_address.as_deref().unwrap_or("127.0.0.1"),
+    )?;
+    let healthz = (healthz_port != 0).then(|| std::net::SocketAddr::new(healthz_ip, healthz_port));
+
+    let enabled = file.enable_server.unwrap_or(args.kubeconfig.is_some());
+    if !enabled {
+        return Ok((None, healthz));
+    }
+    let address = match args.address {
+        Some(a) => a,
+        None => ip("address", file.address.as_deref().unwrap_or("0.0.0.0"))?,
+    };
+    let listen_port = match args.port {
+        Some(p) => p,
+        None => port("port", file.port.unwrap_or(10250))?,
+    };
+    if listen_port == 0 {
+        return Err(BadConfig("port: invalid value 0: must be 1-65535".into()));
+    }
+    let cert = args.tls_cert_file.clone().or(file.tls_cert_file.clone());
+    let key = args
+        .tls_private_key_file
+        .clone()
+        .or(file.tls_private_key_file.clone());
+    let cert_and_key = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            return Err(BadConfig(
+                "tlsCertFile and tlsPrivateKeyFile go together: give both or neither".into(),
+            ))
+        }
+    };
+    let mode = match args
+        .authorization_mode
+        .as_deref()
+        .or(file.authorization.mode.as_deref())
+    {
+        None | Some("Webhook") => AuthorizationMode::Webhook,
+        Some("AlwaysAllow") => AuthorizationMode::AlwaysAllow,
+        Some(other) => {
+            return Err(BadConfig(format!(
+                "authorization.mode: unsupported value {other:?}: must be Webhook or AlwaysAllow"
+            )))
+        }
+    };
+    let mut hostnames = vec![node_name.to_owned()];
+    if !host_ip.is_empty() {
+        hostnames.push(host_ip.to_owned());
+    }
+    let cert_dir = args
+        .cert_dir
+        .clone()
+        .unwrap_or_else(|| args.root_dir.join("pki"));
+    Ok((
+        Some(ServerConfig {
+            listen: std::net::SocketAddr::new(address, listen_port),
+            tls: TlsConfig {
+                cert_and_key,
+                cert_dir,
+                min_version: file.tls_min_version.clone().unwrap_or_default(),
+                cipher_suites: file.tls_cipher_suites.clone(),
+                client_ca_file: args.client_ca_file.clone().or(file
+                    .authentication
+                    .x509
+                    .client_ca_file
+                    .clone()),
+                hostnames,
+            },
+            authentication: AuthenticationConfig {
+                anonymous: args
+                    .anonymous_auth
+                    .or(file.authentication.anonymous.enabled)
+                    .unwrap_or(false),
+                webhook: file.authentication.webhook.enabled.unwrap_or(true),
+                webhook_cache_ttl: duration(
+                    "authentication.webhook.cacheTTL",
+                    &file.authentication.webhook.cache_ttl,
+                    120,
+                )?,
+            },
+            authorization: AuthorizationConfig {
+                mode,
+                authorized_ttl: duration(
+                    "authorization.webhook.cacheAuthorizedTTL",
+                    &file.authorization.webhook.cache_authorized_ttl,
+                    300,
+                )?,
+                unauthorized_ttl: duration(
+                    "authorization.webhook.cacheUnauthorizedTTL",
+                    &file.authorization.webhook.cache_unauthorized_ttl,
+                    30,
+                )?,
+            },
+        }),
+        healthz,
+    ))
+}
+
+/// A Go duration, as KubeletConfiguration writes them: `30s`, `2m0s`, `1h30m`, `500ms`.
+fn go_duration(text: &str) -> Result<std::time::Duration, String> {
+    let mut rest = text.trim();
+    if rest == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err("empty".into());
+    }
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or("a number without a unit")?;
+        let (number, tail) = rest.split_at(number_end);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("bad number {number:?}"))?;
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let seconds = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => return Err(format!("unknown unit {other:?}")),
+        };
+        total += value * seconds;
+        rest = tail;
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 /// The service datapath's directory: the flag, else the config file, else the default.

@@ -107,6 +107,12 @@ pub struct Config {
     pub service_proxy: bool,
     /// Enforce NetworkPolicy on pods' interfaces (with a `bpf_dir`).
     pub network_policy: bool,
+    /// The kubelet API; `None` serves none.
+    pub server: Option<crate::server::ServerConfig>,
+    /// The plain-HTTP `/healthz` (`healthzBindAddress`, `healthzPort`); `None` serves none.
+    pub healthz: Option<std::net::SocketAddr>,
+    /// Container log rotation; `None` rotates nothing.
+    pub log_rotation: Option<crate::pod::log_rotation::RotationConfig>,
 }
 
 impl Config {
@@ -114,6 +120,48 @@ impl Config {
     pub fn api_socket(&self) -> PathBuf {
         api_socket(&self.root_dir)
     }
+}
+
+/// The configuration in effect, in KubeletConfiguration's names, for `/configz`.
+fn configz(config: &Config) -> serde_json::Value {
+    let server = config.server.as_ref();
+    serde_json::json!({
+        "kind": "KubeletConfiguration",
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "staticPodPath": config.manifest_dir,
+        "address": server.map(|s| s.listen.ip().to_string()),
+        "port": server.map(|s| s.listen.port()),
+        "healthzBindAddress": config.healthz.map(|h| h.ip().to_string()),
+        "healthzPort": config.healthz.map_or(0, |h| h.port()),
+        "tlsCertFile": server.and_then(|s| s.tls.cert_and_key.as_ref().map(|c| c.0.clone())),
+        "tlsPrivateKeyFile": server.and_then(|s| s.tls.cert_and_key.as_ref().map(|c| c.1.clone())),
+        "authentication": server.map(|s| serde_json::json!({
+            "x509": {"clientCAFile": s.tls.client_ca_file},
+            "webhook": {
+                "enabled": s.authentication.webhook,
+                "cacheTTL": format!("{}s", s.authentication.webhook_cache_ttl.as_secs()),
+            },
+            "anonymous": {"enabled": s.authentication.anonymous},
+        })),
+        "authorization": server.map(|s| serde_json::json!({
+            "mode": match s.authorization.mode {
+                crate::server::auth::AuthorizationMode::Webhook => "Webhook",
+                crate::server::auth::AuthorizationMode::AlwaysAllow => "AlwaysAllow",
+            },
+            "webhook": {
+                "cacheAuthorizedTTL": format!("{}s", s.authorization.authorized_ttl.as_secs()),
+                "cacheUnauthorizedTTL": format!("{}s", s.authorization.unauthorized_ttl.as_secs()),
+            },
+        })),
+        "clusterDomain": config.node.cluster_domain,
+        "clusterDNS": config.node.cluster_dns,
+        "cgroupRoot": config.node.cgroup_root.strip_suffix("/kubepods").map(|r| if r.is_empty() { "/" } else { r }),
+        "podLogsDir": config.node.pod_logs_dir,
+        "podPidsLimit": config.node.pod_pids_limit,
+        "maxPods": config.max_pods,
+        "rotateCertificates": config.rotate_certificates,
+        "registerNode": config.kubeconfig.is_some(),
+    })
 }
 
 pub fn api_socket(root_dir: &Path) -> PathBuf {
@@ -157,6 +205,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     // The UIDs of pods whose service account token request ended.
     let (tokens_tx, mut tokens_ready) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut referenced = None;
+    let mut api_client = None;
     if let Some(kubeconfig) = &config.kubeconfig {
         if let Some(bootstrap) = &config.bootstrap_kubeconfig {
             crate::cluster::bootstrap::ensure_credentials(
@@ -187,6 +236,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             )));
         }
         pod_sources.push(Source::Api);
+        api_client = Some(cluster.clone());
         let version = client.version();
         let allocatable = &config.node.node;
         let facts = crate::cluster::node::NodeFacts {
@@ -202,7 +252,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             },
             max_pods: config.max_pods,
             runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
-            port: KUBELET_PORT,
+            port: config
+                .server
+                .as_ref()
+                .map_or(KUBELET_PORT, |s| i32::from(s.listen.port())),
         };
         tasks.push(tokio::spawn(crate::cluster::node::run(
             cluster.clone(),
@@ -247,6 +300,37 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     } else {
         drop(api_tx);
         drop(tokens_tx);
+    }
+    if let Some(rotation) = config.log_rotation {
+        tasks.push(tokio::spawn(crate::pod::log_rotation::run(
+            client.clone(),
+            rotation,
+        )));
+    }
+    if let Some(healthz) = config.healthz {
+        tasks.push(tokio::spawn(crate::server::serve_healthz(healthz)));
+    }
+    if let Some(server) = &config.server {
+        tasks.push(
+            crate::server::serve(
+                server,
+                crate::server::Sources {
+                    node: config.node.node_name.clone(),
+                    pods: pods.clone(),
+                    runtime: client.clone(),
+                    api: api_client,
+                    stats: Arc::new(crate::server::stats::StatsProvider::new(
+                        crate::server::stats::HostPaths::host(),
+                        config.node.cgroup_root.clone(),
+                        config.root_dir.clone(),
+                        config.node.node_name.clone(),
+                    )),
+                    configz: configz(&config),
+                },
+            )
+            .await
+            .context("serving the kubelet API")?,
+        );
     }
     let ctx = Arc::new(config.node.clone());
     // The static pods' EndpointSlices: standalone, nothing else computes them.

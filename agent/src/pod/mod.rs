@@ -1,6 +1,7 @@
 //! One pod's life on this node: its CRI configuration, its lifecycle, its status.
 
 pub mod cgroup;
+pub mod log_rotation;
 pub mod observed;
 pub mod plan;
 pub mod probe;

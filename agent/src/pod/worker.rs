@@ -87,6 +87,18 @@ pub struct PodWorker<R: Runtime> {
     observed: Option<(u64, Arc<ObservedPod>)>,
 }
 
+/// Removes a container's log file and the files rotated from it; a failure is logged.
+fn remove_logs(log: &Path) {
+    if let Err(e) = std::fs::remove_file(log) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %log.display(), error = %e, "removing a container's log");
+        }
+    }
+    if let Err(e) = super::log_rotation::remove_rotated(log) {
+        tracing::warn!(path = %log.display(), error = %e, "removing a container's rotated logs");
+    }
+}
+
 /// Receives a pod's status as soon as its worker computes it.
 pub type StatusSink = Arc<dyn Fn(&Pod, &PodStatus) + Send + Sync>;
 
@@ -822,6 +834,11 @@ impl<R: Runtime> PodWorker<R> {
             .skip(1);
         for old in older {
             if old.state != ContainerState::Running {
+                // Its log and rotated logs go with it, as kubelet removes them first.
+                if let Ok(dir) = spec::pod_log_directory(pod, &self.ctx) {
+                    let log = dir.join(spec::container_log_path(&old.name, old.restart_count));
+                    remove_logs(&log);
+                }
                 if let Err(e) = self.runtime.remove_container(&old.id).await {
                     tracing::debug!(container = %old.id, error = %e, "removing an old container");
                 }

@@ -1,0 +1,500 @@
+//! The kubelet API bosun serves, used as operators use it: kubectl 1.20 (SPDY streaming)
+//! through a real kube-apiserver 1.20.2 to `logs`, `exec`, `port-forward` and `cp` on a pod
+//! bosun runs, and requests made straight to the node's port with and without credentials.
+//! Each test has its own control plane, node and ports, so they may run in parallel.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use bosun_tests::cluster::{self, condition, get_json, in_a_cluster, wait_for};
+use bosun_tests::control_plane::ControlPlane;
+use bosun_tests::daemon::NODE_NAME;
+use bosun_tests::images::BUSYBOX_IMAGE;
+use bosun_tests::node::TestNode;
+use serde_json::Value;
+
+const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
+
+/// A pod that logs a few lines and serves its name over HTTP on 8080.
+async fn start_web(plane: &ControlPlane, node: &TestNode) -> Result<Value> {
+    let manifest = node.dir().join("web.yaml");
+    std::fs::write(&manifest, web_manifest())?;
+    plane
+        .kubectl(["apply", "-f", &manifest.to_string_lossy()])
+        .await?;
+    wait_for(plane, &["pod", "web"], Duration::from_secs(60), |p| {
+        p["status"]["phase"] == "Running" && condition(p, "Ready") == "True"
+    })
+    .await
+}
+
+/// A pod that logs three lines on stdout and one on stderr, then serves its name over HTTP
+/// on 8080.
+fn web_manifest() -> String {
+    let command = "for i in 1 2 3; do echo line-$i; done; echo to-stderr >&2; \
+                   mkdir -p /www && echo web > /www/index.html && exec httpd -f -p 8080 -h /www";
+    pod_manifest("web", command)
+}
+
+/// A pod whose container prints a line that is its own and fails a second later, forever.
+fn crash_manifest() -> String {
+    pod_manifest(
+        "crash",
+        "echo instance-$(cat /proc/sys/kernel/random/uuid); sleep 1; exit 1",
+    )
+}
+
+fn pod_manifest(name: &str, command: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  \
+         nodeName: {NODE_NAME}\n  terminationGracePeriodSeconds: 1\n  containers:\n  \
+         - {{name: app, image: {BUSYBOX_IMAGE}, imagePullPolicy: IfNotPresent, \
+         command: [sh, -c, {command:?}]}}\n"
+    )
+}
+
+/// The node's kubelet API as its Node object announces it: `https://IP:PORT`.
+async fn kubelet_url(plane: &ControlPlane) -> Result<String> {
+    let node = get_json(plane, &["node", NODE_NAME]).await?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .context("no kubelet port in the Node")?;
+    let ip = node["status"]["addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+        .and_then(|a| a["address"].as_str())
+        .context("no InternalIP in the Node")?;
+    Ok(format!("https://{ip}:{port}"))
+}
+
+/// `curl` of `url` with `args`: the HTTP status and the body.
+async fn curl(url: &str, args: &[&str]) -> Result<(u16, String)> {
+    let output = tokio::process::Command::new("curl")
+        .args(["-sSk", "--max-time", "20", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let code = code.trim().parse().unwrap_or(0);
+    if code == 0 {
+        // No answer: what curl says instead.
+        return Ok((0, String::from_utf8_lossy(&output.stderr).into_owned()));
+    }
+    Ok((code, body.to_owned()))
+}
+
+#[tokio::test]
+async fn kubectl_exec_port_forward_and_cp_reach_a_pod_bosun_runs() -> Result<()> {
+    in_a_cluster("kapi-kubectl", |plane, node| async move {
+        let daemon = match cluster::join(BOSUN.as_ref(), &plane, &node, &[]).await {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("starting bosun: {e:#}"),
+        };
+        let result = async {
+            start_web(&plane, &node).await?;
+
+            // logs: both streams, --tail, --timestamps, -f.
+            let logs = plane.kubectl(["logs", "web"]).await?;
+            let mut lines: Vec<&str> = logs.lines().collect();
+            lines.sort_unstable();
+            ensure!(
+                lines == ["line-1", "line-2", "line-3", "to-stderr"],
+                "{logs:?}"
+            );
+            let tail = plane.kubectl(["logs", "web", "--tail=2"]).await?;
+            ensure!(tail.lines().count() == 2, "{tail:?}");
+            let stamped = plane
+                .kubectl(["logs", "web", "--timestamps", "--tail=1"])
+                .await?;
+            ensure!(
+                stamped.len() > 30 && stamped.as_bytes()[4] == b'-' && stamped.contains('T'),
+                "{stamped:?}"
+            );
+            let mut follow = tokio::process::Command::new(plane.kubectl_path())
+                .arg("--kubeconfig")
+                .arg(plane.admin_kubeconfig())
+                .args(["logs", "-f", "web"])
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let mut followed = tokio::io::BufReader::new(follow.stdout.take().context("stdout")?);
+            plane
+                .kubectl([
+                    "exec",
+                    "web",
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo late-line > /proc/1/fd/1",
+                ])
+                .await?;
+            let mut seen = String::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while !seen.contains("late-line\n") {
+                use tokio::io::AsyncBufReadExt;
+                let mut line = String::new();
+                let read = tokio::time::timeout_at(deadline, followed.read_line(&mut line)).await;
+                ensure!(
+                    matches!(read, Ok(Ok(n)) if n > 0),
+                    "logs -f stopped: {seen:?}"
+                );
+                seen.push_str(&line);
+            }
+            follow.kill().await.ok();
+
+            // exec, through the API server, with the exit code passed back.
+            let out = plane
+                .kubectl([
+                    "exec",
+                    "web",
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo from-exec; cat /www/index.html",
+                ])
+                .await?;
+            ensure!(out == "from-exec\nweb\n", "{out:?}");
+            let failed = plane
+                .kubectl(["exec", "web", "--", "sh", "-c", "exit 7"])
+                .await
+                .err()
+                .context("exit 7 is a failure")?;
+            ensure!(format!("{failed:#}").contains("exit code 7"), "{failed:#}");
+            // stdin goes in.
+            let piped = tokio::process::Command::new(plane.kubectl_path())
+                .arg("--kubeconfig")
+                .arg(plane.admin_kubeconfig())
+                .args(["exec", "-i", "web", "--", "sh", "-c", "read l; echo got:$l"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            let piped = {
+                use tokio::io::AsyncWriteExt;
+                let mut piped = piped;
+                let mut stdin = piped.stdin.take().context("stdin")?;
+                stdin.write_all(b"ping\n").await?;
+                drop(stdin);
+                tokio::time::timeout(Duration::from_secs(30), piped.wait_with_output()).await??
+            };
+            ensure!(
+                String::from_utf8_lossy(&piped.stdout) == "got:ping\n",
+                "{piped:?}"
+            );
+
+            // cp both ways (exec of tar).
+            let local = node.dir().join("to-pod.txt");
+            std::fs::write(&local, "copied in\n")?;
+            plane
+                .kubectl(["cp", &local.to_string_lossy(), "default/web:/tmp/in.txt"])
+                .await?;
+            let inside = plane
+                .kubectl(["exec", "web", "--", "cat", "/tmp/in.txt"])
+                .await?;
+            ensure!(inside == "copied in\n", "{inside:?}");
+            let back = node.dir().join("from-pod.html");
+            plane
+                .kubectl(["cp", "default/web:/www/index.html", &back.to_string_lossy()])
+                .await?;
+            ensure!(std::fs::read_to_string(&back)? == "web\n");
+
+            // port-forward, with a real TCP client through it.
+            let local_port = cluster::free_port()?;
+            let mut forward = tokio::process::Command::new(plane.kubectl_path())
+                .arg("--kubeconfig")
+                .arg(plane.admin_kubeconfig())
+                .args(["port-forward", "pod/web", &format!("{local_port}:8080")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            let mut answer = (0, String::new());
+            for _ in 0..100 {
+                answer = curl(&format!("http://127.0.0.1:{local_port}/"), &[]).await?;
+                if answer.0 == 200 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ensure!(answer == (200, "web\n".to_owned()), "{answer:?}");
+            forward.kill().await.ok();
+
+            // --previous: the last instance of a restarted container.
+            let no_previous = plane.kubectl(["logs", "web", "--previous"]).await.err();
+            ensure!(
+                no_previous
+                    .as_ref()
+                    .is_some_and(|e| format!("{e:#}").contains("previous terminated container")),
+                "{no_previous:?}"
+            );
+            let crash = node.dir().join("crash.yaml");
+            std::fs::write(&crash, crash_manifest())?;
+            plane
+                .kubectl(["apply", "-f", &crash.to_string_lossy()])
+                .await?;
+            let crashed = wait_for(&plane, &["pod", "crash"], Duration::from_secs(60), |p| {
+                p["status"]["containerStatuses"][0]["restartCount"]
+                    .as_u64()
+                    .is_some_and(|n| n >= 1)
+            })
+            .await?;
+            ensure!(
+                crashed["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"]
+                    == 1
+            );
+            let previous = plane.kubectl(["logs", "crash", "--previous"]).await?;
+            ensure!(
+                previous.starts_with("instance-") && previous.lines().count() == 1,
+                "{previous:?}"
+            );
+
+            // The node's own endpoints through the API server's proxy.
+            let healthz = plane
+                .kubectl([
+                    "get",
+                    "--raw",
+                    &format!("/api/v1/nodes/{NODE_NAME}/proxy/healthz"),
+                ])
+                .await?;
+            ensure!(healthz == "ok", "{healthz:?}");
+            let pods: Value = serde_json::from_str(
+                &plane
+                    .kubectl([
+                        "get",
+                        "--raw",
+                        &format!("/api/v1/nodes/{NODE_NAME}/proxy/pods"),
+                    ])
+                    .await?,
+            )?;
+            ensure!(
+                pods["items"]
+                    .as_array()
+                    .is_some_and(|items| items.iter().any(|p| p["metadata"]["name"] == "web")),
+                "{pods:#}"
+            );
+            // What metrics-server reads: the summary and the resource metrics, with the pod.
+            let summary: Value = serde_json::from_str(
+                &plane
+                    .kubectl([
+                        "get",
+                        "--raw",
+                        &format!("/api/v1/nodes/{NODE_NAME}/proxy/stats/summary"),
+                    ])
+                    .await?,
+            )?;
+            ensure!(summary["node"]["nodeName"] == NODE_NAME, "{summary:#}");
+            ensure!(
+                summary["node"]["memory"]["workingSetBytes"]
+                    .as_u64()
+                    .is_some_and(|b| b > 0),
+                "{summary:#}"
+            );
+            let web = summary["pods"]
+                .as_array()
+                .and_then(|pods| pods.iter().find(|p| p["podRef"]["name"] == "web"))
+                .with_context(|| format!("no web in the summary: {summary:#}"))?;
+            ensure!(web["containers"][0]["name"] == "app", "{web:#}");
+            ensure!(
+                web["memory"]["workingSetBytes"]
+                    .as_u64()
+                    .is_some_and(|b| b > 0),
+                "{web:#}"
+            );
+            let metrics = plane
+                .kubectl([
+                    "get",
+                    "--raw",
+                    &format!("/api/v1/nodes/{NODE_NAME}/proxy/metrics/resource"),
+                ])
+                .await?;
+            ensure!(
+    metrics.contains(
+        r#"container_cpu_usage_seconds_total{container="app",namespace="default",pod="web"}"#
+    ),
+    "{metrics}"
+);
+            ensure!(metrics.contains("resource_scrape_error 0"), "{metrics}");
+            Ok(())
+        }
+        .await;
+        (plane, node, daemon, result)
+    })
+    .await
+}
+
+/// A key and a certificate for `subject` signed by a CA of its own, made with openssl.
+fn foreign_certificate(dir: &Path) -> Result<()> {
+    let run = |args: &[&str]| -> Result<()> {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        ensure!(status.success(), "openssl {args:?}");
+        Ok(())
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "other-ca.key",
+        "-out",
+        "other-ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=other-ca",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "other.key",
+        "-out",
+        "other.csr",
+        "-subj",
+        "/O=system:masters/CN=intruder",
+    ])?;
+    // A v3 certificate, as CAs issue them (a v1 one is refused by the TLS handshake itself).
+    std::fs::write(
+        dir.join("other.ext"),
+        "basicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=clientAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-extfile",
+        "other.ext",
+        "-req",
+        "-in",
+        "other.csr",
+        "-CA",
+        "other-ca.crt",
+        "-CAkey",
+        "other-ca.key",
+        "-CAcreateserial",
+        "-out",
+        "other.crt",
+        "-days",
+        "1",
+    ])
+}
+
+#[tokio::test]
+async fn the_kubelet_port_serves_only_whom_the_cluster_allows() -> Result<()> {
+    in_a_cluster("kapi-auth", |plane, node| async move {
+        let daemon = match cluster::join(BOSUN.as_ref(), &plane, &node, &[]).await {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("starting bosun: {e:#}"),
+        };
+        let result = async {
+            start_web(&plane, &node).await?;
+            let url = kubelet_url(&plane).await?;
+            let pki = plane.dir().join("pki");
+            let admin_cert = pki.join("admin.crt").to_string_lossy().into_owned();
+            let admin_key = pki.join("admin.key").to_string_lossy().into_owned();
+            let admin = vec!["--cert", admin_cert.as_str(), "--key", admin_key.as_str()];
+
+            // A client certificate of the cluster's CA: allowed (the SubjectAccessReview says
+            // yes to system:masters).
+            let (code, body) = curl(&format!("{url}/pods"), &admin).await?;
+            ensure!(code == 200, "{code} {body}");
+            ensure!(body.contains("\"web\""), "{body}");
+            let (code, body) = curl(&format!("{url}/healthz"), &admin).await?;
+            ensure!((code, body.as_str()) == (200, "ok"), "{code} {body}");
+            let (code, _) = curl(&format!("{url}/no/such/path"), &admin).await?;
+            ensure!(code == 404);
+
+            // No credentials, or a certificate of another CA: 401, kubelet's body.
+            let (code, body) = curl(&format!("{url}/pods"), &[]).await?;
+            ensure!(
+                (code, body.as_str()) == (401, "Unauthorized"),
+                "{code} {body}"
+            );
+            foreign_certificate(node.dir())?;
+            let other = node.dir();
+            let (code, body) = curl(
+                &format!("{url}/pods"),
+                &[
+                    "--cert",
+                    &other.join("other.crt").to_string_lossy(),
+                    "--key",
+                    &other.join("other.key").to_string_lossy(),
+                ],
+            )
+            .await?;
+            ensure!(
+                (code, body.as_str()) == (401, "Unauthorized"),
+                "{code} {body}"
+            );
+
+            // A ServiceAccount's token: the API server vouches for it (TokenReview), but RBAC
+            // gives it nothing on nodes/proxy: 403, and the command never runs.
+            plane
+                .kubectl(["create", "serviceaccount", "nobody"])
+                .await?;
+            let secret = wait_for(
+                &plane,
+                &["serviceaccount", "nobody"],
+                Duration::from_secs(30),
+                |sa| sa["secrets"][0]["name"].is_string(),
+            )
+            .await?;
+            let secret_name = secret["secrets"][0]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let token_b64 = plane
+                .kubectl([
+                    "get",
+                    "secret",
+                    &secret_name,
+                    "-o",
+                    "jsonpath={.data.token}",
+                ])
+                .await?;
+            let token = {
+                use base64::Engine as _;
+                String::from_utf8(
+                    base64::engine::general_purpose::STANDARD.decode(token_b64.trim())?,
+                )?
+            };
+            let bearer = format!("Authorization: Bearer {token}");
+            let (code, body) = curl(
+                &format!("{url}/run/default/web/app?cmd=touch%20/tmp/ran"),
+                &["-X", "POST", "-H", &bearer],
+            )
+            .await?;
+            ensure!(code == 403, "{code} {body}");
+            ensure!(
+                body == "Forbidden (user=system:serviceaccount:default:nobody, verb=create, \
+                     resource=nodes, subresource=proxy)",
+                "{body}"
+            );
+            let ran = plane.kubectl(["exec", "web", "--", "ls", "/tmp"]).await?;
+            ensure!(!ran.contains("ran"), "the refused command ran: {ran:?}");
+            // The same request with the cluster's certificate runs.
+            let mut run_args = admin.clone();
+            run_args.extend(["-X", "POST"]);
+            let run_url = format!("{url}/run/default/web/app?cmd=touch%20/tmp/ran");
+            let (code, _) = curl(&run_url, &run_args).await?;
+            ensure!(code == 200);
+            let ran = plane.kubectl(["exec", "web", "--", "ls", "/tmp"]).await?;
+            ensure!(ran.lines().any(|f| f == "ran"), "{ran:?}");
+            Ok(())
+        }
+        .await;
+        (plane, node, daemon, result)
+    })
+    .await
+}
