@@ -68,10 +68,18 @@ async fn kubelet_url(plane: &ControlPlane) -> Result<String> {
     Ok(format!("https://{ip}:{port}"))
 }
 
-/// `curl` of `url` with `args`: the HTTP status and the body.
+/// `curl` of `url` with `args`, not checking the server's certificate: the HTTP status and
+/// the body, or 0 and what curl said.
 async fn curl(url: &str, args: &[&str]) -> Result<(u16, String)> {
+    let mut all = vec!["-k"];
+    all.extend(args);
+    curl_checked(url, &all).await
+}
+
+/// As [`curl`], checking the server's certificate as `args` say (`--cacert`).
+async fn curl_checked(url: &str, args: &[&str]) -> Result<(u16, String)> {
     let output = tokio::process::Command::new("curl")
-        .args(["-sSk", "--max-time", "20", "-w", "\n%{http_code}"])
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
         .args(args)
         .arg(url)
         .output()
@@ -491,6 +499,202 @@ async fn the_kubelet_port_serves_only_whom_the_cluster_allows() -> Result<()> {
             ensure!(code == 200);
             let ran = plane.kubectl(["exec", "web", "--", "ls", "/tmp"]).await?;
             ensure!(ran.lines().any(|f| f == "ran"), "{ran:?}");
+            Ok(())
+        }
+        .await;
+        (plane, node, daemon, result)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn with_server_tls_bootstrap_the_port_serves_a_certificate_the_cluster_signed() -> Result<()>
+{
+    in_a_cluster("kapi-serving", |plane, node| async move {
+        let daemon = match cluster::join_with_config(
+            BOSUN.as_ref(),
+            &plane,
+            &node,
+            &[],
+            "serverTLSBootstrap: true\n",
+        )
+        .await
+        {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("starting bosun: {e:#}"),
+        };
+        let result = async {
+            let signer = "kubernetes.io/kubelet-serving";
+            let requests = wait_for(&plane, &["csr"], Duration::from_secs(30), |list| {
+                list["items"].as_array().is_some_and(|items| {
+                    items.iter().any(|csr| csr["spec"]["signerName"] == signer)
+                })
+            })
+            .await?;
+            let csr = requests["items"]
+                .as_array()
+                .and_then(|items| items.iter().find(|csr| csr["spec"]["signerName"] == signer))
+                .context("the serving request")?;
+            ensure!(
+                csr["spec"]["username"] == format!("system:node:{NODE_NAME}"),
+                "{csr:#}"
+            );
+            let name = csr["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let url = kubelet_url(&plane).await?;
+            let pki = plane.dir().join("pki");
+            let ca = pki.join("ca.crt").to_string_lossy().into_owned();
+            let cert = pki.join("admin.crt").to_string_lossy().into_owned();
+            let key = pki.join("admin.key").to_string_lossy().into_owned();
+            let args = [
+                "--cacert",
+                ca.as_str(),
+                "--cert",
+                cert.as_str(),
+                "--key",
+                key.as_str(),
+            ];
+            // Not approved yet: no certificate, no handshake.
+            let (code, said) = curl_checked(&format!("{url}/healthz"), &args).await?;
+            ensure!(code == 0, "served before approval: {code} {said}");
+
+            plane.kubectl(["certificate", "approve", &name]).await?;
+            let mut answer = (0, String::new());
+            for _ in 0..100 {
+                answer = curl_checked(&format!("{url}/healthz"), &args).await?;
+                if answer.0 == 200 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // The cluster's CA vouches for the node's address: curl checked it.
+            ensure!(answer == (200, "ok".to_owned()), "{answer:?}");
+            Ok(())
+        }
+        .await;
+        (plane, node, daemon, result)
+    })
+    .await
+}
+
+/// A pod that writes `lines` numbered lines to stdout after two seconds, half of them, then
+/// the rest five seconds later (a log rotation falls between: the first half is far over the
+/// size limit), then sleeps; and serves `/www/big`, 100 MiB of random bytes, with its digest
+/// in `/www/big.sha256`.
+fn stress_manifest(lines: u32) -> String {
+    let half = lines / 2;
+    pod_manifest(
+        "stress",
+        &format!(
+            "mkdir -p /www && dd if=/dev/urandom of=/www/big bs=1M count=100 2>/dev/null && \
+             sha256sum /www/big | cut -d' ' -f1 > /www/big.sha256 && \
+             (httpd -f -p 8080 -h /www &) && sleep 2 && \
+             i=1; while [ $i -le {half} ]; do echo line-$i; i=$((i+1)); done; sleep 5; \
+             while [ $i -le {lines} ]; do echo line-$i; i=$((i+1)); done; \
+             exec sleep 3600"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn streams_under_load_lose_nothing() -> Result<()> {
+    const LINES: u32 = 100_000;
+    in_a_cluster("kapi-stress", |plane, node| async move {
+        // Small logs, rotated often, so that following crosses rotations.
+        let config = "containerLogMaxSize: 256Ki\ncontainerLogMaxFiles: 3\n\
+                      containerLogMonitorInterval: 3s\n";
+        let daemon =
+            match cluster::join_with_config(BOSUN.as_ref(), &plane, &node, &[], config).await {
+                Ok(daemon) => daemon,
+                Err(e) => panic!("starting bosun: {e:#}"),
+            };
+        let result = async {
+            let manifest = node.dir().join("stress.yaml");
+            std::fs::write(&manifest, stress_manifest(LINES))?;
+            plane
+                .kubectl(["apply", "-f", &manifest.to_string_lossy()])
+                .await?;
+            wait_for(&plane, &["pod", "stress"], Duration::from_secs(60), |p| {
+                p["status"]["phase"] == "Running"
+            })
+            .await?;
+
+            // logs -f of a container writing fast, across rotations: every line, in order.
+            let mut follow = tokio::process::Command::new(plane.kubectl_path())
+                .arg("--kubeconfig")
+                .arg(plane.admin_kubeconfig())
+                .args(["logs", "-f", "stress"])
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let mut followed = tokio::io::BufReader::new(follow.stdout.take().context("stdout")?);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            let mut next = 1u32;
+            while next <= LINES {
+                use tokio::io::AsyncBufReadExt;
+                let mut line = String::new();
+                let read = tokio::time::timeout_at(deadline, followed.read_line(&mut line)).await;
+                ensure!(
+                    matches!(read, Ok(Ok(n)) if n > 0),
+                    "logs -f ended or stalled after line {}",
+                    next - 1
+                );
+                ensure!(
+                    line == format!("line-{next}\n"),
+                    "after line {}: {line:?}",
+                    next - 1
+                );
+                next += 1;
+            }
+            follow.kill().await.ok();
+            let rotated = std::fs::read_dir(node.dir().join("pod-logs"))?
+                .flatten()
+                .flat_map(|pod| {
+                    std::fs::read_dir(pod.path().join("app"))
+                        .into_iter()
+                        .flatten()
+                })
+                .flatten()
+                .filter(|f| f.file_name().to_string_lossy().contains(".log."))
+                .count();
+            ensure!(rotated >= 1, "the log was never rotated while followed");
+
+            // 100 MiB through port-forward, intact.
+            let local_port = cluster::free_port()?;
+            let mut forward = tokio::process::Command::new(plane.kubectl_path())
+                .arg("--kubeconfig")
+                .arg(plane.admin_kubeconfig())
+                .args(["port-forward", "pod/stress", &format!("{local_port}:8080")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            let want = plane
+                .kubectl(["exec", "stress", "--", "cat", "/www/big.sha256"])
+                .await?;
+            let mut got = String::new();
+            for _ in 0..100 {
+                let output = tokio::process::Command::new("bash")
+                    .arg("-c")
+                    .arg(format!(
+                        "set -o pipefail; \
+                         curl -sSf --max-time 120 http://127.0.0.1:{local_port}/big | sha256sum"
+                    ))
+                    .output()
+                    .await?;
+                got = String::from_utf8_lossy(&output.stdout).into_owned();
+                if output.status.success() && got.len() > 64 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            forward.kill().await.ok();
+            ensure!(
+                got.split_whitespace().next() == Some(want.trim()),
+                "100 MiB through port-forward: {got:?} against {want:?}"
+            );
             Ok(())
         }
         .await;

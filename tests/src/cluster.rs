@@ -61,13 +61,24 @@ pub async fn join(
     node: &TestNode,
     extra: &[&OsStr],
 ) -> Result<Daemon> {
+    join_with_config(bin, plane, node, extra, "").await
+}
+
+/// As [`join`], with `extra_config` added to the daemon's configuration file.
+pub async fn join_with_config(
+    bin: &Path,
+    plane: &ControlPlane,
+    node: &TestNode,
+    extra: &[&OsStr],
+    extra_config: &str,
+) -> Result<Daemon> {
     let kubeconfig = plane.node_kubeconfig(NODE_NAME).await?;
     let mut args = vec!["--kubeconfig".as_ref(), kubeconfig.as_os_str()];
     args.extend(extra);
     // The kubelet API on a port of its own (tests run side by side), trusting the cluster's
     // CA for client certificates, as the API server presents one signed by it.
     let config = format!(
-        "port: {}\nauthentication:\n  x509:\n    clientCAFile: {}\n",
+        "port: {}\nauthentication:\n  x509:\n    clientCAFile: {}\n{extra_config}",
         free_port()?,
         plane.dir().join("pki/ca.crt").display()
     );

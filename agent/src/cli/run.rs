@@ -163,6 +163,9 @@ pub struct ConfigFile {
     pub port: Option<i64>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_private_key_file: Option<PathBuf>,
+    /// Serve a certificate the cluster signs (signer `kubernetes.io/kubelet-serving`).
+    #[serde(rename = "serverTLSBootstrap")]
+    pub server_tls_bootstrap: Option<bool>,
     pub tls_min_version: Option<String>,
     #[serde(default)]
     pub tls_cipher_suites: Vec<String>,
@@ -453,6 +456,17 @@ fn server_config(
             ))
         }
     };
+    let bootstrap = file.server_tls_bootstrap.unwrap_or(false);
+    if bootstrap && cert_and_key.is_some() {
+        return Err(BadConfig(
+            "serverTLSBootstrap and tlsCertFile/tlsPrivateKeyFile: give one or the other".into(),
+        ));
+    }
+    if bootstrap && args.kubeconfig.is_none() {
+        return Err(BadConfig(
+            "serverTLSBootstrap needs --kubeconfig: the cluster signs the certificate".into(),
+        ));
+    }
     let mode = match args
         .authorization_mode
         .as_deref()
@@ -488,6 +502,7 @@ fn server_config(
                     .client_ca_file
                     .clone()),
                 hostnames,
+                bootstrap,
             },
             authentication: AuthenticationConfig {
                 anonymous: args

@@ -46,6 +46,34 @@ const PENDING_KEY: &str = "kubelet-client.key.tmp";
 pub const SIGNER_NAME: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 /// Exactly these: kube-controller-manager 1.20 approves no other set for a kubelet client.
 const USAGES: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
+
+/// Which of kubelet's two certificates a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kind {
+    /// The stored files' prefix: `<prefix>-<time>.pem`, `<prefix>-current.pem`.
+    pub prefix: &'static str,
+    pub signer: &'static str,
+    pub usages: &'static [&'static str],
+    /// The request's name prefix (kubelet's `node-csr-` for bootstrap requests).
+    pub name_prefix: &'static str,
+}
+
+/// The client certificate the node authenticates to the API server with.
+pub const CLIENT: Kind = Kind {
+    prefix: "kubelet-client",
+    signer: SIGNER_NAME,
+    usages: &USAGES,
+    name_prefix: "node-csr-",
+};
+
+/// The serving certificate of the kubelet API (`serverTLSBootstrap`): signed by the cluster
+/// once someone (or something) approves the request; kube-controller-manager does not.
+pub const SERVING: Kind = Kind {
+    prefix: "kubelet-server",
+    signer: "kubernetes.io/kubelet-serving",
+    usages: &["digital signature", "key encipherment", "server auth"],
+    name_prefix: "csr-",
+};
 /// How long to wait for approval and signing before giving up (kubelet's bootstrap waits as
 /// long).
 pub const ISSUE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -156,13 +184,19 @@ pub async fn ensure_credentials(
     let pending = cert_dir.join(PENDING_KEY);
     let key = pending_key(&pending)?;
     let client = super::client(bootstrap).await?;
-    let result = request_certificate(client, node, &key).await;
+    let result = request_certificate(client, CLIENT, node, &[], &key).await;
     if let Err(BootstrapError::NotIssued { .. }) = &result {
         // The same key would only find the same refused request again.
         remove_file(&pending)?;
     }
     let (csr, cert) = result?;
-    store(&cert_dir, &cert, &key.serialize_pem(), SystemTime::now())?;
+    store(
+        &cert_dir,
+        CLIENT,
+        &cert,
+        &key.serialize_pem(),
+        SystemTime::now(),
+    )?;
     remove_file(&pending)?;
     write_kubeconfig(kubeconfig, cluster, &current)?;
     tracing::info!(%csr, cert = %current.display(), kubeconfig = %kubeconfig.display(), "client certificate issued");
@@ -265,21 +299,29 @@ async fn renew(
     };
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(BootstrapError::Key)?;
-    let (csr, cert) = request_certificate(requester, &rotation.node, &key).await?;
+    let (csr, cert) = request_certificate(requester, CLIENT, &rotation.node, &[], &key).await?;
     let cert_dir = current.parent().unwrap_or(Path::new("/"));
-    store(cert_dir, &cert, &key.serialize_pem(), SystemTime::now())?;
+    store(
+        cert_dir,
+        CLIENT,
+        &cert,
+        &key.serialize_pem(),
+        SystemTime::now(),
+    )?;
     // kube-rs reads the certificate when a client is built, not per connection.
     client.send_replace(super::client(&rotation.kubeconfig).await?);
     Ok(csr)
 }
 
-/// The request kubelet makes for its client certificate: subject `O=system:nodes,
-/// CN=system:node:NODE`, no extensions.
+/// The request kubelet makes for its certificates: subject `O=system:nodes,
+/// CN=system:node:NODE`, and for a serving certificate the node's names and addresses
+/// (`alternative_names`) as its only extension.
 fn node_certificate_request(
     node: &str,
+    alternative_names: &[String],
     key: &rcgen::KeyPair,
 ) -> Result<rcgen::CertificateSigningRequest, rcgen::Error> {
-    let mut params = rcgen::CertificateParams::default();
+    let mut params = rcgen::CertificateParams::new(alternative_names.to_vec())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
@@ -290,18 +332,21 @@ fn node_certificate_request(
     params.serialize_request(key)
 }
 
-/// Requests a kubelet client certificate for `node` with `key` and waits until it is issued;
-/// the request's name and the certificate (PEM).
-async fn request_certificate(
+/// Requests a certificate of `kind` for `node` (and its `alternative_names`) with `key`
+/// and waits until it is issued; the request's name and the certificate (PEM).
+pub async fn request_certificate(
     client: kube::Client,
+    kind: Kind,
     node: &str,
+    alternative_names: &[String],
     key: &rcgen::KeyPair,
 ) -> Result<(String, Vec<u8>), BootstrapError> {
     let common_name = format!("system:node:{node}");
-    let request = node_certificate_request(node, key)
+    let request = node_certificate_request(node, alternative_names, key)
         .and_then(|request| request.pem())
         .map_err(BootstrapError::Key)?;
     let name = request_name(
+        kind,
         &rcgen::PublicKeyData::subject_public_key_info(key),
         &common_name,
         "system:nodes",
@@ -314,8 +359,8 @@ async fn request_certificate(
         },
         spec: CertificateSigningRequestSpec {
             request: ByteString(request.into_bytes()),
-            signer_name: SIGNER_NAME.to_owned(),
-            usages: Some(USAGES.map(str::to_owned).to_vec()),
+            signer_name: kind.signer.to_owned(),
+            usages: Some(kind.usages.iter().map(|u| (*u).to_owned()).collect()),
             ..CertificateSigningRequestSpec::default()
         },
         status: None,
@@ -423,7 +468,12 @@ fn csr_state(csr: &CertificateSigningRequest) -> CsrState {
 
 /// A name that is the same for the same key and subject (as kubelet's `node-csr-<digest>`),
 /// so that a restarted bootstrap finds its earlier request.
-fn request_name(public_key_der: &[u8], common_name: &str, organization: &str) -> String {
+fn request_name(
+    kind: Kind,
+    public_key_der: &[u8],
+    common_name: &str,
+    organization: &str,
+) -> String {
     let encode = |data: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data);
     let mut hash = Sha256::new();
     // '|' is not in the URL-safe alphabet: no two inputs write the same stream.
@@ -433,12 +483,12 @@ fn request_name(public_key_der: &[u8], common_name: &str, organization: &str) ->
         organization.as_bytes(),
     ]
     .into_iter()
-    .chain(USAGES.iter().map(|u| u.as_bytes()))
+    .chain(kind.usages.iter().map(|u| u.as_bytes()))
     {
         hash.update(encode(part));
         hash.update(b"|");
     }
-    format!("node-csr-{}", encode(&hash.finalize()))
+    format!("{}{}", kind.name_prefix, encode(&hash.finalize()))
 }
 
 /// A certificate's validity period.
@@ -490,7 +540,7 @@ pub fn rotation_deadline(valid: Validity, jitter: f64) -> SystemTime {
 }
 
 /// The wait before the next attempt after `failures` failed renewals.
-fn retry_delay(failures: u32) -> Duration {
+pub fn retry_delay(failures: u32) -> Duration {
     RETRY_FIRST
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(RETRY_MAX)
@@ -624,7 +674,7 @@ fn write_kubeconfig(path: &Path, cluster: Cluster, cert: &Path) -> Result<(), Bo
 }
 
 /// The validity of the certificate in a file of the cert dir, which must hold its key too.
-fn stored_validity(path: &Path) -> Result<Validity, BootstrapError> {
+pub fn stored_validity(path: &Path) -> Result<Validity, BootstrapError> {
     let pem = std::fs::read(path).map_err(|source| BootstrapError::Io {
         action: "reading",
         path: path.to_owned(),
@@ -644,9 +694,10 @@ fn stored_validity(path: &Path) -> Result<Validity, BootstrapError> {
 }
 
 /// Keeps `cert` and `key` as kubelet's certificate store does: a new
-/// `kubelet-client-<time>.pem`, then the [`CURRENT`] symlink moved to it at once.
-fn store(
+/// `<prefix>-<time>.pem`, then the `<prefix>-current.pem` symlink moved to it at once.
+pub fn store(
     cert_dir: &Path,
+    kind: Kind,
     cert: &[u8],
     key: &str,
     now: SystemTime,
@@ -655,8 +706,8 @@ fn store(
     let stamp = file_time(now);
     let (name, file) = (0..)
         .map(|n| match n {
-            0 => format!("kubelet-client-{stamp}.pem"),
-            n => format!("kubelet-client-{stamp}-{n}.pem"),
+            0 => format!("{}-{stamp}.pem", kind.prefix),
+            n => format!("{}-{stamp}-{n}.pem", kind.prefix),
         })
         .map(|name| (name.clone(), cert_dir.join(name)))
         .find(|(_, file)| !file.exists())
@@ -671,7 +722,7 @@ fn store(
     }
     pem.extend_from_slice(key.as_bytes());
     write_private(&file, &pem)?;
-    let updated = cert_dir.join("kubelet-client-updated.pem");
+    let updated = cert_dir.join(format!("{}-updated.pem", kind.prefix));
     remove_file(&updated)?;
     // Relative: the directory may be moved or mounted elsewhere.
     std::os::unix::fs::symlink(&name, &updated).map_err(|source| BootstrapError::Io {
@@ -679,7 +730,7 @@ fn store(
         path: updated.clone(),
         source,
     })?;
-    let current = cert_dir.join(CURRENT);
+    let current = cert_dir.join(format!("{}-current.pem", kind.prefix));
     std::fs::rename(&updated, &current).map_err(|source| BootstrapError::Io {
         action: "replacing",
         path: current,
@@ -839,10 +890,19 @@ mod tests {
 
     #[test]
     fn request_names_depend_on_the_key_and_subject_only() {
-        let a = request_name(b"key-a", "system:node:n1", "system:nodes");
-        assert_eq!(a, request_name(b"key-a", "system:node:n1", "system:nodes"));
-        assert_ne!(a, request_name(b"key-b", "system:node:n1", "system:nodes"));
-        assert_ne!(a, request_name(b"key-a", "system:node:n2", "system:nodes"));
+        let a = request_name(CLIENT, b"key-a", "system:node:n1", "system:nodes");
+        assert_eq!(
+            a,
+            request_name(CLIENT, b"key-a", "system:node:n1", "system:nodes")
+        );
+        assert_ne!(
+            a,
+            request_name(CLIENT, b"key-b", "system:node:n1", "system:nodes")
+        );
+        assert_ne!(
+            a,
+            request_name(CLIENT, b"key-a", "system:node:n2", "system:nodes")
+        );
         assert!(a.starts_with("node-csr-") && a.len() <= 253);
     }
 
@@ -901,7 +961,7 @@ mod tests {
     #[test]
     fn the_request_carries_the_node_subject_and_no_extensions() {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let der = node_certificate_request("n1", &key).unwrap();
+        let der = node_certificate_request("n1", &[], &key).unwrap();
         use x509_parser::prelude::FromDer as _;
         let (_, parsed) =
             x509_parser::certification_request::X509CertificationRequest::from_der(der.der())
@@ -924,7 +984,7 @@ mod tests {
             (2022, 1_700_000_100),
         ] {
             let (cert, key) = self_signed((year, 1, 1), (year + 10, 1, 1));
-            stored.push(store(dir.path(), cert.as_bytes(), &key, at(now)).unwrap());
+            stored.push(store(dir.path(), CLIENT, cert.as_bytes(), &key, at(now)).unwrap());
         }
         let names: Vec<_> = stored.iter().map(|f| f.file_name().unwrap()).collect();
         assert_eq!(
@@ -949,7 +1009,7 @@ mod tests {
             0o600
         );
         let (_, key) = self_signed((2020, 1, 1), (2030, 1, 1));
-        assert!(store(dir.path(), b"not a certificate", &key, at(0)).is_err());
+        assert!(store(dir.path(), CLIENT, b"not a certificate", &key, at(0)).is_err());
     }
 
     #[test]
@@ -965,7 +1025,7 @@ mod tests {
         let cluster = bootstrap_cluster(&bootstrap).unwrap();
         let kubeconfig = dir.path().join("sub/kubelet.conf");
         let (cert, key) = self_signed((2020, 1, 1), (2030, 1, 1));
-        store(dir.path(), cert.as_bytes(), &key, at(0)).unwrap();
+        store(dir.path(), CLIENT, cert.as_bytes(), &key, at(0)).unwrap();
         let current = dir.path().join(CURRENT);
         write_kubeconfig(&kubeconfig, cluster, &current).unwrap();
 

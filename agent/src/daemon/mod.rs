@@ -135,6 +135,7 @@ fn configz(config: &Config) -> serde_json::Value {
         "healthzPort": config.healthz.map_or(0, |h| h.port()),
         "tlsCertFile": server.and_then(|s| s.tls.cert_and_key.as_ref().map(|c| c.0.clone())),
         "tlsPrivateKeyFile": server.and_then(|s| s.tls.cert_and_key.as_ref().map(|c| c.1.clone())),
+        "serverTLSBootstrap": server.is_some_and(|s| s.tls.bootstrap),
         "authentication": server.map(|s| serde_json::json!({
             "x509": {"clientCAFile": s.tls.client_ca_file},
             "webhook": {

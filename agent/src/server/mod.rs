@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod logs;
+pub mod serving_cert;
 pub mod stats;
 pub mod streaming;
 pub mod tls;
@@ -125,13 +126,14 @@ pub async fn serve(config: &ServerConfig, sources: Sources) -> Result<JoinHandle
         stats,
         configz,
     } = sources;
+    let certificate_api = api.clone();
     let state = Arc::new(State {
         authenticator: Authenticator::new(
             config.authentication.clone(),
             tls.client_ca.clone(),
             api.clone(),
         ),
-        authorizer: Authorizer::new(config.authorization.clone(), node.clone(), api),
+        authorizer: Authorizer::new(config.authorization.clone(), node.clone(), api.clone()),
         node,
         pods,
         runtime,
@@ -143,7 +145,28 @@ pub async fn serve(config: &ServerConfig, sources: Sources) -> Result<JoinHandle
         .with_context(|| format!("listening on {} (address, port)", config.listen))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server);
     tracing::info!(address = %config.listen, "serving the kubelet API");
-    Ok(tokio::spawn(serve_tls(listener, acceptor, state)))
+    let certificate = match (tls.serving, certificate_api) {
+        (Some(serving), Some(api)) => Some(serving_cert::run(
+            api,
+            serving_cert::Request {
+                node: state.node.clone(),
+                alternative_names: config.tls.hostnames.clone(),
+                cert_dir: config.tls.cert_dir.clone(),
+            },
+            serving,
+        )),
+        (Some(_), None) => anyhow::bail!("serverTLSBootstrap needs an API server (--kubeconfig)"),
+        _ => None,
+    };
+    Ok(tokio::spawn(async move {
+        let served = serve_tls(listener, acceptor, state);
+        match certificate {
+            Some(certificate) => {
+                tokio::join!(served, certificate);
+            }
+            None => served.await,
+        }
+    }))
 }
 
 async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, state: Arc<State>) {

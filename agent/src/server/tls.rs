@@ -13,6 +13,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 
 use super::auth::AnyClientCertificate;
+use super::serving_cert::ServingCertificate;
 
 /// The TLS settings of kubelet's configuration.
 #[derive(Clone, Debug, Default)]
@@ -28,8 +29,10 @@ pub struct TlsConfig {
     pub cipher_suites: Vec<String>,
     /// `authentication.x509.clientCAFile`.
     pub client_ca_file: Option<PathBuf>,
-    /// Names and addresses the self-signed certificate is for.
+    /// Names and addresses the self-signed (or cluster-signed) certificate is for.
     pub hostnames: Vec<String>,
+    /// `serverTLSBootstrap`: serve a certificate the cluster signs ([`super::serving_cert`]).
+    pub bootstrap: bool,
 }
 
 /// What is wrong with the TLS settings; the daemon does not start (it would not be
@@ -61,6 +64,8 @@ pub enum TlsError {
 pub struct Tls {
     pub server: Arc<rustls::ServerConfig>,
     pub client_ca: Option<Arc<dyn ClientCertVerifier>>,
+    /// With `bootstrap`: the certificate to fill once the cluster has signed one.
+    pub serving: Option<Arc<ServingCertificate>>,
 }
 
 impl Tls {
@@ -76,10 +81,6 @@ impl Tls {
                     reason: "is not supported (VersionTLS12 or VersionTLS13)".to_owned(),
                 })
             }
-        };
-        let (chain, key) = match &config.cert_and_key {
-            Some((cert, key)) => (read_certificates(cert)?, read_key(key)?),
-            None => self_signed(&config.cert_dir, &config.hostnames)?,
         };
         let (client_ca, hints) = match &config.client_ca_file {
             Some(path) => {
@@ -104,18 +105,33 @@ impl Tls {
             }
             None => (None, Vec::new()),
         };
-        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(TlsError::Rustls)?
-            .with_client_cert_verifier(Arc::new(AnyClientCertificate::new(provider.clone(), hints)))
-            .with_single_cert(chain, key)
-            .map_err(TlsError::Rustls)?;
+            .with_client_cert_verifier(Arc::new(AnyClientCertificate::new(
+                provider.clone(),
+                hints,
+            )));
+        let (mut server, serving) = if config.bootstrap {
+            let serving = Arc::new(ServingCertificate::new(provider.clone()));
+            (builder.with_cert_resolver(serving.clone()), Some(serving))
+        } else {
+            let (chain, key) = match &config.cert_and_key {
+                Some((cert, key)) => (read_certificates(cert)?, read_key(key)?),
+                None => self_signed(&config.cert_dir, &config.hostnames)?,
+            };
+            let server = builder
+                .with_single_cert(chain, key)
+                .map_err(TlsError::Rustls)?;
+            (server, None)
+        };
         // HTTP/1.1 only: the streaming protocols (SPDY, WebSocket) upgrade HTTP/1.1
         // connections, and that is what the API server speaks to kubelets.
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Tls {
             server: Arc::new(server),
             client_ca,
+            serving,
         })
     }
 }
