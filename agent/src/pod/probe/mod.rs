@@ -122,13 +122,20 @@ pub enum ProbeKind {
     Readiness,
 }
 
-impl fmt::Display for ProbeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl ProbeKind {
+    /// kubelet's name of the probe type, in events and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
             ProbeKind::Startup => "Startup",
             ProbeKind::Liveness => "Liveness",
             ProbeKind::Readiness => "Readiness",
-        })
+        }
+    }
+}
+
+impl fmt::Display for ProbeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
