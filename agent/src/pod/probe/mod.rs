@@ -33,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 pub use action::{run_hook, run_probe};
 pub use http::HttpError;
 pub use net::ConnectError;
-pub use prober::{ContainerProbes, ProbeEvent, ProbeEventKind, ProbeFailure, ProbeState};
+pub use prober::{ContainerProbes, ProbeEvent, ProbeEventKind, ProbeFailure, ProbeState, Reports};
 
 /// The Kubernetes version bosun speaks for, as kubelet puts it in its probes' `User-Agent`.
 const KUBE_VERSION: &str = "1.34";
