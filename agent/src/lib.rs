@@ -8,6 +8,7 @@ pub mod api;
 pub mod cluster;
 pub mod daemon;
 pub mod events;
+pub mod metrics;
 pub mod pod;
 pub mod policy;
 pub mod runtime;

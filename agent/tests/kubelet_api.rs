@@ -325,6 +325,32 @@ async fn kubectl_exec_port_forward_and_cp_reach_a_pod_bosun_runs() -> Result<()>
     "{metrics}"
 );
             ensure!(metrics.contains("resource_scrape_error 0"), "{metrics}");
+            // What Prometheus scrapes: kubelet's metrics, with the pods the PLEG counts, and
+            // the probes' page.
+            let metrics = plane
+                .kubectl([
+                    "get",
+                    "--raw",
+                    &format!("/api/v1/nodes/{NODE_NAME}/proxy/metrics"),
+                ])
+                .await?;
+            let node_name = format!(r#"kubelet_node_name{{node="{NODE_NAME}"}} 1"#);
+            ensure!(metrics.lines().any(|l| l == node_name), "{metrics}");
+            let running_pods = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("kubelet_running_pods "))
+                .and_then(|v| v.parse::<f64>().ok());
+            ensure!(running_pods >= Some(1.0), "{metrics}");
+            let probes = plane
+                .kubectl([
+                    "get",
+                    "--raw",
+                    &format!("/api/v1/nodes/{NODE_NAME}/proxy/metrics/probes"),
+                ])
+                .await?;
+            // The pods here have no probes, and a family without series is left out, as
+            // kubelet leaves it out: the page answers, empty.
+            ensure!(probes.trim().is_empty(), "{probes}");
             Ok(())
         }
         .await;

@@ -174,6 +174,7 @@ pub fn api_socket(root_dir: &Path) -> PathBuf {
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     std::fs::create_dir_all(&config.root_dir)
         .with_context(|| format!("creating the root directory {}", config.root_dir.display()))?;
+    crate::metrics::global().set_node_name(&config.node.node_name);
     let client = connect_with_retry(&config.runtime_endpoint).await?;
     let events = Recorder::new(config.node.node_name.clone());
     let file_sources: &[Source] = if config.manifest_dir.is_some() {

@@ -14,6 +14,7 @@ use tokio::sync::{watch, Notify};
 
 use super::status_manager::StatusManager;
 use crate::events::Recorder;
+use crate::metrics::{self, PodSyncType};
 use crate::pod::spec::NodeContext;
 use crate::pod::worker::{grace_period, PodWorker};
 use crate::policy::PolicyEnforcer;
@@ -169,11 +170,18 @@ impl<R: Runtime> PodWorkers<R> {
                 }
                 let requeue = match &wanted {
                     Some(pod) => {
+                        let operation = match &last {
+                            None => PodSyncType::Create,
+                            Some(previous) if !Arc::ptr_eq(previous, pod) => PodSyncType::Update,
+                            Some(_) => PodSyncType::Sync,
+                        };
                         last = Some(pod.clone());
+                        let began = tokio::time::Instant::now();
                         // Boxed, here and below: the task lives as long as the pod, and
                         // these futures are large (tens of KiB) but alive only while
                         // they run.
                         let result = Box::pin(worker.sync(pod)).await;
+                        metrics::global().observe_pod_sync(operation, began.elapsed());
                         status.set_status(pod, worker.status().cloned());
                         match result {
                             Ok(requeue) => requeue.unwrap_or(RESYNC).min(RESYNC),

@@ -20,10 +20,11 @@ use super::spec::{self, NodeContext, RuntimeFacts};
 use super::status::{self, Facts};
 use tokio::sync::Notify;
 
-use super::probe::{run_hook, ContainerProbes, ProbeKind, Target};
+use super::probe::{run_hook, ContainerProbes, ProbeEvent, ProbeKind, Reports, Target};
 use super::pull_secrets;
 use super::volume::{self, HostMounter, PodVolumes};
 use crate::events::{container_reference, reason, EventType, Recorder};
+use crate::metrics::{self, ProbeSeries};
 use crate::policy::{PolicyEnforcer, FAILED_NETWORK_POLICY};
 use crate::runtime::Runtime;
 use crate::store::ObjectGetter;
@@ -85,6 +86,8 @@ pub struct PodWorker<R: Runtime> {
     /// while that sync did nothing to the runtime (kubelet's pod cache): a sync that finds
     /// the count unchanged reuses it instead of four CRI calls or more.
     observed: Option<(u64, Arc<ObservedPod>)>,
+    /// How long the pod took to start, for `kubelet_pod_start_duration_seconds`.
+    start: PodStart,
 }
 
 /// Removes a container's log file and the files rotated from it; a failure is logged.
@@ -128,6 +131,7 @@ impl<R: Runtime> PodWorker<R> {
             on_status: None,
             runtime_changes: None,
             observed: None,
+            start: PodStart::new(),
         }
     }
 
@@ -157,6 +161,16 @@ impl<R: Runtime> PodWorker<R> {
     /// The status computed by the last sync.
     pub fn status(&self) -> Option<&PodStatus> {
         self.status.as_ref()
+    }
+
+    /// Where the probes of the pod's container `name` are counted.
+    fn probe_series(&self, pod: &Pod, name: &str) -> ProbeSeries {
+        metrics::global().probe_series(
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            &self.uid,
+            name,
+        )
     }
 
     fn labels(&self) -> HashMap<String, String> {
@@ -431,14 +445,9 @@ impl<R: Runtime> PodWorker<R> {
             }
             let events = self.events.clone();
             let involved = container_reference(pod, &c.name);
-            let probes = ContainerProbes::resume(
-                self.runtime.clone(),
-                c,
-                Target::new(pod_ip.clone(), id.clone(), c),
-                latest.started_at.unwrap_or_else(SystemTime::now),
-                previous_health(pod, &id),
-                self.wake.clone(),
-                move |event| {
+            let reports = Reports {
+                on_change: self.wake.clone(),
+                on_event: move |event: ProbeEvent| {
                     events.record(
                         involved.clone(),
                         EventType::Warning,
@@ -446,6 +455,15 @@ impl<R: Runtime> PodWorker<R> {
                         event.to_string(),
                     );
                 },
+                metrics: self.probe_series(pod, &c.name),
+            };
+            let probes = ContainerProbes::resume(
+                self.runtime.clone(),
+                c,
+                Target::new(pod_ip.clone(), id.clone(), c),
+                latest.started_at.unwrap_or_else(SystemTime::now),
+                previous_health(pod, &id),
+                reports,
             );
             self.probes.insert(id, probes);
         }
@@ -511,6 +529,9 @@ impl<R: Runtime> PodWorker<R> {
 
     fn publish(&mut self, pod: &Pod, observed: &ObservedPod, now: SystemTime) {
         let status = status::pod_status(pod, observed, &self.facts, self.status.as_ref(), now);
+        if let Some(took) = self.start.phase(status.phase.as_deref()) {
+            metrics::global().observe_pod_start(took);
+        }
         if let Some(sink) = &self.on_status {
             sink(pod, &status);
         }
@@ -980,6 +1001,12 @@ impl<R: Runtime> PodWorker<R> {
             .unwrap_or(ContainerKind::Regular)
         };
         self.probes.clear();
+        // The containers' probe series go with the pod, as kubelet's go with its probe workers.
+        if let Some(pod) = pod {
+            for (c, _) in containers_of(pod) {
+                self.probe_series(pod, &c.name).forget();
+            }
+        }
         let deadline = tokio::time::Instant::now() + grace;
         let running: Vec<&ObservedContainer> = observed
             .containers
@@ -1030,6 +1057,45 @@ impl<R: Runtime> PodWorker<R> {
             tracing::warn!(pod = %self.uid, error = %e, "cleaning up the pod's volumes");
         }
         Ok(())
+    }
+}
+
+/// How long a pod took to start: from its worker's start (the pod first seen) to the first
+/// status whose phase is Running, told once. A pod whose first status is neither Pending nor
+/// Running (it finished at once) or is Running already (bosun restarted and adopted it) is
+/// never told: its start was not seen.
+#[derive(Debug)]
+struct PodStart {
+    since: tokio::time::Instant,
+    seen: StartSeen,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StartSeen {
+    Nothing,
+    Pending,
+    Told,
+}
+
+impl PodStart {
+    fn new() -> Self {
+        PodStart {
+            since: tokio::time::Instant::now(),
+            seen: StartSeen::Nothing,
+        }
+    }
+
+    /// Told the phase of each status computed; answers how long the start took when this is
+    /// the first Running after Pending.
+    fn phase(&mut self, phase: Option<&str>) -> Option<Duration> {
+        let (seen, took) = match (self.seen, phase) {
+            (StartSeen::Told, _) => (StartSeen::Told, None),
+            (_, None | Some("Pending")) => (StartSeen::Pending, None),
+            (StartSeen::Pending, Some("Running")) => (StartSeen::Told, Some(self.since.elapsed())),
+            _ => (StartSeen::Told, None),
+        };
+        self.seen = seen;
+        took
     }
 }
 
@@ -1136,4 +1202,37 @@ pub fn pod_name(pod: &Pod) -> String {
         pod.metadata.namespace.as_deref().unwrap_or("default"),
         pod.metadata.name.as_deref().unwrap_or("")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_is_told_once_from_the_first_sight_to_running() {
+        let mut start = PodStart::new();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(start.phase(Some("Pending")), None);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(start.phase(Some("Running")), Some(Duration::from_secs(5)));
+        assert_eq!(start.phase(Some("Running")), None, "once");
+        assert_eq!(start.phase(Some("Pending")), None);
+        assert_eq!(
+            start.phase(Some("Running")),
+            None,
+            "once, even after a restart"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_not_seen_is_not_told() {
+        let mut adopted = PodStart::new();
+        assert_eq!(adopted.phase(Some("Running")), None);
+        assert_eq!(adopted.phase(Some("Pending")), None);
+        assert_eq!(adopted.phase(Some("Running")), None);
+        let mut finished = PodStart::new();
+        assert_eq!(finished.phase(Some("Pending")), None);
+        assert_eq!(finished.phase(Some("Succeeded")), None);
+        assert_eq!(finished.phase(Some("Running")), None);
+    }
 }

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
+use crate::metrics;
 use crate::pod::observed::keys;
 use crate::store::PodStore;
 use auth::{
@@ -338,14 +339,13 @@ async fn route(request: Request<Incoming>, state: &State) -> Response<Body> {
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
+        (["metrics"], true) => prometheus(metrics::encode(), metrics::CONTENT_TYPE),
+        (["metrics", "probes"], true) => {
+            prometheus(metrics::encode_probes(), metrics::CONTENT_TYPE)
+        }
         (["metrics", "resource"], true) => {
             let body = state.stats.scrape_resource_metrics(&state.runtime).await;
-            let mut response = Response::new(full(body));
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(stats::RESOURCE_METRICS_CONTENT_TYPE),
-            );
-            response
+            prometheus(body, stats::RESOURCE_METRICS_CONTENT_TYPE)
         }
         (["containerLogs", namespace, pod, container], true) => {
             container_logs(&request, state, namespace, pod, container).await
@@ -387,6 +387,16 @@ async fn route(request: Request<Incoming>, state: &State) -> Response<Body> {
         }
         _ => not_found(),
     }
+}
+
+/// A page of metrics in Prometheus' text format.
+fn prometheus(body: String, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 fn pod_list(pods: &[Arc<Pod>]) -> Response<Body> {
@@ -874,5 +884,117 @@ mod tests {
     fn container_ids_lose_their_runtime_prefix() {
         assert_eq!(runtime_id("containerd://abc"), "abc");
         assert_eq!(runtime_id("abc"), "abc");
+    }
+
+    /// What the handlers read, over a runtime that answers `Version` only; anonymous
+    /// requests are allowed everything.
+    async fn state(dir: &std::path::Path) -> State {
+        let socket = dir.join("cri.sock");
+        bosun_tests::fake_cri::serve(bosun_tests::fake_cri::VersionOnly, &socket);
+        let runtime = CriClient::connect(
+            &format!("unix://{}", socket.display()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("connected to the fake runtime");
+        let authentication = AuthenticationConfig {
+            anonymous: true,
+            webhook: false,
+            ..AuthenticationConfig::default()
+        };
+        let authorization = AuthorizationConfig {
+            mode: auth::AuthorizationMode::AlwaysAllow,
+            ..AuthorizationConfig::default()
+        };
+        State {
+            node: "node-a".to_owned(),
+            pods: PodStore::new(&[crate::store::Source::Local]),
+            runtime,
+            authenticator: Authenticator::new(authentication, None, None),
+            authorizer: Authorizer::new(authorization, "node-a".to_owned(), None),
+            stats: Arc::new(StatsProvider::new(
+                stats::HostPaths::host(),
+                String::new(),
+                dir.to_owned(),
+                "node-a".to_owned(),
+            )),
+            configz: serde_json::Value::Null,
+        }
+    }
+
+    /// `GET path` through [`handle`] over an in-memory HTTP/1 connection: the status, the
+    /// content type and the body.
+    async fn get(state: Arc<State>, path: &str) -> (StatusCode, String, String) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let service = hyper::service::service_fn(move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(request, None, &state).await) }
+        });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server), service),
+        );
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .expect("an HTTP/1 connection");
+        tokio::spawn(connection);
+        let request = Request::get(path)
+            .header(hyper::header::HOST, "node-a")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("a request");
+        let response = sender.send_request(request).await.expect("an answer");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("the body")
+            .to_bytes();
+        (
+            status,
+            content_type,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn prometheus_metrics_are_served_on_metrics_and_metrics_probes() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let state = Arc::new(state(dir.path()).await);
+        metrics::global().set_node_name("node-a");
+        metrics::global()
+            .probe_series("default", "served", "uid-served", "app")
+            .record(
+                crate::pod::probe::ProbeKind::Readiness,
+                metrics::ProbeResult::Successful,
+                Duration::from_millis(3),
+            );
+
+        let (status, content_type, body) = get(state.clone(), "/metrics").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(
+            body.lines()
+                .any(|l| l == r#"kubelet_node_name{node="node-a"} 1"#),
+            "{body}"
+        );
+        assert!(body.contains("# TYPE kubelet_running_pods gauge"), "{body}");
+        assert!(!body.contains("prober_probe"), "{body}");
+
+        let (status, content_type, body) = get(state, "/metrics/probes").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(
+            body.lines().any(|l| l
+                == r#"prober_probe_total{container="app",namespace="default",pod="served",pod_uid="uid-served",probe_type="Readiness",result="successful"} 1"#),
+            "{body}"
+        );
+        assert!(!body.contains("kubelet_node_name"), "{body}");
     }
 }

@@ -3,9 +3,10 @@
 //! are compiled into the datapath's desired state and written to the pinned maps by netdp's
 //! reconciler, both off the daemon's executor. A failed write is retried with backoff; a
 //! Service the datapath cannot serve (SCTP, a bad IP) is reported once as a Warning event
-//! naming the field, and every other Service goes on.
+//! naming the field, and every other Service goes on. Each sync is timed, and each change
+//! timed from when the proxy takes it to when it is written, under kube-proxy's metrics.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::Resource;
 
 use crate::events::{EventType, Recorder};
+use crate::metrics;
 use crate::service::endpoints;
-use crate::store::{PodStore, Source, Store, Subscription};
+use crate::store::{Changes, ObjectKey, PodStore, Source, Store};
 use crate::util::{error_chain, sleep_or_never};
 
 /// Event reason for a Service (or EndpointSlice) the datapath cannot serve as written.
@@ -66,21 +68,29 @@ impl Proxy {
         let mut reported: BTreeSet<String> = BTreeSet::new();
         let mut backoff = Duration::from_millis(500);
         let started = Instant::now();
+        let mut unprogrammed = Unprogrammed::default();
         loop {
             let mut retry = None;
             if applied.is_none() && !self.settled() && started.elapsed() < SETTLE {
                 retry = Some(SETTLE_POLL);
             } else {
+                let began = Instant::now();
                 let compiled = self.compile().await;
                 self.report(&mut reported, &compiled);
+                let mut programmed = true;
                 if applied.as_ref() != Some(&compiled.services) {
                     let (desired, written) = self.write(&mut reconciler, compiled.services).await;
                     match written {
                         Ok(()) => {
+                            metrics::global().set_service_datapath(
+                                desired.len(),
+                                desired.iter().map(|s| s.backends.len()).sum(),
+                            );
                             applied = Some(desired);
                             backoff = Duration::from_millis(500);
                         }
                         Err(message) => {
+                            programmed = false;
                             tracing::warn!(%message, "service proxy");
                             self.events.record(
                                 self.events.node_reference(),
@@ -93,17 +103,33 @@ impl Proxy {
                         }
                     }
                 }
+                metrics::global().observe_proxy_sync(began.elapsed());
+                if programmed {
+                    for took in unprogrammed.programmed(Instant::now()) {
+                        metrics::global().observe_network_programming(took);
+                    }
+                }
             }
             // Once written, pods matter only through the EndpointSlices.
             let watched = if applied.is_some() { 2 } else { 3 };
             let [services, slices, pods] = &mut changes;
             tokio::select! {
-                _ = services.changed() => {}
-                _ = slices.changed() => {}
-                _ = pods.changed(), if watched == 3 => {}
+                () = services.ready() => {}
+                () = slices.ready() => {}
+                () = pods.ready(), if watched == 3 => {}
                 () = sleep_or_never(retry) => {}
             }
-            drain(&mut changes);
+            // Whatever changed while another woke the loop is taken too: the next compile
+            // reads the stores whole.
+            let now = Instant::now();
+            let (services, slices) = (services.take(), slices.take());
+            pods.take();
+            // What the first write after a start carries is the state found then, not a
+            // change (kube-proxy likewise leaves out changes from before it started).
+            if applied.is_some() {
+                unprogrammed.taken("Service", services, now);
+                unprogrammed.taken("EndpointSlice", slices, now);
+            }
         }
     }
 
@@ -285,11 +311,29 @@ fn selects(service: &Service, pod: &Pod) -> bool {
         })
 }
 
-/// Empties subscriptions that changed while another woke the loop: the next compile reads
-/// the stores whole.
-fn drain(changes: &mut [Subscription]) {
-    for subscription in changes {
-        subscription.take();
+/// The Services and EndpointSlices changed since the maps were last written, each with when
+/// the proxy took its change from the store: kube-proxy's network programming duration runs
+/// from there to the write that carries it.
+#[derive(Debug, Default)]
+struct Unprogrammed {
+    since: BTreeMap<(&'static str, ObjectKey), Instant>,
+}
+
+impl Unprogrammed {
+    /// Notes the objects of `kind` that `changes` names, taken at `now`. An object still
+    /// waiting keeps the time of its first change.
+    fn taken(&mut self, kind: &'static str, changes: Changes, now: Instant) {
+        for key in changes.keys {
+            self.since.entry((kind, key)).or_insert(now);
+        }
+    }
+
+    /// How long each object waited, now that the maps hold them all; forgets them.
+    fn programmed(&mut self, now: Instant) -> Vec<Duration> {
+        std::mem::take(&mut self.since)
+            .into_values()
+            .map(|since| now.duration_since(since))
+            .collect()
     }
 }
 
@@ -318,6 +362,32 @@ mod tests {
             ..Default::default()
         });
         Arc::new(pod)
+    }
+
+    #[test]
+    fn a_change_is_timed_from_its_first_taking_to_the_write() {
+        let changes = |names: &[&str]| Changes {
+            keys: names
+                .iter()
+                .map(|name| ObjectKey::new("default", *name))
+                .collect(),
+            synced: false,
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut unprogrammed = Unprogrammed::default();
+        unprogrammed.taken("Service", changes(&["web", "db"]), at(0));
+        unprogrammed.taken("Service", changes(&["web"]), at(1));
+        unprogrammed.taken("EndpointSlice", changes(&["web"]), at(2));
+        unprogrammed.taken("EndpointSlice", changes(&[]), at(3));
+        let mut waited = unprogrammed.programmed(at(5));
+        waited.sort();
+        assert_eq!(
+            waited,
+            [3, 5, 5].map(Duration::from_secs),
+            "the EndpointSlice web since 2 s; the Services db and web since 0 s"
+        );
+        assert!(unprogrammed.programmed(at(6)).is_empty(), "each once");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 pub use action::{run_hook, run_probe};
 pub use http::HttpError;
 pub use net::ConnectError;
-pub use prober::{ContainerProbes, ProbeEvent, ProbeEventKind, ProbeFailure, ProbeState};
+pub use prober::{ContainerProbes, ProbeEvent, ProbeEventKind, ProbeFailure, ProbeState, Reports};
 
 /// The Kubernetes version bosun speaks for, as kubelet puts it in its probes' `User-Agent`.
 const KUBE_VERSION: &str = "1.34";
@@ -122,13 +122,20 @@ pub enum ProbeKind {
     Readiness,
 }
 
-impl fmt::Display for ProbeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl ProbeKind {
+    /// kubelet's name of the probe type, in events and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
             ProbeKind::Startup => "Startup",
             ProbeKind::Liveness => "Liveness",
             ProbeKind::Readiness => "Readiness",
-        })
+        }
+    }
+}
+
+impl fmt::Display for ProbeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::action::{positive_or, run_probe};
 use super::{Outcome, ProbeKind, Target};
+use crate::metrics::{ProbeResult, ProbeSeries};
 use crate::runtime::Runtime;
 
 /// How many times a probe that could not be run is tried again at once before its result is
@@ -80,6 +81,16 @@ impl fmt::Display for ProbeEvent {
     }
 }
 
+/// Where a container's probes tell what they find.
+pub struct Reports<E> {
+    /// Woken by every change of [`ProbeState`].
+    pub on_change: Arc<Notify>,
+    /// Given every failed, errored or warning run.
+    pub on_event: E,
+    /// Counts every run, by probe and result (`/metrics/probes`).
+    pub metrics: ProbeSeries,
+}
+
 /// The probes of one running container, probing in a task of their own. Dropping this
 /// stops them; a restarted container gets a new one, as kubelet starts a new worker for a new
 /// container ID.
@@ -94,19 +105,15 @@ impl ContainerProbes {
     /// `started_at` is when the container started, which may be well in the past when bosun
     /// adopts a running container after a restart; initial delays count from it.
     ///
-    /// Every change of [`ProbeState`] wakes `on_change`; every failed, errored or warning
-    /// attempt is passed to `on_event`. Must be called within a tokio runtime.
+    /// What the probes find goes to `reports`. Must be called within a tokio runtime.
     pub fn spawn<R: Runtime>(
         runtime: R,
         container: &Container,
         target: Target,
         started_at: SystemTime,
-        on_change: Arc<Notify>,
-        on_event: impl Fn(ProbeEvent) + Send + Sync + 'static,
+        reports: Reports<impl Fn(ProbeEvent) + Send + Sync + 'static>,
     ) -> Self {
-        Self::resume(
-            runtime, container, target, started_at, None, on_change, on_event,
-        )
+        Self::resume(runtime, container, target, started_at, None, reports)
     }
 
     /// As [`ContainerProbes::spawn`], for a container that was already probed before this
@@ -120,8 +127,7 @@ impl ContainerProbes {
         target: Target,
         started_at: SystemTime,
         previous: Option<(bool, bool)>,
-        on_change: Arc<Notify>,
-        on_event: impl Fn(ProbeEvent) + Send + Sync + 'static,
+        reports: Reports<impl Fn(ProbeEvent) + Send + Sync + 'static>,
     ) -> Self {
         let mut probes = Probes {
             startup: container.startup_probe.clone(),
@@ -144,12 +150,18 @@ impl ContainerProbes {
         let since_start = SystemTime::now()
             .duration_since(started_at)
             .unwrap_or_default();
+        let Reports {
+            on_change,
+            on_event,
+            metrics,
+        } = reports;
         let prober = Prober {
             runtime,
             target,
             state,
             on_change,
             on_event,
+            metrics,
             spawned: Instant::now(),
             since_start,
         };
@@ -262,6 +274,7 @@ struct Prober<R, E> {
     state: watch::Sender<ProbeState>,
     on_change: Arc<Notify>,
     on_event: E,
+    metrics: ProbeSeries,
     /// When the prober was spawned, and how long the container had been running by then.
     spawned: Instant,
     since_start: Duration,
@@ -348,10 +361,11 @@ impl<R: Runtime, E: Fn(ProbeEvent) + Send + Sync> Prober<R, E> {
         }
     }
 
-    /// One attempt, tried again at once if it could not be run. Reports what is worth an
-    /// event; answers `None` for an attempt to throw away, else `Err` with the failure's
+    /// One attempt, tried again at once if it could not be run. Counts it, and reports what is
+    /// worth an event; answers `None` for an attempt to throw away, else `Err` with the failure's
     /// message.
     async fn attempt(&self, kind: ProbeKind, probe: &Probe) -> Option<Result<(), String>> {
+        let began = Instant::now();
         // Boxed: a probe's future (an exec, an HTTP or gRPC request) is large, and the
         // prober's task, alive as long as its container, would otherwise hold its room for
         // good, once per probe of the container.
@@ -362,6 +376,12 @@ impl<R: Runtime, E: Fn(ProbeEvent) + Send + Sync> Prober<R, E> {
             }
             outcome = Box::pin(run_probe(&self.runtime, probe, &self.target)).await;
         }
+        let result = match &outcome {
+            Outcome::Success | Outcome::Warning(_) => ProbeResult::Successful,
+            Outcome::Failure(_) => ProbeResult::Failed,
+            Outcome::Unknown(_) => ProbeResult::Unknown,
+        };
+        self.metrics.record(kind, result, began.elapsed());
         let event = |event_kind, message| {
             tracing::debug!(container = %self.target.container_id, probe = %kind, ?event_kind, %message, "probe");
             (self.on_event)(ProbeEvent {

@@ -1,5 +1,6 @@
 //! The prober's schedule in paused time, against the fake runtime's exec.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -8,7 +9,10 @@ use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 
 use super::fake::{FakeRuntime, Reply};
-use super::{ContainerProbes, ProbeEvent, ProbeEventKind, ProbeFailure, ProbeKind, ProbeState};
+use super::{
+    ContainerProbes, ProbeEvent, ProbeEventKind, ProbeFailure, ProbeKind, ProbeState, Reports,
+};
+use crate::metrics::{self, ProbeResult};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -31,6 +35,9 @@ struct Harness {
     changed: Arc<Notify>,
     events: Arc<Mutex<Vec<ProbeEvent>>>,
     origin: Instant,
+    /// The pod the probes are counted under in the process-wide metrics: each harness has a
+    /// name of its own, so that tests running at once count apart.
+    pod: String,
 }
 
 impl Harness {
@@ -39,6 +46,8 @@ impl Harness {
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
         let origin = Instant::now();
+        static HARNESSES: AtomicUsize = AtomicUsize::new(0);
+        let pod = format!("prober-test-{}", HARNESSES.fetch_add(1, Ordering::Relaxed));
         let probes = ContainerProbes::spawn(
             runtime.clone(),
             &container,
@@ -48,8 +57,11 @@ impl Harness {
                 named_ports: Vec::new(),
             },
             started_at,
-            changed.clone(),
-            move |event| sink.lock().expect("events lock").push(event),
+            Reports {
+                on_change: changed.clone(),
+                on_event: move |event| sink.lock().expect("events lock").push(event),
+                metrics: metrics::global().probe_series("default", &pod, "uid-1", "app"),
+            },
         );
         Harness {
             runtime: runtime.clone(),
@@ -57,6 +69,7 @@ impl Harness {
             changed,
             events,
             origin,
+            pod,
         }
     }
 
@@ -76,6 +89,18 @@ impl Harness {
 
     fn events(&self) -> Vec<ProbeEvent> {
         self.events.lock().expect("events lock").clone()
+    }
+
+    /// `prober_probe_total` of this harness's container for `probe` and `result`, as
+    /// `/metrics/probes` shows it; 0 for a series not there.
+    fn counted(&self, probe: ProbeKind, result: ProbeResult) -> f64 {
+        let series = format!(
+            r#"prober_probe_total{{container="app",namespace="default",pod="{}",pod_uid="uid-1",probe_type="{}",result="{}"}}"#,
+            self.pod,
+            probe.as_str(),
+            result.as_str()
+        );
+        metrics::sample(&metrics::encode_probes(), &series).unwrap_or(0.0)
     }
 }
 
@@ -443,4 +468,36 @@ async fn dropping_the_handle_stops_probing() {
     drop(probes);
     sleep_until(origin + secs(60.0)).await;
     assert_eq!(runtime.calls("live", origin), [Duration::ZERO]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_run_is_counted_by_probe_and_result() {
+    let runtime = FakeRuntime::default();
+    runtime
+        .script(
+            "ready",
+            [Reply::Exit(0, ""), Reply::Exit(0, "")],
+            Reply::Exit(1, "no"),
+        )
+        .script("live", [], Reply::Status(tonic::Code::Unavailable));
+    let h = Harness::now(
+        &runtime,
+        Container {
+            readiness_probe: Some(exec_probe("ready")),
+            liveness_probe: Some(exec_probe("live")),
+            ..Default::default()
+        },
+    );
+    // Runs at 0, 10 and 20 s: two successes, then a failure; the liveness probe never runs.
+    h.state_at(25.0).await;
+    assert_eq!(
+        h.counted(ProbeKind::Readiness, ProbeResult::Successful),
+        2.0
+    );
+    assert_eq!(h.counted(ProbeKind::Readiness, ProbeResult::Failed), 1.0);
+    // Tried three times at each period and thrown away each time, but counted once a run.
+    assert_eq!(h.calls("live").len(), 9);
+    assert_eq!(h.counted(ProbeKind::Liveness, ProbeResult::Unknown), 3.0);
+    assert_eq!(h.counted(ProbeKind::Liveness, ProbeResult::Failed), 0.0);
+    assert_eq!(h.counted(ProbeKind::Startup, ProbeResult::Successful), 0.0);
 }
