@@ -207,9 +207,7 @@ async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, s
                     Ok::<_, Infallible>(handle(request, certificates.as_deref(), &state).await)
                 }
             });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(IDLE_TIMEOUT)
+            let served = http1()
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
                 .await;
@@ -248,13 +246,21 @@ pub async fn serve_healthz(address: SocketAddr) {
                     not_found()
                 })
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(IDLE_TIMEOUT)
+            let _ = http1()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+/// HTTP/1 as both servers speak it: a connection that sends no request for
+/// [`IDLE_TIMEOUT`] (idle between requests, or slow with its headers) is closed.
+fn http1() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(IDLE_TIMEOUT);
+    builder
 }
 
 /// Go's answer to an unknown path, as kubelet gives it.
@@ -996,5 +1002,99 @@ mod tests {
             "{body}"
         );
         assert!(!body.contains("kubelet_node_name"), "{body}");
+    }
+
+    /// Paths of every shape answer without a panic: unknown ones with 404, the known
+    /// routes with what their handlers decide (here the pods are unknown and the runtime
+    /// answers nothing but its version).
+    #[tokio::test]
+    async fn any_path_gets_an_answer_and_unknown_paths_404() {
+        use rand::{Rng as _, SeedableRng as _};
+        const WORDS: &[&str] = &[
+            "exec", "attach", "portForward", "run", "containerLogs", "pods", "runningpods",
+            "stats", "summary", "metrics", "resource", "probes", "configz", "healthz", "logs",
+            "spec", "checkpoint", "ns", "pod", "c", "uid", "..", ".", "%2e%2e", "%00", "%ff",
+            "%", "a%2Fb", "~", "*", "x",
+        ];
+        const QUERIES: &[&str] = &[
+            "", "?", "?follow=true", "?tailLines=-1", "?tailLines=x", "?sinceSeconds=0",
+            "?command=sh&input=1", "?port=0", "?port=70000", "?port=8080,,9", "?cmd=",
+            "?only_cpu_and_memory=true", "?%zz=1", "?a=%",
+        ];
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let state = Arc::new(state(dir.path()).await);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10250);
+        let known = [
+            "exec", "attach", "portForward", "run", "containerLogs", "pods", "runningpods",
+            "stats", "metrics", "configz", "healthz",
+        ];
+        for _ in 0..600 {
+            let depth = rng.random_range(0..7);
+            let mut path = String::new();
+            for _ in 0..depth {
+                path.push('/');
+                path.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+            }
+            if path.is_empty() || rng.random_bool(0.1) {
+                path.push('/');
+            }
+            if rng.random_bool(0.02) {
+                path.push_str(&"a".repeat(8000));
+            }
+            path.push_str(QUERIES[rng.random_range(0..QUERIES.len())]);
+            let (status, _, body) = get(state.clone(), &path).await;
+            let first = segments(path.split('?').next().unwrap_or_default())
+                .first()
+                .copied()
+                .unwrap_or_default();
+            if !known.contains(&first) {
+                assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+            } else {
+                assert!(
+                    status.is_success() || status.is_client_error() || status.is_server_error(),
+                    "{path}: {status}"
+                );
+            }
+        }
+    }
+
+    /// An idle connection is closed after kubelet's 90 s, a busy one is not; 100 of them
+    /// cost the server no task once closed.
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_closed_after_ninety_seconds() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let state = Arc::new(state(dir.path()).await);
+        let mut clients = Vec::new();
+        let mut served = Vec::new();
+        for _ in 0..100 {
+            let (mut client, server) = tokio::io::duplex(1 << 12);
+            let state = state.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(request, None, &state).await) }
+            });
+            served.push(tokio::spawn(
+                http1().serve_connection(TokioIo::new(server), service),
+            ));
+            client
+                .write_all(b"GET /healthz HTTP/1.1\r\nhost: node-a\r\n\r\n")
+                .await
+                .expect("a request");
+            let mut answer = [0u8; 256];
+            let n = client.read(&mut answer).await.expect("an answer");
+            assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &answer[..n]);
+            clients.push(client);
+        }
+        tokio::time::sleep(IDLE_TIMEOUT - Duration::from_secs(1)).await;
+        assert!(served.iter().all(|s| !s.is_finished()), "closed too soon");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for served in served {
+            tokio::time::timeout(Duration::from_secs(1), served)
+                .await
+                .expect("closed at the idle timeout")
+                .expect("the connection task")
+                .ok();
+        }
     }
 }
