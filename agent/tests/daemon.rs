@@ -116,6 +116,32 @@ async fn scenario(node: &TestNode, daemon: Daemon) -> anyhow::Result<()> {
     assert!(running
         .iter()
         .all(|c| c.labels.get("io.kubernetes.pod.uid") != Some(&uid)));
+    // Its logs go with it; the crash pod's stay.
+    let logs = node.dir().join("pod-logs");
+    let log_dirs = || -> Vec<String> {
+        std::fs::read_dir(&logs)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while log_dirs().iter().any(|d| d.ends_with(&uid)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deleted pod's logs are still there: {:?}",
+            log_dirs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        log_dirs().iter().any(|d| d.contains("_crash")),
+        "{:?}",
+        log_dirs()
+    );
     daemon.kill().await?;
 
     // What is left (the crash pod) is removed by the node's teardown.

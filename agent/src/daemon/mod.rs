@@ -29,6 +29,7 @@ use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use crate::cluster::objects::ReferencedObjects;
 use crate::cluster::tokens::TokenManager;
 use crate::events::{reason, EventType, Recorder};
+use crate::pod::log_rotation;
 use crate::pod::references::{references, RefKind};
 use crate::pod::spec::NodeContext;
 use crate::pod::volume::{self, HostMounter};
@@ -475,6 +476,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                                 tracing::warn!(%uid, error = %e, "removing a gone pod's directory");
                             }
                         }
+                        let logged = log_rotation::pod_log_uids(&ctx.pod_logs_dir);
+                        for uid in logged.iter().filter(|u| !workers.contains(u) && !uids.contains(u) && pod_config.get(u).is_none()) {
+                            if let Err(e) = log_rotation::remove_pod_logs(&ctx.pod_logs_dir, uid) {
+                                tracing::warn!(%uid, error = %e, "removing a gone pod's logs");
+                            }
+                        }
                     }
                 }
             },
@@ -483,6 +490,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 // A pod wanted again while it was being terminated starts anew.
                 if let Some(pod) = pod_config.get(&uid).filter(|p| p.metadata.deletion_timestamp.is_none()) {
                     workers.update(&uid, Some(pod.clone()));
+                } else if let Err(e) = log_rotation::remove_pod_logs(&ctx.pod_logs_dir, &uid) {
+                    // Gone for good: its logs go too, as kubelet removes those of pods it no
+                    // longer has.
+                    tracing::warn!(%uid, error = %e, "removing a gone pod's logs");
                 }
             }
         }

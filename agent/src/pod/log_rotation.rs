@@ -449,6 +449,42 @@ pub fn remove_rotated(log_path: &Path) -> Result<(), RotationError> {
     remove_files(&rotated_files(log_path)?)
 }
 
+/// The UIDs of the pods that have a log directory (`<namespace>_<name>_<uid>`) in
+/// `pod_logs_dir`.
+pub fn pod_log_uids(pod_logs_dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(pod_logs_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.rsplit_once('_').map(|(_, uid)| uid.to_owned())
+        })
+        .filter(|uid| !uid.is_empty())
+        .collect()
+}
+
+/// Removes the log directory of the pod `uid` (kubelet removes those of pods it no longer
+/// has): its containers' logs, rotated or not. None is no error.
+pub fn remove_pod_logs(pod_logs_dir: &Path, uid: &str) -> Result<(), RotationError> {
+    let Ok(entries) = fs::read_dir(pod_logs_dir) else {
+        return Ok(());
+    };
+    let suffix = format!("_{uid}");
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(&suffix) {
+            let path = entry.path();
+            match fs::remove_dir_all(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("remove", &path)(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
 fn remove_files(files: &[PathBuf]) -> Result<(), RotationError> {
     for file in files {
         match fs::remove_file(file) {
@@ -463,6 +499,27 @@ fn remove_files(files: &[PathBuf]) -> Result<(), RotationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gone_pods_log_directory_goes_and_no_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for pod in [
+            "default_web_uid-1",
+            "default_web_uid-2",
+            "kube-system_dns_uid-3",
+        ] {
+            fs::create_dir_all(dir.path().join(pod).join("app")).expect("a pod log directory");
+            fs::write(dir.path().join(pod).join("app/0.log"), "x").expect("a log");
+        }
+        let mut uids = pod_log_uids(dir.path());
+        uids.sort();
+        assert_eq!(uids, ["uid-1", "uid-2", "uid-3"]);
+        remove_pod_logs(dir.path(), "uid-2").expect("removed");
+        remove_pod_logs(dir.path(), "uid-9").expect("nothing to remove is no error");
+        let mut uids = pod_log_uids(dir.path());
+        uids.sort();
+        assert_eq!(uids, ["uid-1", "uid-3"]);
+    }
 
     use std::collections::{BTreeMap, HashSet};
     use std::sync::{Arc, Mutex, PoisonError};
