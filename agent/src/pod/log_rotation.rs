@@ -271,8 +271,44 @@ pub async fn rotate_if_needed<R: LogRuntime>(
     if size < config.max_size {
         return Ok(None);
     }
-    prune_rotated(log, config.max_files)?;
+    let kept = prune_rotated(log, config.max_files)?;
+    // Compressing a few MiB takes a while: off the executor's threads.
+    let older = kept
+        .split_last()
+        .map(|(_, older)| older.to_vec())
+        .unwrap_or_default();
+    tokio::task::spawn_blocking(move || compress_all(&older))
+        .await
+        .unwrap_or_else(|e| Err(io_error("compress", log)(io::Error::other(e))))?;
     rotate_latest(runtime, id, log, now).await.map(Some)
+}
+
+/// Gzips each of `files` not compressed yet into `<file>.gz` (written as `<file>.gz.tmp`
+/// first, renamed when complete), then removes `file`: kubelet compresses every rotated file
+/// but the newest.
+pub fn compress_all(files: &[PathBuf]) -> Result<(), RotationError> {
+    for file in files {
+        if file.extension().is_some_and(|e| e == "gz" || e == "tmp") {
+            continue;
+        }
+        let mut gz = file.as_os_str().to_owned();
+        gz.push(".gz");
+        let gz = PathBuf::from(gz);
+        let mut tmp = gz.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let compress = || -> io::Result<()> {
+            let mut input = fs::File::open(file)?;
+            let output = fs::File::create(&tmp)?;
+            let mut encoder = flate2::write::GzEncoder::new(output, flate2::Compression::default());
+            io::copy(&mut input, &mut encoder)?;
+            encoder.finish()?.sync_all()?;
+            fs::rename(&tmp, &gz)
+        };
+        compress().map_err(io_error("compress", file))?;
+        remove_files(std::slice::from_ref(file))?;
+    }
+    Ok(())
 }
 
 async fn reopen<R: LogRuntime>(runtime: &R, id: &str, log: &Path) -> Result<(), RotationError> {
@@ -499,6 +535,31 @@ fn remove_files(files: &[PathBuf]) -> Result<(), RotationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn older_rotated_files_are_gzipped_and_their_originals_removed() {
+        use std::io::Read as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("0.log.20261206-100000");
+        let done = dir.path().join("0.log.20261206-090000.gz");
+        fs::write(&old, "an old line\n".repeat(1000)).expect("a rotated log");
+        fs::write(&done, "already compressed").expect("a compressed log");
+        compress_all(&[done.clone(), old.clone()]).expect("compressed");
+        assert!(!old.exists(), "the original is removed");
+        assert_eq!(
+            fs::read(&done).expect("untouched"),
+            b"already compressed",
+            "a .gz is left as it is"
+        );
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(
+            fs::File::open(dir.path().join("0.log.20261206-100000.gz")).expect("the .gz"),
+        )
+        .read_to_string(&mut text)
+        .expect("gzip");
+        assert_eq!(text, "an old line\n".repeat(1000));
+        assert!(!dir.path().join("0.log.20261206-100000.gz.tmp").exists());
+    }
 
     #[test]
     fn a_gone_pods_log_directory_goes_and_no_other() {
@@ -763,9 +824,23 @@ mod tests {
                 let files = rotated_files(&log).expect("list");
                 assert!(files.len() < max_files, "{max_files}: {files:?}");
             }
-            // The newest stay, and the live log makes max_files.
+            // The newest stay, and the live log makes max_files; all but the two newest
+            // rotated files are compressed.
             let kept = &rotations[rotations.len() - (max_files - 1)..];
-            assert_eq!(rotated_files(&log).expect("list"), kept, "{max_files}");
+            let files = rotated_files(&log).expect("list");
+            let uncompressed: Vec<PathBuf> = files
+                .iter()
+                .map(|f| PathBuf::from(f.to_string_lossy().trim_end_matches(".gz")))
+                .collect();
+            assert_eq!(uncompressed, kept, "{max_files}");
+            let compressed = files
+                .iter()
+                .filter(|f| f.extension().is_some_and(|e| e == "gz"));
+            assert_eq!(
+                compressed.count(),
+                files.len().saturating_sub(2),
+                "{files:?}"
+            );
             assert_eq!(names(dir.path()).len(), max_files);
         }
     }
