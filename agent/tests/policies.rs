@@ -429,10 +429,32 @@ async fn policy_holds_while_bosun_is_down_and_monitor_reports_drops() -> Result<
             // Killed, the daemon leaves the programs and maps enforcing.
             daemon.kill().await?;
             check("bosun down").await?;
-            let daemon = Daemon::start(Path::new(BOSUN), &node, "").await?;
+            // Started again with its kubelet API open (to anyone, standalone), whose
+            // /metrics counts the drops too.
+            let port = bosun_tests::cluster::free_port()?;
+            let server = format!(
+                "enableServer: true\nport: {port}\nauthentication:\n  anonymous: {{enabled: true}}\n  \
+                 webhook: {{enabled: false}}\nauthorization: {{mode: AlwaysAllow}}\n"
+            );
+            let daemon = Daemon::start(Path::new(BOSUN), &node, &server).await?;
             daemon.wait_for("web-1", "Ready", WITHIN, ready).await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
             check("restarted").await?;
+            let metrics = tokio::process::Command::new("curl")
+                .args(["-sSfk", "--max-time", "10"])
+                .arg(format!("https://127.0.0.1:{port}/metrics"))
+                .output()
+                .await?;
+            let metrics = String::from_utf8_lossy(&metrics.stdout);
+            let dropped = metrics
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(
+                        r#"bosun_network_policy_packets_total{direction="ingress",verdict="dropped"} "#,
+                    )
+                })
+                .and_then(|n| n.parse::<u64>().ok());
+            assert!(dropped >= Some(1), "{metrics}");
 
             // Deleting the policy opens web-1.
             daemon.remove_manifest("policy.yaml")?;

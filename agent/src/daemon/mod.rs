@@ -329,6 +329,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                         config.node.node_name.clone(),
                     )),
                     configz: configz(&config),
+                    policy_bpf_dir: config.bpf_dir.clone().filter(|_| config.network_policy),
                 },
             )
             .await

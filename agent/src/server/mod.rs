@@ -101,6 +101,7 @@ pub struct State {
     pub authenticator: Authenticator,
     pub authorizer: Authorizer,
     pub stats: Arc<StatsProvider>,
+    pub policy_bpf_dir: Option<std::path::PathBuf>,
     /// `/configz`: the configuration in effect, as kubelet's `{"kubeletconfig": …}`.
     pub configz: serde_json::Value,
 }
@@ -114,6 +115,9 @@ pub struct Sources {
     pub api: Option<kube::Client>,
     pub stats: Arc<StatsProvider>,
     pub configz: serde_json::Value,
+    /// The bpffs directory of the NetworkPolicy datapath, whose counters `/metrics` adds;
+    /// `None` where policy is not enforced.
+    pub policy_bpf_dir: Option<std::path::PathBuf>,
 }
 
 /// Starts the HTTPS server. Fails if the port cannot be bound (kubelet exits then too).
@@ -126,6 +130,7 @@ pub async fn serve(config: &ServerConfig, sources: Sources) -> Result<JoinHandle
         api,
         stats,
         configz,
+        policy_bpf_dir,
     } = sources;
     let certificate_api = api.clone();
     let state = Arc::new(State {
@@ -140,6 +145,7 @@ pub async fn serve(config: &ServerConfig, sources: Sources) -> Result<JoinHandle
         runtime,
         stats,
         configz,
+        policy_bpf_dir,
     });
     let listener = TcpListener::bind(config.listen)
         .await
@@ -345,7 +351,17 @@ async fn route(request: Request<Incoming>, state: &State) -> Response<Body> {
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
-        (["metrics"], true) => prometheus(metrics::encode(), metrics::CONTENT_TYPE),
+        (["metrics"], true) => {
+            let mut body = metrics::encode();
+            if let Some(dir) = state.policy_bpf_dir.clone() {
+                match tokio::task::spawn_blocking(move || policy_packets(&dir)).await {
+                    Ok(Ok(text)) => body.push_str(&text),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "reading the policy counters"),
+                    Err(e) => tracing::debug!(error = %e, "reading the policy counters"),
+                }
+            }
+            prometheus(body, metrics::CONTENT_TYPE)
+        }
         (["metrics", "probes"], true) => {
             prometheus(metrics::encode_probes(), metrics::CONTENT_TYPE)
         }
@@ -862,6 +878,37 @@ async fn container_logs(
     response
 }
 
+/// `bosun_network_policy_packets_total`: what the NetworkPolicy programs counted on every
+/// pod interface, by direction and verdict (counters the kernel keeps, read at each scrape).
+fn policy_packets(bpf_dir: &std::path::Path) -> Result<String, bosun_netdp::Error> {
+    use bosun_netdp::policy::Direction;
+    let mut sums = [[0u64; 2]; 2];
+    for ((_, direction), counters) in bosun_netdp::policy::read_counters(bpf_dir)? {
+        let d = usize::from(direction == Direction::Egress);
+        sums[d][0] = sums[d][0].wrapping_add(counters.allowed);
+        sums[d][1] = sums[d][1].wrapping_add(counters.dropped);
+    }
+    Ok(policy_packets_text(sums))
+}
+
+/// The text of `bosun_network_policy_packets_total` for `[ingress, egress]` × `[allowed,
+/// dropped]`.
+fn policy_packets_text(sums: [[u64; 2]; 2]) -> String {
+    let mut text = String::from(
+        "# HELP bosun_network_policy_packets_total Packets the NetworkPolicy programs passed or \
+         dropped on pods' interfaces.\n# TYPE bosun_network_policy_packets_total counter\n",
+    );
+    for (d, direction) in ["ingress", "egress"].iter().enumerate() {
+        for (v, verdict) in ["allowed", "dropped"].iter().enumerate() {
+            text.push_str(&format!(
+                "bosun_network_policy_packets_total{{direction=\"{direction}\",verdict=\"{verdict}\"}} {}\n",
+                sums[d][v]
+            ));
+        }
+    }
+    text
+}
+
 /// The pipe between a log reader and its response body, and the body's chunks.
 const LOG_PIPE_BYTES: usize = 64 * 1024;
 const LOG_CHUNK_BYTES: usize = 16 * 1024;
@@ -925,6 +972,7 @@ mod tests {
                 "node-a".to_owned(),
             )),
             configz: serde_json::Value::Null,
+            policy_bpf_dir: None,
         }
     }
 
@@ -1146,6 +1194,23 @@ mod tests {
                 .expect("closed at the idle timeout")
                 .expect("the connection task")
                 .ok();
+        }
+    }
+
+    #[test]
+    fn policy_packets_are_counted_by_direction_and_verdict() {
+        let text = policy_packets_text([[10, 2], [7, 0]]);
+        assert!(
+            text.contains("# TYPE bosun_network_policy_packets_total counter\n"),
+            "{text}"
+        );
+        for line in [
+            r#"bosun_network_policy_packets_total{direction="ingress",verdict="allowed"} 10"#,
+            r#"bosun_network_policy_packets_total{direction="ingress",verdict="dropped"} 2"#,
+            r#"bosun_network_policy_packets_total{direction="egress",verdict="allowed"} 7"#,
+            r#"bosun_network_policy_packets_total{direction="egress",verdict="dropped"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
         }
     }
 }
