@@ -36,6 +36,15 @@
 #                                                a name filter (pod_start, status_update,
 #                                                pods_at_once, pod_delete, footprint),
 #                                                --quick, --samples N
+#   ./scripts/bench.sh kubelet_api [ARGS...]     the kubelet API benchmark: exec round trips
+#                                                and throughput, logs -f and port-forward
+#                                                throughput through bosun's HTTPS port against
+#                                                the runtime's streaming URLs and the log file
+#                                                read directly, and the daemon's memory with
+#                                                100 streams open. ARGS: a name filter
+#                                                (exec_round_trip, exec_throughput,
+#                                                logs_follow, port_forward, open_streams),
+#                                                --quick, --smoke, --samples N
 #   ./scripts/bench.sh FILTER... [--quick] ...   as before both existed: the pods benchmark
 #                                                with these arguments
 #   ./scripts/bench.sh smoke                     every benchmark once with --smoke (one
@@ -67,7 +76,7 @@ smoke() {
     local status=0 name started
     # Built first, so that the times below are the runs' own.
     cargo bench -p bosun --benches --no-run
-    for name in pods services policy cluster; do
+    for name in pods services policy cluster kubelet_api; do
         started=$SECONDS
         if bench "$name" --smoke; then
             echo "smoke: $name passed in $((SECONDS - started)) s"
@@ -85,7 +94,7 @@ case "${1:-}" in
         [ "$#" -eq 1 ] || { echo "bench.sh: smoke takes no arguments" >&2; exit 2; }
         smoke
         ;;
-    pods | services | policy | cluster)
+    pods | services | policy | cluster | kubelet_api)
         name="$1"
         shift
         bench "$name" "$@"
