@@ -186,6 +186,9 @@ async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, s
                 continue;
             }
         };
+        // Small writes (an exec's echo, a terminal's keystroke) go out at once, as Go's
+        // sockets (kubelet's) send them.
+        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {

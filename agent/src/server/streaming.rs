@@ -67,6 +67,7 @@ pub async fn proxy(
             address: address.clone(),
             source,
         })?;
+    let _ = stream.set_nodelay(true);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(ProxyError::Http)?;
