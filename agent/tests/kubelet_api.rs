@@ -193,6 +193,81 @@ async fn kubectl_exec_port_forward_and_cp_reach_a_pod_bosun_runs() -> Result<()>
                 "{piped:?}"
             );
 
+            // exec -it: the command gets a terminal, and its exit code comes back. kubectl
+            // needs a terminal of its own: script(1) gives it one, its stdin held open (at
+            // the end of its input script would type an end-of-file into the terminal).
+            let it = {
+                let mut child = tokio::process::Command::new("script")
+                    .args(["-q", "-e", "-c"])
+                    .arg(format!(
+                        "{} --kubeconfig {} exec -it web -- sh -c 'tty; exit 3'",
+                        plane.kubectl_path().display(),
+                        plane.admin_kubeconfig().display()
+                    ))
+                    .arg("/dev/null")
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()?;
+                let stdin = child.stdin.take().context("stdin")?;
+                let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+                    .await??;
+                drop(stdin);
+                out
+            };
+            let it_out = String::from_utf8_lossy(&it.stdout);
+            ensure!(it_out.starts_with("/dev/pts/"), "{it_out:?}");
+            ensure!(it.status.code() == Some(3), "{:?} {it_out:?}", it.status);
+
+            // attach: stdin reaches the container's process, its output comes back.
+            let echo = node.dir().join("echo.yaml");
+            std::fs::write(
+                &echo,
+                format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: echo, namespace: default}}\n\
+                     spec:\n  nodeName: {NODE_NAME}\n  terminationGracePeriodSeconds: 1\n  \
+                     containers:\n  - {{name: app, image: {BUSYBOX_IMAGE}, \
+                     imagePullPolicy: IfNotPresent, stdin: true, command: [cat]}}\n"
+                ),
+            )?;
+            plane
+                .kubectl(["apply", "-f", &echo.to_string_lossy()])
+                .await?;
+            wait_for(&plane, &["pod", "echo"], Duration::from_secs(60), |p| {
+                p["status"]["phase"] == "Running"
+            })
+            .await?;
+            let mut attach = tokio::process::Command::new(plane.kubectl_path())
+                .arg("--kubeconfig")
+                .arg(plane.admin_kubeconfig())
+                .args(["attach", "-i", "echo"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            let mut attached = tokio::io::BufReader::new(attach.stdout.take().context("stdout")?);
+            let mut to_container = attach.stdin.take().context("stdin")?;
+            let mut line = String::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while line != "attached\n" {
+                use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+                // Lines sent before the stream is up are not seen by anyone: send until one
+                // comes back.
+                to_container.write_all(b"attached\n").await?;
+                line.clear();
+                let read =
+                    tokio::time::timeout(Duration::from_millis(500), attached.read_line(&mut line))
+                        .await;
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "attach: nothing came back"
+                );
+                if let Ok(Err(e)) = read {
+                    return Err(e.into());
+                }
+            }
+            attach.kill().await.ok();
+
             // cp both ways (exec of tar).
             let local = node.dir().join("to-pod.txt");
             std::fs::write(&local, "copied in\n")?;
