@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod logs;
+pub mod query;
 pub mod serving_cert;
 pub mod stats;
 pub mod streaming;
@@ -37,6 +38,7 @@ use crate::store::PodStore;
 use auth::{
     Attributes, AuthenticationConfig, Authenticator, AuthorizationConfig, Authorizer, Decision,
 };
+use query::Query;
 use stats::StatsProvider;
 use tls::{Tls, TlsConfig};
 
@@ -340,10 +342,7 @@ async fn route(request: Request<Incoming>, state: &State) -> Response<Body> {
         (["runningpods"], true) => running_pods(state).await,
         (["configz"], true) => json(&serde_json::json!({ "kubeletconfig": state.configz })),
         (["stats", "summary"], true) => {
-            let only_cpu_and_memory = query(&request)
-                .get("only_cpu_and_memory")
-                .and_then(|v| v.first())
-                .is_some_and(|v| v == "true");
+            let only_cpu_and_memory = query(&request).first("only_cpu_and_memory") == Some("true");
             let summary = if only_cpu_and_memory {
                 state.stats.cpu_and_memory(&state.runtime).await
             } else {
@@ -495,23 +494,15 @@ async fn running_pods(state: &State) -> Response<Body> {
     pod_list(&pods)
 }
 
-/// The values of a query string, decoded, by name (repeated names keep every value).
-fn query(request: &Request<Incoming>) -> BTreeMap<String, Vec<String>> {
-    let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, value) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
-        values
-            .entry(name.into_owned())
-            .or_default()
-            .push(value.into_owned());
-    }
-    values
+/// The request's query, decoded as kubelet decodes it.
+fn query(request: &Request<Incoming>) -> Query {
+    Query::parse(request.uri().query().unwrap_or_default())
 }
 
 /// A streaming flag as the API server passes it (`1`; `true` is taken too).
-fn flag(values: &BTreeMap<String, Vec<String>>, name: &str) -> bool {
+fn flag(values: &Query, name: &str) -> bool {
     values
-        .get(name)
-        .and_then(|v| v.first())
+        .first(name)
         .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
@@ -616,7 +607,7 @@ async fn stream_container(
         );
     }
     let url = if kind == "exec" {
-        let command = values.get("command").cloned().unwrap_or_default();
+        let command: Vec<String> = values.all("command").map(str::to_owned).collect();
         if command.is_empty() {
             return text(
                 StatusCode::BAD_REQUEST,
@@ -684,7 +675,8 @@ async fn port_forward(
     // WebSocket clients name their ports in the query; SPDY clients per stream, to the
     // runtime directly.
     let mut ports = Vec::new();
-    for value in query(&request).get("port").into_iter().flatten() {
+    let values = query(&request);
+    for value in values.all("port") {
         for port in value.split(',').filter(|p| !p.is_empty()) {
             match port.parse::<u16>() {
                 Ok(port) if port > 0 => ports.push(i32::from(port)),
@@ -745,8 +737,7 @@ async fn run_in_container(
         Err(response) => return *response,
     };
     let command: Vec<String> = query(request)
-        .get("cmd")
-        .and_then(|v| v.first())
+        .first("cmd")
         .map(|c| c.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
     if command.is_empty() {
