@@ -55,26 +55,25 @@ fn empty() -> Body {
     full(Bytes::new())
 }
 
-fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    let mut response = Response::new(full(message.into()));
-    *response.status_mut() = status;
+/// A 200 answer of `body` with the content type `content_type`.
+fn typed(body: Body, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(body);
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
+    response
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let mut response = typed(full(message.into()), "text/plain; charset=utf-8");
+    *response.status_mut() = status;
     response
 }
 
 fn json(value: &impl serde::Serialize) -> Response<Body> {
     match serde_json::to_vec(value) {
-        Ok(bytes) => {
-            let mut response = Response::new(full(bytes));
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+        Ok(bytes) => typed(full(bytes), "application/json"),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -362,14 +361,14 @@ async fn route(request: Request<Incoming>, state: &State) -> Response<Body> {
                     Err(e) => tracing::debug!(error = %e, "reading the policy counters"),
                 }
             }
-            prometheus(body, metrics::CONTENT_TYPE)
+            typed(full(body), metrics::CONTENT_TYPE)
         }
         (["metrics", "probes"], true) => {
-            prometheus(metrics::encode_probes(), metrics::CONTENT_TYPE)
+            typed(full(metrics::encode_probes()), metrics::CONTENT_TYPE)
         }
         (["metrics", "resource"], true) => {
             let body = state.stats.scrape_resource_metrics(&state.runtime).await;
-            prometheus(body, stats::RESOURCE_METRICS_CONTENT_TYPE)
+            typed(full(body), stats::RESOURCE_METRICS_CONTENT_TYPE)
         }
         (["containerLogs", namespace, pod, container], true) => {
             container_logs(&request, state, namespace, pod, container).await
@@ -414,15 +413,6 @@ async fn route(request: Request<Incoming>, state: &State) -> Response<Body> {
 }
 
 /// A page of metrics in Prometheus' text format.
-fn prometheus(body: String, content_type: &'static str) -> Response<Body> {
-    let mut response = Response::new(full(body));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(content_type),
-    );
-    response
-}
-
 fn pod_list(pods: &[Arc<Pod>]) -> Response<Body> {
     let items: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
     json(&serde_json::json!({
@@ -747,12 +737,7 @@ async fn run_in_container(
         Ok(result) => {
             let mut output = result.stdout;
             output.extend_from_slice(&result.stderr);
-            let mut response = Response::new(full(output));
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain"),
-            );
-            response
+            typed(full(output), "text/plain")
         }
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -864,12 +849,10 @@ async fn container_logs(
             Err(e) => Some((Err(e), (reader, gone))),
         }
     });
-    let mut response = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(chunks)));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain"),
-    );
-    response
+    typed(
+        BodyExt::boxed(http_body_util::StreamBody::new(chunks)),
+        "text/plain",
+    )
 }
 
 /// `bosun_network_policy_packets_total`: what the NetworkPolicy programs counted on every
