@@ -68,6 +68,33 @@ async fn kubelet_url(plane: &ControlPlane) -> Result<String> {
     Ok(format!("https://{ip}:{port}"))
 }
 
+/// `GET /` of the web pod's port 8080 through `kubectl port-forward` (the given kubectl):
+/// the first answer that is a 200, or the last one after 10 s of trying.
+async fn get_through_port_forward(
+    plane: &ControlPlane,
+    kubectl: &std::path::Path,
+) -> Result<(u16, String)> {
+    let local_port = cluster::free_port()?;
+    let mut forward = tokio::process::Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(plane.admin_kubeconfig())
+        .args(["port-forward", "pod/web", &format!("{local_port}:8080")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut answer = (0, String::new());
+    for _ in 0..100 {
+        answer = curl(&format!("http://127.0.0.1:{local_port}/"), &[]).await?;
+        if answer.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    forward.kill().await.ok();
+    Ok(answer)
+}
+
 /// `curl` of `url` with `args`, not checking the server's certificate: the HTTP status and
 /// the body, or 0 and what curl said.
 async fn curl(url: &str, args: &[&str]) -> Result<(u16, String)> {
@@ -285,25 +312,8 @@ async fn kubectl_exec_port_forward_and_cp_reach_a_pod_bosun_runs() -> Result<()>
             ensure!(std::fs::read_to_string(&back)? == "web\n");
 
             // port-forward, with a real TCP client through it.
-            let local_port = cluster::free_port()?;
-            let mut forward = tokio::process::Command::new(plane.kubectl_path())
-                .arg("--kubeconfig")
-                .arg(plane.admin_kubeconfig())
-                .args(["port-forward", "pod/web", &format!("{local_port}:8080")])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?;
-            let mut answer = (0, String::new());
-            for _ in 0..100 {
-                answer = curl(&format!("http://127.0.0.1:{local_port}/"), &[]).await?;
-                if answer.0 == 200 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let answer = get_through_port_forward(&plane, plane.kubectl_path()).await?;
             ensure!(answer == (200, "web\n".to_owned()), "{answer:?}");
-            forward.kill().await.ok();
 
             // --previous: the last instance of a restarted container.
             let no_previous = plane.kubectl(["logs", "web", "--previous"]).await.err();
@@ -854,24 +864,7 @@ async fn a_current_kubectl_execs_logs_and_forwards_too() -> Result<()> {
                 .kubectl(["exec", "web", "--", "cat", "/tmp/modern.txt"])
                 .await?;
             ensure!(inside == "from a current kubectl\n", "{inside:?}");
-            let local_port = cluster::free_port()?;
-            let mut forward = tokio::process::Command::new(plane.modern_kubectl_path())
-                .arg("--kubeconfig")
-                .arg(plane.admin_kubeconfig())
-                .args(["port-forward", "pod/web", &format!("{local_port}:8080")])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?;
-            let mut answer = (0, String::new());
-            for _ in 0..100 {
-                answer = curl(&format!("http://127.0.0.1:{local_port}/"), &[]).await?;
-                if answer.0 == 200 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            forward.kill().await.ok();
+            let answer = get_through_port_forward(&plane, &plane.modern_kubectl_path()).await?;
             ensure!(answer == (200, "web\n".to_owned()), "{answer:?}");
             Ok(())
         }
