@@ -9,6 +9,7 @@
 //! attaching to an interface `CAP_NET_ADMIN`.
 
 mod error;
+pub mod intern;
 pub mod netlink;
 mod object;
 pub mod policy;

@@ -1493,9 +1493,9 @@ fn service_case(world: &mut World) -> Vec<String> {
                 protocol,
             },
             name: ServicePortName {
-                namespace: "x".to_owned(),
-                name: "web".to_owned(),
-                port: String::new(),
+                namespace: "x".into(),
+                name: "web".into(),
+                port: "".into(),
             },
             affinity_timeout: None,
             backends: backends

@@ -10,15 +10,19 @@
 pub(crate) mod bpf;
 mod compile;
 mod maps;
+pub mod model;
 mod reconcile;
+mod table;
 
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::Ipv4Addr, sync::Arc};
 
 pub use bpf::{cleanup, find_cgroup2, install, PinnedMaps};
 pub use compile::{compile, Compiled, Problem};
 pub(crate) use maps::InjectedFailure;
 pub use maps::{MapOp, MemoryMaps, ServiceMaps};
+pub use model::{ServiceInfo, SliceInfo};
 pub use reconcile::{snapshot, Applied, MapBackend, MapService, MapSnapshot, Reconciler};
+pub use table::{Delta, ServiceRef, ServiceTable};
 
 /// Shared with the policy compiler and reconciler.
 pub(crate) use compile::Reporter;
@@ -89,10 +93,10 @@ impl fmt::Display for BackendAddr {
 /// kube-proxy's `ServicePortName`: which Service port a frontend stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct ServicePortName {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     /// The Service port's name; empty for a Service's single unnamed port.
-    pub port: String,
+    pub port: Arc<str>,
 }
 
 impl fmt::Display for ServicePortName {

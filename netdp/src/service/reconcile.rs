@@ -115,6 +115,11 @@ impl<M: ServiceMaps> Reconciler<M> {
         &self.maps
     }
 
+    #[cfg(test)]
+    pub(crate) fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
     /// Makes the maps hold exactly `desired` (frontends not in it are removed). On error the
     /// maps are still consistent, holding part of the change; call again to finish it.
     pub fn apply(&mut self, desired: &[DesiredService]) -> Result<Applied, Error> {
@@ -128,6 +133,26 @@ impl<M: ServiceMaps> Reconciler<M> {
         }
         result
     }
+
+    /// Writes `upserts` and removes `removals`, leaving every other frontend as it is. On
+    /// error the maps are still consistent, holding part of the change, and the next call
+    /// reads them back first; the caller should then [`Reconciler::apply`] the whole desired
+    /// state, since the part of this delta that was not written is known to it alone.
+    pub fn apply_delta(
+        &mut self,
+        upserts: &[DesiredService],
+        removals: &[Frontend],
+    ) -> Result<Applied, Error> {
+        let mut held = match self.held.take() {
+            Some(held) => held,
+            None => read_held(&self.maps)?,
+        };
+        let result = write_delta(&mut self.maps, &mut held, upserts, removals);
+        if result.is_ok() {
+            self.held = Some(held);
+        }
+        result
+    }
 }
 
 fn write_changes(
@@ -136,8 +161,60 @@ fn write_changes(
     desired: &[DesiredService],
 ) -> Result<Applied, Error> {
     let mut applied = Applied::default();
+    write_backends(maps, held, desired, &mut applied)?;
+    let mut wanted_keys: HashSet<ServiceKey> = HashSet::with_capacity(desired.len());
+    let mut ids: Vec<u32> = Vec::new();
+    for service in desired {
+        // The compiler never repeats a frontend; the first wins if it did.
+        if wanted_keys.insert(service_key(service.frontend)) {
+            upsert_service(maps, held, service, &mut ids, &mut applied)?;
+        }
+    }
+    // Frontends no longer desired.
+    let gone: Vec<ServiceKey> = held
+        .services
+        .keys()
+        .filter(|k| !wanted_keys.contains(k))
+        .copied()
+        .collect();
+    for key in gone {
+        remove_service(maps, held, key, &mut applied)?;
+    }
+    finish(maps, held, &mut applied)?;
+    Ok(applied)
+}
 
-    // Backends first: every slot written below names one that exists.
+/// Writes only what changed: `upserts` added or rewritten, `removals` removed. Costs what
+/// they touch, not what the maps hold.
+fn write_delta(
+    maps: &mut impl ServiceMaps,
+    held: &mut Held,
+    upserts: &[DesiredService],
+    removals: &[Frontend],
+) -> Result<Applied, Error> {
+    let mut applied = Applied::default();
+    write_backends(maps, held, upserts, &mut applied)?;
+    let mut ids: Vec<u32> = Vec::new();
+    for service in upserts {
+        upsert_service(maps, held, service, &mut ids, &mut applied)?;
+    }
+    for frontend in removals {
+        let key = service_key(*frontend);
+        if held.services.contains_key(&key) {
+            remove_service(maps, held, key, &mut applied)?;
+        }
+    }
+    finish(maps, held, &mut applied)?;
+    Ok(applied)
+}
+
+/// Backends first: every slot written after names one that exists.
+fn write_backends(
+    maps: &mut impl ServiceMaps,
+    held: &mut Held,
+    desired: &[DesiredService],
+    applied: &mut Applied,
+) -> Result<(), Error> {
     for backend in desired.iter().flat_map(|s| &s.backends) {
         let backend = backend_entry(*backend);
         if !held.backends.contains_key(&backend) {
@@ -150,121 +227,132 @@ fn write_changes(
             applied.backends_added += 1;
         }
     }
+    Ok(())
+}
 
-    // Services: slots, then the count; a shrinking count before the slots above it. An
-    // unchanged service costs a comparison and no allocation beyond `ids`.
-    let mut wanted_keys: HashSet<ServiceKey> = HashSet::with_capacity(desired.len());
-    let mut ids: Vec<u32> = Vec::new();
-    for service in desired {
-        let key = service_key(service.frontend);
-        if !wanted_keys.insert(key) {
-            continue; // the compiler never repeats a frontend; the first wins if it did
+/// One service: slots, then the count; a shrinking count before the slots above it. An
+/// unchanged service costs a comparison and no allocation beyond `ids`.
+fn upsert_service(
+    maps: &mut impl ServiceMaps,
+    held: &mut Held,
+    service: &DesiredService,
+    ids: &mut Vec<u32>,
+    applied: &mut Applied,
+) -> Result<(), Error> {
+    let key = service_key(service.frontend);
+    ids.clear();
+    ids.extend(
+        service
+            .backends
+            .iter()
+            .map(|b| held.backends[&backend_entry(*b)]),
+    );
+    let existing_value = held.services.get(&key).map(|s| s.value);
+    let id = match existing_value {
+        Some(existing) => existing.id,
+        None => held.service_pool.take(),
+    };
+    let value = ServiceValue {
+        id,
+        count: ids.len() as u32,
+        flags: if service.affinity_timeout.is_some() {
+            SERVICE_FLAG_AFFINITY
+        } else {
+            0
+        },
+        affinity_timeout: service.affinity_timeout.unwrap_or(0),
+    };
+    let old_slots = match held.services.get(&key) {
+        Some(existing)
+            if existing.value == value
+                && existing.slots.len() == ids.len()
+                && existing
+                    .slots
+                    .iter()
+                    .zip(ids.iter())
+                    .all(|(old, new)| *old == Some(*new)) =>
+        {
+            return Ok(());
         }
-        ids.clear();
-        ids.extend(
-            service
-                .backends
-                .iter()
-                .map(|b| held.backends[&backend_entry(*b)]),
-        );
-        let existing_value = held.services.get(&key).map(|s| s.value);
-        let id = match existing_value {
-            Some(existing) => existing.id,
-            None => held.service_pool.take(),
-        };
-        let value = ServiceValue {
-            id,
-            count: ids.len() as u32,
-            flags: if service.affinity_timeout.is_some() {
-                SERVICE_FLAG_AFFINITY
-            } else {
-                0
-            },
-            affinity_timeout: service.affinity_timeout.unwrap_or(0),
-        };
-        let old_slots = match held.services.get(&key) {
-            Some(existing)
-                if existing.value == value
-                    && existing.slots.len() == ids.len()
-                    && existing
-                        .slots
-                        .iter()
-                        .zip(&ids)
-                        .all(|(old, new)| *old == Some(*new)) =>
-            {
-                continue;
-            }
-            Some(existing) => existing.slots.clone(),
-            None => Vec::new(),
-        };
-        for (slot, backend) in ids.iter().enumerate() {
-            let old = old_slots.get(slot).copied().flatten();
-            if old != Some(*backend) {
-                maps.put_slot(&slot_key(id, slot), *backend)?;
-                held.name(*backend);
-                if let Some(old) = old {
-                    held.unname(old);
-                }
-            }
-        }
-        if existing_value != Some(value) {
-            maps.put_service(&key, &value)?;
-            match existing_value {
-                Some(_) => applied.updated += 1,
-                None => applied.added += 1,
-            }
-        }
-        // The slots are now what `ids` says, whatever follows fails.
-        let mut slots: Vec<Option<u32>> = ids.iter().copied().map(Some).collect();
-        slots.extend(old_slots.iter().skip(ids.len()).copied());
-        held.services.insert(key, HeldService { value, slots });
-        for (slot, old) in old_slots.iter().enumerate().skip(ids.len()) {
-            maps.delete_slot(&slot_key(id, slot))?;
+        Some(existing) => existing.slots.clone(),
+        None => Vec::new(),
+    };
+    for (slot, backend) in ids.iter().enumerate() {
+        let old = old_slots.get(slot).copied().flatten();
+        if old != Some(*backend) {
+            maps.put_slot(&slot_key(id, slot), *backend)?;
+            held.name(*backend);
             if let Some(old) = old {
-                held.unname(*old);
-            }
-        }
-        if let Some(service) = held.services.get_mut(&key) {
-            service.slots.truncate(ids.len());
-        }
-        // A client stuck to a backend that left stays with it no longer.
-        if value.flags & SERVICE_FLAG_AFFINITY != 0 {
-            let kept: BTreeSet<u32> = ids.iter().copied().collect();
-            let left: BTreeSet<u32> = old_slots
-                .iter()
-                .flatten()
-                .copied()
-                .filter(|b| !kept.contains(b))
-                .collect();
-            for backend in left {
-                maps.delete_affinity(id, Some(backend))?;
+                held.unname(old);
             }
         }
     }
+    if existing_value != Some(value) {
+        maps.put_service(&key, &value)?;
+        match existing_value {
+            Some(_) => applied.updated += 1,
+            None => applied.added += 1,
+        }
+    }
+    // The slots are now what `ids` says, whatever follows fails.
+    let mut slots: Vec<Option<u32>> = ids.iter().copied().map(Some).collect();
+    slots.extend(old_slots.iter().skip(ids.len()).copied());
+    held.services.insert(key, HeldService { value, slots });
+    for (slot, old) in old_slots.iter().enumerate().skip(ids.len()) {
+        maps.delete_slot(&slot_key(id, slot))?;
+        if let Some(old) = old {
+            held.unname(*old);
+        }
+    }
+    if let Some(service) = held.services.get_mut(&key) {
+        service.slots.truncate(ids.len());
+    }
+    // A client stuck to a backend that left stays with it no longer.
+    if value.flags & SERVICE_FLAG_AFFINITY != 0 {
+        let kept: BTreeSet<u32> = ids.iter().copied().collect();
+        let left: BTreeSet<u32> = old_slots
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|b| !kept.contains(b))
+            .collect();
+        for backend in left {
+            maps.delete_affinity(id, Some(backend))?;
+        }
+    }
+    Ok(())
+}
 
-    // Frontends no longer desired: the entry first, so no connection reaches its slots.
-    let gone: Vec<ServiceKey> = held
-        .services
-        .keys()
-        .filter(|k| !wanted_keys.contains(k))
-        .copied()
-        .collect();
-    for key in gone {
-        let service = &held.services[&key];
-        let id = service.value.id;
-        let slots = service.slots.clone();
-        maps.delete_service(&key)?;
-        held.services.remove(&key);
-        applied.removed += 1;
-        for (slot, backend) in slots.iter().enumerate() {
-            maps.delete_slot(&slot_key(id, slot))?;
-            if let Some(backend) = backend {
-                held.unname(*backend);
-            }
+/// One frontend no longer desired: the entry first, so no connection reaches its slots.
+fn remove_service(
+    maps: &mut impl ServiceMaps,
+    held: &mut Held,
+    key: ServiceKey,
+    applied: &mut Applied,
+) -> Result<(), Error> {
+    let service = &held.services[&key];
+    let id = service.value.id;
+    let slots = service.slots.clone();
+    maps.delete_service(&key)?;
+    held.services.remove(&key);
+    applied.removed += 1;
+    for (slot, backend) in slots.iter().enumerate() {
+        maps.delete_slot(&slot_key(id, slot))?;
+        if let Some(backend) = backend {
+            held.unname(*backend);
         }
-        maps.delete_affinity(id, None)?;
-        held.service_pool.give_back(id);
     }
+    maps.delete_affinity(id, None)?;
+    held.service_pool.give_back(id);
+    Ok(())
+}
+
+/// Slots no count exposes (left by a crash), and backends no slot names any more.
+fn finish(
+    maps: &mut impl ServiceMaps,
+    held: &mut Held,
+    applied: &mut Applied,
+) -> Result<(), Error> {
     if !held.stray_slots.is_empty() {
         let counted: BTreeSet<(u32, usize)> = held
             .services
@@ -281,8 +369,6 @@ fn write_changes(
             }
         }
     }
-
-    // Backends no slot names any more.
     let mut unnamed = std::mem::take(&mut held.unnamed);
     unnamed.sort_unstable();
     unnamed.dedup();
@@ -301,7 +387,7 @@ fn write_changes(
         }
         applied.backends_removed += 1;
     }
-    Ok(applied)
+    Ok(())
 }
 
 impl Held {

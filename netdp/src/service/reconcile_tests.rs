@@ -27,8 +27,8 @@ fn service(last: u8, backends: &[u8]) -> DesiredService {
         frontend: frontend(last, 80),
         name: ServicePortName {
             namespace: "default".into(),
-            name: format!("svc{last}"),
-            port: String::new(),
+            name: format!("svc{last}").into(),
+            port: "".into(),
         },
         affinity_timeout: None,
         backends,
@@ -303,4 +303,66 @@ fn ids_are_reused_lowest_first() {
     let mut ids: Vec<u32> = maps.services.values().map(|v| v.id).collect();
     ids.sort();
     assert_eq!(ids, [1, 2, 3]);
+}
+
+#[test]
+fn deltas_write_what_a_full_apply_would_and_touch_nothing_else() {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |below: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % below
+    };
+    let mut reconciler = Reconciler::new(MemoryMaps::default());
+    let mut desired: std::collections::BTreeMap<Frontend, DesiredService> = Default::default();
+    for round in 0..300 {
+        let (mut upserts, mut removals) = (Vec::new(), Vec::new());
+        for _ in 0..next(3) + 1 {
+            let last = next(12) as u8 + 1;
+            if next(4) == 0 {
+                // A frontend is in one of the two lists, as the table makes them.
+                upserts.retain(|u: &DesiredService| u.frontend != frontend(last, 80));
+                if desired.remove(&frontend(last, 80)).is_some() {
+                    removals.push(frontend(last, 80));
+                }
+            } else {
+                let mut backends: Vec<u8> = (0..next(5)).map(|_| next(10) as u8 + 1).collect();
+                backends.sort();
+                backends.dedup();
+                let changed = service(last, &backends);
+                upserts.retain(|u: &DesiredService| u.frontend != changed.frontend);
+                removals.retain(|f| *f != changed.frontend);
+                desired.insert(changed.frontend, changed.clone());
+                upserts.push(changed);
+            }
+        }
+        let before = reconciler.maps().clone();
+        reconciler.maps_mut().ops.clear();
+        reconciler
+            .apply_delta(&upserts, &removals)
+            .expect("memory maps do not fail");
+        let after = reconciler.maps().clone();
+        let mut replay = before;
+        for (n, op) in after.ops.iter().enumerate() {
+            replay_op(&mut replay, op);
+            assert_consistent(&replay, &format!("round {round}, write {n} ({op:?})"));
+        }
+        let all: Vec<DesiredService> = desired.values().cloned().collect();
+        assert_eq!(served(&after), wanted(&all), "round {round}");
+        // Only the frontends in the delta were written.
+        let touched: std::collections::BTreeSet<ServiceKey> = upserts
+            .iter()
+            .map(|u| service_key(u.frontend))
+            .chain(removals.iter().map(|f| service_key(*f)))
+            .collect();
+        for op in &after.ops {
+            if let MapOp::PutService(key, _) | MapOp::DeleteService(key) = op {
+                assert!(
+                    touched.contains(key),
+                    "round {round}: {op:?} not in the delta"
+                );
+            }
+        }
+    }
 }
