@@ -377,7 +377,7 @@ fn any_sequence_of_changes_adds_up_to_a_full_compile() {
                         .map(|a| {
                             (
                                 a.as_str(),
-                                ["node-a", "node-b"][(a.len() % 2) as usize],
+                                ["node-a", "node-b"][a.len() % 2],
                                 a.len() % 3 != 0,
                                 "",
                             )
