@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
+use bosun_netdp::service::{ServiceInfo, SliceInfo};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -77,6 +78,43 @@ impl fmt::Display for ObjectKey {
         } else {
             write!(f, "{}/{}", self.namespace, self.name)
         }
+    }
+}
+
+/// What a store keys an object by.
+pub trait Keyed {
+    fn key(&self) -> ObjectKey;
+}
+
+macro_rules! keyed_by_metadata {
+    ($($kind:ty),*) => {$(
+        impl Keyed for $kind {
+            fn key(&self) -> ObjectKey {
+                ObjectKey::of(self.metadata())
+            }
+        }
+    )*};
+}
+
+keyed_by_metadata!(
+    Service,
+    EndpointSlice,
+    NetworkPolicy,
+    Namespace,
+    ConfigMap,
+    Secret,
+    Pod
+);
+
+impl Keyed for ServiceInfo {
+    fn key(&self) -> ObjectKey {
+        ObjectKey::new(&*self.namespace, &*self.name)
+    }
+}
+
+impl Keyed for SliceInfo {
+    fn key(&self) -> ObjectKey {
+        ObjectKey::new(&*self.namespace, &*self.name)
     }
 }
 
@@ -361,14 +399,14 @@ impl<K> Clone for Writer<K> {
     }
 }
 
-impl<K: Metadata<Ty = ObjectMeta> + PartialEq> Writer<K> {
+impl<K: Keyed + PartialEq> Writer<K> {
     /// Makes `objects` the whole of this source's objects (a manifest read, a watcher's
     /// relist) and marks the source synced. Objects equal to those held are not announced.
     pub fn replace(&self, objects: impl IntoIterator<Item = Arc<K>>) {
         let index = self.source as usize;
         let mut wanted: BTreeMap<ObjectKey, Arc<K>> = objects
             .into_iter()
-            .map(|object| (ObjectKey::of(object.metadata()), object))
+            .map(|object| (object.key(), object))
             .collect();
         let mut changes = Changes::default();
         {
@@ -404,7 +442,7 @@ impl<K: Metadata<Ty = ObjectMeta> + PartialEq> Writer<K> {
 
     /// Adds or replaces one object of this source.
     pub fn apply(&self, object: Arc<K>) {
-        let key = ObjectKey::of(object.metadata());
+        let key = object.key();
         self.update(&key, |_| Some(object));
     }
 
@@ -444,6 +482,31 @@ impl<K: Metadata<Ty = ObjectMeta> + PartialEq> Writer<K> {
     /// The store written to.
     pub fn store(&self) -> &Store<K> {
         &self.store
+    }
+}
+
+/// Keeps `to`'s source equal to what `from` reads, each object as `narrow` makes it, until
+/// the task is dropped: `to` is synced once `from` is, and then follows `from`'s changes key
+/// by key. For a consumer that reads a narrower type than the store's other readers.
+pub async fn mirror<K, N: Keyed + PartialEq>(from: Store<K>, to: Writer<N>, narrow: fn(&K) -> N) {
+    let mut changes = from.subscribe();
+    let mut primed = false;
+    loop {
+        if !primed && from.is_synced() {
+            changes.take();
+            to.replace(from.list().iter().map(|object| Arc::new(narrow(object))));
+            primed = true;
+        }
+        let changed = changes.changed().await;
+        if !primed {
+            continue;
+        }
+        for key in changed.keys {
+            match from.get(&key) {
+                Some(object) => to.apply(Arc::new(narrow(&object))),
+                None => to.delete(&key),
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! after 410 Gone), and status writes resume with the latest status.
 
 pub mod bootstrap;
+pub mod datapath;
 pub mod events;
 #[cfg(test)]
 pub(crate) mod fake_api;
@@ -15,6 +16,7 @@ pub mod mirror;
 pub mod node;
 pub mod objects;
 pub mod pods;
+pub mod reflect;
 pub mod services;
 pub mod status;
 pub mod tokens;

@@ -180,6 +180,7 @@ async fn follow<K>(
 ) where
     K: Resource<Scope = NamespaceResourceScope>
         + Metadata<Ty = ObjectMeta>
+        + crate::store::Keyed
         + DeserializeOwned
         + Clone
         + std::fmt::Debug

@@ -7,42 +7,25 @@
 //!
 //! [`Source::Api`]: crate::store::Source::Api
 
-use std::sync::Arc;
-
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher;
 use kube::Api;
 
 use super::narrowed;
-use crate::store::{ObjectKey, Writer};
+use crate::store::Writer;
 
 /// Keeps `services` (the API source's writer) equal to the cluster's Services until the task
 /// is dropped. Errors are logged and the watch resumes with kube-runtime's default backoff.
 pub async fn watch(client: kube::Client, services: Writer<Service>) {
     let api: Api<Service> = Api::all(client);
-    let mut events = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    // During a relist: the Services listed so far.
-    let mut listing: Option<Vec<Arc<Service>>> = None;
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(Event::Init) => listing = Some(Vec::new()),
-            Ok(Event::InitApply(service)) => listing
-                .get_or_insert_with(Vec::new)
-                .push(Arc::new(narrowed(service))),
-            Ok(Event::InitDone) => {
-                let listed = listing.take().unwrap_or_default();
-                tracing::debug!(services = listed.len(), "Services listed");
-                services.replace(listed);
-            }
-            Ok(Event::Apply(service)) => services.apply(Arc::new(narrowed(service))),
-            Ok(Event::Delete(service)) => services.delete(&ObjectKey::of(&service.metadata)),
-            Err(e) => tracing::warn!(error = %e, "watching the Services; retrying"),
-        }
-    }
+    super::reflect::reflect(
+        api,
+        watcher::Config::default(),
+        services,
+        "Services",
+        narrowed,
+    )
+    .await
 }
 
 #[cfg(test)]

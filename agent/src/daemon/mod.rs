@@ -26,6 +26,7 @@ use anyhow::{Context, Result};
 use bosun_cri::CriClient;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 
+use crate::cluster::datapath::NodeView;
 use crate::cluster::objects::ReferencedObjects;
 use crate::cluster::tokens::TokenManager;
 use crate::events::{reason, EventType, Recorder};
@@ -36,10 +37,10 @@ use crate::pod::volume::{self, HostMounter};
 use crate::pod::worker::pod_name;
 use crate::policy::PolicyEnforcer;
 use crate::service::endpoints;
-use crate::service::proxy::Proxy;
+use crate::service::proxy::{narrow_service, narrow_slice, Proxy};
 use crate::source;
 use crate::source::PodUpdate;
-use crate::store::{ObjectKey, Objects, Source, Subscription};
+use crate::store::{ObjectKey, Objects, Source, Store, Subscription};
 use config::PodConfig;
 use pleg::PodLifecycleEvent;
 use pod_workers::{PodWorkers, Shared};
@@ -183,7 +184,14 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     } else {
         &[]
     };
-    let objects = Objects::new(file_sources);
+    let mut objects = Objects::new(file_sources);
+    if config.kubeconfig.is_some() {
+        // The API server's Services are read too; the service proxy's first write waits
+        // for their list.
+        let mut sources = file_sources.to_vec();
+        sources.push(Source::Api);
+        objects.services = Store::new(&sources);
+    }
     let (mut status, pods) = StatusManager::new();
     let finished = config
         .kubeconfig
@@ -321,7 +329,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                     node: config.node.node_name.clone(),
                     pods: pods.clone(),
                     runtime: client.clone(),
-                    api: api_client,
+                    api: api_client.clone(),
                     stats: Arc::new(crate::server::stats::StatsProvider::new(
                         crate::server::stats::HostPaths::host(),
                         config.node.cgroup_root.clone(),
@@ -337,13 +345,17 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         );
     }
     let ctx = Arc::new(config.node.clone());
-    // The static pods' EndpointSlices: standalone, nothing else computes them.
-    tasks.push(tokio::spawn(endpoints::run_controller(
-        objects.services.clone(),
-        pods.clone(),
-        objects.endpoint_slices.writer(Source::Local),
-        config.node.node_name.clone(),
-    )));
+    // The static pods' EndpointSlices: standalone, nothing else computes them. In a cluster
+    // the EndpointSlice controller does, for their mirror pods, and the proxy reads the API
+    // server's.
+    if api_client.is_none() {
+        tasks.push(tokio::spawn(endpoints::run_controller(
+            objects.services.clone(),
+            pods.clone(),
+            objects.endpoint_slices.writer(Source::Local),
+            config.node.node_name.clone(),
+        )));
+    }
     let enforcer = config
         .bpf_dir
         .as_ref()
@@ -362,13 +374,50 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         tasks.push(tokio::spawn(enforcer.clone().run()));
     }
     if let Some(bpf_dir) = config.bpf_dir.as_ref().filter(|_| config.service_proxy) {
+        // The proxy reads the Services and slices narrowed: the manifest directory's and
+        // the API server's Services as the object store merges them, the manifest
+        // directory's and the static pods' slices, and in a cluster the API server's slices.
+        let services = Store::new(&[Source::File]);
+        let mut slice_sources = vec![Source::File];
+        tasks.push(tokio::spawn(crate::store::mirror(
+            objects.services.clone(),
+            services.writer(Source::File),
+            narrow_service,
+        )));
+        let mut node_view = None;
+        if let Some(cluster) = &api_client {
+            slice_sources.push(Source::Api);
+            let (view_tx, view_rx) = tokio::sync::watch::channel(NodeView::default());
+            tasks.push(tokio::spawn(crate::cluster::datapath::watch_node(
+                cluster.clone(),
+                config.node.node_name.clone(),
+                view_tx,
+            )));
+            node_view = Some(view_rx);
+        }
+        let slices = Store::new(&slice_sources);
+        tasks.push(tokio::spawn(crate::store::mirror(
+            objects.endpoint_slices.clone(),
+            slices.writer(Source::File),
+            narrow_slice,
+        )));
+        if let Some(cluster) = &api_client {
+            tasks.push(tokio::spawn(
+                crate::cluster::datapath::watch_endpoint_slices(
+                    cluster.clone(),
+                    slices.writer(Source::Api),
+                ),
+            ));
+        }
         let proxy = Proxy {
             bpf_dir: bpf_dir.clone(),
             node: config.node.node_name.clone(),
-            services: objects.services.clone(),
-            endpoint_slices: objects.endpoint_slices.clone(),
-            pods: pods.clone(),
+            services,
+            slices,
+            pods: Some(pods.clone()),
+            node_view,
             events: events.clone(),
+            progress: None,
         };
         tasks.push(tokio::spawn(proxy.run()));
     }

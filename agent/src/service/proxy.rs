@@ -1,24 +1,37 @@
-//! The service proxy: kube-proxy's loop. Services and EndpointSlices from the object store
-//! (the manifest directory's Services; its slices and those bosun computes for static pods)
-//! are compiled into the datapath's desired state and written to the pinned maps by netdp's
-//! reconciler, both off the daemon's executor. A failed write is retried with backoff; a
-//! Service the datapath cannot serve (SCTP, a bad IP) is reported once as a Warning event
-//! naming the field, and every other Service goes on. Each sync is timed, and each change
-//! timed from when the proxy takes it to when it is written, under kube-proxy's metrics.
+//! The service proxy: kube-proxy's loop, incremental. Services and EndpointSlices come from
+//! their stores, narrowed (the API server's, the manifest directory's, and the slices bosun
+//! computes for static pods); a change names its keys, and only the Services those keys
+//! touch are compiled again ([`ServiceTable`]) and only the frontends whose backends changed
+//! are written ([`Reconciler::apply_delta`]). Compiling and writing run off the daemon's
+//! executor.
+//!
+//! A failed write is retried with backoff, as a full write of everything desired (the maps
+//! are read back first, so it writes only what they lack). A Service the datapath cannot
+//! serve as written (SCTP, a bad IP) is reported once as a Warning event naming the field,
+//! and every other Service goes on. Each sync is timed, and each change timed from when the
+//! proxy takes it to when it is written, under kube-proxy's metrics.
+//!
+//! On a full node, a local pod that fails its readiness probe leaves the datapath at once,
+//! before its EndpointSlice says so (which takes a status write and the EndpointSlice
+//! controller's round trip through the API server); it comes back when the slice says so.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bosun_netdp::service::{self as datapath, Compiled, DesiredService, PinnedMaps, Reconciler};
+use bosun_netdp::service::{
+    self as datapath, Delta, PinnedMaps, Problem, Reconciler, ServiceInfo, ServiceTable, SliceInfo,
+};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::Resource;
+use tokio::sync::watch;
 
+use crate::cluster::datapath::NodeView;
 use crate::events::{EventType, Recorder};
 use crate::metrics;
-use crate::service::endpoints;
-use crate::store::{Changes, ObjectKey, PodStore, Source, Store};
+use crate::store::{Changes, ObjectKey, PodStore, Store, Subscription};
 use crate::util::{error_chain, sleep_or_never};
 
 /// Event reason for a Service (or EndpointSlice) the datapath cannot serve as written.
@@ -33,145 +46,240 @@ const SETTLE_POLL: Duration = Duration::from_millis(50);
 
 /// Longest wait between two attempts at a failing install or write.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What the proxy task needs.
 pub struct Proxy {
     /// The bpffs directory holding bosun's pinned maps and links.
     pub bpf_dir: PathBuf,
     pub node: String,
-    pub services: Store<Service>,
-    pub endpoint_slices: Store<EndpointSlice>,
-    /// The pods with their status: the first write waits for them (see [`Proxy::run`]).
-    pub pods: PodStore,
+    pub services: Store<ServiceInfo>,
+    pub slices: Store<SliceInfo>,
+    /// On a full node, its pods with their status: the first write waits for them (see
+    /// [`Proxy::run`]), and a local pod failing readiness leaves the datapath at once.
+    pub pods: Option<PodStore>,
+    /// This node's Node as the API server has it (its zone), when there is an API server.
+    pub node_view: Option<watch::Receiver<NodeView>>,
     pub events: Recorder,
+    /// Told of every change taken and every write that made the maps whole.
+    pub progress: Option<Box<dyn Progress>>,
+}
+
+/// What the proxy tells its health server (kube-proxy's `ProxierHealthUpdater`).
+pub trait Progress: Send + std::marker::Sync {
+    /// Changes arrived that the maps do not hold yet.
+    fn queued(&self);
+    /// The maps hold everything taken so far.
+    fn updated(&self);
+    /// Whether this node's Node is staying (not being deleted or drained away).
+    fn node_eligible(&self, _eligible: bool) {}
+}
+
+/// The loop's state that moves to the blocking thread and back for each sync.
+struct Sync {
+    table: ServiceTable,
+    reconciler: Option<Reconciler<PinnedMaps>>,
+    /// The maps must be made to hold the whole desired state (never written yet, or a write
+    /// failed part way).
+    whole: bool,
 }
 
 impl Proxy {
     /// Runs until the task is dropped. The programs and maps stay when it ends: connections
     /// keep being balanced while bosun is down.
     ///
-    /// **The first write waits until the pods are known.** After a restart the maps still hold
-    /// what the last bosun wrote and keep serving it; writing before the Services and slices
-    /// are all read, before every pod's worker has reported its status, or before the
-    /// readiness probes of the Services' pods have run again would take endpoints out that
-    /// are in fact fine (kube-proxy likewise waits for its first full sync). So the first
-    /// write comes once every selected running pod is Ready again, or after [`SETTLE`] at
-    /// the latest.
+    /// **The first write waits until the state is known.** After a restart the maps still
+    /// hold what the last bosun wrote and keep serving it; writing before the Services and
+    /// slices are all read would take frontends away (kube-proxy likewise waits for its
+    /// first full sync). On a full node it also waits for every running pod that is a local
+    /// endpoint to be Ready again (its probes run again after a restart), or [`SETTLE`] at
+    /// the latest, or the readiness shortcut would take out endpoints that are in fact fine.
     pub async fn run(self) {
-        let mut changes = [
-            self.services.subscribe(),
-            self.endpoint_slices.subscribe(),
-            self.pods.subscribe(),
-        ];
-        let mut reconciler: Option<Reconciler<PinnedMaps>> = None;
-        let mut applied: Option<Vec<DesiredService>> = None;
+        let mut services = self.services.subscribe();
+        let mut slices = self.slices.subscribe();
+        let mut pods = self.pods.as_ref().map(Store::subscribe);
+        let mut node_view = self.node_view.clone();
+        let mut sync = Some(Sync {
+            table: ServiceTable::new(&self.node),
+            reconciler: None,
+            whole: true,
+        });
+        let mut loaded = false;
+        let mut local_pods: HashMap<ObjectKey, Ipv4Addr> = HashMap::new();
         let mut reported: BTreeSet<String> = BTreeSet::new();
-        let mut backoff = Duration::from_millis(500);
-        let started = Instant::now();
         let mut unprogrammed = Unprogrammed::default();
+        let mut backoff = FIRST_BACKOFF;
+        let started = Instant::now();
         loop {
             let mut retry = None;
-            if applied.is_none() && !self.settled() && started.elapsed() < SETTLE {
+            let Some(mut state) = sync.take() else {
+                // The blocking thread died with the state: start again from the stores.
+                tracing::error!("the service proxy lost its state; reading everything again");
+                loaded = false;
+                sync = Some(Sync {
+                    table: ServiceTable::new(&self.node),
+                    reconciler: None,
+                    whole: true,
+                });
+                continue;
+            };
+            if !loaded && self.services.is_synced() && self.slices.is_synced() {
+                // Read whole: whatever changed before is in it.
+                services.take();
+                slices.take();
+                for service in self.services.list() {
+                    let (namespace, name) = (service.namespace.clone(), service.name.clone());
+                    state.table.set_service(&namespace, &name, Some(service));
+                }
+                for slice in self.slices.list() {
+                    let (namespace, name) = (slice.namespace.clone(), slice.name.clone());
+                    state.table.set_slice(&namespace, &name, Some(slice));
+                }
+                if let Some(view) = &node_view {
+                    state.table.set_zone(view.borrow().zone.as_deref());
+                }
+                loaded = true;
+            }
+            let waiting = !loaded
+                || (state.whole
+                    && state.reconciler.is_none()
+                    && started.elapsed() < SETTLE
+                    && !self.settled(&mut state.table));
+            if waiting {
                 retry = Some(SETTLE_POLL);
+                sync = Some(state);
             } else {
+                if let Some(pod_store) = &self.pods {
+                    follow_local_readiness(pod_store, None, &mut local_pods, &mut state.table);
+                }
                 let began = Instant::now();
-                let compiled = self.compile().await;
-                self.report(&mut reported, &compiled);
-                let mut programmed = true;
-                if applied.as_ref() != Some(&compiled.services) {
-                    let (desired, written) = self.write(&mut reconciler, compiled.services).await;
-                    match written {
-                        Ok(()) => {
-                            metrics::global().set_service_datapath(
-                                desired.len(),
-                                desired.iter().map(|s| s.backends.len()).sum(),
-                            );
-                            applied = Some(desired);
-                            backoff = Duration::from_millis(500);
+                let (state_back, delta, written) = self.sync(state).await;
+                sync = state_back;
+                if let Some(delta) = &delta {
+                    self.report(&mut reported, &delta.problems);
+                }
+                match written {
+                    Ok(()) => {
+                        backoff = FIRST_BACKOFF;
+                        for took in unprogrammed.programmed(Instant::now()) {
+                            metrics::global().observe_network_programming(took);
                         }
-                        Err(message) => {
-                            programmed = false;
-                            tracing::warn!(%message, "service proxy");
-                            self.events.record(
-                                self.events.node_reference(),
-                                EventType::Warning,
-                                DATAPATH_FAILED,
-                                message,
-                            );
-                            retry = Some(backoff);
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        if let Some(progress) = &self.progress {
+                            progress.updated();
                         }
+                    }
+                    Err(message) => {
+                        tracing::warn!(%message, "service proxy");
+                        self.events.record(
+                            self.events.node_reference(),
+                            EventType::Warning,
+                            DATAPATH_FAILED,
+                            message,
+                        );
+                        retry = Some(backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
                 metrics::global().observe_proxy_sync(began.elapsed());
-                if programmed {
-                    for took in unprogrammed.programmed(Instant::now()) {
-                        metrics::global().observe_network_programming(took);
-                    }
-                }
             }
-            // Once written, pods matter only through the EndpointSlices.
-            let watched = if applied.is_some() { 2 } else { 3 };
-            let [services, slices, pods] = &mut changes;
+
             tokio::select! {
                 () = services.ready() => {}
                 () = slices.ready() => {}
-                () = pods.ready(), if watched == 3 => {}
+                () = ready(&mut pods) => {}
+                _ = changed(&mut node_view) => {}
                 () = sleep_or_never(retry) => {}
             }
-            // Whatever changed while another woke the loop is taken too: the next compile
-            // reads the stores whole.
+            // Whatever changed while another woke the loop is taken too.
             let now = Instant::now();
-            let (services, slices) = (services.take(), slices.take());
-            pods.take();
+            let (service_keys, slice_keys) = (services.take(), slices.take());
+            let pod_keys = pods.as_mut().map(Subscription::take);
+            let Some(state) = sync.as_mut() else {
+                continue;
+            };
+            if !loaded {
+                continue;
+            }
+            let queued = !service_keys.keys.is_empty() || !slice_keys.keys.is_empty();
+            for key in &service_keys.keys {
+                let service = self.services.get(key);
+                state.table.set_service(&key.namespace, &key.name, service);
+            }
+            for key in &slice_keys.keys {
+                let slice = self.slices.get(key);
+                state.table.set_slice(&key.namespace, &key.name, slice);
+            }
+            if let (Some(pod_store), Some(keys)) = (&self.pods, pod_keys) {
+                follow_local_readiness(pod_store, Some(keys), &mut local_pods, &mut state.table);
+            }
+            if let Some(view) = &node_view {
+                let view = view.borrow();
+                state.table.set_zone(view.zone.as_deref());
+                if let Some(progress) = &self.progress {
+                    progress.node_eligible(!view.leaving);
+                }
+            }
+            if queued {
+                if let Some(progress) = &self.progress {
+                    progress.queued();
+                }
+            }
             // What the first write after a start carries is the state found then, not a
             // change (kube-proxy likewise leaves out changes from before it started).
-            if applied.is_some() {
-                unprogrammed.taken("Service", services, now);
-                unprogrammed.taken("EndpointSlice", slices, now);
+            if !state.whole {
+                unprogrammed.taken("Service", service_keys, now);
+                unprogrammed.taken("EndpointSlice", slice_keys, now);
             }
         }
     }
 
-    /// Whether every object is read and every selected running pod is Ready again.
-    fn settled(&self) -> bool {
-        self.services.is_synced()
-            && self.endpoint_slices.is_synced()
-            && self.pods.is_synced()
-            && pods_settled(&self.served(), &self.pods.list())
+    /// Whether every running pod that is a local endpoint of a Service is Ready again. Only a
+    /// full node has pods to wait for.
+    fn settled(&self, table: &mut ServiceTable) -> bool {
+        let Some(pods) = &self.pods else {
+            return true;
+        };
+        if !pods.is_synced() {
+            return false;
+        }
+        // The table knows its local endpoints once compiled; what this computes is written
+        // whole by the first sync anyway.
+        table.update();
+        pods.list()
+            .iter()
+            .filter_map(|pod| Some((local_address(pod)?, pod)))
+            .filter(|(address, _)| table.has_local_endpoint(*address))
+            .all(|(_, pod)| !is_running(pod) || is_ready(pod))
     }
 
-    /// The Services balanced here: the manifest directory's only. The API server's
-    /// EndpointSlices are not watched yet, so an API Service would be programmed without
-    /// backends and refuse connections that another node's proxy would serve; the store
-    /// holds the API's Services for the pods' environment alone. This ends when the
-    /// EndpointSlices come from the API server too.
-    fn served(&self) -> Vec<std::sync::Arc<Service>> {
-        self.services.list_of(Source::File)
-    }
-
-    /// Compiles the store's Services and EndpointSlices on a blocking thread.
-    async fn compile(&self) -> Compiled {
-        let services = self.served();
-        let slices = self.endpoint_slices.list();
-        let node = self.node.clone();
-        let compiled = tokio::task::spawn_blocking(move || {
-            datapath::compile(
-                services.iter().map(|s| &**s),
-                slices.iter().map(|s| &**s),
-                &node,
-            )
+    /// Compiles what changed and writes it (everything, when `state.whole`), on a blocking
+    /// thread. Returns the state (`None` if the thread died), what was compiled and whether
+    /// the maps now hold it.
+    async fn sync(&self, state: Sync) -> (Option<Sync>, Option<Delta>, Result<(), String>) {
+        let bpf_dir = self.bpf_dir.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut state = state;
+            let delta = state.table.update();
+            let written = write(&bpf_dir, &mut state, &delta);
+            (state, delta, written)
         })
         .await;
-        compiled.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "compiling the Services");
-            Compiled::default()
-        })
+        match joined {
+            Ok((state, delta, written)) => {
+                if let Some((frontends, backends)) =
+                    state.reconciler.as_ref().and_then(Reconciler::counts)
+                {
+                    metrics::global().set_service_datapath(frontends, backends);
+                }
+                (Some(state), Some(delta), written)
+            }
+            Err(e) => (None, None, Err(format!("writing the service maps: {e}"))),
+        }
     }
 
     /// Reports each problem once, as a Warning event on its object.
-    fn report(&self, reported: &mut BTreeSet<String>, compiled: &Compiled) {
-        for problem in &compiled.problems {
+    fn report(&self, reported: &mut BTreeSet<String>, problems: &[Problem]) {
+        for problem in problems {
             let text = problem.to_string();
             if reported.insert(text.clone()) {
                 tracing::warn!(problem = %text, "service not programmed as written");
@@ -195,120 +303,128 @@ impl Proxy {
             }
         }
     }
+}
 
-    /// Installs the datapath if it is not yet, then writes `desired` to its maps. `desired`
-    /// moves to the writing thread and comes back with the outcome, so it is never copied.
-    async fn write(
-        &self,
-        reconciler: &mut Option<Reconciler<PinnedMaps>>,
-        desired: Vec<DesiredService>,
-    ) -> (Vec<DesiredService>, Result<(), String>) {
-        match self.install_if_needed(reconciler.take()).await {
-            Ok(current) => self.apply(reconciler, current, desired).await,
-            Err(message) => (desired, Err(message)),
-        }
+/// Installs the datapath if it is not yet, then writes `delta` to its maps, or the whole
+/// desired state when the maps may lack more than the delta.
+fn write(bpf_dir: &std::path::Path, state: &mut Sync, delta: &Delta) -> Result<(), String> {
+    if state.reconciler.is_none() {
+        let installed =
+            datapath::find_cgroup2().and_then(|cgroup| datapath::install(bpf_dir, &cgroup));
+        let maps = installed.map_err(|e| {
+            format!(
+                "installing the service datapath in {}: {}",
+                bpf_dir.display(),
+                error_chain(&e)
+            )
+        })?;
+        tracing::info!(bpf_dir = %bpf_dir.display(), "service datapath installed");
+        state.reconciler = Some(Reconciler::new(maps));
+        state.whole = true;
     }
-
-    /// The reconciler, installing the datapath first if there is none yet.
-    async fn install_if_needed(
-        &self,
-        reconciler: Option<Reconciler<PinnedMaps>>,
-    ) -> Result<Reconciler<PinnedMaps>, String> {
-        match reconciler {
-            Some(current) => Ok(current),
-            None => {
-                let bpf_dir = self.bpf_dir.clone();
-                let installed = tokio::task::spawn_blocking(move || {
-                    let cgroup = datapath::find_cgroup2()?;
-                    datapath::install(&bpf_dir, &cgroup)
-                })
-                .await
-                .map_err(|e| format!("installing the service datapath: {e}"))?;
-                let maps = installed.map_err(|e| {
-                    format!(
-                        "installing the service datapath in {}: {}",
-                        self.bpf_dir.display(),
-                        error_chain(&e)
-                    )
-                })?;
-                tracing::info!(bpf_dir = %self.bpf_dir.display(), "service datapath installed");
-                Ok(Reconciler::new(maps))
+    let Some(reconciler) = state.reconciler.as_mut() else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let result = if state.whole {
+        reconciler.apply(&state.table.desired())
+    } else if delta.is_empty() {
+        return Ok(());
+    } else {
+        reconciler.apply_delta(&delta.upserts, &delta.removals)
+    };
+    match result {
+        Ok(applied) => {
+            state.whole = false;
+            if !applied.is_empty() {
+                tracing::info!(
+                    added = applied.added,
+                    updated = applied.updated,
+                    removed = applied.removed,
+                    backends_added = applied.backends_added,
+                    backends_removed = applied.backends_removed,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "service maps written"
+                );
             }
+            Ok(())
         }
-    }
-
-    /// Writes `desired` through `current` on a blocking thread; puts `current` back in
-    /// `reconciler` unless the thread died, in which case the next write installs again.
-    async fn apply(
-        &self,
-        reconciler: &mut Option<Reconciler<PinnedMaps>>,
-        mut current: Reconciler<PinnedMaps>,
-        desired: Vec<DesiredService>,
-    ) -> (Vec<DesiredService>, Result<(), String>) {
-        let started = Instant::now();
-        let joined = tokio::task::spawn_blocking(move || {
-            let result = current.apply(&desired);
-            (current, desired, result)
-        })
-        .await;
-        let (current, desired, result) = match joined {
-            Ok(done) => done,
-            Err(e) => return (Vec::new(), Err(format!("writing the service maps: {e}"))),
-        };
-        *reconciler = Some(current);
-        let applied = match result {
-            Ok(applied) => applied,
-            Err(e) => {
-                let message = format!("writing the service maps: {}", error_chain(&e));
-                return (desired, Err(message));
-            }
-        };
-        if !applied.is_empty() {
-            tracing::info!(
-                added = applied.added,
-                updated = applied.updated,
-                removed = applied.removed,
-                backends_added = applied.backends_added,
-                backends_removed = applied.backends_removed,
-                took_us = started.elapsed().as_micros() as u64,
-                "service maps written"
-            );
+        Err(e) => {
+            // Part of the change is written, and only the table knows the rest.
+            state.whole = true;
+            Err(format!("writing the service maps: {}", error_chain(&e)))
         }
-        (desired, Ok(()))
     }
 }
 
-/// Whether every running pod that a Service selects is Ready.
-fn pods_settled<S: AsRef<Service>, P: AsRef<Pod>>(services: &[S], pods: &[P]) -> bool {
-    pods.iter()
-        .map(AsRef::as_ref)
-        .filter(|pod| {
-            services
-                .iter()
-                .any(|service| selects(service.as_ref(), pod))
-        })
-        .all(|pod| {
-            let status = pod.status.as_ref();
-            let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
-            let ready = status
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            !running || ready
-        })
+/// Follows the readiness of this node's pods into `table`: a running pod that is not Ready
+/// leaves the datapath at once. `keys`: the pods changed; `None`: all of them.
+fn follow_local_readiness(
+    pods: &PodStore,
+    keys: Option<Changes>,
+    local_pods: &mut HashMap<ObjectKey, Ipv4Addr>,
+    table: &mut ServiceTable,
+) {
+    let keys: Vec<ObjectKey> = match keys {
+        Some(changes) => changes.keys.into_iter().collect(),
+        None => pods
+            .entries()
+            .into_iter()
+            .map(|(key, _)| key)
+            .chain(local_pods.keys().cloned())
+            .collect(),
+    };
+    for key in keys {
+        let pod = pods.get(&key);
+        let now = pod.as_deref().and_then(local_address);
+        if let Some(before) = local_pods.remove(&key) {
+            if Some(before) != now {
+                table.set_local_ready(before, true);
+            }
+        }
+        if let (Some(pod), Some(address)) = (pod, now) {
+            local_pods.insert(key, address);
+            table.set_local_ready(address, !is_running(&pod) || is_ready(&pod));
+        }
+    }
 }
 
-/// Whether `service`'s selector (non-empty) matches `pod` in the same namespace.
-fn selects(service: &Service, pod: &Pod) -> bool {
-    let namespace = |ns: &Option<String>| ns.clone().unwrap_or_else(|| "default".into());
-    service
-        .spec
+/// The pod's own IPv4 address; none for a pod on the host's network, whose address is the
+/// node's and shared.
+fn local_address(pod: &Pod) -> Option<Ipv4Addr> {
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return None;
+    }
+    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+fn is_running(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
         .as_ref()
-        .and_then(|s| s.selector.as_ref())
-        .is_some_and(|selector| {
-            !selector.is_empty()
-                && namespace(&service.metadata.namespace) == namespace(&pod.metadata.namespace)
-                && endpoints::selects(selector, pod)
-        })
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn ready(subscription: &mut Option<Subscription>) {
+    match subscription {
+        Some(subscription) => subscription.ready().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn changed(view: &mut Option<watch::Receiver<NodeView>>) {
+    let closed = match view {
+        Some(view) => view.changed().await.is_err(),
+        None => std::future::pending().await,
+    };
+    if closed {
+        // Its watch ended with the daemon: nothing more will come.
+        *view = None;
+    }
 }
 
 /// The Services and EndpointSlices changed since the maps were last written, each with when
@@ -337,6 +453,17 @@ impl Unprogrammed {
     }
 }
 
+/// The narrow Services and EndpointSlices of a full node, mirrored from the stores the
+/// manifest directory and the EndpointSlice controller write (see [`crate::store::mirror`]).
+pub fn narrow_service(service: &Service) -> ServiceInfo {
+    ServiceInfo::from_service(service)
+}
+
+/// See [`narrow_service`].
+pub fn narrow_slice(slice: &EndpointSlice) -> SliceInfo {
+    SliceInfo::from_slice(slice)
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
@@ -344,16 +471,17 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::store::Source;
 
-    fn pod(name: &str, labels: &[(&str, &str)], phase: &str, ready: bool) -> Arc<Pod> {
+    fn pod(name: &str, ip: &str, phase: &str, ready: bool) -> Arc<Pod> {
         let mut pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "default",
-                         "labels": labels.iter().copied().collect::<std::collections::BTreeMap<_, _>>()},
+            "metadata": {"name": name, "namespace": "default"},
             "spec": {"containers": [{"name": "c", "image": "busybox"}]},
         }))
         .expect("a pod");
         pod.status = Some(PodStatus {
             phase: Some(phase.into()),
+            pod_ip: Some(ip.into()),
             conditions: Some(vec![PodCondition {
                 type_: "Ready".into(),
                 status: if ready { "True" } else { "False" }.into(),
@@ -391,30 +519,46 @@ mod tests {
     }
 
     #[test]
-    fn pods_settle_once_selected_running_pods_are_ready() {
-        let services: Vec<Arc<Service>> = vec![Arc::new(
-            serde_yaml::from_str(
-                "metadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.1\n  selector: {app: web}\n  ports: [{port: 80}]\n",
-            )
-            .expect("a Service"),
-        )];
-        let web = [("app", "web")];
-        // A selected pod running but not Ready again yet (its probes have not run).
-        let pods = [
-            pod("web", &web, "Running", false),
-            pod("job", &[], "Running", true),
-        ];
-        assert!(!pods_settled(&services, &pods));
-        // Readiness of pods no Service selects does not matter, nor that of pods not running.
-        let pods = [
-            pod("web", &web, "Running", true),
-            pod("job", &[], "Running", false),
-        ];
-        assert!(pods_settled(&services, &pods));
-        let pods = [
-            pod("web", &web, "Pending", false),
-            pod("job", &[], "Running", false),
-        ];
-        assert!(pods_settled(&services, &pods));
+    fn local_readiness_follows_the_pods_and_forgets_those_gone() {
+        let service: Service = serde_yaml::from_str(
+            "metadata: {name: web, namespace: default}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n",
+        )
+        .expect("a Service");
+        let slice: EndpointSlice = serde_yaml::from_str(
+            "metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints: [{addresses: [10.244.0.5], nodeName: node-a}, {addresses: [10.244.0.6], nodeName: node-a}]\n",
+        )
+        .expect("a slice");
+        let mut table = ServiceTable::new("node-a");
+        table.set_service("default", "web", Some(Arc::new(narrow_service(&service))));
+        table.set_slice("default", "web-1", Some(Arc::new(narrow_slice(&slice))));
+        table.update();
+        let backends = |table: &ServiceTable| -> Vec<String> {
+            table.desired()[0]
+                .backends
+                .iter()
+                .map(|b| b.address.to_string())
+                .collect()
+        };
+
+        let pods: PodStore = Store::new(&[Source::Api]);
+        let writer = pods.writer(Source::Api);
+        let mut changes = pods.subscribe();
+        let mut local = HashMap::new();
+        writer.replace([
+            pod("a", "10.244.0.5", "Running", false),
+            pod("b", "10.244.0.6", "Running", true),
+        ]);
+        follow_local_readiness(&pods, None, &mut local, &mut table);
+        table.update();
+        assert_eq!(backends(&table), ["10.244.0.6"]);
+        changes.take();
+
+        // a becomes Ready; b is deleted (its slice still lists it: the slice decides).
+        writer.apply(pod("a", "10.244.0.5", "Running", true));
+        writer.delete(&ObjectKey::new("default", "b"));
+        follow_local_readiness(&pods, Some(changes.take()), &mut local, &mut table);
+        table.update();
+        assert_eq!(backends(&table), ["10.244.0.5", "10.244.0.6"]);
+        assert_eq!(local.len(), 1);
     }
 }

@@ -115,6 +115,13 @@ impl<M: ServiceMaps> Reconciler<M> {
         &self.maps
     }
 
+    /// How many frontends and backends the maps hold as last written; `None` before the
+    /// first write or after a failed one.
+    pub fn counts(&self) -> Option<(usize, usize)> {
+        let held = self.held.as_ref()?;
+        Some((held.services.len(), held.backend_ids.len()))
+    }
+
     #[cfg(test)]
     pub(crate) fn maps_mut(&mut self) -> &mut M {
         &mut self.maps

@@ -158,6 +158,11 @@ impl ServiceTable {
         }
     }
 
+    /// Whether a Service has an endpoint on this node at `address` (as of the last update).
+    pub fn has_local_endpoint(&self, address: Ipv4Addr) -> bool {
+        self.local.contains_key(&address)
+    }
+
     /// Whether changes wait for [`ServiceTable::update`].
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()
