@@ -1,4 +1,4 @@
-use std::{io, path::PathBuf};
+use std::{io, net::Ipv4Addr, path::PathBuf};
 
 use crate::probe::XdpMode;
 
@@ -375,4 +375,18 @@ pub enum Error {
         ifindex: u32,
         name: String,
     },
+
+    /// A directory that names network namespaces (`/run/netns`, `/proc`) could not be read.
+    /// Retry: only a transient failure (memory, file descriptors) explains it for root.
+    #[error("listing the network namespaces in {path}")]
+    ListNetns {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Several network namespaces have the pod's address and a veth leading to the caller's
+    /// namespace, so nothing says which is the pod's. Do not retry until one is gone.
+    #[error("{ip} is an address of several network namespaces with a veth to this one: {netns:?}")]
+    AmbiguousPodNetns { ip: Ipv4Addr, netns: Vec<PathBuf> },
 }

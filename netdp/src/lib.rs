@@ -12,6 +12,7 @@ mod error;
 pub mod intern;
 pub mod netlink;
 mod object;
+pub mod pod_interfaces;
 pub mod policy;
 mod probe;
 pub mod service;

@@ -39,7 +39,7 @@ pub struct HostInterface {
 const POD_IFNAME: &str = "eth0";
 
 /// The calling thread's own network namespace, as the errors of calls made in it name it.
-const OWN_NETNS: &str = "/proc/thread-self/ns/net";
+pub(crate) const OWN_NETNS: &str = "/proc/thread-self/ns/net";
 
 /// Finds the host-side peer of the pod's veth in network namespace `netns` (a file such as
 /// `/var/run/netns/cni-…` or `/proc/<pid>/ns/net`), and confirms that it lives in the calling
@@ -198,7 +198,7 @@ fn choose_pod_interface(netns: &Path, links: &[PodLink]) -> Result<PodInterface,
 
 /// Runs `f` on a thread of its own that has entered the network namespace `netns`. The thread
 /// ends with `f`, so nothing else ever runs in that namespace by accident.
-fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+pub(crate) fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
     let file = File::open(netns).map_err(|source| Error::OpenNetns {
         netns: netns.to_owned(),
         source,
@@ -223,7 +223,7 @@ fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T, Er
     })
 }
 
-fn link_name(link: &LinkMessage) -> Option<String> {
+pub(crate) fn link_name(link: &LinkMessage) -> Option<String> {
     link.attributes
         .iter()
         .find_map(|attribute| match attribute {
@@ -248,7 +248,7 @@ fn dump_links(netns: &Path) -> Result<Vec<LinkMessage>, Error> {
         .collect())
 }
 
-fn get_link(ifindex: u32, netns: &Path) -> Result<LinkMessage, Error> {
+pub(crate) fn get_link(ifindex: u32, netns: &Path) -> Result<LinkMessage, Error> {
     let mut message = LinkMessage::default();
     message.header.index = ifindex;
     let replies = request(RouteNetlinkMessage::GetLink(message), 0, "get link", netns)?;
@@ -265,13 +265,13 @@ fn get_link(ifindex: u32, netns: &Path) -> Result<LinkMessage, Error> {
         })
 }
 
-struct Ipv4Address {
+pub(crate) struct Ipv4Address {
     ifindex: u32,
-    address: Ipv4Addr,
+    pub(crate) address: Ipv4Addr,
     scope: AddressScope,
 }
 
-fn dump_ipv4_addresses(netns: &Path) -> Result<Vec<Ipv4Address>, Error> {
+pub(crate) fn dump_ipv4_addresses(netns: &Path) -> Result<Vec<Ipv4Address>, Error> {
     let mut message = AddressMessage::default();
     message.header.family = AddressFamily::Inet;
     let replies = request(
@@ -324,7 +324,7 @@ const DUMP_ATTEMPTS: usize = 3;
 /// A dump the kernel marks inconsistent (`NLM_F_DUMP_INTR`: something changed while it ran, as
 /// when a CNI plugin wires another pod) is taken again; if every attempt is, the error is
 /// `EINTR`, worth retrying later.
-fn request(
+pub(crate) fn request(
     message: RouteNetlinkMessage,
     flags: u16,
     call: &'static str,
