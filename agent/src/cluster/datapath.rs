@@ -222,3 +222,7 @@ fn replace(held: &mut NodeView, new: NodeView) -> bool {
     *held = new;
     changed
 }
+
+#[cfg(test)]
+#[path = "datapath_tests.rs"]
+mod tests;

@@ -86,6 +86,9 @@ struct State {
     failures: Vec<u16>,
     unreachable: bool,
     uids: u64,
+    /// The resources of each group version the fake lists (`/apis/GROUP/VERSION`); others
+    /// are 404, as on a server that does not serve them.
+    discovery: BTreeMap<String, Vec<String>>,
 }
 
 /// One write: the object before and after it (`None`: absent).
@@ -151,7 +154,11 @@ impl Route {
     }
 }
 
-/// `a=b,c!=d` of a field or label selector; a bare `key` (labels) asks that it exists.
+/// What a `!key` label term is kept as: "not equal to" a value no label can have.
+const ABSENT: &str = "\u{0}absent";
+
+/// `a=b,c!=d` of a field or label selector; a bare `key` (labels) asks that it exists, `!key`
+/// that it does not.
 #[derive(Clone, Default)]
 struct Selector {
     fields: Vec<(String, bool, String)>,
@@ -182,7 +189,10 @@ impl Selector {
                 .iter()
                 .map(|t| match split(t) {
                     Some((k, eq, v)) => (k, Some((eq, v))),
-                    None => (t.clone(), None),
+                    None => match t.strip_prefix('!') {
+                        Some(absent) => (absent.to_owned(), Some((false, ABSENT.to_owned()))),
+                        None => (t.clone(), None),
+                    },
                 })
                 .collect(),
         }
@@ -198,6 +208,7 @@ impl Selector {
             let found = object["metadata"]["labels"][key].as_str();
             match wanted {
                 None => found.is_some(),
+                Some((false, value)) if value == ABSENT => found.is_none(),
                 Some((eq, value)) => (found == Some(value.as_str())) == *eq,
             }
         });
@@ -268,6 +279,9 @@ fn kind_of(resource: &str) -> &'static str {
         "events" => "Event",
         "leases" => "Lease",
         "serviceaccounts" => "ServiceAccount",
+        "endpointslices" => "EndpointSlice",
+        "networkpolicies" => "NetworkPolicy",
+        "namespaces" => "Namespace",
         _ => "Object",
     }
 }
@@ -443,6 +457,14 @@ impl FakeApi {
         self.changed.notify_waiters();
     }
 
+    /// Lists `resources` under `/apis/GROUP_VERSION` for discovery.
+    pub fn serve_group_version(&self, group_version: &str, resources: &[&str]) {
+        self.lock().discovery.insert(
+            group_version.to_owned(),
+            resources.iter().map(|r| r.to_string()).collect(),
+        );
+    }
+
     /// Forgets the history: a watch from any resourceVersion before now gets 410 Gone.
     pub fn compact(&self) {
         let mut state = self.lock();
@@ -598,6 +620,21 @@ impl State {
     }
 
     fn handle(&mut self, request: &Recorded) -> Response<ResponseBody> {
+        if let Some(resources) = request
+            .path
+            .strip_prefix("/apis/")
+            .and_then(|gv| self.discovery.get(gv))
+        {
+            let list: Vec<Value> = resources
+                .iter()
+                .map(|name| json!({"name": name, "namespaced": true, "kind": kind_of(name), "verbs": ["list", "watch"]}))
+                .collect();
+            let group_version = request.path.trim_start_matches("/apis/");
+            return respond(
+                200,
+                &json!({"kind": "APIResourceList", "groupVersion": group_version, "resources": list}),
+            );
+        }
         let Some(route) = Route::parse(&request.path) else {
             return failure(404, "NotFound", format!("no route {}", request.path));
         };
