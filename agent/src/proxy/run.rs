@@ -1,0 +1,131 @@
+//! `bosun proxy`: only the datapath, fed by the API server: kube-proxy's job on a node whose
+//! pods another kubelet runs (a DaemonSet beside it, or in place of kube-proxy). No CRI, no
+//! pods, no manifest directory: the Services and EndpointSlices kube-proxy would program, and
+//! this node's Node for its zone and whether it is being taken away.
+//!
+//! The programs and maps are pinned, so stopping or killing `bosun proxy` stops no
+//! connection; a new one adopts the maps, waits for its first full list, and writes only
+//! what changed meanwhile. `--cleanup` removes all of it.
+
+use std::process::Stdio;
+
+use anyhow::{Context, Result};
+use bosun_netdp::service::{self as datapath};
+use bosun_netdp::service::{ServiceInfo, SliceInfo};
+use tokio::sync::watch;
+
+use super::config::ProxyConfig;
+use super::healthz::{self, ProxyHealth};
+use crate::cluster::datapath::{watch_endpoint_slices, watch_node, watch_services, NodeView};
+use crate::events::Recorder;
+use crate::service::proxy::{Progress, Proxy};
+use crate::store::{Source, Store};
+
+impl Progress for ProxyHealth {
+    fn queued(&self) {
+        ProxyHealth::queued(self);
+    }
+
+    fn updated(&self) {
+        ProxyHealth::updated(self);
+    }
+
+    fn node_eligible(&self, eligible: bool) {
+        self.set_node_eligible(eligible);
+    }
+}
+
+/// Runs `bosun proxy` until `shutdown` completes (or, with `cleanup`, removes the datapath
+/// and returns).
+pub async fn run(config: ProxyConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    for note in &config.notes {
+        tracing::warn!("{note}");
+    }
+    if config.cleanup {
+        return cleanup(&config);
+    }
+    if let Some(found) = kube_proxy_rules().await {
+        tracing::warn!(
+            "kube-proxy's rules are on this node ({found}): kube-proxy answers for the Services too. Stop kube-proxy and remove its rules (kube-proxy --cleanup) to leave them to bosun; see the README"
+        );
+    }
+    crate::metrics::global().set_node_name(&config.node_name);
+    let client = match &config.kubeconfig {
+        Some(path) => crate::cluster::client(path).await?,
+        None => kube::Client::try_default()
+            .await
+            .context("no --kubeconfig, and no in-cluster configuration (service account)")?,
+    };
+    let events = Recorder::new(config.node_name.clone());
+    let health = ProxyHealth::new(config.health_timeout());
+    let services: Store<ServiceInfo> = Store::new(&[Source::Api]);
+    let slices: Store<SliceInfo> = Store::new(&[Source::Api]);
+    let (view_tx, view_rx) = watch::channel(NodeView::default());
+    let mut tasks = vec![
+        tokio::spawn(watch_services(client.clone(), services.writer(Source::Api))),
+        tokio::spawn(watch_endpoint_slices(client.clone(), slices.writer(Source::Api))),
+        tokio::spawn(watch_node(client.clone(), config.node_name.clone(), view_tx)),
+        tokio::spawn(crate::cluster::events::run(client.clone(), events.subscribe())),
+    ];
+    if let Some(address) = config.healthz {
+        tasks.push(tokio::spawn(healthz::serve(address, health.clone())));
+    }
+    if let Some(address) = config.metrics {
+        tasks.push(tokio::spawn(healthz::serve_metrics(address)));
+    }
+    let proxy = Proxy {
+        bpf_dir: config.bpf_dir.clone(),
+        node: config.node_name.clone(),
+        services,
+        slices,
+        pods: None,
+        node_view: Some(view_rx),
+        events,
+        progress: Some(Box::new(health)),
+    };
+    tasks.push(tokio::spawn(proxy.run()));
+    tracing::info!(node = %config.node_name, bpf_dir = %config.bpf_dir.display(), "bosun proxy running");
+    shutdown.await;
+    for task in &tasks {
+        task.abort();
+    }
+    tracing::info!("bosun proxy stopped; the datapath stays in place");
+    Ok(())
+}
+
+/// Removes the service datapath (programs, links, maps) from `bpf_dir`.
+fn cleanup(config: &ProxyConfig) -> Result<()> {
+    let removed = datapath::cleanup(&config.bpf_dir)
+        .with_context(|| format!("removing the datapath in {}", config.bpf_dir.display()))?;
+    if removed {
+        println!("removed the datapath in {}", config.bpf_dir.display());
+    } else {
+        println!("no datapath in {}", config.bpf_dir.display());
+    }
+    Ok(())
+}
+
+/// kube-proxy's `KUBE-SERVICES` chain in the nat table (iptables mode, either backend) or
+/// its `kube-proxy` nftables table, if this node has them: what names them.
+async fn kube_proxy_rules() -> Option<String> {
+    for iptables in ["iptables-nft", "iptables-legacy", "iptables"] {
+        let listed = tokio::process::Command::new(iptables)
+            .args(["-t", "nat", "-S", "KUBE-SERVICES"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        if listed.is_ok_and(|status| status.success()) {
+            return Some(format!("{iptables}: the nat table's KUBE-SERVICES chain"));
+        }
+    }
+    let listed = tokio::process::Command::new("nft")
+        .args(["list", "table", "ip", "kube-proxy"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    listed
+        .is_ok_and(|status| status.success())
+        .then(|| "nft: the table ip kube-proxy".to_owned())
+}
