@@ -11,6 +11,7 @@ pub mod events;
 pub mod metrics;
 pub mod pod;
 pub mod policy;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod service;

@@ -23,6 +23,44 @@ pub async fn sleep_or_never(duration: Option<Duration>) {
     }
 }
 
+/// A Go duration, as Kubernetes' config files write them (`metav1.Duration`): `30s`, `2m0s`,
+/// `1h30m`, `500ms`.
+pub fn go_duration(text: &str) -> Result<std::time::Duration, String> {
+    let mut rest = text.trim();
+    if rest == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err("empty".into());
+    }
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or("a number without a unit")?;
+        let (number, tail) = rest.split_at(number_end);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("bad number {number:?}"))?;
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let seconds = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => return Err(format!("unknown unit {other:?}")),
+        };
+        total += value * seconds;
+        rest = tail;
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
 /// Has glibc keep one heap for all threads (`M_ARENA_MAX` 1), as `MALLOC_ARENA_MAX=1` would.
 /// By default each thread that allocates gets an arena of its own and keeps what it freed:
 /// the blocking threads that compile the datapaths and read manifests left some 19 MiB that

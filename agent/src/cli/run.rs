@@ -17,6 +17,7 @@ use bosun::pod::spec::{HostDns, NodeContext, NodeResources, ParsedQuantity};
 use bosun::server::auth::{AuthenticationConfig, AuthorizationConfig, AuthorizationMode};
 use bosun::server::tls::TlsConfig;
 use bosun::server::ServerConfig;
+use bosun::util::go_duration;
 use k8s_openapi::api::core::v1::Taint;
 
 pub const DEFAULT_ROOT_DIR: &str = "/var/lib/bosun";
@@ -532,43 +533,6 @@ fn server_config(
         }),
         healthz,
     ))
-}
-
-/// A Go duration, as KubeletConfiguration writes them: `30s`, `2m0s`, `1h30m`, `500ms`.
-fn go_duration(text: &str) -> Result<std::time::Duration, String> {
-    let mut rest = text.trim();
-    if rest == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return Err("empty".into());
-    }
-    while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or("a number without a unit")?;
-        let (number, tail) = rest.split_at(number_end);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("bad number {number:?}"))?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let seconds = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            other => return Err(format!("unknown unit {other:?}")),
-        };
-        total += value * seconds;
-        rest = tail;
-    }
-    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 /// The service datapath's directory: the flag, else the config file, else the default.

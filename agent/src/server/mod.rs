@@ -45,7 +45,7 @@ use tls::{Tls, TlsConfig};
 /// A response body: whole, or streamed (logs).
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
@@ -56,7 +56,7 @@ fn empty() -> Body {
 }
 
 /// A 200 answer of `body` with the content type `content_type`.
-fn typed(body: Body, content_type: &'static str) -> Response<Body> {
+pub(crate) fn typed(body: Body, content_type: &'static str) -> Response<Body> {
     let mut response = Response::new(body);
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -65,7 +65,7 @@ fn typed(body: Body, content_type: &'static str) -> Response<Body> {
     response
 }
 
-fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     let mut response = typed(full(message.into()), "text/plain; charset=utf-8");
     *response.status_mut() = status;
     response
@@ -228,18 +228,40 @@ async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, s
     }
 }
 
-/// How long to wait before trying again to listen on the `/healthz` port.
-const HEALTHZ_RETRY: Duration = Duration::from_secs(5);
+/// How long to wait before trying again to listen on a plain-HTTP port.
+const LISTEN_RETRY: Duration = Duration::from_secs(5);
 
 /// Serves `/healthz` in plain HTTP on `address` (`healthzBindAddress`, `healthzPort`). As
 /// kubelet's, a port that cannot be bound is logged and tried again, and stops nothing else.
 pub async fn serve_healthz(address: SocketAddr) {
+    serve_plain(
+        address,
+        "/healthz (healthzBindAddress, healthzPort)",
+        |request: Request<Incoming>| async move {
+            if request.uri().path() == "/healthz" {
+                text(StatusCode::OK, "ok")
+            } else {
+                not_found()
+            }
+        },
+    )
+    .await
+}
+
+/// Serves plain HTTP/1 on `address`, each request answered by `handle`. A port that cannot
+/// be bound is logged (naming `what` is served there) and tried again every 5 s; nothing
+/// else waits on it. Never returns.
+pub(crate) async fn serve_plain<F, R>(address: SocketAddr, what: &str, handle: F)
+where
+    F: Fn(Request<Incoming>) -> R + Clone + Send + 'static,
+    R: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
     let listener = loop {
         match TcpListener::bind(address).await {
             Ok(listener) => break listener,
             Err(e) => {
-                tracing::error!(%address, error = %e, "listening for /healthz (healthzBindAddress, healthzPort); trying again");
-                tokio::time::sleep(HEALTHZ_RETRY).await;
+                tracing::error!(%address, error = %e, "listening for {what}; trying again");
+                tokio::time::sleep(LISTEN_RETRY).await;
             }
         }
     };
@@ -248,13 +270,11 @@ pub async fn serve_healthz(address: SocketAddr) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let handle = handle.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
-                Ok::<_, Infallible>(if request.uri().path() == "/healthz" {
-                    text(StatusCode::OK, "ok")
-                } else {
-                    not_found()
-                })
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let answer = handle(request);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             let _ = http1()
                 .serve_connection(TokioIo::new(stream), service)
@@ -274,7 +294,7 @@ fn http1() -> hyper::server::conn::http1::Builder {
 }
 
 /// Go's answer to an unknown path, as kubelet gives it.
-fn not_found() -> Response<Body> {
+pub(crate) fn not_found() -> Response<Body> {
     text(StatusCode::NOT_FOUND, "404 page not found\n")
 }
 

@@ -9,9 +9,9 @@
 
 mod defaults;
 mod manifest;
-mod strict;
+pub(crate) mod strict;
 mod validate;
-mod validate_objects;
+pub(crate) mod validate_objects;
 mod watch;
 
 pub use defaults::apply_defaults;

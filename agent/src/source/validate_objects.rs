@@ -1214,9 +1214,9 @@ fn check_routable_ip(ip: IpAddr) -> Result<(), String> {
 /// A CIDR as the network it names: `10.1.2.3/8` is `10.0.0.0/8`. The API server still
 /// accepts bits set past the prefix length, so they are ignored rather than refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Network {
-    address: IpAddr,
-    len: u8,
+pub(crate) struct Network {
+    pub(crate) address: IpAddr,
+    pub(crate) len: u8,
 }
 
 impl Network {
@@ -1241,7 +1241,7 @@ fn mask_v6(address: Ipv6Addr, len: u8) -> Ipv6Addr {
     Ipv6Addr::from_bits(address.to_bits() & mask)
 }
 
-fn parse_cidr(value: &str) -> Result<Network, String> {
+pub(crate) fn parse_cidr(value: &str) -> Result<Network, String> {
     let Some((address, len)) = value.split_once('/') else {
         return Err(CIDR_RULE.to_string());
     };
