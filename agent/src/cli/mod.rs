@@ -18,7 +18,7 @@ mod stats;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use bosun_cri::CriClient;
 use clap::{Args, Parser, Subcommand};
 
@@ -121,6 +121,8 @@ pub enum Command {
     Image(images::ImageCommand),
     /// Run the node daemon: pods from a manifest directory, over CRI.
     Run(Box<run::RunArgs>),
+    /// Run only the Service datapath, from the API server: kube-proxy's job, with its flags.
+    Proxy(Box<bosun::proxy::config::ProxyArgs>),
     /// Show what the running daemon manages.
     Get(get::GetArgs),
     /// Show what the service datapath's maps hold (works while the daemon is down).
@@ -155,6 +157,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 .map(|()| 0)
         }
         Command::Run(args) => return run::run(args).await,
+        Command::Proxy(args) => return proxy(args).await,
         Command::Get(args) => return get::get(args).await.map(|()| 0),
         Command::Dp(args) => return dp::dp(args).map(|()| 0),
         Command::Monitor(args) => return monitor::monitor(args).await.map(|()| 0),
@@ -181,12 +184,28 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Pull(args) => images::pull(&client, &args).await?,
         Command::Image(_)
         | Command::Run(_)
+        | Command::Proxy(_)
         | Command::Get(_)
         | Command::Dp(_)
         | Command::Monitor(_) => {
             unreachable!("handled above")
         }
     }
+    Ok(0)
+}
+
+/// `bosun proxy`: a configuration error exits with the daemon's bad-config code.
+async fn proxy(args: &bosun::proxy::config::ProxyArgs) -> Result<i32> {
+    let config = match args.resolve() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("bosun: error: {e}");
+            return Ok(run::EXIT_BAD_CONFIG);
+        }
+    };
+    bosun::proxy::run::run(config, run::terminated())
+        .await
+        .context("running the proxy")?;
     Ok(0)
 }
 

@@ -741,18 +741,30 @@ pub async fn run(args: &RunArgs) -> Result<i32> {
         "bosun starting"
     );
     let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
+        terminated().await;
         tracing::info!("stopping; pods keep running");
     };
     bosun::daemon::run(config, shutdown)
         .await
         .context("running the daemon")?;
     Ok(0)
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 #[cfg(test)]

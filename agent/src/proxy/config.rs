@@ -15,8 +15,8 @@
 //! #108737; kube-proxy's help says "This parameter is ignored if a config file is specified
 //! by --config"). The exceptions are `--hostname-override`, which kube-proxy applies after
 //! loading the file and so wins over `hostnameOverride`, and the flags that are not part of
-//! the configuration (`--config`, `--cleanup`). bosun's own `--bpf-dir` and
-//! `--network-policy` have no field in the file and always apply. A flag ignored this way is
+//! the configuration (`--config`, `--cleanup`). bosun's own `--bpf-dir` has no
+//! field in the file and always applies. A flag ignored this way is
 //! named in [`ProxyConfig::notes`].
 //!
 //! # The file
@@ -105,17 +105,6 @@ pub struct ProxyArgs {
     /// The bpffs directory where the datapath pins its maps and program links.
     #[arg(long = "bpf-dir", value_name = "DIR", default_value = DEFAULT_BPF_DIR)]
     pub bpf_dir: PathBuf,
-
-    /// Enforce NetworkPolicy as well as Services (`--network-policy=false`: Services only).
-    #[arg(
-        long = "network-policy",
-        value_name = "BOOL",
-        default_value_t = true,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        action = clap::ArgAction::Set
-    )]
-    pub network_policy: bool,
 }
 
 /// What `bosun proxy` runs with, the flags and the file resolved.
@@ -132,8 +121,6 @@ pub struct ProxyConfig {
     /// Where `/metrics` is served; `None`: not served.
     pub metrics: Option<SocketAddr>,
     pub bpf_dir: PathBuf,
-    /// Whether NetworkPolicy is enforced too.
-    pub network_policy: bool,
     /// Remove the datapath and exit.
     pub cleanup: bool,
     /// `configSyncPeriod`: how often the informers' caches are resynced.
@@ -243,7 +230,6 @@ impl ProxyArgs {
             healthz: settings.healthz,
             metrics: settings.metrics,
             bpf_dir: self.bpf_dir.clone(),
-            network_policy: self.network_policy,
             cleanup: self.cleanup,
             config_sync_period: settings.config_sync_period,
             sync_period: settings.sync_period,
@@ -844,7 +830,6 @@ mod tests {
                 healthz: Some("0.0.0.0:10256".parse().expect("an address")),
                 metrics: Some("127.0.0.1:10249".parse().expect("an address")),
                 bpf_dir: PathBuf::from("/sys/fs/bpf/bosun"),
-                network_policy: true,
                 cleanup: false,
                 config_sync_period: Duration::from_secs(900),
                 sync_period: Duration::from_secs(30),
@@ -863,7 +848,6 @@ mod tests {
             "--healthz-bind-address=10.0.0.5",
             "--metrics-bind-address=[::1]:9999",
             "--bpf-dir=/sys/fs/bpf/other",
-            "--network-policy=false",
             "--cleanup",
         ]))
         .expect("the flags resolve");
@@ -889,7 +873,6 @@ mod tests {
             Some("[::1]:9999".parse().expect("an address"))
         );
         assert_eq!(config.bpf_dir, PathBuf::from("/sys/fs/bpf/other"));
-        assert!(!config.network_policy);
         assert!(config.cleanup);
         assert_eq!(
             config.notes,
@@ -898,13 +881,6 @@ mod tests {
               IPv4 only for now"
             ]
         );
-    }
-
-    #[test]
-    fn network_policy_takes_go_style_booleans() {
-        assert!(args(&["--network-policy"]).network_policy);
-        assert!(!args(&["--network-policy=false"]).network_policy);
-        assert!(!args(&["--network-policy", "false"]).network_policy);
     }
 
     #[test]

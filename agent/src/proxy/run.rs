@@ -37,7 +37,10 @@ impl Progress for ProxyHealth {
 
 /// Runs `bosun proxy` until `shutdown` completes (or, with `cleanup`, removes the datapath
 /// and returns).
-pub async fn run(config: ProxyConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    config: ProxyConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     for note in &config.notes {
         tracing::warn!("{note}");
     }
@@ -63,9 +66,19 @@ pub async fn run(config: ProxyConfig, shutdown: impl std::future::Future<Output 
     let (view_tx, view_rx) = watch::channel(NodeView::default());
     let mut tasks = vec![
         tokio::spawn(watch_services(client.clone(), services.writer(Source::Api))),
-        tokio::spawn(watch_endpoint_slices(client.clone(), slices.writer(Source::Api))),
-        tokio::spawn(watch_node(client.clone(), config.node_name.clone(), view_tx)),
-        tokio::spawn(crate::cluster::events::run(client.clone(), events.subscribe())),
+        tokio::spawn(watch_endpoint_slices(
+            client.clone(),
+            slices.writer(Source::Api),
+        )),
+        tokio::spawn(watch_node(
+            client.clone(),
+            config.node_name.clone(),
+            view_tx,
+        )),
+        tokio::spawn(crate::cluster::events::run(
+            client.clone(),
+            events.subscribe(),
+        )),
     ];
     if let Some(address) = config.healthz {
         tasks.push(tokio::spawn(healthz::serve(address, health.clone())));
