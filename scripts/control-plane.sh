@@ -10,6 +10,9 @@
 #                              ServiceAccount
 #   node-kubeconfig DIR NODE   write DIR/node-NODE.kubeconfig (user system:node:NODE, group
 #                              system:nodes) and print its path
+#   proxy-kubeconfig DIR       write DIR/kube-proxy.kubeconfig (user system:kube-proxy, which
+#                              the default RBAC binds to ClusterRole system:node-proxier, as
+#                              kube-proxy's identity) and print its path
 #   bootstrap-kubeconfig DIR   make a bootstrap token and the RBAC kubeadm makes for kubelet TLS
 #                              bootstrapping (node CSRs approved automatically, renewals
 #                              too); write DIR/bootstrap.kubeconfig with the token and print
@@ -566,6 +569,14 @@ cmd_node_kubeconfig() {
     echo "$DIR/node-$node.kubeconfig"
 }
 
+cmd_proxy_kubeconfig() {
+    state_dir "${1:-}"
+    umask 077
+    client_cert kube-proxy "/CN=system:kube-proxy"
+    write_kubeconfig "$DIR/kube-proxy.kubeconfig" system:kube-proxy kube-proxy
+    echo "$DIR/kube-proxy.kubeconfig"
+}
+
 # The group kubeadm gives its node bootstrap tokens; its bindings name this group.
 BOOTSTRAP_GROUP=system:bootstrappers:kubeadm:default-node-token
 
@@ -673,6 +684,7 @@ main() {
     bin-dir) cmd_bin_dir "$@" ;;
     up) cmd_up "$@" ;;
     node-kubeconfig) cmd_node_kubeconfig "$@" ;;
+    proxy-kubeconfig) cmd_proxy_kubeconfig "$@" ;;
     bootstrap-kubeconfig) cmd_bootstrap_kubeconfig "$@" ;;
     stop-apiserver) cmd_stop_apiserver "$@" ;;
     start-apiserver) cmd_start_apiserver "$@" ;;

@@ -189,6 +189,14 @@ impl ControlPlane {
             .map(PathBuf::from)
     }
 
+    /// Writes a kubeconfig for kube-proxy's identity, `system:kube-proxy`, which the default
+    /// RBAC binds to ClusterRole `system:node-proxier`: what a kube-proxy replacement may read.
+    pub async fn proxy_kubeconfig(&self) -> Result<PathBuf> {
+        self.run_script("proxy-kubeconfig", &[])
+            .await
+            .map(PathBuf::from)
+    }
+
     /// Writes a bootstrap kubeconfig, as `kubeadm token create` gives a joining node: a
     /// bootstrap token (groups `system:bootstrappers` and
     /// `system:bootstrappers:kubeadm:default-node-token`) allowed to create
