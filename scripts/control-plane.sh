@@ -553,6 +553,17 @@ EOF
     # Tests rely on it: pods in namespace default are refused until it exists.
     wait_for "default ServiceAccount in namespace default" kube-controller-manager \
         kubectl_admin -n default get serviceaccount default
+    # bosun on a node is its kube-proxy too, with the node's identity: it reads what
+    # kube-proxy reads (EndpointSlices among them, which the Node authorizer does not grant),
+    # as the README's cluster set-up binds it.
+    kubectl_admin create clusterrolebinding bosun:node-proxier \
+        --clusterrole=system:node-proxier --group=system:nodes >/dev/null
+    # And what a NetworkPolicy agent reads, for bosun on a node and for `bosun proxy` with
+    # kube-proxy's identity.
+    kubectl_admin create clusterrole bosun:network-policy --verb=get,list,watch \
+        --resource=networkpolicies.networking.k8s.io,namespaces,pods >/dev/null
+    kubectl_admin create clusterrolebinding bosun:network-policy \
+        --clusterrole=bosun:network-policy --group=system:nodes --user=system:kube-proxy >/dev/null
     trap - EXIT TERM INT HUP
     log "up in $((SECONDS - began)) s: https://127.0.0.1:$APISERVER_PORT"
     echo "$DIR/admin.kubeconfig"

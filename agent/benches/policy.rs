@@ -360,12 +360,12 @@ impl Catalog {
                 ..Default::default()
             })
             .collect();
-        let pod = |name: &str, address, ifindex, named_ports| PolicyPod {
-            namespace: NAMESPACE.to_owned(),
-            name: name.to_owned(),
-            labels: labels("app", name),
+        let pod = |name: &str, address, ifindex, named_ports: Vec<NamedPort>| PolicyPod {
+            namespace: NAMESPACE.into(),
+            name: name.into(),
+            labels: labels("app", name).into(),
             ip: address,
-            named_ports,
+            named_ports: named_ports.into(),
             ifindex: Some(ifindex),
         };
         let server_ports = NAMED_PORTS
@@ -385,11 +385,11 @@ impl Catalog {
         pods.extend((0..LARGEST).map(|i| {
             let name = peer_name(i);
             PolicyPod {
-                namespace: peer_namespace(i),
-                labels: labels("app", &name),
-                name,
+                namespace: peer_namespace(i).into(),
+                labels: labels("app", &name).into(),
+                name: name.into(),
                 ip: offset(PEER_POD_NET, i as u32),
-                named_ports: Vec::new(),
+                named_ports: Vec::new().into(),
                 ifindex: None,
             }
         }));

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
+use bosun_netdp::policy::PolicyPod;
 use bosun_netdp::service::{ServiceInfo, SliceInfo};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -107,6 +108,12 @@ keyed_by_metadata!(
 );
 
 impl Keyed for ServiceInfo {
+    fn key(&self) -> ObjectKey {
+        ObjectKey::new(&*self.namespace, &*self.name)
+    }
+}
+
+impl Keyed for PolicyPod {
     fn key(&self) -> ObjectKey {
         ObjectKey::new(&*self.namespace, &*self.name)
     }
@@ -485,16 +492,25 @@ impl<K: Keyed + PartialEq> Writer<K> {
     }
 }
 
-/// Keeps `to`'s source equal to what `from` reads, each object as `narrow` makes it, until
-/// the task is dropped: `to` is synced once `from` is, and then follows `from`'s changes key
-/// by key. For a consumer that reads a narrower type than the store's other readers.
-pub async fn mirror<K, N: Keyed + PartialEq>(from: Store<K>, to: Writer<N>, narrow: fn(&K) -> N) {
+/// Keeps `to`'s source equal to what `from` reads, each object as `narrow` makes it (`None`:
+/// left out), until the task is dropped: `to` is synced once `from` is, and then follows
+/// `from`'s changes key by key. For a consumer that reads a narrower type than the store's
+/// other readers.
+pub async fn mirror<K, N: Keyed + PartialEq>(
+    from: Store<K>,
+    to: Writer<N>,
+    narrow: fn(&K) -> Option<N>,
+) {
     let mut changes = from.subscribe();
     let mut primed = false;
     loop {
         if !primed && from.is_synced() {
             changes.take();
-            to.replace(from.list().iter().map(|object| Arc::new(narrow(object))));
+            to.replace(
+                from.list()
+                    .iter()
+                    .filter_map(|object| narrow(object).map(Arc::new)),
+            );
             primed = true;
         }
         let changed = changes.changed().await;
@@ -502,8 +518,8 @@ pub async fn mirror<K, N: Keyed + PartialEq>(from: Store<K>, to: Writer<N>, narr
             continue;
         }
         for key in changed.keys {
-            match from.get(&key) {
-                Some(object) => to.apply(Arc::new(narrow(&object))),
+            match from.get(&key).and_then(|object| narrow(&object)) {
+                Some(object) => to.apply(Arc::new(object)),
                 None => to.delete(&key),
             }
         }

@@ -9,9 +9,10 @@
 //! `discovery.k8s.io/v1beta1` only, so this also covers bosun reading that version; v1 is
 //! covered against the in-process fake (`cluster::datapath` tests).
 //!
-//! Host-wide names are this test's own: the pods' namespaces `bpx-*` and addresses in
-//! 10.234.7.0/24, the ClusterIPs 10.96.234.x (asked for explicitly), the bpffs directory
-//! /sys/fs/bpf/bosun-test-proxy. So it runs beside the other tests.
+//! Host-wide names are each test's own: the pods' namespaces `bpx-*` / `bpp-*` and addresses
+//! in 10.234.7.0/24 / 10.234.8.0/24, the ClusterIPs 10.96.234.x (asked for explicitly), the
+//! bpffs directories /sys/fs/bpf/bosun-test-proxy and …-policy, state directories under
+//! their control plane's. So they run beside each other and the other tests.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -28,6 +29,7 @@ use bosun_tests::netns::{ask_tcp, NetnsPod};
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
 const BPF_DIR: &str = "/sys/fs/bpf/bosun-test-proxy";
+const POLICY_BPF_DIR: &str = "/sys/fs/bpf/bosun-test-proxy-policy";
 const WITHIN: Duration = Duration::from_secs(30);
 const CONNECT: Duration = Duration::from_secs(2);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 234, 10);
@@ -40,6 +42,18 @@ struct ProxyProcess {
 
 impl ProxyProcess {
     async fn start(kubeconfig: &Path, healthz: u16, metrics: u16, log: &Path) -> Result<Self> {
+        let state = log.with_file_name("proxy-state");
+        Self::start_with(kubeconfig, BPF_DIR, &state, healthz, metrics, log).await
+    }
+
+    async fn start_with(
+        kubeconfig: &Path,
+        bpf_dir: &str,
+        state_dir: &Path,
+        healthz: u16,
+        metrics: u16,
+        log: &Path,
+    ) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -49,7 +63,9 @@ impl ProxyProcess {
             .arg("proxy")
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(["--hostname-override", "proxy-node", "--bpf-dir", BPF_DIR])
+            .args(["--hostname-override", "proxy-node", "--bpf-dir", bpf_dir])
+            .arg("--state-dir")
+            .arg(state_dir)
             .arg(format!("--healthz-bind-address=127.0.0.1:{healthz}"))
             .arg(format!("--metrics-bind-address=127.0.0.1:{metrics}"))
             .env("RUST_LOG", "bosun=debug")
@@ -199,8 +215,12 @@ impl ClientLoop {
 }
 
 async fn cleanup() -> Result<()> {
+    cleanup_dir(BPF_DIR).await
+}
+
+async fn cleanup_dir(bpf_dir: &str) -> Result<()> {
     let out = tokio::process::Command::new(BOSUN)
-        .args(["proxy", "--cleanup", "--bpf-dir", BPF_DIR])
+        .args(["proxy", "--cleanup", "--bpf-dir", bpf_dir])
         .output()
         .await?;
     anyhow::ensure!(
@@ -298,5 +318,164 @@ async fn scenario(plane: &ControlPlane, dir: &Path, log: &Path) -> Result<()> {
     .await?;
     assert!(answer.is_err(), "the ClusterIP still reaches {answer:?}");
     drop((a, b));
+    Ok(())
+}
+
+/// A client for the admin kubeconfig, for what kubectl 1.20 cannot do (write a status).
+async fn admin_client(plane: &ControlPlane) -> Result<kube::Client> {
+    let file = kube::config::Kubeconfig::read_from(plane.dir().join("admin.kubeconfig"))?;
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A Pod object for a "pod" this test runs itself: bound to `node`, Running at `ip`, as the
+/// kubelet that runs it would report it.
+async fn pod_object(
+    client: &kube::Client,
+    name: &str,
+    node: &str,
+    labels: &str,
+    ip: Ipv4Addr,
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Patch, PatchParams, PostParams};
+    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": serde_json::from_str::<serde_json::Value>(labels)?},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox",
+                 "ports": [{"name": "http", "containerPort": 8080}]}]},
+    }))?;
+    api.create(&PostParams::default(), &pod).await?;
+    let status = serde_json::json!({"status": {"phase": "Running", "podIP": ip.to_string(),
+                                              "podIPs": [{"ip": ip.to_string()}]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}
+
+/// Whether a TCP connection from `from`'s namespace to `to` is answered by `name` within a
+/// short time (a dropped SYN is a timeout).
+async fn reaches(from: &NetnsPod, to: SocketAddr, name: &str) -> Result<bool> {
+    let answered = tokio::task::block_in_place(|| {
+        from.enter(move || Ok(ask_tcp(to, Duration::from_millis(500)).map(|a| a.name)))
+    })?;
+    Ok(answered.is_ok_and(|n| n == name))
+}
+
+/// Waits until `reaches` says `want`.
+async fn until_reaches(from: &NetnsPod, to: SocketAddr, name: &str, want: bool) -> Result<()> {
+    let deadline = Instant::now() + WITHIN;
+    while Instant::now() < deadline {
+        if reaches(from, to, name).await? == want {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "{} → {to}: never {}",
+        from.name(),
+        if want { "allowed" } else { "denied" }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bosun_proxy_enforces_network_policy_for_pods_it_did_not_start() -> Result<()> {
+    control_plane::require();
+    cleanup_dir(POLICY_BPF_DIR).await?;
+    let plane = ControlPlane::start("proxy-policy").await?;
+    let dir = plane.dir().to_owned();
+    let log = dir.join("bosun-proxy.log");
+    let result = policy_scenario(&plane, &dir, &log).await;
+    if result.is_err() {
+        eprintln!(
+            "--- bosun proxy's log ---\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    let cleaned = cleanup_dir(POLICY_BPF_DIR).await;
+    plane.shutdown().await?;
+    result.and(cleaned)
+}
+
+async fn policy_scenario(plane: &ControlPlane, dir: &Path, log: &Path) -> Result<()> {
+    let base = |i: u8| Ipv4Addr::new(10, 234, 8, i * 4);
+    // The server on this node; a client the policy allows, on another node; and a stranger.
+    let mut server = NetnsPod::create("bpp-server", "bpph0", base(0))?;
+    server.serve_tcp(8080, "server")?;
+    let client = NetnsPod::create("bpp-client", "bpph1", base(1))?;
+    let stranger = NetnsPod::create("bpp-stranger", "bpph2", base(2))?;
+    let admin = admin_client(plane).await?;
+    pod_object(
+        &admin,
+        "server",
+        "proxy-node",
+        r#"{"app": "server"}"#,
+        server.ip(),
+    )
+    .await?;
+    pod_object(
+        &admin,
+        "client",
+        "other-node",
+        r#"{"role": "client"}"#,
+        client.ip(),
+    )
+    .await?;
+    pod_object(
+        &admin,
+        "stranger",
+        "other-node",
+        r#"{"role": "none"}"#,
+        stranger.ip(),
+    )
+    .await?;
+    let to = at(server.ip(), 8080);
+    assert!(reaches(&stranger, to, "server").await?, "no policy yet");
+
+    let kubeconfig = plane.proxy_kubeconfig().await?;
+    let (healthz, metrics) = (free_port()?, free_port()?);
+    let state = dir.join("proxy-state");
+    let proxy =
+        ProxyProcess::start_with(&kubeconfig, POLICY_BPF_DIR, &state, healthz, metrics, log)
+            .await?;
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-clients, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+    ports: [{port: http}]
+",
+    )?;
+    plane
+        .kubectl(["apply", "-f", &policy.to_string_lossy()])
+        .await?;
+    // The client, a pod of another node known only through the API, is let in by label;
+    // the stranger is not.
+    until_reaches(&stranger, to, "server", false).await?;
+    until_reaches(&client, to, "server", true).await?;
+
+    // Its labels change: it is a stranger too.
+    plane
+        .kubectl(["label", "pod", "client", "role=other", "--overwrite"])
+        .await?;
+    until_reaches(&client, to, "server", false).await?;
+    // The policy goes: everyone is let in again.
+    plane
+        .kubectl(["delete", "networkpolicy", "only-clients"])
+        .await?;
+    until_reaches(&stranger, to, "server", true).await?;
+    until_reaches(&client, to, "server", true).await?;
+    assert!(
+        proxy.log().contains("network policy in place"),
+        "{}",
+        proxy.log()
+    );
+    proxy.kill().await?;
+    drop((server, client, stranger));
     Ok(())
 }

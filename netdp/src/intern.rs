@@ -1,39 +1,70 @@
-//! Interned strings: the namespaces, port names, node names and zones that thousands of
-//! objects repeat are held once, and every object holds a pointer to the one copy.
+//! Interned values: the namespaces, port names, node names and zones that thousands of
+//! objects repeat, and the label sets that the pods of one ReplicaSet share, are held once,
+//! and every object holds a pointer to the one copy.
 
-use std::collections::HashSet;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-/// How many strings may be added between two sweeps of those nothing holds any more.
+/// How many values may be added between two sweeps of those nothing holds any more.
 const SWEEP_EVERY: usize = 4096;
 
-#[derive(Default)]
-struct Interner {
-    strings: HashSet<Arc<str>>,
+struct Pool<T: ?Sized> {
+    values: HashSet<Arc<T>>,
     added: usize,
 }
 
-fn interner() -> &'static Mutex<Interner> {
-    static INTERNER: OnceLock<Mutex<Interner>> = OnceLock::new();
-    INTERNER.get_or_init(Mutex::default)
+impl<T: ?Sized + Hash + Eq> Pool<T> {
+    fn new() -> Self {
+        Pool {
+            values: HashSet::new(),
+            added: 0,
+        }
+    }
+
+    /// The held copy of `value`, or the one `make` makes, held from now on.
+    fn get<Q>(&mut self, value: &Q, make: impl FnOnce() -> Arc<T>) -> Arc<T>
+    where
+        Arc<T>: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
+        if let Some(held) = self.values.get(value) {
+            return held.clone();
+        }
+        self.added += 1;
+        if self.added >= SWEEP_EVERY {
+            // Values only the pool holds are no object's any more. Sweeping costs one pass
+            // over the set, once per SWEEP_EVERY new values, so adding stays O(1) on average.
+            self.values.retain(|v| Arc::strong_count(v) > 1);
+            self.added = 0;
+        }
+        let shared = make();
+        self.values.insert(shared.clone());
+        shared
+    }
+}
+
+fn strings() -> &'static Mutex<Pool<str>> {
+    static STRINGS: OnceLock<Mutex<Pool<str>>> = OnceLock::new();
+    STRINGS.get_or_init(|| Mutex::new(Pool::new()))
+}
+
+fn label_sets() -> &'static Mutex<Pool<BTreeMap<String, String>>> {
+    static LABELS: OnceLock<Mutex<Pool<BTreeMap<String, String>>>> = OnceLock::new();
+    LABELS.get_or_init(|| Mutex::new(Pool::new()))
 }
 
 /// The one shared copy of `text`.
 pub fn intern(text: &str) -> Arc<str> {
-    let mut interner = interner().lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(held) = interner.strings.get(text) {
-        return held.clone();
-    }
-    interner.added += 1;
-    if interner.added >= SWEEP_EVERY {
-        // Strings only the interner holds are no object's any more. Sweeping costs one pass
-        // over the set, once per SWEEP_EVERY new strings, so adding stays O(1) on average.
-        interner.strings.retain(|s| Arc::strong_count(s) > 1);
-        interner.added = 0;
-    }
-    let shared: Arc<str> = Arc::from(text);
-    interner.strings.insert(shared.clone());
-    shared
+    let mut pool = strings().lock().unwrap_or_else(PoisonError::into_inner);
+    pool.get(text, || Arc::from(text))
+}
+
+/// The one shared copy of a set of labels.
+pub fn intern_labels(labels: BTreeMap<String, String>) -> Arc<BTreeMap<String, String>> {
+    let mut pool = label_sets().lock().unwrap_or_else(PoisonError::into_inner);
+    pool.get(&labels, || Arc::new(labels.clone()))
 }
 
 /// The empty string, shared.
@@ -57,7 +88,13 @@ mod tests {
         }
         // At least one sweep ran since: it kept what is held and let the rest go.
         assert!(Arc::ptr_eq(&a, &intern("kube-system")));
-        let interner = interner().lock().unwrap_or_else(PoisonError::into_inner);
-        assert!(!interner.strings.contains("gone-soon"));
+        let pool = strings().lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(!pool.values.contains("gone-soon"));
+        drop(pool);
+        let labels = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+        assert!(Arc::ptr_eq(
+            &intern_labels(labels.clone()),
+            &intern_labels(labels)
+        ));
     }
 }

@@ -78,11 +78,11 @@ fn run_case(path: &Path) -> Result<String, String> {
                 let list = serde_yaml::from_value::<Pods>(value)
                     .map_err(|e| format!("document {i}: not a list of pods: {e}"))?;
                 pods.extend(list.pods.into_iter().map(|p| PolicyPod {
-                    namespace: p.namespace,
-                    name: p.name,
-                    labels: p.labels,
+                    namespace: p.namespace.into(),
+                    name: p.name.into(),
+                    labels: p.labels.into(),
                     ip: p.ip,
-                    named_ports: p.named_ports,
+                    named_ports: p.named_ports.into(),
                     ifindex: p.ifindex,
                 }));
             }

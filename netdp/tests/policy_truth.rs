@@ -126,11 +126,11 @@ fn model_pods() -> Vec<PolicyPod> {
     for (n, namespace) in NAMESPACES.iter().enumerate() {
         for (p, name) in POD_NAMES.iter().enumerate() {
             pods.push(PolicyPod {
-                namespace: (*namespace).to_owned(),
-                name: (*name).to_owned(),
-                labels: BTreeMap::from([("pod".to_owned(), (*name).to_owned())]),
+                namespace: (*namespace).into(),
+                name: (*name).into(),
+                labels: BTreeMap::from([("pod".to_owned(), (*name).to_owned())]).into(),
                 ip: pod_address(n, p),
-                named_ports: named_ports(name),
+                named_ports: named_ports(name).into(),
                 ifindex: None,
             });
         }
@@ -179,8 +179,10 @@ fn relabel(mut pods: Vec<PolicyPod>, pod: &str, key: &str, value: Option<&str>) 
         .find(|p| p.key() == pod)
         .unwrap_or_else(|| panic!("no pod {pod}"));
     match value {
-        Some(value) => target.labels.insert(key.to_owned(), value.to_owned()),
-        None => target.labels.remove(key),
+        Some(value) => {
+            std::sync::Arc::make_mut(&mut target.labels).insert(key.to_owned(), value.to_owned())
+        }
+        None => std::sync::Arc::make_mut(&mut target.labels).remove(key),
     };
     pods
 }
@@ -285,7 +287,7 @@ mod oracle {
                 // of the selected namespaces.
                 let namespace_matches = match &peer.namespace_selector {
                     Some(selector) => selector_matches(selector, &self.namespace_labels(pod)),
-                    None => pod.namespace == policy_namespace,
+                    None => &*pod.namespace == policy_namespace,
                 };
                 let pod_matches = match &peer.pod_selector {
                     Some(selector) => selector_matches(selector, &pod.labels),
@@ -306,7 +308,7 @@ mod oracle {
                 .unwrap_or_default();
             labels.insert(
                 "kubernetes.io/metadata.name".to_owned(),
-                pod.namespace.clone(),
+                pod.namespace.to_string(),
             );
             labels
         }
@@ -319,7 +321,7 @@ mod oracle {
     /// The policy's own namespace, and its podSelector (absent or empty: every pod).
     fn selects_pod(policy: &NetworkPolicy, pod: &PolicyPod) -> bool {
         let spec = policy.spec.as_ref();
-        policy_namespace(policy) == pod.namespace
+        policy_namespace(policy) == &*pod.namespace
             && spec
                 .and_then(|spec| spec.pod_selector.as_ref())
                 .is_none_or(|selector| selector_matches(selector, &pod.labels))
@@ -1482,7 +1484,7 @@ fn service_case(world: &mut World) -> Vec<String> {
     let pods = world.lab.pods.clone();
     let backends: Vec<&PolicyPod> = pods
         .iter()
-        .filter(|pod| pod.namespace == "x" && (pod.name == "a" || pod.name == "b"))
+        .filter(|pod| &*pod.namespace == "x" && (&*pod.name == "a" || &*pod.name == "b"))
         .collect();
     let desired: Vec<DesiredService> = [Protocol::Tcp, Protocol::Udp]
         .into_iter()

@@ -11,12 +11,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bosun_netdp::policy::PolicyPod;
 use bosun_netdp::service::model::PROXY_LABEL_SELECTOR;
 use bosun_netdp::service::{ServiceInfo, SliceInfo};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::{
     Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher;
 use kube::Api;
@@ -24,7 +26,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::reflect::reflect;
-use crate::store::Writer;
+use crate::store::{Source, Writer};
 
 /// The label of a node's zone (`v1.LabelTopologyZone`).
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
@@ -38,7 +40,7 @@ pub async fn watch_services(client: kube::Client, services: Writer<ServiceInfo>)
     let api: Api<Service> = Api::all(client);
     let config = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
     reflect(api, config, services, "Services", |service| {
-        ServiceInfo::from_service(&service)
+        Some(ServiceInfo::from_service(&service))
     })
     .await
 }
@@ -50,7 +52,7 @@ pub async fn watch_endpoint_slices(client: kube::Client, slices: Writer<SliceInf
     if serves_v1(&client).await {
         let api: Api<EndpointSlice> = Api::all(client);
         reflect(api, config, slices, "EndpointSlices", |slice| {
-            SliceInfo::from_slice(&slice)
+            Some(SliceInfo::from_slice(&slice))
         })
         .await
     } else {
@@ -59,7 +61,7 @@ pub async fn watch_endpoint_slices(client: kube::Client, slices: Writer<SliceInf
         );
         let api: Api<EndpointSliceV1beta1> = Api::all(client);
         reflect(api, config, slices, "EndpointSlices", |slice| {
-            SliceInfo::from_slice(&slice.into_v1())
+            Some(SliceInfo::from_slice(&slice.into_v1()))
         })
         .await
     }
@@ -155,6 +157,43 @@ impl k8s_openapi::Metadata for EndpointSliceV1beta1 {
     fn metadata_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
     }
+}
+
+/// Starts the watches NetworkPolicy enforcement needs from the API server, as a policy agent
+/// (Calico's, Cilium's) has them: the NetworkPolicies and Namespaces into `objects`, and
+/// every pod of the cluster with an address into `peers`, narrowed to what the policy
+/// compiler reads.
+pub fn watch_policy_objects(
+    client: &kube::Client,
+    objects: &crate::store::Objects,
+    peers: Writer<PolicyPod>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let policies: Api<NetworkPolicy> = Api::all(client.clone());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+    vec![
+        tokio::spawn(reflect(
+            policies,
+            watcher::Config::default(),
+            objects.network_policies.writer(Source::Api),
+            "NetworkPolicies",
+            |policy| Some(super::narrowed(policy)),
+        )),
+        tokio::spawn(reflect(
+            namespaces,
+            watcher::Config::default(),
+            objects.namespaces.writer(Source::Api),
+            "Namespaces",
+            |namespace| Some(super::narrowed(namespace)),
+        )),
+        tokio::spawn(reflect(
+            pods,
+            watcher::Config::default(),
+            peers,
+            "Pods",
+            |pod| crate::policy::peer(&pod),
+        )),
+    ]
 }
 
 /// What the proxy reads of its own Node.

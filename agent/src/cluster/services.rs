@@ -23,7 +23,7 @@ pub async fn watch(client: kube::Client, services: Writer<Service>) {
         watcher::Config::default(),
         services,
         "Services",
-        narrowed,
+        |service| Some(narrowed(service)),
     )
     .await
 }

@@ -185,12 +185,17 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         &[]
     };
     let mut objects = Objects::new(file_sources);
+    let enforcing = config.bpf_dir.is_some() && config.network_policy;
     if config.kubeconfig.is_some() {
-        // The API server's Services are read too; the service proxy's first write waits
-        // for their list.
+        // The API server's Services are read too, and its NetworkPolicies and Namespaces
+        // when policy is enforced; the datapaths' first writes wait for their lists.
         let mut sources = file_sources.to_vec();
         sources.push(Source::Api);
         objects.services = Store::new(&sources);
+        if enforcing {
+            objects.network_policies = Store::new(&sources);
+            objects.namespaces = Store::new(&sources);
+        }
     }
     let (mut status, pods) = StatusManager::new();
     let finished = config
@@ -361,10 +366,32 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         .as_ref()
         .filter(|_| config.network_policy)
         .map(|bpf_dir| {
+            // The pods policies may name: in a cluster every pod of it, standalone this
+            // node's.
+            let peers = match &api_client {
+                Some(cluster) => {
+                    let peers = Store::new(&[Source::Api]);
+                    tasks.extend(crate::cluster::datapath::watch_policy_objects(
+                        cluster,
+                        &objects,
+                        peers.writer(Source::Api),
+                    ));
+                    peers
+                }
+                None => {
+                    let peers = Store::new(&[Source::File]);
+                    tasks.push(tokio::spawn(crate::store::mirror(
+                        pods.clone(),
+                        peers.writer(Source::File),
+                        crate::policy::peer,
+                    )));
+                    peers
+                }
+            };
             PolicyEnforcer::new(
                 bpf_dir.clone(),
                 &config.root_dir,
-                pods.clone(),
+                peers,
                 events.clone(),
                 objects.network_policies.clone(),
                 objects.namespaces.clone(),
@@ -382,7 +409,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         tasks.push(tokio::spawn(crate::store::mirror(
             objects.services.clone(),
             services.writer(Source::File),
-            narrow_service,
+            |service| Some(narrow_service(service)),
         )));
         let mut node_view = None;
         if let Some(cluster) = &api_client {
@@ -399,7 +426,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         tasks.push(tokio::spawn(crate::store::mirror(
             objects.endpoint_slices.clone(),
             slices.writer(Source::File),
-            narrow_slice,
+            |slice| Some(narrow_slice(slice)),
         )));
         if let Some(cluster) = &api_client {
             tasks.push(tokio::spawn(

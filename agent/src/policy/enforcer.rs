@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bosun_netdp::intern::{intern, intern_labels};
 use bosun_netdp::netlink;
 use bosun_netdp::policy::{
     self as datapath, Compiled, NamedPort, PinnedPolicyMaps, PolicyDatapath, PolicyPod,
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::events::{EventType, Recorder};
-use crate::store::{PodStore, Store};
+use crate::store::Store;
 use crate::util::{error_chain, sleep_or_never};
 
 /// Event reason: the policy datapath could not be installed, written or attached. On a pod,
@@ -56,11 +57,11 @@ struct EndpointRecord {
 impl EndpointRecord {
     fn policy_pod(&self) -> PolicyPod {
         PolicyPod {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            labels: self.labels.clone(),
+            namespace: intern(&self.namespace),
+            name: self.name.as_str().into(),
+            labels: intern_labels(self.labels.clone()),
             ip: self.ip,
-            named_ports: self.named_ports.clone(),
+            named_ports: self.named_ports.as_slice().into(),
             ifindex: Some(self.ifindex),
         }
     }
@@ -89,7 +90,9 @@ struct Inner {
 pub struct PolicyEnforcer {
     bpf_dir: PathBuf,
     state_file: PathBuf,
-    pods: PodStore,
+    /// Every pod with an address that policies may name: this node's standalone, the
+    /// cluster's in a cluster.
+    peers: Store<PolicyPod>,
     events: Recorder,
     policies: Store<NetworkPolicy>,
     namespaces: Store<Namespace>,
@@ -101,7 +104,7 @@ impl PolicyEnforcer {
     pub fn new(
         bpf_dir: PathBuf,
         root_dir: &Path,
-        pods: PodStore,
+        peers: Store<PolicyPod>,
         events: Recorder,
         policies: Store<NetworkPolicy>,
         namespaces: Store<Namespace>,
@@ -121,7 +124,7 @@ impl PolicyEnforcer {
         Arc::new(Self {
             bpf_dir,
             state_file,
-            pods,
+            peers,
             events,
             policies,
             namespaces,
@@ -156,28 +159,70 @@ impl PolicyEnforcer {
             if let Some(known) = inner.endpoints.get(uid) {
                 if known.sandbox == sandbox
                     && known.ip == ip
-                    && known.labels == labels
-                    && known.named_ports == named_ports
+                    && known.labels == *labels
+                    && known.named_ports[..] == named_ports[..]
                     && inner.attached.contains(&known.ifindex)
                 {
                     return Ok(());
                 }
             }
         }
-        let pod_name = format!("{namespace}/{name}");
         let path = netns.await?;
         let interface = tokio::task::spawn_blocking(move || netlink::host_interface(&path))
             .await
             .map_err(|e| format!("finding the pod's interface: {e}"))?
             .map_err(|e| format!("finding the pod's interface: {}", error_chain(&e)))?;
-        let record = EndpointRecord {
+        let endpoint = PolicyPod {
             namespace,
             name,
+            labels,
+            ip,
+            named_ports,
+            ifindex: None,
+        };
+        self.admit_interface(endpoint, uid, sandbox, interface)
+            .await
+    }
+
+    /// Whether pod `uid` is in place as `endpoint` on an interface the programs are
+    /// attached to, with sandbox `sandbox`.
+    pub async fn admitted(&self, endpoint: &PolicyPod, uid: &str, sandbox: &str) -> bool {
+        let inner = self.inner.lock().await;
+        inner.endpoints.get(uid).is_some_and(|known| {
+            known.sandbox == sandbox
+                && known.ip == endpoint.ip
+                && known.labels == *endpoint.labels
+                && known.named_ports[..] == endpoint.named_ports[..]
+                && inner.attached.contains(&known.ifindex)
+        })
+    }
+
+    /// Puts the policy of pod `uid` (`endpoint`) in place on `interface`, its host-side
+    /// interface: map entries first, then the programs.
+    pub async fn admit_interface(
+        &self,
+        endpoint: PolicyPod,
+        uid: &str,
+        sandbox: &str,
+        interface: netlink::HostInterface,
+    ) -> Result<(), String> {
+        let PolicyPod {
+            namespace,
+            name,
+            labels,
+            ip,
+            named_ports,
+            ifindex: _,
+        } = endpoint;
+        let pod_name = format!("{namespace}/{name}");
+        let record = EndpointRecord {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
             sandbox: sandbox.to_owned(),
             ifindex: interface.ifindex,
             ip,
-            labels,
-            named_ports,
+            labels: (*labels).clone(),
+            named_ports: named_ports.to_vec(),
         };
         let mut inner = self.inner.lock().await;
         let previous = inner.endpoints.insert(uid.to_owned(), record);
@@ -235,13 +280,17 @@ impl PolicyEnforcer {
         let mut changes = [
             self.policies.subscribe(),
             self.namespaces.subscribe(),
-            self.pods.subscribe(),
+            self.peers.subscribe(),
         ];
         let mut backoff = Duration::from_millis(500);
         loop {
-            let result = {
+            // Until everything is read there is nothing to write, and nothing wrong either:
+            // the stores' first complete lists wake the loop.
+            let result = if self.all_read() {
                 let mut inner = self.inner.lock().await;
                 self.sync(&mut inner).await
+            } else {
+                Ok(())
             };
             let retry = match result {
                 Ok(()) => {
@@ -278,7 +327,7 @@ impl PolicyEnforcer {
     /// threads. Writes nothing before the policies and namespaces have all been read: until
     /// then the maps keep enforcing what the last bosun wrote.
     async fn sync(&self, inner: &mut Inner) -> Result<(), String> {
-        if !self.policies.is_synced() || !self.namespaces.is_synced() {
+        if !self.all_read() {
             return Err("the NetworkPolicies have not all been read yet".to_owned());
         }
         if inner.installed.is_none() {
@@ -335,6 +384,10 @@ impl PolicyEnforcer {
         Ok(())
     }
 
+    fn all_read(&self) -> bool {
+        self.policies.is_synced() && self.namespaces.is_synced() && self.peers.is_synced()
+    }
+
     /// Endpoints first, then every other pod with an address as a peer.
     fn policy_pods(&self, inner: &Inner) -> Vec<PolicyPod> {
         let mut pods: Vec<PolicyPod> = inner
@@ -342,20 +395,17 @@ impl PolicyEnforcer {
             .values()
             .map(EndpointRecord::policy_pod)
             .collect();
-        let local: BTreeSet<(String, String)> = inner
+        let local: BTreeSet<(&str, &str)> = inner
             .endpoints
             .values()
-            .map(|e| (e.namespace.clone(), e.name.clone()))
+            .map(|e| (e.namespace.as_str(), e.name.as_str()))
             .collect();
         let addresses: BTreeSet<Ipv4Addr> = inner.endpoints.values().map(|e| e.ip).collect();
-        for pod in self.pods.list() {
-            let Some(peer) = peer(&pod) else { continue };
-            if local.contains(&(peer.namespace.clone(), peer.name.clone()))
-                || addresses.contains(&peer.ip)
-            {
+        for peer in self.peers.list() {
+            if local.contains(&(&*peer.namespace, &*peer.name)) || addresses.contains(&peer.ip) {
                 continue;
             }
-            pods.push(peer);
+            pods.push((*peer).clone());
         }
         pods
     }
@@ -430,8 +480,8 @@ impl PolicyEnforcer {
     }
 }
 
-/// A pod of the store as a peer: one with an IPv4 address of its own (not the node's).
-fn peer(pod: &Pod) -> Option<PolicyPod> {
+/// A pod as a peer: one with an IPv4 address of its own (not the node's).
+pub fn peer(pod: &Pod) -> Option<PolicyPod> {
     if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
         return None;
     }
@@ -443,11 +493,11 @@ fn peer(pod: &Pod) -> Option<PolicyPod> {
 /// (its interface still unknown).
 pub fn endpoint(pod: &Pod, ip: Ipv4Addr) -> PolicyPod {
     PolicyPod {
-        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-        name: pod.metadata.name.clone().unwrap_or_default(),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        namespace: intern(pod.metadata.namespace.as_deref().unwrap_or_default()),
+        name: pod.metadata.name.as_deref().unwrap_or_default().into(),
+        labels: intern_labels(pod.metadata.labels.clone().unwrap_or_default()),
         ip,
-        named_ports: named_ports(pod),
+        named_ports: named_ports(pod).into(),
         ifindex: None,
     }
 }

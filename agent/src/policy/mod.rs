@@ -8,4 +8,4 @@
 
 mod enforcer;
 
-pub use enforcer::{endpoint, PolicyEnforcer, FAILED_NETWORK_POLICY, INVALID_NETWORK_POLICY};
+pub use enforcer::{endpoint, peer, PolicyEnforcer, FAILED_NETWORK_POLICY, INVALID_NETWORK_POLICY};

@@ -50,6 +50,8 @@ pub const DEFAULT_HEALTHZ_BIND_ADDRESS: &str = "0.0.0.0:10256";
 pub const DEFAULT_METRICS_BIND_ADDRESS: &str = "127.0.0.1:10249";
 /// Where the datapath pins its maps and links unless told otherwise (as `bosun run`).
 pub const DEFAULT_BPF_DIR: &str = "/sys/fs/bpf/bosun";
+/// Where `bosun proxy` keeps its own state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/bosun-proxy";
 
 const HEALTHZ_PORT: u16 = 10256;
 const METRICS_PORT: u16 = 10249;
@@ -105,6 +107,23 @@ pub struct ProxyArgs {
     /// The bpffs directory where the datapath pins its maps and program links.
     #[arg(long = "bpf-dir", value_name = "DIR", default_value = DEFAULT_BPF_DIR)]
     pub bpf_dir: PathBuf,
+
+    /// Enforce NetworkPolicy for this node's pods as well as Services
+    /// (`--network-policy=false`: Services only, for a node whose NetworkPolicy another agent
+    /// enforces).
+    #[arg(
+        long = "network-policy",
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub network_policy: bool,
+
+    /// Where the NetworkPolicy enforcer keeps the pods it placed, across restarts.
+    #[arg(long = "state-dir", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 /// What `bosun proxy` runs with, the flags and the file resolved.
@@ -121,6 +140,9 @@ pub struct ProxyConfig {
     /// Where `/metrics` is served; `None`: not served.
     pub metrics: Option<SocketAddr>,
     pub bpf_dir: PathBuf,
+    /// Whether NetworkPolicy is enforced too.
+    pub network_policy: bool,
+    pub state_dir: PathBuf,
     /// Remove the datapath and exit.
     pub cleanup: bool,
     /// `configSyncPeriod`: how often the informers' caches are resynced.
@@ -230,6 +252,8 @@ impl ProxyArgs {
             healthz: settings.healthz,
             metrics: settings.metrics,
             bpf_dir: self.bpf_dir.clone(),
+            network_policy: self.network_policy,
+            state_dir: self.state_dir.clone(),
             cleanup: self.cleanup,
             config_sync_period: settings.config_sync_period,
             sync_period: settings.sync_period,
@@ -830,6 +854,8 @@ mod tests {
                 healthz: Some("0.0.0.0:10256".parse().expect("an address")),
                 metrics: Some("127.0.0.1:10249".parse().expect("an address")),
                 bpf_dir: PathBuf::from("/sys/fs/bpf/bosun"),
+                network_policy: true,
+                state_dir: PathBuf::from(DEFAULT_STATE_DIR),
                 cleanup: false,
                 config_sync_period: Duration::from_secs(900),
                 sync_period: Duration::from_secs(30),

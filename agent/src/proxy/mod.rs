@@ -2,5 +2,6 @@
 //! file and health server.
 
 pub mod config;
+pub mod endpoints;
 pub mod healthz;
 pub mod run;

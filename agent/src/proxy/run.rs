@@ -1,7 +1,9 @@
 //! `bosun proxy`: only the datapath, fed by the API server: kube-proxy's job on a node whose
 //! pods another kubelet runs (a DaemonSet beside it, or in place of kube-proxy). No CRI, no
-//! pods, no manifest directory: the Services and EndpointSlices kube-proxy would program, and
-//! this node's Node for its zone and whether it is being taken away.
+//! pods, no manifest directory: the Services and EndpointSlices kube-proxy would program,
+//! this node's Node for its zone and whether it is being taken away, and unless
+//! `--network-policy=false` the NetworkPolicies enforced for this node's pods (found by
+//! their address, see [`super::endpoints`]).
 //!
 //! The programs and maps are pinned, so stopping or killing `bosun proxy` stops no
 //! connection; a new one adopts the maps, waits for its first full list, and writes only
@@ -16,10 +18,17 @@ use tokio::sync::watch;
 
 use super::config::ProxyConfig;
 use super::healthz::{self, ProxyHealth};
-use crate::cluster::datapath::{watch_endpoint_slices, watch_node, watch_services, NodeView};
+use crate::cluster::datapath::{
+    watch_endpoint_slices, watch_node, watch_policy_objects, watch_services, NodeView,
+};
+use crate::cluster::reflect::reflect;
 use crate::events::Recorder;
+use crate::policy::PolicyEnforcer;
 use crate::service::proxy::{Progress, Proxy};
-use crate::store::{Source, Store};
+use crate::store::{Objects, Source, Store};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher;
+use kube::Api;
 
 impl Progress for ProxyHealth {
     fn queued(&self) {
@@ -86,6 +95,9 @@ pub async fn run(
     if let Some(address) = config.metrics {
         tasks.push(tokio::spawn(healthz::serve_metrics(address)));
     }
+    if config.network_policy {
+        tasks.extend(network_policy(&config, &client, &events)?);
+    }
     let proxy = Proxy {
         bpf_dir: config.bpf_dir.clone(),
         node: config.node_name.clone(),
@@ -106,8 +118,55 @@ pub async fn run(
     Ok(())
 }
 
-/// Removes the service datapath (programs, links, maps) from `bpf_dir`.
+/// The NetworkPolicy enforcer and what feeds it: the policies, namespaces and every pod of
+/// the cluster (peers), and this node's pods (endpoints).
+fn network_policy(
+    config: &ProxyConfig,
+    client: &kube::Client,
+    events: &Recorder,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    std::fs::create_dir_all(&config.state_dir).with_context(|| {
+        format!(
+            "creating the state directory {}",
+            config.state_dir.display()
+        )
+    })?;
+    let objects = Objects::new(&[Source::Api]);
+    let peers = Store::new(&[Source::Api]);
+    let mut tasks = watch_policy_objects(client, &objects, peers.writer(Source::Api));
+    let local = Store::new(&[Source::Api]);
+    let pods: Api<Pod> = Api::all(client.clone());
+    let on_this_node =
+        watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
+    tasks.push(tokio::spawn(reflect(
+        pods,
+        on_this_node,
+        local.writer(Source::Api),
+        "this node's pods",
+        |pod| crate::policy::peer(&pod),
+    )));
+    let enforcer = PolicyEnforcer::new(
+        config.bpf_dir.clone(),
+        &config.state_dir,
+        peers,
+        events.clone(),
+        objects.network_policies.clone(),
+        objects.namespaces.clone(),
+    );
+    tasks.push(tokio::spawn(enforcer.clone().run()));
+    tasks.push(tokio::spawn(super::endpoints::follow(enforcer, local)));
+    Ok(tasks)
+}
+
+/// Removes the policy and service datapaths (programs, links, maps) from `bpf_dir`.
 fn cleanup(config: &ProxyConfig) -> Result<()> {
+    // The policy datapath lives in a directory inside the service datapath's.
+    bosun_netdp::policy::cleanup(&config.bpf_dir).with_context(|| {
+        format!(
+            "removing the policy datapath in {}",
+            config.bpf_dir.display()
+        )
+    })?;
     let removed = datapath::cleanup(&config.bpf_dir)
         .with_context(|| format!("removing the datapath in {}", config.bpf_dir.display()))?;
     if removed {

@@ -186,9 +186,9 @@ pub fn compile<'p, 'n>(
         owners.insert(ifindex, pod);
 
         // `parsed` is in namespace order: the pod's namespace's policies are contiguous.
-        let first = parsed.partition_point(|p| p.namespace < pod.namespace.as_str());
+        let first = parsed.partition_point(|p| p.namespace < &*pod.namespace);
         let selecting: Vec<usize> = (first..parsed.len())
-            .take_while(|i| parsed[*i].namespace == pod.namespace)
+            .take_while(|i| parsed[*i].namespace == &*pod.namespace)
             .filter(|i| parsed[*i].selector.matches(&pod.labels))
             .collect();
         let mut endpoint = Endpoint {
@@ -305,7 +305,7 @@ struct TableKey {
 }
 
 fn sorted_named_ports(pod: &PolicyPod) -> Vec<NamedPort> {
-    let mut ports = pod.named_ports.clone();
+    let mut ports = pod.named_ports.to_vec();
     ports.sort();
     ports
 }
@@ -342,15 +342,15 @@ impl<'a> World<'a> {
         let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
         for (i, pod) in pods.iter().enumerate() {
             match namespaces.last_mut() {
-                Some(last) if last.name == pod.namespace => last.pods.end = i + 1,
+                Some(last) if last.name == &*pod.namespace => last.pods.end = i + 1,
                 _ => namespaces.push(PodNamespace {
                     name: &pod.namespace,
-                    labels: labels.remove(&pod.namespace).unwrap_or_default(),
+                    labels: labels.remove(&*pod.namespace).unwrap_or_default(),
                     pods: i..i + 1,
                 }),
             }
             pod_namespace.push(namespaces.len() - 1);
-            for (key, value) in &pod.labels {
+            for (key, value) in pod.labels.iter() {
                 by_label.entry((key, value)).or_default().push(i);
             }
         }
@@ -436,8 +436,8 @@ fn namespace_labels<'n>(
         labels.entry(name.to_owned()).or_insert(object_labels);
     }
     for pod in pods {
-        if !labels.contains_key(&pod.namespace) {
-            labels.insert(pod.namespace.clone(), BTreeMap::new());
+        if !labels.contains_key(&*pod.namespace) {
+            labels.insert(pod.namespace.to_string(), BTreeMap::new());
         }
     }
     for (name, labels) in labels.iter_mut() {
@@ -1392,8 +1392,8 @@ mod tests {
         (0..POD_ADDRESSES.len())
             .map(|i| PolicyPod {
                 namespace: "a".into(),
-                name: format!("pod{i}"),
-                labels: BTreeMap::new(),
+                name: format!("pod{i}").into(),
+                labels: BTreeMap::new().into(),
                 ip: POD_ADDRESSES[i].into(),
                 named_ports: (0..rng.below(3))
                     .map(|_| NamedPort {
@@ -1705,10 +1705,10 @@ mod tests {
             let owned: Vec<PolicyPod> = (0..rng.below(12))
                 .map(|i| PolicyPod {
                     namespace: rng.pick(&["a", "b", "c"]).into(),
-                    name: format!("pod{i}"),
-                    labels: random_labels(&mut rng),
+                    name: format!("pod{i}").into(),
+                    labels: random_labels(&mut rng).into(),
                     ip: Ipv4Addr::new(10, 0, 0, i as u8),
-                    named_ports: Vec::new(),
+                    named_ports: Vec::new().into(),
                     ifindex: None,
                 })
                 .collect();
@@ -1754,8 +1754,8 @@ mod tests {
                 .filter(|i| {
                     let pod = pods[*i];
                     let in_namespace = match &peer.namespace_selector {
-                        None => pod.namespace == "a",
-                        Some(selector) => selects(selector, &labels[&pod.namespace]),
+                        None => &*pod.namespace == "a",
+                        Some(selector) => selects(selector, &labels[&*pod.namespace]),
                     };
                     in_namespace
                         && peer

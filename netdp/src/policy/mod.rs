@@ -15,7 +15,7 @@ mod compile;
 mod maps;
 mod reconcile;
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, sync::Arc};
 
 pub use bpf::{
     attach, attached, cleanup, detach, install, read_counters, read_names, EventReader,
@@ -125,17 +125,22 @@ pub struct NamedPort {
     pub port: u16,
 }
 
+/// A set of labels, shared by the objects that carry the same.
+pub type Labels = Arc<BTreeMap<String, String>>;
+
 /// A pod as NetworkPolicy sees it: where it lives, its labels, its address and its named
 /// ports. Every pod with an IP matters as a peer; only those with an interface on this node
 /// are endpoints that programs enforce policy for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyPod {
-    pub namespace: String,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
+    /// Shared with every object of the namespace (see [`crate::intern`]).
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// Shared with every pod of the same labels (a ReplicaSet's pods have the same).
+    pub labels: Labels,
     pub ip: Ipv4Addr,
     /// Every container port that has a name (`spec.containers[*].ports[*]`).
-    pub named_ports: Vec<NamedPort>,
+    pub named_ports: Arc<[NamedPort]>,
     /// The ifindex of the pod's host-side interface, in the node's network namespace; `None`
     /// for a pod that is only a peer here (on another node, or not yet wired).
     pub ifindex: Option<u32>,

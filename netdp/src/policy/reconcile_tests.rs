@@ -994,9 +994,10 @@ fn pod(
         labels: labels
             .iter()
             .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect(),
+            .collect::<BTreeMap<String, String>>()
+            .into(),
         ip: Ipv4Addr::new(10, 0, 0, last),
-        named_ports: Vec::new(),
+        named_ports: Vec::new().into(),
         ifindex,
     }
 }
@@ -1054,7 +1055,7 @@ fn one_policy_or_one_pod_changes_only_its_own_entries() {
         .all(|op| matches!(op, PolicyMapOp::PutPeer(..))));
 
     // A pod loses the label a policy selects it by: that one peer goes.
-    pods[2].labels.clear();
+    pods[2].labels = Default::default();
     let shrunk = apply_checked(&grown, &compile(&policies(POLICY_YAML), &[], &pods), &[]);
     assert_eq!(shrunk.ops.len(), 1, "{:#?}", shrunk.ops);
     assert!(
