@@ -51,14 +51,15 @@ const SOURCES: usize = 3;
 /// The namespace and name of an object; the namespace is empty for cluster-scoped kinds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    /// Interned: every key of a namespace shares one copy.
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl AsRef<str>, name: impl Into<Arc<str>>) -> Self {
         ObjectKey {
-            namespace: namespace.into(),
+            namespace: bosun_netdp::intern::intern(namespace.as_ref()),
             name: name.into(),
         }
     }
@@ -109,19 +110,28 @@ keyed_by_metadata!(
 
 impl Keyed for ServiceInfo {
     fn key(&self) -> ObjectKey {
-        ObjectKey::new(&*self.namespace, &*self.name)
+        ObjectKey {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
     }
 }
 
 impl Keyed for PolicyPod {
     fn key(&self) -> ObjectKey {
-        ObjectKey::new(&*self.namespace, &*self.name)
+        ObjectKey {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
     }
 }
 
 impl Keyed for SliceInfo {
     fn key(&self) -> ObjectKey {
-        ObjectKey::new(&*self.namespace, &*self.name)
+        ObjectKey {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
     }
 }
 
@@ -258,7 +268,7 @@ impl<K> Store<K> {
         self.read()
             .objects
             .range(ObjectKey::new(namespace, "")..)
-            .take_while(|(key, _)| key.namespace == namespace)
+            .take_while(|(key, _)| &*key.namespace == namespace)
             .filter_map(|(_, slot)| slot.current())
             .cloned()
             .collect()
@@ -686,7 +696,7 @@ mod tests {
         ]);
         let second = changes.take();
         assert!(!second.synced);
-        let names: Vec<&str> = second.keys.iter().map(|k| k.name.as_str()).collect();
+        let names: Vec<&str> = second.keys.iter().map(|k| &*k.name).collect();
         assert_eq!(names, ["a", "b", "c"]);
         file.replace([
             config_map("default", "b", "2"),

@@ -689,9 +689,9 @@ async fn objects_changed(subscriptions: &mut [Subscription; 2]) {
 /// Whether `pod` refers to the ConfigMap or Secret `key` (volumes, environment, pull
 /// secrets).
 fn refers_to(pod: &Pod, kind: RefKind, key: &ObjectKey) -> bool {
-    references(pod)
-        .iter()
-        .any(|(k, namespace, name)| *k == kind && *namespace == key.namespace && *name == key.name)
+    references(pod).iter().any(|(k, namespace, name)| {
+        *k == kind && **namespace == *key.namespace && **name == *key.name
+    })
 }
 
 /// Records a pod the node refused: phase Failed with kubelet's reason and message, in the

@@ -118,7 +118,7 @@ pub struct PortInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceInfo {
     pub namespace: Arc<str>,
-    pub name: Box<str>,
+    pub name: Arc<str>,
     /// The Service it belongs to (its `kubernetes.io/service-name` label); empty: none.
     pub service: Arc<str>,
     pub ports: Box<[SlicePort]>,
