@@ -186,6 +186,13 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     };
     let mut objects = Objects::new(file_sources);
     let enforcing = config.bpf_dir.is_some() && config.network_policy;
+    if config.kubeconfig.is_none() {
+        // Standalone, the static pods' slices are computed here: they are read once the
+        // EndpointSlice controller has computed them from the pods' status.
+        let mut sources = file_sources.to_vec();
+        sources.push(Source::Local);
+        objects.endpoint_slices = Store::new(&sources);
+    }
     if config.kubeconfig.is_some() {
         // The API server's Services are read too, and its NetworkPolicies and Namespaces
         // when policy is enforced; the datapaths' first writes wait for their lists.

@@ -47,6 +47,12 @@ pub async fn run_controller(
     let mut service_changes = services.subscribe();
     let mut pod_changes = pods.subscribe();
     loop {
+        // Slices computed before every pod's status is known would list ready pods as not
+        // ready (and the service proxy would take them out): the first waits for the pods.
+        if !pods.is_synced() {
+            pod_changes.changed().await;
+            continue;
+        }
         let (listed_services, listed_pods) = (services.list_of(Source::File), pods.list());
         let node = node.clone();
         let computed = tokio::task::spawn_blocking(move || {

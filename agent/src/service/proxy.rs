@@ -233,8 +233,9 @@ impl Proxy {
         }
     }
 
-    /// Whether every running pod that is a local endpoint of a Service is Ready again. Only a
-    /// full node has pods to wait for.
+    /// Whether every running pod of this node is Ready again, and the slices say so too for
+    /// those they list (standalone, bosun computes them from the pods' status, a step
+    /// behind). Only a full node has pods to wait for.
     fn settled(&self, table: &mut ServiceTable) -> bool {
         let Some(pods) = &self.pods else {
             return true;
@@ -248,8 +249,10 @@ impl Proxy {
         pods.list()
             .iter()
             .filter_map(|pod| Some((local_address(pod)?, pod)))
-            .filter(|(address, _)| table.has_local_endpoint(*address))
-            .all(|(_, pod)| !is_running(pod) || is_ready(pod))
+            .filter(|(_, pod)| is_running(pod))
+            .all(|(address, pod)| {
+                is_ready(pod) && table.local_endpoint_ready(address) != Some(false)
+            })
     }
 
     /// Compiles what changed and writes it (everything, when `state.whole`), on a blocking

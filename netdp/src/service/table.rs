@@ -158,9 +158,19 @@ impl ServiceTable {
         }
     }
 
-    /// Whether a Service has an endpoint on this node at `address` (as of the last update).
-    pub fn has_local_endpoint(&self, address: Ipv4Addr) -> bool {
-        self.local.contains_key(&address)
+    /// Whether this node's endpoint at `address` is ready in the slices that list it (as of
+    /// the last update): `None` if none lists it.
+    pub fn local_endpoint_ready(&self, address: Ipv4Addr) -> Option<bool> {
+        let services = self.local.get(&address)?;
+        let mut listed = services
+            .iter()
+            .filter_map(|key| self.entries.get(key))
+            .flat_map(|entry| entry.slices.iter())
+            .flat_map(|slice| slice.endpoints.iter())
+            .filter(|e| e.address == address && is_local(e, &self.node))
+            .peekable();
+        listed.peek()?;
+        Some(listed.any(|e| e.ready))
     }
 
     /// Whether changes wait for [`ServiceTable::update`].

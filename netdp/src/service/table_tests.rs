@@ -317,6 +317,18 @@ fn a_local_pod_failing_readiness_leaves_before_its_slice_says_so() {
     h.slice("ns", "web-1", Some(slice("ns", "web-1", "web", &endpoints)));
     h.update();
     let mut table = std::mem::take(&mut h.table);
+    let ip = |text: &str| -> Ipv4Addr { text.parse().expect("an IP") };
+    assert_eq!(table.local_endpoint_ready(ip("10.244.4.1")), Some(true));
+    assert_eq!(
+        table.local_endpoint_ready(ip("10.244.4.2")),
+        None,
+        "another node's"
+    );
+    assert_eq!(
+        table.local_endpoint_ready(ip("10.244.4.9")),
+        None,
+        "in no slice"
+    );
     table.set_local_ready("10.244.4.1".parse().expect("an IP"), false);
     let delta = table.update();
     assert_eq!(backends(&delta.upserts[0]), ["10.244.4.2:8080"]);
