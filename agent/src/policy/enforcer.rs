@@ -18,7 +18,7 @@ use std::time::Duration;
 use bosun_netdp::intern::{intern, intern_labels};
 use bosun_netdp::netlink;
 use bosun_netdp::policy::{
-    self as datapath, Compiled, NamedPort, PinnedPolicyMaps, PolicyDatapath, PolicyPod,
+    self as datapath, Compiled, NamedPort, PinnedPolicyMaps, PodWorld, PolicyDatapath, PolicyPod,
     PolicyProtocol, PolicyReconciler,
 };
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
@@ -75,6 +75,9 @@ struct Installed {
 #[derive(Default)]
 struct Inner {
     installed: Option<Installed>,
+    /// The pods and namespaces indexed for the compiler, as of the last sync; `None` once
+    /// they changed. A change of policies alone compiles against it.
+    world: Option<Arc<PodWorld>>,
     /// By pod UID.
     endpoints: BTreeMap<String, EndpointRecord>,
     /// Interfaces this process attached the programs to (after a restart the pinned links
@@ -226,6 +229,7 @@ impl PolicyEnforcer {
         };
         let mut inner = self.inner.lock().await;
         let previous = inner.endpoints.insert(uid.to_owned(), record);
+        inner.world = None;
         let mut result = self.sync(&mut inner).await;
         if result.is_ok() {
             let ifindex = interface.ifindex;
@@ -255,6 +259,7 @@ impl PolicyEnforcer {
                     Some(previous) => inner.endpoints.insert(uid.to_owned(), previous),
                     None => inner.endpoints.remove(uid),
                 };
+                inner.world = None;
                 Err(message)
             }
         }
@@ -267,6 +272,7 @@ impl PolicyEnforcer {
         let Some(record) = inner.endpoints.remove(uid) else {
             return;
         };
+        inner.world = None;
         if let Err(message) = self.sync(&mut inner).await {
             tracing::warn!(%message, "network policy: removing an endpoint");
         }
@@ -310,15 +316,17 @@ impl PolicyEnforcer {
                     Some(retry)
                 }
             };
-            let [policies, namespaces, pods] = &mut changes;
+            let [policies, namespaces, peers] = &mut changes;
             tokio::select! {
-                _ = policies.changed() => {}
-                _ = namespaces.changed() => {}
-                _ = pods.changed() => {}
+                () = policies.ready() => {}
+                () = namespaces.ready() => {}
+                () = peers.ready() => {}
                 () = sleep_or_never(retry) => {}
             }
-            for subscription in &mut changes {
-                subscription.take();
+            policies.take();
+            let (namespaces, peers) = (namespaces.take(), peers.take());
+            if !namespaces.is_empty() || !peers.is_empty() {
+                self.inner.lock().await.world = None;
             }
         }
     }
@@ -345,17 +353,27 @@ impl PolicyEnforcer {
         }
         self.prune(inner);
 
-        let pods = self.policy_pods(inner);
-        let (policies, namespaces) = (self.policies.list(), self.namespaces.list());
-        let compiled = tokio::task::spawn_blocking(move || {
-            datapath::compile(
-                policies.iter().map(|p| &**p),
-                namespaces.iter().map(|n| &**n),
-                &pods,
-            )
+        // Pods and namespaces are indexed again only when they changed: at 100,000 pods that
+        // is most of a compile.
+        let known = inner.world.clone();
+        let unindexed = known
+            .is_none()
+            .then(|| (self.policy_pods(inner), self.namespaces.list()));
+        let policies = self.policies.list();
+        let (world, compiled) = tokio::task::spawn_blocking(move || {
+            let world = match (known, unindexed) {
+                (Some(world), _) => world,
+                (None, Some((pods, namespaces))) => {
+                    Arc::new(PodWorld::new(namespaces.iter().map(|n| &**n), pods))
+                }
+                (None, None) => Arc::new(PodWorld::new(std::iter::empty(), Vec::new())),
+            };
+            let compiled = datapath::compile_in(&world, policies.iter().map(|p| &**p));
+            (world, compiled)
         })
         .await
         .map_err(|e| format!("compiling the network policies: {e}"))?;
+        inner.world = Some(world);
         self.report(&mut inner.reported, &compiled);
         let node = netlink::node_addresses()
             .map_err(|e| format!("listing the node's addresses: {}", error_chain(&e)))?;
@@ -420,6 +438,7 @@ impl PolicyEnforcer {
             .collect();
         for uid in gone {
             if let Some(record) = inner.endpoints.remove(&uid) {
+                inner.world = None;
                 tracing::info!(pod = %format!("{}/{}", record.namespace, record.name), ifindex = record.ifindex, "interface gone; forgetting its endpoint");
                 // The interface is gone, and its programs with it: only the pins go, at once.
                 inner.attached.remove(&record.ifindex);

@@ -21,7 +21,9 @@ pub use bpf::{
     attach, attached, cleanup, detach, install, read_counters, read_names, EventReader,
     PinnedPolicyMaps, PolicyDatapath, ProgramRun,
 };
-pub use compile::{compile, port_blocks, Compiled, Endpoint, PeerPrefix, PortRange, PortSet};
+pub use compile::{
+    compile, compile_in, port_blocks, Compiled, Endpoint, PeerPrefix, PodWorld, PortRange, PortSet,
+};
 pub use maps::{policy_name, policy_name_str, MemoryPolicyMaps, PolicyMapOp, PolicyMaps};
 pub use reconcile::{PolicyApplied, PolicyReconciler};
 
