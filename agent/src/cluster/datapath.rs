@@ -14,7 +14,9 @@ use std::time::Duration;
 use bosun_netdp::policy::PolicyPod;
 use bosun_netdp::service::model::PROXY_LABEL_SELECTOR;
 use bosun_netdp::service::{ServiceInfo, SliceInfo};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Namespace, Node, Pod, PodSpec, PodStatus, Service,
+};
 use k8s_openapi::api::discovery::v1::{
     Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice,
 };
@@ -170,7 +172,7 @@ pub fn watch_policy_objects(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let policies: Api<NetworkPolicy> = Api::all(client.clone());
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
+    let pods: Api<PodPeer> = Api::all(client.clone());
     vec![
         tokio::spawn(reflect(
             policies,
@@ -191,9 +193,112 @@ pub fn watch_policy_objects(
             watcher::Config::default(),
             peers,
             "Pods",
-            |pod| crate::policy::peer(&pod),
+            |pod| crate::policy::peer(&pod.into_pod()),
         )),
     ]
+}
+
+/// A pod as NetworkPolicy reads it, decoded straight from the API server's JSON: what
+/// [`crate::policy::peer`] reads and nothing more (no `managedFields`, no container specs
+/// beyond their ports), so that listing 100,000 pods never builds 100,000 whole `Pod`s.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PodPeer {
+    #[serde(default, deserialize_with = "narrow_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<PeerSpec>,
+    #[serde(default)]
+    pub status: Option<PeerStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerSpec {
+    pub host_network: Option<bool>,
+    #[serde(default)]
+    pub containers: Vec<PeerContainer>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct PeerContainer {
+    pub ports: Option<Vec<ContainerPort>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    #[serde(rename = "podIP")]
+    pub pod_ip: Option<String>,
+}
+
+/// The metadata fields anything here reads; the rest (`managedFields` above all) is skipped
+/// without being built.
+fn narrow_meta<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Narrow {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+    }
+    let narrow = Narrow::deserialize(deserializer)?;
+    Ok(ObjectMeta {
+        name: narrow.name,
+        namespace: narrow.namespace,
+        uid: narrow.uid,
+        resource_version: narrow.resource_version,
+        labels: narrow.labels,
+        ..ObjectMeta::default()
+    })
+}
+
+impl PodPeer {
+    /// The same pod as a `Pod` holding only these fields.
+    pub fn into_pod(self) -> Pod {
+        let spec = self.spec.unwrap_or_default();
+        Pod {
+            metadata: self.metadata,
+            spec: Some(PodSpec {
+                host_network: spec.host_network,
+                containers: spec
+                    .containers
+                    .into_iter()
+                    .map(|c| Container {
+                        ports: c.ports,
+                        ..Container::default()
+                    })
+                    .collect(),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                pod_ip: self.status.and_then(|s| s.pod_ip),
+                ..PodStatus::default()
+            }),
+        }
+    }
+}
+
+impl k8s_openapi::Resource for PodPeer {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Pod";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "pods";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for PodPeer {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
 }
 
 /// What the proxy reads of its own Node.

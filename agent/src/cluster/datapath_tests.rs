@@ -209,3 +209,32 @@ async fn the_node_view_follows_the_zone_label_and_the_autoscalers_taint() {
     assert_eq!(rx.borrow().zone.as_deref(), Some("z2"));
     assert!(rx.borrow().leaving);
 }
+
+#[test]
+fn a_pod_is_read_for_policy_without_what_policy_does_not_read() {
+    let pod = |host_network: bool| -> PodPeer {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": "shop", "name": "web-1", "labels": {"app": "web"},
+                         "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}],
+                         "annotations": {"big": "x"}},
+            "spec": {"hostNetwork": host_network, "nodeName": "node-b",
+                     "containers": [{"name": "app", "image": "busybox", "args": ["a", "b"],
+                                     "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": "10.244.2.7",
+                       "conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .expect("a pod")
+    };
+    let read = pod(false);
+    assert!(read.metadata.managed_fields.is_none() && read.metadata.annotations.is_none());
+    let peer = crate::policy::peer(&read.into_pod()).expect("a peer");
+    assert_eq!((&*peer.namespace, &*peer.name), ("shop", "web-1"));
+    assert_eq!(peer.ip.to_string(), "10.244.2.7");
+    assert_eq!(peer.labels.get("app").map(String::as_str), Some("web"));
+    assert_eq!(peer.named_ports.len(), 1);
+    assert!(
+        crate::policy::peer(&pod(true).into_pod()).is_none(),
+        "the node's address"
+    );
+}

@@ -19,14 +19,13 @@ use tokio::sync::watch;
 use super::config::ProxyConfig;
 use super::healthz::{self, ProxyHealth};
 use crate::cluster::datapath::{
-    watch_endpoint_slices, watch_node, watch_policy_objects, watch_services, NodeView,
+    watch_endpoint_slices, watch_node, watch_policy_objects, watch_services, NodeView, PodPeer,
 };
 use crate::cluster::reflect::reflect;
 use crate::events::Recorder;
 use crate::policy::PolicyEnforcer;
 use crate::service::proxy::{Progress, Proxy};
 use crate::store::{Objects, Source, Store};
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use kube::Api;
 
@@ -135,7 +134,7 @@ fn network_policy(
     let peers = Store::new(&[Source::Api]);
     let mut tasks = watch_policy_objects(client, &objects, peers.writer(Source::Api));
     let local = Store::new(&[Source::Api]);
-    let pods: Api<Pod> = Api::all(client.clone());
+    let pods: Api<PodPeer> = Api::all(client.clone());
     let on_this_node =
         watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
     tasks.push(tokio::spawn(reflect(
@@ -143,7 +142,7 @@ fn network_policy(
         on_this_node,
         local.writer(Source::Api),
         "this node's pods",
-        |pod| crate::policy::peer(&pod),
+        |pod| crate::policy::peer(&pod.into_pod()),
     )));
     let enforcer = PolicyEnforcer::new(
         config.bpf_dir.clone(),
