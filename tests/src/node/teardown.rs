@@ -216,7 +216,10 @@ fn remove_pod_sandboxes(socket: &Path) -> Result<()> {
                 .context("building a runtime")?;
             runtime.block_on(async {
                 tokio::time::timeout(CRI_TEARDOWN_TIMEOUT, async {
-                    let cri = CriClient::connect(&endpoint, Duration::from_secs(10)).await?;
+                    // CNI DEL takes the host's xtables lock (portmap), which another
+                    // process's long iptables-restore can hold for seconds: each call gets
+                    // the time the whole teardown has.
+                    let cri = CriClient::connect(&endpoint, CRI_TEARDOWN_TIMEOUT).await?;
                     let mut failures = Vec::new();
                     for sandbox in cri.list_pod_sandbox(None).await? {
                         let result = async {
