@@ -52,11 +52,11 @@ mod lab;
 mod program_clock;
 
 use common::{load_average, Stats};
-use program_clock::ProgramClock;
 use lab::{
     catch_interrupts, check_interrupted, enter_netns, hundredths, ip, ms, pin, stolen, verdict,
     CLIENT_CPU, SERVER_CPU,
 };
+use program_clock::ProgramClock;
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read as _, Write as _};

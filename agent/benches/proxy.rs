@@ -48,9 +48,9 @@
 //! All of it is removed when the run ends, also on Ctrl-C, and swept away at the start if a
 //! killed run left it behind.
 
-mod common;
 #[path = "common/api.rs"]
 mod api;
+mod common;
 #[path = "common/lab.rs"]
 mod lab;
 #[path = "common/program_clock.rs"]
@@ -302,7 +302,9 @@ fn measure_size(
     report: &mut Report,
 ) -> Result<()> {
     report.foreign = foreign_datapaths(BPF_DIR);
-    let api = runtime.block_on(FakeApi::start(Cluster { catalog: Catalog { n: catalog.n } }))?;
+    let api = runtime.block_on(FakeApi::start(Cluster {
+        catalog: Catalog { n: catalog.n },
+    }))?;
     let kubeconfig = dir.join(format!("kubeconfig-{}", catalog.n));
     api.write_kubeconfig(&kubeconfig)?;
     let changes = options.selected("change");
@@ -606,7 +608,9 @@ impl ProxyProcess {
     fn kill_and_remove(&mut self) -> Result<()> {
         // Our own child, by its handle; an exited one has nothing to kill.
         let _ = self.child.kill();
-        self.child.wait().context("waiting for bosun proxy to exit")?;
+        self.child
+            .wait()
+            .context("waiting for bosun proxy to exit")?;
         remove_datapath()
     }
 }
@@ -931,20 +935,24 @@ impl Report {
             return;
         }
         let mut table = Table::new("initial sync (one sample per round)", "ms");
-        let rows: [(&str, fn(&Sync) -> Duration); 3] = [
-            ("first list request → all N frontends in the maps", |s| {
-                s.from_first_list
-            }),
-            ("process start → all N frontends in the maps", |s| {
-                s.from_start
-            }),
-            ("process start → first list request", |s| s.start_to_list),
-        ];
-        for (label, field) in rows {
-            table.row(
-                row(label, self.syncs.iter().map(|s| ms(field(s))).collect()),
-                None,
-            );
+        let column = |field: fn(&Sync) -> Duration| -> Vec<f64> {
+            self.syncs.iter().map(|s| ms(field(s))).collect()
+        };
+        for (label, samples) in [
+            (
+                "first list request → all N frontends in the maps",
+                column(|s| s.from_first_list),
+            ),
+            (
+                "process start → all N frontends in the maps",
+                column(|s| s.from_start),
+            ),
+            (
+                "process start → first list request",
+                column(|s| s.start_to_list),
+            ),
+        ] {
+            table.row(row(label, samples), None);
         }
         if !self.changes.is_empty() {
             table.row(
@@ -996,8 +1004,9 @@ impl Report {
             return;
         };
         println!(
-            "\nAPI requests answered by the fake: {} list pages, {} watches, {} other reads, {} \
-             Events posted, {} refused",
+            "\nAPI requests the fake answered over {} starts of bosun proxy: {} list pages, {} \
+             watches, {} other reads, {} Events posted, {} refused",
+            self.syncs.len(),
             requests.list_pages,
             requests.watches,
             requests.other_reads,
@@ -1093,7 +1102,7 @@ fn median(samples: impl Iterator<Item = f64>) -> Option<f64> {
 
 /// 30000 → "30k".
 fn short(n: usize) -> String {
-    if n % 1000 == 0 {
+    if n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()

@@ -40,7 +40,9 @@ mod lab;
 mod service_lab;
 
 use common::{load_average, Mode, Stats};
-use lab::{catch_interrupts, check_interrupted, hundredths, interrupted, ms, run_command, stolen, verdict};
+use lab::{
+    catch_interrupts, check_interrupted, hundredths, interrupted, ms, run_command, stolen, verdict,
+};
 use service_lab::{
     foreign_datapaths, labelled, share, vip_targets, Catalog, Client, Lab, Memory, Netns, Row,
     Table, Target, Wire, ENDPOINTS_PER_SERVICE, NAMESPACE, SERVICE_PORT,
@@ -672,7 +674,6 @@ fn iptables_restore(netns: &str, ruleset: &Ruleset) -> Result<Load> {
 // ---- the network --------------------------------------------------------------------------
 
 impl Lab {
-
     /// The connect and programming measurements for one N.
     fn run(
         &self,
@@ -839,7 +840,6 @@ impl Lab {
         }
         Ok(())
     }
-
 }
 /// Compiles and applies the catalog's Services into the (empty) maps, then replaces one
 /// endpoint `changes` times, timing each step; leaves the maps holding the catalog, and

@@ -284,9 +284,7 @@ async fn answer(shared: &Shared, request: Request<Incoming>) -> Reply {
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let watch = query
-        .get("watch")
-        .is_some_and(|w| w == "true" || w == "1");
+    let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let resource = match segments.as_slice() {
         ["api", "v1", "services"] => Some(Resource::Services),
@@ -305,7 +303,10 @@ async fn answer(shared: &Shared, request: Request<Incoming>) -> Reply {
         (&Method::POST, None, ["api", "v1", "namespaces", _, "events"]) => {
             post_event(shared, request.into_body()).await
         }
-        _ => Err((StatusCode::NOT_FOUND, "the fake serves no such thing".to_owned())),
+        _ => Err((
+            StatusCode::NOT_FOUND,
+            "the fake serves no such thing".to_owned(),
+        )),
     };
     reply.unwrap_or_else(|(code, message)| {
         let mut state = shared.lock();
@@ -334,16 +335,9 @@ type Refusal = (StatusCode, String);
 impl Shared {
     /// One page of Services or EndpointSlices from the `continue` token's index, at most
     /// `limit` long (all the rest without a limit).
-    fn list(
-        &self,
-        resource: Resource,
-        query: &HashMap<String, String>,
-    ) -> Result<Reply, Refusal> {
+    fn list(&self, resource: Resource, query: &HashMap<String, String>) -> Result<Reply, Refusal> {
         let bad = |what: &str, value: &str| {
-            (
-                StatusCode::BAD_REQUEST,
-                format!("invalid {what} {value:?}"),
-            )
+            (StatusCode::BAD_REQUEST, format!("invalid {what} {value:?}"))
         };
         let start = match query.get("continue").filter(|c| !c.is_empty()) {
             Some(token) => token.parse::<usize>().map_err(|_| bad("continue", token))?,
@@ -373,8 +367,10 @@ impl Shared {
         }
         let mut body = Vec::with_capacity((end.saturating_sub(start)) * 600 + 200);
         body.extend_from_slice(
-            format!(r#"{{"apiVersion":"{api_version}","kind":"{kind}","metadata":{metadata},"items":["#)
-                .as_bytes(),
+            format!(
+                r#"{{"apiVersion":"{api_version}","kind":"{kind}","metadata":{metadata},"items":["#
+            )
+            .as_bytes(),
         );
         for i in start..end {
             if i > start {
@@ -474,8 +470,12 @@ async fn post_event(shared: &Shared, body: Incoming) -> Result<Reply, Refusal> {
         .await
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?
         .to_bytes();
-    serde_json::from_slice::<serde_json::Value>(&body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")))?;
+    serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
     shared.lock().requests.events_posted += 1;
     Ok(bytes_reply(StatusCode::CREATED, body))
 }
