@@ -33,7 +33,8 @@
 //!
 //! The fake (benches/common/api.rs) generates each list page when asked (pages of kube-rs'
 //! default 500), so its own memory does not grow with N; its time to generate them is part of
-//! "first list → in the maps", as a real API server's would be.
+//! "first list → in the maps", as a real API server's would be, and is printed beside it
+//! (measured alone, before `bosun proxy` starts).
 //!
 //! Run as root: `cargo bench -p bosun --bench proxy -- [--quick | --smoke] [--samples N]
 //! [--services N]... [FILTER...]` (or `scripts/bench.sh proxy`). FILTERs: `change`,
@@ -122,6 +123,8 @@ const CHANGE_POLL: Duration = Duration::from_micros(50);
 const CHANGE_LIMIT: Duration = Duration::from_secs(10);
 /// Between two changes, at random within it, so that no change waits on the last one.
 const CHANGE_GAP_MS: std::ops::Range<u64> = 20..60;
+/// kube-rs' watcher lists in pages of this many objects (client-go's default too).
+const WATCHER_PAGE: usize = 500;
 /// How long `bosun proxy` may take to open its EndpointSlice watch after the sync.
 const WATCH_LIMIT: Duration = Duration::from_secs(10);
 /// Between a datapath's removal (or installation) and the next measurement (see
@@ -307,6 +310,7 @@ fn measure_size(
     }))?;
     let kubeconfig = dir.join(format!("kubeconfig-{}", catalog.n));
     api.write_kubeconfig(&kubeconfig)?;
+    report.fake_list = Some(api.list_cost(WATCHER_PAGE)?);
     let changes = options.selected("change");
     let rounds = if lab.is_some() { sizes.rounds } else { 1 };
 
@@ -851,6 +855,8 @@ struct Report {
     steal_at_start: Option<Duration>,
     foreign: Vec<String>,
     syncs: Vec<Sync>,
+    /// The fake's own time to generate every list page.
+    fake_list: Option<Duration>,
     memory: Option<Memory>,
     /// ms each.
     changes: Vec<f64>,
@@ -868,6 +874,7 @@ impl Report {
             steal_at_start: stolen(),
             foreign: Vec::new(),
             syncs: Vec::new(),
+            fake_list: None,
             memory: None,
             changes: Vec::new(),
             floor: None,
@@ -969,6 +976,14 @@ impl Report {
             SYNC_POLL.as_millis(),
             CHANGE_POLL.as_micros()
         );
+        if let Some(fake) = self.fake_list {
+            println!(
+                "  (of the sync, the fake API server's generating all {} pages of {WATCHER_PAGE} \
+                 takes {:.0} ms, measured alone)",
+                2 * self.n.div_ceil(WATCHER_PAGE),
+                ms(fake)
+            );
+        }
         if let Some(memory) = &self.memory {
             println!(
                 "\nmemory of bosun proxy after the sync and {} s: VmRSS {:.1} MiB, VmHWM {:.1} \

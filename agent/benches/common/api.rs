@@ -173,6 +173,21 @@ impl FakeApi {
         self.shared.lock().refused.clone()
     }
 
+    /// How long the fake takes to generate all Services and EndpointSlices in pages of `limit`,
+    /// without a client: its own share of a client's initial list.
+    pub fn list_cost(&self, limit: usize) -> Result<std::time::Duration> {
+        let state = self.shared.lock();
+        let started = Instant::now();
+        for resource in [Resource::Services, Resource::EndpointSlices] {
+            for start in (0..self.shared.objects.count()).step_by(limit.max(1)) {
+                self.shared
+                    .page(&state, resource, start, limit)
+                    .context("generating a list page")?;
+            }
+        }
+        Ok(started.elapsed())
+    }
+
     /// Open EndpointSlice watches.
     pub fn slice_watches(&self) -> usize {
         let mut state = self.shared.lock();
@@ -347,15 +362,29 @@ impl Shared {
             Some(limit) => limit.parse::<usize>().map_err(|_| bad("limit", limit))?,
             None => 0,
         };
+        let mut state = self.lock();
+        state.first_list.get_or_insert_with(Instant::now);
+        state.requests.list_pages += 1;
+        let page = self
+            .page(&state, resource, start, limit)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok(bytes_reply(StatusCode::OK, page))
+    }
+
+    /// The list of `resource` from index `start`, at most `limit` long (all the rest with 0).
+    fn page(
+        &self,
+        state: &State,
+        resource: Resource,
+        start: usize,
+        limit: usize,
+    ) -> serde_json::Result<Bytes> {
         let count = self.objects.count();
         let end = if limit == 0 {
             count
         } else {
             start.saturating_add(limit).min(count)
         };
-        let mut state = self.lock();
-        state.first_list.get_or_insert_with(Instant::now);
-        state.requests.list_pages += 1;
         let (kind, api_version) = match resource {
             Resource::Services => ("ServiceList", "v1"),
             _ => ("EndpointSliceList", "discovery.k8s.io/v1"),
@@ -376,18 +405,17 @@ impl Shared {
             if i > start {
                 body.push(b',');
             }
-            let written = match resource {
+            match resource {
                 Resource::Services => {
                     let mut service = self.objects.service(i);
                     service.metadata.resource_version = Some(FIRST_REVISION.to_string());
-                    serde_json::to_writer(&mut body, &service)
+                    serde_json::to_writer(&mut body, &service)?;
                 }
-                _ => serde_json::to_writer(&mut body, &self.slice(&state, i)),
-            };
-            written.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                _ => serde_json::to_writer(&mut body, &self.slice(state, i))?,
+            }
         }
         body.extend_from_slice(b"]}");
-        Ok(bytes_reply(StatusCode::OK, Bytes::from(body)))
+        Ok(Bytes::from(body))
     }
 
     /// The Node, if the field selector (`metadata.name=NAME`, or none) names it.
