@@ -37,11 +37,11 @@
 //! (measured alone, before `bosun proxy` starts).
 //!
 //! Run as root: `cargo bench -p bosun --bench proxy -- [--quick | --smoke] [--samples N]
-//! [--services N]... [FILTER...]` (or `scripts/bench.sh proxy`). FILTERs: `change`,
-//! `connect` (the initial sync and memory are always measured). `--samples` is the connects
-//! per target; `--quick` measures 1000 and 10000 with fewer samples; `--smoke` 1000 with a few
-//! of each, only to show that the benchmark still runs (`scripts/bench.sh smoke`, part of
-//! `scripts/test.sh`).
+//! [--services N]... [FILTER...]` (or `scripts/bench.sh proxy`). FILTERs: `sync`, `change`,
+//! `connect`; the initial sync and memory are measured whatever the filter, so `sync` alone
+//! measures only them (one round). `--samples` is the connects per target; `--quick` measures
+//! 1000 and 10000 with fewer samples; `--smoke` 1000 with a few of each, only to show that the
+//! benchmark still runs (`scripts/bench.sh smoke`, part of `scripts/test.sh`).
 //!
 //! Everything it creates is named `bsb-*` (namespaces and links, shared with the services
 //! benchmark, so the two cannot run at once) or lives in /sys/fs/bpf/bosun-proxybench; the
