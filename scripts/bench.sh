@@ -28,6 +28,16 @@
 #                                                --quick (fewer and shorter samples),
 #                                                --samples N (rate samples per configuration
 #                                                and policy changes each way)
+#   ./scripts/bench.sh proxy [ARGS...]           `bosun proxy` fed by a fake API server with
+#                                                1000, 10000 and 30000 Services: initial sync,
+#                                                memory, one EndpointSlice change → maps,
+#                                                connect latency through a ClusterIP and to no
+#                                                Service against a rule-free floor, and the
+#                                                connect program's run time. ARGS: a name
+#                                                filter (change, connect), --quick (1000 and
+#                                                10000, fewer samples), --smoke, --samples N
+#                                                (connects per target), --services N (instead
+#                                                of the default sizes; repeatable)
 #   ./scripts/bench.sh cluster [ARGS...]         the cluster-mode benchmark, bosun joined to a
 #                                                private control plane: pod start (against the
 #                                                static manifest path and bare CRI), status
@@ -76,7 +86,7 @@ smoke() {
     local status=0 name started
     # Built first, so that the times below are the runs' own.
     cargo bench -p bosun --benches --no-run
-    for name in pods services policy cluster kubelet_api; do
+    for name in pods services proxy policy cluster kubelet_api; do
         started=$SECONDS
         if bench "$name" --smoke; then
             echo "smoke: $name passed in $((SECONDS - started)) s"
@@ -94,7 +104,7 @@ case "${1:-}" in
         [ "$#" -eq 1 ] || { echo "bench.sh: smoke takes no arguments" >&2; exit 2; }
         smoke
         ;;
-    pods | services | policy | cluster | kubelet_api)
+    pods | services | proxy | policy | cluster | kubelet_api)
         name="$1"
         shift
         bench "$name" "$@"

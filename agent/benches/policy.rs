@@ -48,12 +48,15 @@
 mod common;
 #[path = "common/lab.rs"]
 mod lab;
+#[path = "common/program_clock.rs"]
+mod program_clock;
 
 use common::{load_average, Stats};
 use lab::{
     catch_interrupts, check_interrupted, enter_netns, hundredths, ip, ms, pin, stolen, verdict,
     CLIENT_CPU, SERVER_CPU,
 };
+use program_clock::ProgramClock;
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read as _, Write as _};
@@ -1358,60 +1361,12 @@ impl Rates {
 
 // ---- the programs' own time -------------------------------------------------------------
 
-/// The policy programs' run time and runs, from the kernel's BPF statistics, which count only
-/// while the handle this holds is open (`BPF_ENABLE_STATS`: no sysctl to put back, and nothing
-/// left on if the run dies). They cost every BPF program on the machine two clock reads a
-/// run, so the rates above are measured without them.
-struct ProgramClock {
-    _enabled: std::os::fd::OwnedFd,
-    /// Both interfaces run the same two programs.
-    programs: Vec<u32>,
-}
-
-impl ProgramClock {
-    /// `ifindex`: an interface the programs are attached to.
-    fn start(ifindex: u32) -> Result<ProgramClock> {
-        let enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .context("enabling the kernel's BPF run-time statistics")?;
-        // Where `policy::attach` pins an interface's links (see netdp's `policy::bpf`).
-        let links = Path::new(BPF_DIR).join("policy/links");
-        let programs = ["in", "out"]
-            .iter()
-            .map(|suffix| {
-                let pin = links.join(format!("{ifindex}_{suffix}"));
-                let link = aya::programs::links::PinnedLink::from_pin(&pin)
-                    .with_context(|| format!("opening the link pinned at {}", pin.display()))?;
-                let info = aya::programs::links::FdLink::from(link)
-                    .info()
-                    .with_context(|| format!("reading the link pinned at {}", pin.display()))?;
-                Ok(info.program_id())
-            })
-            .collect::<Result<_>>()?;
-        Ok(ProgramClock {
-            _enabled: enabled,
-            programs,
-        })
-    }
-
-    /// The programs' run time and runs so far.
-    fn read(&self) -> Result<(Duration, u64)> {
-        let mut found = 0;
-        let (mut time, mut runs) = (Duration::ZERO, 0);
-        // Programs of others may come and go meanwhile: only ours must be readable.
-        for info in aya::programs::loaded_programs().flatten() {
-            if self.programs.contains(&info.id()) {
-                found += 1;
-                time += info.run_time();
-                runs += info.run_count();
-            }
-        }
-        ensure!(
-            found == self.programs.len(),
-            "the policy programs {:?} are not loaded",
-            self.programs
-        );
-        Ok((time, runs))
-    }
+/// The policy programs on one of the interfaces they are attached to (`ifindex`); both
+/// interfaces run the same two programs.
+fn policy_clock(ifindex: u32) -> Result<ProgramClock> {
+    // Where `policy::attach` pins an interface's links (see netdp's `policy::bpf`).
+    let links = Path::new(BPF_DIR).join("policy/links");
+    ProgramClock::start(&["in", "out"].map(|suffix| links.join(format!("{ifindex}_{suffix}"))))
 }
 
 impl Lab {
@@ -1434,7 +1389,7 @@ impl Lab {
         );
         for config in &CONFIGS[1..] {
             self.datapath.set(*config, compiled)?;
-            let clock = ProgramClock::start(self.server_ifindex)?;
+            let clock = policy_clock(self.server_ifindex)?;
             for &rate in selected {
                 let (time_before, runs_before) = clock.read()?;
                 let counted = rate

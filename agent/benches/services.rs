@@ -36,22 +36,22 @@
 mod common;
 #[path = "common/lab.rs"]
 mod lab;
+#[path = "common/service_lab.rs"]
+mod service_lab;
 
 use common::{load_average, Mode, Stats};
 use lab::{
-    catch_interrupts, check_interrupted, enter_netns, hundredths, interrupted, ip, ms, pin,
-    run_command, stolen, verdict, CLIENT_CPU, SERVER_CPU,
+    catch_interrupts, check_interrupted, hundredths, interrupted, ms, run_command, stolen, verdict,
+};
+use service_lab::{
+    foreign_datapaths, labelled, share, vip_targets, Catalog, Client, Lab, Memory, Netns, Row,
+    Table, Target, Wire, ENDPOINTS_PER_SERVICE, NAMESPACE, SERVICE_PORT,
 };
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Seek as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -72,7 +72,6 @@ const QUICK_SIZES: [usize; 2] = [1_000, 10_000];
 /// What the datapath's service map holds (`SERVICE_MAX_ENTRIES`), less room for the spare
 /// endpoints of the change measurement.
 const MAX_SERVICES: usize = 65_000;
-const ENDPOINTS_PER_SERVICE: usize = 4;
 
 // ---- the goals, and what upstream reports for kube-proxy ----------------------------------
 
@@ -88,24 +87,8 @@ reference, upstream kube-proxy 1.28 in iptables mode (published figures, not mea
 
 // ---- names and addresses ------------------------------------------------------------------
 
-/// Every namespace and link the benchmark creates starts with this.
-const PREFIX: &str = "bsb-";
 /// Where the benchmark's own datapath pins its maps and links.
 const BPF_DIR: &str = "/sys/fs/bpf/bosun-bench";
-/// Every address in it is the backend namespace's own (a `local` route), and a server there
-/// answers on [`TARGET_PORTS`] ports from [`FIRST_TARGET_PORT`]: each of the 4·N endpoints
-/// gets an address and port of its own, as in a real cluster, and all of them answer.
-const ENDPOINT_NET: Ipv4Addr = Ipv4Addr::new(10, 219, 128, 0);
-const ENDPOINT_PREFIX: u8 = 17;
-const FIRST_TARGET_PORT: u16 = 8080;
-/// Enough for 4 × 65536 endpoints in the /17.
-const TARGET_PORTS: u16 = 8;
-/// Replacement endpoints of the change measurement: never connected to, so not routed.
-const SPARE_NET: Ipv4Addr = Ipv4Addr::new(10, 219, 96, 0);
-/// ClusterIPs are counted up from here (10.220.0.0/16, then 10.221.0.0/16).
-const VIP_BASE: Ipv4Addr = Ipv4Addr::new(10, 220, 0, 0);
-const SERVICE_PORT: u16 = 80;
-const NAMESPACE: &str = "default";
 /// kube-proxy's `--cluster-cidr`: the pods, here the endpoints. Traffic to a ClusterIP from
 /// outside it is masqueraded, as a host process's is on a kubeadm node.
 const CLUSTER_CIDR: &str = "10.219.128.0/17";
@@ -113,38 +96,6 @@ const CLUSTER_CIDR: &str = "10.219.128.0/17";
 /// (`largeClusterEndpointsThreshold`).
 const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
 
-/// A network namespace joined to the host by a veth pair on 10.219.`third`.0/24: the host
-/// side is .1, the namespace side .2 and its default route.
-struct Wire {
-    netns: &'static str,
-    host_if: &'static str,
-    ns_if: &'static str,
-    third: u8,
-}
-
-impl Wire {
-    fn host_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 219, self.third, 1)
-    }
-
-    fn ns_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 219, self.third, 2)
-    }
-}
-
-const BACKEND: Wire = Wire {
-    netns: "bsb-backend",
-    host_if: "bsb-h-backend",
-    ns_if: "bsb-backend",
-    third: 0,
-};
-/// The client of the floor and of bosun: no rules at all.
-const PLAIN: Wire = Wire {
-    netns: "bsb-plain",
-    host_if: "bsb-h-plain",
-    ns_if: "bsb-plain",
-    third: 10,
-};
 /// The client with kube-proxy's rules.
 const IPTABLES: Wire = Wire {
     netns: "bsb-iptables",
@@ -155,10 +106,6 @@ const IPTABLES: Wire = Wire {
 
 // ---- timing and sizes ---------------------------------------------------------------------
 
-/// Connects per target before the next target's turn.
-const BLOCK: usize = 10;
-/// How long one warm-up connect may take before the path is declared broken.
-const WARM_UP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// kube-proxy's sync would be killed by nobody, but a benchmark has to end.
 const RESTORE_LIMIT: Duration = Duration::from_secs(300);
 /// Services per `iptables-restore` when the whole input took too long: about a second each.
@@ -279,6 +226,7 @@ fn run(options: &Options) -> Result<()> {
         .context("starting the async runtime")?;
     let datapath_parts = options.selected("connect") || options.selected("programming");
     let lab = if datapath_parts {
+        sweep_leftovers()?;
         Some(Lab::create()?)
     } else {
         None
@@ -307,12 +255,7 @@ fn run(options: &Options) -> Result<()> {
     };
     println!("\n{KUBE_PROXY_REFERENCE}");
     println!("\nload average at the end: {}", load_average());
-    let left = leftovers();
-    if left.is_empty() {
-        println!("left behind: nothing");
-    } else {
-        println!("left behind:\n  {}", left.join("\n  "));
-    }
+    service_lab::print_leftovers(BPF_DIR);
     outcome.and(node_gone)
 }
 
@@ -355,55 +298,7 @@ fn print_machine(options: &Options, sizes: &Sizes) {
 
 // ---- the Services -------------------------------------------------------------------------
 
-/// N Services `svc-00000`…, each with one TCP port 80 and one EndpointSlice of 4 ready
-/// endpoints, all distinct.
-struct Catalog {
-    n: usize,
-}
-
 impl Catalog {
-    fn name(&self, i: usize) -> String {
-        format!("svc-{i:05}")
-    }
-
-    fn vip(&self, i: usize) -> Ipv4Addr {
-        Ipv4Addr::from_bits(VIP_BASE.to_bits() + 1 + i as u32)
-    }
-
-    /// Endpoint `k` of Service `i`. A Service's four share a port, since an EndpointSlice has
-    /// one port list for all its endpoints.
-    fn endpoint(&self, i: usize, k: usize) -> SocketAddrV4 {
-        let j = (i * ENDPOINTS_PER_SERVICE + k) as u32;
-        let per_port = 1u32 << (32 - ENDPOINT_PREFIX);
-        SocketAddrV4::new(
-            Ipv4Addr::from_bits(ENDPOINT_NET.to_bits() + j % per_port),
-            FIRST_TARGET_PORT + (j / per_port) as u16,
-        )
-    }
-
-    /// The address the `c`th endpoint change puts in place of an endpoint.
-    fn spare(&self, c: usize) -> Ipv4Addr {
-        Ipv4Addr::from_bits(SPARE_NET.to_bits() + 1 + (c % 8000) as u32)
-    }
-
-    fn first(&self) -> usize {
-        0
-    }
-
-    fn middle(&self) -> usize {
-        self.n / 2
-    }
-
-    fn last(&self) -> usize {
-        self.n - 1
-    }
-
-    /// The endpoint "straight to a backend" connects to: a real endpoint, of no Service the
-    /// ClusterIP targets use.
-    fn backend(&self) -> SocketAddrV4 {
-        self.endpoint(self.n / 4, 1)
-    }
-
     fn objects(&self) -> (Vec<Service>, Vec<EndpointSlice>) {
         let services = (0..self.n)
             .map(|i| Service {
@@ -778,48 +673,7 @@ fn iptables_restore(netns: &str, ruleset: &Ruleset) -> Result<Load> {
 
 // ---- the network --------------------------------------------------------------------------
 
-/// The backend namespace and its server, the rule-free client namespace and its client.
-/// Dropping it removes them all: the threads leave the namespaces first (fields drop in
-/// order).
-struct Lab {
-    plain: Client,
-    server: Server,
-    _plain_netns: Netns,
-    _endpoint_route: Route,
-    _backend_netns: Netns,
-    _forwarding: Forwarding,
-}
-
 impl Lab {
-    fn create() -> Result<Lab> {
-        sweep_leftovers()?;
-        let forwarding = Forwarding::enable()?;
-        let backend_netns = Netns::create(&BACKEND)?;
-        let endpoints = format!("{ENDPOINT_NET}/{ENDPOINT_PREFIX}");
-        ip(&[
-            "-n",
-            BACKEND.netns,
-            "route",
-            "add",
-            "local",
-            &endpoints,
-            "dev",
-            "lo",
-        ])?;
-        let endpoint_route = Route::add(&endpoints, BACKEND.ns_addr(), BACKEND.host_if)?;
-        let plain_netns = Netns::create(&PLAIN)?;
-        let server = Server::start(BACKEND.netns)?;
-        let plain = Client::spawn(PLAIN.netns)?;
-        Ok(Lab {
-            plain,
-            server,
-            _plain_netns: plain_netns,
-            _endpoint_route: endpoint_route,
-            _backend_netns: backend_netns,
-            _forwarding: forwarding,
-        })
-    }
-
     /// The connect and programming measurements for one N.
     fn run(
         &self,
@@ -828,7 +682,7 @@ impl Lab {
         sizes: &Sizes,
         report: &mut Report,
     ) -> Result<()> {
-        report.foreign = foreign_datapaths();
+        report.foreign = foreign_datapaths(BPF_DIR);
         let connect = options.selected("connect");
         self.iptables(
             catalog,
@@ -986,97 +840,7 @@ impl Lab {
         }
         Ok(())
     }
-
-    /// Warms every target up, then measures `connects` connects to each, in interleaved
-    /// blocks. Returns the samples (µs) of each target, in order.
-    ///
-    /// First, for `settle`, it connects to the first target unmeasured: after a datapath
-    /// or a namespace went, the kernel is still freeing it, and after a pause the CPUs are
-    /// cold; connecting meanwhile rather than sleeping leaves neither to the samples.
-    fn measure(
-        &self,
-        targets: &[Target<'_>],
-        connects: usize,
-        warm_up: usize,
-        settle: Duration,
-    ) -> Result<Vec<Vec<f64>>> {
-        let settling = Instant::now();
-        while settling.elapsed() < settle {
-            let target = &targets[0];
-            target
-                .client
-                .connect(target.address, BLOCK, Some(WARM_UP_CONNECT_TIMEOUT))
-                .with_context(|| format!("{}: settling", target.label))?;
-            check_interrupted()?;
-        }
-        for target in targets {
-            let before = self.server.accepted();
-            target
-                .client
-                .connect(target.address, warm_up, Some(WARM_UP_CONNECT_TIMEOUT))
-                .with_context(|| format!("{}: warming up", target.label))?;
-            self.server
-                .wait_accepted(before + warm_up as u64)
-                .with_context(|| {
-                    format!(
-                        "{}: connects to {} did not all reach the backend namespace",
-                        target.label, target.address
-                    )
-                })?;
-        }
-        let mut samples = vec![Vec::with_capacity(connects); targets.len()];
-        let mut done = 0;
-        while done < connects {
-            let block = BLOCK.min(connects - done);
-            for (target, samples) in targets.iter().zip(&mut samples) {
-                let taken = target
-                    .client
-                    .connect(target.address, block, None)
-                    .with_context(|| target.label.clone())?;
-                samples.extend(taken);
-            }
-            done += block;
-            check_interrupted()?;
-        }
-        Ok(samples)
-    }
 }
-
-/// Where one row of the connect table connects, and from where.
-struct Target<'a> {
-    label: String,
-    client: &'a Client,
-    address: SocketAddrV4,
-}
-
-fn vip_targets<'a>(who: &str, client: &'a Client, catalog: &Catalog) -> Vec<Target<'a>> {
-    [
-        ("first", catalog.first()),
-        ("middle", catalog.middle()),
-        ("last", catalog.last()),
-    ]
-    .into_iter()
-    .map(|(position, i)| Target {
-        label: format!("{who}: → {position} Service's ClusterIP"),
-        client,
-        address: SocketAddrV4::new(catalog.vip(i), SERVICE_PORT),
-    })
-    .collect()
-}
-
-/// Part `i` of `total` split into `parts` nearly equal parts.
-fn share(total: usize, parts: usize, i: usize) -> usize {
-    total / parts + usize::from(i < total % parts)
-}
-
-fn labelled(target: &Target<'_>, samples: Vec<f64>) -> Row {
-    Row {
-        label: target.label.clone(),
-        samples,
-        note: String::new(),
-    }
-}
-
 /// Compiles and applies the catalog's Services into the (empty) maps, then replaces one
 /// endpoint `changes` times, timing each step; leaves the maps holding the catalog, and
 /// returns what they hold.
@@ -1184,424 +948,13 @@ impl Drop for Installed {
     }
 }
 
-/// Other bosun datapaths attached on this machine (tests running meanwhile): their programs
-/// run on every connect, the floor's included.
-fn foreign_datapaths() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p != Path::new(BPF_DIR) && p.join("link_connect4").exists())
-        .map(|p| p.display().to_string())
-        .collect()
-}
-
-/// A namespace wired to the host as its [`Wire`] says; removed when dropped.
-struct Netns {
-    wire: &'static Wire,
-}
-
-impl Netns {
-    fn create(wire: &'static Wire) -> Result<Netns> {
-        ip(&["netns", "add", wire.netns])?;
-        // From here on, dropping it removes what was made.
-        let netns = Netns { wire };
-        let host = format!("{}/24", wire.host_addr());
-        let inside = format!("{}/24", wire.ns_addr());
-        let gateway = wire.host_addr().to_string();
-        let n = wire.netns;
-        ip(&[
-            "link",
-            "add",
-            wire.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            wire.ns_if,
-            "netns",
-            n,
-        ])?;
-        ip(&["addr", "add", &host, "dev", wire.host_if])?;
-        ip(&["link", "set", wire.host_if, "up"])?;
-        ip(&["-n", n, "link", "set", "lo", "up"])?;
-        ip(&["-n", n, "addr", "add", &inside, "dev", wire.ns_if])?;
-        ip(&["-n", n, "link", "set", wire.ns_if, "up"])?;
-        ip(&["-n", n, "route", "add", "default", "via", &gateway])?;
-        Ok(netns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // The pair goes with either end; removing the host's end now, rather than when the
-        // kernel gets round to destroying the namespace, keeps `ip link` clean at once.
-        let _ = ip(&["link", "del", self.wire.host_if]);
-        if let Err(e) = ip(&["netns", "del", self.wire.netns]) {
-            eprintln!("services bench: {e:#}");
-        }
-    }
-}
-
-/// A host route; removed when dropped.
-struct Route {
-    prefix: String,
-}
-
-impl Route {
-    fn add(prefix: &str, via: Ipv4Addr, dev: &str) -> Result<Route> {
-        ip(&["route", "add", prefix, "via", &via.to_string(), "dev", dev])?;
-        Ok(Route {
-            prefix: prefix.to_owned(),
-        })
-    }
-}
-
-impl Drop for Route {
-    fn drop(&mut self) {
-        // Usually gone already with its link.
-        let _ = ip(&["route", "del", &self.prefix]);
-    }
-}
-
-/// IPv4 forwarding on the host, on for the run and put back as it was.
-struct Forwarding {
-    was: Option<String>,
-}
-
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-
-impl Forwarding {
-    fn enable() -> Result<Forwarding> {
-        let was =
-            std::fs::read_to_string(IP_FORWARD).with_context(|| format!("reading {IP_FORWARD}"))?;
-        if was.trim() == "1" {
-            return Ok(Forwarding { was: None });
-        }
-        std::fs::write(IP_FORWARD, "1").with_context(|| format!("writing {IP_FORWARD}"))?;
-        Ok(Forwarding { was: Some(was) })
-    }
-}
-
-impl Drop for Forwarding {
-    fn drop(&mut self) {
-        if let Some(was) = &self.was {
-            if let Err(e) = std::fs::write(IP_FORWARD, was.trim()) {
-                eprintln!("services bench: restoring {IP_FORWARD}: {e}");
-            }
-        }
-    }
-}
-
-/// Removes what a killed run left: `bsb-*` namespaces and links, and the benchmark's
-/// datapath. Then refuses to run if anything else routes the benchmark's addresses.
+/// Removes what a killed run left, this benchmark's datapath included.
 fn sweep_leftovers() -> Result<()> {
-    for netns in netns_names()? {
-        if netns.starts_with(PREFIX) {
-            ip(&["netns", "del", &netns])?;
-        }
-    }
-    for link in link_names()? {
-        if link.starts_with(PREFIX) {
-            ip(&["link", "del", &link])?;
-        }
-    }
-    datapath::cleanup(Path::new(BPF_DIR))
-        .with_context(|| format!("removing a previous run's datapath in {BPF_DIR}"))?;
-    if let Some(route) = our_routes()?.first() {
-        bail!("a route on this machine already uses the benchmark's addresses: {route}");
-    }
-    Ok(())
-}
-
-/// What the benchmark may have left behind, for the last line of its output.
-fn leftovers() -> Vec<String> {
-    let mut left: Vec<String> = Vec::new();
-    let ours = |name: &String| name.starts_with(PREFIX);
-    match netns_names() {
-        Ok(names) => left.extend(
-            names
-                .iter()
-                .filter(|n| ours(n))
-                .map(|n| format!("netns {n}")),
-        ),
-        Err(e) => left.push(format!("(listing namespaces: {e:#})")),
-    }
-    match link_names() {
-        Ok(names) => left.extend(
-            names
-                .iter()
-                .filter(|n| ours(n))
-                .map(|n| format!("link {n}")),
-        ),
-        Err(e) => left.push(format!("(listing links: {e:#})")),
-    }
-    if Path::new(BPF_DIR).exists() {
-        left.push(BPF_DIR.to_owned());
-    }
-    match our_routes() {
-        Ok(routes) => left.extend(routes.into_iter().map(|r| format!("route {r}"))),
-        Err(e) => left.push(format!("(listing routes: {e:#})")),
-    }
-    left
-}
-
-fn netns_names() -> Result<Vec<String>> {
-    // "NAME" or "NAME (id: N)", one a line.
-    Ok(ip(&["netns", "list"])?
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect())
-}
-
-fn link_names() -> Result<Vec<String>> {
-    // "3: NAME@PEER: <FLAGS> ...", one a line.
-    Ok(ip(&["-o", "link", "show"])?
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .map(|n| {
-            n.trim_end_matches(':')
-                .split('@')
-                .next()
-                .unwrap_or(n)
-                .to_owned()
-        })
-        .collect())
-}
-
-/// Host routes into the benchmark's address ranges.
-fn our_routes() -> Result<Vec<String>> {
-    Ok(ip(&["-o", "route", "show"])?
-        .lines()
-        .filter(|l| {
-            ["10.219.", "10.220.", "10.221."]
-                .iter()
-                .any(|p| l.contains(p))
-        })
-        .map(str::to_owned)
-        .collect())
-}
-
-// ---- the server and the clients -----------------------------------------------------------
-
-/// Accepts and closes connections on every target port, on every address of its namespace.
-struct Server {
-    stop: Arc<AtomicBool>,
-    accepted: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<()>>>,
-}
-
-impl Server {
-    fn start(netns: &'static str) -> Result<Server> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicU64::new(0));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = {
-            let (stop, accepted) = (stop.clone(), accepted.clone());
-            std::thread::Builder::new()
-                .name("bsb-server".into())
-                .spawn(move || {
-                    let listeners = enter_netns(netns)
-                        .and_then(|()| pin(SERVER_CPU))
-                        .and_then(|()| listen_all());
-                    let listeners = match listeners {
-                        Ok(listeners) => {
-                            let _ = ready_tx.send(Ok(()));
-                            listeners
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return Ok(());
-                        }
-                    };
-                    serve(&listeners, &stop, &accepted)
-                })
-                .context("starting the server thread")?
-        };
-        let server = Server {
-            stop,
-            accepted,
-            thread: Some(thread),
-        };
-        ready_rx
-            .recv()
-            .context("the server thread ended before listening")??;
-        Ok(server)
-    }
-
-    fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    /// Waits (briefly: the connects are done, only accepting may lag) until `count`
-    /// connections have been accepted in all.
-    fn wait_accepted(&self, count: u64) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while self.accepted() < count {
-            ensure!(
-                Instant::now() < deadline,
-                "the server accepted {} of {count}",
-                self.accepted()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("services bench: the server failed: {e:#}"),
-                Err(_) => eprintln!("services bench: the server thread panicked"),
-            }
-        }
-    }
-}
-
-fn listen_all() -> Result<Vec<TcpListener>> {
-    (0..TARGET_PORTS)
-        .map(|i| {
-            let port = FIRST_TARGET_PORT + i;
-            let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
-                .with_context(|| format!("listening on port {port}"))?;
-            // A long accept queue, so that a slow turn of the accept loop never drops a SYN.
-            nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)
-                .context("raising the listen backlog")?;
-            listener
-                .set_nonblocking(true)
-                .context("making the listener non-blocking")?;
-            Ok(listener)
-        })
-        .collect()
-}
-
-fn serve(listeners: &[TcpListener], stop: &AtomicBool, accepted: &AtomicU64) -> Result<()> {
-    use nix::poll::{poll, PollFd, PollFlags};
-    while !stop.load(Ordering::SeqCst) {
-        let mut fds: Vec<PollFd<'_>> = listeners
-            .iter()
-            .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
-            .collect();
-        poll(&mut fds, 100u16).context("waiting for connections")?;
-        for listener in listeners {
-            loop {
-                match listener.accept() {
-                    // Closed at once: the client resets the connection anyway.
-                    Ok(_) => {
-                        accepted.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
-                    Err(e) => return Err(e).context("accepting"),
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One batch of connects for a [`Client`].
-struct Job {
-    target: SocketAddrV4,
-    count: usize,
-    timeout: Option<Duration>,
-}
-
-/// A thread in a network namespace that connects on request.
-struct Client {
-    jobs: Option<mpsc::Sender<Job>>,
-    results: mpsc::Receiver<Result<Vec<f64>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Client {
-    fn spawn(netns: &'static str) -> Result<Client> {
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
-        let (results_tx, results_rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name(format!("bsb-client-{netns}"))
-            .spawn(move || {
-                if let Err(e) = enter_netns(netns).and_then(|()| pin(CLIENT_CPU)) {
-                    let _ = results_tx.send(Err(e));
-                    return;
-                }
-                let _ = results_tx.send(Ok(Vec::new()));
-                for job in jobs_rx {
-                    if results_tx.send(connect_many(&job)).is_err() {
-                        return;
-                    }
-                }
-            })
-            .context("starting a client thread")?;
-        let client = Client {
-            jobs: Some(jobs_tx),
-            results: results_rx,
-            thread: Some(thread),
-        };
-        client
-            .results
-            .recv()
-            .context("the client thread ended before it started")??;
-        Ok(client)
-    }
-
-    /// `count` connects to `target`, each closed at once; their latencies in µs.
-    fn connect(
-        &self,
-        target: SocketAddrV4,
-        count: usize,
-        timeout: Option<Duration>,
-    ) -> Result<Vec<f64>> {
-        let jobs = self.jobs.as_ref().context("the client is stopped")?;
-        jobs.send(Job {
-            target,
-            count,
-            timeout,
-        })
-        .ok()
-        .context("the client thread has ended")?;
-        self.results.recv().context("the client thread has ended")?
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        // Closing the job channel ends the thread's loop.
-        self.jobs = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Abortive close: RST instead of FIN, so no TIME_WAIT piles up over thousands of connects.
-const LINGER_RESET: nix::libc::linger = nix::libc::linger {
-    l_onoff: 1,
-    l_linger: 0,
-};
-
-fn connect_many(job: &Job) -> Result<Vec<f64>> {
-    let mut samples = Vec::with_capacity(job.count);
-    for _ in 0..job.count {
-        let started = Instant::now();
-        let stream = match job.timeout {
-            Some(timeout) => TcpStream::connect_timeout(&job.target.into(), timeout),
-            None => TcpStream::connect(job.target),
-        }
-        .with_context(|| format!("connecting to {}", job.target))?;
-        nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &LINGER_RESET)
-            .context("setting SO_LINGER")?;
-        drop(stream);
-        samples.push(started.elapsed().as_secs_f64() * 1e6);
-    }
-    Ok(samples)
+    service_lab::sweep_leftovers(|| {
+        datapath::cleanup(Path::new(BPF_DIR))
+            .map(|_| ())
+            .with_context(|| format!("removing a previous run's datapath in {BPF_DIR}"))
+    })
 }
 
 // ---- the daemon ---------------------------------------------------------------------------
@@ -1612,32 +965,6 @@ struct DaemonNumbers {
     programmed: Duration,
     idle: Memory,
     loaded: Memory,
-}
-
-/// A process's resident memory, from /proc/PID/status, in KiB.
-#[derive(Clone, Copy)]
-struct Memory {
-    rss: u64,
-    peak: u64,
-}
-
-impl Memory {
-    fn of(pid: u32) -> Result<Memory> {
-        let path = format!("/proc/{pid}/status");
-        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let field = |name: &str| -> Result<u64> {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("{path} has no {name}"))
-        };
-        Ok(Memory {
-            rss: field("VmRSS:")?,
-            peak: field("VmHWM:")?,
-        })
-    }
 }
 
 /// Starts `bosun run` on the node, waits for its datapath, writes the catalog's manifest and
@@ -2027,14 +1354,6 @@ impl Report {
     }
 }
 
-#[derive(Clone)]
-struct Row {
-    label: String,
-    samples: Vec<f64>,
-    /// Shown instead of numbers when there are no samples.
-    note: String,
-}
-
 impl Row {
     /// A single timing, in ms.
     fn once(label: &str, took: Duration) -> Row {
@@ -2050,67 +1369,6 @@ impl Row {
             label: label.to_owned(),
             samples: Vec::new(),
             note: note.to_owned(),
-        }
-    }
-}
-
-struct Table {
-    title: String,
-    unit: String,
-    /// Each row and the row it is compared with.
-    rows: Vec<(Row, Option<usize>)>,
-}
-
-impl Table {
-    fn new(title: &str, unit: &str) -> Table {
-        Table {
-            title: title.to_owned(),
-            unit: unit.to_owned(),
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, row: Row, baseline: Option<usize>) -> usize {
-        self.rows.push((row, baseline));
-        self.rows.len() - 1
-    }
-
-    fn print(&self) {
-        println!("\n{}", self.title);
-        let has_ratios = self.rows.iter().any(|(_, b)| b.is_some());
-        println!(
-            "  {:<56} {:>5} {:>9} {:>9} {:>9} {:>9}{}",
-            self.unit,
-            "n",
-            "min",
-            "median",
-            "p99",
-            "max",
-            if has_ratios {
-                "  ratio median (p99)"
-            } else {
-                ""
-            }
-        );
-        for (row, baseline) in &self.rows {
-            let Some(stats) = Stats::of(&row.samples) else {
-                println!("  {:<56} {}", row.label, row.note);
-                continue;
-            };
-            let ratio = baseline
-                .and_then(|b| Stats::of(&self.rows[b].0.samples))
-                .map(|base| {
-                    format!(
-                        "  {:.2}× ({:.2}×)",
-                        stats.median / base.median,
-                        stats.p99 / base.p99
-                    )
-                })
-                .unwrap_or_default();
-            println!(
-                "  {:<56} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1}{ratio}",
-                row.label, stats.n, stats.min, stats.median, stats.p99, stats.max
-            );
         }
     }
 }

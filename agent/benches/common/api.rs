@@ -1,0 +1,576 @@
+//! A fake kube-apiserver for the benchmarks that feed bosun from the API server: plain HTTP
+//! on 127.0.0.1, no authentication, serving generated Services, EndpointSlices
+//! (`discovery.k8s.io/v1`) and one Node as kube-rs' watcher reads them: paginated lists
+//! (`limit`, `metadata.continue`), the discovery document of `discovery.k8s.io/v1`, and watch
+//! streams of newline-delimited JSON events. Events that clients POST are answered 201 with
+//! the object, as kube-apiserver does, and dropped.
+//!
+//! The objects are not held: a list page is generated from [`Objects`] when it is asked for,
+//! so the fake costs the same few MiB at 30,000 Services as at 1000. Only the EndpointSlices
+//! the benchmark changes are kept, with the watch events that carried them (replayed to a
+//! watch that starts from an older resourceVersion).
+//!
+//! The benchmark changes an EndpointSlice with [`FakeApi::modify_slice`], which sends a
+//! MODIFIED event on every open EndpointSlice watch and returns the instant the event's bytes
+//! were handed to the connection (hyper takes them from the stream and writes them to the
+//! socket at once: TCP_NODELAY is set). [`FakeApi::first_list`] tells when the first list
+//! request since [`FakeApi::reset`] arrived.
+//!
+//! Simplifications, harmless for a client that only lists and watches these objects: label
+//! selectors are not applied (no generated object carries a label kube-proxy's selector
+//! excludes), a continue token is the index of the next object (a list never needs a
+//! consistent snapshot here: nothing changes while bosun lists), watches send no BOOKMARK and
+//! stay open until the client leaves, and every other request is a 404 `Status`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use http_body_util::{BodyExt as _, Either, Full, Limited};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// The objects the fake serves: Services and EndpointSlices `0..count()`, and one Node.
+/// Generated on demand; the same index must give the same object every time.
+pub trait Objects: Send + Sync + 'static {
+    fn count(&self) -> usize;
+    fn service(&self, i: usize) -> Service;
+    fn slice(&self, i: usize) -> EndpointSlice;
+    fn node(&self) -> Node;
+}
+
+/// The largest request body read (an Event is a few hundred bytes).
+const MAX_BODY: usize = 1 << 20;
+/// The resourceVersion of every object as generated.
+const FIRST_REVISION: u64 = 1;
+
+/// The fake API server, serving until dropped.
+pub struct FakeApi {
+    address: SocketAddr,
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// The requests the fake answered, by kind.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Requests {
+    /// List pages of Services and EndpointSlices.
+    pub list_pages: u64,
+    /// Lists of the Node and discovery documents.
+    pub other_reads: u64,
+    pub watches: u64,
+    pub events_posted: u64,
+    /// Answered 404 or 400.
+    pub refused: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resource {
+    Services,
+    EndpointSlices,
+    Nodes,
+}
+
+struct Shared {
+    objects: Box<dyn Objects>,
+    state: Mutex<State>,
+}
+
+struct State {
+    revision: u64,
+    /// EndpointSlices as the benchmark changed them, by index.
+    slices: HashMap<usize, EndpointSlice>,
+    /// Every EndpointSlice event sent, with its revision, for watches that start later.
+    history: Vec<(u64, Bytes)>,
+    watches: Vec<(Resource, UnboundedSender<Chunk>)>,
+    first_list: Option<Instant>,
+    requests: Requests,
+    /// The first few requests refused, for the report.
+    refused: Vec<String>,
+}
+
+/// Bytes for a watch stream; `written` is set when the connection takes them.
+struct Chunk {
+    bytes: Bytes,
+    written: Option<Arc<OnceLock<Instant>>>,
+}
+
+/// When the connection took a pushed event's bytes; set once, by the first watch that did.
+pub type Written = Arc<OnceLock<Instant>>;
+
+impl FakeApi {
+    /// Serves `objects` on a free port of 127.0.0.1, on the calling runtime.
+    pub async fn start(objects: impl Objects) -> Result<FakeApi> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the fake API server")?;
+        let address = listener
+            .local_addr()
+            .context("reading the fake API server's address")?;
+        let shared = Arc::new(Shared {
+            objects: Box::new(objects),
+            state: Mutex::new(State {
+                revision: FIRST_REVISION,
+                slices: HashMap::new(),
+                history: Vec::new(),
+                watches: Vec::new(),
+                first_list: None,
+                requests: Requests::default(),
+                refused: Vec::new(),
+            }),
+        });
+        let server = tokio::spawn(accept(listener, shared.clone()));
+        Ok(FakeApi {
+            address,
+            shared,
+            server,
+        })
+    }
+
+    /// Writes a kubeconfig that reaches the fake, without credentials.
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
+             users:\n- name: anonymous\n  user: {{}}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: anonymous\n\
+             current-context: fake\n",
+            self.address
+        );
+        std::fs::write(path, kubeconfig).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Forgets when the first list arrived, for the next client.
+    pub fn reset(&self) {
+        self.shared.lock().first_list = None;
+    }
+
+    /// When the first list of Services or EndpointSlices since [`FakeApi::reset`] arrived.
+    pub fn first_list(&self) -> Option<Instant> {
+        self.shared.lock().first_list
+    }
+
+    pub fn requests(&self) -> Requests {
+        self.shared.lock().requests
+    }
+
+    /// The first few requests answered 404 or 400, as "METHOD PATH?QUERY → CODE".
+    pub fn refused(&self) -> Vec<String> {
+        self.shared.lock().refused.clone()
+    }
+
+    /// How long the fake takes to generate all Services and EndpointSlices in pages of `limit`,
+    /// without a client: its own share of a client's initial list.
+    pub fn list_cost(&self, limit: usize) -> Result<std::time::Duration> {
+        let state = self.shared.lock();
+        let started = Instant::now();
+        for resource in [Resource::Services, Resource::EndpointSlices] {
+            for start in (0..self.shared.objects.count()).step_by(limit.max(1)) {
+                self.shared
+                    .page(&state, resource, start, limit)
+                    .context("generating a list page")?;
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Open EndpointSlice watches.
+    pub fn slice_watches(&self) -> usize {
+        let mut state = self.shared.lock();
+        state.watches.retain(|(_, events)| !events.is_closed());
+        state
+            .watches
+            .iter()
+            .filter(|(resource, _)| *resource == Resource::EndpointSlices)
+            .count()
+    }
+
+    /// EndpointSlice `i` as it is now: as generated, or as last changed.
+    pub fn slice(&self, i: usize) -> EndpointSlice {
+        let state = self.shared.lock();
+        self.shared.slice(&state, i)
+    }
+
+    /// Replaces EndpointSlice `i` with `slice` and sends a MODIFIED event for it on every open
+    /// EndpointSlice watch; fails if none is open. The returned cell is set when the first
+    /// connection took the event's bytes.
+    pub fn modify_slice(&self, i: usize, mut slice: EndpointSlice) -> Result<Written> {
+        anyhow::ensure!(
+            i < self.shared.objects.count(),
+            "there is no EndpointSlice {i}"
+        );
+        let mut state = self.shared.lock();
+        state.revision += 1;
+        let revision = state.revision;
+        slice.metadata.resource_version = Some(revision.to_string());
+        let line = event_line("MODIFIED", &slice).context("encoding the event")?;
+        state.slices.insert(i, slice);
+        state.history.push((revision, line.clone()));
+        let written: Written = Arc::new(OnceLock::new());
+        let mut sent = 0;
+        state.watches.retain(|(resource, events)| {
+            if *resource != Resource::EndpointSlices {
+                return !events.is_closed();
+            }
+            let chunk = Chunk {
+                bytes: line.clone(),
+                written: Some(written.clone()),
+            };
+            let open = events.send(chunk).is_ok();
+            sent += usize::from(open);
+            open
+        });
+        anyhow::ensure!(sent > 0, "no EndpointSlice watch is open");
+        Ok(written)
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.server.abort();
+        // Ends every watch stream: their connections close.
+        self.shared.lock().watches.clear();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves nothing half-written that matters here.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn slice(&self, state: &State, i: usize) -> EndpointSlice {
+        state
+            .slices
+            .get(&i)
+            .cloned()
+            .unwrap_or_else(|| with_revision(self.objects.slice(i)))
+    }
+}
+
+fn with_revision(mut slice: EndpointSlice) -> EndpointSlice {
+    slice.metadata.resource_version = Some(FIRST_REVISION.to_string());
+    slice
+}
+
+async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        // Watch events are small writes that must leave at once.
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(answer(&shared, request).await) }
+            });
+            // A client that goes away mid-request is no concern of the fake's.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+type Reply = Response<Either<Full<Bytes>, WatchBody>>;
+
+/// What kube-apiserver would answer, as far as the fake knows the request.
+async fn answer(shared: &Shared, request: Request<Incoming>) -> Reply {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let query: HashMap<String, String> = request
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let resource = match segments.as_slice() {
+        ["api", "v1", "services"] => Some(Resource::Services),
+        ["apis", "discovery.k8s.io", "v1", "endpointslices"] => Some(Resource::EndpointSlices),
+        ["api", "v1", "nodes"] => Some(Resource::Nodes),
+        _ => None,
+    };
+    let reply = match (&method, resource, segments.as_slice()) {
+        (&Method::GET, Some(resource), _) if watch => Ok(shared.watch(resource, &query)),
+        (&Method::GET, Some(Resource::Nodes), _) => Ok(shared.nodes(&query)),
+        (&Method::GET, Some(resource), _) => shared.list(resource, &query),
+        (&Method::GET, None, ["apis", "discovery.k8s.io", "v1"]) => {
+            shared.lock().requests.other_reads += 1;
+            Ok(json_reply(StatusCode::OK, discovery()))
+        }
+        (&Method::POST, None, ["api", "v1", "namespaces", _, "events"]) => {
+            post_event(shared, request.into_body()).await
+        }
+        _ => Err((
+            StatusCode::NOT_FOUND,
+            "the fake serves no such thing".to_owned(),
+        )),
+    };
+    reply.unwrap_or_else(|(code, message)| {
+        let mut state = shared.lock();
+        state.requests.refused += 1;
+        if state.refused.len() < 10 {
+            let query = request_query(&query);
+            state
+                .refused
+                .push(format!("{method} {path}{query} → {}", code.as_u16()));
+        }
+        status_reply(code, &message)
+    })
+}
+
+fn request_query(query: &HashMap<String, String>) -> String {
+    if query.is_empty() {
+        return String::new();
+    }
+    let mut pairs: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    format!("?{}", pairs.join("&"))
+}
+
+type Refusal = (StatusCode, String);
+
+impl Shared {
+    /// One page of Services or EndpointSlices from the `continue` token's index, at most
+    /// `limit` long (all the rest without a limit).
+    fn list(&self, resource: Resource, query: &HashMap<String, String>) -> Result<Reply, Refusal> {
+        let bad = |what: &str, value: &str| {
+            (StatusCode::BAD_REQUEST, format!("invalid {what} {value:?}"))
+        };
+        let start = match query.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => token.parse::<usize>().map_err(|_| bad("continue", token))?,
+            None => 0,
+        };
+        let limit = match query.get("limit") {
+            Some(limit) => limit.parse::<usize>().map_err(|_| bad("limit", limit))?,
+            None => 0,
+        };
+        let mut state = self.lock();
+        state.first_list.get_or_insert_with(Instant::now);
+        state.requests.list_pages += 1;
+        let page = self
+            .page(&state, resource, start, limit)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok(bytes_reply(StatusCode::OK, page))
+    }
+
+    /// The list of `resource` from index `start`, at most `limit` long (all the rest with 0).
+    fn page(
+        &self,
+        state: &State,
+        resource: Resource,
+        start: usize,
+        limit: usize,
+    ) -> serde_json::Result<Bytes> {
+        let count = self.objects.count();
+        let end = if limit == 0 {
+            count
+        } else {
+            start.saturating_add(limit).min(count)
+        };
+        let (kind, api_version) = match resource {
+            Resource::Services => ("ServiceList", "v1"),
+            _ => ("EndpointSliceList", "discovery.k8s.io/v1"),
+        };
+        let mut metadata = json!({ "resourceVersion": state.revision.to_string() });
+        if end < count {
+            metadata["continue"] = json!(end.to_string());
+            metadata["remainingItemCount"] = json!(count - end);
+        }
+        let mut body = Vec::with_capacity((end.saturating_sub(start)) * 600 + 200);
+        body.extend_from_slice(
+            format!(
+                r#"{{"apiVersion":"{api_version}","kind":"{kind}","metadata":{metadata},"items":["#
+            )
+            .as_bytes(),
+        );
+        for i in start..end {
+            if i > start {
+                body.push(b',');
+            }
+            match resource {
+                Resource::Services => {
+                    let mut service = self.objects.service(i);
+                    service.metadata.resource_version = Some(FIRST_REVISION.to_string());
+                    serde_json::to_writer(&mut body, &service)?;
+                }
+                _ => serde_json::to_writer(&mut body, &self.slice(state, i))?,
+            }
+        }
+        body.extend_from_slice(b"]}");
+        Ok(Bytes::from(body))
+    }
+
+    /// The Node, if the field selector (`metadata.name=NAME`, or none) names it.
+    fn nodes(&self, query: &HashMap<String, String>) -> Reply {
+        let node = self.objects.node();
+        let wanted = query
+            .get("fieldSelector")
+            .and_then(|s| s.strip_prefix("metadata.name="));
+        let matches = wanted.is_none_or(|name| node.metadata.name.as_deref() == Some(name));
+        let mut state = self.lock();
+        state.requests.other_reads += 1;
+        let items: Vec<Node> = if matches {
+            let mut node = node;
+            node.metadata.resource_version = Some(FIRST_REVISION.to_string());
+            vec![node]
+        } else {
+            Vec::new()
+        };
+        json_reply(
+            StatusCode::OK,
+            json!({
+                "apiVersion": "v1",
+                "kind": "NodeList",
+                "metadata": { "resourceVersion": state.revision.to_string() },
+                "items": items,
+            }),
+        )
+    }
+
+    /// A watch stream, replaying the EndpointSlice events after the requested
+    /// resourceVersion first.
+    fn watch(&self, resource: Resource, query: &HashMap<String, String>) -> Reply {
+        let since = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let (events, receiver) = unbounded_channel();
+        let mut state = self.lock();
+        state.requests.watches += 1;
+        if resource == Resource::EndpointSlices {
+            for (revision, line) in &state.history {
+                if *revision > since {
+                    let _ = events.send(Chunk {
+                        bytes: line.clone(),
+                        written: None,
+                    });
+                }
+            }
+        }
+        state.watches.push((resource, events));
+        let mut reply = Response::new(Either::Right(WatchBody { events: receiver }));
+        reply.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        reply
+    }
+}
+
+/// `discovery.k8s.io/v1` as kube-apiserver 1.21+ lists it.
+fn discovery() -> serde_json::Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "discovery.k8s.io/v1",
+        "resources": [{
+            "name": "endpointslices",
+            "singularName": "endpointslice",
+            "namespaced": true,
+            "kind": "EndpointSlice",
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        }],
+    })
+}
+
+/// An Event a client records: answered with itself, as created.
+async fn post_event(shared: &Shared, body: Incoming) -> Result<Reply, Refusal> {
+    let body = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    shared.lock().requests.events_posted += 1;
+    Ok(bytes_reply(StatusCode::CREATED, body))
+}
+
+fn event_line(kind: &str, object: &impl Serialize) -> serde_json::Result<Bytes> {
+    let mut line = serde_json::to_vec(&json!({ "type": kind, "object": object }))?;
+    line.push(b'\n');
+    Ok(Bytes::from(line))
+}
+
+fn bytes_reply(code: StatusCode, body: Bytes) -> Reply {
+    let mut reply = Response::new(Either::Left(Full::new(body)));
+    *reply.status_mut() = code;
+    reply.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    reply
+}
+
+fn json_reply(code: StatusCode, value: serde_json::Value) -> Reply {
+    bytes_reply(code, Bytes::from(value.to_string()))
+}
+
+/// A `Status` failure, as kube-apiserver answers one.
+fn status_reply(code: StatusCode, message: &str) -> Reply {
+    let reason = match code {
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::BAD_REQUEST => "BadRequest",
+        _ => "InternalError",
+    };
+    json_reply(
+        code,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code.as_u16(),
+        }),
+    )
+}
+
+/// A watch stream's body: the events sent to it, each stamped when the connection takes it.
+pub struct WatchBody {
+    events: UnboundedReceiver<Chunk>,
+}
+
+impl Body for WatchBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.events.poll_recv(cx) {
+            Poll::Ready(Some(chunk)) => {
+                if let Some(written) = chunk.written {
+                    let _ = written.set(Instant::now());
+                }
+                Poll::Ready(Some(Ok(Frame::data(chunk.bytes))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
