@@ -262,8 +262,14 @@ impl Proxy {
         let bpf_dir = self.bpf_dir.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut state = state;
+            let whole = state.whole;
             let delta = state.table.update();
             let written = write(&bpf_dir, &mut state, &delta);
+            if whole && written.is_ok() {
+                // The first write after a start comes after every object was listed and
+                // compiled at once: what those took for a moment goes back.
+                crate::util::release_freed_memory();
+            }
             (state, delta, written)
         })
         .await;
