@@ -41,11 +41,14 @@
 #   ./scripts/bench.sh cluster [ARGS...]         the cluster-mode benchmark, bosun joined to a
 #                                                private control plane: pod start (against the
 #                                                static manifest path and bare CRI), status
-#                                                updates, N pods at once, deletion, and the
-#                                                steady state (RSS, CPU, API requests). ARGS:
-#                                                a name filter (pod_start, status_update,
-#                                                pods_at_once, pod_delete, footprint),
-#                                                --quick, --samples N
+#                                                updates, N pods at once, deletion, the
+#                                                steady state (RSS, CPU, API requests), and a
+#                                                pod failing readiness → out of the datapath
+#                                                against → not ready in its EndpointSlice.
+#                                                ARGS: a name filter (pod_start,
+#                                                status_update, pods_at_once, pod_delete,
+#                                                footprint, readiness), --quick, --smoke,
+#                                                --samples N
 #   ./scripts/bench.sh kubelet_api [ARGS...]     the kubelet API benchmark: exec round trips
 #                                                and throughput, logs -f and port-forward
 #                                                throughput through bosun's HTTPS port against

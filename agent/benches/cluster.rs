@@ -10,11 +10,17 @@
 //! - `pods_at_once`: N pods created at once → all Running in the API, against N bare CRI
 //!   sequences issued concurrently;
 //! - `pod_delete`: a pod deleted in the API → its object gone, against the container's exit;
-//! - `footprint`: bosun's memory, CPU and API requests a minute, idle and with N probed pods.
+//! - `footprint`: bosun's memory, CPU and API requests a minute, idle and with N probed pods;
+//! - `readiness`: a local pod behind a Service fails its readiness probe → out of the
+//!   datapath (bosun takes it out on its own probe's word), against → not ready in its
+//!   EndpointSlice (what kube-proxy waits for: bosun's status write, the EndpointSlice
+//!   controller's update and its watch); then back.
 //!
-//! End points are containerd's own CRI timestamps (`started_at`, `finished_at`) and the
-//! moments this benchmark's own watch of the API's pods receives a change, all on the host's
-//! wall clock. The samples of each side alternate, so a change in load hits both alike.
+//! End points are containerd's own CRI timestamps (`started_at`, `finished_at`), the moments
+//! this benchmark's own watches of the API's pods and EndpointSlices receive a change, the
+//! moments its own poll of the pinned service maps sees one, and bosun's log line of a failed
+//! probe, all on the host's wall clock. The samples of each side alternate, so a change in
+//! load hits both alike.
 //!
 //! Run as root: `cargo bench -p bosun --bench cluster -- [--quick | --smoke] [--samples N]
 //! [FILTER...]` (or `scripts/bench.sh cluster`).
@@ -26,29 +32,37 @@ mod common;
 use bare::{cpu_percent, cpu_ticks, from_cri, ms_between, status_kib, Baseline, NODE_NAME};
 use common::{load_average, Args as Options, Mode, Stats};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use bosun::pod::spec::POD_NAME_LABEL;
 use bosun_cri::{api, CriClient};
+use bosun_netdp::service::{snapshot, Frontend, PinnedMaps, Protocol};
 use bosun_tests::control_plane::{self, ControlPlane};
-use bosun_tests::daemon::Daemon;
+use bosun_tests::daemon::{sh, Daemon};
 use bosun_tests::images::BUSYBOX_IMAGE;
 use bosun_tests::node::TestNode;
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointConditions;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt as _};
+use tokio::sync::Notify;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
-const BENCHMARKS: [&str; 5] = [
+const BENCHMARKS: [&str; 6] = [
     "pod_start",
     "status_update",
     "pods_at_once",
     "pod_delete",
     "footprint",
+    "readiness",
 ];
 
 /// PID 1 that waits forever and exits at once on SIGTERM (PID 1 ignores it unless trapped).
@@ -72,6 +86,25 @@ const FOOTPRINT_PROBES: &str = "    readinessProbe:
       periodSeconds: 10
 ";
 
+/// The `readiness` benchmark's Service, and its pods' label `app`.
+const READY_SERVICE: &str = "ready-web";
+/// Its pods: busybox httpd on port `http`, Ready while /tmp/ready exists.
+const READY_WEB: &str = "mkdir -p /www && hostname > /www/index.html && touch /tmp/ready; \
+                         trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait";
+const READY_WEB_EXTRA: &str = "    ports:
+    - {name: http, containerPort: 8080}
+    readinessProbe:
+      exec:
+        command: [test, -f, /tmp/ready]
+      periodSeconds: 1
+      failureThreshold: 1
+";
+/// bosun logs a failed probe at debug level only; `readiness` reads that line. The rest of
+/// its log stays at info.
+const PROBE_LOG_FILTER: &str = "info,bosun::pod::probe::prober=debug";
+/// How often `readiness` reads the pinned service maps.
+const DATAPATH_POLL: Duration = Duration::from_millis(1);
+
 /// kubelet 1.20.2's figures on the same machine, for comparison.
 const KUBELET_STARTED_MS: f64 = 348.0;
 const KUBELET_RUNNING_MS: f64 = 881.0;
@@ -91,6 +124,11 @@ fn main() {
     }) else {
         return;
     };
+    // The daemon takes its log filter from BOSUN_TEST_LOG (see `Daemon`); set here, before
+    // any thread starts, unless the caller chose one.
+    if std::env::var_os("BOSUN_TEST_LOG").is_none() {
+        std::env::set_var("BOSUN_TEST_LOG", PROBE_LOG_FILTER);
+    }
     bare::run_async("cluster", run(&options));
 }
 
@@ -187,6 +225,9 @@ async fn run_on(plane: &ControlPlane, node: &TestNode, options: &Options) -> Res
         if options.selected("footprint") {
             bench.footprint().await?;
         }
+        if options.selected("readiness") {
+            bench.readiness().await?;
+        }
         println!("\nload average at the end: {}", load_average());
         anyhow::Ok(())
     }
@@ -216,22 +257,29 @@ struct Seen {
     deleted: Option<SystemTime>,
     /// The first container's CRI ID, once the API names it.
     container_id: Option<String>,
+    /// The pod's IP, once the API has it.
+    pod_ip: Option<String>,
 }
 
-/// A watch of the API's pods, recording [`Seen`] per pod name.
+/// A watch of the API's pods, recording [`Seen`] per pod name, and each change of a pod's
+/// Ready condition.
 struct Watch {
     seen: Arc<Mutex<HashMap<String, Seen>>>,
-    changed: Arc<tokio::sync::Notify>,
+    changed: Arc<Notify>,
+    /// By pod name: Ready or not.
+    readiness: Timeline,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Watch {
     fn start(pods: Api<Pod>) -> Watch {
         let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
-        let changed = Arc::new(tokio::sync::Notify::new());
+        let changed = Arc::new(Notify::new());
+        let readiness = Timeline::new("Ready in the API");
         let task = tokio::spawn({
             let seen = seen.clone();
             let changed = changed.clone();
+            let readiness = readiness.clone();
             async move {
                 let mut events =
                     Box::pin(watcher(pods, watcher::Config::default()).default_backoff());
@@ -247,6 +295,9 @@ impl Watch {
                     let Some(name) = pod.metadata.name.clone() else {
                         continue;
                     };
+                    if !deleted {
+                        readiness.set(&name, now, is_ready(&pod));
+                    }
                     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
                     record(seen.entry(name).or_default(), &pod, deleted, now);
                     changed.notify_waiters();
@@ -256,6 +307,7 @@ impl Watch {
         Watch {
             seen,
             changed,
+            readiness,
             task,
         }
     }
@@ -267,17 +319,32 @@ impl Watch {
 
     /// Waits until `what` gives something for pod `name`.
     async fn wait<T>(&self, name: &str, what: impl Fn(&Seen) -> Option<T>) -> Result<T> {
-        let deadline = tokio::time::Instant::now() + LONG;
-        loop {
-            let changed = self.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(found) = what(&self.get(name)) {
-                return Ok(found);
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                bail!("pod {name} did not get there within {LONG:?}");
-            }
+        wait_until(
+            &self.changed,
+            || what(&self.get(name)),
+            || format!("pod {name}"),
+        )
+        .await
+    }
+}
+
+/// Waits, at most [`LONG`], until `what` finds something, asking again each time `changed`
+/// is notified. `waited_for` names it in the error.
+async fn wait_until<T>(
+    changed: &Notify,
+    what: impl Fn() -> Option<T>,
+    waited_for: impl FnOnce() -> String,
+) -> Result<T> {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let notified = changed.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(found) = what() {
+            return Ok(found);
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            bail!("{} did not get there within {LONG:?}", waited_for());
         }
     }
 }
@@ -299,13 +366,11 @@ fn record(seen: &mut Seen, pod: &Pod, deleted: bool, now: SystemTime) {
     if status.phase.as_deref() == Some("Running") {
         seen.running.get_or_insert(now);
     }
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    if ready {
+    if is_ready(pod) {
         seen.ready.get_or_insert(now);
+    }
+    if let Some(ip) = &status.pod_ip {
+        seen.pod_ip = Some(ip.clone());
     }
     if let Some(container) = status.container_statuses.iter().flatten().next() {
         let terminated = container.restart_count > 0
@@ -325,6 +390,13 @@ fn record(seen: &mut Seen, pod: &Pod, deleted: bool, now: SystemTime) {
             seen.container_id = Some(id.to_owned());
         }
     }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// A pod in namespace `default` bound to the benchmark's node (or, `bound` false, the same as
@@ -350,6 +422,8 @@ fn pod_text(name: &str, bound: bool, restart: &str, container_extra: &str, scrip
 struct Bench<'a> {
     plane: &'a ControlPlane,
     daemon: &'a Daemon,
+    /// Where bosun pins its service maps.
+    bpf_dir: PathBuf,
     client: kube::Client,
     pods: Api<Pod>,
     watch: Watch,
@@ -372,6 +446,7 @@ impl<'a> Bench<'a> {
         Ok(Bench {
             plane,
             daemon,
+            bpf_dir: node.bpf_dir(),
             watch: Watch::start(pods.clone()),
             pods,
             client,
@@ -837,6 +912,265 @@ impl<'a> Bench<'a> {
         }
     }
 
+    /// A Service over two local pods; per sample one pod's readiness probe starts failing
+    /// (`rm /tmp/ready`), and the pod comes back (`touch /tmp/ready`) before the next.
+    async fn readiness(&self) -> Result<()> {
+        let load = load_average();
+        let slices = SliceWatch::start(self.client.clone(), READY_SERVICE);
+        let services: Api<Service> = Api::namespaced(self.client.clone(), "default");
+        let names = [self.name(READY_SERVICE), self.name(READY_SERVICE)];
+        let result = self.readiness_on(&services, &names, &slices, &load).await;
+        // Gone again whatever happened (what was never made fails to go, harmlessly: the
+        // first error is the one returned).
+        let service_gone = services
+            .delete(READY_SERVICE, &DeleteParams::default())
+            .await
+            .map(drop)
+            .with_context(|| format!("deleting Service {READY_SERVICE}"));
+        let mut pods_gone = Ok(());
+        for name in &names {
+            pods_gone = pods_gone.and(self.delete_and_wait(name).await);
+        }
+        result.and(service_gone).and(pods_gone)
+    }
+
+    async fn readiness_on(
+        &self,
+        services: &Api<Service>,
+        names: &[String; 2],
+        slices: &SliceWatch,
+        load: &str,
+    ) -> Result<()> {
+        for name in names {
+            let mut pod: Pod =
+                serde_yaml::from_str(&pod_text(name, true, "Always", READY_WEB_EXTRA, READY_WEB))
+                    .context("the benchmark's own pod")?;
+            pod.metadata.labels = Some(BTreeMap::from([(
+                "app".to_owned(),
+                READY_SERVICE.to_owned(),
+            )]));
+            self.pods
+                .create(&PostParams::default(), &pod)
+                .await
+                .with_context(|| format!("creating pod {name}"))?;
+        }
+        let mut web = Vec::new();
+        for name in names {
+            let (ip, id) = self
+                .watch
+                .wait(name, |s| {
+                    s.ready?;
+                    Some((s.pod_ip.clone()?, s.container_id.clone()?))
+                })
+                .await?;
+            web.push((name.as_str(), ip, id));
+        }
+        // After its pods are Ready, so that the first slice lists them: kube-controller-manager
+        // 1.20 writes a slice of no endpoints with `endpoints: null`, which bosun's v1beta1
+        // reader does not take (its watch of slices fails and backs off for seconds).
+        let service: Service = serde_yaml::from_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {READY_SERVICE}, namespace: default}}\n\
+             spec:\n  selector: {{app: {READY_SERVICE}}}\n  \
+             ports: [{{name: http, port: 80, targetPort: http}}]\n"
+        ))
+        .context("the benchmark's own Service")?;
+        let created = services
+            .create(&PostParams::default(), &service)
+            .await
+            .with_context(|| format!("creating Service {READY_SERVICE}"))?;
+        let vip: Ipv4Addr = created
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("the Service has no cluster IP")?
+            .parse()
+            .context("the Service's cluster IP")?;
+        let frontend = Frontend {
+            address: vip,
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let mut datapath = DatapathWatch::start(&self.bpf_dir, frontend).await?;
+        for (_, ip, _) in &web {
+            slices.ready.is(ip, true).await?;
+            datapath.held.is(ip, true).await?;
+        }
+
+        let mut ms = ReadinessSamples::default();
+        let mut unlogged = 0;
+        let began = SystemTime::now();
+        for i in 0..self.sizes.samples {
+            let (name, ip, id) = &web[i % 2];
+            // rm at a different point of the probe's period each time.
+            tokio::time::sleep(Duration::from_millis(i as u64 * 618 % 1000)).await;
+            // Changes are looked for from when the command was sent: the probe may fail
+            // between `rm` and the clock read just after it.
+            let sent = SystemTime::now();
+            let removed = run_timed(&self.cri, id, "rm /tmp/ready").await?;
+            let unready = self.watch.readiness.turned(name, sent, false).await?;
+            let left = datapath.held.turned(ip, sent, false).await?;
+            let slice_unready = slices.ready.turned(ip, sent, false).await?;
+            ms.rm_unready.push(ms_between(removed, unready));
+            ms.rm_left.push(ms_between(removed, left));
+            ms.rm_slice.push(ms_between(removed, slice_unready));
+            ms.unready_slice.push(ms_between(unready, slice_unready));
+            ms.left_slice.push(ms_between(left, slice_unready));
+            // Written before the status that follows from it, so there by now.
+            match probe_failed_logged(&self.daemon.log(), id, sent) {
+                Some(failed) => {
+                    ms.rm_failed.push(ms_between(removed, failed));
+                    ms.failed_left.push(ms_between(failed, left));
+                    ms.failed_unready.push(ms_between(failed, unready));
+                    ms.failed_slice.push(ms_between(failed, slice_unready));
+                }
+                None => unlogged += 1,
+            }
+
+            let sent = SystemTime::now();
+            let restored = run_timed(&self.cri, id, "touch /tmp/ready").await?;
+            let ready = self.watch.readiness.turned(name, sent, true).await?;
+            let returned = datapath.held.turned(ip, sent, true).await?;
+            let slice_ready = slices.ready.turned(ip, sent, true).await?;
+            ms.touch_ready.push(ms_between(restored, ready));
+            ms.touch_slice.push(ms_between(restored, slice_ready));
+            ms.touch_returned.push(ms_between(restored, returned));
+            ms.slice_returned.push(ms_between(slice_ready, returned));
+        }
+        let ended = SystemTime::now();
+        let polls = datapath.stop();
+
+        let mut table = Table::new(
+            &format!(
+                "readiness: a Service over 2 local pods; one's exec readiness probe (periodSeconds \
+                 1, failureThreshold 1) starts failing (rm /tmp/ready) → out of the datapath, \
+                 against → not ready in its EndpointSlice ({} samples)",
+                self.sizes.samples
+            ),
+            load,
+        );
+        table.row(
+            "rm → probe failed (bosun's debug log line)",
+            ms.rm_failed,
+            None,
+        );
+        table.row(
+            "rm → Ready=False in the API (pod watch)",
+            ms.rm_unready,
+            None,
+        );
+        table.row("rm → out of the datapath (maps polled)", ms.rm_left, None);
+        table.row(
+            "rm → not ready in the EndpointSlice (watch)",
+            ms.rm_slice,
+            None,
+        );
+        table.row(
+            "probe failed → Ready=False in the API",
+            ms.failed_unready,
+            None,
+        );
+        let slice = table.row(
+            "probe failed → not ready in the slice",
+            ms.failed_slice,
+            None,
+        );
+        table.row(
+            "probe failed → out of the datapath",
+            ms.failed_left,
+            Some(slice),
+        );
+        table.row(
+            "Ready=False in the API → not ready in slice",
+            ms.unready_slice,
+            None,
+        );
+        let lead = table.row(
+            "out of the datapath → not ready in the slice",
+            ms.left_slice,
+            None,
+        );
+        table.print();
+        let leads = &table.rows[lead].samples;
+        println!(
+            "  bosun took the pod out of the datapath before its slice said so in {} of {} \
+             samples, a median {:.1} ms before a kube-proxy could at best (acting on the \
+             slice's watch event at no cost)",
+            leads.iter().filter(|ms| **ms > 0.0).count(),
+            leads.len(),
+            table.median(lead)
+        );
+
+        let mut table = Table::new(
+            "readiness, back: touch /tmp/ready → the pod back in the datapath (bosun waits for \
+             its slice to say so)",
+            &load_average(),
+        );
+        table.row("touch → Ready=True in the API", ms.touch_ready, None);
+        table.row("touch → ready in the EndpointSlice", ms.touch_slice, None);
+        table.row("touch → back in the datapath", ms.touch_returned, None);
+        table.row(
+            "ready in the slice → back in the datapath",
+            ms.slice_returned,
+            None,
+        );
+        table.print();
+
+        println!(
+            "  rm and touch: the clock read in the container right after the command (busybox \
+             adjtimex), not the ExecSync round trip; rm lands at a different point of the \
+             probe's 1 s period in each sample, touch just after the slice said not ready, \
+             most of a period before the next probe"
+        );
+        println!(
+            "  probe failed: bosun's debug line (bosun::pod::probe::prober) when the probe's \
+             exec returned the failure"
+        );
+        if unlogged > 0 {
+            println!(
+                "  bosun's log had no line of the failed probe in {unlogged} samples (its \
+                 filter is BOSUN_TEST_LOG={:?}; these rows need {PROBE_LOG_FILTER:?})",
+                std::env::var("BOSUN_TEST_LOG").unwrap_or_default()
+            );
+        }
+        println!(
+            "  datapath: the pinned service maps read whole, twice in a row, {} times, every \
+             {:.2} ms on average, longest gap {:.1} ms; {} pairs disagreed (a write between \
+             them; read again), {} failed",
+            polls.count,
+            polls.span.as_secs_f64() * 1000.0 / polls.count.max(1) as f64,
+            polls.longest_gap.as_secs_f64() * 1000.0,
+            polls.torn,
+            polls.failed
+        );
+        // Each sample turns its pod out and back once in each view; more is a flap.
+        let mut extra = Vec::new();
+        for (view, timeline) in [
+            ("datapath", &datapath.held),
+            ("EndpointSlice", &slices.ready),
+        ] {
+            let turns: usize = web
+                .iter()
+                .map(|(_, ip, _)| timeline.changes_between(ip, began, ended))
+                .sum();
+            extra.push(format!(
+                "{view} {}",
+                turns.saturating_sub(2 * self.sizes.samples)
+            ));
+        }
+        let turns: usize = web
+            .iter()
+            .map(|(name, _, _)| self.watch.readiness.changes_between(name, began, ended))
+            .sum();
+        extra.push(format!(
+            "Ready in the API {}",
+            turns.saturating_sub(2 * self.sizes.samples)
+        ));
+        println!(
+            "  changes beyond one out and one back per sample: {}",
+            extra.join(", ")
+        );
+        Ok(())
+    }
+
     async fn measure(&self, pid: u32) -> Result<Footprint> {
         let requests_before = self.plane.node_requests()?.len();
         let before = cpu_ticks(pid)?;
@@ -878,6 +1212,25 @@ fn met(yes: bool) -> &'static str {
     }
 }
 
+/// The `readiness` benchmark's samples, in ms: `rm` (or `touch`) → each view's change.
+#[derive(Default)]
+struct ReadinessSamples {
+    rm_failed: Vec<f64>,
+    rm_unready: Vec<f64>,
+    rm_left: Vec<f64>,
+    rm_slice: Vec<f64>,
+    failed_left: Vec<f64>,
+    failed_unready: Vec<f64>,
+    failed_slice: Vec<f64>,
+    unready_slice: Vec<f64>,
+    /// t_slice − t_datapath: how much earlier the pod left the datapath than its slice said so.
+    left_slice: Vec<f64>,
+    touch_ready: Vec<f64>,
+    touch_slice: Vec<f64>,
+    touch_returned: Vec<f64>,
+    slice_returned: Vec<f64>,
+}
+
 struct Footprint {
     rss_mib: f64,
     cpu_percent: f64,
@@ -886,6 +1239,351 @@ struct Footprint {
     requests_per_minute_no_events: f64,
     /// Requests in the window by verb and resource.
     by_kind: BTreeMap<String, usize>,
+}
+
+// ---- readiness: the pods', the slices' and the datapath's views -------------------------
+
+/// When each of a set of things (pods by name, endpoints by address) was seen to turn one way
+/// or the other (Ready or not; ready in a slice or not; held by the datapath or not): only the
+/// changes, in order. Clones share them.
+#[derive(Clone)]
+struct Timeline {
+    /// What the state is, for errors ("in the datapath").
+    what: &'static str,
+    changes: Arc<Mutex<HashMap<String, Changes>>>,
+    changed: Arc<Notify>,
+}
+
+/// One thing's changes: when it was seen to turn, and which way.
+type Changes = Vec<(SystemTime, bool)>;
+
+impl Timeline {
+    fn new(what: &'static str) -> Timeline {
+        Timeline {
+            what,
+            changes: Arc::default(),
+            changed: Arc::default(),
+        }
+    }
+
+    /// Notes `key`'s state as seen at `at`; a change wakes the waiters.
+    fn set(&self, key: &str, at: SystemTime, state: bool) {
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if changes.get(key).and_then(|c| c.last()).map(|&(_, s)| s) == Some(state) {
+            return;
+        }
+        changes.entry(key.to_owned()).or_default().push((at, state));
+        drop(changes);
+        self.changed.notify_waiters();
+    }
+
+    fn with<T>(&self, key: &str, read: impl FnOnce(&[(SystemTime, bool)]) -> T) -> T {
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        read(changes.get(key).map_or(&[][..], Changes::as_slice))
+    }
+
+    /// Waits until `key` is `state`, having turned so at or after `since`; returns when it
+    /// first did.
+    async fn turned(&self, key: &str, since: SystemTime, state: bool) -> Result<SystemTime> {
+        let what = || {
+            self.with(key, |changes| {
+                let &(_, now) = changes.last()?;
+                if now != state {
+                    return None;
+                }
+                let &(at, _) = changes.iter().find(|&&(at, s)| at >= since && s == state)?;
+                Some(at)
+            })
+        };
+        wait_until(&self.changed, what, || {
+            format!("{key} to turn {state} ({})", self.what)
+        })
+        .await
+    }
+
+    /// Waits until `key` is `state`.
+    async fn is(&self, key: &str, state: bool) -> Result<()> {
+        let what = || {
+            self.with(key, |c| {
+                (c.last().map(|&(_, s)| s) == Some(state)).then_some(())
+            })
+        };
+        wait_until(&self.changed, what, || {
+            format!("{key} to be {state} ({})", self.what)
+        })
+        .await
+    }
+
+    /// How many times `key` changed from `from` to `to`.
+    fn changes_between(&self, key: &str, from: SystemTime, to: SystemTime) -> usize {
+        self.with(key, |changes| {
+            changes
+                .iter()
+                .filter(|&&(at, _)| from <= at && at < to)
+                .count()
+        })
+    }
+}
+
+/// A watch of one Service's EndpointSlices in namespace `default`, as
+/// `discovery.k8s.io/v1beta1` (all a 1.20 API server has): when each endpoint address was
+/// seen to turn ready or not (an address no slice lists is not).
+struct SliceWatch {
+    ready: Timeline,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SliceWatch {
+    fn start(client: kube::Client, service: &str) -> SliceWatch {
+        let slices: Api<SliceV1beta1> = Api::namespaced(client, "default");
+        let config =
+            watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
+        let ready = Timeline::new("ready in the EndpointSlice");
+        let task = tokio::spawn({
+            let ready = ready.clone();
+            async move {
+                // By slice name: its endpoints' addresses, and whether each is ready.
+                let mut listed: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+                let mut known: BTreeSet<String> = BTreeSet::new();
+                let mut events = Box::pin(watcher(slices, config).default_backoff());
+                while let Some(event) = events.next().await {
+                    let now = SystemTime::now();
+                    match event {
+                        Ok(watcher::Event::Apply(slice) | watcher::Event::InitApply(slice)) => {
+                            let name = slice.metadata.name.clone().unwrap_or_default();
+                            listed.insert(name, endpoints(&slice));
+                        }
+                        Ok(watcher::Event::Delete(slice)) => {
+                            listed.remove(slice.metadata.name.as_deref().unwrap_or_default());
+                        }
+                        _ => continue,
+                    }
+                    known.extend(listed.values().flatten().map(|(a, _)| a.clone()));
+                    for address in &known {
+                        let now_ready = listed
+                            .values()
+                            .flatten()
+                            .any(|(a, ready)| a == address && *ready);
+                        ready.set(address, now, now_ready);
+                    }
+                }
+            }
+        });
+        SliceWatch { ready, task }
+    }
+}
+
+impl Drop for SliceWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A slice's addresses, each with whether its endpoint is ready (unset counts as ready, as
+/// kube-proxy reads it).
+fn endpoints(slice: &SliceV1beta1) -> Vec<(String, bool)> {
+    slice
+        .endpoints
+        .iter()
+        .flatten()
+        .flat_map(|e| {
+            let ready = e.conditions.as_ref().and_then(|c| c.ready) != Some(false);
+            e.addresses
+                .iter()
+                .flatten()
+                .map(move |a| (a.clone(), ready))
+        })
+        .collect()
+}
+
+/// An EndpointSlice of `discovery.k8s.io/v1beta1` as far as `readiness` reads it: this
+/// benchmark's own reading, not bosun's, which it measures. The API server sends
+/// `endpoints: null` for a slice of none.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct SliceV1beta1 {
+    #[serde(default)]
+    metadata: ObjectMeta,
+    endpoints: Option<Vec<SliceEndpoint>>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+struct SliceEndpoint {
+    addresses: Option<Vec<String>>,
+    conditions: Option<EndpointConditions>,
+}
+
+impl k8s_openapi::Resource for SliceV1beta1 {
+    const API_VERSION: &'static str = "discovery.k8s.io/v1beta1";
+    const GROUP: &'static str = "discovery.k8s.io";
+    const KIND: &'static str = "EndpointSlice";
+    const VERSION: &'static str = "v1beta1";
+    const URL_PATH_SEGMENT: &'static str = "endpointslices";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for SliceV1beta1 {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A thread reading bosun's pinned service maps every [`DATAPATH_POLL`]: when each backend
+/// address of one frontend was seen held or not.
+struct DatapathWatch {
+    held: Timeline,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Polls>>,
+}
+
+/// How the reads of the maps went.
+#[derive(Default)]
+struct Polls {
+    count: u64,
+    failed: u64,
+    /// Two reads in a row disagreed: a write fell in between.
+    torn: u64,
+    span: Duration,
+    longest_gap: Duration,
+}
+
+impl DatapathWatch {
+    async fn start(bpf_dir: &Path, frontend: Frontend) -> Result<DatapathWatch> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let maps = loop {
+            match PinnedMaps::open(bpf_dir) {
+                Ok(maps) => break maps,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e).with_context(|| {
+                        format!("opening bosun's service maps in {}", bpf_dir.display())
+                    })
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let held = Timeline::new("in the datapath");
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("datapath-poll".to_owned())
+            .spawn({
+                let held = held.clone();
+                let stop = stop.clone();
+                move || poll_datapath(&maps, frontend, &held, &stop)
+            })
+            .context("starting the datapath poll")?;
+        Ok(DatapathWatch {
+            held,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the reads (the timeline stays); how they went.
+    fn stop(&mut self) -> Polls {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for DatapathWatch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn poll_datapath(
+    maps: &PinnedMaps,
+    frontend: Frontend,
+    held: &Timeline,
+    stop: &AtomicBool,
+) -> Polls {
+    let mut polls = Polls::default();
+    let mut known: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let began = Instant::now();
+    let mut last = began;
+    let mut next = began;
+    // The backends reached through slots 0..count of the frontend.
+    let read = || -> Option<BTreeSet<Ipv4Addr>> {
+        let now_held = snapshot(maps).ok()?;
+        Some(
+            now_held
+                .services
+                .iter()
+                .filter(|s| s.frontend == Some(frontend))
+                .flat_map(|s| s.backends.iter().flatten())
+                .map(|b| b.address.address)
+                .collect(),
+        )
+    };
+    while !stop.load(Ordering::Relaxed) {
+        // A read takes three passes (backends, slots, services); one that a write falls
+        // into can pair the old slots with the new count, which no lookup of the datapath
+        // ever sees. Two reads that agree are taken as what the datapath holds.
+        match (read(), read()) {
+            (Some(first), Some(backends)) if first == backends => {
+                let now = SystemTime::now();
+                known.extend(&backends);
+                for address in &known {
+                    held.set(&address.to_string(), now, backends.contains(address));
+                }
+            }
+            (Some(_), Some(_)) => polls.torn += 1,
+            _ => polls.failed += 1,
+        }
+        let polled = Instant::now();
+        polls.longest_gap = polls.longest_gap.max(polled - last);
+        polls.count += 1;
+        last = polled;
+        // On a schedule, so that the read's own time does not add to the period.
+        next = (next + DATAPATH_POLL).max(polled);
+        std::thread::sleep(next - polled);
+    }
+    polls.span = last - began;
+    polls
+}
+
+/// Runs `command` with `sh -c` in container `id`, then reads the clock there (busybox's
+/// `adjtimex`; a container shares the host's clock): when `command` was done, to the
+/// microsecond, without the ExecSync round trip around it.
+async fn run_timed(cri: &CriClient, id: &str, command: &str) -> Result<SystemTime> {
+    let out = sh(cri, id, &format!("{command} && adjtimex")).await?;
+    let field = |name: &str| -> Result<u64> {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .with_context(|| format!("no {name} in adjtimex's output {out:?}"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("adjtimex's {name}"))
+    };
+    let (secs, micros) = (field("time.tv_sec:")?, field("time.tv_usec:")?);
+    Ok(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
+}
+
+/// When bosun's log first says, at or after `since`, that the readiness probe of container
+/// `id` failed: its debug line (see [`PROBE_LOG_FILTER`]), written when the probe's exec
+/// returned the failure.
+fn probe_failed_logged(log: &str, id: &str, since: SystemTime) -> Option<SystemTime> {
+    let container = format!("container={id}");
+    log.lines()
+        .filter(|l| {
+            l.contains("probe=Readiness")
+                && l.contains("event_kind=Failed")
+                && l.contains(&container)
+        })
+        .filter_map(|l| {
+            let stamp = l.split_whitespace().next()?;
+            stamp.parse::<k8s_openapi::jiff::Timestamp>().ok()
+        })
+        .map(SystemTime::from)
+        .find(|at| *at >= since)
 }
 
 // ---- CRI timestamps ---------------------------------------------------------------------
