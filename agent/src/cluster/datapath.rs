@@ -91,9 +91,10 @@ async fn serves_v1(client: &kube::Client) -> bool {
 pub struct EndpointSliceV1beta1 {
     #[serde(default)]
     pub metadata: ObjectMeta,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub address_type: String,
-    #[serde(default)]
+    /// `null` for a Service whose selector matches no pod (Go's nil slice).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub endpoints: Vec<EndpointV1beta1>,
     pub ports: Option<Vec<EndpointPort>>,
 }
@@ -102,12 +103,22 @@ pub struct EndpointSliceV1beta1 {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointV1beta1 {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub addresses: Vec<String>,
     pub conditions: Option<EndpointConditions>,
     pub node_name: Option<String>,
     pub topology: Option<BTreeMap<String, String>>,
     pub hints: Option<EndpointHints>,
+}
+
+/// A field Go may send as `null` (a nil slice, an empty string never set) read as its
+/// default, as k8s-openapi reads the fields of its own types.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl EndpointSliceV1beta1 {
@@ -215,7 +226,7 @@ pub struct PodPeer {
 #[serde(rename_all = "camelCase")]
 pub struct PeerSpec {
     pub host_network: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub containers: Vec<PeerContainer>,
 }
 

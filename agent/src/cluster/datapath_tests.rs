@@ -238,3 +238,25 @@ fn a_pod_is_read_for_policy_without_what_policy_does_not_read() {
         "the node's address"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_v1beta1_slice_without_endpoints_is_read_as_empty() {
+    // What 1.20 sends for the slice of a Service whose selector matches no pod.
+    let fake = FakeApi::new();
+    let mut empty = slice_v1beta1("shop", "idle-abc", "idle", "10.244.1.9", "node-b");
+    empty["endpoints"] = Value::Null;
+    empty["ports"] = Value::Null;
+    fake.insert(SLICES, empty);
+    fake.insert(
+        SLICES,
+        slice_v1beta1("shop", "web-abc", "web", "10.244.1.5", "node-b"),
+    );
+    let store: Store<SliceInfo> = Store::new(&[Source::Api]);
+    tokio::spawn(watch_endpoint_slices(
+        fake.client(),
+        store.writer(Source::Api),
+    ));
+    until(&store, |s| s.is_synced() && s.len() == 2).await;
+    let idle = store.get_named("shop", "idle-abc").expect("listed");
+    assert!(idle.endpoints.is_empty() && idle.ports.is_empty());
+}
