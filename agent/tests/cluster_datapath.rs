@@ -19,39 +19,11 @@ use bosun_tests::control_plane::ControlPlane;
 use bosun_tests::daemon::{container_id, sh, NODE_NAME};
 use bosun_tests::netns::NetnsPod;
 use bosun_tests::node::TestNode;
+use bosun_tests::traffic::{http_names, web_pod};
 use serde_json::Value;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
 const WITHIN: Duration = Duration::from_secs(60);
-const CONNECT: Duration = Duration::from_secs(2);
-
-fn web_pod(name: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: default
-  labels: {{app: web}}
-spec:
-  nodeName: {NODE_NAME}
-  automountServiceAccountToken: false
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: app
-    image: {image}
-    imagePullPolicy: IfNotPresent
-    command: [sh, -c, "mkdir -p /www && echo {name} > /www/index.html && touch /tmp/ready && exec httpd -f -p 8080 -h /www"]
-    ports:
-    - {{name: http, containerPort: 8080}}
-    readinessProbe:
-      exec: {{command: [test, -f, /tmp/ready]}}
-      periodSeconds: 1
-      failureThreshold: 1
-"#,
-        image = bosun_tests::BUSYBOX_IMAGE
-    )
-}
 
 async fn apply(plane: &ControlPlane, node: &TestNode, name: &str, manifest: &str) -> Result<()> {
     let file = node.dir().join(format!("{name}.yaml"));
@@ -62,31 +34,12 @@ async fn apply(plane: &ControlPlane, node: &TestNode, name: &str, manifest: &str
         .map(drop)
 }
 
-/// GET / over HTTP/1.0: the body's first line.
-fn http_get(to: SocketAddr) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&to, CONNECT)?;
-    stream.set_read_timeout(Some(CONNECT))?;
-    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("");
-    Ok(body.lines().next().unwrap_or_default().to_owned())
-}
-
-/// The names `n` GETs of `to` were answered with.
-async fn names(to: SocketAddr, n: usize) -> Result<BTreeSet<String>> {
-    tokio::task::spawn_blocking(move || (0..n).map(|_| http_get(to)).collect()).await?
-}
-
 async fn until_names(to: SocketAddr, wanted: &[&str]) -> Result<()> {
     let wanted: BTreeSet<String> = wanted.iter().map(|s| s.to_string()).collect();
     let deadline = Instant::now() + WITHIN;
     let mut last = Err(anyhow::anyhow!("not asked yet"));
     while Instant::now() < deadline {
-        last = names(to, 20).await;
+        last = http_names(to, 20).await;
         if last.as_ref().is_ok_and(|got| *got == wanted) {
             return Ok(());
         }
@@ -197,8 +150,9 @@ async fn the_api_servers_services_and_policies_reach_the_datapath() -> Result<()
             Err(e) => panic!("starting bosun: {e:#}"),
         };
         let result = async {
-            apply(&plane, &node, "web-1", &web_pod("web-1")).await?;
-            apply(&plane, &node, "web-2", &web_pod("web-2")).await?;
+            let spec = format!("  nodeName: {NODE_NAME}\n  automountServiceAccountToken: false\n");
+            apply(&plane, &node, "web-1", &web_pod("web-1", &spec)).await?;
+            apply(&plane, &node, "web-2", &web_pod("web-2", &spec)).await?;
             let service = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n";
             apply(&plane, &node, "web-service", service).await?;
             let ready = |p: &Value| bosun_tests::cluster::condition(p, "Ready") == "True";

@@ -18,14 +18,13 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bosun_tests::cluster::free_port;
 use bosun_tests::control_plane::{self, ControlPlane};
 use bosun_tests::netns::{ask_tcp, NetnsPod};
+use bosun_tests::traffic::ClientLoop;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
 const BPF_DIR: &str = "/sys/fs/bpf/bosun-test-proxy";
@@ -213,36 +212,6 @@ async fn apply(plane: &ControlPlane, dir: &Path, yaml: &str) -> Result<()> {
         .map(drop)
 }
 
-/// A client connecting to `to` in a loop until stopped: successes and failures.
-struct ClientLoop {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
-}
-
-impl ClientLoop {
-    fn start(to: SocketAddr) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while !flag.load(Ordering::Relaxed) {
-                match ask_tcp(to, CONNECT) {
-                    Ok(_) => ok += 1,
-                    Err(e) => failed.push(e.to_string()),
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            (ok, failed)
-        });
-        ClientLoop { stop, task }
-    }
-
-    async fn stop(self) -> Result<(usize, Vec<String>)> {
-        self.stop.store(true, Ordering::Relaxed);
-        Ok(self.task.await?)
-    }
-}
-
 async fn cleanup() -> Result<()> {
     cleanup_dir(BPF_DIR).await
 }
@@ -324,7 +293,7 @@ async fn scenario(plane: &ControlPlane, dir: &Path, log: &Path) -> Result<()> {
 
     // Killed under load and started again: not one connection fails, and the new process
     // adopts the maps and follows changes made while none ran.
-    let looping = ClientLoop::start(at(VIP, 80));
+    let looping = ClientLoop::start(|| ask_tcp(at(VIP, 80), CONNECT).map(drop).map_err(Into::into));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let first_log = proxy.log();
     proxy.kill().await?;

@@ -9,7 +9,6 @@
 //! once; their programs all sit on the root cgroup, and each rewrites only its own VIPs.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use bosun_tests::daemon::{self, container_id, ready, sh, Daemon};
 use bosun_tests::netns::{ask_tcp, ask_udp, echo_line, NetnsPod};
 use bosun_tests::node::TestNode;
+use bosun_tests::traffic::{http_get, http_names, web_pod, ClientLoop};
 use serde_json::Value;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
@@ -187,38 +187,6 @@ async fn names_of(to: SocketAddr, n: usize) -> Result<Vec<String>> {
     .await
 }
 
-/// A client that repeats one request every 5 ms on a thread until stopped, counting
-/// successes and keeping the errors.
-struct ClientLoop {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: tokio::task::JoinHandle<(usize, Vec<String>)>,
-}
-
-impl ClientLoop {
-    fn start(request: impl Fn() -> Result<()> + Send + 'static) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = tokio::task::spawn_blocking(move || {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                match request() {
-                    Ok(()) => ok += 1,
-                    Err(e) => failed.push(format!("{e:#}")),
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            (ok, failed)
-        });
-        ClientLoop { stop, thread }
-    }
-
-    /// Successes and failures so far.
-    async fn stop(self) -> Result<(usize, Vec<String>)> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(self.thread.await?)
-    }
-}
-
 fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
@@ -384,57 +352,13 @@ async fn session_affinity_holds_then_expires() -> Result<()> {
 
 /// A busybox httpd pod labelled app=web that serves its own name and is Ready while
 /// /tmp/ready exists.
-fn web_pod(name: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  labels: {{app: web}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: app
-    image: {image}
-    imagePullPolicy: IfNotPresent
-    command: [sh, -c, "mkdir -p /www && echo {name} > /www/index.html && touch /tmp/ready && exec httpd -f -p 8080 -h /www"]
-    ports:
-    - {{name: http, containerPort: 8080}}
-    readinessProbe:
-      exec: {{command: [test, -f, /tmp/ready]}}
-      periodSeconds: 1
-      timeoutSeconds: 5
-      failureThreshold: 1
-"#,
-        image = bosun_tests::BUSYBOX_IMAGE
-    )
-}
-
-/// GET / over HTTP/1.0; the body's first line.
-fn http_get(to: SocketAddr) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&to, CONNECT)?;
-    stream.set_read_timeout(Some(CONNECT))?;
-    stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .with_context(|| format!("no body in {response:?}"))?;
-    Ok(body.trim().to_owned())
-}
-
-async fn http_names(to: SocketAddr, n: usize) -> Result<BTreeSet<String>> {
-    blocking(move || (0..n).map(|_| http_get(to)).collect()).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_failing_readiness_leaves_its_service() -> Result<()> {
     on_a_node("svc-ready", |node, daemon| async move {
         let result = async {
             let vip = Net::of(&node).vip(30);
-            daemon.write_manifest("web-1.yaml", &web_pod("web-1"))?;
-            daemon.write_manifest("web-2.yaml", &web_pod("web-2"))?;
+            daemon.write_manifest("web-1.yaml", &web_pod("web-1", ""))?;
+            daemon.write_manifest("web-2.yaml", &web_pod("web-2", ""))?;
             daemon.write_manifest(
                 "svc.yaml",
                 &format!(

@@ -13,6 +13,7 @@ pub mod fixtures;
 pub mod images;
 pub mod netns;
 pub mod node;
+pub mod traffic;
 
 pub use images::{ImageArchive, ImageError, TestImages, BUSYBOX_IMAGE, PAUSE_IMAGE};
 pub use node::{reap_stale_nodes, NodeOptions, StartTimings, TestNode, BASE_DIR};
