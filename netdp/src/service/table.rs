@@ -31,7 +31,7 @@ pub struct ServiceTable {
     zone: Option<Arc<str>>,
     entries: HashMap<ServiceRef, Entry>,
     /// Which Service each slice (namespace, name) belongs to.
-    slices: HashMap<(Arc<str>, Box<str>), Arc<str>>,
+    slices: HashMap<(Arc<str>, Arc<str>), Arc<str>>,
     /// The Services claiming each frontend, first by (namespace, name) first.
     claims: HashMap<Frontend, Vec<ServiceRef>>,
     /// Local endpoints whose pod failed readiness here, before their slice says so.
@@ -50,9 +50,9 @@ struct Entry {
     wanted: Vec<Wanted>,
     /// Frontends it claims twice itself (a port repeated, an external IP equal to its
     /// cluster IP).
-    problems: Vec<Problem>,
+    problems: Box<[Problem]>,
     /// Addresses of its endpoints on this node.
-    local: Vec<Ipv4Addr>,
+    local: Box<[Ipv4Addr]>,
 }
 
 #[derive(Clone, Debug)]
@@ -124,11 +124,16 @@ impl ServiceTable {
     /// Service label changed moves to its new Service.
     pub fn set_slice(&mut self, namespace: &str, name: &str, slice: Option<Arc<SliceInfo>>) {
         let namespace = intern(namespace);
-        let slice_key = (namespace.clone(), Box::<str>::from(name));
+        // The slice's own name where there is one: the index shares it.
+        let name: Arc<str> = match &slice {
+            Some(slice) if &*slice.name == name => slice.name.clone(),
+            _ => Arc::from(name),
+        };
+        let slice_key = (namespace.clone(), name.clone());
         if let Some(service) = self.slices.remove(&slice_key) {
             let key = (namespace.clone(), service);
             if let Some(entry) = self.entries.get_mut(&key) {
-                entry.slices.retain(|s| &*s.name != name);
+                entry.slices.retain(|s| *s.name != *name);
             }
             self.dirty.insert(key);
         }
@@ -220,7 +225,7 @@ impl ServiceTable {
                     }
                 }
             }
-            for address in &entry.local {
+            for address in entry.local.iter() {
                 if let Some(services) = self.local.get_mut(address) {
                     services.remove(&key);
                     if services.is_empty() {
@@ -232,8 +237,8 @@ impl ServiceTable {
                 self.local.entry(*address).or_default().insert(key.clone());
             }
             entry.wanted = wanted;
-            entry.problems = problems;
-            entry.local = local;
+            entry.problems = problems.into_boxed_slice();
+            entry.local = local.into_boxed_slice();
             delta.problems.extend(object_problems(entry));
             if entry.service.is_none() && entry.slices.is_empty() {
                 self.entries.remove(&key);
@@ -329,7 +334,7 @@ fn object_problems(entry: &Entry) -> impl Iterator<Item = Problem> + '_ {
         .service
         .iter()
         .flat_map(|s| s.problems.iter())
-        .chain(&entry.problems)
+        .chain(entry.problems.iter())
         .chain(slices.flat_map(|s| s.problems.iter()))
         .cloned()
 }
