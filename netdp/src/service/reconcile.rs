@@ -528,8 +528,25 @@ pub struct MapSnapshot {
     pub backends: Vec<MapBackend>,
 }
 
-/// Reads what the maps hold.
+/// How many times [`snapshot`] reads the maps again when a write came between two reads.
+const SNAPSHOT_TRIES: usize = 5;
+
+/// Reads what the maps hold. The three passes of one read can straddle a write (a backend
+/// then looks missing that the programs still serve), so the maps are read until two reads
+/// in a row agree, [`SNAPSHOT_TRIES`] times at most.
 pub fn snapshot(maps: &impl ServiceMaps) -> Result<MapSnapshot, Error> {
+    let mut last = read_snapshot(maps)?;
+    for _ in 0..SNAPSHOT_TRIES {
+        let next = read_snapshot(maps)?;
+        if next == last {
+            break;
+        }
+        last = next;
+    }
+    Ok(last)
+}
+
+fn read_snapshot(maps: &impl ServiceMaps) -> Result<MapSnapshot, Error> {
     let backends: BTreeMap<u32, BackendAddr> = maps
         .backends()?
         .into_iter()

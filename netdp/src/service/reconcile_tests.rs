@@ -366,3 +366,69 @@ fn deltas_write_what_a_full_apply_would_and_touch_nothing_else() {
         }
     }
 }
+
+/// Maps that a writer changes once, between a reader's read of the backends and of the
+/// slots: a new backend put in the slot of a service.
+struct WrittenDuringRead {
+    maps: std::cell::RefCell<MemoryMaps>,
+    pending: std::cell::Cell<Option<(u32, Backend, SlotKey)>>,
+}
+
+impl ServiceMaps for WrittenDuringRead {
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, Error> {
+        self.maps.borrow().services()
+    }
+    fn slots(&self) -> Result<Vec<(SlotKey, u32)>, Error> {
+        if let Some((id, backend, slot)) = self.pending.take() {
+            let mut maps = self.maps.borrow_mut();
+            maps.put_backend(id, &backend)?;
+            maps.put_slot(&slot, id)?;
+        }
+        self.maps.borrow().slots()
+    }
+    fn backends(&self) -> Result<Vec<(u32, Backend)>, Error> {
+        self.maps.borrow().backends()
+    }
+    fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<(), Error> {
+        self.maps.get_mut().put_backend(id, backend)
+    }
+    fn put_slot(&mut self, key: &SlotKey, backend: u32) -> Result<(), Error> {
+        self.maps.get_mut().put_slot(key, backend)
+    }
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), Error> {
+        self.maps.get_mut().put_service(key, value)
+    }
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), Error> {
+        self.maps.get_mut().delete_service(key)
+    }
+    fn delete_slot(&mut self, key: &SlotKey) -> Result<(), Error> {
+        self.maps.get_mut().delete_slot(key)
+    }
+    fn delete_backend(&mut self, id: u32) -> Result<(), Error> {
+        self.maps.get_mut().delete_backend(id)
+    }
+    fn delete_affinity(&mut self, service: u32, backend: Option<u32>) -> Result<(), Error> {
+        self.maps.get_mut().delete_affinity(service, backend)
+    }
+}
+
+#[test]
+fn a_snapshot_read_during_a_write_is_read_again() {
+    let maps = apply_checked(&MemoryMaps::default(), &[service(1, &[1])]);
+    let slot = *maps.slots.keys().next().expect("a slot");
+    let torn = WrittenDuringRead {
+        maps: std::cell::RefCell::new(maps),
+        pending: std::cell::Cell::new(Some((99, backend_entry(backend(7)), slot))),
+    };
+    let read = snapshot(&torn).expect("memory maps read");
+    let backends: Vec<Option<BackendAddr>> = read.services[0]
+        .backends
+        .iter()
+        .map(|b| b.map(|b| b.address))
+        .collect();
+    assert_eq!(
+        backends,
+        [Some(backend(7))],
+        "the slot's new backend, not a missing one"
+    );
+}
