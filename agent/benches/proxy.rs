@@ -31,6 +31,23 @@
 //!   per run for connects to the non-Service address (one service-map lookup that misses) and
 //!   to a ClusterIP (the lookups of service, slot and backend, and the reverse-NAT insert).
 //!
+//! And once, apart from the Services (`policy`): `bosun proxy` enforcing NetworkPolicy for
+//! one local pod. The fake serves P NetworkPolicies (1000; `--smoke`: 100) in namespace
+//! `bench`, policy `i` selecting the pods labelled `app: server` and allowing ingress on TCP
+//! 8080 from the pods labelled `peer: p<i>`; M peer pods (10,000; `--smoke`: 1000) on other
+//! nodes, pod `j` labelled `peer: p<j mod P>`; and the local pod `server`, whose address is
+//! that of a network namespace the benchmark wires to the host by a veth pair (bosun finds
+//! the pod's interface by the route to it).
+//!
+//! - **enforced**: from the first list request to the server's interface being isolated for
+//!   ingress with the first and last peer in the peer map (polled every 10 ms); then VmRSS
+//!   and VmHWM after 2 s of settling.
+//! - **one NetworkPolicy change → maps**: a MODIFIED event for a random policy `i`, its peer
+//!   label changed to `p<i+1>`, then the same policy changed back: timed from the instant the
+//!   fake handed the event to the watch connection to pod `i`'s address leaving (or coming
+//!   back to) the server's peer map, looked up every 1 ms. Median and p99 against the goal
+//!   of a NetworkPolicy change enforced in under 10 ms at 1000 policies.
+//!
 //! The fake (benches/common/api.rs) generates each list page when asked (pages of kube-rs'
 //! default 500), so its own memory does not grow with N; its time to generate them is part of
 //! "first list → in the maps", as a real API server's would be, and is printed beside it
@@ -38,8 +55,8 @@
 //!
 //! Run as root: `cargo bench -p bosun --bench proxy -- [--quick | --smoke] [--samples N]
 //! [--services N]... [FILTER...]` (or `scripts/bench.sh proxy`). FILTERs: `sync`, `change`,
-//! `connect`; the initial sync and memory are measured whatever the filter, so `sync` alone
-//! measures only them (one round). `--samples` is the connects per target; `--quick` measures
+//! `connect`, `policy`; unless the filter is `policy` alone, the initial sync and memory are
+//! measured, so `sync` alone measures only them (one round). `--samples` is the connects per target; `--quick` measures
 //! 1000 and 10000 with fewer samples; `--smoke` 1000 with a few of each, only to show that the
 //! benchmark still runs (`scripts/bench.sh smoke`, part of `scripts/test.sh`).
 //!
@@ -59,15 +76,15 @@ mod program_clock;
 #[path = "common/service_lab.rs"]
 mod service_lab;
 
-use api::{FakeApi, Objects};
+use api::{FakeApi, Objects, Written};
 use common::{load_average, Mode, Stats};
 use lab::{
     catch_interrupts, check_interrupted, hundredths, interrupted, ms, run_command, stolen, verdict,
 };
 use program_clock::ProgramClock;
 use service_lab::{
-    foreign_datapaths, labelled, share, vip_targets, Catalog, Lab, Memory, Row, Table, Target,
-    ENDPOINTS_PER_SERVICE, NAMESPACE, SERVICE_PORT,
+    foreign_datapaths, labelled, share, vip_targets, Catalog, Lab, Memory, Netns, Row, Table,
+    Target, Wire, ENDPOINTS_PER_SERVICE, NAMESPACE, SERVICE_PORT,
 };
 
 use std::collections::BTreeMap;
@@ -79,19 +96,28 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError};
 use bosun_ebpf_abi::{
-    Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_MAP, PROTOCOL_TCP, SERVICE_MAP,
+    Backend, PeerKey, ServiceKey, ServiceValue, SlotKey, BACKEND_MAP, DIRECTION_INGRESS,
+    ENDPOINT_ISOLATED_INGRESS, PEER_KEY_FIXED_BITS, PEER_MAP, PROTOCOL_TCP, SERVICE_MAP,
     SERVICE_MAX_ENTRIES, SLOT_MAP,
 };
-use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
+use bosun_netdp::policy::{PinnedPolicyMaps, PolicyMaps as _};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, Pod, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
+};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rand::Rng as _;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
-const BENCHMARKS: [&str; 3] = ["sync", "change", "connect"];
+const BENCHMARKS: [&str; 4] = ["sync", "change", "connect", "policy"];
 const SIZES: [usize; 3] = [1_000, 10_000, 30_000];
 const QUICK_SIZES: [usize; 2] = [1_000, 10_000];
 /// The service map's capacity, less room to spare.
@@ -187,6 +213,20 @@ impl Options {
             Mode::Quick => (500, 100, 20, 4, 2000),
             Mode::Full => (2000, 200, 50, 10, 5000),
         };
+        let policy = match self.args.mode {
+            Mode::Smoke => PolicyCluster {
+                policies: 100,
+                peers: 1000,
+            },
+            Mode::Quick | Mode::Full => PolicyCluster {
+                policies: 1000,
+                peers: 10_000,
+            },
+        };
+        let policy_changes = match self.args.mode {
+            Mode::Smoke => 2,
+            Mode::Quick | Mode::Full => 20,
+        };
         Sizes {
             services,
             connects: self.args.samples.unwrap_or(connects),
@@ -194,6 +234,8 @@ impl Options {
             changes,
             rounds,
             program_runs,
+            policy,
+            policy_changes,
         }
     }
 }
@@ -210,6 +252,10 @@ struct Sizes {
     rounds: usize,
     /// Connects per target with the BPF statistics on.
     program_runs: usize,
+    /// What the policy part's fake serves.
+    policy: PolicyCluster,
+    /// NetworkPolicy changes measured, half of them changes back.
+    policy_changes: usize,
 }
 
 // ---- the run ------------------------------------------------------------------------------
@@ -258,7 +304,8 @@ fn run(options: &Options) -> Result<()> {
     };
     let mut reports = Vec::new();
     let mut outcome = Ok(());
-    for &n in &sizes.services {
+    let services = BENCHMARKS[..3].iter().any(|b| options.selected(b));
+    for &n in sizes.services.iter().filter(|_| services) {
         let mut report = Report::new(n);
         outcome = measure_size(
             &Catalog { n },
@@ -276,6 +323,9 @@ fn run(options: &Options) -> Result<()> {
     }
     drop(lab);
     print_growth(&reports);
+    if outcome.is_ok() && options.selected("policy") {
+        outcome = measure_policy(&sizes, (&runtime, dir.path()));
+    }
     println!("\nload average at the end: {}", load_average());
     service_lab::print_leftovers(BPF_DIR);
     outcome
@@ -467,18 +517,23 @@ impl Objects for Cluster {
     }
 
     fn node(&self) -> Node {
-        Node {
-            metadata: ObjectMeta {
-                name: Some(NODE_NAME.to_owned()),
-                uid: Some("node".to_owned()),
-                labels: Some(BTreeMap::from([(
-                    "kubernetes.io/hostname".to_owned(),
-                    NODE_NAME.to_owned(),
-                )])),
-                ..Default::default()
-            },
+        this_node()
+    }
+}
+
+/// The Node `bosun proxy` runs as.
+fn this_node() -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(NODE_NAME.to_owned()),
+            uid: Some("node".to_owned()),
+            labels: Some(BTreeMap::from([(
+                "kubernetes.io/hostname".to_owned(),
+                NODE_NAME.to_owned(),
+            )])),
             ..Default::default()
-        }
+        },
+        ..Default::default()
     }
 }
 
@@ -498,6 +553,8 @@ impl ProxyProcess {
         let healthz = format!("127.0.0.1:{}", free_port()?);
         let metrics = format!("127.0.0.1:{}", free_port()?);
         let output = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        // Its own, not that of a `bosun proxy` this machine may run.
+        let state_dir = log.with_extension("state");
         let errors = output.try_clone().context("duplicating the log's handle")?;
         let mut command = Command::new(BOSUN);
         command
@@ -508,6 +565,8 @@ impl ProxyProcess {
             .args(["--healthz-bind-address", &healthz])
             .args(["--metrics-bind-address", &metrics])
             .args(["--bpf-dir", BPF_DIR])
+            .arg("--state-dir")
+            .arg(&state_dir)
             .stdin(Stdio::null())
             .stdout(output)
             .stderr(errors)
@@ -731,11 +790,11 @@ impl DatapathMaps {
     }
 }
 
-fn open_pinned<K: aya::Pod, V: aya::Pod>(path: &Path) -> Result<BpfHashMap<MapData, K, V>> {
+fn open_pinned<M: TryFrom<Map, Error = MapError>>(path: &Path) -> Result<M> {
     let data =
         MapData::from_pin(path).with_context(|| format!("opening the map {}", path.display()))?;
     let map = Map::from_map_data(data).with_context(|| format!("reading {}", path.display()))?;
-    BpfHashMap::try_from(map).with_context(|| format!("{} is not this build's", path.display()))
+    M::try_from(map).with_context(|| format!("{} is not this build's", path.display()))
 }
 
 fn not_found(error: &aya::maps::MapError) -> bool {
@@ -779,7 +838,7 @@ fn measure_changes(
                 break i;
             }
         };
-        let mut slice = api.slice(i);
+        let mut slice = api.slice(i)?;
         let k = c % ENDPOINTS_PER_SERVICE;
         let fresh = SocketAddrV4::new(catalog.spare(c), catalog.endpoint(i, 0).port());
         let endpoint = slice
@@ -1122,4 +1181,413 @@ fn short(n: usize) -> String {
     } else {
         n.to_string()
     }
+}
+
+// ---- NetworkPolicy ------------------------------------------------------------------------
+
+/// The policy part's local pod's namespace, wired to the host; bosun finds its interface by
+/// the connected route to its address.
+const POLICY_SERVER: Wire = Wire {
+    netns: "bsb-polserver",
+    host_if: "bsb-h-polserver",
+    ns_if: "bsb-polserver",
+    third: 20,
+};
+const POLICY_NAMESPACE: &str = "bench";
+const POLICY_PORT: i32 = 8080;
+/// Peer pods' addresses are counted up from here: no route leads there, none is needed.
+const PEER_NET: Ipv4Addr = Ipv4Addr::new(10, 218, 0, 0);
+/// The goal: a NetworkPolicy change enforced within this, at 1000 policies.
+const GOAL_POLICY_CHANGE: Duration = Duration::from_millis(10);
+/// How often the peer map is looked at while the enforcer syncs, and after a change.
+const POLICY_SYNC_POLL: Duration = Duration::from_millis(10);
+const POLICY_CHANGE_POLL: Duration = Duration::from_millis(1);
+/// The enforcer has failed if the server is not isolated with its peers after this.
+const POLICY_SYNC_LIMIT: Duration = Duration::from_secs(120);
+
+/// P NetworkPolicies selecting the server, policy `i` allowing the peers labelled `p<i>`;
+/// M peer pods on other nodes, pod `j` labelled `p<j mod P>`; then the server, on this node.
+#[derive(Clone, Copy)]
+struct PolicyCluster {
+    policies: usize,
+    peers: usize,
+}
+
+impl PolicyCluster {
+    /// NetworkPolicy `i`, allowing ingress from the pods labelled `peer: p<peer>`.
+    fn policy_allowing(&self, i: usize, peer: usize) -> NetworkPolicy {
+        let labels = |key: &str, value: String| LabelSelector {
+            match_labels: Some(BTreeMap::from([(key.to_owned(), value)])),
+            ..Default::default()
+        };
+        NetworkPolicy {
+            metadata: ObjectMeta {
+                name: Some(format!("allow-p{i}")),
+                namespace: Some(POLICY_NAMESPACE.to_owned()),
+                uid: Some(format!("policy-{i}")),
+                ..Default::default()
+            },
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(labels("app", "server".to_owned())),
+                policy_types: Some(vec!["Ingress".to_owned()]),
+                ingress: Some(vec![NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(labels("peer", format!("p{peer}"))),
+                        ..Default::default()
+                    }]),
+                    ports: Some(vec![NetworkPolicyPort {
+                        port: Some(IntOrString::Int(POLICY_PORT)),
+                        protocol: Some("TCP".to_owned()),
+                        ..Default::default()
+                    }]),
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn peer_address(&self, j: usize) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(PEER_NET) + u32::try_from(j).expect("a few thousand peers"))
+    }
+}
+
+impl Objects for PolicyCluster {
+    fn count(&self) -> usize {
+        0
+    }
+
+    fn service(&self, _i: usize) -> Service {
+        unreachable!("the policy part serves no Services")
+    }
+
+    fn slice(&self, _i: usize) -> EndpointSlice {
+        unreachable!("the policy part serves no EndpointSlices")
+    }
+
+    fn node(&self) -> Node {
+        this_node()
+    }
+
+    fn policy_count(&self) -> usize {
+        self.policies
+    }
+
+    fn policy(&self, i: usize) -> NetworkPolicy {
+        self.policy_allowing(i, i)
+    }
+
+    fn pod_count(&self) -> usize {
+        self.peers + 1
+    }
+
+    fn pod(&self, j: usize) -> Pod {
+        let server = j == self.peers;
+        let (name, label, node, ip) = if server {
+            (
+                "server".to_owned(),
+                ("app", "server".to_owned()),
+                NODE_NAME.to_owned(),
+                POLICY_SERVER.ns_addr(),
+            )
+        } else {
+            (
+                format!("peer-{j}"),
+                ("peer", format!("p{}", j % self.policies)),
+                format!("node-{}", j % OTHER_NODES),
+                self.peer_address(j),
+            )
+        };
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(POLICY_NAMESPACE.to_owned()),
+                uid: Some(format!("pod-{j}")),
+                labels: Some(BTreeMap::from([(label.0.to_owned(), label.1)])),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".to_owned()),
+                pod_ip: Some(ip.to_string()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn namespace_count(&self) -> usize {
+        1
+    }
+
+    fn namespace(&self, _i: usize) -> Namespace {
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some(POLICY_NAMESPACE.to_owned()),
+                uid: Some("namespace".to_owned()),
+                labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_owned(),
+                    POLICY_NAMESPACE.to_owned(),
+                )])),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// The server's entries in the pinned peer map, looked up one address at a time as the
+/// ingress program does.
+struct ServerPeers {
+    peers: LpmTrie<MapData, PeerKey, u32>,
+    ifindex: u32,
+}
+
+impl ServerPeers {
+    /// `None` until the enforcer has pinned the map.
+    fn open(ifindex: u32) -> Result<Option<ServerPeers>> {
+        let path = Path::new(BPF_DIR).join("policy").join(PEER_MAP);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(ServerPeers {
+            peers: open_pinned(&path)?,
+            ifindex,
+        }))
+    }
+
+    fn allows(&self, peer: Ipv4Addr) -> Result<bool> {
+        let key = PeerKey {
+            endpoint: self.ifindex.to_be_bytes(),
+            direction: DIRECTION_INGRESS,
+            address: peer.octets(),
+            ..Default::default()
+        };
+        match self.peers.get(&Key::new(PEER_KEY_FIXED_BITS + 32, key), 0) {
+            Ok(_) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(e).context("looking up a peer"),
+        }
+    }
+}
+
+/// What the policy part measured.
+struct PolicyReport {
+    first_list_to_enforced: Duration,
+    start_to_enforced: Duration,
+    server_peers: usize,
+    memory: Memory,
+    /// ms each.
+    changes: Vec<f64>,
+}
+
+fn measure_policy(sizes: &Sizes, (runtime, dir): (&tokio::runtime::Runtime, &Path)) -> Result<()> {
+    let cluster = sizes.policy;
+    println!(
+        "\n=== NetworkPolicy: {} policies, {} peer pods, one local pod ===\nload average {} at \
+         the start",
+        cluster.policies,
+        cluster.peers,
+        load_average()
+    );
+    let server = Netns::create(&POLICY_SERVER)?;
+    let ifindex_path = format!("/sys/class/net/{}/ifindex", POLICY_SERVER.host_if);
+    let ifindex: u32 = std::fs::read_to_string(&ifindex_path)
+        .with_context(|| format!("reading {ifindex_path}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("parsing {ifindex_path}"))?;
+    let api = runtime.block_on(FakeApi::start(cluster))?;
+    let kubeconfig = dir.join("kubeconfig-policy");
+    api.write_kubeconfig(&kubeconfig)?;
+    let log = dir.join("bosun-proxy-policy.log");
+    let mut proxy = ProxyProcess::start(&kubeconfig, &log)?;
+    let measured = (|| -> Result<PolicyReport> {
+        let enforced = wait_enforced(&mut proxy, &cluster, ifindex)?;
+        let first_list = api
+            .first_list()
+            .context("the policy is enforced, but bosun proxy never listed")?;
+        let maps = PinnedPolicyMaps::open(Path::new(BPF_DIR)).context("opening the policy maps")?;
+        let server_peers = maps
+            .peers()
+            .context("reading the peer map")?
+            .iter()
+            .filter(|(_, key, _)| key.endpoint == ifindex.to_be_bytes())
+            .count();
+        proxy.idle_for(MEMORY_SETTLE)?;
+        let memory = Memory::of(proxy.pid())?;
+        let changes = measure_policy_changes(&api, &mut proxy, &cluster, ifindex, sizes)?;
+        proxy.alive()?;
+        Ok(PolicyReport {
+            first_list_to_enforced: enforced.saturating_duration_since(first_list),
+            start_to_enforced: enforced - proxy.started,
+            server_peers,
+            memory,
+            changes,
+        })
+    })();
+    let (requests, refused) = (api.requests(), api.refused());
+    if measured.is_err() && !interrupted() {
+        eprintln!("--- end of bosun proxy's log ---\n{}", proxy.log_tail(20));
+    }
+    let stopped = proxy.stop();
+    drop(server);
+    let report = measured?;
+    stopped?;
+    let mut table = Table::new("NetworkPolicy", "ms");
+    for (label, samples) in [
+        (
+            "first list request → server isolated with its peers",
+            vec![ms(report.first_list_to_enforced)],
+        ),
+        (
+            "process start → server isolated with its peers",
+            vec![ms(report.start_to_enforced)],
+        ),
+        (
+            "one NetworkPolicy change: event written → in the peer map",
+            report.changes.clone(),
+        ),
+    ] {
+        table.row(row(label, samples), None);
+    }
+    table.print();
+    println!(
+        "  (the server's peer map entries: {}, of {} peer pods; looked up every {} ms after a \
+         change)",
+        report.server_peers,
+        cluster.peers,
+        POLICY_CHANGE_POLL.as_millis()
+    );
+    println!(
+        "\nmemory of bosun proxy with {} pods and {} NetworkPolicies, after the sync and {} s: \
+         VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        cluster.peers + 1,
+        cluster.policies,
+        MEMORY_SETTLE.as_secs(),
+        mib(report.memory.rss),
+        mib(report.memory.peak)
+    );
+    println!(
+        "\nAPI requests the fake answered: {} list pages, {} watches, {} other reads, {} Events \
+         posted, {} refused",
+        requests.list_pages,
+        requests.watches,
+        requests.other_reads,
+        requests.events_posted,
+        requests.refused
+    );
+    for line in refused {
+        println!("  refused: {line}");
+    }
+    if let Some(change) = Stats::of(&report.changes) {
+        println!(
+            "\ngoal\n  one NetworkPolicy change at {} policies, event → maps: {:.2} ms median, \
+             {:.2} ms p99; goal < {} ms at 1000 policies → {}",
+            cluster.policies,
+            change.median,
+            change.p99,
+            GOAL_POLICY_CHANGE.as_millis(),
+            verdict(change.p99 < ms(GOAL_POLICY_CHANGE))
+        );
+    }
+    Ok(())
+}
+
+/// Waits until the server's interface is isolated for ingress with the first and last peer
+/// allowed; returns when it saw that.
+fn wait_enforced(
+    proxy: &mut ProxyProcess,
+    cluster: &PolicyCluster,
+    ifindex: u32,
+) -> Result<Instant> {
+    let started = Instant::now();
+    let mut peers = None;
+    let (first, last) = (
+        cluster.peer_address(0),
+        cluster.peer_address(cluster.peers - 1),
+    );
+    loop {
+        proxy.alive()?;
+        check_interrupted()?;
+        if peers.is_none() {
+            peers = ServerPeers::open(ifindex)?;
+        }
+        if let Some(peers) = &peers {
+            if peers.allows(first)? && peers.allows(last)? && isolated(ifindex)? {
+                return Ok(Instant::now());
+            }
+        }
+        ensure!(
+            started.elapsed() < POLICY_SYNC_LIMIT,
+            "the server's interface (ifindex {ifindex}) was not isolated with its peers \
+             {POLICY_SYNC_LIMIT:?} after bosun proxy started"
+        );
+        std::thread::sleep(POLICY_SYNC_POLL);
+    }
+}
+
+/// Whether the endpoint map isolates `ifindex` for ingress.
+fn isolated(ifindex: u32) -> Result<bool> {
+    let maps = PinnedPolicyMaps::open(Path::new(BPF_DIR)).context("opening the policy maps")?;
+    Ok(maps
+        .endpoints()
+        .context("reading the endpoint map")?
+        .iter()
+        .any(|(i, e)| *i == ifindex && e.flags & ENDPOINT_ISOLATED_INGRESS != 0))
+}
+
+/// `sizes.policy_changes` times, in pairs: a random policy `i` changed to allow `p<i+1>`
+/// instead of `p<i>`, then back; timed from the event reaching the watch connection to pod
+/// `i`'s address leaving, then coming back to, the server's peer map. In ms.
+fn measure_policy_changes(
+    api: &FakeApi,
+    proxy: &mut ProxyProcess,
+    cluster: &PolicyCluster,
+    ifindex: u32,
+    sizes: &Sizes,
+) -> Result<Vec<f64>> {
+    let peers = ServerPeers::open(ifindex)?.context("the peer map is gone")?;
+    let watching = Instant::now();
+    while api.policy_watches() == 0 {
+        proxy.alive()?;
+        ensure!(
+            watching.elapsed() < WATCH_LIMIT,
+            "bosun proxy has not watched NetworkPolicies within {WATCH_LIMIT:?} of enforcing"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut rng = rand::rng();
+    let mut samples = Vec::with_capacity(sizes.policy_changes);
+    let mut i = 0;
+    for c in 0..sizes.policy_changes {
+        let back = c % 2 == 1;
+        if !back {
+            i = rng.random_range(0..cluster.policies);
+        }
+        let allowed = if back { i } else { (i + 1) % cluster.policies };
+        let written: Written = api.modify_policy(i, cluster.policy_allowing(i, allowed))?;
+        let peer = cluster.peer_address(i);
+        let deadline = Instant::now() + CHANGE_LIMIT;
+        let seen = loop {
+            if peers.allows(peer)? == back {
+                break Instant::now();
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{peer} was {} the server's peer map {CHANGE_LIMIT:?} after policy {i} changed",
+                if back { "not back in" } else { "still in" }
+            );
+            proxy.alive()?;
+            std::thread::sleep(POLICY_CHANGE_POLL);
+        };
+        let sent = *written
+            .get()
+            .context("the change is in the maps, but no watch took the event")?;
+        samples.push(ms(seen.saturating_duration_since(sent)));
+        check_interrupted()?;
+        std::thread::sleep(Duration::from_millis(rng.random_range(CHANGE_GAP_MS)));
+    }
+    Ok(samples)
 }

@@ -1,6 +1,7 @@
 //! A fake kube-apiserver for the benchmarks that feed bosun from the API server: plain HTTP
 //! on 127.0.0.1, no authentication, serving generated Services, EndpointSlices
-//! (`discovery.k8s.io/v1`) and one Node as kube-rs' watcher reads them: paginated lists
+//! (`discovery.k8s.io/v1`) and one Node, and for NetworkPolicy the NetworkPolicies, Namespaces
+//! and Pods a benchmark asks for (none by default), as kube-rs' watcher reads them: paginated lists
 //! (`limit`, `metadata.continue`), the discovery document of `discovery.k8s.io/v1`, and watch
 //! streams of newline-delimited JSON events. Events that clients POST are answered 201 with
 //! the object, as kube-apiserver does, and dropped.
@@ -10,15 +11,16 @@
 //! the benchmark changes are kept, with the watch events that carried them (replayed to a
 //! watch that starts from an older resourceVersion).
 //!
-//! The benchmark changes an EndpointSlice with [`FakeApi::modify_slice`], which sends a
-//! MODIFIED event on every open EndpointSlice watch and returns the instant the event's bytes
+//! The benchmark changes an EndpointSlice with [`FakeApi::modify_slice`] (a NetworkPolicy
+//! with [`FakeApi::modify_policy`]), which sends a MODIFIED event on every open watch of that
+//! kind and returns the instant the event's bytes
 //! were handed to the connection (hyper takes them from the stream and writes them to the
 //! socket at once: TCP_NODELAY is set). [`FakeApi::first_list`] tells when the first list
 //! request since [`FakeApi::reset`] arrived.
 //!
 //! Simplifications, harmless for a client that only lists and watches these objects: label
 //! selectors are not applied (no generated object carries a label kube-proxy's selector
-//! excludes), a continue token is the index of the next object (a list never needs a
+//! excludes), of field selectors only the Pods' `spec.nodeName=` is, a continue token is the index of the next object (a list never needs a
 //! consistent snapshot here: nothing changes while bosun lists), watches send no BOOKMARK and
 //! stay open until the client leaves, and every other request is a 404 `Status`.
 
@@ -38,19 +40,41 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-/// The objects the fake serves: Services and EndpointSlices `0..count()`, and one Node.
-/// Generated on demand; the same index must give the same object every time.
+/// The objects the fake serves: Services and EndpointSlices `0..count()`, one Node, and
+/// NetworkPolicies `0..policy_count()`, Pods `0..pod_count()` and Namespaces
+/// `0..namespace_count()` (none unless a benchmark serves them). Generated on demand; the same
+/// index must give the same object every time.
 pub trait Objects: Send + Sync + 'static {
     fn count(&self) -> usize;
     fn service(&self, i: usize) -> Service;
     fn slice(&self, i: usize) -> EndpointSlice;
     fn node(&self) -> Node;
+
+    fn policy_count(&self) -> usize {
+        0
+    }
+    fn policy(&self, _i: usize) -> NetworkPolicy {
+        NetworkPolicy::default()
+    }
+    fn pod_count(&self) -> usize {
+        0
+    }
+    fn pod(&self, _i: usize) -> Pod {
+        Pod::default()
+    }
+    fn namespace_count(&self) -> usize {
+        0
+    }
+    fn namespace(&self, _i: usize) -> Namespace {
+        Namespace::default()
+    }
 }
 
 /// The largest request body read (an Event is a few hundred bytes).
@@ -68,7 +92,7 @@ pub struct FakeApi {
 /// The requests the fake answered, by kind.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Requests {
-    /// List pages of Services and EndpointSlices.
+    /// List pages of Services, EndpointSlices, NetworkPolicies, Namespaces and Pods.
     pub list_pages: u64,
     /// Lists of the Node and discovery documents.
     pub other_reads: u64,
@@ -78,11 +102,14 @@ pub struct Requests {
     pub refused: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Resource {
     Services,
     EndpointSlices,
     Nodes,
+    NetworkPolicies,
+    Namespaces,
+    Pods,
 }
 
 struct Shared {
@@ -92,10 +119,10 @@ struct Shared {
 
 struct State {
     revision: u64,
-    /// EndpointSlices as the benchmark changed them, by index.
-    slices: HashMap<usize, EndpointSlice>,
-    /// Every EndpointSlice event sent, with its revision, for watches that start later.
-    history: Vec<(u64, Bytes)>,
+    /// The objects the benchmark changed, by kind and index, as JSON.
+    changed: HashMap<(Resource, usize), Bytes>,
+    /// Every event sent, with its kind and revision, for watches that start later.
+    history: Vec<(Resource, u64, Bytes)>,
     watches: Vec<(Resource, UnboundedSender<Chunk>)>,
     first_list: Option<Instant>,
     requests: Requests,
@@ -125,7 +152,7 @@ impl FakeApi {
             objects: Box::new(objects),
             state: Mutex::new(State {
                 revision: FIRST_REVISION,
-                slices: HashMap::new(),
+                changed: HashMap::new(),
                 history: Vec::new(),
                 watches: Vec::new(),
                 first_list: None,
@@ -159,7 +186,7 @@ impl FakeApi {
         self.shared.lock().first_list = None;
     }
 
-    /// When the first list of Services or EndpointSlices since [`FakeApi::reset`] arrived.
+    /// When the first list of any kind but Nodes since [`FakeApi::reset`] arrived.
     pub fn first_list(&self) -> Option<Instant> {
         self.shared.lock().first_list
     }
@@ -181,7 +208,7 @@ impl FakeApi {
         for resource in [Resource::Services, Resource::EndpointSlices] {
             for start in (0..self.shared.objects.count()).step_by(limit.max(1)) {
                 self.shared
-                    .page(&state, resource, start, limit)
+                    .page(&state, resource, start, limit, None)
                     .context("generating a list page")?;
             }
         }
@@ -190,19 +217,31 @@ impl FakeApi {
 
     /// Open EndpointSlice watches.
     pub fn slice_watches(&self) -> usize {
+        self.watches(Resource::EndpointSlices)
+    }
+
+    /// Open NetworkPolicy watches.
+    pub fn policy_watches(&self) -> usize {
+        self.watches(Resource::NetworkPolicies)
+    }
+
+    fn watches(&self, kind: Resource) -> usize {
         let mut state = self.shared.lock();
         state.watches.retain(|(_, events)| !events.is_closed());
         state
             .watches
             .iter()
-            .filter(|(resource, _)| *resource == Resource::EndpointSlices)
+            .filter(|(resource, _)| *resource == kind)
             .count()
     }
 
     /// EndpointSlice `i` as it is now: as generated, or as last changed.
-    pub fn slice(&self, i: usize) -> EndpointSlice {
+    pub fn slice(&self, i: usize) -> Result<EndpointSlice> {
         let state = self.shared.lock();
-        self.shared.slice(&state, i)
+        match state.changed.get(&(Resource::EndpointSlices, i)) {
+            Some(json) => serde_json::from_slice(json).context("decoding a changed EndpointSlice"),
+            None => Ok(with_revision(self.shared.objects.slice(i))),
+        }
     }
 
     /// Replaces EndpointSlice `i` with `slice` and sends a MODIFIED event for it on every open
@@ -215,15 +254,43 @@ impl FakeApi {
         );
         let mut state = self.shared.lock();
         state.revision += 1;
-        let revision = state.revision;
-        slice.metadata.resource_version = Some(revision.to_string());
-        let line = event_line("MODIFIED", &slice).context("encoding the event")?;
-        state.slices.insert(i, slice);
-        state.history.push((revision, line.clone()));
+        slice.metadata.resource_version = Some(state.revision.to_string());
+        self.shared
+            .modify(&mut state, Resource::EndpointSlices, i, &slice)
+    }
+
+    /// As [`FakeApi::modify_slice`], for NetworkPolicy `i`.
+    pub fn modify_policy(&self, i: usize, mut policy: NetworkPolicy) -> Result<Written> {
+        anyhow::ensure!(
+            i < self.shared.objects.policy_count(),
+            "there is no NetworkPolicy {i}"
+        );
+        let mut state = self.shared.lock();
+        state.revision += 1;
+        policy.metadata.resource_version = Some(state.revision.to_string());
+        self.shared
+            .modify(&mut state, Resource::NetworkPolicies, i, &policy)
+    }
+}
+
+impl Shared {
+    /// Keeps `object` (at the state's revision) as object `i` of `kind` and sends a MODIFIED
+    /// event for it on every open watch of that kind; fails if none is open.
+    fn modify(
+        &self,
+        state: &mut State,
+        kind: Resource,
+        i: usize,
+        object: &impl Serialize,
+    ) -> Result<Written> {
+        let json = Bytes::from(serde_json::to_vec(object).context("encoding the object")?);
+        let line = event_line("MODIFIED", object).context("encoding the event")?;
+        state.changed.insert((kind, i), json);
+        state.history.push((kind, state.revision, line.clone()));
         let written: Written = Arc::new(OnceLock::new());
         let mut sent = 0;
         state.watches.retain(|(resource, events)| {
-            if *resource != Resource::EndpointSlices {
+            if *resource != kind {
                 return !events.is_closed();
             }
             let chunk = Chunk {
@@ -234,7 +301,7 @@ impl FakeApi {
             sent += usize::from(open);
             open
         });
-        anyhow::ensure!(sent > 0, "no EndpointSlice watch is open");
+        anyhow::ensure!(sent > 0, "no {kind:?} watch is open");
         Ok(written)
     }
 }
@@ -253,12 +320,61 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn slice(&self, state: &State, i: usize) -> EndpointSlice {
-        state
-            .slices
-            .get(&i)
-            .cloned()
-            .unwrap_or_else(|| with_revision(self.objects.slice(i)))
+    /// How many objects of `resource` there are (Nodes are answered apart).
+    fn count(&self, resource: Resource) -> usize {
+        match resource {
+            Resource::Services | Resource::EndpointSlices => self.objects.count(),
+            Resource::NetworkPolicies => self.objects.policy_count(),
+            Resource::Namespaces => self.objects.namespace_count(),
+            Resource::Pods => self.objects.pod_count(),
+            Resource::Nodes => 0,
+        }
+    }
+
+    /// Object `i` of `resource` as it is now, as JSON: as last changed, or as generated.
+    /// `None` for a Pod on another node than `node`, if given.
+    fn item(
+        &self,
+        state: &State,
+        resource: Resource,
+        i: usize,
+        node: Option<&str>,
+    ) -> serde_json::Result<Option<Bytes>> {
+        if let Some(json) = state.changed.get(&(resource, i)) {
+            return Ok(Some(json.clone()));
+        }
+        fn encode(object: &impl Serialize) -> serde_json::Result<Option<Bytes>> {
+            serde_json::to_vec(object).map(|json| Some(Bytes::from(json)))
+        }
+        let revision = Some(FIRST_REVISION.to_string());
+        match resource {
+            Resource::Services => {
+                let mut service = self.objects.service(i);
+                service.metadata.resource_version = revision;
+                encode(&service)
+            }
+            Resource::EndpointSlices => encode(&with_revision(self.objects.slice(i))),
+            Resource::NetworkPolicies => {
+                let mut policy = self.objects.policy(i);
+                policy.metadata.resource_version = revision;
+                encode(&policy)
+            }
+            Resource::Namespaces => {
+                let mut namespace = self.objects.namespace(i);
+                namespace.metadata.resource_version = revision;
+                encode(&namespace)
+            }
+            Resource::Pods => {
+                let mut pod = self.objects.pod(i);
+                let on = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+                if node.is_some_and(|node| on != Some(node)) {
+                    return Ok(None);
+                }
+                pod.metadata.resource_version = revision;
+                encode(&pod)
+            }
+            Resource::Nodes => Ok(None),
+        }
     }
 }
 
@@ -305,6 +421,9 @@ async fn answer(shared: &Shared, request: Request<Incoming>) -> Reply {
         ["api", "v1", "services"] => Some(Resource::Services),
         ["apis", "discovery.k8s.io", "v1", "endpointslices"] => Some(Resource::EndpointSlices),
         ["api", "v1", "nodes"] => Some(Resource::Nodes),
+        ["apis", "networking.k8s.io", "v1", "networkpolicies"] => Some(Resource::NetworkPolicies),
+        ["api", "v1", "namespaces"] => Some(Resource::Namespaces),
+        ["api", "v1", "pods"] => Some(Resource::Pods),
         _ => None,
     };
     let reply = match (&method, resource, segments.as_slice()) {
@@ -348,8 +467,8 @@ fn request_query(query: &HashMap<String, String>) -> String {
 type Refusal = (StatusCode, String);
 
 impl Shared {
-    /// One page of Services or EndpointSlices from the `continue` token's index, at most
-    /// `limit` long (all the rest without a limit).
+    /// One page of `resource` from the `continue` token's index, at most `limit` long (all the
+    /// rest without a limit).
     fn list(&self, resource: Resource, query: &HashMap<String, String>) -> Result<Reply, Refusal> {
         let bad = |what: &str, value: &str| {
             (StatusCode::BAD_REQUEST, format!("invalid {what} {value:?}"))
@@ -362,58 +481,61 @@ impl Shared {
             Some(limit) => limit.parse::<usize>().map_err(|_| bad("limit", limit))?,
             None => 0,
         };
+        let node = query
+            .get("fieldSelector")
+            .and_then(|s| s.strip_prefix("spec.nodeName="));
         let mut state = self.lock();
         state.first_list.get_or_insert_with(Instant::now);
         state.requests.list_pages += 1;
         let page = self
-            .page(&state, resource, start, limit)
+            .page(&state, resource, start, limit, node)
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         Ok(bytes_reply(StatusCode::OK, page))
     }
 
-    /// The list of `resource` from index `start`, at most `limit` long (all the rest with 0).
+    /// The list of `resource` from index `start`, at most `limit` items long (all the rest
+    /// with 0), of only the Pods on `node` if given.
     fn page(
         &self,
         state: &State,
         resource: Resource,
         start: usize,
         limit: usize,
+        node: Option<&str>,
     ) -> serde_json::Result<Bytes> {
-        let count = self.objects.count();
-        let end = if limit == 0 {
-            count
-        } else {
-            start.saturating_add(limit).min(count)
-        };
+        let count = self.count(resource);
+        let limit = if limit == 0 { usize::MAX } else { limit };
         let (kind, api_version) = match resource {
             Resource::Services => ("ServiceList", "v1"),
-            _ => ("EndpointSliceList", "discovery.k8s.io/v1"),
+            Resource::EndpointSlices => ("EndpointSliceList", "discovery.k8s.io/v1"),
+            Resource::NetworkPolicies => ("NetworkPolicyList", "networking.k8s.io/v1"),
+            Resource::Namespaces => ("NamespaceList", "v1"),
+            Resource::Pods | Resource::Nodes => ("PodList", "v1"),
         };
+        let mut items = Vec::with_capacity(limit.min(count.saturating_sub(start)) * 600);
+        let (mut taken, mut end) = (0, start);
+        while end < count && taken < limit {
+            if let Some(item) = self.item(state, resource, end, node)? {
+                if taken > 0 {
+                    items.push(b',');
+                }
+                items.extend_from_slice(&item);
+                taken += 1;
+            }
+            end += 1;
+        }
         let mut metadata = json!({ "resourceVersion": state.revision.to_string() });
         if end < count {
             metadata["continue"] = json!(end.to_string());
-            metadata["remainingItemCount"] = json!(count - end);
-        }
-        let mut body = Vec::with_capacity((end.saturating_sub(start)) * 600 + 200);
-        body.extend_from_slice(
-            format!(
-                r#"{{"apiVersion":"{api_version}","kind":"{kind}","metadata":{metadata},"items":["#
-            )
-            .as_bytes(),
-        );
-        for i in start..end {
-            if i > start {
-                body.push(b',');
-            }
-            match resource {
-                Resource::Services => {
-                    let mut service = self.objects.service(i);
-                    service.metadata.resource_version = Some(FIRST_REVISION.to_string());
-                    serde_json::to_writer(&mut body, &service)?;
-                }
-                _ => serde_json::to_writer(&mut body, &self.slice(state, i))?,
+            if node.is_none() {
+                metadata["remainingItemCount"] = json!(count - end);
             }
         }
+        let mut body = format!(
+            r#"{{"apiVersion":"{api_version}","kind":"{kind}","metadata":{metadata},"items":["#
+        )
+        .into_bytes();
+        body.extend_from_slice(&items);
         body.extend_from_slice(b"]}");
         Ok(Bytes::from(body))
     }
@@ -445,8 +567,8 @@ impl Shared {
         )
     }
 
-    /// A watch stream, replaying the EndpointSlice events after the requested
-    /// resourceVersion first.
+    /// A watch stream, replaying the events of its kind after the requested resourceVersion
+    /// first.
     fn watch(&self, resource: Resource, query: &HashMap<String, String>) -> Reply {
         let since = query
             .get("resourceVersion")
@@ -455,14 +577,12 @@ impl Shared {
         let (events, receiver) = unbounded_channel();
         let mut state = self.lock();
         state.requests.watches += 1;
-        if resource == Resource::EndpointSlices {
-            for (revision, line) in &state.history {
-                if *revision > since {
-                    let _ = events.send(Chunk {
-                        bytes: line.clone(),
-                        written: None,
-                    });
-                }
+        for (kind, revision, line) in &state.history {
+            if *kind == resource && *revision > since {
+                let _ = events.send(Chunk {
+                    bytes: line.clone(),
+                    written: None,
+                });
             }
         }
         state.watches.push((resource, events));
