@@ -402,7 +402,9 @@ impl PolicyEnforcer {
         Ok(())
     }
 
-    fn all_read(&self) -> bool {
+    /// Whether the policies, namespaces and peers have all been listed: until then nothing
+    /// can be admitted.
+    pub fn all_read(&self) -> bool {
         self.policies.is_synced() && self.namespaces.is_synced() && self.peers.is_synced()
     }
 

@@ -18,6 +18,8 @@ use crate::util::{error_chain, sleep_or_never};
 
 /// How often pods whose interface was not found are looked for again.
 pub const RETRY: Duration = Duration::from_secs(2);
+/// How often, before the enforcer has read the policies, it is asked again.
+const UNREAD_POLL: Duration = Duration::from_millis(50);
 
 /// Keeps `enforcer`'s endpoints equal to the pods of `local` (this node's pods with an
 /// address) whose interface can be found, until the task is dropped.
@@ -26,8 +28,12 @@ pub async fn follow(enforcer: Arc<PolicyEnforcer>, local: Store<PolicyPod>) {
     let mut interfaces = Some(PodInterfaces::new());
     let mut admitted: BTreeMap<ObjectKey, Arc<PolicyPod>> = BTreeMap::new();
     loop {
-        let mut pending = false;
-        if local.is_synced() {
+        let mut retry = None;
+        if local.is_synced() && !enforcer.all_read() {
+            // Nothing can be placed before the policies are read: ask again soon rather
+            // than at the interface retry's pace.
+            retry = Some(UNREAD_POLL);
+        } else if local.is_synced() {
             let wanted: BTreeMap<ObjectKey, Arc<PolicyPod>> = local.entries().into_iter().collect();
             let gone: Vec<ObjectKey> = admitted
                 .keys()
@@ -49,17 +55,17 @@ pub async fn follow(enforcer: Arc<PolicyEnforcer>, local: Store<PolicyPod>) {
                     Ok(true) => {
                         admitted.insert(key, pod);
                     }
-                    Ok(false) => pending = true,
+                    Ok(false) => retry = Some(RETRY),
                     Err(message) => {
                         tracing::warn!(pod = %key, %message, "network policy for a local pod");
-                        pending = true;
+                        retry = Some(RETRY);
                     }
                 }
             }
         }
         tokio::select! {
             _ = changes.changed() => {}
-            () = sleep_or_never(pending.then_some(RETRY)) => {}
+            () = sleep_or_never(retry) => {}
         }
     }
 }
