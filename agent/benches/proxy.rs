@@ -83,8 +83,8 @@ use lab::{
 };
 use program_clock::ProgramClock;
 use service_lab::{
-    foreign_datapaths, labelled, share, vip_targets, Catalog, Lab, Memory, Netns, Row, Table,
-    Target, Wire, ENDPOINTS_PER_SERVICE, NAMESPACE, SERVICE_PORT,
+    foreign_datapaths, labelled, share, vip_targets, Catalog, Lab, Memory, Netns, Row,
+    ServiceOptions, Table, Target, Wire, ENDPOINTS_PER_SERVICE, NAMESPACE, SERVICE_PORT,
 };
 
 use std::collections::BTreeMap;
@@ -118,8 +118,6 @@ use rand::Rng as _;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
 const BENCHMARKS: [&str; 4] = ["sync", "change", "connect", "policy"];
-const SIZES: [usize; 3] = [1_000, 10_000, 30_000];
-const QUICK_SIZES: [usize; 2] = [1_000, 10_000];
 /// The service map's capacity, less room to spare.
 const MAX_SERVICES: usize = SERVICE_MAX_ENTRIES as usize - 500;
 
@@ -161,7 +159,9 @@ fn main() {
     let usage = format!(
         "[--quick | --smoke] [--samples N] [--services N]... [FILTER...]  (benchmarks: {BENCHMARKS:?})"
     );
-    let Some(options) = common::bench_args("proxy", &usage, Options::parse) else {
+    let Some(options) = common::bench_args("proxy", &usage, |args| {
+        ServiceOptions::parse(args, &BENCHMARKS, MAX_SERVICES)
+    }) else {
         return;
     };
     common::exit_on_error("proxy", catch_interrupts("proxy"));
@@ -170,73 +170,38 @@ fn main() {
 
 // ---- options ------------------------------------------------------------------------------
 
-struct Options {
-    args: common::Args,
-    services: Vec<usize>,
-}
-
-impl Options {
-    fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
-        let mut services = Vec::new();
-        let args = common::Args::parse(args, &BENCHMARKS, |flag, args| {
-            if flag != "--services" {
-                return Ok(false);
-            }
-            let n = common::positive("--services", args.next())?;
-            ensure!(
-                n <= MAX_SERVICES,
-                "--services {n}: the datapath holds at most {MAX_SERVICES} here"
-            );
-            services.push(n);
-            Ok(true)
-        })?;
-        Ok(Options { args, services })
-    }
-
-    fn selected(&self, benchmark: &str) -> bool {
-        self.args.selected(benchmark)
-    }
-
-    fn sizes(&self) -> Sizes {
-        let services = if !self.services.is_empty() {
-            self.services.clone()
-        } else {
-            match self.args.mode {
-                Mode::Smoke => SIZES[..1].to_vec(),
-                Mode::Quick => QUICK_SIZES.to_vec(),
-                Mode::Full => SIZES.to_vec(),
-            }
-        };
-        let (connects, warm_up, changes, rounds, program_runs) = match self.args.mode {
-            // A few warm-up connects still: they check that every target reaches a backend.
-            Mode::Smoke => (1, 10, 5, 1, 200),
-            Mode::Quick => (500, 100, 20, 4, 2000),
-            Mode::Full => (2000, 200, 50, 10, 5000),
-        };
-        let policy = match self.args.mode {
-            Mode::Smoke => PolicyCluster {
-                policies: 100,
-                peers: 1000,
-            },
-            Mode::Quick | Mode::Full => PolicyCluster {
-                policies: 1000,
-                peers: 10_000,
-            },
-        };
-        let policy_changes = match self.args.mode {
-            Mode::Smoke => 2,
-            Mode::Quick | Mode::Full => 20,
-        };
-        Sizes {
-            services,
-            connects: self.args.samples.unwrap_or(connects),
-            warm_up,
-            changes,
-            rounds,
-            program_runs,
-            policy,
-            policy_changes,
-        }
+/// What a run of this mode measures.
+fn sizes(options: &ServiceOptions) -> Sizes {
+    let services = options.service_counts();
+    let (connects, warm_up, changes, rounds, program_runs) = match options.args.mode {
+        // A few warm-up connects still: they check that every target reaches a backend.
+        Mode::Smoke => (1, 10, 5, 1, 200),
+        Mode::Quick => (500, 100, 20, 4, 2000),
+        Mode::Full => (2000, 200, 50, 10, 5000),
+    };
+    let policy = match options.args.mode {
+        Mode::Smoke => PolicyCluster {
+            policies: 100,
+            peers: 1000,
+        },
+        Mode::Quick | Mode::Full => PolicyCluster {
+            policies: 1000,
+            peers: 10_000,
+        },
+    };
+    let policy_changes = match options.args.mode {
+        Mode::Smoke => 2,
+        Mode::Quick | Mode::Full => 20,
+    };
+    Sizes {
+        services,
+        connects: options.args.samples.unwrap_or(connects),
+        warm_up,
+        changes,
+        rounds,
+        program_runs,
+        policy,
+        policy_changes,
     }
 }
 
@@ -260,12 +225,12 @@ struct Sizes {
 
 // ---- the run ------------------------------------------------------------------------------
 
-fn run(options: &Options) -> Result<()> {
+fn run(options: &ServiceOptions) -> Result<()> {
     ensure!(
         nix::unistd::geteuid().is_root(),
         "the benchmark needs root: it creates network namespaces and bosun attaches BPF programs"
     );
-    let sizes = options.sizes();
+    let sizes = sizes(options);
     println!(
         "bosun proxy through the API path{}: N = {:?} Services of {ENDPOINTS_PER_SERVICE} \
          endpoints, {} rounds, {} connects per target after {} unmeasured, {} EndpointSlice \
@@ -348,7 +313,7 @@ fn remove_datapath() -> Result<()> {
 /// programs' own cost.
 fn measure_size(
     catalog: &Catalog,
-    options: &Options,
+    options: &ServiceOptions,
     sizes: &Sizes,
     (runtime, dir): (&tokio::runtime::Runtime, &Path),
     lab: Option<&Lab>,

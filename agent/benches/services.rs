@@ -45,7 +45,7 @@ use lab::{
 };
 use service_lab::{
     foreign_datapaths, labelled, share, vip_targets, Catalog, Client, Lab, Memory, Netns, Row,
-    Table, Target, Wire, ENDPOINTS_PER_SERVICE, NAMESPACE, SERVICE_PORT,
+    ServiceOptions, Table, Target, Wire, ENDPOINTS_PER_SERVICE, NAMESPACE, SERVICE_PORT,
 };
 
 use std::collections::BTreeMap;
@@ -67,8 +67,6 @@ use sha2::{Digest, Sha256};
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
 const NODE_NAME: &str = "node1";
 const BENCHMARKS: [&str; 3] = ["connect", "programming", "memory"];
-const SIZES: [usize; 3] = [1_000, 10_000, 30_000];
-const QUICK_SIZES: [usize; 2] = [1_000, 10_000];
 /// What the datapath's service map holds (`SERVICE_MAX_ENTRIES`), less room for the spare
 /// endpoints of the change measurement.
 const MAX_SERVICES: usize = 65_000;
@@ -127,7 +125,9 @@ fn main() {
     let usage = format!(
         "[--quick | --smoke] [--samples N] [--services N]... [FILTER...]  (benchmarks: {BENCHMARKS:?})"
     );
-    let Some(options) = common::bench_args("services", &usage, Options::parse) else {
+    let Some(options) = common::bench_args("services", &usage, |args| {
+        ServiceOptions::parse(args, &BENCHMARKS, MAX_SERVICES)
+    }) else {
         return;
     };
     common::exit_on_error("services", catch_interrupts("services"));
@@ -136,57 +136,22 @@ fn main() {
 
 // ---- options ------------------------------------------------------------------------------
 
-struct Options {
-    args: common::Args,
-    services: Vec<usize>,
-}
-
-impl Options {
-    fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
-        let mut services = Vec::new();
-        let args = common::Args::parse(args, &BENCHMARKS, |flag, args| {
-            if flag != "--services" {
-                return Ok(false);
-            }
-            let n = common::positive("--services", args.next())?;
-            ensure!(
-                n <= MAX_SERVICES,
-                "--services {n}: the datapath holds at most {MAX_SERVICES} here"
-            );
-            services.push(n);
-            Ok(true)
-        })?;
-        Ok(Options { args, services })
-    }
-
-    fn selected(&self, benchmark: &str) -> bool {
-        self.args.selected(benchmark)
-    }
-
-    fn sizes(&self) -> Sizes {
-        let services = if !self.services.is_empty() {
-            self.services.clone()
-        } else {
-            match self.args.mode {
-                Mode::Smoke => SIZES[..1].to_vec(),
-                Mode::Quick => QUICK_SIZES.to_vec(),
-                Mode::Full => SIZES.to_vec(),
-            }
-        };
-        let (connects, warm_up, changes, rounds) = match self.args.mode {
-            // A few warm-up connects still, because they are what checks that every target
-            // reaches the backends.
-            Mode::Smoke => (1, 10, 1, 1),
-            Mode::Quick => (500, 100, 10, 4),
-            Mode::Full => (2000, 200, 30, 10),
-        };
-        Sizes {
-            services,
-            connects: self.args.samples.unwrap_or(connects),
-            warm_up,
-            changes,
-            rounds,
-        }
+/// What a run of this mode measures.
+fn sizes(options: &ServiceOptions) -> Sizes {
+    let services = options.service_counts();
+    let (connects, warm_up, changes, rounds) = match options.args.mode {
+        // A few warm-up connects still, because they are what checks that every target
+        // reaches the backends.
+        Mode::Smoke => (1, 10, 1, 1),
+        Mode::Quick => (500, 100, 10, 4),
+        Mode::Full => (2000, 200, 30, 10),
+    };
+    Sizes {
+        services,
+        connects: options.args.samples.unwrap_or(connects),
+        warm_up,
+        changes,
+        rounds,
     }
 }
 
@@ -205,7 +170,7 @@ struct Sizes {
 
 // ---- the run ------------------------------------------------------------------------------
 
-fn run(options: &Options) -> Result<()> {
+fn run(options: &ServiceOptions) -> Result<()> {
     ensure!(
         nix::unistd::geteuid().is_root(),
         "the benchmarks need root: they create network namespaces, load iptables rules and \
@@ -216,7 +181,7 @@ fn run(options: &Options) -> Result<()> {
         chain_hash("default/kubernetes:httpstcp") == "NPX46M4PTMTKRN6Y",
         "the chain names are not kube-proxy's"
     );
-    let sizes = options.sizes();
+    let sizes = sizes(options);
     print_machine(options, &sizes);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -263,7 +228,7 @@ fn run(options: &Options) -> Result<()> {
 /// it is needed.
 fn measure_size(
     catalog: &Catalog,
-    options: &Options,
+    options: &ServiceOptions,
     sizes: &Sizes,
     lab: Option<&Lab>,
     (runtime, node): (&tokio::runtime::Runtime, &mut Option<TestNode>),
@@ -282,7 +247,7 @@ fn measure_size(
     Ok(())
 }
 
-fn print_machine(options: &Options, sizes: &Sizes) {
+fn print_machine(options: &ServiceOptions, sizes: &Sizes) {
     let iptables = run_command("iptables", &["-V"]).unwrap_or_else(|_| "?".to_owned());
     println!(
         "bosun Service benchmarks{}: N = {:?} Services of {ENDPOINTS_PER_SERVICE} endpoints, \
@@ -678,7 +643,7 @@ impl Lab {
     fn run(
         &self,
         catalog: &Catalog,
-        options: &Options,
+        options: &ServiceOptions,
         sizes: &Sizes,
         report: &mut Report,
     ) -> Result<()> {

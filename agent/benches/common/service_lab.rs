@@ -19,10 +19,63 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::common::Stats;
+use crate::common::{self, Mode, Stats};
 use crate::lab::{check_interrupted, enter_netns, ip, pin, CLIENT_CPU, SERVER_CPU};
 
 // ---- names and addresses ------------------------------------------------------------------
+
+/// The numbers of Services measured by default: all three in a full run.
+pub const SIZES: [usize; 3] = [1_000, 10_000, 30_000];
+/// In a `--quick` run.
+pub const QUICK_SIZES: [usize; 2] = [1_000, 10_000];
+
+/// The options of a benchmark over numbers of Services: the common ones and
+/// `--services N`, repeatable, which replaces the default sizes.
+pub struct ServiceOptions {
+    pub args: common::Args,
+    services: Vec<usize>,
+}
+
+impl ServiceOptions {
+    /// Reads the options of a benchmark with parts `benchmarks` whose datapath holds at most
+    /// `max` Services.
+    pub fn parse(
+        args: impl Iterator<Item = String>,
+        benchmarks: &[&str],
+        max: usize,
+    ) -> Result<ServiceOptions> {
+        let mut services = Vec::new();
+        let args = common::Args::parse(args, benchmarks, |flag, args| {
+            if flag != "--services" {
+                return Ok(false);
+            }
+            let n = common::positive("--services", args.next())?;
+            anyhow::ensure!(
+                n <= max,
+                "--services {n}: the datapath holds at most {max} here"
+            );
+            services.push(n);
+            Ok(true)
+        })?;
+        Ok(ServiceOptions { args, services })
+    }
+
+    pub fn selected(&self, benchmark: &str) -> bool {
+        self.args.selected(benchmark)
+    }
+
+    /// The numbers of Services to measure: those asked for, or the mode's.
+    pub fn service_counts(&self) -> Vec<usize> {
+        if !self.services.is_empty() {
+            return self.services.clone();
+        }
+        match self.args.mode {
+            Mode::Smoke => SIZES[..1].to_vec(),
+            Mode::Quick => QUICK_SIZES.to_vec(),
+            Mode::Full => SIZES.to_vec(),
+        }
+    }
+}
 
 /// Every namespace and link the benchmark creates starts with this.
 pub const PREFIX: &str = "bsb-";
