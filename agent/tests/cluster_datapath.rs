@@ -8,18 +8,19 @@
 //! 10.234.<10 + slot>.0/24) with Pod objects bound to `node2` whose status this test writes,
 //! as node2's kubelet would. Everything else is the test node's, numbered by its slot.
 
-use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use bosun_tests::cluster::pod_at;
 use bosun_tests::cluster::{self, get_json, in_a_cluster, wait_for};
 use bosun_tests::control_plane::ControlPlane;
 use bosun_tests::daemon::{container_id, sh, NODE_NAME};
 use bosun_tests::netns::NetnsPod;
 use bosun_tests::node::TestNode;
-use bosun_tests::traffic::{http_names, web_pod};
+use bosun_tests::traffic::{http_get, until_answered_by, until_reached, web_pod};
+use serde_json::json;
 use serde_json::Value;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
@@ -34,18 +35,27 @@ async fn apply(plane: &ControlPlane, node: &TestNode, name: &str, manifest: &str
         .map(drop)
 }
 
+/// Waits until GETs of `to` are answered by exactly `wanted`.
 async fn until_names(to: SocketAddr, wanted: &[&str]) -> Result<()> {
-    let wanted: BTreeSet<String> = wanted.iter().map(|s| s.to_string()).collect();
-    let deadline = Instant::now() + WITHIN;
-    let mut last = Err(anyhow::anyhow!("not asked yet"));
-    while Instant::now() < deadline {
-        last = http_names(to, 20).await;
-        if last.as_ref().is_ok_and(|got| *got == wanted) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    until_answered_by(to, wanted, http_get, WITHIN).await
+}
+
+/// Waits until an HTTP GET of `to` from `from` is answered, or not (`want`).
+async fn until_reaches(from: &NetnsPod, to: SocketAddr, want: bool) -> Result<()> {
+    until_reached(from, to, http_answers, want, WITHIN).await
+}
+
+/// Whether an HTTP GET from the calling thread's namespace gets an answer in 500 ms.
+fn http_answers(to: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&to, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
+        return false;
     }
-    bail!("{to} never answered by exactly {wanted:?}; last: {last:?}")
+    let mut response = String::new();
+    stream.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/")
 }
 
 /// The backends the pinned maps hold for `vip`:80, as `bosun dp services` reads them.
@@ -88,58 +98,6 @@ async fn ready_in_api(plane: &ControlPlane, ip: &str) -> Result<Option<bool>> {
         .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
         .find(|e| e["addresses"][0] == ip)
         .map(|e| e["conditions"]["ready"] != false))
-}
-
-async fn admin_client(plane: &ControlPlane) -> Result<kube::Client> {
-    let file = kube::config::Kubeconfig::read_from(plane.dir().join("admin.kubeconfig"))?;
-    let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
-}
-
-/// A Pod object for a pod of another node (a network namespace here), Running at `ip`.
-async fn remote_pod(client: &kube::Client, name: &str, role: &str, ip: Ipv4Addr) -> Result<()> {
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::api::{Patch, PatchParams, PostParams};
-    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), "default");
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {"role": role}},
-        "spec": {"nodeName": "node2", "containers": [{"name": "c", "image": "busybox"}]},
-    }))?;
-    api.create(&PostParams::default(), &pod).await?;
-    let status = serde_json::json!({"status": {"phase": "Running", "podIP": ip.to_string(),
-                                              "podIPs": [{"ip": ip.to_string()}]}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await?;
-    Ok(())
-}
-
-async fn until_reaches(from: &NetnsPod, to: SocketAddr, want: bool) -> Result<()> {
-    let deadline = Instant::now() + WITHIN;
-    while Instant::now() < deadline {
-        let answered = tokio::task::block_in_place(|| from.enter(move || Ok(ask_tcp_http(to))))?;
-        if answered == want {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!(
-        "{} → {to}: never {}",
-        from.name(),
-        if want { "allowed" } else { "denied" }
-    )
-}
-
-/// Whether an HTTP GET from the calling thread's namespace gets an answer in 500 ms.
-fn ask_tcp_http(to: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&to, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    stream.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,9 +150,9 @@ async fn the_api_servers_services_and_policies_reach_the_datapath() -> Result<()
             let base = |i: u8| Ipv4Addr::new(10, 234, 10 + slot, i * 4);
             let client = NetnsPod::create(&format!("bcd{slot}-client"), &format!("bcd{slot}h0"), base(0))?;
             let stranger = NetnsPod::create(&format!("bcd{slot}-stranger"), &format!("bcd{slot}h1"), base(1))?;
-            let admin = admin_client(&plane).await?;
-            remote_pod(&admin, "client", "client", client.ip()).await?;
-            remote_pod(&admin, "stranger", "none", stranger.ip()).await?;
+            let admin = plane.admin_client().await?;
+            pod_at(&admin, "client", "node2", json!({"role": "client"}), client.ip()).await?;
+            pod_at(&admin, "stranger", "node2", json!({"role": "none"}), stranger.ip()).await?;
             let direct = SocketAddr::V4(SocketAddrV4::new(web_1_ip.parse()?, 8080));
             until_reaches(&stranger, direct, true).await?;
             let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-clients, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: http}]\n";

@@ -14,17 +14,18 @@
 //! bpffs directories /sys/fs/bpf/bosun-test-proxy and …-policy, state directories under
 //! their control plane's. So they run beside each other and the other tests.
 
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bosun_tests::cluster::free_port;
+use bosun_tests::cluster::pod_at;
 use bosun_tests::control_plane::{self, ControlPlane};
 use bosun_tests::netns::{ask_tcp, NetnsPod};
-use bosun_tests::traffic::ClientLoop;
+use bosun_tests::traffic::{self, ClientLoop};
+use serde_json::json;
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
 const BPF_DIR: &str = "/sys/fs/bpf/bosun-test-proxy";
@@ -122,29 +123,25 @@ fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
 
-/// The names `n` connections to `to` were answered with (on a blocking thread).
-async fn names_of(to: SocketAddr, n: usize) -> Result<BTreeSet<String>> {
-    tokio::task::spawn_blocking(move || {
-        (0..n)
-            .map(|_| ask_tcp(to, CONNECT).map(|a| a.name).map_err(Into::into))
-            .collect::<Result<BTreeSet<String>>>()
-    })
-    .await?
+/// The name of whoever answered a connection to `to`.
+fn name_at(to: SocketAddr) -> Result<String> {
+    Ok(ask_tcp(to, CONNECT)?.name)
 }
 
 /// Waits until connections to `to` are answered by exactly `names`.
 async fn until_answered_by(to: SocketAddr, names: &[&str]) -> Result<()> {
-    let wanted: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
-    let deadline = Instant::now() + WITHIN;
-    let mut last = Err(anyhow::anyhow!("not asked yet"));
-    while Instant::now() < deadline {
-        last = names_of(to, 24).await;
-        if last.as_ref().is_ok_and(|got| *got == wanted) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("{to} never answered by exactly {wanted:?}; last: {last:?}")
+    traffic::until_answered_by(to, names, name_at, WITHIN).await
+}
+
+/// Whether a connection to the server `to` is answered by it within a short time (a
+/// dropped SYN is a timeout).
+fn reaches_server(to: SocketAddr) -> bool {
+    ask_tcp(to, Duration::from_millis(500)).is_ok_and(|a| a.name == "server")
+}
+
+/// Waits until the server `to` is reachable from `from`, or not (`want`).
+async fn until_reaches(from: &NetnsPod, to: SocketAddr, want: bool) -> Result<()> {
+    traffic::until_reached(from, to, reaches_server, want, WITHIN).await
 }
 
 /// An HTTP GET of `path` on 127.0.0.1:`port`: the status code and the body.
@@ -328,63 +325,6 @@ async fn scenario(plane: &ControlPlane, dir: &Path, log: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A client for the admin kubeconfig, for what kubectl 1.20 cannot do (write a status).
-async fn admin_client(plane: &ControlPlane) -> Result<kube::Client> {
-    let file = kube::config::Kubeconfig::read_from(plane.dir().join("admin.kubeconfig"))?;
-    let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
-}
-
-/// A Pod object for a "pod" this test runs itself: bound to `node`, Running at `ip`, as the
-/// kubelet that runs it would report it.
-async fn pod_object(
-    client: &kube::Client,
-    name: &str,
-    node: &str,
-    labels: &str,
-    ip: Ipv4Addr,
-) -> Result<()> {
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::api::{Patch, PatchParams, PostParams};
-    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), "default");
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": serde_json::from_str::<serde_json::Value>(labels)?},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox",
-                 "ports": [{"name": "http", "containerPort": 8080}]}]},
-    }))?;
-    api.create(&PostParams::default(), &pod).await?;
-    let status = serde_json::json!({"status": {"phase": "Running", "podIP": ip.to_string(),
-                                              "podIPs": [{"ip": ip.to_string()}]}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await?;
-    Ok(())
-}
-
-/// Whether a TCP connection from `from`'s namespace to `to` is answered by `name` within a
-/// short time (a dropped SYN is a timeout).
-async fn reaches(from: &NetnsPod, to: SocketAddr, name: &str) -> Result<bool> {
-    let answered = tokio::task::block_in_place(|| {
-        from.enter(move || Ok(ask_tcp(to, Duration::from_millis(500)).map(|a| a.name)))
-    })?;
-    Ok(answered.is_ok_and(|n| n == name))
-}
-
-/// Waits until `reaches` says `want`.
-async fn until_reaches(from: &NetnsPod, to: SocketAddr, name: &str, want: bool) -> Result<()> {
-    let deadline = Instant::now() + WITHIN;
-    while Instant::now() < deadline {
-        if reaches(from, to, name).await? == want {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!(
-        "{} → {to}: never {}",
-        from.name(),
-        if want { "allowed" } else { "denied" }
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bosun_proxy_enforces_network_policy_for_pods_it_did_not_start() -> Result<()> {
     control_plane::require();
@@ -411,33 +351,36 @@ async fn policy_scenario(plane: &ControlPlane, dir: &Path, log: &Path) -> Result
     server.serve_tcp(8080, "server")?;
     let client = NetnsPod::create("bpp-client", "bpph1", base(1))?;
     let stranger = NetnsPod::create("bpp-stranger", "bpph2", base(2))?;
-    let admin = admin_client(plane).await?;
-    pod_object(
+    let admin = plane.admin_client().await?;
+    pod_at(
         &admin,
         "server",
         "proxy-node",
-        r#"{"app": "server"}"#,
+        json!({"app": "server"}),
         server.ip(),
     )
     .await?;
-    pod_object(
+    pod_at(
         &admin,
         "client",
         "other-node",
-        r#"{"role": "client"}"#,
+        json!({"role": "client"}),
         client.ip(),
     )
     .await?;
-    pod_object(
+    pod_at(
         &admin,
         "stranger",
         "other-node",
-        r#"{"role": "none"}"#,
+        json!({"role": "none"}),
         stranger.ip(),
     )
     .await?;
     let to = at(server.ip(), 8080);
-    assert!(reaches(&stranger, to, "server").await?, "no policy yet");
+    assert!(
+        tokio::task::block_in_place(|| stranger.enter(move || Ok(reaches_server(to))))?,
+        "no policy yet"
+    );
 
     let kubeconfig = plane.proxy_kubeconfig().await?;
     let (healthz, metrics) = (free_port()?, free_port()?);
@@ -463,20 +406,20 @@ spec:
         .await?;
     // The client, a pod of another node known only through the API, is let in by label;
     // the stranger is not.
-    until_reaches(&stranger, to, "server", false).await?;
-    until_reaches(&client, to, "server", true).await?;
+    until_reaches(&stranger, to, false).await?;
+    until_reaches(&client, to, true).await?;
 
     // Its labels change: it is a stranger too.
     plane
         .kubectl(["label", "pod", "client", "role=other", "--overwrite"])
         .await?;
-    until_reaches(&client, to, "server", false).await?;
+    until_reaches(&client, to, false).await?;
     // The policy goes: everyone is let in again.
     plane
         .kubectl(["delete", "networkpolicy", "only-clients"])
         .await?;
-    until_reaches(&stranger, to, "server", true).await?;
-    until_reaches(&client, to, "server", true).await?;
+    until_reaches(&stranger, to, true).await?;
+    until_reaches(&client, to, true).await?;
     assert!(
         proxy.log().contains("network policy in place"),
         "{}",

@@ -102,6 +102,35 @@ pub async fn join_with_config(
         .context("starting bosun")
 }
 
+/// Creates the Pod `name` in namespace `default` for a "pod" a test runs itself (a network
+/// namespace answering at `ip`): bound to `node`, labelled `labels`, with a container port
+/// `http` (8080), and Running at `ip` as the kubelet running it would report it.
+pub async fn pod_at(
+    client: &kube::Client,
+    name: &str,
+    node: &str,
+    labels: Value,
+    ip: std::net::Ipv4Addr,
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Patch, PatchParams, PostParams};
+    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox",
+                 "ports": [{"name": "http", "containerPort": 8080}]}]},
+    }))?;
+    api.create(&PostParams::default(), &pod)
+        .await
+        .with_context(|| format!("creating pod {name}"))?;
+    let status = serde_json::json!({"status": {"phase": "Running", "podIP": ip.to_string(),
+                                              "podIPs": [{"ip": ip.to_string()}]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .with_context(|| format!("writing pod {name}'s status"))?;
+    Ok(())
+}
+
 /// A TCP port nothing listens on right now (the kernel's choice of an ephemeral port).
 pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind(("0.0.0.0", 0)).context("finding a free port")?;

@@ -208,6 +208,17 @@ impl ControlPlane {
             .map(PathBuf::from)
     }
 
+    /// A kube-rs client with the admin kubeconfig, for what kubectl 1.20 cannot do (write a
+    /// pod's status).
+    pub async fn admin_client(&self) -> Result<kube::Client> {
+        let file = kube::config::Kubeconfig::read_from(&self.admin_kubeconfig)
+            .context("reading the admin kubeconfig")?;
+        let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .context("the admin kubeconfig")?;
+        kube::Client::try_from(config).context("a client for the admin kubeconfig")
+    }
+
     /// Runs kubectl (1.20, as the server) with the admin kubeconfig; its stdout, or an error
     /// with its stderr.
     pub async fn kubectl<I, S>(&self, args: I) -> Result<String>

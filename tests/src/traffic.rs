@@ -6,11 +6,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::images::BUSYBOX_IMAGE;
+use crate::netns::NetnsPod;
 
 /// How long one connection may take.
 pub const CONNECT: Duration = Duration::from_secs(2);
@@ -61,7 +62,61 @@ pub fn http_get(to: SocketAddr) -> Result<String> {
 
 /// The names `n` GETs of `to` were answered with (on a blocking thread).
 pub async fn http_names(to: SocketAddr, n: usize) -> Result<BTreeSet<String>> {
-    tokio::task::spawn_blocking(move || (0..n).map(|_| http_get(to)).collect()).await?
+    names(to, n, http_get).await
+}
+
+/// The names `n` requests `ask` made of `to` were answered with (on a blocking thread).
+pub async fn names(
+    to: SocketAddr,
+    n: usize,
+    ask: fn(SocketAddr) -> Result<String>,
+) -> Result<BTreeSet<String>> {
+    tokio::task::spawn_blocking(move || (0..n).map(|_| ask(to)).collect()).await?
+}
+
+/// Waits, up to `within`, until 20 requests `ask` makes of `to` in a row are answered by
+/// exactly `wanted`.
+pub async fn until_answered_by(
+    to: SocketAddr,
+    wanted: &[&str],
+    ask: fn(SocketAddr) -> Result<String>,
+    within: Duration,
+) -> Result<()> {
+    let wanted: BTreeSet<String> = wanted.iter().map(|s| s.to_string()).collect();
+    let deadline = Instant::now() + within;
+    let mut last = Err(anyhow::anyhow!("not asked yet"));
+    while Instant::now() < deadline {
+        last = names(to, 20, ask).await;
+        if last.as_ref().is_ok_and(|got| *got == wanted) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("{to} never answered by exactly {wanted:?}; last: {last:?}")
+}
+
+/// Waits, up to `within`, until `reached` (run in `from`'s network namespace) says `want`
+/// of `to`: a policy letting `from` in, or keeping it out. Needs a multi-threaded runtime.
+pub async fn until_reached(
+    from: &NetnsPod,
+    to: SocketAddr,
+    reached: fn(SocketAddr) -> bool,
+    want: bool,
+    within: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let answered = tokio::task::block_in_place(|| from.enter(move || Ok(reached(to))))?;
+        if answered == want {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "{} → {to}: never {}",
+        from.name(),
+        if want { "allowed" } else { "denied" }
+    )
 }
 
 /// A client that repeats one request every 5 ms on a thread until stopped, counting
