@@ -37,10 +37,11 @@ use crate::pod::volume::{self, HostMounter};
 use crate::pod::worker::pod_name;
 use crate::policy::PolicyEnforcer;
 use crate::service::endpoints;
-use crate::service::proxy::{narrow_service, narrow_slice, Proxy};
+use crate::service::proxy::Proxy;
 use crate::source;
 use crate::source::PodUpdate;
 use crate::store::{ObjectKey, Objects, Source, Store, Subscription};
+use bosun_netdp::service::{ServiceInfo, SliceInfo};
 use config::PodConfig;
 use pleg::PodLifecycleEvent;
 use pod_workers::{PodWorkers, Shared};
@@ -416,7 +417,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         tasks.push(tokio::spawn(crate::store::mirror(
             objects.services.clone(),
             services.writer(Source::File),
-            |service| Some(narrow_service(service)),
+            |service| Some(ServiceInfo::from_service(service)),
         )));
         let mut node_view = None;
         if let Some(cluster) = &api_client {
@@ -433,7 +434,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         tasks.push(tokio::spawn(crate::store::mirror(
             objects.endpoint_slices.clone(),
             slices.writer(Source::File),
-            |slice| Some(narrow_slice(slice)),
+            |slice| Some(SliceInfo::from_slice(slice)),
         )));
         if let Some(cluster) = &api_client {
             tasks.push(tokio::spawn(

@@ -149,47 +149,21 @@ impl PolicyEnforcer {
         sandbox: &str,
         netns: impl std::future::Future<Output = Result<PathBuf, String>>,
     ) -> Result<(), String> {
-        let PolicyPod {
-            namespace,
-            name,
-            labels,
-            ip,
-            named_ports,
-            ifindex: _,
-        } = endpoint;
-        {
-            let inner = self.inner.lock().await;
-            if let Some(known) = inner.endpoints.get(uid) {
-                if known.sandbox == sandbox
-                    && known.ip == ip
-                    && known.labels == *labels
-                    && known.named_ports[..] == named_ports[..]
-                    && inner.attached.contains(&known.ifindex)
-                {
-                    return Ok(());
-                }
-            }
+        if self.admitted(&endpoint, uid, sandbox).await {
+            return Ok(());
         }
         let path = netns.await?;
         let interface = tokio::task::spawn_blocking(move || netlink::host_interface(&path))
             .await
             .map_err(|e| format!("finding the pod's interface: {e}"))?
             .map_err(|e| format!("finding the pod's interface: {}", error_chain(&e)))?;
-        let endpoint = PolicyPod {
-            namespace,
-            name,
-            labels,
-            ip,
-            named_ports,
-            ifindex: None,
-        };
         self.admit_interface(endpoint, uid, sandbox, interface)
             .await
     }
 
     /// Whether pod `uid` is in place as `endpoint` on an interface the programs are
     /// attached to, with sandbox `sandbox`.
-    pub async fn admitted(&self, endpoint: &PolicyPod, uid: &str, sandbox: &str) -> bool {
+    async fn admitted(&self, endpoint: &PolicyPod, uid: &str, sandbox: &str) -> bool {
         let inner = self.inner.lock().await;
         inner.endpoints.get(uid).is_some_and(|known| {
             known.sandbox == sandbox

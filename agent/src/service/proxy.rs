@@ -138,6 +138,9 @@ impl Proxy {
                 if let Some(view) = &node_view {
                     state.table.set_zone(view.borrow().zone.as_deref());
                 }
+                if let Some(pod_store) = &self.pods {
+                    follow_local_readiness(pod_store, None, &mut local_pods, &mut state.table);
+                }
                 loaded = true;
             }
             let waiting = !loaded
@@ -149,15 +152,10 @@ impl Proxy {
                 retry = Some(SETTLE_POLL);
                 sync = Some(state);
             } else {
-                if let Some(pod_store) = &self.pods {
-                    follow_local_readiness(pod_store, None, &mut local_pods, &mut state.table);
-                }
                 let began = Instant::now();
-                let (state_back, delta, written) = self.sync(state).await;
+                let (state_back, problems, written) = self.sync(state).await;
                 sync = state_back;
-                if let Some(delta) = &delta {
-                    self.report(&mut reported, &delta.problems);
-                }
+                self.report(&mut reported, &problems);
                 match written {
                     Ok(()) => {
                         backoff = FIRST_BACKOFF;
@@ -256,33 +254,43 @@ impl Proxy {
     }
 
     /// Compiles what changed and writes it (everything, when `state.whole`), on a blocking
-    /// thread. Returns the state (`None` if the thread died), what was compiled and whether
-    /// the maps now hold it.
-    async fn sync(&self, state: Sync) -> (Option<Sync>, Option<Delta>, Result<(), String>) {
+    /// thread. Returns the state (`None` if the thread died), the problems of what was
+    /// written (of everything, for a whole write: an update before it, such as the settling
+    /// check's, has compiled part of it already) and whether the maps now hold it.
+    async fn sync(&self, state: Sync) -> (Option<Sync>, Vec<Problem>, Result<(), String>) {
         let bpf_dir = self.bpf_dir.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut state = state;
             let whole = state.whole;
             let delta = state.table.update();
             let written = write(&bpf_dir, &mut state, &delta);
+            let problems = if whole {
+                state.table.problems()
+            } else {
+                delta.problems
+            };
             if whole && written.is_ok() {
                 // The first write after a start comes after every object was listed and
                 // compiled at once: what those took for a moment goes back.
                 crate::util::release_freed_memory();
             }
-            (state, delta, written)
+            (state, problems, written)
         })
         .await;
         match joined {
-            Ok((state, delta, written)) => {
+            Ok((state, problems, written)) => {
                 if let Some((frontends, backends)) =
                     state.reconciler.as_ref().and_then(Reconciler::counts)
                 {
                     metrics::global().set_service_datapath(frontends, backends);
                 }
-                (Some(state), Some(delta), written)
+                (Some(state), problems, written)
             }
-            Err(e) => (None, None, Err(format!("writing the service maps: {e}"))),
+            Err(e) => (
+                None,
+                Vec::new(),
+                Err(format!("writing the service maps: {e}")),
+            ),
         }
     }
 
@@ -462,17 +470,6 @@ impl Unprogrammed {
     }
 }
 
-/// The narrow Services and EndpointSlices of a full node, mirrored from the stores the
-/// manifest directory and the EndpointSlice controller write (see [`crate::store::mirror`]).
-pub fn narrow_service(service: &Service) -> ServiceInfo {
-    ServiceInfo::from_service(service)
-}
-
-/// See [`narrow_service`].
-pub fn narrow_slice(slice: &EndpointSlice) -> SliceInfo {
-    SliceInfo::from_slice(slice)
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
@@ -538,8 +535,16 @@ mod tests {
         )
         .expect("a slice");
         let mut table = ServiceTable::new("node-a");
-        table.set_service("default", "web", Some(Arc::new(narrow_service(&service))));
-        table.set_slice("default", "web-1", Some(Arc::new(narrow_slice(&slice))));
+        table.set_service(
+            "default",
+            "web",
+            Some(Arc::new(ServiceInfo::from_service(&service))),
+        );
+        table.set_slice(
+            "default",
+            "web-1",
+            Some(Arc::new(SliceInfo::from_slice(&slice))),
+        );
         table.update();
         let backends = |table: &ServiceTable| -> Vec<String> {
             table.desired()[0]

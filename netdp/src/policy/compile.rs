@@ -390,15 +390,6 @@ impl PodWorld {
         }
     }
 
-    /// How many pods it holds.
-    pub fn len(&self) -> usize {
-        self.pods.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pods.is_empty()
-    }
-
     /// The namespace named `name`, as an index into `namespaces`, if it has pods.
     fn namespace(&self, name: &str) -> Option<usize> {
         self.namespaces

@@ -178,11 +178,6 @@ impl ServiceTable {
         Some(listed.any(|e| e.ready))
     }
 
-    /// Whether changes wait for [`ServiceTable::update`].
-    pub fn is_dirty(&self) -> bool {
-        !self.dirty.is_empty()
-    }
-
     /// Compiles the Services changed since the last call; returns the frontends whose
     /// desired state changed, and the problems of what was compiled.
     pub fn update(&mut self) -> Delta {
@@ -314,15 +309,6 @@ impl ServiceTable {
         problems
             .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
         problems
-    }
-
-    /// How many frontends are desired.
-    pub fn len(&self) -> usize {
-        self.claims.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.claims.is_empty()
     }
 }
 
