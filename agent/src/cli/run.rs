@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use bosun::daemon::{Config, NodeCapacity};
 
+use bosun::pod::cgroup::CgroupDriver;
 use bosun::pod::log_rotation::RotationConfig;
 use bosun::pod::spec::{HostDns, NodeContext, NodeResources, ParsedQuantity};
 use bosun::server::auth::{AuthenticationConfig, AuthorizationConfig, AuthorizationMode};
@@ -127,7 +128,8 @@ pub struct ConfigFile {
     pub pod_pids_limit: Option<i64>,
     /// As kubelet's: the parent of the `kubepods` cgroup, `/` by default.
     pub cgroup_root: Option<String>,
-    /// As kubelet's: `cgroupfs` (the default); `systemd` is refused for now.
+    /// As kubelet's: `cgroupfs` (the default) or `systemd`; the container runtime must use
+    /// the same (containerd's `SystemdCgroup`).
     pub cgroup_driver: Option<String>,
     pub pod_logs_dir: Option<PathBuf>,
     pub resolv_conf: Option<PathBuf>,
@@ -280,14 +282,14 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
             .to_owned(),
     }
     .to_lowercase();
-    match file.cgroup_driver.as_deref() {
-        None | Some("cgroupfs") => {}
-        Some(other) => {
-            return Err(BadConfig(format!(
-                "cgroupDriver: unsupported value {other:?}: bosun supports \"cgroupfs\" only (set containerd's SystemdCgroup = false to match)"
-            )))
-        }
-    }
+    let cgroup_driver = match file.cgroup_driver.as_deref() {
+        None => CgroupDriver::Cgroupfs,
+        Some(text) => CgroupDriver::parse(text).map_err(BadConfig)?,
+    };
+    let cgroup_root = cgroup_driver
+        .kubepods(file.cgroup_root.as_deref())
+        .map_err(BadConfig)?;
+    let configured_cgroup_root = file.cgroup_root.clone().unwrap_or_else(|| "/".to_owned());
     let mut taints = file.register_with_taints.clone();
     for text in &args.register_with_taints {
         taints.push(parse_taint(text)?);
@@ -313,7 +315,8 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         pod_logs_dir: file
             .pod_logs_dir
             .unwrap_or_else(|| PathBuf::from("/var/log/pods")),
-        cgroup_root: kubepods_cgroup(file.cgroup_root.as_deref()),
+        cgroup_root,
+        cgroup_driver,
         host_ip,
         resolv_conf: load_resolv_conf(file.resolv_conf)?,
         pod_pids_limit: file.pod_pids_limit,
@@ -337,6 +340,7 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
     let network_policy = !args.no_network_policy && file.network_policy != Some(false);
     let bpf_dir = (service_proxy || network_policy).then(|| bpf_dir(args, file.bpf_dir));
     Ok(Config {
+        cgroup_root: configured_cgroup_root,
         bpf_dir,
         service_proxy,
         network_policy,
@@ -605,12 +609,6 @@ fn node_capacity(root_dir: &Path) -> NodeCapacity {
     }
 }
 
-/// The cgroup pods go under: `kubepods` below `cgroupRoot`, as kubelet lays it out.
-fn kubepods_cgroup(cgroup_root: Option<&str>) -> String {
-    let root = cgroup_root.unwrap_or("/").trim_end_matches('/');
-    format!("{root}/kubepods")
-}
-
 /// kubelet's default `evictionHard` (Linux).
 fn default_eviction_hard() -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -800,12 +798,10 @@ mod tests {
 
     #[test]
     fn cgroup_root_is_the_parent_of_kubepods() {
-        assert_eq!(kubepods_cgroup(None), "/kubepods");
-        assert_eq!(kubepods_cgroup(Some("/")), "/kubepods");
-        assert_eq!(
-            kubepods_cgroup(Some("/bosun-demo/")),
-            "/bosun-demo/kubepods"
-        );
+        let kubepods = |root| CgroupDriver::Cgroupfs.kubepods(root).expect("cgroupfs");
+        assert_eq!(kubepods(None), "/kubepods");
+        assert_eq!(kubepods(Some("/")), "/kubepods");
+        assert_eq!(kubepods(Some("/bosun-demo/")), "/bosun-demo/kubepods");
     }
 
     #[test]

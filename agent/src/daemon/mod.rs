@@ -30,6 +30,7 @@ use crate::cluster::datapath::NodeView;
 use crate::cluster::objects::ReferencedObjects;
 use crate::cluster::tokens::TokenManager;
 use crate::events::{reason, EventType, Recorder};
+use crate::pod::cgroup::CgroupDriver;
 use crate::pod::log_rotation;
 use crate::pod::references::{references, RefKind};
 use crate::pod::spec::NodeContext;
@@ -101,6 +102,9 @@ pub struct Config {
     pub runtime_endpoint: String,
     pub root_dir: PathBuf,
     pub node: NodeContext,
+    /// `cgroupRoot` as configured (`/` by default); `node.cgroup_root` is the `kubepods`
+    /// cgroup below it.
+    pub cgroup_root: String,
     /// `maxPods`: pods beyond this many are rejected (phase Failed, reason OutOfpods), as
     /// are pods that do not fit the node otherwise (see [`admission`]).
     pub max_pods: usize,
@@ -159,7 +163,8 @@ fn configz(config: &Config) -> serde_json::Value {
         })),
         "clusterDomain": config.node.cluster_domain,
         "clusterDNS": config.node.cluster_dns,
-        "cgroupRoot": config.node.cgroup_root.strip_suffix("/kubepods").map(|r| if r.is_empty() { "/" } else { r }),
+        "cgroupRoot": config.cgroup_root,
+        "cgroupDriver": config.node.cgroup_driver.as_str(),
         "podLogsDir": config.node.pod_logs_dir,
         "podPidsLimit": config.node.pod_pids_limit,
         "maxPods": config.max_pods,
@@ -178,6 +183,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     std::fs::create_dir_all(&config.root_dir)
         .with_context(|| format!("creating the root directory {}", config.root_dir.display()))?;
     crate::metrics::global().set_node_name(&config.node.node_name);
+    if config.node.cgroup_driver == CgroupDriver::Systemd {
+        // Pods cannot start without systemd: say so at once rather than at each sandbox.
+        crate::pod::systemd::systemd().await?;
+    }
     let client = connect_with_retry(&config.runtime_endpoint).await?;
     let events = Recorder::new(config.node.node_name.clone());
     let file_sources: &[Source] = if config.manifest_dir.is_some() {
@@ -343,12 +352,15 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                     pods: pods.clone(),
                     runtime: client.clone(),
                     api: api_client.clone(),
-                    stats: Arc::new(crate::server::stats::StatsProvider::new(
-                        crate::server::stats::HostPaths::host(),
-                        config.node.cgroup_root.clone(),
-                        config.root_dir.clone(),
-                        config.node.node_name.clone(),
-                    )),
+                    stats: Arc::new(
+                        crate::server::stats::StatsProvider::new(
+                            crate::server::stats::HostPaths::host(),
+                            config.node.cgroup_root.clone(),
+                            config.root_dir.clone(),
+                            config.node.node_name.clone(),
+                        )
+                        .with_cgroup_driver(config.node.cgroup_driver),
+                    ),
                     configz: configz(&config),
                     policy_bpf_dir: config.bpf_dir.clone().filter(|_| config.network_policy),
                 },

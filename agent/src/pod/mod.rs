@@ -9,6 +9,7 @@ pub mod pull_secrets;
 pub mod references;
 pub mod spec;
 pub mod status;
+pub mod systemd;
 pub mod volume;
 pub mod worker;
 #[cfg(test)]

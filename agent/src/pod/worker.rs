@@ -628,7 +628,12 @@ impl<R: Runtime> PodWorker<R> {
             pids_max: self.ctx.pod_pids_limit,
         };
         self.cgroups
-            .apply(&spec::pod_cgroup_parent(pod, &self.ctx), &limits)
+            .apply(
+                self.ctx.cgroup_driver,
+                &spec::pod_cgroup_parent(pod, &self.ctx),
+                &limits,
+            )
+            .await
             .map_err(|e| ("FailedCreatePodSandBox".to_owned(), e.to_string()))?;
         if attempt > 0 {
             self.events.normal(
@@ -1051,7 +1056,11 @@ impl<R: Runtime> PodWorker<R> {
         }
         if let Some(pod) = pod {
             self.cgroups
-                .remove(&spec::pod_cgroup_parent(pod, &self.ctx));
+                .remove(
+                    self.ctx.cgroup_driver,
+                    &spec::pod_cgroup_parent(pod, &self.ctx),
+                )
+                .await;
         }
         if let Err(e) = volume::cleanup(&self.ctx.pods_dir, &self.uid, &HostMounter) {
             tracing::warn!(pod = %self.uid, error = %e, "cleaning up the pod's volumes");

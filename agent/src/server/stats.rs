@@ -25,6 +25,7 @@ use bosun_cri::{api, CriClient, CriError};
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::pod::cgroup::CgroupDriver;
 use crate::pod::observed::keys;
 
 #[cfg(test)]
@@ -816,6 +817,8 @@ pub struct StatsProvider {
     host: HostPaths,
     /// The cgroup all pods go under (`NodeContext::cgroup_root`, e.g. `/kubepods`).
     cgroup_root: String,
+    /// How the pods' cgroups below it are named.
+    cgroup_driver: CgroupDriver,
     /// bosun's root directory, whose file system is the node's `fs`.
     root_dir: PathBuf,
     node_name: String,
@@ -841,11 +844,18 @@ impl StatsProvider {
         StatsProvider {
             host,
             cgroup_root,
+            cgroup_driver: CgroupDriver::Cgroupfs,
             root_dir,
             node_name,
             state: Mutex::new(State::default()),
             clock: Box::new(SystemTime::now),
         }
+    }
+
+    /// Pods' cgroups named as `driver` names them (cgroupfs unless told).
+    pub fn with_cgroup_driver(mut self, driver: CgroupDriver) -> Self {
+        self.cgroup_driver = driver;
+        self
     }
 
     /// Replaces the wall clock (tests).
@@ -1154,11 +1164,12 @@ impl StatsProvider {
     /// not in the runtime's answers, so each of the places the pod cgroup can be is tried
     /// (the layout of `spec::pod_cgroup_parent`).
     fn pod_cgroup(&self, uid: &str) -> PodCgroup {
-        let root = self.cgroup_root.trim_end_matches('/');
+        let (root, driver) = (&self.cgroup_root, self.cgroup_driver);
+        let pod = format!("pod{uid}");
         let candidates = [
-            format!("{root}/pod{uid}"),
-            format!("{root}/burstable/pod{uid}"),
-            format!("{root}/besteffort/pod{uid}"),
+            driver.child(root, &pod),
+            driver.child(&driver.child(root, "burstable"), &pod),
+            driver.child(&driver.child(root, "besteffort"), &pod),
         ];
         let find = |h: &Option<Hierarchy>| {
             let h = h.as_ref()?;

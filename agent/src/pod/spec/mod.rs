@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use bosun_cri::api;
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use crate::pod::cgroup::CgroupDriver;
 use crate::store::ObjectGetter;
 
 pub use dns::{pod_dns_config, pod_hostname, HostDns, ResolvConf, ResolvConfError};
@@ -53,9 +54,11 @@ pub struct NodeContext {
     pub cluster_domain: String,
     /// Where pod log directories go, e.g. `/var/log/pods`.
     pub pod_logs_dir: PathBuf,
-    /// The cgroup every pod's cgroup goes under (cgroupfs driver): `kubepods` below the
-    /// configured `cgroupRoot`, e.g. `/kubepods`.
+    /// The cgroup every pod's cgroup goes under: `kubepods` below the configured
+    /// `cgroupRoot`, as a path of `cgroup_driver` (`/kubepods`, or `/kubepods.slice`).
     pub cgroup_root: String,
+    /// KubeletConfiguration `cgroupDriver`: how pod cgroups are named.
+    pub cgroup_driver: CgroupDriver,
     /// The node's IP: `status.hostIP` and `status.hostIPs` in the downward API, and which IP
     /// family comes first in `status.podIPs`.
     pub host_ip: String,
@@ -91,6 +94,7 @@ impl Default for NodeContext {
             cluster_domain: "cluster.local".into(),
             pod_logs_dir: PathBuf::from("/var/log/pods"),
             cgroup_root: "/kubepods".into(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
             host_ip: String::new(),
             resolv_conf: HostDns::default(),
             pod_pids_limit: None,

@@ -257,21 +257,24 @@ fn qos_of(pod: &Pod, containers: &[ContainerResources]) -> QosClass {
     }
 }
 
-/// The pod's cgroup, kubelet's cgroupfs layout under `ctx.cgroup_root` (the `kubepods`
-/// cgroup): `<root>/pod<uid>` for Guaranteed pods, `<root>/burstable/pod<uid>` and
-/// `<root>/besteffort/pod<uid>` for the others. `metadata.uid` must be set
-/// ([`sandbox_config`](super::sandbox_config) refuses a pod without one).
+/// The pod's cgroup, kubelet's layout under `ctx.cgroup_root` (the `kubepods` cgroup):
+/// `<root>/pod<uid>` for Guaranteed pods, `<root>/burstable/pod<uid>` and
+/// `<root>/besteffort/pod<uid>` for the others, as paths of the cgroup driver (with systemd,
+/// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`, the `-` of
+/// the UID written `_`). `metadata.uid` must be set ([`sandbox_config`](super::sandbox_config)
+/// refuses a pod without one).
 pub fn pod_cgroup_parent(pod: &Pod, ctx: &NodeContext) -> String {
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
     cgroup_parent(qos_class(pod), uid, ctx)
 }
 
 pub(crate) fn cgroup_parent(qos: QosClass, uid: &str, ctx: &NodeContext) -> String {
-    let root = ctx.cgroup_root.trim_end_matches('/');
+    let driver = ctx.cgroup_driver;
+    let pod = format!("pod{uid}");
     match qos {
-        QosClass::Guaranteed => format!("{root}/pod{uid}"),
-        QosClass::Burstable => format!("{root}/burstable/pod{uid}"),
-        QosClass::BestEffort => format!("{root}/besteffort/pod{uid}"),
+        QosClass::Guaranteed => driver.child(&ctx.cgroup_root, &pod),
+        QosClass::Burstable => driver.child(&driver.child(&ctx.cgroup_root, "burstable"), &pod),
+        QosClass::BestEffort => driver.child(&driver.child(&ctx.cgroup_root, "besteffort"), &pod),
     }
 }
 

@@ -20,6 +20,7 @@ fn node() -> NodeContext {
         cluster_domain: "cluster.local".into(),
         pod_logs_dir: PathBuf::from("/var/log/pods"),
         cgroup_root: "/kubepods".into(),
+        cgroup_driver: crate::pod::cgroup::CgroupDriver::Cgroupfs,
         host_ip: "192.168.1.10".into(),
         resolv_conf: HostDns::ResolvConf(ResolvConf {
             nameservers: vec!["192.168.1.1".into()],
@@ -605,6 +606,27 @@ fn cgroup_parent_follows_qos_class() {
     assert_eq!(
         pod_cgroup_parent(&pod_with_resources("{}"), &ctx),
         format!("/kubepods/besteffort/pod{UID}")
+    );
+}
+
+#[test]
+fn with_the_systemd_driver_the_sandbox_goes_into_the_pods_slice() {
+    let mut ctx = node();
+    ctx.cgroup_driver = crate::pod::cgroup::CgroupDriver::Systemd;
+    ctx.cgroup_root = "/kubepods.slice".into();
+    let escaped = UID.replace('-', "_");
+    let burstable = pod_with_resources("{requests: {cpu: 100m}}");
+    let sandbox = ok(sandbox_config(&burstable, &ctx, 0));
+    assert_eq!(
+        sandbox.linux.map(|l| l.cgroup_parent),
+        Some(format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{escaped}.slice"
+        ))
+    );
+    let guaranteed = pod_with_resources("{limits: {cpu: 1, memory: 1Gi}}");
+    assert_eq!(
+        pod_cgroup_parent(&guaranteed, &ctx),
+        format!("/kubepods.slice/kubepods-pod{escaped}.slice")
     );
 }
 
