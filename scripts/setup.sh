@@ -10,6 +10,7 @@ PACKAGES=(
     busybox-static gcc libc6-dev                 # the test images: busybox and a static pause
     iptables iproute2                            # CNI plugins and network namespaces
     protobuf-compiler                            # containerd-client's build script runs protoc
+    systemd-container dbus                       # the systemd cgroup driver's test: a systemd in a container
     ca-certificates
 )
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::node::TestNode;
+use crate::node::{NodeOptions, TestNode};
 
 /// The node name every test daemon runs as: static pods are named `NAME-node1`.
 pub const NODE_NAME: &str = "node1";
@@ -62,11 +62,16 @@ impl Daemon {
         } else {
             "healthzPort: 0\n"
         };
+        // A node with its own systemd has its own cgroup namespace: pods go under the
+        // default root there, named by the systemd driver as its containerd's runc names them.
+        let cgroups = match node.systemd() {
+            Some(_) => "cgroupDriver: systemd\ncgroupRoot: /\n".to_owned(),
+            None => format!("cgroupRoot: {}\n", node.cgroup_parent()),
+        };
         std::fs::write(
             &config,
             format!(
-                "cgroupRoot: {}\npodLogsDir: {}\nclusterDomain: cluster.local\n{healthz}{extra_config}",
-                node.cgroup_parent(),
+                "{cgroups}podLogsDir: {}\nclusterDomain: cluster.local\n{healthz}{extra_config}",
                 node.dir().join("pod-logs").display()
             ),
         )
@@ -77,7 +82,11 @@ impl Daemon {
             .append(true)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let child = tokio::process::Command::new(bin)
+        let mut command = match node.systemd() {
+            Some(systemd) => systemd.tokio_command(bin),
+            None => tokio::process::Command::new(bin),
+        };
+        let child = command
             .args(["run", "--hostname-override", NODE_NAME])
             .arg("--pod-manifest-path")
             .arg(&manifests)
@@ -278,7 +287,21 @@ where
     F: FnOnce(TestNode, Daemon) -> Fut,
     Fut: std::future::Future<Output = (TestNode, Result<()>)>,
 {
-    let node = TestNode::start(name).await?;
+    on_a_node_with(bin, NodeOptions::new(name), config, scenario).await
+}
+
+/// As [`on_a_node`], for a node started as `options` say.
+pub async fn on_a_node_with<F, Fut>(
+    bin: &Path,
+    options: NodeOptions,
+    config: &str,
+    scenario: F,
+) -> Result<()>
+where
+    F: FnOnce(TestNode, Daemon) -> Fut,
+    Fut: std::future::Future<Output = (TestNode, Result<()>)>,
+{
+    let node = TestNode::start_with(options).await?;
     let daemon = match Daemon::start(bin, &node, config).await {
         Ok(d) => d,
         Err(e) => {

@@ -16,4 +16,4 @@ pub mod node;
 pub mod traffic;
 
 pub use images::{ImageArchive, ImageError, TestImages, BUSYBOX_IMAGE, PAUSE_IMAGE};
-pub use node::{reap_stale_nodes, NodeOptions, StartTimings, TestNode, BASE_DIR};
+pub use node::{reap_stale_nodes, NodeOptions, StartTimings, SystemdHost, TestNode, BASE_DIR};

@@ -7,6 +7,7 @@
 mod config;
 mod host;
 mod slot;
+mod systemd;
 mod teardown;
 
 use std::fs::File;
@@ -22,6 +23,7 @@ use bosun_cri::{ContainerdClient, CriClient, CRI_NAMESPACE};
 use crate::images::{self, TestImages};
 use config::{NetworkPlan, NodeLayout};
 use slot::SlotLock;
+pub use systemd::SystemdHost;
 use teardown::{teardown, NodeRecord};
 
 /// Where nodes live unless told otherwise: one directory per node, plus `slots/` (slot locks
@@ -50,6 +52,9 @@ pub struct NodeOptions {
     pub slots_dir: PathBuf,
     /// Where built image archives are cached between nodes.
     pub image_cache: PathBuf,
+    /// Runs containerd (with `SystemdCgroup`) under a systemd of the node's own, in a
+    /// container (see [`SystemdHost`]); daemons started on the node enter it too.
+    pub systemd: bool,
 }
 
 impl NodeOptions {
@@ -59,6 +64,7 @@ impl NodeOptions {
             dir: None,
             slots_dir: Path::new(BASE_DIR).join("slots"),
             image_cache: Path::new(BASE_DIR).join("images"),
+            systemd: false,
         }
     }
 }
@@ -87,6 +93,10 @@ pub struct TestNode {
     /// `None` once torn down.
     slot: Option<SlotLock>,
     timings: StartTimings,
+    /// The node's systemd, when it has one; the teardown stops it with the node's other
+    /// processes (it lives in the node's cgroup).
+    systemd: Option<SystemdHost>,
+    systemd_wanted: bool,
 }
 
 impl TestNode {
@@ -136,6 +146,8 @@ impl TestNode {
                 images: images_took,
                 ..StartTimings::default()
             },
+            systemd: None,
+            systemd_wanted: options.systemd,
         };
         // On failure `node` is dropped here, which removes whatever was created.
         node.boot().await?;
@@ -159,13 +171,16 @@ impl TestNode {
         )?;
         write(
             &layout.config(),
-            config::containerd_config(layout).as_bytes(),
+            config::containerd_config(layout, self.systemd_wanted).as_bytes(),
         )?;
         write(
             &layout.cni_conflist(),
             config::cni_conflist(layout, &self.plan()).as_bytes(),
         )?;
 
+        if self.systemd_wanted {
+            self.boot_systemd()?;
+        }
         let began = Instant::now();
         self.spawn_containerd()?;
         self.wait_until_ready().await?;
@@ -177,11 +192,49 @@ impl TestNode {
         Ok(())
     }
 
+    /// Boots the node's systemd in the node's cgroup, with the test directories (nodes,
+    /// images) and the build's binaries visible inside at the same paths.
+    fn boot_systemd(&mut self) -> Result<()> {
+        let mut binds = vec![PathBuf::from(BASE_DIR)];
+        if !self.record.dir.starts_with(BASE_DIR) {
+            binds.push(self.record.dir.clone());
+        }
+        // The test binary is in <target>/<profile>/deps; bosun is in <target>/<profile>.
+        let exe = std::env::current_exe().context("finding the test binary")?;
+        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
+            binds.push(profile_dir.to_owned());
+        }
+        let machine = format!("bosun-test-{}", self.record.slot);
+        let host = SystemdHost::boot(
+            &machine,
+            &self.record.cgroup_parent,
+            &binds,
+            &self.layout.logs().join("systemd.log"),
+        )?;
+        self.systemd = Some(host);
+        Ok(())
+    }
+
+    /// The node's systemd, if it was started with one.
+    pub fn systemd(&self) -> Option<&SystemdHost> {
+        self.systemd.as_ref()
+    }
+
+    /// A command for `program` on this node: inside the node's systemd container when it has
+    /// one, else on the host.
+    pub fn command(&self, program: &str) -> std::process::Command {
+        match &self.systemd {
+            Some(systemd) => systemd.command(program),
+            None => host::host_command(program),
+        }
+    }
+
     fn spawn_containerd(&mut self) -> Result<()> {
         let log_path = self.layout.containerd_log();
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let child = host::host_command("containerd")
+        let child = self
+            .command("containerd")
             .arg("--config")
             .arg(self.layout.config())
             .current_dir(&self.layout.dir)

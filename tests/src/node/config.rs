@@ -143,7 +143,10 @@ const DISABLED_PLUGINS: &[&str] = &[
 /// The containerd configuration (version 2) of a node: everything under its own directory,
 /// CRI with the locally built pause image, and settings this machine needs (see
 /// `restrict_oom_score_adj`: root here cannot lower oom_score_adj).
-pub(crate) fn containerd_config(layout: &NodeLayout) -> String {
+/// With `systemd_cgroup`, runc puts containers into systemd scopes below the pods' slices
+/// (containerd's `SystemdCgroup`, kubeadm's default), for a node whose pods' cgroups bosun
+/// names with the systemd driver.
+pub(crate) fn containerd_config(layout: &NodeLayout, systemd_cgroup: bool) -> String {
     let disabled: Vec<String> = DISABLED_PLUGINS.iter().map(|p| toml_str(p)).collect();
     let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
     format!(
@@ -184,7 +187,7 @@ disabled_plugins = [{disabled}]
   runtime_type = "io.containerd.runc.v2"
 
 [{cri}.containerd.runtimes.runc.options]
-  SystemdCgroup = false
+  SystemdCgroup = {systemd_cgroup}
   Root = {runc_root}
 
 [{cri}.cni]
@@ -192,6 +195,7 @@ disabled_plugins = [{disabled}]
   conf_dir = {cni_conf_dir}
   max_conf_num = 1
 "#,
+        systemd_cgroup = systemd_cgroup,
         root = path_str(&layout.root()),
         state = path_str(&layout.state()),
         disabled = disabled.join(", "),
@@ -305,7 +309,7 @@ mod tests {
     #[test]
     fn containerd_config_keeps_everything_under_the_node_dir() {
         let layout = NodeLayout::new(Path::new("/run/bosun-tests/x-3"));
-        let config = containerd_config(&layout);
+        let config = containerd_config(&layout, false);
         for line in [
             r#"root = "/run/bosun-tests/x-3/root""#,
             r#"state = "/run/bosun-tests/x-3/state""#,

@@ -102,6 +102,14 @@ pub(crate) fn shims_of(socket: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// The direct children of `pid`.
+pub(crate) fn children_of(pid: u32) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|&child| state_and_ppid(child).is_some_and(|(_, ppid)| ppid == pid))
+        .collect()
+}
+
 /// Every descendant of `roots` (not the roots themselves).
 pub(crate) fn descendants(roots: &[u32]) -> Vec<u32> {
     let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
@@ -244,6 +252,19 @@ pub(crate) fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
         .into_iter()
         .map(|mount| mount.join(relative))
         .filter(|dir| dir.is_dir())
+        .collect()
+}
+
+/// The directory `cgroup` has (or would have) in every mounted hierarchy.
+pub(crate) fn cgroup_dirs_to_create(cgroup: &str) -> Vec<PathBuf> {
+    let relative = cgroup.trim_start_matches('/');
+    if relative.is_empty() {
+        return Vec::new();
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    cgroup_mounts_in(&mounts)
+        .into_iter()
+        .map(|mount| mount.join(relative))
         .collect()
 }
 
