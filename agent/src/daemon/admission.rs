@@ -216,7 +216,7 @@ fn general_filter(pod: &Pod, running: &[&Pod], node: &NodeInfo) -> Vec<Failure> 
 }
 
 /// A pod from any source but the API server (`kubelettypes.IsStaticPod`).
-fn is_static(pod: &Pod) -> bool {
+pub(crate) fn is_static(pod: &Pod) -> bool {
     pod.metadata
         .annotations
         .as_ref()
@@ -280,7 +280,7 @@ impl Requested {
 /// Requests are read as the API server (or, for static pods, the manifest source) defaulted
 /// them: a resource with only a limit is requested at its limit. A quantity that does not
 /// parse counts as zero; validation refuses such a pod before it gets here.
-fn pod_requests(pod: &Pod) -> BTreeMap<String, ParsedQuantity> {
+pub(crate) fn pod_requests(pod: &Pod) -> BTreeMap<String, ParsedQuantity> {
     let Some(spec) = pod.spec.as_ref() else {
         return BTreeMap::new();
     };
@@ -591,7 +591,7 @@ fn tolerates_no_execute_taints(pod: &Pod, node: &NodeInfo) -> bool {
 
 /// `Toleration.ToleratesTaint`: an empty effect or key matches any; an empty operator is
 /// `Equal`; `tolerationSeconds` does not matter at admission.
-fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+pub(crate) fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     fn set(field: Option<&str>) -> Option<&str> {
         field.filter(|f| !f.is_empty())
     }

@@ -13,6 +13,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod eviction;
 pub mod pleg;
 pub mod pod_workers;
 pub mod status_manager;
@@ -116,6 +117,8 @@ pub struct Config {
     pub healthz: Option<std::net::SocketAddr>,
     /// Container log rotation; `None` rotates nothing.
     pub log_rotation: Option<crate::pod::log_rotation::RotationConfig>,
+    /// Node-pressure eviction: thresholds and periods.
+    pub eviction: eviction::EvictionConfig,
 }
 
 impl Config {
@@ -206,6 +209,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         }
     }
     let (mut status, pods) = StatusManager::new();
+    // The eviction manager's node conditions: admission reads them, the Node status reports
+    // them.
+    let (pressure_tx, pressure) = tokio::sync::watch::channel(eviction::Pressure::new());
     let finished = config
         .kubeconfig
         .is_some()
@@ -285,6 +291,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             cluster.clone(),
             facts,
             client.clone(),
+            pressure.clone(),
         )));
         let mirrors = crate::store::Store::<Pod>::new(&[Source::Api]);
         tasks.push(tokio::spawn(crate::cluster::pods::watch(
@@ -334,6 +341,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     if let Some(healthz) = config.healthz {
         tasks.push(tokio::spawn(crate::server::serve_healthz(healthz)));
     }
+    let stats = Arc::new(crate::server::stats::StatsProvider::new(
+        crate::server::stats::HostPaths::host(),
+        config.node.cgroup_root.clone(),
+        config.root_dir.clone(),
+        config.node.node_name.clone(),
+    ));
     if let Some(server) = &config.server {
         tasks.push(
             crate::server::serve(
@@ -343,12 +356,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                     pods: pods.clone(),
                     runtime: client.clone(),
                     api: api_client.clone(),
-                    stats: Arc::new(crate::server::stats::StatsProvider::new(
-                        crate::server::stats::HostPaths::host(),
-                        config.node.cgroup_root.clone(),
-                        config.root_dir.clone(),
-                        config.node.node_name.clone(),
-                    )),
+                    stats: stats.clone(),
                     configz: configz(&config),
                     policy_bpf_dir: config.bpf_dir.clone().filter(|_| config.network_policy),
                 },
@@ -470,12 +478,30 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         policy: enforcer,
         done: done_tx,
     });
+    let (evict_tx, mut evict_rx) = tokio::sync::mpsc::unbounded_channel();
+    tasks.push(tokio::spawn(
+        eviction::Driver {
+            manager: eviction::Manager::new(config.eviction.clone()),
+            runtime: client.clone(),
+            stats: stats.clone(),
+            pods: pods.clone(),
+            events: events.clone(),
+            dirs: eviction::PodDirs {
+                pods_dir: ctx.pods_dir.clone(),
+                ctx: ctx.clone(),
+            },
+            cluster: config.kubeconfig.is_some(),
+            pressure: pressure_tx,
+            evict: evict_tx,
+        }
+        .run(),
+    ));
     let (pleg_tx, mut pleg_rx) = tokio::sync::mpsc::unbounded_channel();
     let socket = bosun_cri::socket_path(&config.runtime_endpoint)?;
     tasks.push(tokio::spawn(pleg::run(client.clone(), socket, pleg_tx)));
 
     let mut pod_config = PodConfig::new(&pod_sources);
-    let node_info = node_info(&config);
+    let node_info = node_info(&config, pressure);
     let mut references_changed = [objects.config_maps.subscribe(), objects.secrets.subscribe()];
     // Pods from the API server wait until its Services are listed (for their environment
     // variables): woken when they are, instead of at their next retry.
@@ -540,6 +566,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 }
             }
             Some(uid) = tokens_ready.recv() => workers.kick(&uid),
+            Some(request) = evict_rx.recv() => workers.evict(&request.uid, request.eviction),
             Some(event) = pleg_rx.recv() => match event {
                 PodLifecycleEvent::Changed(uid) => workers.runtime_changed(&uid),
                 PodLifecycleEvent::Relisted(uids) => {
@@ -609,7 +636,7 @@ fn sync_pods<R: crate::runtime::Runtime>(
     rejected: &mut HashMap<String, ObjectKey>,
     status: &StatusManager,
     events: &Recorder,
-    node: &admission::NodeInfo,
+    node: &NodeAdmission,
 ) {
     let desired = pod_config.desired();
     let mut new = Vec::new();
@@ -642,7 +669,11 @@ fn sync_pods<R: crate::runtime::Runtime>(
     for (uid, pod) in new {
         let admitted = workers.admitted();
         let running: Vec<&Pod> = admitted.iter().map(|p| &**p).collect();
-        if let Err(rejection) = admission::admit(&pod, &running, node) {
+        // The eviction manager's admit handler comes first, as in kubelet.
+        let under_pressure = eviction::admit(&node.pressure.borrow(), &pod, node.cluster);
+        if let Err(rejection) =
+            under_pressure.and_then(|()| admission::admit(&pod, &running, &node.info))
+        {
             let key = reject(status, events, &pod, &rejection);
             rejected.insert(uid, key);
             continue;
@@ -654,8 +685,28 @@ fn sync_pods<R: crate::runtime::Runtime>(
     }
 }
 
-/// What admission knows of this node: its labels as registered, its allocatable resources.
-fn node_info(config: &Config) -> admission::NodeInfo {
+/// What admission knows of this node: what the predicates check, and the node conditions
+/// the eviction manager holds.
+struct NodeAdmission {
+    info: admission::NodeInfo,
+    pressure: tokio::sync::watch::Receiver<eviction::Pressure>,
+    cluster: bool,
+}
+
+fn node_info(
+    config: &Config,
+    pressure: tokio::sync::watch::Receiver<eviction::Pressure>,
+) -> NodeAdmission {
+    NodeAdmission {
+        info: predicate_node_info(config),
+        pressure,
+        cluster: config.kubeconfig.is_some(),
+    }
+}
+
+/// What the predicates know of this node: its labels as registered, its allocatable
+/// resources.
+fn predicate_node_info(config: &Config) -> admission::NodeInfo {
     let mut labels = config.node_labels.clone();
     labels.insert(
         "kubernetes.io/hostname".into(),
