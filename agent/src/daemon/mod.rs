@@ -655,6 +655,9 @@ fn sync_pods<R: crate::runtime::Runtime>(
                 status.finished_without_running(pod);
             }
             Some(_) if rejected.contains_key(&uid) => {}
+            // A pod the API server already has in a terminal phase (evicted, or finished
+            // before bosun restarted) is not started again, as kubelet does not.
+            Some(pod) if is_terminal(pod) => status.set_status(pod, pod.status.clone()),
             Some(pod) => new.push((uid, pod.clone())),
         }
     }
@@ -683,6 +686,11 @@ fn sync_pods<R: crate::runtime::Runtime>(
     if pod_config.all_sources_seen() {
         status.expect(desired.into_keys().collect());
     }
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Failed" | "Succeeded"))
 }
 
 /// What admission knows of this node: what the predicates check, and the node conditions
