@@ -62,10 +62,19 @@ impl Daemon {
         } else {
             "healthzPort: 0\n"
         };
+        // The machines tests run on share their disk with other builds, whose space comes
+        // and goes: kubelet's default disk thresholds would put a test's node under disk
+        // pressure (refusing pods, removing the test's images) depending on them. Only the
+        // memory threshold stays, unless a test sets its own.
+        let eviction = if extra_config.contains("evictionHard") {
+            ""
+        } else {
+            "evictionHard: {memory.available: 100Mi}\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "cgroupRoot: {}\npodLogsDir: {}\nclusterDomain: cluster.local\n{healthz}{extra_config}",
+                "cgroupRoot: {}\npodLogsDir: {}\nclusterDomain: cluster.local\n{healthz}{eviction}{extra_config}",
                 node.cgroup_parent(),
                 node.dir().join("pod-logs").display()
             ),

@@ -25,7 +25,10 @@
 //! not preempt yet, so it always refuses them, as kubelet does when every running pod is
 //! critical.
 //!
-//! Left out: the device, topology, eviction (node pressure), sysctl and AppArmor admit
+//! The eviction admit handler (refusing pods under node pressure) runs before these checks
+//! and lives with the eviction manager (`super::eviction::admit`).
+//!
+//! Left out: the device, topology, sysctl and AppArmor admit
 //! handlers; `SupplementalGroupsPolicy: Strict` (which needs the runtime's feature report);
 //! pod-level `spec.resources` (refused when the pod is translated); in-place resize, where
 //! kubelet counts a running pod at the larger of its spec and its allocated resources; and

@@ -166,9 +166,32 @@ fn configz(config: &Config) -> serde_json::Value {
         "podLogsDir": config.node.pod_logs_dir,
         "podPidsLimit": config.node.pod_pids_limit,
         "maxPods": config.max_pods,
+        "evictionHard": eviction_map(&config.eviction, true),
+        "evictionSoft": eviction_map(&config.eviction, false),
+        "evictionSoftGracePeriod": config.eviction.thresholds.iter()
+            .filter_map(|t| Some((t.signal.as_str(), format!("{}s", t.grace_period?.as_secs()))))
+            .collect::<BTreeMap<_, _>>(),
+        "evictionMaxPodGracePeriod": config.eviction.max_pod_grace_period,
+        "evictionPressureTransitionPeriod": format!("{}s", config.eviction.pressure_transition_period.as_secs()),
         "rotateCertificates": config.rotate_certificates,
         "registerNode": config.kubeconfig.is_some(),
     })
+}
+
+/// The hard (or soft) thresholds as the config file writes them.
+fn eviction_map(config: &eviction::EvictionConfig, hard: bool) -> BTreeMap<&'static str, String> {
+    config
+        .thresholds
+        .iter()
+        .filter(|t| t.is_hard() == hard)
+        .map(|t| {
+            let value = match &t.value {
+                eviction::Value::Quantity { text, .. } => text.clone(),
+                eviction::Value::Percentage(fraction) => format!("{}%", fraction * 100.0),
+            };
+            (t.signal.as_str(), value)
+        })
+        .collect()
 }
 
 pub fn api_socket(root_dir: &Path) -> PathBuf {
