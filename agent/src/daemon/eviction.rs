@@ -1269,7 +1269,13 @@ impl Driver {
     /// Removes dead containers and unused images, as kubelet does before evicting for a disk
     /// signal; returns whether every threshold is resolved afterwards.
     async fn reclaim_node_level(&mut self) -> bool {
-        if let Err(e) = reclaim::dead_containers(&self.runtime).await {
+        let held: std::collections::HashSet<String> = self
+            .pods
+            .list()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        if let Err(e) = reclaim::dead_containers(&self.runtime, &held).await {
             tracing::info!(error = %e, "eviction manager: removing dead containers");
         }
         if let Err(e) = reclaim::unused_images(&self.runtime).await {
@@ -1290,18 +1296,31 @@ impl Driver {
 mod reclaim {
     use bosun_cri::{api, CriClient, CriError};
 
-    /// Removes the exited containers of sandboxes that are no longer ready: containers of
-    /// pods that have finished, which nothing will restart.
-    pub async fn dead_containers(runtime: &CriClient) -> Result<(), CriError> {
+    use crate::pod::observed::keys;
+
+    /// Removes the exited containers of bosun's sandboxes that are no longer ready, except
+    /// those of the pods bosun still holds (`held`, by UID), whose status their containers
+    /// make.
+    pub async fn dead_containers(
+        runtime: &CriClient,
+        held: &std::collections::HashSet<String>,
+    ) -> Result<(), CriError> {
         let sandboxes = runtime.list_pod_sandbox(None).await?;
-        let ready: std::collections::HashSet<String> = sandboxes
+        // Only bosun's sandboxes, never the runtime's other tenants'; of those, the ones
+        // that no longer run.
+        let stopped: std::collections::HashSet<String> = sandboxes
             .iter()
-            .filter(|s| s.state == api::PodSandboxState::SandboxReady as i32)
+            .filter(|s| {
+                s.labels.get(keys::MANAGED_BY).map(String::as_str) == Some(keys::MANAGED_BY_VALUE)
+            })
+            .filter(|s| s.state != api::PodSandboxState::SandboxReady as i32)
             .map(|s| s.id.clone())
             .collect();
         for container in runtime.list_containers(None).await? {
             let exited = container.state == api::ContainerState::ContainerExited as i32;
-            if exited && !ready.contains(&container.pod_sandbox_id) {
+            let uid = container.labels.get(keys::POD_UID);
+            let held = uid.is_some_and(|uid| held.contains(uid));
+            if exited && !held && stopped.contains(&container.pod_sandbox_id) {
                 runtime.remove_container(&container.id).await?;
             }
         }
