@@ -250,3 +250,73 @@ async fn overfilled_empty_dir(daemon: &Daemon) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_pressure_refuses_pods_and_reclaims_without_removing_the_sandbox_image_or_young_ones(
+) -> anyhow::Result<()> {
+    // nodefs.available below 100% of the file system: always met, without writing a byte.
+    daemon::on_a_node(
+        Path::new(BOSUN),
+        "evict-nodefs",
+        "evictionHard: {nodefs.available: \"100%\"}\nevictionMonitoringPeriod: 1s\n",
+        |node, daemon| async move {
+            let result = disk_pressure(&node, &daemon).await;
+            (node, result)
+        },
+    )
+    .await
+}
+
+async fn disk_pressure(node: &TestNode, daemon: &Daemon) -> anyhow::Result<()> {
+    daemon
+        .wait_for_event(
+            "NodeHasDiskPressure",
+            "status is now: NodeHasDiskPressure",
+            WITHIN,
+        )
+        .await?;
+    // Under disk pressure every pod but a critical one is refused.
+    daemon.write_manifest(
+        "refused.yaml",
+        &busybox_pod(
+            "refused",
+            "",
+            "    resources: {requests: {memory: 16Mi}}\n",
+            SLEEP_FOREVER,
+        ),
+    )?;
+    let refused = daemon
+        .wait_for("refused", "rejected", WITHIN, |p| phase(p) == "Failed")
+        .await?;
+    assert_eq!(refused["status"]["reason"], "Evicted", "{refused:#}");
+    assert_eq!(
+        refused["status"]["message"],
+        "Pod was rejected: The node had condition: [DiskPressure]. "
+    );
+    daemon
+        .wait_for_event(
+            "EvictionThresholdMet",
+            "Attempting to reclaim ephemeral-storage",
+            WITHIN,
+        )
+        .await?;
+    // The runtime named its sandbox image, so reclaim knows what it must never remove;
+    // the images are younger than kubelet's imageMinimumGCAge (2 min), so none goes yet.
+    let log = daemon.log();
+    assert!(!log.contains("does not name its sandbox image"), "{log}");
+    let client = node.cri().await?;
+    let images = client.list_images(None).await?;
+    let names: Vec<&String> = images.iter().flat_map(|i| i.repo_tags.iter()).collect();
+    for image in [
+        bosun_tests::images::PAUSE_IMAGE,
+        bosun_tests::images::BUSYBOX_IMAGE,
+    ] {
+        assert!(
+            names.iter().any(|n| *n == image),
+            "{image} was removed: {names:?}"
+        );
+    }
+    daemon.remove_manifest("refused.yaml")?;
+    daemon.wait_gone("refused", WITHIN).await?;
+    Ok(())
+}

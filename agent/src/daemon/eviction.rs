@@ -1100,7 +1100,13 @@ pub struct Driver {
     /// The node conditions, for admission and the Node status.
     pub pressure: tokio::sync::watch::Sender<Pressure>,
     pub evict: tokio::sync::mpsc::UnboundedSender<EvictRequest>,
+    /// When each image was first seen: images younger than kubelet's `imageMinimumGCAge`
+    /// are not removed.
+    pub images_seen: HashMap<String, Instant>,
 }
+
+/// kubelet's default `imageMinimumGCAge`.
+const IMAGE_MINIMUM_GC_AGE: Duration = Duration::from_secs(120);
 
 /// Pods that are neither terminal nor being terminated.
 fn active_pods(pods: &crate::store::PodStore) -> Vec<Arc<Pod>> {
@@ -1121,6 +1127,11 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if self.images_seen.is_empty() {
+                // The images there are when bosun starts count from then, as kubelet's image
+                // manager detects them.
+                reclaim::note_images(&self.runtime, &mut self.images_seen).await;
+            }
             if let Some(uid) = self.round().await {
                 self.wait_for_cleanup(&uid).await;
             }
@@ -1278,7 +1289,14 @@ impl Driver {
         if let Err(e) = reclaim::dead_containers(&self.runtime, &held).await {
             tracing::info!(error = %e, "eviction manager: removing dead containers");
         }
-        if let Err(e) = reclaim::unused_images(&self.runtime).await {
+        reclaim::note_images(&self.runtime, &mut self.images_seen).await;
+        let old_enough: std::collections::HashSet<String> = self
+            .images_seen
+            .iter()
+            .filter(|(_, seen)| seen.elapsed() >= IMAGE_MINIMUM_GC_AGE)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if let Err(e) = reclaim::unused_images(&self.runtime, &old_enough).await {
             tracing::info!(error = %e, "eviction manager: removing unused images");
         }
         match self.stats.summary(&self.runtime).await {
@@ -1327,9 +1345,30 @@ mod reclaim {
         Ok(())
     }
 
-    /// Removes the images no container uses, except the runtime's sandbox image (which
-    /// kubelet pins). Without knowing the sandbox image, removes nothing.
-    pub async fn unused_images(runtime: &CriClient) -> Result<(), CriError> {
+    /// Records when each image the runtime holds was first seen.
+    pub async fn note_images(
+        runtime: &CriClient,
+        seen: &mut std::collections::HashMap<String, tokio::time::Instant>,
+    ) {
+        match runtime.list_images(None).await {
+            Ok(images) => {
+                let now = tokio::time::Instant::now();
+                seen.retain(|id, _| images.iter().any(|i| i.id == *id));
+                for image in images {
+                    seen.entry(image.id).or_insert(now);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "eviction manager: listing images"),
+        }
+    }
+
+    /// Removes the images no container uses, among those `old_enough` (by ID), except the
+    /// runtime's sandbox image (which kubelet pins). Without knowing the sandbox image,
+    /// removes nothing.
+    pub async fn unused_images(
+        runtime: &CriClient,
+        old_enough: &std::collections::HashSet<String>,
+    ) -> Result<(), CriError> {
         let status = runtime.status(true).await?;
         let Some(sandbox_image) = status
             .info
@@ -1349,7 +1388,8 @@ mod reclaim {
         for image in runtime.list_images(None).await? {
             let names = || image.repo_tags.iter().chain(image.repo_digests.iter());
             let in_use = used.contains(&image.id) || names().any(|n| used.contains(n));
-            if in_use || image.pinned || names().any(|n| *n == sandbox_image) {
+            let young = !old_enough.contains(&image.id);
+            if in_use || young || image.pinned || names().any(|n| *n == sandbox_image) {
                 continue;
             }
             tracing::info!(image = %image.id, "eviction manager: removing an unused image");

@@ -516,6 +516,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             cluster: config.kubeconfig.is_some(),
             pressure: pressure_tx,
             evict: evict_tx,
+            images_seen: HashMap::new(),
         }
         .run(),
     ));
