@@ -825,6 +825,31 @@ mod tests {
     }
 
     #[test]
+    fn eviction_fields_are_read_from_the_config_file_and_bad_ones_named() {
+        let file: ConfigFile = serde_yaml::from_str(
+            "evictionHard: {memory.available: 1Gi}\nevictionSoft: {nodefs.available: 20%}\nevictionSoftGracePeriod: {nodefs.available: 1m}\nevictionPressureTransitionPeriod: 30s\nevictionMonitoringPeriod: 2s\n",
+        )
+        .expect("parses");
+        let config = eviction_config(&file).expect("valid");
+        assert_eq!(config.thresholds.len(), 2);
+        assert_eq!(
+            config.pressure_transition_period,
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(config.monitoring_period, std::time::Duration::from_secs(2));
+        // Without evictionHard, kubelet's defaults.
+        let defaults = eviction_config(&ConfigFile::default()).expect("valid");
+        assert_eq!(defaults.thresholds.len(), 4);
+        let bad: ConfigFile =
+            serde_yaml::from_str("evictionHard: {memory.available: 10Qi}\n").expect("parses");
+        let error = eviction_config(&bad).expect_err("refused").to_string();
+        assert!(
+            error.starts_with("evictionHard[memory.available]: invalid value \"10Qi\""),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn cgroup_root_is_the_parent_of_kubepods() {
         assert_eq!(kubepods_cgroup(None), "/kubepods");
         assert_eq!(kubepods_cgroup(Some("/")), "/kubepods");
