@@ -68,10 +68,19 @@ impl Daemon {
             Some(_) => "cgroupDriver: systemd\ncgroupRoot: /\n".to_owned(),
             None => format!("cgroupRoot: {}\n", node.cgroup_parent()),
         };
+        // The machines tests run on share their disk with other builds, whose space comes
+        // and goes: kubelet's default disk thresholds would put a test's node under disk
+        // pressure (refusing pods, removing the test's images) depending on them. Only the
+        // memory threshold stays, unless a test sets its own.
+        let eviction = if extra_config.contains("evictionHard") {
+            ""
+        } else {
+            "evictionHard: {memory.available: 100Mi}\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "{cgroups}podLogsDir: {}\nclusterDomain: cluster.local\n{healthz}{extra_config}",
+                "{cgroups}podLogsDir: {}\nclusterDomain: cluster.local\n{healthz}{eviction}{extra_config}",
                 node.dir().join("pod-logs").display()
             ),
         )

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use std::collections::BTreeMap;
 
+use bosun::daemon::eviction::{EvictionConfig, EvictionFields, Signal};
 use bosun::daemon::{Config, NodeCapacity};
 
 use bosun::pod::cgroup::CgroupDriver;
@@ -146,9 +147,23 @@ pub struct ConfigFile {
     pub kube_reserved: BTreeMap<String, String>,
     #[serde(default)]
     pub system_reserved: BTreeMap<String, String>,
-    /// Hard eviction thresholds; kubelet's defaults when unset. Only `memory.available` and
-    /// `nodefs.available` reduce allocatable, as in kubelet. bosun evicts nothing yet.
+    /// Hard eviction thresholds; kubelet's defaults when unset. `memory.available` and
+    /// `nodefs.available` also reduce allocatable, as in kubelet.
     pub eviction_hard: Option<BTreeMap<String, String>>,
+    /// Soft eviction thresholds, each with a grace period in `evictionSoftGracePeriod`.
+    #[serde(default)]
+    pub eviction_soft: BTreeMap<String, String>,
+    #[serde(default)]
+    pub eviction_soft_grace_period: BTreeMap<String, String>,
+    /// The longest grace period a soft eviction gives a pod, in seconds.
+    pub eviction_max_pod_grace_period: Option<i64>,
+    /// How long a pressure condition stays True after its signal recovered (default 5m).
+    pub eviction_pressure_transition_period: Option<String>,
+    #[serde(default)]
+    pub eviction_minimum_reclaim: BTreeMap<String, String>,
+    /// bosun's own: how often the eviction manager observes the signals (a duration;
+    /// default 10s, kubelet's fixed period).
+    pub eviction_monitoring_period: Option<String>,
     /// Taints the node registers with.
     #[serde(default)]
     pub register_with_taints: Vec<Taint>,
@@ -295,13 +310,12 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         taints.push(parse_taint(text)?);
     }
     let capacity = node_capacity(&args.root_dir);
+    let eviction = eviction_config(&file)?;
     let allocatable = allocatable(
         &capacity,
         &file.kube_reserved,
         &file.system_reserved,
-        file.eviction_hard
-            .as_ref()
-            .unwrap_or(&default_eviction_hard()),
+        &eviction,
     )?;
     let log_rotation = log_rotation(&file)?;
     let host_ip = host_ip();
@@ -362,7 +376,23 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         server: server.0,
         healthz: server.1,
         log_rotation,
+        eviction,
     })
+}
+
+/// The eviction configuration from the `eviction*` fields.
+fn eviction_config(file: &ConfigFile) -> Result<EvictionConfig, BadConfig> {
+    let default_hard = default_eviction_hard();
+    EvictionConfig::parse(&EvictionFields {
+        hard: file.eviction_hard.as_ref().unwrap_or(&default_hard),
+        soft: &file.eviction_soft,
+        soft_grace_period: &file.eviction_soft_grace_period,
+        minimum_reclaim: &file.eviction_minimum_reclaim,
+        max_pod_grace_period: file.eviction_max_pod_grace_period,
+        pressure_transition_period: file.eviction_pressure_transition_period.as_deref(),
+        monitoring_period: file.eviction_monitoring_period.as_deref(),
+    })
+    .map_err(|e| BadConfig(e.to_string()))
 }
 
 /// Container log rotation (`containerLogMaxSize`, `containerLogMaxFiles`,
@@ -625,7 +655,7 @@ fn allocatable(
     capacity: &NodeCapacity,
     kube_reserved: &BTreeMap<String, String>,
     system_reserved: &BTreeMap<String, String>,
-    eviction_hard: &BTreeMap<String, String>,
+    eviction: &EvictionConfig,
 ) -> Result<NodeCapacity, BadConfig> {
     let quantity = |field: &str, key: &str, text: &str| {
         ParsedQuantity::parse(text)
@@ -651,22 +681,13 @@ fn allocatable(
             }
         }
     }
-    let threshold = |signal: &str, of: i64| -> Result<i64, BadConfig> {
-        let Some(text) = eviction_hard.get(signal) else {
-            return Ok(0);
-        };
-        match text.strip_suffix('%') {
-            Some(percent) => {
-                let percent: f64 = percent.parse().map_err(|_| {
-                    BadConfig(format!("evictionHard: {signal}: invalid value {text:?}"))
-                })?;
-                Ok((of as f64 * percent / 100.0) as i64)
-            }
-            None => Ok(quantity("evictionHard", signal, text)?.value()),
-        }
+    let threshold = |signal: Signal, of: i64| {
+        eviction
+            .hard_value(signal)
+            .map_or(0, |value| value.quantity(of))
     };
-    reserved.memory_bytes += threshold("memory.available", capacity.memory_bytes)?;
-    reserved.ephemeral_bytes += threshold("nodefs.available", capacity.ephemeral_bytes)?;
+    reserved.memory_bytes += threshold(Signal::MemoryAvailable, capacity.memory_bytes);
+    reserved.ephemeral_bytes += threshold(Signal::NodeFsAvailable, capacity.ephemeral_bytes);
     Ok(NodeCapacity {
         cpu_millis: (capacity.cpu_millis - reserved.cpu_millis).max(0),
         memory_bytes: (capacity.memory_bytes - reserved.memory_bytes).max(0),
@@ -786,14 +807,44 @@ mod tests {
             &capacity,
             &map(&[("cpu", "100m"), ("memory", "256Mi")]),
             &map(&[("cpu", "0.1"), ("ephemeral-storage", "1Gi")]),
-            &default_eviction_hard(),
+            &eviction_config(&ConfigFile::default()).expect("kubelet's defaults"),
         )
         .expect("valid");
         assert_eq!(got.cpu_millis, 1800);
         assert_eq!(got.memory_bytes, (4 << 30) - (256 << 20) - (100 << 20));
         assert_eq!(got.ephemeral_bytes, (100 << 30) - (1 << 30) - (10 << 30));
-        let bad = allocatable(&capacity, &map(&[("gpu", "1")]), &map(&[]), &map(&[]));
+        let bad = allocatable(
+            &capacity,
+            &map(&[("gpu", "1")]),
+            &map(&[]),
+            &EvictionConfig::default(),
+        );
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn eviction_fields_are_read_from_the_config_file_and_bad_ones_named() {
+        let file: ConfigFile = serde_yaml::from_str(
+            "evictionHard: {memory.available: 1Gi}\nevictionSoft: {nodefs.available: 20%}\nevictionSoftGracePeriod: {nodefs.available: 1m}\nevictionPressureTransitionPeriod: 30s\nevictionMonitoringPeriod: 2s\n",
+        )
+        .expect("parses");
+        let config = eviction_config(&file).expect("valid");
+        assert_eq!(config.thresholds.len(), 2);
+        assert_eq!(
+            config.pressure_transition_period,
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(config.monitoring_period, std::time::Duration::from_secs(2));
+        // Without evictionHard, kubelet's defaults.
+        let defaults = eviction_config(&ConfigFile::default()).expect("valid");
+        assert_eq!(defaults.thresholds.len(), 4);
+        let bad: ConfigFile =
+            serde_yaml::from_str("evictionHard: {memory.available: 10Qi}\n").expect("parses");
+        let error = eviction_config(&bad).expect_err("refused").to_string();
+        assert!(
+            error.starts_with("evictionHard[memory.available]: invalid value \"10Qi\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use bosun_cri::CriClient;
 
 use super::ClusterError;
+use crate::daemon::eviction::{Condition, Pressure};
 use crate::daemon::NodeCapacity;
 
 /// The namespace of node leases.
@@ -76,13 +77,19 @@ impl NodeFacts {
                 taints: (!self.taints.is_empty()).then(|| self.taints.clone()),
                 ..NodeSpec::default()
             }),
-            status: Some(self.status(None, &RuntimeHealth::default())),
+            status: Some(self.status(None, &RuntimeHealth::default(), &Pressure::new())),
         }
     }
 
     /// The node's status now; `previous` keeps the transition times of conditions that did
-    /// not change, `runtime` says whether the runtime and its network are ready.
-    pub fn status(&self, previous: Option<&NodeStatus>, runtime: &RuntimeHealth) -> NodeStatus {
+    /// not change, `runtime` says whether the runtime and its network are ready, `pressure`
+    /// which pressure conditions the eviction manager holds True.
+    pub fn status(
+        &self,
+        previous: Option<&NodeStatus>,
+        runtime: &RuntimeHealth,
+        pressure: &Pressure,
+    ) -> NodeStatus {
         let resources = |of: &NodeCapacity| {
             BTreeMap::from([
                 ("cpu".to_owned(), Quantity(format!("{}m", of.cpu_millis))),
@@ -138,27 +145,18 @@ impl NodeFacts {
             capacity: Some(resources(&self.capacity)),
             allocatable: Some(resources(&self.allocatable)),
             addresses: Some(addresses),
-            conditions: Some(vec![
-                condition(
-                    "MemoryPressure",
-                    "False",
-                    "KubeletHasSufficientMemory",
-                    "kubelet has sufficient memory available",
-                ),
-                condition(
-                    "DiskPressure",
-                    "False",
-                    "KubeletHasNoDiskPressure",
-                    "kubelet has no disk pressure",
-                ),
-                condition(
-                    "PIDPressure",
-                    "False",
-                    "KubeletHasSufficientPID",
-                    "kubelet has sufficient PID available",
-                ),
-                ready,
-            ]),
+            conditions: Some(
+                Condition::ALL
+                    .into_iter()
+                    .map(|c| {
+                        let pressure = pressure.contains(&c);
+                        let (reason, message) = c.reason_and_message(pressure);
+                        let status = if pressure { "True" } else { "False" };
+                        condition(c.as_str(), status, reason, message)
+                    })
+                    .chain([ready])
+                    .collect(),
+            ),
             daemon_endpoints: Some(NodeDaemonEndpoints {
                 kubelet_endpoint: Some(DaemonEndpoint { port: self.port }),
             }),
@@ -301,7 +299,7 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<String
         }
     };
     // An existing Node's status is reconciled like its labels.
-    let status = serde_json::json!({"status": facts.status(node.status.as_ref(), &RuntimeHealth::default())});
+    let status = serde_json::json!({"status": facts.status(node.status.as_ref(), &RuntimeHealth::default(), &Pressure::new())});
     api.patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .map_err(|source| ClusterError::Api {
@@ -312,8 +310,13 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<String
 }
 
 /// Registers the node (retrying until it can), then renews its Lease and reports its
-/// status for as long as the task runs.
-pub async fn run(client: kube::Client, facts: NodeFacts, runtime: CriClient) {
+/// status for as long as the task runs; a change of `pressure` is reported at once.
+pub async fn run(
+    client: kube::Client,
+    facts: NodeFacts,
+    runtime: CriClient,
+    mut pressure: tokio::sync::watch::Receiver<Pressure>,
+) {
     let mut delay = Duration::from_millis(200);
     let uid = loop {
         match register(&client, &facts).await {
@@ -331,6 +334,7 @@ pub async fn run(client: kube::Client, facts: NodeFacts, runtime: CriClient) {
     let mut reported: Option<(NodeStatus, Instant)> = None;
     let mut lease_tick = tokio::time::interval(LEASE_RENEW);
     let mut status_tick = tokio::time::interval(STATUS_UPDATE);
+    let mut pressure_closed = false;
     loop {
         tokio::select! {
             _ = lease_tick.tick() => {
@@ -338,9 +342,14 @@ pub async fn run(client: kube::Client, facts: NodeFacts, runtime: CriClient) {
                     tracing::warn!(error = %e, "renewing the node lease");
                 }
             }
+            changed = pressure.changed(), if !pressure_closed => {
+                pressure_closed = changed.is_err();
+                status_tick.reset_immediately();
+            }
             _ = status_tick.tick() => {
                 let health = RuntimeHealth::of(&runtime).await;
-                let status = facts.status(reported.as_ref().map(|(s, _)| s), &health);
+                let now_pressure = pressure.borrow_and_update().clone();
+                let status = facts.status(reported.as_ref().map(|(s, _)| s), &health, &now_pressure);
                 let due = reported.as_ref().is_none_or(|(last, at)| {
                     !same_but_heartbeats(last, &status) || at.elapsed() >= STATUS_REPORT
                 });
@@ -487,20 +496,20 @@ mod tests {
     fn an_unchanged_status_differs_only_in_heartbeats() {
         let facts = facts();
         let ready = RuntimeHealth::default();
-        let first = facts.status(None, &ready);
-        let second = facts.status(Some(&first), &ready);
+        let first = facts.status(None, &ready, &Pressure::new());
+        let second = facts.status(Some(&first), &ready, &Pressure::new());
         assert!(same_but_heartbeats(&first, &second));
         let mut more = facts.clone();
         more.max_pods = 5;
         assert!(!same_but_heartbeats(
             &first,
-            &more.status(Some(&first), &ready)
+            &more.status(Some(&first), &ready, &Pressure::new())
         ));
         let down = RuntimeHealth {
             not_ready: Some("container runtime network not ready: NetworkReady=false".into()),
             ..RuntimeHealth::default()
         };
-        let not_ready = facts.status(Some(&first), &down);
+        let not_ready = facts.status(Some(&first), &down, &Pressure::new());
         let condition = not_ready
             .conditions
             .iter()

@@ -15,6 +15,7 @@ use bosun_tests::fake_cri::{serve, VersionOnly};
 
 use super::{register, renew_lease, run, NodeCapacity, NodeFacts, LEASE_NAMESPACE};
 use crate::cluster::fake_api::FakeApi;
+use crate::daemon::eviction::{Condition, Pressure};
 
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/node-a";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
@@ -141,7 +142,13 @@ async fn runtime(dir: &Path) -> CriClient {
 async fn the_lease_is_renewed_every_10_s_and_a_changed_status_reported() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let fake = FakeApi::new();
-    tokio::spawn(run(fake.client(), facts(), runtime(dir.path()).await));
+    let (_pressure, pressure_rx) = tokio::sync::watch::channel(Pressure::new());
+    tokio::spawn(run(
+        fake.client(),
+        facts(),
+        runtime(dir.path()).await,
+        pressure_rx,
+    ));
     fake.until("the Lease", |f| f.succeeded("POST", LEASES) == 1)
         .await;
     let status = "/api/v1/nodes/node-a/status";
@@ -164,10 +171,66 @@ async fn the_lease_is_renewed_every_10_s_and_a_changed_status_reported() {
 async fn an_unchanged_status_is_reported_every_5_min() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let fake = FakeApi::new();
-    tokio::spawn(run(fake.client(), facts(), runtime(dir.path()).await));
+    let (_pressure, pressure_rx) = tokio::sync::watch::channel(Pressure::new());
+    tokio::spawn(run(
+        fake.client(),
+        facts(),
+        runtime(dir.path()).await,
+        pressure_rx,
+    ));
     let status = "/api/v1/nodes/node-a/status";
     fake.until("the status", |f| f.succeeded("PATCH", status) == 1)
         .await;
     tokio::time::sleep(super::STATUS_REPORT + Duration::from_secs(15)).await;
     assert_eq!(fake.succeeded("PATCH", status), 2);
+}
+
+/// The eviction manager's conditions, through the in-process fake API (a fast logic test;
+/// the real API server is not part of this test).
+#[tokio::test(start_paused = true)]
+async fn a_pressure_change_is_reported_at_once_with_kubelets_reasons() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let fake = FakeApi::new();
+    let (pressure, pressure_rx) = tokio::sync::watch::channel(Pressure::new());
+    tokio::spawn(run(
+        fake.client(),
+        facts(),
+        runtime(dir.path()).await,
+        pressure_rx,
+    ));
+    let status = "/api/v1/nodes/node-a/status";
+    fake.until("the status", |f| f.succeeded("PATCH", status) == 1)
+        .await;
+    let condition = |node: &Node, type_: &str| {
+        node.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == type_).cloned())
+            .map(|c| (c.status, c.reason.unwrap_or_default()))
+    };
+    let node: Node = fake.object("nodes", "", "node-a").expect("the Node");
+    assert_eq!(
+        condition(&node, "MemoryPressure"),
+        Some(("False".into(), "KubeletHasSufficientMemory".into()))
+    );
+    pressure.send_replace(Pressure::from([
+        Condition::MemoryPressure,
+        Condition::PidPressure,
+    ]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fake.until("the pressure", |f| f.succeeded("PATCH", status) == 2)
+        .await;
+    let node: Node = fake.object("nodes", "", "node-a").expect("the Node");
+    assert_eq!(
+        condition(&node, "MemoryPressure"),
+        Some(("True".into(), "KubeletHasInsufficientMemory".into()))
+    );
+    assert_eq!(
+        condition(&node, "PIDPressure"),
+        Some(("True".into(), "KubeletHasInsufficientPID".into()))
+    );
+    assert_eq!(
+        condition(&node, "DiskPressure"),
+        Some(("False".into(), "KubeletHasNoDiskPressure".into()))
+    );
 }

@@ -25,7 +25,10 @@
 //! not preempt yet, so it always refuses them, as kubelet does when every running pod is
 //! critical.
 //!
-//! Left out: the device, topology, eviction (node pressure), sysctl and AppArmor admit
+//! The eviction admit handler (refusing pods under node pressure) runs before these checks
+//! and lives with the eviction manager (`super::eviction::admit`).
+//!
+//! Left out: the device, topology, sysctl and AppArmor admit
 //! handlers; `SupplementalGroupsPolicy: Strict` (which needs the runtime's feature report);
 //! pod-level `spec.resources` (refused when the pod is translated); in-place resize, where
 //! kubelet counts a running pod at the larger of its spec and its allocated resources; and
@@ -216,7 +219,7 @@ fn general_filter(pod: &Pod, running: &[&Pod], node: &NodeInfo) -> Vec<Failure> 
 }
 
 /// A pod from any source but the API server (`kubelettypes.IsStaticPod`).
-fn is_static(pod: &Pod) -> bool {
+pub(crate) fn is_static(pod: &Pod) -> bool {
     pod.metadata
         .annotations
         .as_ref()
@@ -280,7 +283,7 @@ impl Requested {
 /// Requests are read as the API server (or, for static pods, the manifest source) defaulted
 /// them: a resource with only a limit is requested at its limit. A quantity that does not
 /// parse counts as zero; validation refuses such a pod before it gets here.
-fn pod_requests(pod: &Pod) -> BTreeMap<String, ParsedQuantity> {
+pub(crate) fn pod_requests(pod: &Pod) -> BTreeMap<String, ParsedQuantity> {
     let Some(spec) = pod.spec.as_ref() else {
         return BTreeMap::new();
     };
@@ -591,7 +594,7 @@ fn tolerates_no_execute_taints(pod: &Pod, node: &NodeInfo) -> bool {
 
 /// `Toleration.ToleratesTaint`: an empty effect or key matches any; an empty operator is
 /// `Equal`; `tolerationSeconds` does not matter at admission.
-fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+pub(crate) fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     fn set(field: Option<&str>) -> Option<&str> {
         field.filter(|f| !f.is_empty())
     }

@@ -13,6 +13,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod eviction;
 pub mod pleg;
 pub mod pod_workers;
 pub mod status_manager;
@@ -120,6 +121,8 @@ pub struct Config {
     pub healthz: Option<std::net::SocketAddr>,
     /// Container log rotation; `None` rotates nothing.
     pub log_rotation: Option<crate::pod::log_rotation::RotationConfig>,
+    /// Node-pressure eviction: thresholds and periods.
+    pub eviction: eviction::EvictionConfig,
 }
 
 impl Config {
@@ -168,9 +171,32 @@ fn configz(config: &Config) -> serde_json::Value {
         "podLogsDir": config.node.pod_logs_dir,
         "podPidsLimit": config.node.pod_pids_limit,
         "maxPods": config.max_pods,
+        "evictionHard": eviction_map(&config.eviction, true),
+        "evictionSoft": eviction_map(&config.eviction, false),
+        "evictionSoftGracePeriod": config.eviction.thresholds.iter()
+            .filter_map(|t| Some((t.signal.as_str(), format!("{}s", t.grace_period?.as_secs()))))
+            .collect::<BTreeMap<_, _>>(),
+        "evictionMaxPodGracePeriod": config.eviction.max_pod_grace_period,
+        "evictionPressureTransitionPeriod": format!("{}s", config.eviction.pressure_transition_period.as_secs()),
         "rotateCertificates": config.rotate_certificates,
         "registerNode": config.kubeconfig.is_some(),
     })
+}
+
+/// The hard (or soft) thresholds as the config file writes them.
+fn eviction_map(config: &eviction::EvictionConfig, hard: bool) -> BTreeMap<&'static str, String> {
+    config
+        .thresholds
+        .iter()
+        .filter(|t| t.is_hard() == hard)
+        .map(|t| {
+            let value = match &t.value {
+                eviction::Value::Quantity { text, .. } => text.clone(),
+                eviction::Value::Percentage(fraction) => format!("{}%", fraction * 100.0),
+            };
+            (t.signal.as_str(), value)
+        })
+        .collect()
 }
 
 pub fn api_socket(root_dir: &Path) -> PathBuf {
@@ -215,6 +241,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         }
     }
     let (mut status, pods) = StatusManager::new();
+    // The eviction manager's node conditions: admission reads them, the Node status reports
+    // them.
+    let (pressure_tx, pressure) = tokio::sync::watch::channel(eviction::Pressure::new());
     let finished = config
         .kubeconfig
         .is_some()
@@ -294,6 +323,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             cluster.clone(),
             facts,
             client.clone(),
+            pressure.clone(),
         )));
         let mirrors = crate::store::Store::<Pod>::new(&[Source::Api]);
         tasks.push(tokio::spawn(crate::cluster::pods::watch(
@@ -343,6 +373,15 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     if let Some(healthz) = config.healthz {
         tasks.push(tokio::spawn(crate::server::serve_healthz(healthz)));
     }
+    let stats = Arc::new(
+        crate::server::stats::StatsProvider::new(
+            crate::server::stats::HostPaths::host(),
+            config.node.cgroup_root.clone(),
+            config.root_dir.clone(),
+            config.node.node_name.clone(),
+        )
+        .with_cgroup_driver(config.node.cgroup_driver),
+    );
     if let Some(server) = &config.server {
         tasks.push(
             crate::server::serve(
@@ -352,15 +391,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                     pods: pods.clone(),
                     runtime: client.clone(),
                     api: api_client.clone(),
-                    stats: Arc::new(
-                        crate::server::stats::StatsProvider::new(
-                            crate::server::stats::HostPaths::host(),
-                            config.node.cgroup_root.clone(),
-                            config.root_dir.clone(),
-                            config.node.node_name.clone(),
-                        )
-                        .with_cgroup_driver(config.node.cgroup_driver),
-                    ),
+                    stats: stats.clone(),
                     configz: configz(&config),
                     policy_bpf_dir: config.bpf_dir.clone().filter(|_| config.network_policy),
                 },
@@ -482,12 +513,31 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         policy: enforcer,
         done: done_tx,
     });
+    let (evict_tx, mut evict_rx) = tokio::sync::mpsc::unbounded_channel();
+    tasks.push(tokio::spawn(
+        eviction::Driver {
+            manager: eviction::Manager::new(config.eviction.clone()),
+            runtime: client.clone(),
+            stats: stats.clone(),
+            pods: pods.clone(),
+            events: events.clone(),
+            dirs: eviction::PodDirs {
+                pods_dir: ctx.pods_dir.clone(),
+                ctx: ctx.clone(),
+            },
+            cluster: config.kubeconfig.is_some(),
+            pressure: pressure_tx,
+            evict: evict_tx,
+            images_seen: HashMap::new(),
+        }
+        .run(),
+    ));
     let (pleg_tx, mut pleg_rx) = tokio::sync::mpsc::unbounded_channel();
     let socket = bosun_cri::socket_path(&config.runtime_endpoint)?;
     tasks.push(tokio::spawn(pleg::run(client.clone(), socket, pleg_tx)));
 
     let mut pod_config = PodConfig::new(&pod_sources);
-    let node_info = node_info(&config);
+    let node_info = node_info(&config, pressure);
     let mut references_changed = [objects.config_maps.subscribe(), objects.secrets.subscribe()];
     // Pods from the API server wait until its Services are listed (for their environment
     // variables): woken when they are, instead of at their next retry.
@@ -552,6 +602,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 }
             }
             Some(uid) = tokens_ready.recv() => workers.kick(&uid),
+            Some(request) = evict_rx.recv() => workers.evict(&request.uid, request.eviction),
             Some(event) = pleg_rx.recv() => match event {
                 PodLifecycleEvent::Changed(uid) => workers.runtime_changed(&uid),
                 PodLifecycleEvent::Relisted(uids) => {
@@ -621,7 +672,7 @@ fn sync_pods<R: crate::runtime::Runtime>(
     rejected: &mut HashMap<String, ObjectKey>,
     status: &StatusManager,
     events: &Recorder,
-    node: &admission::NodeInfo,
+    node: &NodeAdmission,
 ) {
     let desired = pod_config.desired();
     let mut new = Vec::new();
@@ -640,6 +691,9 @@ fn sync_pods<R: crate::runtime::Runtime>(
                 status.finished_without_running(pod);
             }
             Some(_) if rejected.contains_key(&uid) => {}
+            // A pod the API server already has in a terminal phase (evicted, or finished
+            // before bosun restarted) is not started again, as kubelet does not.
+            Some(pod) if is_terminal(pod) => status.set_status(pod, pod.status.clone()),
             Some(pod) => new.push((uid, pod.clone())),
         }
     }
@@ -654,7 +708,11 @@ fn sync_pods<R: crate::runtime::Runtime>(
     for (uid, pod) in new {
         let admitted = workers.admitted();
         let running: Vec<&Pod> = admitted.iter().map(|p| &**p).collect();
-        if let Err(rejection) = admission::admit(&pod, &running, node) {
+        // The eviction manager's admit handler comes first, as in kubelet.
+        let under_pressure = eviction::admit(&node.pressure.borrow(), &pod, node.cluster);
+        if let Err(rejection) =
+            under_pressure.and_then(|()| admission::admit(&pod, &running, &node.info))
+        {
             let key = reject(status, events, &pod, &rejection);
             rejected.insert(uid, key);
             continue;
@@ -666,8 +724,33 @@ fn sync_pods<R: crate::runtime::Runtime>(
     }
 }
 
-/// What admission knows of this node: its labels as registered, its allocatable resources.
-fn node_info(config: &Config) -> admission::NodeInfo {
+fn is_terminal(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Failed" | "Succeeded"))
+}
+
+/// What admission knows of this node: what the predicates check, and the node conditions
+/// the eviction manager holds.
+struct NodeAdmission {
+    info: admission::NodeInfo,
+    pressure: tokio::sync::watch::Receiver<eviction::Pressure>,
+    cluster: bool,
+}
+
+fn node_info(
+    config: &Config,
+    pressure: tokio::sync::watch::Receiver<eviction::Pressure>,
+) -> NodeAdmission {
+    NodeAdmission {
+        info: predicate_node_info(config),
+        pressure,
+        cluster: config.kubeconfig.is_some(),
+    }
+}
+
+/// What the predicates know of this node: its labels as registered, its allocatable
+/// resources.
+fn predicate_node_info(config: &Config) -> admission::NodeInfo {
     let mut labels = config.node_labels.clone();
     labels.insert(
         "kubernetes.io/hostname".into(),

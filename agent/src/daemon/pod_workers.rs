@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{watch, Notify};
 
+use super::eviction::{Eviction, REASON as EVICTED};
 use super::status_manager::StatusManager;
 use crate::events::Recorder;
 use crate::metrics::{self, PodSyncType};
@@ -40,6 +41,9 @@ pub struct Shared<R> {
 
 struct WorkerHandle {
     desired: watch::Sender<Option<Arc<Pod>>>,
+    /// Set once the eviction manager evicts the pod: the worker stops it and keeps it
+    /// Failed.
+    eviction: watch::Sender<Option<Arc<Eviction>>>,
     kick: Arc<Notify>,
     /// Bumped for each change the PLEG sees in the pod's sandboxes and containers.
     runtime_changes: Arc<AtomicU64>,
@@ -87,6 +91,14 @@ impl<R: Runtime> PodWorkers<R> {
         }
     }
 
+    /// Evicts the pod of `uid`: its worker stops it and reports it Failed with the
+    /// eviction's message; it is no longer admitted. Nothing happens without a worker.
+    pub fn evict(&self, uid: &str, eviction: Eviction) {
+        if let Some(handle) = self.workers.get(uid) {
+            handle.eviction.send_replace(Some(Arc::new(eviction)));
+        }
+    }
+
     /// Starts a worker that terminates a pod the runtime holds but no source wants.
     pub fn terminate_orphan(&mut self, uid: &str) {
         if !self.workers.contains_key(uid) {
@@ -121,10 +133,11 @@ impl<R: Runtime> PodWorkers<R> {
         self.workers.contains_key(uid)
     }
 
-    /// The pods admitted and not being terminated.
+    /// The pods admitted and neither being terminated nor evicted.
     pub fn admitted(&self) -> Vec<Arc<Pod>> {
         self.workers
             .values()
+            .filter(|h| h.eviction.borrow().is_none())
             .filter_map(|h| h.desired.borrow().clone())
             .filter(|pod| pod.metadata.deletion_timestamp.is_none())
             .collect()
@@ -133,6 +146,7 @@ impl<R: Runtime> PodWorkers<R> {
     fn spawn(&self, uid: String, pod: Option<Arc<Pod>>) -> WorkerHandle {
         let shared = &self.shared;
         let (desired, mut rx) = watch::channel(pod);
+        let (eviction, mut evictions) = watch::channel::<Option<Arc<Eviction>>>(None);
         let kick = Arc::new(Notify::new());
         let runtime_changes = Arc::new(AtomicU64::new(0));
         let mut worker = PodWorker::new(
@@ -159,6 +173,8 @@ impl<R: Runtime> PodWorkers<R> {
         let wake = kick.clone();
         tokio::spawn(async move {
             let mut last: Option<Arc<Pod>> = None;
+            // Whether the eviction asked for has been carried out.
+            let mut evicted = false;
             loop {
                 let mut wanted = rx.borrow_and_update().clone();
                 // A pod deleted in the API server is terminated within its deletion grace
@@ -168,8 +184,39 @@ impl<R: Runtime> PodWorkers<R> {
                 {
                     last = Some(deleted);
                 }
-                let requeue = match &wanted {
-                    Some(pod) => {
+                let evict = evictions.borrow_and_update().clone();
+                let requeue = match (&wanted, evict) {
+                    (Some(pod), Some(eviction)) => {
+                        last = Some(pod.clone());
+                        if evicted {
+                            // Terminal: the status stays what the eviction made it.
+                            status.set_status(pod, worker.status().cloned());
+                            Duration::MAX
+                        } else {
+                            let condition =
+                                eviction.disruption_target.then(|| eviction.condition());
+                            match Box::pin(worker.evict(
+                                pod,
+                                eviction.grace_period,
+                                EVICTED,
+                                &eviction.message,
+                                condition,
+                            ))
+                            .await
+                            {
+                                Ok(()) => {
+                                    evicted = true;
+                                    status.set_status(pod, worker.status().cloned());
+                                    Duration::MAX
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "evicting pod");
+                                    RESYNC
+                                }
+                            }
+                        }
+                    }
+                    (Some(pod), None) => {
                         let operation = match &last {
                             None => PodSyncType::Create,
                             Some(previous) if !Arc::ptr_eq(previous, pod) => PodSyncType::Update,
@@ -191,7 +238,7 @@ impl<R: Runtime> PodWorkers<R> {
                             }
                         }
                     }
-                    None => {
+                    (None, _) => {
                         let key = last.as_deref().map(|pod| ObjectKey::of(&pod.metadata));
                         if let Some(key) = &key {
                             status.terminating(key);
@@ -220,15 +267,23 @@ impl<R: Runtime> PodWorkers<R> {
                 if requeue.is_zero() {
                     continue;
                 }
+                let sleep = async {
+                    if requeue == Duration::MAX {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(requeue).await;
+                };
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { return },
+                    changed = evictions.changed() => if changed.is_err() { return },
                     () = wake.notified() => {}
-                    () = tokio::time::sleep(requeue) => {}
+                    () = sleep => {}
                 }
             }
         });
         WorkerHandle {
             desired,
+            eviction,
             kick,
             runtime_changes,
         }

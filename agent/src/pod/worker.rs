@@ -991,6 +991,56 @@ impl<R: Runtime> PodWorker<R> {
             .map_err(self.runtime_error("StopContainer"))
     }
 
+    /// Evicts the pod (kubelet's `TerminatePodAbnormallyAndWait` from the eviction manager):
+    /// its containers are stopped within `grace`, its sandbox too, and its status becomes
+    /// terminal: phase Failed, `reason` and `message`, and `condition` when given. Nothing
+    /// restarts it; its worker keeps reporting that status until the pod is deleted.
+    pub async fn evict(
+        &mut self,
+        pod: &Pod,
+        grace: Duration,
+        status_reason: &str,
+        message: &str,
+        condition: Option<k8s_openapi::api::core::v1::PodCondition>,
+    ) -> Result<(), SyncError> {
+        let observed = self.observe().await?;
+        self.probes.clear();
+        for c in observed
+            .containers
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+        {
+            self.events.record(
+                container_reference(pod, &c.name),
+                EventType::Normal,
+                reason::KILLING_CONTAINER,
+                format!("Stopping container {}", c.name),
+            );
+        }
+        self.finish(pod, &observed, grace).await?;
+        let observed = self.observe().await?;
+        let mut status = status::pod_status(
+            pod,
+            &observed,
+            &self.facts,
+            self.status.as_ref(),
+            SystemTime::now(),
+        );
+        status.phase = Some("Failed".to_owned());
+        status.reason = Some(status_reason.to_owned());
+        status.message = Some(message.to_owned());
+        if let Some(condition) = condition {
+            let conditions = status.conditions.get_or_insert_with(Vec::new);
+            conditions.retain(|c| c.type_ != condition.type_);
+            conditions.push(condition);
+        }
+        if let Some(sink) = &self.on_status {
+            sink(pod, &status);
+        }
+        self.status = Some(status);
+        Ok(())
+    }
+
     /// Stops and removes everything of the pod: regular containers together within the
     /// grace period, then sidecars in reverse order, then the sandboxes; the pod's log
     /// directory stays, as kubelet keeps logs of deleted pods until garbage collection.

@@ -38,8 +38,11 @@
 //! Mounting and unmounting tmpfs, and reading the mount table, go through [`Mounter`]:
 //! [`HostMounter`] in the daemon, [`FakeMounter`] in tests.
 //!
-//! Not done, unlike kubelet: `fsGroup` ownership of volumes, SELinux relabelling, emptyDir
-//! `sizeLimit` eviction on disk (a Memory emptyDir is bounded by its tmpfs size), the
+//! An emptyDir on disk is bounded by its `sizeLimit` as kubelet bounds it: the eviction
+//! manager (`daemon::eviction`) measures it and evicts the pod past it; a Memory emptyDir is
+//! bounded by its tmpfs size.
+//!
+//! Not done, unlike kubelet: `fsGroup` ownership of volumes, SELinux relabelling, the
 //! `volume-subpaths` bind mounts that make `subPath` immune to a link swapped in by another
 //! container at the last moment (see `resolve_sub_path`), downwardAPI `resourceFieldRef`,
 //! projected `serviceAccountToken` standalone (in a cluster the API server issues them),
@@ -285,7 +288,7 @@ impl PodVolumes {
 /// tmpfs mounted on it for `medium: Memory` (size: the smallest of `sizeLimit`, the pod's
 /// memory limit when every container has one, and the node's allocatable memory; the
 /// kernel's default, half the node's memory, when none is known), while the `sizeLimit` of an
-/// emptyDir on disk is not enforced (kubelet evicts the pod; bosun has no eviction); a
+/// emptyDir on disk is enforced by eviction, as in kubelet (`daemon::eviction`); a
 /// hostPath is checked against its `type`; configMap, secret, downwardAPI and projected
 /// volumes are written with the atomic writer, the last three on a tmpfs as kubelet does,
 /// since they hold secrets.
