@@ -28,7 +28,13 @@ pub(crate) fn host_command(program: &str) -> Command {
 
 /// Runs a host tool and returns its stdout, or an error naming the command and its stderr.
 pub(crate) fn run_tool(program: &str, args: &[&str]) -> Result<String> {
-    let output = host_command(program)
+    run_command(host_command(program), program, args)
+}
+
+/// Runs `command` (`program` with `args`, already added) and returns its stdout, or an error
+/// naming the command and its stderr.
+pub(crate) fn run_command(mut command: Command, program: &str, args: &[&str]) -> Result<String> {
+    let output = command
         .args(args)
         .output()
         .with_context(|| format!("running {program}"))?;
@@ -242,20 +248,12 @@ fn cgroup_mounts_in(mounts: &str) -> Vec<PathBuf> {
 /// The directory of `cgroup` (an absolute cgroup path such as `/bosun-test-x-3`) in every
 /// hierarchy where it exists.
 pub(crate) fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
-    let relative = cgroup.trim_start_matches('/');
-    if relative.is_empty() {
-        // Never the root cgroup.
-        return Vec::new();
-    }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    cgroup_mounts_in(&mounts)
-        .into_iter()
-        .map(|mount| mount.join(relative))
-        .filter(|dir| dir.is_dir())
-        .collect()
+    let mut dirs = cgroup_dirs_to_create(cgroup);
+    dirs.retain(|dir| dir.is_dir());
+    dirs
 }
 
-/// The directory `cgroup` has (or would have) in every mounted hierarchy.
+/// The directory `cgroup` has (or would have) in every mounted hierarchy; never the root.
 pub(crate) fn cgroup_dirs_to_create(cgroup: &str) -> Vec<PathBuf> {
     let relative = cgroup.trim_start_matches('/');
     if relative.is_empty() {

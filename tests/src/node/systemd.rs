@@ -225,20 +225,7 @@ impl SystemdHost {
 
     /// Runs `systemctl args` in the container and returns its stdout.
     pub fn systemctl(&self, args: &[&str]) -> Result<String> {
-        let output = self
-            .command("systemctl")
-            .args(args)
-            .output()
-            .context("running systemctl in the container")?;
-        if !output.status.success() {
-            bail!(
-                "`systemctl {}` failed ({}): {}",
-                args.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        host::run_command(self.command("systemctl"), "systemctl", args)
     }
 
     /// The container's PID 1 (systemd), as the host numbers it.
