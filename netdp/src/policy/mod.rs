@@ -14,6 +14,7 @@ mod bpf;
 mod compile;
 mod maps;
 mod reconcile;
+mod table;
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, sync::Arc};
 
@@ -26,6 +27,7 @@ pub use compile::{
 };
 pub use maps::{policy_name, policy_name_str, MemoryPolicyMaps, PolicyMapOp, PolicyMaps};
 pub use reconcile::{PolicyApplied, PolicyReconciler};
+pub use table::{PolicyDelta, PolicyKey, PolicyTable};
 
 pub use crate::service::Problem;
 pub use bosun_ebpf_abi::{
