@@ -145,7 +145,7 @@ impl Fed {
     fn feed(
         &mut self,
         feed: Feed,
-        endpoints: Vec<(String, Option<PolicyPod>)>,
+        endpoints: Vec<(String, Option<Arc<PolicyPod>>)>,
         local: &Local,
         store: &Store<PolicyPod>,
     ) {
@@ -163,7 +163,7 @@ impl Fed {
                         .set_policy(&key.namespace, &key.name, Some(&policy));
                 }
                 for (key, pod) in peers {
-                    self.set_peer(&key, Some(&pod), local);
+                    self.set_peer(&key, Some(pod), local);
                 }
             }
             Feed::Changes {
@@ -185,7 +185,7 @@ impl Fed {
                 }
                 for key in keys {
                     let pod = store.get(&key);
-                    self.set_peer(&key, pod.as_deref(), local);
+                    self.set_peer(&key, pod, local);
                 }
             }
         }
@@ -194,7 +194,7 @@ impl Fed {
         }
     }
 
-    fn set_peer(&mut self, key: &ObjectKey, pod: Option<&PolicyPod>, local: &Local) {
+    fn set_peer(&mut self, key: &ObjectKey, pod: Option<Arc<PolicyPod>>, local: &Local) {
         if let Some(old) = self.peer_address.remove(key) {
             if let Some(keys) = self.peers_at.get_mut(&old) {
                 keys.remove(key);
@@ -203,13 +203,14 @@ impl Fed {
                 }
             }
         }
-        if let Some(pod) = pod {
+        if let Some(pod) = &pod {
             self.peer_address.insert(key.clone(), pod.ip);
             self.peers_at.entry(pod.ip).or_default().insert(key.clone());
         }
+        // The store's copy: the table keeps no other.
         let kept =
             pod.filter(|pod| !local.names.contains(key) && !local.addresses.contains(&pod.ip));
-        self.table.set_pod(&peer_key(key), kept.cloned());
+        self.table.set_pod(&peer_key(key), kept);
     }
 }
 
@@ -531,10 +532,10 @@ impl PolicyEnforcer {
                 (fed, feed, changed.uids)
             }
         };
-        let endpoints: Vec<(String, Option<PolicyPod>)> = endpoint_uids
+        let endpoints: Vec<(String, Option<Arc<PolicyPod>>)> = endpoint_uids
             .into_iter()
             .map(|uid| {
-                let pod = inner.endpoints.get(&uid).map(EndpointRecord::policy_pod);
+                let pod = inner.endpoints.get(&uid).map(|e| Arc::new(e.policy_pod()));
                 (uid, pod)
             })
             .collect();

@@ -354,11 +354,11 @@ impl PolicyTable {
     // ---- pods -------------------------------------------------------------------------
 
     /// Sets (or with `None` removes) the pod the caller names `key` (unique per pod: its
-    /// `namespace/name`, say).
-    pub fn set_pod(&mut self, key: &str, pod: Option<PolicyPod>) {
+    /// `namespace/name`, say). The table keeps the caller's copy.
+    pub fn set_pod(&mut self, key: &str, pod: Option<Arc<PolicyPod>>) {
         let id = self.pod_ids.get(key).copied();
         let old = id.and_then(|id| self.pods[id].clone());
-        let new = pod.map(Arc::new);
+        let new = pod;
         if old.as_deref() == new.as_deref() {
             return;
         }

@@ -294,7 +294,7 @@ impl Harness {
                         }
                         pod = changed;
                     }
-                    self.table.set_pod(&name, Some(pod.clone()));
+                    self.table.set_pod(&name, Some(Arc::new(pod.clone())));
                     self.objects.pods.insert(name, pod);
                 }
             }
@@ -361,7 +361,7 @@ fn one_policy_change_writes_only_its_peers() {
         named_ports: Vec::new().into(),
         ifindex: Some(7),
     };
-    table.set_pod("bench/server", Some(server));
+    table.set_pod("bench/server", Some(Arc::new(server)));
     let policies = 50;
     for j in 0..500u32 {
         let pod = PolicyPod {
@@ -372,7 +372,7 @@ fn one_policy_change_writes_only_its_peers() {
             named_ports: Vec::new().into(),
             ifindex: None,
         };
-        table.set_pod(&format!("bench/peer-{j}"), Some(pod));
+        table.set_pod(&format!("bench/peer-{j}"), Some(Arc::new(pod)));
     }
     let allowing = |i: u32, peer: u32| -> NetworkPolicy {
         serde_yaml::from_str(&format!(
@@ -405,7 +405,7 @@ fn one_policy_change_writes_only_its_peers() {
         named_ports: Vec::new().into(),
         ifindex: None,
     };
-    table.set_pod("bench/peer-5", Some(moved.clone()));
+    table.set_pod("bench/peer-5", Some(Arc::new(moved.clone())));
     let delta = table.update();
     assert_eq!(
         delta.peers.keys().map(|p| p.address).collect::<Vec<_>>(),
@@ -413,6 +413,6 @@ fn one_policy_change_writes_only_its_peers() {
     );
     assert_eq!(delta.peers.values().next(), Some(&None));
     moved.labels = BTreeMap::from([("peer".to_owned(), "p5".to_owned())]).into();
-    table.set_pod("bench/peer-5", Some(moved));
+    table.set_pod("bench/peer-5", Some(Arc::new(moved)));
     assert_eq!(table.update().peers.len(), 1);
 }
