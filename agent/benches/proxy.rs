@@ -31,10 +31,10 @@
 //!   per run for connects to the non-Service address (one service-map lookup that misses) and
 //!   to a ClusterIP (the lookups of service, slot and backend, and the reverse-NAT insert).
 //!
-//! And once, apart from the Services (`policy`): `bosun proxy` enforcing NetworkPolicy for
+//! And apart from the Services (`policy`): `bosun proxy` enforcing NetworkPolicy for
 //! one local pod. The fake serves P NetworkPolicies (1000; `--smoke`: 100) in namespace
 //! `bench`, policy `i` selecting the pods labelled `app: server` and allowing ingress on TCP
-//! 8080 from the pods labelled `peer: p<i>`; M peer pods (10,000; `--smoke`: 1000) on other
+//! 8080 from the pods labelled `peer: p<i>`; M peer pods (10,000 and 100,000; `--smoke`: 1000) on other
 //! nodes, pod `j` labelled `peer: p<j mod P>`; and the local pod `server`, whose address is
 //! that of a network namespace the benchmark wires to the host by a veth pair (bosun finds
 //! the pod's interface by the route to it).
@@ -47,6 +47,12 @@
 //!   fake handed the event to the watch connection to pod `i`'s address leaving (or coming
 //!   back to) the server's peer map, looked up every 1 ms. Median and p99 against the goal
 //!   of a NetworkPolicy change enforced in under 10 ms at 1000 policies.
+//! - **one Pod label change → maps**: a MODIFIED event for a random peer pod `j`, its label
+//!   changed to one no policy names, then back: timed likewise to its address leaving (or
+//!   coming back to) the server's peer map; then VmRSS and VmHWM again.
+//!
+//! The policy part runs twice (`--quick` and full): with 10,000 and with 100,000 peer pods
+//! (`--smoke`: once, 1000).
 //!
 //! The fake (benches/common/api.rs) generates each list page when asked (pages of kube-rs'
 //! default 500), so its own memory does not grow with N; its time to generate them is part of
@@ -180,14 +186,20 @@ fn sizes(options: &ServiceOptions) -> Sizes {
         Mode::Full => (2000, 200, 50, 10, 5000),
     };
     let policy = match options.args.mode {
-        Mode::Smoke => PolicyCluster {
+        Mode::Smoke => vec![PolicyCluster {
             policies: 100,
             peers: 1000,
-        },
-        Mode::Quick | Mode::Full => PolicyCluster {
-            policies: 1000,
-            peers: 10_000,
-        },
+        }],
+        Mode::Quick | Mode::Full => vec![
+            PolicyCluster {
+                policies: 1000,
+                peers: 10_000,
+            },
+            PolicyCluster {
+                policies: 1000,
+                peers: 100_000,
+            },
+        ],
     };
     let policy_changes = match options.args.mode {
         Mode::Smoke => 2,
@@ -217,9 +229,9 @@ struct Sizes {
     rounds: usize,
     /// Connects per target with the BPF statistics on.
     program_runs: usize,
-    /// What the policy part's fake serves.
-    policy: PolicyCluster,
-    /// NetworkPolicy changes measured, half of them changes back.
+    /// What the policy part's fake serves, one run each.
+    policy: Vec<PolicyCluster>,
+    /// NetworkPolicy changes measured, half of them changes back; as many Pod label changes.
     policy_changes: usize,
 }
 
@@ -288,8 +300,13 @@ fn run(options: &ServiceOptions) -> Result<()> {
     }
     drop(lab);
     print_growth(&reports);
-    if outcome.is_ok() && options.selected("policy") {
-        outcome = measure_policy(&sizes, (&runtime, dir.path()));
+    if options.selected("policy") {
+        for cluster in &sizes.policy {
+            if outcome.is_err() {
+                break;
+            }
+            outcome = measure_policy(*cluster, &sizes, (&runtime, dir.path()));
+        }
     }
     println!("\nload average at the end: {}", load_average());
     service_lab::print_leftovers(BPF_DIR);
@@ -1212,7 +1229,7 @@ impl PolicyCluster {
     }
 
     fn peer_address(&self, j: usize) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(PEER_NET) + u32::try_from(j).expect("a few thousand peers"))
+        Ipv4Addr::from(u32::from(PEER_NET) + u32::try_from(j).expect("some 100,000 peers"))
     }
 }
 
@@ -1343,12 +1360,18 @@ struct PolicyReport {
     start_to_enforced: Duration,
     server_peers: usize,
     memory: Memory,
+    /// After the changes.
+    after_changes: Memory,
     /// ms each.
     changes: Vec<f64>,
+    pod_changes: Vec<f64>,
 }
 
-fn measure_policy(sizes: &Sizes, (runtime, dir): (&tokio::runtime::Runtime, &Path)) -> Result<()> {
-    let cluster = sizes.policy;
+fn measure_policy(
+    cluster: PolicyCluster,
+    sizes: &Sizes,
+    (runtime, dir): (&tokio::runtime::Runtime, &Path),
+) -> Result<()> {
     println!(
         "\n=== NetworkPolicy: {} policies, {} peer pods, one local pod ===\nload average {} at \
          the start",
@@ -1383,13 +1406,17 @@ fn measure_policy(sizes: &Sizes, (runtime, dir): (&tokio::runtime::Runtime, &Pat
         proxy.idle_for(MEMORY_SETTLE)?;
         let memory = Memory::of(proxy.pid())?;
         let changes = measure_policy_changes(&api, &mut proxy, &cluster, ifindex, sizes)?;
+        let pod_changes = measure_pod_changes(&api, &mut proxy, &cluster, ifindex, sizes)?;
+        let after_changes = Memory::of(proxy.pid())?;
         proxy.alive()?;
         Ok(PolicyReport {
             first_list_to_enforced: enforced.saturating_duration_since(first_list),
             start_to_enforced: enforced - proxy.started,
             server_peers,
             memory,
+            after_changes,
             changes,
+            pod_changes,
         })
     })();
     let (requests, refused) = (api.requests(), api.refused());
@@ -1414,6 +1441,10 @@ fn measure_policy(sizes: &Sizes, (runtime, dir): (&tokio::runtime::Runtime, &Pat
             "one NetworkPolicy change: event written → in the peer map",
             report.changes.clone(),
         ),
+        (
+            "one Pod label change: event written → in the peer map",
+            report.pod_changes.clone(),
+        ),
     ] {
         table.row(row(label, samples), None);
     }
@@ -1435,6 +1466,11 @@ fn measure_policy(sizes: &Sizes, (runtime, dir): (&tokio::runtime::Runtime, &Pat
         mib(report.memory.peak)
     );
     println!(
+        "  after the changes: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        mib(report.after_changes.rss),
+        mib(report.after_changes.peak)
+    );
+    println!(
         "\nAPI requests the fake answered: {} list pages, {} watches, {} other reads, {} Events \
          posted, {} refused",
         requests.list_pages,
@@ -1451,6 +1487,17 @@ fn measure_policy(sizes: &Sizes, (runtime, dir): (&tokio::runtime::Runtime, &Pat
             "\ngoal\n  one NetworkPolicy change at {} policies, event → maps: {:.2} ms median, \
              {:.2} ms p99; goal < {} ms at 1000 policies → {}",
             cluster.policies,
+            change.median,
+            change.p99,
+            GOAL_POLICY_CHANGE.as_millis(),
+            verdict(change.p99 < ms(GOAL_POLICY_CHANGE))
+        );
+    }
+    if let Some(change) = Stats::of(&report.pod_changes) {
+        println!(
+            "  one Pod label change at {} pods, event → maps: {:.2} ms median, {:.2} ms p99; \
+             goal < {} ms → {}",
+            cluster.peers + 1,
             change.median,
             change.p99,
             GOAL_POLICY_CHANGE.as_millis(),
@@ -1542,6 +1589,59 @@ fn measure_policy_changes(
             ensure!(
                 Instant::now() < deadline,
                 "{peer} was {} the server's peer map {CHANGE_LIMIT:?} after policy {i} changed",
+                if back { "not back in" } else { "still in" }
+            );
+            proxy.alive()?;
+            std::thread::sleep(POLICY_CHANGE_POLL);
+        };
+        let sent = *written
+            .get()
+            .context("the change is in the maps, but no watch took the event")?;
+        samples.push(ms(seen.saturating_duration_since(sent)));
+        check_interrupted()?;
+        std::thread::sleep(Duration::from_millis(rng.random_range(CHANGE_GAP_MS)));
+    }
+    Ok(samples)
+}
+
+/// `sizes.policy_changes` times, in pairs: a random peer pod `j`'s label changed from
+/// `p<j mod P>` to one no policy names, then back; timed from the event reaching the watch
+/// connection to its address leaving, then coming back to, the server's peer map. In ms.
+fn measure_pod_changes(
+    api: &FakeApi,
+    proxy: &mut ProxyProcess,
+    cluster: &PolicyCluster,
+    ifindex: u32,
+    sizes: &Sizes,
+) -> Result<Vec<f64>> {
+    let peers = ServerPeers::open(ifindex)?.context("the peer map is gone")?;
+    let mut rng = rand::rng();
+    let mut samples = Vec::with_capacity(sizes.policy_changes);
+    let mut j = 0;
+    for c in 0..sizes.policy_changes {
+        let back = c % 2 == 1;
+        if !back {
+            // Not the first or last peer, which the enforcement check looks at.
+            j = rng.random_range(1..cluster.peers - 1);
+        }
+        let mut pod = api.pod(j)?;
+        let label = if back {
+            format!("p{}", j % cluster.policies)
+        } else {
+            "unselected".to_owned()
+        };
+        pod.metadata.labels = Some(BTreeMap::from([("peer".to_owned(), label)]));
+        let written: Written = api.modify_pod(j, pod)?;
+        let peer = cluster.peer_address(j);
+        let deadline = Instant::now() + CHANGE_LIMIT;
+        let seen = loop {
+            if peers.allows(peer)? == back {
+                break Instant::now();
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{peer} was {} the server's peer map {CHANGE_LIMIT:?} after pod {j}'s labels \
+                 changed",
                 if back { "not back in" } else { "still in" }
             );
             proxy.alive()?;

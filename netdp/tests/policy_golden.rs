@@ -18,7 +18,7 @@ mod golden_support;
 
 use std::{collections::BTreeMap, fs, net::Ipv4Addr, path::Path};
 
-use bosun_netdp::policy::{compile, Compiled, NamedPort, PolicyPod, PortSet};
+use bosun_netdp::policy::{compile, Compiled, NamedPort, PolicyPod, PolicyTable, PortSet};
 use k8s_openapi::api::{core::v1::Namespace, networking::v1::NetworkPolicy};
 use serde::Deserialize;
 
@@ -92,6 +92,7 @@ fn run_case(path: &Path) -> Result<String, String> {
 
     let compiled = compile(&policies, &namespaces, &pods);
     check_invariants(&compiled)?;
+    check_table(&policies, &namespaces, &pods, &compiled)?;
     policies.reverse();
     namespaces.reverse();
     pods.reverse();
@@ -99,6 +100,54 @@ fn run_case(path: &Path) -> Result<String, String> {
         return Err("the output changes when the input is reversed".into());
     }
     Ok(render(&compiled))
+}
+
+/// The incremental table given the same objects holds what the whole compile gives. A case
+/// with two objects of one name (a manifest directory can hold them; an object store cannot)
+/// is left out.
+fn check_table(
+    policies: &[NetworkPolicy],
+    namespaces: &[Namespace],
+    pods: &[PolicyPod],
+    compiled: &Compiled,
+) -> Result<(), String> {
+    let policy_key = |p: &NetworkPolicy| {
+        (
+            p.metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            p.metadata.name.clone().unwrap_or_default(),
+        )
+    };
+    let policy_keys: std::collections::BTreeSet<_> = policies.iter().map(policy_key).collect();
+    let namespace_keys: std::collections::BTreeSet<_> =
+        namespaces.iter().map(|n| n.metadata.name.clone()).collect();
+    if policy_keys.len() != policies.len() || namespace_keys.len() != namespaces.len() {
+        return Ok(());
+    }
+    let mut table = PolicyTable::new();
+    for namespace in namespaces {
+        table.set_namespace(
+            namespace.metadata.name.as_deref().unwrap_or_default(),
+            Some(namespace),
+        );
+    }
+    for policy in policies {
+        let (namespace, name) = policy_key(policy);
+        table.set_policy(&namespace, &name, Some(policy));
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        table.set_pod(&i.to_string(), Some(std::sync::Arc::new(pod.clone())));
+    }
+    table.update();
+    if table.compiled() != *compiled {
+        return Err(format!(
+            "the incremental table holds something else:\n{}",
+            render(&table.compiled())
+        ));
+    }
+    Ok(())
 }
 
 /// What every output must satisfy whatever the case.

@@ -123,7 +123,9 @@ struct State {
     changed: HashMap<(Resource, usize), Bytes>,
     /// Every event sent, with its kind and revision, for watches that start later.
     history: Vec<(Resource, u64, Bytes)>,
-    watches: Vec<(Resource, UnboundedSender<Chunk>)>,
+    /// Open watches: their kind, the node of a Pod watch's `spec.nodeName=` field selector,
+    /// and where their events go.
+    watches: Vec<(Resource, Option<String>, UnboundedSender<Chunk>)>,
     first_list: Option<Instant>,
     requests: Requests,
     /// The first few requests refused, for the report.
@@ -227,11 +229,11 @@ impl FakeApi {
 
     fn watches(&self, kind: Resource) -> usize {
         let mut state = self.shared.lock();
-        state.watches.retain(|(_, events)| !events.is_closed());
+        state.watches.retain(|(_, _, events)| !events.is_closed());
         state
             .watches
             .iter()
-            .filter(|(resource, _)| *resource == kind)
+            .filter(|(resource, _, _)| *resource == kind)
             .count()
     }
 
@@ -257,6 +259,24 @@ impl FakeApi {
         slice.metadata.resource_version = Some(state.revision.to_string());
         self.shared
             .modify(&mut state, Resource::EndpointSlices, i, &slice)
+    }
+
+    /// Pod `i` as it is now: as generated, or as last changed.
+    pub fn pod(&self, i: usize) -> Result<Pod> {
+        let state = self.shared.lock();
+        match state.changed.get(&(Resource::Pods, i)) {
+            Some(json) => serde_json::from_slice(json).context("decoding a changed Pod"),
+            None => Ok(self.shared.objects.pod(i)),
+        }
+    }
+
+    /// As [`FakeApi::modify_slice`], for Pod `i`; a watch of another node's pods is not told.
+    pub fn modify_pod(&self, i: usize, mut pod: Pod) -> Result<Written> {
+        anyhow::ensure!(i < self.shared.objects.pod_count(), "there is no Pod {i}");
+        let mut state = self.shared.lock();
+        state.revision += 1;
+        pod.metadata.resource_version = Some(state.revision.to_string());
+        self.shared.modify(&mut state, Resource::Pods, i, &pod)
     }
 
     /// As [`FakeApi::modify_slice`], for NetworkPolicy `i`.
@@ -289,8 +309,12 @@ impl Shared {
         state.history.push((kind, state.revision, line.clone()));
         let written: Written = Arc::new(OnceLock::new());
         let mut sent = 0;
-        state.watches.retain(|(resource, events)| {
-            if *resource != kind {
+        // A Pod's node, for the watches of one node's pods.
+        let on = serde_json::to_value(object)
+            .ok()
+            .and_then(|v| v["spec"]["nodeName"].as_str().map(str::to_owned));
+        state.watches.retain(|(resource, node, events)| {
+            if *resource != kind || node.as_ref().is_some_and(|node| Some(node) != on.as_ref()) {
                 return !events.is_closed();
             }
             let chunk = Chunk {
@@ -585,7 +609,11 @@ impl Shared {
                 });
             }
         }
-        state.watches.push((resource, events));
+        let node = query
+            .get("fieldSelector")
+            .and_then(|s| s.strip_prefix("spec.nodeName="))
+            .map(str::to_owned);
+        state.watches.push((resource, node, events));
         let mut reply = Response::new(Either::Right(WatchBody { events: receiver }));
         reply.headers_mut().insert(
             hyper::header::CONTENT_TYPE,

@@ -9,7 +9,7 @@
 //! did and rewrites nothing: the pinned programs and maps enforce policy all the while, and
 //! nothing is written before the policies and namespaces have all been read.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +18,8 @@ use std::time::Duration;
 use bosun_netdp::intern::{intern, intern_labels};
 use bosun_netdp::netlink;
 use bosun_netdp::policy::{
-    self as datapath, Compiled, NamedPort, PinnedPolicyMaps, PodWorld, PolicyDatapath, PolicyPod,
-    PolicyProtocol, PolicyReconciler,
+    self as datapath, NamedPort, PinnedPolicyMaps, PolicyDatapath, PolicyPod, PolicyProtocol,
+    PolicyReconciler, PolicyTable, Problem,
 };
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::events::{EventType, Recorder};
-use crate::store::Store;
+use crate::store::{ObjectKey, Store, Subscription};
 use crate::util::{error_chain, sleep_or_never};
 
 /// Event reason: the policy datapath could not be installed, written or attached. On a pod,
@@ -72,12 +72,17 @@ struct Installed {
     reconciler: PolicyReconciler<PinnedPolicyMaps>,
 }
 
-#[derive(Default)]
 struct Inner {
     installed: Option<Installed>,
-    /// The pods and namespaces indexed for the compiler, as of the last sync; `None` once
-    /// they changed. A change of policies alone compiles against it.
-    world: Option<Arc<PodWorld>>,
+    /// The incremental compiler with what it was given; taken while it works on a blocking
+    /// thread.
+    fed: Option<Fed>,
+    /// The stores' changes not yet given to the table: policies, namespaces, peers.
+    changes: [Subscription; 3],
+    /// Endpoints added, changed or removed since the table last saw them: their UIDs, and
+    /// their pods' names and addresses (peers of the same name or address were left out of
+    /// the table for them, or are to be put back).
+    endpoint_changes: EndpointChanges,
     /// By pod UID.
     endpoints: BTreeMap<String, EndpointRecord>,
     /// Interfaces this process attached the programs to (after a restart the pinned links
@@ -85,8 +90,153 @@ struct Inner {
     attached: BTreeSet<u32>,
     /// Problems already reported as events.
     reported: BTreeSet<String>,
-    /// What the maps were last made to hold.
-    applied: Option<(Compiled, Vec<Ipv4Addr>)>,
+    /// The node's addresses the maps were last given, when they hold all the table holds;
+    /// `None` when they may not (nothing written yet, or a write failed): the next write is
+    /// then whole.
+    written: Option<Vec<Ipv4Addr>>,
+}
+
+#[derive(Default)]
+struct EndpointChanges {
+    uids: BTreeSet<String>,
+    names: BTreeSet<ObjectKey>,
+    addresses: BTreeSet<Ipv4Addr>,
+}
+
+/// The table and what the enforcer gave it of the peers' store.
+#[derive(Default)]
+struct Fed {
+    table: PolicyTable,
+    /// Each peer's address as given (left out or not).
+    peer_address: HashMap<ObjectKey, Ipv4Addr>,
+    /// The peers at each address.
+    peers_at: HashMap<Ipv4Addr, BTreeSet<ObjectKey>>,
+}
+
+/// The table's key of a peer from the store, and of an endpoint (by UID): the two may name
+/// one pod, as they do on bosun's own node.
+fn peer_key(key: &ObjectKey) -> String {
+    format!("peer:{key}")
+}
+
+fn endpoint_key(uid: &str) -> String {
+    format!("endpoint:{uid}")
+}
+
+/// What the table is given: everything (the first time), or what changed.
+enum Feed {
+    Whole {
+        namespaces: Vec<(ObjectKey, Arc<Namespace>)>,
+        policies: Vec<(ObjectKey, Arc<NetworkPolicy>)>,
+        peers: Vec<(ObjectKey, Arc<PolicyPod>)>,
+    },
+    Changes {
+        namespaces: Vec<(ObjectKey, Option<Arc<Namespace>>)>,
+        policies: Vec<(ObjectKey, Option<Arc<NetworkPolicy>>)>,
+        peers: Vec<ObjectKey>,
+        addresses: BTreeSet<Ipv4Addr>,
+    },
+}
+
+impl Fed {
+    /// Gives the table `feed`, the endpoints `endpoints` (by UID, `None`: gone) and the
+    /// peers as `store` holds them, less those that an endpoint stands for (same name or
+    /// address).
+    fn feed(
+        &mut self,
+        feed: Feed,
+        endpoints: Vec<(String, Option<Arc<PolicyPod>>)>,
+        local: &Local,
+        store: &Store<PolicyPod>,
+    ) {
+        match feed {
+            Feed::Whole {
+                namespaces,
+                policies,
+                peers,
+            } => {
+                for (key, namespace) in namespaces {
+                    self.table.set_namespace(&key.name, Some(&namespace));
+                }
+                for (key, policy) in policies {
+                    self.table
+                        .set_policy(&key.namespace, &key.name, Some(&policy));
+                }
+                for (key, pod) in peers {
+                    self.set_peer(&key, Some(pod), local);
+                }
+            }
+            Feed::Changes {
+                namespaces,
+                policies,
+                peers,
+                addresses,
+            } => {
+                for (key, namespace) in namespaces {
+                    self.table.set_namespace(&key.name, namespace.as_deref());
+                }
+                for (key, policy) in policies {
+                    self.table
+                        .set_policy(&key.namespace, &key.name, policy.as_deref());
+                }
+                let mut keys: BTreeSet<ObjectKey> = peers.into_iter().collect();
+                for address in addresses {
+                    keys.extend(self.peers_at.get(&address).into_iter().flatten().cloned());
+                }
+                for key in keys {
+                    let pod = store.get(&key);
+                    self.set_peer(&key, pod, local);
+                }
+            }
+        }
+        for (uid, pod) in endpoints {
+            self.table.set_pod(&endpoint_key(&uid), pod);
+        }
+    }
+
+    fn set_peer(&mut self, key: &ObjectKey, pod: Option<Arc<PolicyPod>>, local: &Local) {
+        if let Some(old) = self.peer_address.remove(key) {
+            if let Some(keys) = self.peers_at.get_mut(&old) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.peers_at.remove(&old);
+                }
+            }
+        }
+        if let Some(pod) = &pod {
+            self.peer_address.insert(key.clone(), pod.ip);
+            self.peers_at.entry(pod.ip).or_default().insert(key.clone());
+        }
+        // The store's copy: the table keeps no other.
+        let kept =
+            pod.filter(|pod| !local.names.contains(key) && !local.addresses.contains(&pod.ip));
+        self.table.set_pod(&peer_key(key), kept);
+    }
+}
+
+/// The endpoints' names and addresses: peers with either are left out of the table.
+struct Local {
+    names: BTreeSet<ObjectKey>,
+    addresses: BTreeSet<Ipv4Addr>,
+}
+
+impl Inner {
+    /// Notes that endpoint `uid` changed from `old` to `new`, for the table.
+    fn endpoint_changed(
+        &mut self,
+        uid: &str,
+        old: Option<&EndpointRecord>,
+        new: Option<&EndpointRecord>,
+    ) {
+        let changes = &mut self.endpoint_changes;
+        changes.uids.insert(uid.to_owned());
+        for record in old.into_iter().chain(new) {
+            changes
+                .names
+                .insert(ObjectKey::new(&record.namespace, record.name.as_str()));
+            changes.addresses.insert(record.ip);
+        }
+    }
 }
 
 /// See the module documentation. Shared by the pod workers and the controller task.
@@ -113,6 +263,13 @@ impl PolicyEnforcer {
         namespaces: Store<Namespace>,
     ) -> Arc<Self> {
         let state_file = root_dir.join(STATE_FILE);
+        // Before anything is read, so that no change between a read and the first
+        // subscription is lost.
+        let changes = [
+            policies.subscribe(),
+            namespaces.subscribe(),
+            peers.subscribe(),
+        ];
         let endpoints = match std::fs::read(&state_file) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(file = %state_file.display(), error = %e, "unreadable; starting without endpoints");
@@ -132,8 +289,14 @@ impl PolicyEnforcer {
             policies,
             namespaces,
             inner: Mutex::new(Inner {
+                installed: None,
+                fed: None,
+                changes,
+                endpoint_changes: EndpointChanges::default(),
                 endpoints,
-                ..Inner::default()
+                attached: BTreeSet::new(),
+                reported: BTreeSet::new(),
+                written: None,
             }),
         })
     }
@@ -202,8 +365,8 @@ impl PolicyEnforcer {
             named_ports: named_ports.to_vec(),
         };
         let mut inner = self.inner.lock().await;
-        let previous = inner.endpoints.insert(uid.to_owned(), record);
-        inner.world = None;
+        let previous = inner.endpoints.insert(uid.to_owned(), record.clone());
+        inner.endpoint_changed(uid, previous.as_ref(), Some(&record));
         let mut result = self.sync(&mut inner).await;
         if result.is_ok() {
             let ifindex = interface.ifindex;
@@ -229,11 +392,11 @@ impl PolicyEnforcer {
             }
             Err(message) => {
                 // Not enforced: forget it, so the next attempt does everything again.
-                match previous {
-                    Some(previous) => inner.endpoints.insert(uid.to_owned(), previous),
+                match &previous {
+                    Some(previous) => inner.endpoints.insert(uid.to_owned(), previous.clone()),
                     None => inner.endpoints.remove(uid),
                 };
-                inner.world = None;
+                inner.endpoint_changed(uid, Some(&record), previous.as_ref());
                 Err(message)
             }
         }
@@ -246,7 +409,7 @@ impl PolicyEnforcer {
         let Some(record) = inner.endpoints.remove(uid) else {
             return;
         };
-        inner.world = None;
+        inner.endpoint_changed(uid, Some(&record), None);
         if let Err(message) = self.sync(&mut inner).await {
             tracing::warn!(%message, "network policy: removing an endpoint");
         }
@@ -297,11 +460,11 @@ impl PolicyEnforcer {
                 () = peers.ready() => {}
                 () = sleep_or_never(retry) => {}
             }
+            // The keys are read from the enforcer's own subscriptions when it syncs: these
+            // only wake the loop.
             policies.take();
-            let (namespaces, peers) = (namespaces.take(), peers.take());
-            if !namespaces.is_empty() || !peers.is_empty() {
-                self.inner.lock().await.world = None;
-            }
+            namespaces.take();
+            peers.take();
         }
     }
 
@@ -327,52 +490,103 @@ impl PolicyEnforcer {
         }
         self.prune(inner);
 
-        // Pods and namespaces are indexed again only when they changed: at 100,000 pods that
-        // is most of a compile.
-        let known = inner.world.clone();
-        let unindexed = known
-            .is_none()
-            .then(|| (self.policy_pods(inner), self.namespaces.list()));
-        let policies = self.policies.list();
-        let (world, compiled) = tokio::task::spawn_blocking(move || {
-            let world = match (known, unindexed) {
-                (Some(world), _) => world,
-                (None, Some((pods, namespaces))) => {
-                    Arc::new(PodWorld::new(namespaces.iter().map(|n| &**n), pods))
-                }
-                (None, None) => Arc::new(PodWorld::new(std::iter::empty(), Vec::new())),
-            };
-            let compiled = datapath::compile_in(&world, policies.iter().map(|p| &**p));
-            (world, compiled)
+        // What the table is to be given: everything the first time, then only what changed.
+        let [policies, namespaces, peers] = &mut inner.changes;
+        let (policy_keys, namespace_keys, peer_keys) = (
+            policies.take().keys,
+            namespaces.take().keys,
+            peers.take().keys,
+        );
+        let changed = std::mem::take(&mut inner.endpoint_changes);
+        let (fed, feed, endpoint_uids) = match inner.fed.take() {
+            None => {
+                let feed = Feed::Whole {
+                    namespaces: self.namespaces.entries(),
+                    policies: self.policies.entries(),
+                    peers: self.peers.entries(),
+                };
+                let uids: BTreeSet<String> = inner.endpoints.keys().cloned().collect();
+                // A new table: the maps are written whole from it.
+                inner.written = None;
+                (Fed::default(), feed, uids)
+            }
+            Some(fed) => {
+                let feed = Feed::Changes {
+                    namespaces: namespace_keys
+                        .into_iter()
+                        .map(|key| {
+                            let object = self.namespaces.get(&key);
+                            (key, object)
+                        })
+                        .collect(),
+                    policies: policy_keys
+                        .into_iter()
+                        .map(|key| {
+                            let object = self.policies.get(&key);
+                            (key, object)
+                        })
+                        .collect(),
+                    peers: peer_keys.into_iter().chain(changed.names).collect(),
+                    addresses: changed.addresses,
+                };
+                (fed, feed, changed.uids)
+            }
+        };
+        let endpoints: Vec<(String, Option<Arc<PolicyPod>>)> = endpoint_uids
+            .into_iter()
+            .map(|uid| {
+                let pod = inner.endpoints.get(&uid).map(|e| Arc::new(e.policy_pod()));
+                (uid, pod)
+            })
+            .collect();
+        let local = Local {
+            names: inner
+                .endpoints
+                .values()
+                .map(|e| ObjectKey::new(&e.namespace, e.name.as_str()))
+                .collect(),
+            addresses: inner.endpoints.values().map(|e| e.ip).collect(),
+        };
+        let whole = inner.written.is_none();
+        let store = self.peers.clone();
+        let (fed, delta, compiled) = tokio::task::spawn_blocking(move || {
+            let mut fed = fed;
+            fed.feed(feed, endpoints, &local, &store);
+            let delta = fed.table.update();
+            // A whole write after a failed one (or the first): what the table holds.
+            let compiled = whole.then(|| fed.table.compiled());
+            (fed, delta, compiled)
         })
         .await
         .map_err(|e| format!("compiling the network policies: {e}"))?;
-        inner.world = Some(world);
-        self.report(&mut inner.reported, &compiled);
+        inner.fed = Some(fed);
+        match &compiled {
+            Some(compiled) => self.report(&mut inner.reported, &compiled.problems),
+            None => self.report(&mut inner.reported, &delta.problems),
+        }
         let node = netlink::node_addresses()
             .map_err(|e| format!("listing the node's addresses: {}", error_chain(&e)))?;
-        if inner
-            .applied
-            .as_ref()
-            .is_some_and(|(c, n)| *c == compiled && *n == node)
-        {
+        if compiled.is_none() && delta.is_empty() && inner.written.as_ref() == Some(&node) {
             return Ok(());
         }
         let Some(mut installed) = inner.installed.take() else {
             return Ok(());
         };
-        // Whatever happens, what the maps hold is no longer known to be `applied`.
-        inner.applied = None;
+        // Whatever happens, the maps are no longer known to hold what the table does.
+        inner.written = None;
         let joined = tokio::task::spawn_blocking(move || {
-            let result = installed.reconciler.apply(&compiled, &node);
-            (installed, compiled, node, result)
+            let result = match &compiled {
+                Some(compiled) => installed.reconciler.apply(compiled, &node),
+                None => installed.reconciler.apply_delta(&delta, &node),
+            };
+            (installed, node, result)
         })
         .await
         .map_err(|e| format!("writing the policy maps: {e}"))?;
-        let (installed, compiled, node, result) = joined;
+        let (installed, node, result) = joined;
         inner.installed = Some(installed);
         result.map_err(|e| format!("writing the policy maps: {}", error_chain(&e)))?;
-        inner.applied = Some((compiled, node));
+        inner.written = Some(node);
         Ok(())
     }
 
@@ -380,28 +594,6 @@ impl PolicyEnforcer {
     /// can be admitted.
     pub fn all_read(&self) -> bool {
         self.policies.is_synced() && self.namespaces.is_synced() && self.peers.is_synced()
-    }
-
-    /// Endpoints first, then every other pod with an address as a peer.
-    fn policy_pods(&self, inner: &Inner) -> Vec<PolicyPod> {
-        let mut pods: Vec<PolicyPod> = inner
-            .endpoints
-            .values()
-            .map(EndpointRecord::policy_pod)
-            .collect();
-        let local: BTreeSet<(&str, &str)> = inner
-            .endpoints
-            .values()
-            .map(|e| (e.namespace.as_str(), e.name.as_str()))
-            .collect();
-        let addresses: BTreeSet<Ipv4Addr> = inner.endpoints.values().map(|e| e.ip).collect();
-        for peer in self.peers.list() {
-            if local.contains(&(&*peer.namespace, &*peer.name)) || addresses.contains(&peer.ip) {
-                continue;
-            }
-            pods.push((*peer).clone());
-        }
-        pods
     }
 
     /// Drops endpoints whose interface is gone (a sandbox removed while bosun was down).
@@ -414,7 +606,7 @@ impl PolicyEnforcer {
             .collect();
         for uid in gone {
             if let Some(record) = inner.endpoints.remove(&uid) {
-                inner.world = None;
+                inner.endpoint_changed(&uid, Some(&record), None);
                 tracing::info!(pod = %format!("{}/{}", record.namespace, record.name), ifindex = record.ifindex, "interface gone; forgetting its endpoint");
                 // The interface is gone, and its programs with it: only the pins go, at once.
                 inner.attached.remove(&record.ifindex);
@@ -447,8 +639,8 @@ impl PolicyEnforcer {
         }
     }
 
-    fn report(&self, reported: &mut BTreeSet<String>, compiled: &Compiled) {
-        for problem in &compiled.problems {
+    fn report(&self, reported: &mut BTreeSet<String>, problems: &[Problem]) {
+        for problem in problems {
             let text = problem.to_string();
             if !reported.insert(text.clone()) {
                 continue;

@@ -45,7 +45,7 @@ use super::{Direction, NamedPort, PolicyPod, PolicyProtocol, Problem};
 use crate::service::Reporter;
 
 /// The label the API server puts on every Namespace, naming it.
-const LABEL_METADATA_NAME: &str = "kubernetes.io/metadata.name";
+pub(super) const LABEL_METADATA_NAME: &str = "kubernetes.io/metadata.name";
 
 /// What [`compile`] made of its input.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -150,9 +150,12 @@ pub fn compile_in<'p>(
             .cmp(&object_key(b))
             .then_with(|| format!("{:?}", a.spec).cmp(&format!("{:?}", b.spec)))
     });
+    let mut resolve = |namespace: &str, namespaces: Option<&Selector>, pods: Option<&Selector>| {
+        world.resolve(namespace, namespaces, pods)
+    };
     let parsed: Vec<ParsedPolicy> = ordered
         .into_iter()
-        .filter_map(|p| parse_policy(p, world, &mut problems))
+        .filter_map(|p| parse_policy(p, &mut resolve, &mut problems))
         .collect();
 
     let mut compiled = Compiled::default();
@@ -184,9 +187,9 @@ pub fn compile_in<'p>(
         owners.insert(ifindex, pod);
 
         // `parsed` is in namespace order: the pod's namespace's policies are contiguous.
-        let first = parsed.partition_point(|p| p.namespace < &*pod.namespace);
+        let first = parsed.partition_point(|p| *p.namespace < *pod.namespace);
         let selecting: Vec<usize> = (first..parsed.len())
-            .take_while(|i| parsed[*i].namespace == &*pod.namespace)
+            .take_while(|i| *parsed[*i].namespace == *pod.namespace)
             .filter(|i| parsed[*i].selector.matches(&pod.labels))
             .collect();
         let mut endpoint = Endpoint {
@@ -258,27 +261,27 @@ pub fn port_blocks(first: u16, last: u16) -> Vec<(u16, u8)> {
 }
 
 /// An IPv4 prefix, host order, host bits zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Cidr {
-    bits: u32,
-    len: u8,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct Cidr {
+    pub(super) bits: u32,
+    pub(super) len: u8,
 }
 
 impl Cidr {
-    const EVERYWHERE: Cidr = Cidr { bits: 0, len: 0 };
+    pub(super) const EVERYWHERE: Cidr = Cidr { bits: 0, len: 0 };
 
-    fn new(bits: u32, len: u8) -> Self {
+    pub(super) fn new(bits: u32, len: u8) -> Self {
         Self {
             bits: bits & mask(len),
             len,
         }
     }
 
-    fn host(address: Ipv4Addr) -> Self {
+    pub(super) fn host(address: Ipv4Addr) -> Self {
         Self::new(address.to_bits(), 32)
     }
 
-    fn contains(self, other: Cidr) -> bool {
+    pub(super) fn contains(self, other: Cidr) -> bool {
         self.len <= other.len && other.bits & mask(self.len) == self.bits
     }
 }
@@ -302,7 +305,7 @@ struct TableKey {
     named_ports: Vec<NamedPort>,
 }
 
-fn sorted_named_ports(pod: &PolicyPod) -> Vec<NamedPort> {
+pub(super) fn sorted_named_ports(pod: &PolicyPod) -> Vec<NamedPort> {
     let mut ports = pod.named_ports.to_vec();
     ports.sort();
     ports
@@ -438,7 +441,7 @@ impl PodWorld {
     fn pods_with<'s>(
         &'s self,
         key: &'s str,
-        values: &'s [&str],
+        values: &'s [String],
     ) -> impl Iterator<Item = usize> + 's {
         values
             .iter()
@@ -479,7 +482,7 @@ fn namespace_labels<'n, 'p>(
 }
 
 /// A namespace left out (as in a manifest) is `default`, as `kubectl apply` would make it.
-fn object_key(policy: &NetworkPolicy) -> (&str, &str) {
+pub(super) fn object_key(policy: &NetworkPolicy) -> (&str, &str) {
     (
         policy
             .metadata
@@ -493,18 +496,18 @@ fn object_key(policy: &NetworkPolicy) -> (&str, &str) {
 
 /// A policy as the compiler uses it: selectors checked, peers resolved to pods or prefixes.
 /// Strings are borrowed from the policy.
-struct ParsedPolicy<'a> {
+pub(super) struct ParsedPolicy<S = Vec<usize>> {
     /// `namespace/name`.
-    key: String,
-    namespace: &'a str,
-    selector: Selector<'a>,
+    pub(super) key: String,
+    pub(super) namespace: String,
+    pub(super) selector: Selector,
     /// `Some` when `policyTypes` has `Ingress`; the rules may be none (deny all).
-    ingress: Option<Vec<Rule<'a>>>,
-    egress: Option<Vec<Rule<'a>>>,
+    pub(super) ingress: Option<Vec<Rule<S>>>,
+    pub(super) egress: Option<Vec<Rule<S>>>,
 }
 
-impl<'a> ParsedPolicy<'a> {
-    fn rules(&self, direction: Direction) -> Option<&[Rule<'a>]> {
+impl<S> ParsedPolicy<S> {
+    pub(super) fn rules(&self, direction: Direction) -> Option<&[Rule<S>]> {
         match direction {
             Direction::Ingress => self.ingress.as_deref(),
             Direction::Egress => self.egress.as_deref(),
@@ -512,36 +515,38 @@ impl<'a> ParsedPolicy<'a> {
     }
 }
 
-struct Rule<'a> {
+pub(super) struct Rule<S = Vec<usize>> {
     /// `None`: every address.
-    peers: Option<Vec<Peer>>,
+    pub(super) peers: Option<Vec<Peer<S>>>,
     /// `None`: every protocol and port.
-    ports: Option<Vec<PortSpec<'a>>>,
+    pub(super) ports: Option<Vec<PortSpec>>,
 }
 
-enum Peer {
-    /// Indices into [`PodWorld::pods`].
-    Pods(Vec<usize>),
+/// A peer: the pods it selects (in a whole compile, indices into [`PodWorld::pods`]; in the
+/// incremental table, the selector that tracks them), or addresses.
+pub(super) enum Peer<S = Vec<usize>> {
+    Pods(S),
     Block(Block),
 }
 
 /// An `ipBlock`: `cidr` without the `except`s.
-struct Block {
-    cidr: Cidr,
-    except: Vec<Cidr>,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Block {
+    pub(super) cidr: Cidr,
+    pub(super) except: Vec<Cidr>,
 }
 
 impl Block {
-    fn contains(&self, prefix: Cidr) -> bool {
+    pub(super) fn contains(&self, prefix: Cidr) -> bool {
         self.cidr.contains(prefix) && !self.except.iter().any(|e| e.contains(prefix))
     }
 }
 
-enum PortSpec<'a> {
+pub(super) enum PortSpec {
     /// A protocol's ports `first..=last` (all of them when `port` is absent).
     Range(PolicyProtocol, u16, u16),
     /// A container port's name, looked up in the destination pod.
-    Named(PolicyProtocol, &'a str),
+    Named(PolicyProtocol, String),
 }
 
 /// A field's path, such as `spec.ingress[0].from[1].ipBlock.cidr`, written out only when a
@@ -574,11 +579,13 @@ impl std::fmt::Display for Field<'_> {
 }
 
 /// Reads one policy, reporting what it cannot use. `None` when nothing of it can be used.
-fn parse_policy<'a>(
-    policy: &'a NetworkPolicy,
-    world: &PodWorld,
+/// `resolve` turns a peer's selectors into what the rules hold for its pods (see
+/// [`Resolve`]).
+pub(super) fn parse_policy<S>(
+    policy: &NetworkPolicy,
+    resolve: &mut Resolve<'_, S>,
     problems: &mut Vec<Problem>,
-) -> Option<ParsedPolicy<'a>> {
+) -> Option<ParsedPolicy<S>> {
     let (namespace, name) = object_key(policy);
     let mut reporter = Reporter {
         kind: "NetworkPolicy",
@@ -645,8 +652,8 @@ fn parse_policy<'a>(
     let mut rule = |root: &'static str,
                     i: usize,
                     peers_field: &'static str,
-                    peers: Option<&'a [NetworkPolicyPeer]>,
-                    ports: Option<&'a [NetworkPolicyPort]>| {
+                    peers: Option<&[NetworkPolicyPeer]>,
+                    ports: Option<&[NetworkPolicyPort]>| {
         let rules = Field::Root(root);
         let field = rules.index(i);
         Rule {
@@ -654,7 +661,7 @@ fn parse_policy<'a>(
                 peers,
                 field.name(peers_field),
                 namespace,
-                world,
+                resolve,
                 &mut reporter,
             ),
             ports: parse_ports(ports, field.name("ports"), &mut reporter),
@@ -687,7 +694,7 @@ fn parse_policy<'a>(
 
     Some(ParsedPolicy {
         key: format!("{namespace}/{name}"),
-        namespace,
+        namespace: namespace.to_owned(),
         selector,
         ingress,
         egress,
@@ -696,31 +703,36 @@ fn parse_policy<'a>(
 
 /// A rule's peers; `None` (every address) when the list is absent or empty. A peer that
 /// cannot be used is left out, so a list of only such peers matches nothing.
-fn parse_peers(
+fn parse_peers<S>(
     peers: Option<&[NetworkPolicyPeer]>,
     field: Field<'_>,
     namespace: &str,
-    world: &PodWorld,
+    resolve: &mut Resolve<'_, S>,
     reporter: &mut Reporter<'_>,
-) -> Option<Vec<Peer>> {
+) -> Option<Vec<Peer<S>>> {
     let peers = peers.filter(|p| !p.is_empty())?;
     Some(
         peers
             .iter()
             .enumerate()
-            .filter_map(|(i, peer)| parse_peer(peer, field.index(i), namespace, world, reporter))
+            .filter_map(|(i, peer)| parse_peer(peer, field.index(i), namespace, resolve, reporter))
             .collect(),
     )
 }
 
+/// What a peer's selectors stand for: called with the policy's namespace, the
+/// `namespaceSelector` (`None`: the policy's namespace) and the `podSelector` (`None`: every
+/// pod of the namespaces chosen).
+pub(super) type Resolve<'r, S> = dyn FnMut(&str, Option<&Selector>, Option<&Selector>) -> S + 'r;
+
 /// `ValidateNetworkPolicyPeer` and the peer's meaning.
-fn parse_peer<'a>(
-    peer: &'a NetworkPolicyPeer,
+fn parse_peer<S>(
+    peer: &NetworkPolicyPeer,
     field: Field<'_>,
     namespace: &str,
-    world: &PodWorld,
+    resolve: &mut Resolve<'_, S>,
     reporter: &mut Reporter<'_>,
-) -> Option<Peer> {
+) -> Option<Peer<S>> {
     if let Some(block) = &peer.ip_block {
         if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
             reporter.report(
@@ -740,20 +752,35 @@ fn parse_peer<'a>(
         );
         return None;
     }
-    let mut read = |selector: &'a Option<LabelSelector>, name| match selector {
+    let mut read = |selector: &Option<LabelSelector>, name| match selector {
         None => Some(None),
         Some(s) => parse_selector(s, field.name(name), reporter).map(Some),
     };
     let pod_selector = read(&peer.pod_selector, "podSelector")?;
     let namespace_selector = read(&peer.namespace_selector, "namespaceSelector")?;
+    Some(Peer::Pods(resolve(
+        namespace,
+        namespace_selector.as_ref(),
+        pod_selector.as_ref(),
+    )))
+}
 
-    let chosen: Vec<usize> = match &namespace_selector {
-        None => world.namespace(namespace).into_iter().collect(),
-        Some(selector) => (0..world.namespaces.len())
-            .filter(|n| selector.matches(&world.namespaces[*n].labels))
-            .collect(),
-    };
-    Some(Peer::Pods(world.select(&chosen, pod_selector.as_ref())))
+impl PodWorld {
+    /// The pods a peer's selectors choose, as indices into `pods` (see [`Resolve`]).
+    fn resolve(
+        &self,
+        namespace: &str,
+        namespace_selector: Option<&Selector>,
+        pod_selector: Option<&Selector>,
+    ) -> Vec<usize> {
+        let chosen: Vec<usize> = match namespace_selector {
+            None => self.namespace(namespace).into_iter().collect(),
+            Some(selector) => (0..self.namespaces.len())
+                .filter(|n| selector.matches(&self.namespaces[*n].labels))
+                .collect(),
+        };
+        self.select(&chosen, pod_selector)
+    }
 }
 
 fn parse_block(block: &IPBlock, field: Field<'_>, reporter: &mut Reporter<'_>) -> Option<Block> {
@@ -839,11 +866,11 @@ fn parse_cidr(text: &str) -> ParsedCidr {
 
 /// A rule's ports; `None` (everything) when the list is absent or empty. A port that cannot
 /// be used is left out, so a list of only such ports matches nothing.
-fn parse_ports<'a>(
-    ports: Option<&'a [NetworkPolicyPort]>,
+fn parse_ports(
+    ports: Option<&[NetworkPolicyPort]>,
     field: Field<'_>,
     reporter: &mut Reporter<'_>,
-) -> Option<Vec<PortSpec<'a>>> {
+) -> Option<Vec<PortSpec>> {
     let ports = ports.filter(|p| !p.is_empty())?;
     Some(
         ports
@@ -855,11 +882,11 @@ fn parse_ports<'a>(
 }
 
 /// `ValidateNetworkPolicyPort`, with `SetDefaults_NetworkPolicyPort` (TCP).
-fn parse_port<'a>(
-    port: &'a NetworkPolicyPort,
+fn parse_port(
+    port: &NetworkPolicyPort,
     field: Field<'_>,
     reporter: &mut Reporter<'_>,
-) -> Option<PortSpec<'a>> {
+) -> Option<PortSpec> {
     let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
     let Some(protocol) = PolicyProtocol::parse(protocol_name) else {
         reporter.report(
@@ -927,31 +954,32 @@ fn parse_port<'a>(
                 );
                 return None;
             }
-            Some(PortSpec::Named(protocol, name))
+            Some(PortSpec::Named(protocol, name.clone()))
         }
     }
 }
 
 /// A checked label selector: every requirement must hold. Empty: selects everything.
-#[derive(Default)]
-struct Selector<'a> {
-    requirements: Vec<Requirement<'a>>,
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub(super) struct Selector {
+    pub(super) requirements: Vec<Requirement>,
 }
 
 /// A requirement on one label; the values of `In` and `NotIn` are sorted and distinct.
-enum Requirement<'a> {
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Requirement {
     /// A `matchLabels` entry.
-    Equals(&'a str, &'a str),
-    In(&'a str, Vec<&'a str>),
-    NotIn(&'a str, Vec<&'a str>),
-    Exists(&'a str),
-    DoesNotExist(&'a str),
+    Equals(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    DoesNotExist(String),
 }
 
-impl Requirement<'_> {
+impl Requirement {
     /// The key, and the values one of which it must have, when the requirement needs the
     /// label.
-    fn needed_values(&self) -> Option<(&str, &[&str])> {
+    pub(super) fn needed_values(&self) -> Option<(&str, &[String])> {
         match self {
             Requirement::Equals(key, value) => Some((key, std::slice::from_ref(value))),
             Requirement::In(key, values) => Some((key, values)),
@@ -960,42 +988,37 @@ impl Requirement<'_> {
     }
 }
 
-impl Selector<'_> {
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let has = |values: &[&str], value: &String| values.binary_search(&value.as_str()).is_ok();
+impl Selector {
+    pub(super) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let has = |values: &[String], value: &String| values.binary_search(value).is_ok();
         self.requirements.iter().all(|r| match r {
-            Requirement::Equals(key, value) => labels.get(*key).is_some_and(|v| v == value),
-            Requirement::In(key, values) => labels.get(*key).is_some_and(|v| has(values, v)),
-            Requirement::NotIn(key, values) => labels.get(*key).is_none_or(|v| !has(values, v)),
-            Requirement::Exists(key) => labels.contains_key(*key),
-            Requirement::DoesNotExist(key) => !labels.contains_key(*key),
+            Requirement::Equals(key, value) => labels.get(key).is_some_and(|v| v == value),
+            Requirement::In(key, values) => labels.get(key).is_some_and(|v| has(values, v)),
+            Requirement::NotIn(key, values) => labels.get(key).is_none_or(|v| !has(values, v)),
+            Requirement::Exists(key) => labels.contains_key(key),
+            Requirement::DoesNotExist(key) => !labels.contains_key(key),
         })
     }
 }
 
 /// `LabelSelectorAsSelector`: `None` (and a problem) when a requirement is malformed.
-fn parse_selector<'a>(
-    selector: &'a LabelSelector,
+fn parse_selector(
+    selector: &LabelSelector,
     field: Field<'_>,
     reporter: &mut Reporter<'_>,
-) -> Option<Selector<'a>> {
+) -> Option<Selector> {
     let mut requirements: Vec<Requirement> = selector
         .match_labels
         .iter()
         .flatten()
-        .map(|(k, v)| Requirement::Equals(k, v))
+        .map(|(k, v)| Requirement::Equals(k.clone(), v.clone()))
         .collect();
     let mut valid = true;
     for (i, expression) in selector.match_expressions.iter().flatten().enumerate() {
-        let mut values: Vec<&str> = expression
-            .values
-            .iter()
-            .flatten()
-            .map(String::as_str)
-            .collect();
+        let mut values: Vec<String> = expression.values.iter().flatten().cloned().collect();
         values.sort_unstable();
         values.dedup();
-        let key = expression.key.as_str();
+        let key = expression.key.clone();
         let requirement = match expression.operator.as_str() {
             "In" if !values.is_empty() => Requirement::In(key, values),
             "NotIn" if !values.is_empty() => Requirement::NotIn(key, values),
@@ -1038,17 +1061,17 @@ fn parse_selector<'a>(
 /// A [`PortRange`] while tables are built: its policy borrowed, so that gathering and
 /// combining ranges copies no names.
 #[derive(Clone, Copy, Debug)]
-struct Allowed<'p> {
-    protocol: Option<PolicyProtocol>,
-    first: u16,
-    last: u16,
-    policy: &'p str,
+pub(super) struct Allowed<'p> {
+    pub(super) protocol: Option<PolicyProtocol>,
+    pub(super) first: u16,
+    pub(super) last: u16,
+    pub(super) policy: &'p str,
 }
 
 /// The peer prefixes of one direction of endpoints that `policies` isolate, and that have
 /// `named_ports` (for ingress, whose named ports are the endpoint's).
 fn peer_table<'p>(
-    parsed: &'p [ParsedPolicy<'_>],
+    parsed: &'p [ParsedPolicy],
     policies: &[usize],
     direction: Direction,
     named_ports: &'p [NamedPort],
@@ -1196,16 +1219,16 @@ fn peer_table<'p>(
 }
 
 /// A set of prefix lengths (0 to 32).
-#[derive(Default)]
-struct Lengths(u64);
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Lengths(u64);
 
 impl Lengths {
-    fn insert(&mut self, len: u8) {
+    pub(super) fn insert(&mut self, len: u8) {
         self.0 |= 1 << len;
     }
 
     /// Those of at most `len`, longest first.
-    fn up_to(&self, len: u8) -> impl Iterator<Item = u8> {
+    pub(super) fn up_to(&self, len: u8) -> impl Iterator<Item = u8> {
         let mut left = self.0 & (u64::MAX >> (63 - len));
         std::iter::from_fn(move || {
             let longest = 63u32.checked_sub(left.leading_zeros())?;
@@ -1216,7 +1239,7 @@ impl Lengths {
 }
 
 /// The ranges of the ports named `name` for `protocol` among `ports`.
-fn resolve<'a>(
+pub(super) fn resolve<'a>(
     ports: &'a [NamedPort],
     protocol: PolicyProtocol,
     name: &'a str,
@@ -1236,7 +1259,7 @@ fn resolve<'a>(
 /// The canonical [`PortSet`] of a union of ranges: one any-protocol range if there is one,
 /// otherwise per protocol disjoint ranges, each port credited to the first policy by name
 /// that allows it, and adjacent ranges of one policy joined.
-fn normalize(ranges: &[Allowed<'_>]) -> PortSet {
+pub(super) fn normalize(ranges: &[Allowed<'_>]) -> PortSet {
     if let Some(policy) = ranges
         .iter()
         .filter(|r| r.protocol.is_none())
@@ -1439,7 +1462,7 @@ mod tests {
             .collect()
     }
 
-    fn random_rule(rng: &mut Lcg, pods: usize) -> Rule<'static> {
+    fn random_rule(rng: &mut Lcg, pods: usize) -> Rule {
         let peers = (rng.below(4) != 0).then(|| {
             (0..rng.below(3) + 1)
                 .map(|_| {
@@ -1467,7 +1490,7 @@ mod tests {
                 .map(|_| {
                     let protocol = rng.pick(&PROTOCOLS);
                     match rng.below(3) {
-                        0 => PortSpec::Named(protocol, rng.pick(&["http", "dns"])),
+                        0 => PortSpec::Named(protocol, rng.pick(&["http", "dns"]).to_owned()),
                         1 => PortSpec::Range(protocol, 0, u16::MAX),
                         _ => {
                             let first = rng.pick(&[1, 53, 80, 443, 8080]);
@@ -1566,7 +1589,7 @@ mod tests {
                     };
                     ParsedPolicy {
                         key: format!("a/p{i}"),
-                        namespace: "a",
+                        namespace: "a".to_owned(),
                         selector: Selector::default(),
                         ingress: rules(&mut rng),
                         egress: rules(&mut rng),
@@ -1778,9 +1801,13 @@ mod tests {
                 name: "test",
                 problems: &mut problems,
             };
-            let Some(Peer::Pods(got)) =
-                parse_peer(&peer, Field::Root("peer"), "a", &world, &mut reporter)
-            else {
+            let Some(Peer::Pods(got)) = parse_peer(
+                &peer,
+                Field::Root("peer"),
+                "a",
+                &mut |n: &str, ns: Option<&Selector>, p: Option<&Selector>| world.resolve(n, ns, p),
+                &mut reporter,
+            ) else {
                 panic!("case {case}: {peer:?} is not read as pods");
             };
             let expected: Vec<usize> = (0..pods.len())

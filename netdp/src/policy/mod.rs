@@ -2,7 +2,9 @@
 //!
 //! Data flows one way, as for Services: [`compile`] turns NetworkPolicies, Namespaces and the
 //! pods that policy can see into what the maps should hold for the endpoints on this node
-//! (pure, golden-tested); a [`PolicyReconciler`] compares that with what the maps hold and
+//! (pure, golden-tested), and [`PolicyTable`] keeps the same result up to date change by
+//! change, returning only what changed ([`PolicyDelta`]); a [`PolicyReconciler`] compares
+//! a whole result with what the maps hold (or takes a delta) and
 //! writes the difference through [`PolicyMaps`], in an order that never exposes a pod and
 //! never drops a flow the old and the new policy both allow; [`attach`] puts the two tcx
 //! programs on a pod's host-side interface and pins their links, so enforcement outlives the
@@ -14,6 +16,7 @@ mod bpf;
 mod compile;
 mod maps;
 mod reconcile;
+mod table;
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, sync::Arc};
 
@@ -26,6 +29,7 @@ pub use compile::{
 };
 pub use maps::{policy_name, policy_name_str, MemoryPolicyMaps, PolicyMapOp, PolicyMaps};
 pub use reconcile::{PolicyApplied, PolicyReconciler};
+pub use table::{PolicyDelta, PolicyKey, PolicyTable};
 
 pub use crate::service::Problem;
 pub use bosun_ebpf_abi::{

@@ -30,7 +30,7 @@ use bosun_ebpf_abi::{
 
 use super::{
     maps::{policy_name, policy_name_str},
-    port_blocks, Compiled, Direction, PolicyMaps, PortSet,
+    port_blocks, Compiled, Direction, PolicyDelta, PolicyMaps, PortSet,
 };
 use crate::{service::IdPool, Error};
 
@@ -89,6 +89,10 @@ struct Held {
     ids: BTreeMap<String, u32>,
     policy_pool: IdPool,
     nodes: BTreeSet<[u8; 4]>,
+    /// How many peer entries name each class.
+    class_refs: BTreeMap<u32, usize>,
+    /// How many entries (class port entries, endpoints) hold each policy id.
+    name_refs: BTreeMap<u32, usize>,
 }
 
 impl<M: PolicyMaps> PolicyReconciler<M> {
@@ -129,6 +133,37 @@ impl<M: PolicyMaps> PolicyReconciler<M> {
         }
         result.map(|()| applied)
     }
+
+    /// Writes `delta`, the change from the state the last successful [`Self::apply`] or
+    /// `apply_delta` wrote, in the order a whole apply writes it, so that every packet judged
+    /// between two writes gets the old verdict or the new one; the node's addresses are made
+    /// `node`. Costs in proportion to the delta, not to what the maps hold. On error the maps
+    /// hold part of the change, every step of which is safe; the caller should then
+    /// [`Self::apply`] the whole desired state, since what this delta did not write is known
+    /// to it alone.
+    pub fn apply_delta(
+        &mut self,
+        delta: &PolicyDelta,
+        node: &[Ipv4Addr],
+    ) -> Result<PolicyApplied, Error> {
+        let mut held = match self.held.take() {
+            Some(held) => held,
+            None => read_held(&self.maps)?,
+        };
+        let mut applied = PolicyApplied::default();
+        let result = write_delta(
+            &mut self.maps,
+            &mut held,
+            &mut self.stale_state,
+            delta,
+            node,
+            &mut applied,
+        );
+        if result.is_ok() {
+            self.held = Some(held);
+        }
+        result.map(|()| applied)
+    }
 }
 
 const DIRECTIONS: [Direction; 2] = [Direction::Ingress, Direction::Egress];
@@ -150,11 +185,7 @@ fn write_changes(
 ) -> Result<(), Error> {
     // Node addresses: new ones first, so the node never loses its way in.
     let nodes: BTreeSet<[u8; 4]> = node.iter().map(|a| a.octets()).collect();
-    for address in nodes.difference(&held.nodes.clone()) {
-        maps.put_node_address(*address)?;
-        held.nodes.insert(*address);
-        applied.writes += 1;
-    }
+    add_node_addresses(maps, held, &nodes, applied)?;
 
     // Endpoints that are gone: the entry first, so that their interfaces drop everything
     // while the rest goes.
@@ -323,11 +354,402 @@ fn write_changes(
         held.policy_pool.give_back(id);
     }
 
-    for address in held.nodes.difference(&nodes).copied().collect::<Vec<_>>() {
+    remove_node_addresses(maps, held, &nodes, applied)?;
+    recount(held);
+    Ok(())
+}
+
+fn add_node_addresses(
+    maps: &mut impl PolicyMaps,
+    held: &mut Held,
+    nodes: &BTreeSet<[u8; 4]>,
+    applied: &mut PolicyApplied,
+) -> Result<(), Error> {
+    for address in nodes.difference(&held.nodes.clone()) {
+        maps.put_node_address(*address)?;
+        held.nodes.insert(*address);
+        applied.writes += 1;
+    }
+    Ok(())
+}
+
+fn remove_node_addresses(
+    maps: &mut impl PolicyMaps,
+    held: &mut Held,
+    nodes: &BTreeSet<[u8; 4]>,
+    applied: &mut PolicyApplied,
+) -> Result<(), Error> {
+    for address in held.nodes.difference(nodes).copied().collect::<Vec<_>>() {
         maps.delete_node_address(address)?;
         held.nodes.remove(&address);
         applied.deletes += 1;
     }
+    Ok(())
+}
+
+/// Counts anew what names each class and each policy id.
+fn recount(held: &mut Held) {
+    let mut class_refs = BTreeMap::new();
+    for class in held.peers.values().flat_map(|p| p.values()) {
+        *class_refs.entry(*class).or_insert(0) += 1;
+    }
+    let mut name_refs = BTreeMap::new();
+    for id in policy_references(held) {
+        *name_refs.entry(id).or_insert(0) += 1;
+    }
+    held.class_refs = class_refs;
+    held.name_refs = name_refs;
+}
+
+/// One reference more (`up`) or less to `id` (0 is no id).
+fn count(refs: &mut BTreeMap<u32, usize>, id: u32, up: bool) {
+    if id == 0 {
+        return;
+    }
+    let entry = refs.entry(id).or_insert(0);
+    if up {
+        *entry += 1;
+    } else {
+        *entry = entry.saturating_sub(1);
+    }
+}
+
+/// [`write_changes`] for the entries a delta names: the same steps in the same order, each
+/// limited to what the delta touches. Classes and names are counted as entries name them, so
+/// finding those nothing names any more looks only at those that lost a reference.
+fn write_delta(
+    maps: &mut impl PolicyMaps,
+    held: &mut Held,
+    stale_state: &mut BTreeSet<u32>,
+    delta: &PolicyDelta,
+    node: &[Ipv4Addr],
+    applied: &mut PolicyApplied,
+) -> Result<(), Error> {
+    let nodes: BTreeSet<[u8; 4]> = node.iter().map(|a| a.octets()).collect();
+    add_node_addresses(maps, held, &nodes, applied)?;
+    // Classes and names that may have lost their last reference.
+    let mut loose_classes: BTreeSet<u32> = BTreeSet::new();
+    let mut loose_names: BTreeSet<u32> = BTreeSet::new();
+
+    // Endpoints that are gone: the entry first, so that their interfaces drop everything
+    // while the rest goes.
+    let gone: BTreeSet<u32> = delta
+        .endpoints
+        .iter()
+        .filter(|(_, e)| e.is_none())
+        .map(|(ifindex, _)| *ifindex)
+        .collect();
+    stale_state.extend(gone.iter().copied());
+    for ifindex in &gone {
+        if let Some(old) = held.endpoints.get(ifindex).copied() {
+            maps.delete_endpoint(*ifindex)?;
+            held.endpoints.remove(ifindex);
+            held.counter_pool.give_back(old.counters);
+            for id in [old.ingress_policy, old.egress_policy] {
+                count(&mut held.name_refs, id, false);
+                loose_names.insert(id);
+            }
+            applied.deletes += 1;
+        }
+        for direction in DIRECTIONS {
+            clear_peers(maps, held, *ifindex, direction, &mut loose_classes, applied)?;
+        }
+    }
+    for ifindex in stale_state.clone() {
+        if !held.endpoints.contains_key(&ifindex) {
+            maps.delete_flows(ifindex)?;
+            applied.deletes += 1;
+        }
+        stale_state.remove(&ifindex);
+    }
+
+    // The peer changes by endpoint and direction, those of gone endpoints left out.
+    let mut changes: BTreeMap<(u32, u8), PeerChanges> = BTreeMap::new();
+    for (prefix, set) in &delta.peers {
+        if gone.contains(&prefix.endpoint) {
+            continue;
+        }
+        let entry = peer_entry(prefix);
+        let slot = changes
+            .entry((prefix.endpoint, prefix.direction.number()))
+            .or_default();
+        match set {
+            Some(set) => slot.puts.push((entry, set)),
+            None => slot.removals.push(entry),
+        }
+    }
+
+    // Policy names before anything names their ids.
+    let mut wanted_names: BTreeSet<&str> = BTreeSet::new();
+    for endpoint in delta.endpoints.values().flatten() {
+        wanted_names.extend(DIRECTIONS.iter().filter_map(|d| endpoint.isolated(*d)));
+    }
+    for change in changes.values() {
+        for (_, set) in &change.puts {
+            wanted_names.extend(set.0.iter().map(|r| r.policy.as_str()));
+        }
+    }
+    for name in wanted_names {
+        if !held.ids.contains_key(name) {
+            let id = held.policy_pool.take();
+            maps.put_policy_name(id, &policy_name(name))?;
+            held.names.insert(id, name.to_owned());
+            held.ids.insert(name.to_owned(), id);
+            loose_names.insert(id);
+            applied.writes += 1;
+        }
+    }
+
+    // Classes, each written whole before a peer names it.
+    let mut class_of: BTreeMap<&PortSet, u32> = BTreeMap::new();
+    for change in changes.values() {
+        for (_, set) in &change.puts {
+            if class_of.contains_key(set) {
+                continue;
+            }
+            let content = content_of(set, &held.ids);
+            let id = match held.by_content.get(&content) {
+                Some(id) => *id,
+                None => {
+                    let id = held.class_pool.take();
+                    for entry in &content {
+                        let (prefix_len, key) = port_key(id, *entry);
+                        maps.put_port(prefix_len, &key, entry.3)?;
+                        applied.writes += 1;
+                    }
+                    for entry in &content {
+                        count(&mut held.name_refs, entry.3, true);
+                    }
+                    held.classes.insert(id, content.clone());
+                    held.by_content.insert(content, id);
+                    loose_classes.insert(id);
+                    id
+                }
+            };
+            class_of.insert(set, id);
+        }
+    }
+
+    // Endpoints added or changed: counters and peers before the entry that exposes them; a
+    // direction that stops being isolated is opened before its peers go.
+    for (&ifindex, endpoint) in &delta.endpoints {
+        let Some(endpoint) = endpoint else {
+            continue;
+        };
+        let mut value = EndpointValue::default();
+        for direction in DIRECTIONS {
+            if let Some(policy) = endpoint.isolated(direction) {
+                value.flags |= isolation_flag(direction);
+                let id = held.ids[policy];
+                match direction {
+                    Direction::Ingress => value.ingress_policy = id,
+                    Direction::Egress => value.egress_policy = id,
+                }
+            }
+        }
+        let old = held.endpoints.get(&ifindex).copied();
+        value.counters = match old {
+            Some(old) if old.counters != 0 => old.counters,
+            _ => {
+                let slot = held.counter_pool.take();
+                maps.reset_counters(slot)?;
+                applied.writes += 1;
+                slot
+            }
+        };
+        for direction in DIRECTIONS {
+            if value.flags & isolation_flag(direction) != 0 {
+                let change = changes
+                    .remove(&(ifindex, direction.number()))
+                    .unwrap_or_default();
+                let mut writer = PeerWriter {
+                    maps: &mut *maps,
+                    held: &mut *held,
+                    loose_classes: &mut loose_classes,
+                    applied: &mut *applied,
+                };
+                writer.write(ifindex, direction, change, &class_of)?;
+            }
+        }
+        if old != Some(value) {
+            maps.put_endpoint(ifindex, &value)?;
+            held.endpoints.insert(ifindex, value);
+            for id in [value.ingress_policy, value.egress_policy] {
+                count(&mut held.name_refs, id, true);
+            }
+            for id in old.iter().flat_map(|o| [o.ingress_policy, o.egress_policy]) {
+                count(&mut held.name_refs, id, false);
+                loose_names.insert(id);
+            }
+            applied.writes += 1;
+        }
+        for direction in DIRECTIONS {
+            if value.flags & isolation_flag(direction) == 0 {
+                changes.remove(&(ifindex, direction.number()));
+                clear_peers(maps, held, ifindex, direction, &mut loose_classes, applied)?;
+            }
+        }
+    }
+    // The peers of endpoints whose entry stays as it is.
+    for ((ifindex, direction), change) in changes {
+        let Some(direction) = Direction::from_number(direction) else {
+            continue;
+        };
+        let mut writer = PeerWriter {
+            maps: &mut *maps,
+            held: &mut *held,
+            loose_classes: &mut loose_classes,
+            applied: &mut *applied,
+        };
+        writer.write(ifindex, direction, change, &class_of)?;
+    }
+
+    // Classes nothing names any more, then names nothing refers to.
+    for id in loose_classes {
+        if held.class_refs.get(&id).copied().unwrap_or(0) > 0 {
+            continue;
+        }
+        let Some(content) = held.classes.get(&id).cloned() else {
+            continue;
+        };
+        for entry in &content {
+            let (prefix_len, key) = port_key(id, *entry);
+            maps.delete_port(prefix_len, &key)?;
+            applied.deletes += 1;
+        }
+        held.classes.remove(&id);
+        for entry in &content {
+            count(&mut held.name_refs, entry.3, false);
+            loose_names.insert(entry.3);
+        }
+        if held.by_content.get(&content) == Some(&id) {
+            held.by_content.remove(&content);
+        }
+        held.class_refs.remove(&id);
+        held.class_pool.give_back(id);
+    }
+    for id in loose_names {
+        if id == 0 || held.name_refs.get(&id).copied().unwrap_or(0) > 0 {
+            continue;
+        }
+        if !held.names.contains_key(&id) {
+            continue;
+        }
+        maps.delete_policy_name(id)?;
+        applied.deletes += 1;
+        if let Some(name) = held.names.remove(&id) {
+            if held.ids.get(&name) == Some(&id) {
+                held.ids.remove(&name);
+            }
+        }
+        held.name_refs.remove(&id);
+        held.policy_pool.give_back(id);
+    }
+
+    remove_node_addresses(maps, held, &nodes, applied)
+}
+
+/// One endpoint direction's part of a delta.
+#[derive(Default)]
+struct PeerChanges<'d> {
+    puts: Vec<(PeerEntry, &'d PortSet)>,
+    removals: Vec<PeerEntry>,
+}
+
+/// The peer entry of a prefix.
+fn peer_entry(prefix: &super::PeerPrefix) -> PeerEntry {
+    let len = prefix.prefix_len.min(32);
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    let key = PeerKey {
+        endpoint: prefix.endpoint.to_be_bytes(),
+        direction: prefix.direction.number(),
+        _pad: [0; 3],
+        address: (prefix.address.to_bits() & mask).to_be_bytes(),
+    };
+    (PEER_KEY_FIXED_BITS + u32::from(len), key)
+}
+
+/// Writes peer changes, counting the classes they name.
+struct PeerWriter<'w, M> {
+    maps: &'w mut M,
+    held: &'w mut Held,
+    /// Classes that lost a reference.
+    loose_classes: &'w mut BTreeSet<u32>,
+    applied: &'w mut PolicyApplied,
+}
+
+impl<M: PolicyMaps> PeerWriter<'_, M> {
+    /// One endpoint direction's changes: puts longest prefix first, then removals shortest
+    /// first, as [`sync_peers`] writes them (see the module's comment for why).
+    fn write(
+        &mut self,
+        ifindex: u32,
+        direction: Direction,
+        change: PeerChanges<'_>,
+        class_of: &BTreeMap<&PortSet, u32>,
+    ) -> Result<(), Error> {
+        let slot = (ifindex, direction.number());
+        let current = self.held.peers.entry(slot).or_default();
+        let mut puts: Vec<(PeerEntry, u32)> = change
+            .puts
+            .into_iter()
+            .map(|(entry, set)| (entry, class_of[set]))
+            .filter(|(entry, class)| current.get(entry) != Some(class))
+            .collect();
+        puts.sort_by_key(|((len, key), _)| (Reverse(*len), *key));
+        let mut removals: Vec<PeerEntry> = change
+            .removals
+            .into_iter()
+            .filter(|entry| current.contains_key(entry))
+            .collect();
+        removals.sort();
+        for ((len, key), class) in puts {
+            self.maps.put_peer(len, &key, class)?;
+            if let Some(old) = current.insert((len, key), class) {
+                count(&mut self.held.class_refs, old, false);
+                self.loose_classes.insert(old);
+            }
+            count(&mut self.held.class_refs, class, true);
+            self.applied.writes += 1;
+        }
+        for (len, key) in removals {
+            self.maps.delete_peer(len, &key)?;
+            if let Some(old) = current.remove(&(len, key)) {
+                count(&mut self.held.class_refs, old, false);
+                self.loose_classes.insert(old);
+            }
+            self.applied.deletes += 1;
+        }
+        if current.is_empty() {
+            self.held.peers.remove(&slot);
+        }
+        Ok(())
+    }
+}
+
+/// Removes every peer entry of one endpoint direction, shortest prefix first.
+fn clear_peers(
+    maps: &mut impl PolicyMaps,
+    held: &mut Held,
+    ifindex: u32,
+    direction: Direction,
+    loose_classes: &mut BTreeSet<u32>,
+    applied: &mut PolicyApplied,
+) -> Result<(), Error> {
+    let slot = (ifindex, direction.number());
+    let Some(current) = held.peers.get_mut(&slot) else {
+        return Ok(());
+    };
+    let removals: Vec<PeerEntry> = current.keys().copied().collect();
+    for (len, key) in removals {
+        maps.delete_peer(len, &key)?;
+        if let Some(old) = current.remove(&(len, key)) {
+            count(&mut held.class_refs, old, false);
+            loose_classes.insert(old);
+        }
+        applied.deletes += 1;
+    }
+    held.peers.remove(&slot);
     Ok(())
 }
 
@@ -517,12 +939,15 @@ fn read_held(maps: &impl PolicyMaps) -> Result<Held, Error> {
         ids,
         policy_pool: IdPool::default(),
         nodes: maps.node_addresses()?.into_iter().collect(),
+        class_refs: BTreeMap::new(),
+        name_refs: BTreeMap::new(),
     };
     // Ids something refers to are not handed out again, even without a name.
     let used: Vec<u32> = policy_references(&held)
         .chain(held.names.keys().copied())
         .collect();
     held.policy_pool = IdPool::from_used(used);
+    recount(&mut held);
     Ok(held)
 }
 

@@ -1062,3 +1062,146 @@ fn one_policy_or_one_pod_changes_only_its_own_entries() {
         matches!(shrunk.ops[0], PolicyMapOp::DeletePeer(_, key) if key.address == [10, 0, 0, 3] && key.endpoint == 1u32.to_be_bytes())
     );
 }
+
+/// What the maps mean, ids aside: each endpoint's flags and policy names, each peer entry's
+/// class as its port entries with policy names, every class's content and every name held
+/// (so that leftovers show), and the node addresses.
+type Meaning = (
+    BTreeMap<u32, (u32, String, String)>,
+    BTreeMap<(u32, PeerKey), Vec<(u32, u8, [u8; 2], String)>>,
+    BTreeSet<Vec<(u32, u8, [u8; 2], String)>>,
+    BTreeSet<String>,
+    BTreeSet<[u8; 4]>,
+);
+
+fn meaning(maps: &MemoryPolicyMaps) -> Meaning {
+    let name = |id: u32| {
+        maps.policy_names
+            .get(&id)
+            .map_or_else(|| format!("#{id}"), crate::policy::policy_name_str)
+    };
+    let content = |class: u32| -> Vec<(u32, u8, [u8; 2], String)> {
+        class_content(maps, class)
+            .into_iter()
+            .map(|((len, key), policy)| (len, key.protocol, key.port, name(policy)))
+            .collect()
+    };
+    let endpoints = maps
+        .endpoints
+        .iter()
+        .map(|(ifindex, v)| {
+            let named = |id: u32| if id == 0 { String::new() } else { name(id) };
+            (
+                *ifindex,
+                (v.flags, named(v.ingress_policy), named(v.egress_policy)),
+            )
+        })
+        .collect();
+    let peers = maps
+        .peers
+        .iter()
+        .map(|(entry, class)| (*entry, content(*class)))
+        .collect();
+    let classes: BTreeSet<u32> = maps
+        .ports
+        .keys()
+        .map(|(_, key)| u32::from_be_bytes(key.class))
+        .collect();
+    let contents = classes.into_iter().map(content).collect();
+    let names = maps
+        .policy_names
+        .values()
+        .map(crate::policy::policy_name_str)
+        .collect();
+    (
+        endpoints,
+        peers,
+        contents,
+        names,
+        maps.node_addresses.clone(),
+    )
+}
+
+/// Random transitions written as deltas: every write keeps the verdicts the old and new
+/// state agree on, and the maps after each delta mean what a whole write of the same state
+/// makes them mean.
+#[test]
+fn deltas_write_what_a_whole_apply_writes() {
+    let mut rng = Lcg(0x5851_f42d_4c95_7f2d);
+    let mut by_delta =
+        PolicyReconciler::new(MemoryPolicyMaps::default()).expect("memory maps do not fail");
+    let mut whole =
+        PolicyReconciler::new(MemoryPolicyMaps::default()).expect("memory maps do not fail");
+    let mut current = Compiled::default();
+    for step in 0..200 {
+        let (desired, node) = random_desired(&mut rng);
+        let before = by_delta.maps().clone();
+        let delta = crate::policy::PolicyDelta::between(&current, &desired);
+        let writes = by_delta.maps().ops.len();
+        by_delta
+            .apply_delta(&delta, &node)
+            .expect("memory maps do not fail");
+        let after = by_delta.maps().clone();
+        let probes = probes(&before, &desired);
+        replay_checked(&before, &after, &after.ops[writes..], &probes);
+        assert_serves(&after, &desired, &probes);
+        whole
+            .apply(&desired, &node)
+            .expect("memory maps do not fail");
+        assert_eq!(
+            meaning(&after),
+            meaning(whole.maps()),
+            "step {step}: after the delta (left) and after a whole apply (right)"
+        );
+        // Nothing left to write.
+        assert!(whole.apply(&desired, &node).expect("no failure").is_empty());
+        current = desired;
+    }
+}
+
+/// A delta that fails at any write leaves safe maps, and a whole apply then finishes.
+#[test]
+fn a_failed_delta_is_finished_by_a_whole_apply() {
+    let mut rng = Lcg(11);
+    let mut maps = MemoryPolicyMaps::default();
+    let mut current = Compiled::default();
+    for _ in 0..8 {
+        let (desired, node) = random_desired(&mut rng);
+        let delta = crate::policy::PolicyDelta::between(&current, &desired);
+        let mut clean = PolicyReconciler::new(maps.clone()).expect("memory maps do not fail");
+        clean
+            .apply(&current, &node)
+            .expect("memory maps do not fail");
+        let start = clean.maps().clone();
+        let writes = start.ops.len();
+        clean.apply_delta(&delta, &node).expect("no failure");
+        let total = clean.maps().ops.len() - writes;
+        for fail_at in 0..total {
+            let mut reconciler =
+                PolicyReconciler::new(start.clone()).expect("memory maps do not fail");
+            reconciler.apply(&current, &node).expect("nothing to write");
+            let mut failing = reconciler.maps().clone();
+            failing.fail_after(fail_at);
+            let mut reconciler = PolicyReconciler::new(failing).expect("reads do not fail");
+            assert!(
+                reconciler.apply_delta(&delta, &node).is_err(),
+                "write {fail_at} fails"
+            );
+            let partial = reconciler.maps().clone();
+            reconciler
+                .apply(&desired, &node)
+                .expect("the retry succeeds");
+            let probes = probes(&start, &desired);
+            assert_serves(reconciler.maps(), &desired, &probes);
+            let retried = reconciler.maps().clone();
+            replay_checked(
+                &partial,
+                &retried,
+                &retried.ops[partial.ops.len()..],
+                &probes,
+            );
+        }
+        maps = clean.maps().clone();
+        current = desired;
+    }
+}
