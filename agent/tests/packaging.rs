@@ -629,12 +629,32 @@ fn host_cgroup2() -> Result<String> {
         .context("no cgroup2 mount")
 }
 
+/// Whether the mount at `path` (the last one there) propagates: `shared:N` or `master:N` in
+/// /proc/self/mountinfo. On a host whose PID 1 is systemd every mount is shared; on a test
+/// machine booted without it they are private, and containerd refuses HostToContainer
+/// propagation from a private mount.
+fn host_mount_propagates(path: &str) -> Result<bool> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let fields = mountinfo
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.get(4) == Some(&path))
+        .next_back();
+    Ok(fields.is_some_and(|fields| {
+        fields[6..]
+            .iter()
+            .take_while(|f| **f != "-")
+            .any(|f| f.starts_with("shared:") || f.starts_with("master:"))
+    }))
+}
+
 /// The DaemonSet's pod as a static pod for this test's node: the same image, command,
 /// capabilities, host namespaces, mounts and probes, with this test's own bpffs directory,
 /// state directory, healthz port and credentials (a static pod has no ServiceAccount, so the
 /// account's token comes as a kubeconfig on a hostPath), and the host's cgroup2 mount.
-/// CAP_SYS_RESOURCE is left out: root on the test machines lacks it (see node-env), and
-/// kernels from 5.11 on need it for nothing bosun does.
+/// CAP_SYS_RESOURCE is left out: root on the test machines lacks it, and kernels from 5.11 on
+/// need it for nothing bosun does. Mount propagation is left out for a host path whose mount
+/// does not propagate (see [`host_mount_propagates`]).
 fn static_pod(kubeconfig_dir: &Path, state: &Path, healthz: u16) -> Result<String> {
     let (_, daemon_set) = documents()?
         .into_iter()
@@ -645,6 +665,21 @@ fn static_pod(kubeconfig_dir: &Path, state: &Path, healthz: u16) -> Result<Strin
     spec_map.remove("serviceAccountName");
     spec_map.insert("automountServiceAccountToken".into(), false.into());
     let cgroup2 = host_cgroup2()?;
+    let mut private = Vec::new();
+    for volume in spec["volumes"].as_array_mut().context("volumes")? {
+        let path = volume["hostPath"]["path"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let host_path = if path == "/sys/fs/cgroup" {
+            cgroup2.clone()
+        } else {
+            path
+        };
+        if !host_mount_propagates(&host_path)? {
+            private.push(volume["name"].as_str().unwrap_or_default().to_owned());
+        }
+    }
     for volume in spec["volumes"].as_array_mut().context("volumes")? {
         let path = volume["hostPath"]["path"]
             .as_str()
@@ -689,9 +724,26 @@ fn static_pod(kubeconfig_dir: &Path, state: &Path, healthz: u16) -> Result<Strin
         .push(serde_json::json!({"name": "kubeconfig", "mountPath": "/etc/bosun-proxy", "readOnly": true}));
     container["ports"][0]["containerPort"] = healthz.into();
     container["ports"][0]["hostPort"] = healthz.into();
-    container["readinessProbe"]["httpGet"]["port"] = healthz.into();
-    container["livenessProbe"]["httpGet"]["port"] = healthz.into();
+    // The probes go where this test's healthz listens. (A hostNetwork pod's IP is the
+    // node's under kubelet; bosun standalone reports none for it yet, so the probes name
+    // their host.)
+    for probe in ["readinessProbe", "livenessProbe"] {
+        container[probe]["httpGet"]["port"] = healthz.into();
+        container[probe]["httpGet"]["host"] = "127.0.0.1".into();
+    }
     container["imagePullPolicy"] = "Never".into();
+    for mount in container["volumeMounts"]
+        .as_array_mut()
+        .context("volumeMounts")?
+    {
+        let name = mount["name"].as_str().unwrap_or_default().to_owned();
+        if private.contains(&name) {
+            mount
+                .as_object_mut()
+                .context("a volume mount")?
+                .remove("mountPropagation");
+        }
+    }
     let caps = &mut container["securityContext"]["capabilities"]["add"];
     let kept: Vec<Value> = caps
         .as_array()
