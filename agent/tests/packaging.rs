@@ -638,8 +638,7 @@ fn host_mount_propagates(path: &str) -> Result<bool> {
     let fields = mountinfo
         .lines()
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .filter(|fields| fields.get(4) == Some(&path))
-        .next_back();
+        .rfind(|fields| fields.get(4) == Some(&path));
     Ok(fields.is_some_and(|fields| {
         fields[6..]
             .iter()
@@ -809,13 +808,12 @@ async fn bosun_proxy_from_its_image_runs_as_a_pod_under_bosun_run() -> Result<()
     };
     let result = image_as_pod(&plane, &node, &archive).await;
     if result.is_err() {
-        for log in [node.dir().join("bosun.log")] {
-            eprintln!(
-                "--- {} ---\n{}",
-                log.display(),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
+        let log = node.dir().join("bosun.log");
+        eprintln!(
+            "--- {} ---\n{}",
+            log.display(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
     let cleaned = pod_cleanup().await;
     node.shutdown().await?;
