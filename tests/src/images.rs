@@ -501,6 +501,43 @@ mod tests {
     }
 
     #[test]
+    fn bosun_image_holds_the_binary_and_the_libraries_it_loads() -> anyhow::Result<()> {
+        // Any dynamically linked program stands in for bosun's binary.
+        let binary = Path::new("/bin/ls");
+        let spec = bosun_spec(binary, "localhost/bosun/bosun:test")?;
+        assert_eq!(spec.entrypoint, Some(vec!["/usr/bin/bosun".to_owned()]));
+        let paths: Vec<&str> = spec.layer.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"usr/bin/bosun"), "{paths:?}");
+        for library in shared_libraries(binary)? {
+            let relative = library.to_string_lossy().trim_start_matches('/').to_owned();
+            assert!(
+                paths.contains(&relative.as_str()),
+                "{relative} missing: {paths:?}"
+            );
+            // Every parent directory is in the layer too.
+            for parent in Path::new(&relative).ancestors().skip(1) {
+                let parent = parent.to_string_lossy();
+                assert!(
+                    parent.is_empty() || paths.contains(&parent.as_ref()),
+                    "{parent} missing"
+                );
+            }
+        }
+        assert!(
+            paths.iter().any(|p| p.ends_with("libc.so.6")),
+            "no libc: {paths:?}"
+        );
+        let dir = tempfile::tempdir()?;
+        let built = build_bosun_image(
+            binary,
+            "localhost/bosun/bosun:test",
+            &dir.path().join("b.tar"),
+        )?;
+        assert_eq!(ImageArchive::open(&built.path)?, built);
+        Ok(())
+    }
+
+    #[test]
     fn build_all_reuses_archives_whose_inputs_are_unchanged() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let first = build_all(dir.path())?;
