@@ -9,11 +9,11 @@ BPF_LINKER_VERSION=0.10.4
 CARGO_DEB_VERSION=3.8.0
 CARGO_GENERATE_RPM_VERSION=0.21.1
 PACKAGES=(
+    debootstrap rpm                              # the package checks: a Debian root, rpm -qp
     containerd runc containernetworking-plugins # the runtime the tests drive over CRI
     busybox-static gcc libc6-dev                 # the test images: busybox and a static pause
     iptables iproute2                            # CNI plugins and network namespaces
     protobuf-compiler                            # containerd-client's build script runs protoc
-    debootstrap rpm                              # the package checks: a Debian root, rpm -qp
     ca-certificates
 )
 
