@@ -48,6 +48,9 @@ PACKAGES=(golang-go rsync jq make openssl curl iproute2 python3)
 # machine already has. Neither belongs to a test.
 DEB_BINARIES=("etcd-server:usr/bin/etcd" "kubernetes-client:usr/bin/kubectl")
 
+# The RBAC objects a cluster running bosun needs, as the README has users apply them.
+PACKAGING_DIR=$(cd "$(dirname "$0")/../packaging/kubernetes" && pwd)
+
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_ACCOUNT_ISSUER=https://kubernetes.default.svc.cluster.local
 READY_TIMEOUT=60
@@ -553,17 +556,12 @@ EOF
     # Tests rely on it: pods in namespace default are refused until it exists.
     wait_for "default ServiceAccount in namespace default" kube-controller-manager \
         kubectl_admin -n default get serviceaccount default
-    # bosun on a node is its kube-proxy too, with the node's identity: it reads what
-    # kube-proxy reads (EndpointSlices among them, which the Node authorizer does not grant),
-    # as the README's cluster set-up binds it.
-    kubectl_admin create clusterrolebinding bosun:node-proxier \
-        --clusterrole=system:node-proxier --group=system:nodes >/dev/null
-    # And what a NetworkPolicy agent reads, for bosun on a node and for `bosun proxy` with
-    # kube-proxy's identity.
-    kubectl_admin create clusterrole bosun:network-policy --verb=get,list,watch \
-        --resource=networkpolicies.networking.k8s.io,namespaces,pods >/dev/null
-    kubectl_admin create clusterrolebinding bosun:network-policy \
-        --clusterrole=bosun:network-policy --group=system:nodes --user=system:kube-proxy >/dev/null
+    # bosun on a node is its kube-proxy and NetworkPolicy agent too, with the node's identity:
+    # the RBAC the README's cluster set-up applies. kube-proxy's own identity (for `bosun
+    # proxy` run with it) gets the NetworkPolicy reads as well.
+    kubectl_admin apply -f "$PACKAGING_DIR/node-rbac.yaml" >/dev/null
+    kubectl_admin create clusterrolebinding bosun:network-policy:kube-proxy \
+        --clusterrole=bosun:network-policy --user=system:kube-proxy >/dev/null
     trap - EXIT TERM INT HUP
     log "up in $((SECONDS - began)) s: https://127.0.0.1:$APISERVER_PORT"
     echo "$DIR/admin.kubeconfig"
@@ -604,8 +602,9 @@ cmd_bootstrap_kubeconfig() {
     local id secret
     id=$(openssl rand -hex 3)
     secret=$(openssl rand -hex 8)
-    # What `kubeadm init` makes: bootstrap tokens may create CSRs, which kube-controller-manager
-    # approves, as it approves nodes' CSRs renewing their own certificate.
+    # A token in kubeadm's group; node-bootstrap-rbac.yaml is what `kubeadm init` makes: bootstrap
+    # tokens may create CSRs, which kube-controller-manager approves, as it approves nodes'
+    # CSRs renewing their own certificate.
     kubectl_admin apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Secret
@@ -620,46 +619,8 @@ stringData:
   usage-bootstrap-authentication: "true"
   usage-bootstrap-signing: "true"
   auth-extra-groups: $BOOTSTRAP_GROUP
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: kubeadm:kubelet-bootstrap
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: system:node-bootstrapper
-subjects:
-- apiGroup: rbac.authorization.k8s.io
-  kind: Group
-  name: $BOOTSTRAP_GROUP
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: kubeadm:node-autoapprove-bootstrap
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: system:certificates.k8s.io:certificatesigningrequests:nodeclient
-subjects:
-- apiGroup: rbac.authorization.k8s.io
-  kind: Group
-  name: $BOOTSTRAP_GROUP
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: kubeadm:node-autoapprove-certificate-rotation
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: system:certificates.k8s.io:certificatesigningrequests:selfnodeclient
-subjects:
-- apiGroup: rbac.authorization.k8s.io
-  kind: Group
-  name: system:nodes
 EOF
+    kubectl_admin apply -f "$PACKAGING_DIR/node-bootstrap-rbac.yaml" >/dev/null
     kubeconfig_with "$file" kubelet-bootstrap "token: $id.$secret"
     echo "$file"
 }

@@ -5,7 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BPF_LINKER_VERSION=0.10.4
+# The packages' builders (./scripts/package.sh).
+CARGO_DEB_VERSION=3.8.0
+CARGO_GENERATE_RPM_VERSION=0.21.1
 PACKAGES=(
+    debootstrap rpm                              # the package checks: a Debian root, rpm -qp
     containerd runc containernetworking-plugins # the runtime the tests drive over CRI
     busybox-static gcc libc6-dev                 # the test images: busybox and a static pause
     iptables iproute2                            # CNI plugins and network namespaces
@@ -42,6 +46,17 @@ if ! .tools/bin/bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"
     echo "setup: installing bpf-linker $BPF_LINKER_VERSION into .tools/"
     cargo install "bpf-linker@$BPF_LINKER_VERSION" --locked --root .tools
 fi
+
+# cargo-deb and cargo-generate-rpm print their versions as `cargo-deb 3.8.0`.
+install_tool() {
+    local name=$1 version=$2
+    if ! ".tools/bin/$name" --version 2>/dev/null | grep -q "$version"; then
+        echo "setup: installing $name $version into .tools/"
+        cargo install "$name@$version" --locked --root .tools
+    fi
+}
+install_tool cargo-deb "$CARGO_DEB_VERSION"
+install_tool cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION"
 
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 

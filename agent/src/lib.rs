@@ -4,6 +4,14 @@
 //! Services to the datapath only through `netdp`'s reconciler and does not know BPF maps or
 //! programs themselves.
 
+/// bosun's version: the workspace's, then the git revision it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("BOSUN_GIT_REVISION"),
+    ")"
+);
+
 pub mod api;
 pub mod cluster;
 pub mod daemon;

@@ -2,6 +2,20 @@
 
 use std::time::Duration;
 
+/// The environment variable that names the node's cgroup2 root where /proc/self/mounts
+/// cannot: in a container, the runtime's own /sys/fs/cgroup is the container's cgroup
+/// namespace, so the DaemonSet mounts the host's root elsewhere and names it here.
+pub const CGROUP2_ROOT_ENV: &str = "BOSUN_CGROUP2_ROOT";
+
+/// The cgroup2 directory the service programs attach to: [`CGROUP2_ROOT_ENV`] when set, else
+/// the first cgroup2 mount.
+pub fn cgroup2_root() -> Result<std::path::PathBuf, bosun_netdp::Error> {
+    match std::env::var_os(CGROUP2_ROOT_ENV) {
+        Some(root) if !root.is_empty() => Ok(root.into()),
+        _ => bosun_netdp::service::find_cgroup2(),
+    }
+}
+
 /// An error and its causes on one line, `outer: inner: innermost`.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

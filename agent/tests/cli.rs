@@ -136,6 +136,12 @@ async fn read_commands_show_what_the_runtime_holds() -> anyhow::Result<()> {
     let ep = ep.as_str();
 
     let version = stdout(&bosun(ep, &["version"]).await);
+    // bosun's own version and git revision first, then the runtime's.
+    let first = version.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("bosun {} (git ", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
     assert!(version.contains("RuntimeName:  containerd"), "{version}");
     assert!(version.contains("RuntimeApiVersion:  v1"), "{version}");
 

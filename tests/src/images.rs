@@ -1,7 +1,9 @@
 //! The two images a test node needs, built on this machine because there is no registry: a
-//! pause image for pod sandboxes and a busybox image for test containers. Each is written as
-//! an OCI image layout archive that containerd imports as is, with the same bytes on every
-//! build from the same inputs.
+//! pause image for pod sandboxes and a busybox image for test containers; and bosun's own
+//! release image (`bosun proxy` for a DaemonSet), written by the same code from a release
+//! binary. Each is written as an OCI image layout archive that containerd imports as is
+//! (`ctr images import`, or bosun's own import) and registry tools push, with the same bytes
+//! on every build from the same inputs.
 
 mod oci;
 
@@ -150,6 +152,112 @@ fn cached(
     Ok(archive)
 }
 
+/// Writes bosun's image, named `reference`, to `out`: the binary at `/usr/bin/bosun` (its
+/// entrypoint) and the shared libraries it loads at run time, as `ldd` finds them on this
+/// host, at the paths the binary asks for; `/etc/passwd` and `/etc/group` for root, and
+/// `/tmp`. Nothing else: no shell, no package manager.
+pub fn build_bosun_image(
+    binary: &Path,
+    reference: &str,
+    out: &Path,
+) -> Result<ImageArchive, ImageError> {
+    write_archive(bosun_spec(binary, reference)?, out)
+}
+
+fn bosun_spec(binary: &Path, reference: &str) -> Result<ImageSpec, ImageError> {
+    let mut layer = vec![
+        Entry::dir("etc", 0o755),
+        Entry::file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/sbin/nologin\n".to_vec(),
+        ),
+        Entry::file("etc/group", 0o644, b"root:x:0:\n".to_vec()),
+        Entry::dir("tmp", 0o1777),
+        Entry::dir("usr", 0o755),
+        Entry::dir("usr/bin", 0o755),
+        Entry::file("usr/bin/bosun", 0o755, read(binary)?),
+    ];
+    let mut dirs: std::collections::BTreeSet<String> =
+        ["etc", "tmp", "usr", "usr/bin"].map(str::to_owned).into();
+    for library in shared_libraries(binary)? {
+        let relative = library
+            .strip_prefix("/")
+            .unwrap_or(library.as_path())
+            .to_string_lossy()
+            .into_owned();
+        let ancestors: Vec<String> = Path::new(&relative)
+            .ancestors()
+            .skip(1)
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(|dir| dir.to_string_lossy().into_owned())
+            .collect();
+        for dir in ancestors.into_iter().rev() {
+            if dirs.insert(dir.clone()) {
+                layer.push(Entry::dir(&dir, 0o755));
+            }
+        }
+        // The file's bytes, whatever symlinks lead to it on this host.
+        layer.push(Entry::file(&relative, 0o755, read(&library)?));
+    }
+    Ok(ImageSpec {
+        reference: reference.to_owned(),
+        layer,
+        entrypoint: Some(vec!["/usr/bin/bosun".to_owned()]),
+        cmd: None,
+    })
+}
+
+/// The absolute paths `ldd` prints for `binary`'s libraries and its program interpreter;
+/// none for a static binary.
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let binary_text = binary.to_string_lossy().into_owned();
+    let output = Command::new("ldd")
+        .arg(&binary_text)
+        .output()
+        .map_err(|source| ImageError::Spawn {
+            program: "ldd".to_owned(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        if text.contains("not a dynamic executable")
+            || String::from_utf8_lossy(&output.stderr).contains("not a dynamic executable")
+        {
+            return Ok(Vec::new());
+        }
+        return Err(ImageError::Command {
+            program: format!("ldd {binary_text}"),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    let mut libraries = Vec::new();
+    for line in text.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let path = match line.split_once("=>") {
+            Some((_, resolved)) => resolved.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        match path {
+            Some(path) if path.starts_with('/') => libraries.push(PathBuf::from(path)),
+            Some("not") => {
+                return Err(ImageError::Invalid {
+                    path: binary.to_owned(),
+                    reason: format!(
+                        "a library it needs is missing on this host: {}",
+                        line.trim()
+                    ),
+                })
+            }
+            _ => {}
+        }
+    }
+    libraries.sort();
+    libraries.dedup();
+    Ok(libraries)
+}
+
 fn pause_inputs() -> Result<Vec<u8>, ImageError> {
     let mut inputs = Vec::new();
     inputs.extend_from_slice(FORMAT_VERSION.as_bytes());
@@ -209,7 +317,7 @@ fn pause_spec() -> Result<ImageSpec, ImageError> {
     )?;
     let binary = read(&workdir.path().join("pause"))?;
     Ok(ImageSpec {
-        reference: PAUSE_IMAGE,
+        reference: PAUSE_IMAGE.to_owned(),
         layer: vec![Entry::file("pause", 0o755, binary)],
         entrypoint: Some(vec!["/pause".to_owned()]),
         cmd: None,
@@ -253,7 +361,7 @@ fn busybox_spec() -> Result<ImageSpec, ImageError> {
         layer.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
     }
     Ok(ImageSpec {
-        reference: BUSYBOX_IMAGE,
+        reference: BUSYBOX_IMAGE.to_owned(),
         layer,
         entrypoint: None,
         cmd: Some(vec!["sh".to_owned()]),
@@ -261,7 +369,7 @@ fn busybox_spec() -> Result<ImageSpec, ImageError> {
 }
 
 fn write_archive(spec: ImageSpec, out: &Path) -> Result<ImageArchive, ImageError> {
-    let reference = spec.reference.to_owned();
+    let reference = spec.reference.clone();
     let (bytes, manifest_digest, config_digest) = oci::layout_archive(spec)?;
     // Written beside its final name and renamed, so a reader never sees half an archive.
     let dir = out.parent().unwrap_or(Path::new("."));
@@ -389,6 +497,43 @@ mod tests {
             let path = format!("bin/{applet}");
             assert!(spec.layer.iter().any(|e| e.path == path), "{path} missing");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn bosun_image_holds_the_binary_and_the_libraries_it_loads() -> anyhow::Result<()> {
+        // Any dynamically linked program stands in for bosun's binary.
+        let binary = Path::new("/bin/ls");
+        let spec = bosun_spec(binary, "localhost/bosun/bosun:test")?;
+        assert_eq!(spec.entrypoint, Some(vec!["/usr/bin/bosun".to_owned()]));
+        let paths: Vec<&str> = spec.layer.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"usr/bin/bosun"), "{paths:?}");
+        for library in shared_libraries(binary)? {
+            let relative = library.to_string_lossy().trim_start_matches('/').to_owned();
+            assert!(
+                paths.contains(&relative.as_str()),
+                "{relative} missing: {paths:?}"
+            );
+            // Every parent directory is in the layer too.
+            for parent in Path::new(&relative).ancestors().skip(1) {
+                let parent = parent.to_string_lossy();
+                assert!(
+                    parent.is_empty() || paths.contains(&parent.as_ref()),
+                    "{parent} missing"
+                );
+            }
+        }
+        assert!(
+            paths.iter().any(|p| p.ends_with("libc.so.6")),
+            "no libc: {paths:?}"
+        );
+        let dir = tempfile::tempdir()?;
+        let built = build_bosun_image(
+            binary,
+            "localhost/bosun/bosun:test",
+            &dir.path().join("b.tar"),
+        )?;
+        assert_eq!(ImageArchive::open(&built.path)?, built);
         Ok(())
     }
 

@@ -6,6 +6,8 @@ use bosun_cri::CriClient;
 use super::output;
 use super::InfoArgs;
 
+/// The runtime's versions, as crictl prints them; bosun's own line is printed before the
+/// runtime is asked, so it shows on a host whose runtime is down.
 pub async fn version(client: &CriClient) -> Result<()> {
     let v = client.query_version().await?;
     output::print_stdout(&format!(

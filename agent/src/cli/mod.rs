@@ -11,6 +11,7 @@ mod logs;
 mod monitor;
 pub mod output;
 mod pods;
+mod preflight;
 mod remove;
 mod resolve;
 pub mod run;
@@ -28,7 +29,7 @@ use output::Format;
 ///
 /// The commands below talk to the container runtime over CRI, as crictl does.
 #[derive(Debug, Parser)]
-#[command(name = "bosun", version, about, long_about = None)]
+#[command(name = "bosun", version = bosun::VERSION, about, long_about = None)]
 pub struct Cli {
     /// The container runtime's CRI endpoint.
     #[arg(
@@ -82,7 +83,7 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show the runtime's name and versions.
+    /// Show bosun's version and git revision, then the runtime's name and versions.
     Version,
     /// Show the runtime's status and configuration.
     Info(InfoArgs),
@@ -128,6 +129,8 @@ pub enum Command {
     /// Show what the service datapath's maps hold (works while the daemon is down).
     Dp(dp::DpArgs),
     Monitor(monitor::MonitorArgs),
+    /// Check that this host can run bosun: the kernel's version and a cgroup2 mount.
+    Preflight,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +164,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Get(args) => return get::get(args).await.map(|()| 0),
         Command::Dp(args) => return dp::dp(args).map(|()| 0),
         Command::Monitor(args) => return monitor::monitor(args).await.map(|()| 0),
+        Command::Version => println!("bosun {}", bosun::VERSION),
+        Command::Preflight => return preflight::preflight().map(|()| 0),
         _ => {}
     }
     let client = CriClient::connect(&cli.runtime_endpoint, cli.timeout).await?;
@@ -187,7 +192,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         | Command::Proxy(_)
         | Command::Get(_)
         | Command::Dp(_)
-        | Command::Monitor(_) => {
+        | Command::Monitor(_)
+        | Command::Preflight => {
             unreachable!("handled above")
         }
     }

@@ -57,7 +57,7 @@ pub async fn reflect<K, N>(
             Err(e) if forbidden(&e) => tracing::error!(
                 error = %e,
                 what,
-                "watching is forbidden to this identity; retrying. The service proxy reads what kube-proxy reads: bind ClusterRole system:node-proxier to it (see the README)"
+                "watching is forbidden to this identity; retrying. The service proxy reads what kube-proxy reads: bind ClusterRole system:node-proxier to it, or for `bosun proxy` apply packaging/kubernetes/proxy-rbac.yaml (see the README)"
             ),
             Err(e) => tracing::warn!(error = %e, what, "watching; retrying"),
         }

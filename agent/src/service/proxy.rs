@@ -327,7 +327,7 @@ impl Proxy {
 fn write(bpf_dir: &std::path::Path, state: &mut Sync, delta: &Delta) -> Result<(), String> {
     if state.reconciler.is_none() {
         let installed =
-            datapath::find_cgroup2().and_then(|cgroup| datapath::install(bpf_dir, &cgroup));
+            crate::util::cgroup2_root().and_then(|cgroup| datapath::install(bpf_dir, &cgroup));
         let maps = installed.map_err(|e| {
             format!(
                 "installing the service datapath in {}: {}",

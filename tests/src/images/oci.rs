@@ -191,7 +191,7 @@ struct OciLayout {
 /// What goes into a single-layer image.
 pub(crate) struct ImageSpec {
     /// The full reference, e.g. `localhost/bosun/pause:1`.
-    pub reference: &'static str,
+    pub reference: String,
     pub layer: Vec<Entry>,
     pub entrypoint: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,
@@ -243,11 +243,11 @@ pub(crate) fn layout_archive(spec: ImageSpec) -> Result<(Vec<u8>, String, String
     let mut manifest_descriptor = Descriptor::of(MEDIA_TYPE_MANIFEST, &manifest);
     manifest_descriptor.annotations.insert(
         ANNOTATION_CONTAINERD_NAME.to_owned(),
-        spec.reference.to_owned(),
+        spec.reference.clone(),
     );
     manifest_descriptor.annotations.insert(
         ANNOTATION_REF_NAME.to_owned(),
-        tag_of(spec.reference).to_owned(),
+        tag_of(&spec.reference).to_owned(),
     );
     let index = json(&Index {
         schema_version: 2,
