@@ -708,7 +708,7 @@ fn static_pod(kubeconfig_dir: &Path, state: &Path, healthz: u16) -> Result<Strin
             if arg.starts_with("--bpf-dir=") {
                 format!("--bpf-dir={POD_BPF_DIR}")
             } else if arg.starts_with("--healthz-bind-address=") {
-                format!("--healthz-bind-address=127.0.0.1:{healthz}")
+                format!("--healthz-bind-address=0.0.0.0:{healthz}")
             } else {
                 arg.to_owned()
             }
@@ -723,12 +723,10 @@ fn static_pod(kubeconfig_dir: &Path, state: &Path, healthz: u16) -> Result<Strin
         .push(serde_json::json!({"name": "kubeconfig", "mountPath": "/etc/bosun-proxy", "readOnly": true}));
     container["ports"][0]["containerPort"] = healthz.into();
     container["ports"][0]["hostPort"] = healthz.into();
-    // The probes go where this test's healthz listens. (A hostNetwork pod's IP is the
-    // node's under kubelet; bosun standalone reports none for it yet, so the probes name
-    // their host.)
+    // The probes go where this test's healthz listens, at the pod's IP: a hostNetwork pod's
+    // is the node's, as under kubelet.
     for probe in ["readinessProbe", "livenessProbe"] {
         container[probe]["httpGet"]["port"] = healthz.into();
-        container[probe]["httpGet"]["host"] = "127.0.0.1".into();
     }
     container["imagePullPolicy"] = "Never".into();
     for mount in container["volumeMounts"]

@@ -216,9 +216,18 @@ impl<R: Runtime> PodWorker<R> {
                 .pod_sandbox_status(&newest.id)
                 .await
                 .map_err(self.runtime_error("PodSandboxStatus"))?;
+            let on_node_network = status
+                .as_ref()
+                .and_then(|s| s.linux.as_ref()?.namespaces.as_ref()?.options.as_ref())
+                .is_some_and(|o| o.network == api::NamespaceMode::Node as i32);
             if let Some(network) = status.and_then(|s| s.network) {
                 newest.ip = network.ip;
                 newest.additional_ips = network.additional_ips.into_iter().map(|i| i.ip).collect();
+            }
+            // A pod on the node's network has the node's address, as kubelet reports it: its
+            // status.podIP, its probes' default host and its downward API all use it.
+            if on_node_network && newest.ip.is_empty() {
+                newest.ip = self.ctx.host_ip.clone();
             }
         }
         let containers = self
