@@ -6,13 +6,18 @@ use bosun_cri::CriClient;
 use super::output;
 use super::InfoArgs;
 
-/// The runtime's versions, as crictl prints them; bosun's own line is printed before the
-/// runtime is asked, so it shows on a host whose runtime is down.
+/// bosun's own version, then the runtime's as crictl prints them. As with every command, a
+/// runtime that does not answer leaves stdout empty and says so in one line on stderr;
+/// `bosun --version` needs no runtime.
 pub async fn version(client: &CriClient) -> Result<()> {
     let v = client.query_version().await?;
     output::print_stdout(&format!(
-        "Version:  {}\nRuntimeName:  {}\nRuntimeVersion:  {}\nRuntimeApiVersion:  {}\n",
-        v.version, v.runtime_name, v.runtime_version, v.runtime_api_version
+        "bosun {}\nVersion:  {}\nRuntimeName:  {}\nRuntimeVersion:  {}\nRuntimeApiVersion:  {}\n",
+        bosun::VERSION,
+        v.version,
+        v.runtime_name,
+        v.runtime_version,
+        v.runtime_api_version
     ))
 }
 

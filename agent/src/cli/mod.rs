@@ -164,7 +164,6 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Get(args) => return get::get(args).await.map(|()| 0),
         Command::Dp(args) => return dp::dp(args).map(|()| 0),
         Command::Monitor(args) => return monitor::monitor(args).await.map(|()| 0),
-        Command::Version => println!("bosun {}", bosun::VERSION),
         Command::Preflight => return preflight::preflight().map(|()| 0),
         _ => {}
     }
