@@ -30,7 +30,7 @@ use bosun_ebpf_abi::{
 
 use super::{
     maps::{policy_name, policy_name_str},
-    port_blocks, Compiled, Direction, PolicyDelta, PolicyMaps, PortSet,
+    port_blocks, Compiled, Direction, Endpoint, PolicyDelta, PolicyMaps, PortSet,
 };
 use crate::{service::IdPool, Error};
 
@@ -168,6 +168,38 @@ impl<M: PolicyMaps> PolicyReconciler<M> {
 
 const DIRECTIONS: [Direction; 2] = [Direction::Ingress, Direction::Egress];
 
+/// The endpoint entry `endpoint` wants on `ifindex`: its isolation flags and policies, and
+/// the counters slot it already has, or a fresh one, zeroed, when it has none.
+fn endpoint_value(
+    maps: &mut impl PolicyMaps,
+    held: &mut Held,
+    ifindex: u32,
+    endpoint: &Endpoint,
+    applied: &mut PolicyApplied,
+) -> Result<EndpointValue, Error> {
+    let mut value = EndpointValue::default();
+    for direction in DIRECTIONS {
+        if let Some(policy) = endpoint.isolated(direction) {
+            value.flags |= isolation_flag(direction);
+            let id = held.ids[policy];
+            match direction {
+                Direction::Ingress => value.ingress_policy = id,
+                Direction::Egress => value.egress_policy = id,
+            }
+        }
+    }
+    value.counters = match held.endpoints.get(&ifindex) {
+        Some(old) if old.counters != 0 => old.counters,
+        _ => {
+            let slot = held.counter_pool.take();
+            maps.reset_counters(slot)?;
+            applied.writes += 1;
+            slot
+        }
+    };
+    Ok(value)
+}
+
 fn isolation_flag(direction: Direction) -> u32 {
     match direction {
         Direction::Ingress => ENDPOINT_ISOLATED_INGRESS,
@@ -266,27 +298,8 @@ fn write_changes(
     // Endpoints: counters and peers before the entry that exposes them; a direction that
     // stops being isolated is opened before its peers go.
     for (&ifindex, endpoint) in &desired.endpoints {
-        let mut value = EndpointValue::default();
-        for direction in DIRECTIONS {
-            if let Some(policy) = endpoint.isolated(direction) {
-                value.flags |= isolation_flag(direction);
-                let id = held.ids[policy];
-                match direction {
-                    Direction::Ingress => value.ingress_policy = id,
-                    Direction::Egress => value.egress_policy = id,
-                }
-            }
-        }
         let old = held.endpoints.get(&ifindex).copied();
-        value.counters = match old {
-            Some(old) if old.counters != 0 => old.counters,
-            _ => {
-                let slot = held.counter_pool.take();
-                maps.reset_counters(slot)?;
-                applied.writes += 1;
-                slot
-            }
-        };
+        let value = endpoint_value(maps, held, ifindex, endpoint, applied)?;
         for direction in DIRECTIONS {
             if value.flags & isolation_flag(direction) != 0 {
                 let wanted: BTreeMap<PeerEntry, u32> = wanted_peers
@@ -536,27 +549,8 @@ fn write_delta(
         let Some(endpoint) = endpoint else {
             continue;
         };
-        let mut value = EndpointValue::default();
-        for direction in DIRECTIONS {
-            if let Some(policy) = endpoint.isolated(direction) {
-                value.flags |= isolation_flag(direction);
-                let id = held.ids[policy];
-                match direction {
-                    Direction::Ingress => value.ingress_policy = id,
-                    Direction::Egress => value.egress_policy = id,
-                }
-            }
-        }
         let old = held.endpoints.get(&ifindex).copied();
-        value.counters = match old {
-            Some(old) if old.counters != 0 => old.counters,
-            _ => {
-                let slot = held.counter_pool.take();
-                maps.reset_counters(slot)?;
-                applied.writes += 1;
-                slot
-            }
-        };
+        let value = endpoint_value(maps, held, ifindex, endpoint, applied)?;
         for direction in DIRECTIONS {
             if value.flags & isolation_flag(direction) != 0 {
                 let change = changes
