@@ -168,20 +168,7 @@ pub fn compile_in<'p>(
             continue;
         };
         if let Some(owner) = owners.get(&ifindex) {
-            Reporter {
-                kind: "Pod",
-                namespace: &pod.namespace,
-                name: &pod.name,
-                problems: &mut problems,
-            }
-            .report(
-                "ifindex",
-                ifindex.to_string(),
-                &format!(
-                    "the interface is already {}'s; policy is not enforced for this pod",
-                    owner.key()
-                ),
-            );
+            report_taken_interface(pod, ifindex, owner, &mut problems);
             continue;
         }
         owners.insert(ifindex, pod);
@@ -781,6 +768,30 @@ impl PodWorld {
         };
         self.select(&chosen, pod_selector)
     }
+}
+
+/// The problem of `pod`, which claims interface `ifindex` that `owner` holds: its policy is not
+/// enforced.
+pub(super) fn report_taken_interface(
+    pod: &PolicyPod,
+    ifindex: u32,
+    owner: &PolicyPod,
+    problems: &mut Vec<Problem>,
+) {
+    Reporter {
+        kind: "Pod",
+        namespace: &pod.namespace,
+        name: &pod.name,
+        problems,
+    }
+    .report(
+        "ifindex",
+        ifindex.to_string(),
+        &format!(
+            "the interface is already {}'s; policy is not enforced for this pod",
+            owner.key()
+        ),
+    );
 }
 
 fn parse_block(block: &IPBlock, field: Field<'_>, reporter: &mut Reporter<'_>) -> Option<Block> {

@@ -36,11 +36,11 @@ use std::{
 use k8s_openapi::api::{core::v1::Namespace, networking::v1::NetworkPolicy};
 
 use super::compile::{
-    normalize, object_key, parse_policy, resolve, sorted_named_ports, Allowed, Block, Cidr,
-    Lengths, ParsedPolicy, Peer, PortSpec, Selector, LABEL_METADATA_NAME,
+    normalize, object_key, parse_policy, report_taken_interface, resolve, sorted_named_ports,
+    Allowed, Block, Cidr, Lengths, ParsedPolicy, Peer, PortSpec, Selector, LABEL_METADATA_NAME,
 };
 use super::{Compiled, Direction, Endpoint, NamedPort, PeerPrefix, PolicyPod, PolicyProtocol};
-use crate::service::{Problem, Reporter};
+use crate::service::Problem;
 
 /// A policy as the caller names it: `(namespace, name)`.
 pub type PolicyKey = (Arc<str>, Arc<str>);
@@ -898,20 +898,7 @@ impl PolicyTable {
             return (None, problems);
         };
         for (_, pod) in &claimants[1..] {
-            Reporter {
-                kind: "Pod",
-                namespace: &pod.namespace,
-                name: &pod.name,
-                problems: &mut problems,
-            }
-            .report(
-                "ifindex",
-                ifindex.to_string(),
-                &format!(
-                    "the interface is already {}'s; policy is not enforced for this pod",
-                    first.key()
-                ),
-            );
+            report_taken_interface(pod, ifindex, first, &mut problems);
         }
         (Some(*owner), problems)
     }
