@@ -11,6 +11,7 @@
 mod error;
 pub mod intern;
 pub mod netlink;
+pub mod nodeport;
 mod object;
 pub mod pod_interfaces;
 pub mod policy;

@@ -95,6 +95,16 @@ pub fn node_addresses() -> Result<Vec<Ipv4Addr>, Error> {
     Ok(addresses)
 }
 
+/// The IPv4 addresses of interface `ifindex` of the calling thread's network namespace, in
+/// the kernel's order (the primary address first).
+pub fn interface_addresses(ifindex: u32) -> Result<Vec<Ipv4Addr>, Error> {
+    Ok(dump_ipv4_addresses(Path::new(OWN_NETNS))?
+        .into_iter()
+        .filter(|address| address.ifindex == ifindex)
+        .map(|address| address.address)
+        .collect())
+}
+
 /// A link of a pod's namespace as [`choose_pod_interface`] weighs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PodLink {

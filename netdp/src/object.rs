@@ -6,13 +6,19 @@ pub(crate) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bosun-ebpf"));
 
 /// The maps of the object that only the service programs use.
-pub(crate) const SERVICE_MAPS: [&str; 5] = [
+pub(crate) const SERVICE_MAPS: [&str; 6] = [
     bosun_ebpf_abi::SERVICE_MAP,
     bosun_ebpf_abi::SLOT_MAP,
     bosun_ebpf_abi::BACKEND_MAP,
     bosun_ebpf_abi::AFFINITY_MAP,
     bosun_ebpf_abi::REVNAT_MAP,
+    bosun_ebpf_abi::MAGLEV_MAP,
 ];
+
+/// The maps of the object that only the programs for traffic from outside the node use (the
+/// service maps aside).
+pub(crate) const NODEPORT_MAPS: [&str; 2] =
+    [bosun_ebpf_abi::NAT_MAP, bosun_ebpf_abi::NODEPORT_CONFIG_MAP];
 
 /// The maps of the object that only the NetworkPolicy programs use.
 pub(crate) const POLICY_MAPS: [&str; 8] = [

@@ -9,7 +9,7 @@ use aya::{
 use bosun_ebpf_abi::{PacketCount, PROBE_COUNT_KEY, PROBE_COUNT_MAP, PROBE_PROGRAM};
 
 use crate::{
-    object::{shrink_unused_maps, OBJECT, POLICY_MAPS, SERVICE_MAPS},
+    object::{shrink_unused_maps, NODEPORT_MAPS, OBJECT, POLICY_MAPS, SERVICE_MAPS},
     Error,
 };
 
@@ -47,6 +47,7 @@ impl ProbeCounter {
         let mut loader = EbpfLoader::new();
         shrink_unused_maps(&mut loader, &SERVICE_MAPS);
         shrink_unused_maps(&mut loader, &POLICY_MAPS);
+        shrink_unused_maps(&mut loader, &NODEPORT_MAPS);
         let mut ebpf = loader.load(OBJECT).map_err(|source| Error::LoadObject {
             source: Box::new(source),
         })?;

@@ -8,7 +8,7 @@ mod golden_support;
 
 use std::{fs, path::Path};
 
-use bosun_netdp::service::{compile, Compiled};
+use bosun_netdp::service::{compile_for, Compiled};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::Deserialize;
 
@@ -29,6 +29,16 @@ fn run_case(path: &Path) -> Result<String, String> {
         .and_then(|line| line.strip_prefix("# node:"))
         .map(str::trim)
         .unwrap_or(DEFAULT_NODE);
+    // An optional line `# node-addresses: A B` gives the addresses node ports are served on.
+    let node_addresses: Vec<std::net::Ipv4Addr> = text
+        .lines()
+        .find_map(|line| line.strip_prefix("# node-addresses:"))
+        .map(|list| {
+            list.split_whitespace()
+                .filter_map(|a| a.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
 
     let mut services = Vec::new();
     let mut slices = Vec::new();
@@ -52,13 +62,13 @@ fn run_case(path: &Path) -> Result<String, String> {
         }
     }
 
-    let compiled = compile(&services, &slices, node);
+    let compiled = compile_for(&services, &slices, node, &node_addresses);
     check_invariants(&compiled)?;
     // The input's order must not matter: which Service keeps a contested frontend, and which
     // copy of a duplicated endpoint counts, are decided by names.
     services.reverse();
     slices.reverse();
-    if compile(&services, &slices, node) != compiled {
+    if compile_for(&services, &slices, node, &node_addresses) != compiled {
         return Err("the output changes when the input is reversed".into());
     }
     Ok(render(&compiled))
@@ -94,12 +104,17 @@ fn render(compiled: &Compiled) -> String {
         };
         let backends: Vec<String> = service.backends.iter().map(|b| b.to_string()).collect();
         out.push_str(&format!(
-            "{} {} affinity={} backends=[{}]\n",
+            "{} {} affinity={} backends=[{}]",
             service.frontend,
             service.name,
             affinity,
             backends.join(" ")
         ));
+        if let Some(external) = &service.external {
+            let external: Vec<String> = external.iter().map(|t| t.to_string()).collect();
+            out.push_str(&format!(" external=[{}]", external.join(" ")));
+        }
+        out.push('\n');
     }
     for problem in &compiled.problems {
         out.push_str(&format!("problem: {problem}\n"));

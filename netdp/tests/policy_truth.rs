@@ -1507,6 +1507,7 @@ fn service_case(world: &mut World) -> Vec<String> {
                     port: 80,
                 })
                 .collect(),
+            external: None,
         })
         .collect();
     world

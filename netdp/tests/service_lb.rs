@@ -638,6 +638,7 @@ fn installing_again_keeps_entries_and_connections_without_a_gap() {
         [
             "BOSUN_AFF_V1",
             "BOSUN_BE_V1",
+            "BOSUN_MAG_V1",
             "BOSUN_RNAT_V1",
             "BOSUN_SLOT_V1",
             "BOSUN_SVC_V1",

@@ -1,4 +1,4 @@
-//! `bosun dp services|backends|policies`: what the datapath's pinned maps hold right now, read
+//! `bosun dp services|backends|policies|conntrack`: what the datapath's pinned maps hold right now, read
 //! from bpffs directly, so it works while the daemon is down.
 
 use std::path::PathBuf;
@@ -33,6 +33,9 @@ pub enum DpWhat {
     Backends,
     /// Pod interfaces under NetworkPolicy: isolation and allowed/dropped packets per direction.
     Policies,
+    /// Flows from outside the node to node ports, external IPs and load balancer IPs: client,
+    /// frontend, backend, the SNAT port of a flow to another node's backend, idle time.
+    Conntrack,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,6 +48,9 @@ pub enum DpFormat {
 pub fn dp(args: &DpArgs) -> Result<()> {
     if let DpWhat::Policies = args.what {
         return policies(args);
+    }
+    if let DpWhat::Conntrack = args.what {
+        return conntrack(args);
     }
     let maps = PinnedMaps::open(&args.bpf_dir).with_context(|| {
         format!(
@@ -62,14 +68,14 @@ pub fn dp(args: &DpArgs) -> Result<()> {
         let value = match args.what {
             DpWhat::Services => serde_json::to_value(&snapshot.services)?,
             DpWhat::Backends => serde_json::to_value(&snapshot.backends)?,
-            DpWhat::Policies => unreachable!("handled above"),
+            DpWhat::Policies | DpWhat::Conntrack => unreachable!("handled above"),
         };
         return output::print_value(&value, format);
     }
     match args.what {
         DpWhat::Services => services_table(&snapshot),
         DpWhat::Backends => backends_table(&snapshot),
-        DpWhat::Policies => unreachable!("handled above"),
+        DpWhat::Policies | DpWhat::Conntrack => unreachable!("handled above"),
     }
     .print()
 }
@@ -195,6 +201,42 @@ fn policies(args: &DpArgs) -> Result<()> {
                     shown(&e.egress),
                     format!("{}/{}", e.ingress_allowed, e.ingress_dropped),
                     format!("{}/{}", e.egress_allowed, e.egress_dropped),
+                ]);
+            }
+            table.print()
+        }
+    }
+}
+
+fn conntrack(args: &DpArgs) -> Result<()> {
+    use bosun_netdp::nodeport::{monotonic_now, NodePortMaps};
+    let maps = NodePortMaps::open(&args.bpf_dir).with_context(|| {
+        format!(
+            "opening the NAT table in {} (is bosun serving traffic from outside, \
+             --external-interfaces?)",
+            args.bpf_dir.display()
+        )
+    })?;
+    let flows = maps
+        .flows(monotonic_now())
+        .context("reading the NAT table")?;
+    match args.output {
+        DpFormat::Json => output::print_value(&serde_json::to_value(&flows)?, output::Format::Json),
+        DpFormat::Yaml => output::print_value(&serde_json::to_value(&flows)?, output::Format::Yaml),
+        DpFormat::Table => {
+            let mut table = Table::new(&[
+                "PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "IDLE", "STATE",
+            ]);
+            let at = |(address, port): (std::net::Ipv4Addr, u16)| format!("{address}:{port}");
+            for flow in &flows {
+                table.row(vec![
+                    flow.protocol.to_string(),
+                    at(flow.client),
+                    at(flow.frontend),
+                    at(flow.backend),
+                    flow.snat.map_or_else(|| "-".to_owned(), at),
+                    format!("{}s", flow.idle.as_secs()),
+                    if flow.closing { "closing" } else { "open" }.to_owned(),
                 ]);
             }
             table.print()

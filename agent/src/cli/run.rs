@@ -58,6 +58,26 @@ pub struct RunArgs {
     #[arg(long)]
     pub cleanup: bool,
 
+    /// As kube-proxy's: the ranges of the node's addresses that node ports are served on,
+    /// comma-separated CIDRs (default: every address of the node).
+    #[arg(
+        long = "nodeport-addresses",
+        value_name = "CIDR,...",
+        value_delimiter = ','
+    )]
+    pub nodeport_addresses: Vec<String>,
+
+    /// The interfaces where packets from outside the node to node ports, external IPs and
+    /// load balancer IPs are served, comma-separated, including those towards other nodes
+    /// (default: none; connections made on the node itself reach node ports whatever this
+    /// says).
+    #[arg(
+        long = "external-interfaces",
+        value_name = "NAME,...",
+        value_delimiter = ','
+    )]
+    pub external_interfaces: Vec<String>,
+
     /// As kubelet's: join the cluster of the API server this kubeconfig names, as this
     /// node. Without it bosun is standalone.
     #[arg(long)]
@@ -353,10 +373,29 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
     let service_proxy = !args.no_service_proxy && file.service_proxy != Some(false);
     let network_policy = !args.no_network_policy && file.network_policy != Some(false);
     let bpf_dir = (service_proxy || network_policy).then(|| bpf_dir(args, file.bpf_dir));
+    let mut notes = Vec::new();
+    let node_port_cidrs = bosun::proxy::config::node_port_cidrs(
+        &args.nodeport_addresses,
+        "--nodeport-addresses",
+        &mut notes,
+    )
+    .map_err(|problem| BadConfig(format!("--nodeport-addresses: {problem}")))?;
+    for note in notes {
+        tracing::warn!("{note}");
+    }
     Ok(Config {
         cgroup_root: configured_cgroup_root,
         bpf_dir,
         service_proxy,
+        external: bosun::service::proxy::External {
+            interfaces: args
+                .external_interfaces
+                .iter()
+                .filter(|name| !name.is_empty())
+                .cloned()
+                .collect(),
+            node_port_cidrs,
+        },
         network_policy,
         max_pods,
         manifest_dir,
@@ -590,7 +629,14 @@ fn cleanup(args: &RunArgs) -> Result<i32> {
         None => ConfigFile::default(),
     };
     let dir = bpf_dir(args, file.bpf_dir);
-    // The policy datapath lives in a directory inside the service datapath's.
+    // The policy and outside-traffic datapaths live in directories inside the service
+    // datapath's.
+    bosun_netdp::nodeport::cleanup(&dir).with_context(|| {
+        format!(
+            "removing the datapath for traffic from outside in {}",
+            dir.display()
+        )
+    })?;
     bosun_netdp::policy::cleanup(&dir)
         .with_context(|| format!("removing the policy datapath in {}", dir.display()))?;
     let removed = bosun_netdp::service::cleanup(&dir)

@@ -113,6 +113,8 @@ pub struct Config {
     pub bpf_dir: Option<PathBuf>,
     /// Balance Services (with a `bpf_dir`).
     pub service_proxy: bool,
+    /// Node ports and traffic from outside the node (with the service proxy).
+    pub external: crate::service::proxy::External,
     /// Enforce NetworkPolicy on pods' interfaces (with a `bpf_dir`).
     pub network_policy: bool,
     /// The kubelet API; `None` serves none.
@@ -496,6 +498,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             node_view,
             events: events.clone(),
             progress: None,
+            external: config.external.clone(),
         };
         tasks.push(tokio::spawn(proxy.run()));
     }

@@ -124,6 +124,27 @@ pub struct ProxyArgs {
     /// Where the NetworkPolicy enforcer keeps the pods it placed, across restarts.
     #[arg(long = "state-dir", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+
+    /// As kube-proxy's: the ranges of the node's addresses that node ports are served on,
+    /// comma-separated CIDRs (default: every address of the node). Ignored with --config
+    /// (nodePortAddresses).
+    #[arg(
+        long = "nodeport-addresses",
+        value_name = "CIDR,...",
+        value_delimiter = ','
+    )]
+    pub nodeport_addresses: Vec<String>,
+
+    /// The interfaces where packets from outside the node to node ports, external IPs and
+    /// load balancer IPs are served, comma-separated, including those towards other nodes
+    /// (default: none; connections made on the node itself reach node ports whatever this
+    /// says).
+    #[arg(
+        long = "external-interfaces",
+        value_name = "NAME,...",
+        value_delimiter = ','
+    )]
+    pub external_interfaces: Vec<String>,
 }
 
 /// What `bosun proxy` runs with, the flags and the file resolved.
@@ -150,6 +171,8 @@ pub struct ProxyConfig {
     /// `iptables.syncPeriod` (`ipvs.` or `nftables.` with that `mode`), kube-proxy's period of
     /// full resyncs, from which it derives the health timeout.
     pub sync_period: Duration,
+    /// Node ports and traffic from outside the node.
+    pub external: crate::service::proxy::External,
     /// What was accepted but ignored or changed, one line each, for the caller to log.
     pub notes: Vec<String>,
 }
@@ -257,6 +280,15 @@ impl ProxyArgs {
             cleanup: self.cleanup,
             config_sync_period: settings.config_sync_period,
             sync_period: settings.sync_period,
+            external: crate::service::proxy::External {
+                interfaces: self
+                    .external_interfaces
+                    .iter()
+                    .filter(|name| !name.is_empty())
+                    .cloned()
+                    .collect(),
+                node_port_cidrs: settings.node_port_cidrs,
+            },
             notes,
         })
     }
@@ -297,6 +329,7 @@ struct Settings {
     kubeconfig: Option<PathBuf>,
     hostname_override: Option<String>,
     cluster_cidrs: Vec<Ipv4Cidr>,
+    node_port_cidrs: Vec<Ipv4Cidr>,
     healthz: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
     config_sync_period: Duration,
@@ -318,6 +351,9 @@ impl Settings {
             }
             None => Vec::new(),
         };
+        let node_port_cidrs =
+            node_port_cidrs(&args.nodeport_addresses, "--nodeport-addresses", notes)
+                .map_err(flag_error("nodeport-addresses"))?;
         let flag_address = |flag: &'static str, value: Option<&str>, default: &str, port| {
             let text = value.unwrap_or(default);
             if text.is_empty() {
@@ -332,6 +368,7 @@ impl Settings {
                 .filter(|path| !path.as_os_str().is_empty()),
             hostname_override: None,
             cluster_cidrs,
+            node_port_cidrs,
             healthz: flag_address(
                 "healthz-bind-address",
                 args.healthz_bind_address.as_deref(),
@@ -397,6 +434,12 @@ impl Settings {
             }
             None => Vec::new(),
         };
+        let node_port_cidrs = node_port_cidrs(
+            file.node_port_addresses.as_deref().unwrap_or_default(),
+            &named("nodePortAddresses"),
+            notes,
+        )
+        .map_err(field_error("nodePortAddresses"))?;
 
         let mode = non_empty(&file.mode);
         if let Some(mode) = mode {
@@ -438,6 +481,7 @@ impl Settings {
                 .map(PathBuf::from),
             hostname_override: non_empty(&file.hostname_override).map(str::to_owned),
             cluster_cidrs,
+            node_port_cidrs,
             healthz: file_address(
                 "healthzBindAddress",
                 &file.healthz_bind_address,
@@ -612,6 +656,28 @@ fn cluster_cidrs(text: &str) -> Result<(Vec<Ipv4Cidr>, Vec<String>), String> {
         return Err(invalid(text, PAIR));
     }
     Ok((ipv4, ipv6))
+}
+
+/// `nodePortAddresses` / `--nodeport-addresses`: CIDRs; the IPv4 ones are kept.
+pub fn node_port_cidrs(
+    list: &[String],
+    place: &str,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Ipv4Cidr>, String> {
+    let mut ipv4 = Vec::new();
+    let mut ipv6 = Vec::new();
+    for entry in list.iter().filter(|e| !e.is_empty()) {
+        let network = parse_cidr(entry).map_err(|why| invalid(entry, &why))?;
+        match network.address {
+            IpAddr::V4(address) => ipv4.push(Ipv4Cidr {
+                network: address,
+                prefix_len: network.len,
+            }),
+            IpAddr::V6(_) => ipv6.push(entry.clone()),
+        }
+    }
+    note_ipv6_left_out(place, &ipv6, notes);
+    Ok(ipv4)
 }
 
 fn note_ipv6_left_out(place: &str, ipv6: &[String], notes: &mut Vec<String>) {
@@ -859,10 +925,36 @@ mod tests {
                 cleanup: false,
                 config_sync_period: Duration::from_secs(900),
                 sync_period: Duration::from_secs(30),
+                external: crate::service::proxy::External::default(),
                 notes: vec![],
             }
         );
         assert_eq!(config.health_timeout(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn node_port_addresses_come_from_the_flag_or_the_file() {
+        let config = resolve(&args(&[
+            "--nodeport-addresses=192.0.2.0/24,2001:db8::/64",
+            "--external-interfaces=eth0,eth1",
+        ]))
+        .expect("the flags resolve");
+        assert_eq!(config.external.interfaces, ["eth0", "eth1"]);
+        let cidrs: Vec<String> = config
+            .external
+            .node_port_cidrs
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(cidrs, ["192.0.2.0/24"]);
+        assert!(
+            config.notes.iter().any(|n| n.contains("2001:db8::/64")),
+            "{:?}",
+            config.notes
+        );
+        let error = resolve(&args(&["--nodeport-addresses=192.0.2.300/24"]))
+            .expect_err("not a CIDR");
+        assert!(error.to_string().contains("nodeport-addresses"), "{error}");
     }
 
     #[test]

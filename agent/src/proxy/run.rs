@@ -106,6 +106,7 @@ pub async fn run(
         node_view: Some(view_rx),
         events,
         progress: Some(Box::new(health)),
+        external: config.external.clone(),
     };
     tasks.push(tokio::spawn(proxy.run()));
     tracing::info!(node = %config.node_name, bpf_dir = %config.bpf_dir.display(), "bosun proxy running");
@@ -159,7 +160,14 @@ fn network_policy(
 
 /// Removes the policy and service datapaths (programs, links, maps) from `bpf_dir`.
 fn cleanup(config: &ProxyConfig) -> Result<()> {
-    // The policy datapath lives in a directory inside the service datapath's.
+    // The policy and outside-traffic datapaths live in directories inside the service
+    // datapath's.
+    bosun_netdp::nodeport::cleanup(&config.bpf_dir).with_context(|| {
+        format!(
+            "removing the datapath for traffic from outside in {}",
+            config.bpf_dir.display()
+        )
+    })?;
     bosun_netdp::policy::cleanup(&config.bpf_dir).with_context(|| {
         format!(
             "removing the policy datapath in {}",

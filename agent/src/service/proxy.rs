@@ -63,7 +63,47 @@ pub struct Proxy {
     pub events: Recorder,
     /// Told of every change taken and every write that made the maps whole.
     pub progress: Option<Box<dyn Progress>>,
+    /// Node ports and traffic from outside the node.
+    pub external: External,
 }
+
+/// Node ports, and where packets from outside the node are served.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct External {
+    /// The interfaces whose packets to node ports, external IPs and load balancer IPs are
+    /// served (the programs of [`bosun_netdp::nodeport`] attach there, both directions),
+    /// including those towards other nodes, through which SNATed flows leave and come back.
+    /// Empty: none.
+    pub interfaces: Vec<String>,
+    /// kube-proxy's `nodePortAddresses`: the ranges of the node's addresses node ports are
+    /// served on. Empty: every address of the node but loopback.
+    pub node_port_cidrs: Vec<crate::proxy::config::Ipv4Cidr>,
+}
+
+impl External {
+    /// The node's addresses that node ports are served on.
+    fn node_addresses(&self) -> Vec<Ipv4Addr> {
+        let addresses = match bosun_netdp::netlink::node_addresses() {
+            Ok(addresses) => addresses,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "listing the node's addresses for node ports");
+                return Vec::new();
+            }
+        };
+        addresses
+            .into_iter()
+            .filter(|a| !a.is_loopback())
+            .filter(|a| {
+                self.node_port_cidrs.is_empty()
+                    || self.node_port_cidrs.iter().any(|cidr| cidr.contains(*a))
+            })
+            .collect()
+    }
+}
+
+/// How often the node's addresses and external interfaces are looked at again, and the flows
+/// from outside aged.
+const EXTERNAL_REFRESH: Duration = Duration::from_secs(10);
 
 /// What the proxy tells its health server (kube-proxy's `ProxierHealthUpdater`).
 pub trait Progress: Send + std::marker::Sync {
@@ -82,6 +122,18 @@ struct Sync {
     /// The maps must be made to hold the whole desired state (never written yet, or a write
     /// failed part way).
     whole: bool,
+    external: ExternalState,
+}
+
+/// The datapath for traffic from outside, as the loop keeps it.
+#[derive(Default)]
+struct ExternalState {
+    config: External,
+    datapath: Option<bosun_netdp::nodeport::NodePortDatapath>,
+    /// Interface name → the ifindex the programs were attached to.
+    attached: BTreeMap<String, u32>,
+    /// The interfaces, the SNAT address and the flows' ages are to be looked at.
+    due: bool,
 }
 
 impl Proxy {
@@ -103,7 +155,13 @@ impl Proxy {
             table: ServiceTable::new(&self.node),
             reconciler: None,
             whole: true,
+            external: ExternalState {
+                config: self.external.clone(),
+                ..ExternalState::default()
+            },
         });
+        let mut refresh = tokio::time::interval(EXTERNAL_REFRESH);
+        let mut refresh_due = true;
         let mut loaded = false;
         let mut local_pods: HashMap<ObjectKey, Ipv4Addr> = HashMap::new();
         let mut reported: BTreeSet<String> = BTreeSet::new();
@@ -120,7 +178,12 @@ impl Proxy {
                     table: ServiceTable::new(&self.node),
                     reconciler: None,
                     whole: true,
+                    external: ExternalState {
+                        config: self.external.clone(),
+                        ..ExternalState::default()
+                    },
                 });
+                refresh_due = true;
                 continue;
             };
             if !loaded && self.services.is_synced() && self.slices.is_synced() {
@@ -142,6 +205,13 @@ impl Proxy {
                     follow_local_readiness(pod_store, None, &mut local_pods, &mut state.table);
                 }
                 loaded = true;
+            }
+            if loaded && refresh_due {
+                refresh_due = false;
+                state
+                    .table
+                    .set_node_addresses(&self.external.node_addresses());
+                state.external.due = true;
             }
             let waiting = !loaded
                 || (state.whole
@@ -187,6 +257,7 @@ impl Proxy {
                 () = ready(&mut pods) => {}
                 _ = changed(&mut node_view) => {}
                 () = sleep_or_never(retry) => {}
+                _ = refresh.tick() => refresh_due = true,
             }
             // Whatever changed while another woke the loop is taken too.
             let now = Instant::now();
@@ -339,6 +410,9 @@ fn write(bpf_dir: &std::path::Path, state: &mut Sync, delta: &Delta) -> Result<(
         state.reconciler = Some(Reconciler::new(maps));
         state.whole = true;
     }
+    if state.external.due && !state.external.config.interfaces.is_empty() {
+        write_external(bpf_dir, &mut state.external)?;
+    }
     let Some(reconciler) = state.reconciler.as_mut() else {
         return Ok(());
     };
@@ -372,6 +446,61 @@ fn write(bpf_dir: &std::path::Path, state: &mut Sync, delta: &Delta) -> Result<(
             Err(format!("writing the service maps: {}", error_chain(&e)))
         }
     }
+}
+
+/// Installs the programs for traffic from outside if they are not yet, attaches them to the
+/// external interfaces that exist and are not attached yet (or were replaced), sets the SNAT
+/// address (the first external interface's primary address) and ages the flows.
+fn write_external(bpf_dir: &std::path::Path, external: &mut ExternalState) -> Result<(), String> {
+    use bosun_netdp::nodeport;
+    if external.datapath.is_none() {
+        let datapath = nodeport::install(bpf_dir).map_err(|e| {
+            format!(
+                "installing the datapath for traffic from outside in {}: {}",
+                bpf_dir.display(),
+                error_chain(&e)
+            )
+        })?;
+        external.datapath = Some(datapath);
+    }
+    let Some(datapath) = external.datapath.as_mut() else {
+        return Ok(());
+    };
+    let mut snat = None;
+    for name in &external.config.interfaces {
+        let Ok(ifindex) = nix::net::if_::if_nametoindex(name.as_str()) else {
+            tracing::warn!(interface = %name, "external interface not found; looked for again in 10 s");
+            continue;
+        };
+        if external.attached.get(name) != Some(&ifindex) {
+            datapath.attach(ifindex).map_err(|e| {
+                format!(
+                    "attaching to external interface {name}: {}",
+                    error_chain(&e)
+                )
+            })?;
+            tracing::info!(interface = %name, ifindex, "serving traffic from outside");
+            external.attached.insert(name.clone(), ifindex);
+        }
+        if snat.is_none() {
+            snat = bosun_netdp::netlink::interface_addresses(ifindex)
+                .ok()
+                .and_then(|addresses| addresses.first().copied());
+        }
+    }
+    let mut maps = datapath
+        .maps()
+        .map_err(|e| format!("opening the NAT table: {}", error_chain(&e)))?;
+    maps.set_snat_address(snat)
+        .map_err(|e| format!("setting the SNAT address: {}", error_chain(&e)))?;
+    let aged = maps
+        .collect_garbage(nodeport::monotonic_now())
+        .map_err(|e| format!("ageing the NAT table: {}", error_chain(&e)))?;
+    if aged > 0 {
+        tracing::debug!(entries = aged, "idle flows from outside removed");
+    }
+    external.due = false;
+    Ok(())
 }
 
 /// Follows the readiness of this node's pods into `table`: a running pod that is not Ready

@@ -235,6 +235,196 @@ unsafe impl aya::Pod for RevNatKey {}
 unsafe impl aya::Pod for RevNatValue {}
 
 // ---------------------------------------------------------------------------------------------
+// Traffic from outside the node (tc on the node's external interfaces): packets to a node port,
+// an external IP or a load balancer IP are sent to a backend chosen by Maglev hashing, tracked
+// in a NAT table so every packet of the flow and its replies are rewritten the same way.
+//
+// A frontend reachable from outside has `SERVICE_FLAG_EXTERNAL` in the service map, and its
+// service id names its Maglev table. The ingress program DNATs a new flow to its backend and
+// the kernel forwards it; for a backend on another node the egress program of the interface it
+// leaves by then SNATs it to the node's address (kube-proxy's masquerade, after routing as
+// netfilter's POSTROUTING), so that the replies come back through this node. A flow to a
+// backend on this node keeps the client's address.
+//
+// The NAT table holds two entries per stage and flow, one per direction, keyed by the tuple as
+// the packet carries it when it reaches the hook that rewrites it, valued with the tuple to
+// rewrite it to; so the other direction's entry is always at the value's tuple reversed:
+//   DNAT  client→frontend        ⇒ client→backend         (ingress)
+//         backend→client         ⇒ frontend→client        (egress, reply)
+//   SNAT  client→backend         ⇒ node:port→backend      (egress; remote backends only)
+//         backend→node:port      ⇒ backend→client         (ingress, reply)
+// ---------------------------------------------------------------------------------------------
+
+/// Hash map service id (`u32`) → [`MaglevTable`]: the backends of an external frontend.
+pub const MAGLEV_MAP: &str = "BOSUN_MAG_V1";
+/// LRU hash map [`NatKey`] → [`NatValue`]: the flows from outside.
+pub const NAT_MAP: &str = "BOSUN_NAT_V1";
+/// Array map of one [`NodePortConfig`].
+pub const NODEPORT_CONFIG_MAP: &str = "BOSUN_NPCFG_V1";
+
+pub const MAGLEV_MAX_ENTRIES: u32 = 1 << 16;
+pub const NAT_MAX_ENTRIES: u32 = 1 << 18;
+
+/// The tc program on the node's external interfaces' ingress.
+pub const NODEPORT_INGRESS_PROGRAM: &str = "bosun_np_in";
+/// The tc program on the node's external interfaces' egress: replies to clients, and SNAT of
+/// flows to other nodes' backends.
+pub const NODEPORT_EGRESS_PROGRAM: &str = "bosun_np_out";
+
+/// [`ServiceValue::flags`] bit: the frontend is reachable from outside the node (a node port,
+/// an external IP, a load balancer IP); its service id names a [`MaglevTable`]. A frontend
+/// with the flag and no table has no backend for outside traffic: its packets are dropped.
+pub const SERVICE_FLAG_EXTERNAL: u32 = 2;
+
+/// Entries of a [`MaglevTable`]: a prime, as Maglev requires. A Service with more backends
+/// than this gives some of them no entry.
+pub const MAGLEV_TABLE_SIZE: usize = 1021;
+
+/// [`ExternalBackend::flags`] bit: the backend runs on this node (no SNAT).
+pub const EXTERNAL_BACKEND_LOCAL: u8 = 1;
+
+/// One entry of a [`MaglevTable`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExternalBackend {
+    /// Network order.
+    pub address: [u8; 4],
+    /// Network order.
+    pub port: [u8; 2],
+    /// `EXTERNAL_BACKEND_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`MAGLEV_MAP`]: a flow's hash modulo [`MAGLEV_TABLE_SIZE`] picks its backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevTable {
+    pub entries: [ExternalBackend; MAGLEV_TABLE_SIZE],
+}
+
+impl Default for MaglevTable {
+    fn default() -> Self {
+        Self {
+            entries: [ExternalBackend::default(); MAGLEV_TABLE_SIZE],
+        }
+    }
+}
+
+/// The hash of a flow from outside that picks its Maglev entry: the client's address, port and
+/// protocol only, so that a flow hashes alike whichever node and node address it reaches.
+/// Shared by the programs and userspace (which shows where a flow would go).
+#[inline(always)]
+pub const fn flow_hash(address: [u8; 4], port: [u8; 2], protocol: u8) -> u32 {
+    let mut h = u32::from_ne_bytes(address) ^ 0x9e37_79b9;
+    h = (h ^ (h >> 16)).wrapping_mul(0x85eb_ca6b);
+    h ^= (u16::from_ne_bytes(port) as u32) << 8 | protocol as u32;
+    h = (h ^ (h >> 13)).wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Key of [`NAT_MAP`]: a packet's tuple as it reaches the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NatKey {
+    /// Network order.
+    pub source: [u8; 4],
+    /// Network order.
+    pub destination: [u8; 4],
+    /// Network order.
+    pub source_port: [u8; 2],
+    /// Network order.
+    pub destination_port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// [`NatValue::flags`] bit: the entry is a reply's (backend to client).
+pub const NAT_REPLY: u8 = 1;
+/// [`NatValue::flags`] bit: the entry belongs to the SNAT stage.
+pub const NAT_SNAT: u8 = 2;
+/// [`NatValue::flags`] bit: a FIN or RST was seen; the entry expires after
+/// [`NAT_CLOSING_TIMEOUT_NS`].
+pub const NAT_CLOSING: u8 = 4;
+/// [`NatValue::flags`] bit: the egress program applies the entry (the ingress program the
+/// others).
+pub const NAT_EGRESS: u8 = 8;
+
+/// Value of [`NAT_MAP`]: the tuple the packet is rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatValue {
+    pub source: [u8; 4],
+    pub destination: [u8; 4],
+    pub source_port: [u8; 2],
+    pub destination_port: [u8; 2],
+    /// `NAT_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// `bpf_ktime_get_coarse_ns` when a packet of the flow was last seen, refreshed at most
+    /// once a second.
+    pub last_seen_ns: u64,
+}
+
+impl NatValue {
+    /// The key of the other direction's entry.
+    pub const fn reverse_key(&self, protocol: u8) -> NatKey {
+        NatKey {
+            source: self.destination,
+            destination: self.source,
+            source_port: self.destination_port,
+            destination_port: self.source_port,
+            protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// How long a TCP flow from outside may be idle before its entries go.
+pub const NAT_TCP_TIMEOUT_NS: u64 = CONNTRACK_TCP_TIMEOUT_NS;
+/// How long a UDP flow from outside may be idle.
+pub const NAT_OTHER_TIMEOUT_NS: u64 = CONNTRACK_OTHER_TIMEOUT_NS;
+/// How long a TCP flow's entries stay after a FIN or RST (conntrack's TIME_WAIT is 120 s;
+/// a new connection from the same port gets a fresh entry before that anyway).
+pub const NAT_CLOSING_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
+
+/// SNAT source ports for flows to backends on other nodes: above Linux's default ephemeral
+/// range (32768-60999) and the node port range, so no local socket uses them.
+pub const SNAT_PORT_MIN: u16 = 61000;
+pub const SNAT_PORT_MAX: u16 = 65535;
+
+/// Value of [`NODEPORT_CONFIG_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodePortConfig {
+    /// The node's address that flows to other nodes' backends are SNATed to, network order;
+    /// all zero: none, and such flows are dropped.
+    pub snat_address: [u8; 4],
+    pub _pad: [u8; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<ExternalBackend>() == 8);
+const _: () = assert!(core::mem::size_of::<MaglevTable>() == 8 * MAGLEV_TABLE_SIZE);
+const _: () = assert!(core::mem::size_of::<NatKey>() == 16);
+const _: () = assert!(core::mem::size_of::<NatValue>() == 24);
+const _: () = assert!(core::mem::size_of::<NodePortConfig>() == 8);
+const _: () = assert!(MAGLEV_MAP.len() <= 15 && NAT_MAP.len() <= 15);
+const _: () = assert!(NODEPORT_CONFIG_MAP.len() <= 15);
+const _: () = assert!(NODEPORT_INGRESS_PROGRAM.len() <= 15 && NODEPORT_EGRESS_PROGRAM.len() <= 15);
+
+// SAFETY: as for the service maps' types above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ExternalBackend {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for MaglevTable {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NatKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NatValue {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NodePortConfig {}
+
+// ---------------------------------------------------------------------------------------------
 // NetworkPolicy on each pod's interface (tcx on the host side of the pod's veth, both
 // directions).
 //

@@ -411,6 +411,10 @@ struct Packet {
     protocol: u8,
     /// A TCP SYN without ACK: a connection's first packet.
     syn: bool,
+    /// TCP's flags byte; 0 for other protocols.
+    tcp_flags: u8,
+    /// Where the transport header begins, from the start of the frame.
+    transport: u16,
 }
 
 const ETH_HLEN: usize = 14;
@@ -465,6 +469,8 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         destination_port: [0; 2],
         protocol,
         syn: false,
+        tcp_flags: 0,
+        transport: (ETH_HLEN + header_len) as u16,
     };
     let fragment = u16::from_be_bytes([at(ETH_HLEN + 6), at(ETH_HLEN + 7)]);
     if fragment & IPV4_FRAGMENT_OFFSET == 0
@@ -479,6 +485,7 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
             // SAFETY: the 14 bytes from `transport` are within the linear data, checked above.
             let flags = unsafe { *((transport + TCP_FLAGS_OFFSET) as *const u8) };
             packet.syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            packet.tcp_flags = flags;
         } else if transport + 4 > end {
             return parse_loaded(ctx);
         }
@@ -514,6 +521,8 @@ fn parse_loaded(ctx: &TcContext) -> Option<Packet> {
         destination_port: [0; 2],
         protocol,
         syn: false,
+        tcp_flags: 0,
+        transport: (ETH_HLEN + header_len) as u16,
     };
     // Only a first fragment carries the transport header; later ones are judged with port 0
     // (so an isolated direction drops them unless a rule allows every port).
@@ -529,6 +538,7 @@ fn parse_loaded(ctx: &TcContext) -> Option<Packet> {
         if protocol == PROTOCOL_TCP {
             if let Ok(flags) = ctx.load::<u8>(transport + TCP_FLAGS_OFFSET) {
                 packet.syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+                packet.tcp_flags = flags;
             }
         }
     }
@@ -728,6 +738,8 @@ fn report(packet: &Packet, endpoint: u32, direction: u8, verdict: u8, policy: u3
     };
     let _ = BOSUN_PEVT_V1.output::<PolicyEvent>(&event, 0);
 }
+
+mod nodeport;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

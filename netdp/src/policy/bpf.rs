@@ -48,7 +48,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{policy_name_str, Direction, PolicyMaps};
 use crate::{
-    object::SERVICE_MAPS,
+    object::{NODEPORT_MAPS, SERVICE_MAPS},
     service::bpf::{
         delete, entries, is_not_found, load_pinned, open_map, pin_over, prepare_dir, put,
         read_error, refuse_mismatched, remove_pin, unpin_link, MapShape, NEW_LINK_SUFFIX,
@@ -182,7 +182,11 @@ pub fn install(bpf_dir: &Path) -> Result<PolicyDatapath, Error> {
     refuse_mismatched(&dir, &MAP_SHAPES)?;
     let links = dir.join(LINKS_DIR);
     fs::create_dir_all(&links).map_err(|source| bpffs_error("mkdir", &links, source))?;
-    let mut ebpf = load_pinned(&dir, &MAP_SHAPES, &SERVICE_MAPS)?;
+    let mut ebpf = load_pinned(
+        &dir,
+        &MAP_SHAPES,
+        &[&SERVICE_MAPS[..], &NODEPORT_MAPS].concat(),
+    )?;
     for hook in &HOOKS {
         classifier(&mut ebpf, hook.program)?
             .load()

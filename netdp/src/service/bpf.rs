@@ -28,15 +28,16 @@ use aya::{
     Ebpf, EbpfLoader, Pod,
 };
 use bosun_ebpf_abi::{
-    AffinityKey, AffinityValue, Backend, RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey,
-    AFFINITY_MAP, AFFINITY_MAX_ENTRIES, BACKEND_MAP, BACKEND_MAX_ENTRIES, CONNECT4_PROGRAM,
-    GETPEERNAME4_PROGRAM, RECVMSG4_PROGRAM, REVNAT_MAP, REVNAT_MAX_ENTRIES, SENDMSG4_PROGRAM,
-    SERVICE_MAP, SERVICE_MAX_ENTRIES, SLOT_MAP, SLOT_MAX_ENTRIES,
+    AffinityKey, AffinityValue, Backend, MaglevTable, RevNatKey, RevNatValue, ServiceKey,
+    ServiceValue, SlotKey, AFFINITY_MAP, AFFINITY_MAX_ENTRIES, BACKEND_MAP, BACKEND_MAX_ENTRIES,
+    CONNECT4_PROGRAM, GETPEERNAME4_PROGRAM, MAGLEV_MAP, MAGLEV_MAX_ENTRIES, RECVMSG4_PROGRAM,
+    REVNAT_MAP, REVNAT_MAX_ENTRIES, SENDMSG4_PROGRAM, SERVICE_MAP, SERVICE_MAX_ENTRIES, SLOT_MAP,
+    SLOT_MAX_ENTRIES,
 };
 
 use super::ServiceMaps;
 use crate::{
-    object::{shrink_unused_maps, OBJECT, POLICY_MAPS},
+    object::{shrink_unused_maps, NODEPORT_MAPS, OBJECT, POLICY_MAPS},
     Error,
 };
 
@@ -84,7 +85,7 @@ pub(crate) struct MapShape {
     pub(crate) max_entries: u32,
 }
 
-const MAP_SHAPES: [MapShape; 5] = [
+pub(crate) const MAP_SHAPES: [MapShape; 6] = [
     MapShape {
         name: SERVICE_MAP,
         map_type: MapType::Hash,
@@ -120,6 +121,13 @@ const MAP_SHAPES: [MapShape; 5] = [
         value_size: size_of::<RevNatValue>(),
         max_entries: REVNAT_MAX_ENTRIES,
     },
+    MapShape {
+        name: MAGLEV_MAP,
+        map_type: MapType::Hash,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<MaglevTable>(),
+        max_entries: MAGLEV_MAX_ENTRIES,
+    },
 ];
 
 /// How long [`cleanup`] waits for the kernel to release the programs after unpinning their
@@ -154,7 +162,11 @@ pub fn install(bpf_dir: &Path, cgroup: &Path) -> Result<PinnedMaps, Error> {
         remove_pin(&new_link_pin(bpf_dir, hook))?;
     }
     refuse_mismatched(bpf_dir, &MAP_SHAPES)?;
-    let mut ebpf = load_pinned(bpf_dir, &MAP_SHAPES, &POLICY_MAPS)?;
+    let mut ebpf = load_pinned(
+        bpf_dir,
+        &MAP_SHAPES,
+        &[&POLICY_MAPS[..], &NODEPORT_MAPS].concat(),
+    )?;
     // Every program through the verifier before anything is attached: a rejected program
     // leaves the running ones in place.
     for hook in &HOOKS {
@@ -262,18 +274,20 @@ pub struct PinnedMaps {
     slots: HashMap<MapData, SlotKey, u32>,
     backends: HashMap<MapData, u32, Backend>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    maglev: HashMap<MapData, u32, MaglevTable>,
 }
 
 impl PinnedMaps {
     /// Opens the maps an earlier [`install`] pinned in `bpf_dir`, whether or not a daemon
     /// runs, checking that each has this build's layout.
     pub fn open(bpf_dir: &Path) -> Result<Self, Error> {
-        let [services, slots, backends, affinity, _revnat] = &MAP_SHAPES;
+        let [services, slots, backends, affinity, _revnat, maglev] = &MAP_SHAPES;
         Ok(Self {
             services: open_map(&bpf_dir.join(services.name), services)?,
             slots: open_map(&bpf_dir.join(slots.name), slots)?,
             backends: open_map(&bpf_dir.join(backends.name), backends)?,
             affinity: open_map(&bpf_dir.join(affinity.name), affinity)?,
+            maglev: open_map(&bpf_dir.join(maglev.name), maglev)?,
         })
     }
 }
@@ -340,6 +354,26 @@ impl ServiceMaps for PinnedMaps {
             delete(&mut self.affinity, AFFINITY_MAP, key)?;
         }
         Ok(())
+    }
+
+    fn maglev_fingerprints(&self) -> Result<Vec<(u32, u64)>, Error> {
+        // One table at a time: they are 8 KiB each.
+        let mut fingerprints = Vec::new();
+        for entry in self.maglev.iter() {
+            let (id, table) = entry.map_err(|source| read_error(MAGLEV_MAP, source))?;
+            fingerprints.push((id, super::maglev::fingerprint_table(&table)));
+        }
+        fingerprints.sort_unstable();
+        fingerprints.dedup_by_key(|(id, _)| *id);
+        Ok(fingerprints)
+    }
+
+    fn put_maglev(&mut self, service: u32, table: &MaglevTable) -> Result<(), Error> {
+        put(&mut self.maglev, MAGLEV_MAP, &service, table)
+    }
+
+    fn delete_maglev(&mut self, service: u32) -> Result<(), Error> {
+        delete(&mut self.maglev, MAGLEV_MAP, &service)
     }
 }
 

@@ -57,7 +57,18 @@ pub fn compile<'s, 'e>(
     slices: impl IntoIterator<Item = &'e EndpointSlice>,
     node: &str,
 ) -> Compiled {
+    compile_for(services, slices, node, &[])
+}
+
+/// [`compile`] for a node whose node ports are served on `node_addresses`.
+pub fn compile_for<'s, 'e>(
+    services: impl IntoIterator<Item = &'s Service>,
+    slices: impl IntoIterator<Item = &'e EndpointSlice>,
+    node: &str,
+    node_addresses: &[std::net::Ipv4Addr],
+) -> Compiled {
     let mut table = ServiceTable::new(node);
+    table.set_node_addresses(node_addresses);
     for service in services {
         let info = ServiceInfo::from_service(service);
         let (namespace, name) = (info.namespace.clone(), info.name.clone());

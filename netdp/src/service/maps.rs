@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use bosun_ebpf_abi::{
-    AffinityKey, Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_MAP, SERVICE_MAP, SLOT_MAP,
+    AffinityKey, Backend, MaglevTable, ServiceKey, ServiceValue, SlotKey, BACKEND_MAP, MAGLEV_MAP,
+    SERVICE_MAP, SLOT_MAP,
 };
 
 use crate::Error;
@@ -33,6 +34,11 @@ pub trait ServiceMaps {
     /// Forgets which backend clients of `service` were stuck to: all of them, or only those
     /// stuck to `backend`.
     fn delete_affinity(&mut self, service: u32, backend: Option<u32>) -> Result<(), Error>;
+
+    /// The service id and [`super::maglev::fingerprint_table`] of every Maglev table.
+    fn maglev_fingerprints(&self) -> Result<Vec<(u32, u64)>, Error>;
+    fn put_maglev(&mut self, service: u32, table: &MaglevTable) -> Result<(), Error>;
+    fn delete_maglev(&mut self, service: u32) -> Result<(), Error>;
 }
 
 /// One write, as [`MemoryMaps`] records it.
@@ -45,6 +51,8 @@ pub enum MapOp {
     DeleteSlot(SlotKey),
     DeleteBackend(u32),
     DeleteAffinity(u32, Option<u32>),
+    PutMaglev(u32, Box<MaglevTable>),
+    DeleteMaglev(u32),
 }
 
 /// The maps in memory. `fail_after(n)` makes the write after the next `n` fail, once.
@@ -54,6 +62,7 @@ pub struct MemoryMaps {
     pub slots: BTreeMap<SlotKey, u32>,
     pub backends: BTreeMap<u32, Backend>,
     pub affinity: BTreeMap<(u32, u64), u32>,
+    pub maglev: BTreeMap<u32, Box<MaglevTable>>,
     /// Every successful write, oldest first.
     pub ops: Vec<MapOp>,
     fail: InjectedFailure,
@@ -126,6 +135,12 @@ impl MemoryMaps {
             MapOp::DeleteAffinity(service, backend) => self
                 .affinity
                 .retain(|(s, _), b| *s != *service || backend.is_some_and(|only| only != *b)),
+            MapOp::PutMaglev(service, table) => {
+                self.maglev.insert(*service, table.clone());
+            }
+            MapOp::DeleteMaglev(service) => {
+                self.maglev.remove(service);
+            }
         }
         self.ops.push(op);
         Ok(())
@@ -174,5 +189,21 @@ impl ServiceMaps for MemoryMaps {
             bosun_ebpf_abi::AFFINITY_MAP,
             MapOp::DeleteAffinity(service, backend),
         )
+    }
+
+    fn maglev_fingerprints(&self) -> Result<Vec<(u32, u64)>, Error> {
+        Ok(self
+            .maglev
+            .iter()
+            .map(|(id, table)| (*id, super::maglev::fingerprint_table(table)))
+            .collect())
+    }
+
+    fn put_maglev(&mut self, service: u32, table: &MaglevTable) -> Result<(), Error> {
+        self.write(MAGLEV_MAP, MapOp::PutMaglev(service, Box::new(*table)))
+    }
+
+    fn delete_maglev(&mut self, service: u32) -> Result<(), Error> {
+        self.write(MAGLEV_MAP, MapOp::DeleteMaglev(service))
     }
 }

@@ -9,6 +9,7 @@
 
 pub(crate) mod bpf;
 mod compile;
+pub mod maglev;
 mod maps;
 pub mod model;
 mod reconcile;
@@ -17,7 +18,7 @@ mod table;
 use std::{fmt, net::Ipv4Addr, sync::Arc};
 
 pub use bpf::{cleanup, find_cgroup2, install, PinnedMaps};
-pub use compile::{compile, Compiled, Problem};
+pub use compile::{compile, compile_for, Compiled, Problem};
 pub(crate) use maps::InjectedFailure;
 pub use maps::{MapOp, MemoryMaps, ServiceMaps};
 pub use model::{ServiceInfo, SliceInfo};
@@ -118,4 +119,26 @@ pub struct DesiredService {
     pub affinity_timeout: Option<u32>,
     /// Sorted, without duplicates. Empty: connections are refused.
     pub backends: Vec<BackendAddr>,
+    /// For a frontend reachable from outside the node (a node port, an external IP, a load
+    /// balancer IP): the backends of packets arriving on the node's external interfaces,
+    /// sorted. `None` for a cluster IP. Empty: such packets are dropped.
+    pub external: Option<Box<[ExternalTarget]>>,
+}
+
+/// A backend of traffic from outside the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct ExternalTarget {
+    pub backend: BackendAddr,
+    /// On this node: the flow is only DNATed, and keeps the client's address.
+    pub local: bool,
+}
+
+impl fmt::Display for ExternalTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.backend)?;
+        if self.local {
+            f.write_str("(local)")?;
+        }
+        Ok(())
+    }
 }

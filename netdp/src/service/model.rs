@@ -84,12 +84,17 @@ pub enum AddressSource {
     ExternalIp(u16),
     /// `status.loadBalancer.ingress[i].ip`.
     LoadBalancer(u16),
+    /// One of the node's addresses, with `spec.ports[i].nodePort`.
+    NodePort(u16),
 }
 
 impl AddressSource {
     /// Traffic to it is external (kube-proxy's external destinations), not a ClusterIP's.
     pub fn is_external(self) -> bool {
-        matches!(self, Self::ExternalIp(_) | Self::LoadBalancer(_))
+        matches!(
+            self,
+            Self::ExternalIp(_) | Self::LoadBalancer(_) | Self::NodePort(_)
+        )
     }
 
     /// The field's path.
@@ -99,6 +104,7 @@ impl AddressSource {
             Self::ClusterIps(i) => format!("spec.clusterIPs[{i}]"),
             Self::ExternalIp(i) => format!("spec.externalIPs[{i}]"),
             Self::LoadBalancer(i) => format!("status.loadBalancer.ingress[{i}].ip"),
+            Self::NodePort(i) => format!("spec.ports[{i}].nodePort"),
         }
     }
 }
@@ -112,6 +118,8 @@ pub struct PortInfo {
     pub protocol: Protocol,
     /// `nodePort`, 0 when none.
     pub node_port: u16,
+    /// Where it stands in `spec.ports`, for problems about its node port.
+    pub index: u16,
 }
 
 /// An EndpointSlice as the datapath reads it.
@@ -234,9 +242,14 @@ impl ServiceInfo {
             .iter()
             .flatten()
             .enumerate()
-            .filter_map(|(i, port)| service_port(i, port, reporter))
+            .filter_map(|(i, port)| service_port(i, port, spec.type_.as_deref(), reporter))
             .collect();
         self.addresses = addresses.into_boxed_slice();
+    }
+
+    /// Whether any of its ports has a node port.
+    pub fn has_node_ports(&self) -> bool {
+        self.ports.iter().any(|p| p.node_port != 0)
     }
 
     /// Whether the Service has any frontend.
@@ -360,7 +373,12 @@ fn affinity_timeout(spec: &ServiceSpec, reporter: &mut Reporter<'_>) -> u32 {
 }
 
 /// A Service port, or `None` (and a problem) if bosun cannot balance it.
-fn service_port(i: usize, port: &ServicePort, reporter: &mut Reporter<'_>) -> Option<PortInfo> {
+fn service_port(
+    i: usize,
+    port: &ServicePort,
+    service_type: Option<&str>,
+    reporter: &mut Reporter<'_>,
+) -> Option<PortInfo> {
     // The API server's default protocol for Service ports is TCP.
     let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
         "TCP" => Protocol::Tcp,
@@ -388,11 +406,45 @@ fn service_port(i: usize, port: &ServicePort, reporter: &mut Reporter<'_>) -> Op
         name: intern(port.name.as_deref().unwrap_or("")),
         port: number,
         protocol,
-        node_port: port
-            .node_port
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(0),
+        node_port: node_port(i, port, service_type, reporter),
+        index: u16::try_from(i).unwrap_or(u16::MAX),
     })
+}
+
+/// A port's `nodePort`, 0 for none, as the API server's validation would let it through: only
+/// on NodePort and LoadBalancer Services, within 1-65535. The API server allocates one for a
+/// NodePort Service that names none; bosun, reading a manifest, does not.
+fn node_port(
+    i: usize,
+    port: &ServicePort,
+    service_type: Option<&str>,
+    reporter: &mut Reporter<'_>,
+) -> u16 {
+    let field = || format!("spec.ports[{i}].nodePort");
+    let exposed = matches!(service_type, Some("NodePort" | "LoadBalancer"));
+    match port.node_port {
+        None | Some(0) => {
+            if service_type == Some("NodePort") {
+                reporter.report(field(), "", "no node port: bosun does not allocate one");
+            }
+            0
+        }
+        Some(number) if !exposed => {
+            reporter.report(
+                field(),
+                number.to_string(),
+                "may not be set unless the type is NodePort or LoadBalancer; not served",
+            );
+            0
+        }
+        Some(number) => match u16::try_from(number) {
+            Ok(number) => number,
+            Err(_) => {
+                reporter.report(field(), number.to_string(), "not a port number (1-65535)");
+                0
+            }
+        },
+    }
 }
 
 impl SliceInfo {
@@ -510,7 +562,7 @@ mod tests {
     #[test]
     fn a_service_is_read_with_the_api_servers_defaults() {
         let info = ServiceInfo::from_service(&service(
-            "metadata: {name: web}\nspec:\n  clusterIP: 10.96.0.10\n  externalIPs: [192.0.2.1, '2001:db8::1', bad]\n  ports: [{port: 80, nodePort: 30080}, {port: 81, protocol: SCTP}]\n  sessionAffinity: ClientIP\n  trafficDistribution: PreferClose\nstatus:\n  loadBalancer:\n    ingress: [{ip: 198.51.100.7}, {hostname: lb.example}, {ip: 198.51.100.8, ipMode: Proxy}]\n",
+            "metadata: {name: web}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.10\n  externalIPs: [192.0.2.1, '2001:db8::1', bad]\n  ports: [{port: 80, nodePort: 30080}, {port: 81, protocol: SCTP}]\n  sessionAffinity: ClientIP\n  trafficDistribution: PreferClose\nstatus:\n  loadBalancer:\n    ingress: [{ip: 198.51.100.7}, {hostname: lb.example}, {ip: 198.51.100.8, ipMode: Proxy}]\n",
         ));
         assert_eq!(&*info.namespace, "default");
         let addresses: Vec<String> = info

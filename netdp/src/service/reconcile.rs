@@ -14,10 +14,10 @@ use std::{
 
 use bosun_ebpf_abi::{
     address_from_host, address_to_host, port_from_host, port_to_host, Backend, ServiceKey,
-    ServiceValue, SlotKey, SERVICE_FLAG_AFFINITY,
+    ServiceValue, SlotKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_EXTERNAL,
 };
 
-use super::{BackendAddr, DesiredService, Frontend, Protocol, ServiceMaps};
+use super::{maglev, BackendAddr, DesiredService, Frontend, Protocol, ServiceMaps};
 use crate::Error;
 
 /// What one [`Reconciler::apply`] changed, in services (frontends) and backends.
@@ -59,6 +59,9 @@ struct Held {
     /// Backend ids that may be named by no slot: checked, and removed if so, at the end of the
     /// next apply.
     unnamed: Vec<u32>,
+    /// Service ids of Maglev tables no service holds (left by a crash): removed at the end of
+    /// the next apply unless a service has taken the id since.
+    stray_maglev: Vec<u32>,
     service_pool: IdPool,
     backend_pool: IdPool,
 }
@@ -103,6 +106,8 @@ struct HeldService {
     /// Slot `i` → backend id; `None` where the map has no slot or the slot names a missing
     /// backend (left by a crash or another writer), which the next write repairs.
     slots: Vec<Option<u32>>,
+    /// The [`maglev::fingerprint`] of its Maglev table; `None`: it has none.
+    maglev: Option<u64>,
 }
 
 impl<M: ServiceMaps> Reconciler<M> {
@@ -266,12 +271,20 @@ fn upsert_service(
             SERVICE_FLAG_AFFINITY
         } else {
             0
+        } | if service.external.is_some() {
+            SERVICE_FLAG_EXTERNAL
+        } else {
+            0
         },
         affinity_timeout: service.affinity_timeout.unwrap_or(0),
     };
+    let external = service.external.as_deref().filter(|e| !e.is_empty());
+    let fingerprint = external.map(maglev::fingerprint);
+    let old_maglev = held.services.get(&key).and_then(|s| s.maglev);
     let old_slots = match held.services.get(&key) {
         Some(existing)
             if existing.value == value
+                && existing.maglev == fingerprint
                 && existing.slots.len() == ids.len()
                 && existing
                     .slots
@@ -294,17 +307,33 @@ fn upsert_service(
             }
         }
     }
+    // The table before the flag that sends outside traffic to it.
+    if let (Some(external), true) = (external, fingerprint != old_maglev) {
+        maps.put_maglev(id, &maglev::table(external))?;
+    }
     if existing_value != Some(value) {
         maps.put_service(&key, &value)?;
         match existing_value {
             Some(_) => applied.updated += 1,
             None => applied.added += 1,
         }
+    } else if fingerprint != old_maglev {
+        applied.updated += 1;
+    }
+    if fingerprint.is_none() && old_maglev.is_some() {
+        maps.delete_maglev(id)?;
     }
     // The slots are now what `ids` says, whatever follows fails.
     let mut slots: Vec<Option<u32>> = ids.iter().copied().map(Some).collect();
     slots.extend(old_slots.iter().skip(ids.len()).copied());
-    held.services.insert(key, HeldService { value, slots });
+    held.services.insert(
+        key,
+        HeldService {
+            value,
+            slots,
+            maglev: fingerprint,
+        },
+    );
     for (slot, old) in old_slots.iter().enumerate().skip(ids.len()) {
         maps.delete_slot(&slot_key(id, slot))?;
         if let Some(old) = old {
@@ -340,9 +369,13 @@ fn remove_service(
     let service = &held.services[&key];
     let id = service.value.id;
     let slots = service.slots.clone();
+    let had_maglev = service.maglev.is_some();
     maps.delete_service(&key)?;
     held.services.remove(&key);
     applied.removed += 1;
+    if had_maglev {
+        maps.delete_maglev(id)?;
+    }
     for (slot, backend) in slots.iter().enumerate() {
         maps.delete_slot(&slot_key(id, slot))?;
         if let Some(backend) = backend {
@@ -373,6 +406,14 @@ fn finish(
                 .any(|(_, len)| (key.slot as usize) < *len);
             if !reused {
                 maps.delete_slot(&key)?;
+            }
+        }
+    }
+    if !held.stray_maglev.is_empty() {
+        let ids: BTreeSet<u32> = held.services.values().map(|s| s.value.id).collect();
+        for id in std::mem::take(&mut held.stray_maglev) {
+            if !ids.contains(&id) {
+                maps.delete_maglev(id)?;
             }
         }
     }
@@ -424,6 +465,7 @@ fn read_held(maps: &impl ServiceMaps) -> Result<Held, Error> {
         backends.entry(*backend).or_insert(*id);
     }
     let slots: BTreeMap<SlotKey, u32> = maps.slots()?.into_iter().collect();
+    let mut tables: BTreeMap<u32, u64> = maps.maglev_fingerprints()?.into_iter().collect();
     let mut services = BTreeMap::new();
     let mut counted = BTreeSet::new();
     for (key, value) in maps.services()? {
@@ -445,9 +487,11 @@ fn read_held(maps: &impl ServiceMaps) -> Result<Held, Error> {
             HeldService {
                 value,
                 slots: slots_of,
+                maglev: tables.remove(&value.id),
             },
         );
     }
+    let stray_maglev = tables.into_keys().collect();
     let stray_slots = slots
         .keys()
         .filter(|k| !counted.contains(k))
@@ -468,6 +512,7 @@ fn read_held(maps: &impl ServiceMaps) -> Result<Held, Error> {
     Ok(Held {
         names,
         unnamed,
+        stray_maglev,
         service_pool: IdPool::from_used(services.values().map(|s: &HeldService| s.value.id)),
         backend_pool: IdPool::from_used(backend_ids.keys().copied()),
         services,

@@ -1,9 +1,9 @@
 use std::net::Ipv4Addr;
 
-use bosun_ebpf_abi::AffinityKey;
+use bosun_ebpf_abi::{AffinityKey, MaglevTable};
 
 use super::*;
-use crate::service::{MapOp, MemoryMaps, ServicePortName};
+use crate::service::{ExternalTarget, MapOp, MemoryMaps, ServicePortName};
 
 fn frontend(last: u8, port: u16) -> Frontend {
     Frontend {
@@ -32,6 +32,7 @@ fn service(last: u8, backends: &[u8]) -> DesiredService {
         },
         affinity_timeout: None,
         backends,
+        external: None,
     }
 }
 
@@ -108,6 +109,8 @@ fn replay_op(maps: &mut MemoryMaps, op: &MapOp) {
         MapOp::DeleteSlot(k) => maps.delete_slot(k),
         MapOp::DeleteBackend(id) => maps.delete_backend(*id),
         MapOp::DeleteAffinity(s, b) => maps.delete_affinity(*s, *b),
+        MapOp::PutMaglev(s, t) => maps.put_maglev(*s, t),
+        MapOp::DeleteMaglev(s) => maps.delete_maglev(*s),
     }
     .expect("memory maps do not fail");
 }
@@ -410,6 +413,93 @@ impl ServiceMaps for WrittenDuringRead {
     fn delete_affinity(&mut self, service: u32, backend: Option<u32>) -> Result<(), Error> {
         self.maps.get_mut().delete_affinity(service, backend)
     }
+    fn maglev_fingerprints(&self) -> Result<Vec<(u32, u64)>, Error> {
+        self.maps.borrow().maglev_fingerprints()
+    }
+    fn put_maglev(&mut self, service: u32, table: &MaglevTable) -> Result<(), Error> {
+        self.maps.get_mut().put_maglev(service, table)
+    }
+    fn delete_maglev(&mut self, service: u32) -> Result<(), Error> {
+        self.maps.get_mut().delete_maglev(service)
+    }
+}
+
+/// `service(last, backends)` reachable from outside, over `external` (local or not).
+fn external_service(last: u8, backends: &[u8], external: &[(u8, bool)]) -> DesiredService {
+    let mut targets: Vec<ExternalTarget> = external
+        .iter()
+        .map(|(b, local)| ExternalTarget {
+            backend: backend(*b),
+            local: *local,
+        })
+        .collect();
+    targets.sort();
+    DesiredService {
+        external: Some(targets.into_boxed_slice()),
+        ..service(last, backends)
+    }
+}
+
+#[test]
+fn an_external_frontends_table_is_written_before_its_flag_and_removed_after() {
+    let desired = [external_service(1, &[1, 2], &[(1, true), (2, false)])];
+    let maps = apply_checked(&MemoryMaps::default(), &desired);
+    let table = maps
+        .ops
+        .iter()
+        .position(|op| matches!(op, MapOp::PutMaglev(..)))
+        .expect("a Maglev table written");
+    let flagged = maps
+        .ops
+        .iter()
+        .position(|op| {
+            matches!(op, MapOp::PutService(_, v) if v.flags & bosun_ebpf_abi::SERVICE_FLAG_EXTERNAL != 0)
+        })
+        .expect("the frontend flagged external");
+    assert!(table < flagged, "{:?}", maps.ops);
+    let value = maps.services.values().next().expect("the frontend");
+    let written = &maps.maglev[&value.id];
+    let local = written
+        .entries
+        .iter()
+        .filter(|e| e.flags & bosun_ebpf_abi::EXTERNAL_BACKEND_LOCAL != 0)
+        .count();
+    // Maglev shares the entries evenly; only backend 1 is local.
+    assert!((510..=511).contains(&local), "{local} local entries");
+
+    // Adopted after a restart: the same desired state writes nothing.
+    let mut again = Reconciler::new(maps.clone());
+    let applied = again.apply(&desired).expect("memory maps do not fail");
+    assert!(applied.is_empty(), "{applied:?}");
+    assert_eq!(again.maps().ops.len(), maps.ops.len());
+
+    // The frontend no longer external: flag cleared first, then its table goes.
+    let mut reconciler = Reconciler::new(maps);
+    reconciler
+        .apply(&[service(1, &[1, 2])])
+        .expect("memory maps do not fail");
+    let ops = &reconciler.maps().ops;
+    let cleared = ops
+        .iter()
+        .rposition(|op| matches!(op, MapOp::PutService(..)))
+        .expect("the frontend rewritten");
+    let deleted = ops
+        .iter()
+        .rposition(|op| matches!(op, MapOp::DeleteMaglev(_)))
+        .expect("the table deleted");
+    assert!(cleared < deleted, "{ops:?}");
+    assert!(reconciler.maps().maglev.is_empty());
+}
+
+#[test]
+fn a_removed_external_frontend_takes_its_table_with_it() {
+    let maps = apply_checked(
+        &MemoryMaps::default(),
+        &[external_service(1, &[1], &[(1, true)])],
+    );
+    let maps = apply_checked(&maps, &[]);
+    assert!(maps.maglev.is_empty());
+    assert!(maps.services.is_empty());
 }
 
 #[test]

@@ -15,8 +15,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use super::compile::Problem;
-use super::model::{AddressSource, EndpointInfo, ServiceInfo, SliceInfo};
-use super::{BackendAddr, DesiredService, Frontend, Protocol, ServicePortName};
+use super::model::{Address, AddressSource, EndpointInfo, ServiceInfo, SliceInfo};
+use super::{BackendAddr, DesiredService, ExternalTarget, Frontend, Protocol, ServicePortName};
 use crate::intern::intern;
 
 /// A Service by namespace and name (both interned).
@@ -29,6 +29,8 @@ pub struct ServiceTable {
     node: Arc<str>,
     /// This node's `topology.kubernetes.io/zone`, for topology-aware routing.
     zone: Option<Arc<str>>,
+    /// The addresses its node ports are served on.
+    node_addresses: Vec<Ipv4Addr>,
     entries: HashMap<ServiceRef, Entry>,
     /// Which Service each slice (namespace, name) belongs to.
     slices: HashMap<(Arc<str>, Arc<str>), Arc<str>>,
@@ -105,6 +107,25 @@ impl ServiceTable {
         self.zone = zone;
         for (key, entry) in &self.entries {
             if entry.service.as_ref().is_some_and(|s| s.topology) {
+                self.dirty.insert(key.clone());
+            }
+        }
+    }
+
+    /// Sets the addresses the node's node ports are served on (kube-proxy's
+    /// `nodePortAddresses`, applied to the node's addresses); Services with a node port are
+    /// compiled again.
+    pub fn set_node_addresses(&mut self, addresses: &[Ipv4Addr]) {
+        let mut addresses = addresses.to_vec();
+        addresses.sort_unstable();
+        addresses.dedup();
+        if addresses == self.node_addresses {
+            return;
+        }
+        self.node_addresses = addresses;
+        for (key, entry) in &self.entries {
+            let exposed = entry.service.as_ref().is_some_and(|s| s.has_node_ports());
+            if exposed {
                 self.dirty.insert(key.clone());
             }
         }
@@ -193,6 +214,7 @@ impl ServiceTable {
                     node: &self.node,
                     zone: self.zone.as_deref(),
                     not_ready: &self.not_ready,
+                    node_addresses: &self.node_addresses,
                 },
             );
             // The frontends given up, then those taken or changed.
@@ -341,6 +363,7 @@ struct Context<'a> {
     node: &'a str,
     zone: Option<&'a str>,
     not_ready: &'a HashSet<Ipv4Addr>,
+    node_addresses: &'a [Ipv4Addr],
 }
 
 /// One Service's frontends with their backends, the frontends it repeats, and the addresses
@@ -379,10 +402,36 @@ fn compile_entry(
             name: service.name.clone(),
             port: port.name.clone(),
         };
-        for address in service.addresses.iter() {
+        // Traffic from outside the node (kube-proxy's external destinations): to every
+        // endpoint the Cluster policy allows, or under `externalTrafficPolicy: Local` to this
+        // node's only, the client's address kept.
+        let external: Vec<ExternalTarget> = if service.external_local {
+            usable(endpoints.iter().filter(|(_, e)| e.local))
+        } else {
+            cluster.clone()
+        }
+        .into_iter()
+        .map(|backend| ExternalTarget {
+            backend,
+            local: endpoints.get(&backend).is_some_and(|e| e.local),
+        })
+        .collect();
+        let node_ports = context
+            .node_addresses
+            .iter()
+            .filter(|_| port.node_port != 0)
+            .map(|address| Address {
+                address: *address,
+                source: AddressSource::NodePort(port.index),
+            });
+        for address in service.addresses.iter().copied().chain(node_ports) {
+            let port_number = match address.source {
+                AddressSource::NodePort(_) => port.node_port,
+                _ => port.port,
+            };
             let frontend = Frontend {
                 address: address.address,
-                port: port.port,
+                port: port_number,
                 protocol: port.protocol,
             };
             if let Some(first) = wanted.iter().find(|w| w.desired.frontend == frontend) {
@@ -411,6 +460,10 @@ fn compile_entry(
                     name: name.clone(),
                     affinity_timeout: service.affinity_timeout,
                     backends,
+                    external: address
+                        .source
+                        .is_external()
+                        .then(|| external.clone().into_boxed_slice()),
                 },
                 source: address.source,
             });

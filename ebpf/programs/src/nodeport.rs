@@ -1,0 +1,367 @@
+//! Traffic from outside the node: tc programs on the node's external interfaces. The maps'
+//! layouts and the shape of a flow's two NAT entries are described in the ABI crate.
+//!
+//! Ingress takes new flows to external frontends (picking a backend by Maglev), packets of
+//! known flows, and replies of flows SNATed to other nodes' backends; egress takes the
+//! replies of local backends, whose packets the kernel forwarded out of the node.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, BPF_NOEXIST,
+        TC_ACT_UNSPEC,
+    },
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::{classifier, map},
+    maps::{Array, HashMap, LruHashMap},
+    programs::TcContext,
+};
+use bosun_ebpf_abi::{
+    flow_hash, MaglevTable, NatKey, NatValue, NodePortConfig, ServiceKey, EXTERNAL_BACKEND_LOCAL,
+    MAGLEV_MAX_ENTRIES, MAGLEV_TABLE_SIZE, NAT_CLOSING, NAT_EGRESS, NAT_MAX_ENTRIES, NAT_REPLY,
+    NAT_SNAT, PROTOCOL_TCP, PROTOCOL_UDP, SERVICE_FLAG_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
+};
+
+use crate::{copied, parse, Packet, BOSUN_SVC_V1, ETH_HLEN, NS_PER_SEC};
+
+/// Lets the packet go on (to the next program under tcx).
+const PASS: i32 = TC_ACT_UNSPEC;
+/// `TC_ACT_SHOT`.
+const DROP: i32 = 2;
+
+/// A flow's `last_seen_ns` is written back at most this often.
+const REFRESH_NS: u64 = NS_PER_SEC;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+
+/// How many SNAT ports a new flow tries before it is dropped (its retransmission tries again).
+const SNAT_TRIES: u32 = 8;
+/// Step between two tries: a prime, so the tries land on distinct ports.
+const SNAT_STEP: u32 = 1031;
+
+/// Offsets in the IPv4 header.
+const IP_CHECK: usize = ETH_HLEN + 10;
+const IP_SOURCE: usize = ETH_HLEN + 12;
+const IP_DESTINATION: usize = ETH_HLEN + 16;
+/// Offsets of the checksum in the TCP and UDP headers.
+const TCP_CHECK: usize = 16;
+const UDP_CHECK: usize = 6;
+
+/// `bosun_ebpf_abi::MAGLEV_MAP`; written by the service reconciler with the service maps.
+#[map]
+static BOSUN_MAG_V1: HashMap<u32, MaglevTable> =
+    HashMap::with_max_entries(MAGLEV_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// `bosun_ebpf_abi::NAT_MAP`. LRU, so that a flood of new flows evicts the oldest rather than
+/// fill it; the kernel requires LRU maps to be preallocated.
+#[map]
+static BOSUN_NAT_V1: LruHashMap<NatKey, NatValue> =
+    LruHashMap::with_max_entries(NAT_MAX_ENTRIES, 0);
+
+/// `bosun_ebpf_abi::NODEPORT_CONFIG_MAP`.
+#[map]
+static BOSUN_NPCFG_V1: Array<NodePortConfig> = Array::with_max_entries(1, 0);
+
+/// `bosun_ebpf_abi::NODEPORT_INGRESS_PROGRAM`.
+#[classifier]
+pub fn bosun_np_in(ctx: TcContext) -> i32 {
+    from_outside(&ctx)
+}
+
+/// `bosun_ebpf_abi::NODEPORT_EGRESS_PROGRAM`.
+#[classifier]
+pub fn bosun_np_out(ctx: TcContext) -> i32 {
+    to_outside(&ctx)
+}
+
+#[inline(always)]
+fn from_outside(ctx: &TcContext) -> i32 {
+    let Some(packet) = parse(ctx) else {
+        return PASS;
+    };
+    if packet.protocol != PROTOCOL_TCP && packet.protocol != PROTOCOL_UDP {
+        return PASS;
+    }
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let key = key_of(&packet);
+    if let Some(entry) = BOSUN_NAT_V1.get_ptr_mut(key) {
+        // SAFETY: a successful lookup's pointer to a plain-integer value, valid until return;
+        // a concurrent write at worst tears the timestamp or the flags, both repaired by the
+        // next packet.
+        let value = unsafe { entry.read() };
+        if value.flags & NAT_EGRESS != 0 {
+            return PASS;
+        }
+        refresh(entry, &value, &packet, now);
+        return rewrite(ctx, &packet, &value);
+    }
+    let frontend = ServiceKey {
+        address: packet.destination,
+        port: packet.destination_port,
+        protocol: packet.protocol,
+        _pad: 0,
+    };
+    let Some(service) = copied(BOSUN_SVC_V1.get_ptr(frontend)) else {
+        return PASS;
+    };
+    if service.flags & SERVICE_FLAG_EXTERNAL == 0 {
+        return PASS;
+    }
+    // No backend for traffic from outside (none at all, or none on this node under
+    // `externalTrafficPolicy: Local`): kube-proxy drops it too.
+    let Some(table) = BOSUN_MAG_V1.get_ptr(service.id) else {
+        return DROP;
+    };
+    let hash = flow_hash(packet.source, packet.source_port, packet.protocol);
+    let index = (hash % MAGLEV_TABLE_SIZE as u32) as usize;
+    // The compiler knows the remainder is in range and would drop the bounds check below,
+    // computing it in a way the verifier cannot follow; read back, the index is checked.
+    // SAFETY: a read of a local.
+    let index = unsafe { core::ptr::read_volatile(&index) };
+    // SAFETY: as above; the entry is copied out at once.
+    let Some(backend) = (unsafe { (*table).entries.get(index).copied() }) else {
+        return DROP;
+    };
+    if backend.address == [0; 4] {
+        return DROP;
+    }
+    let dnat = NatValue {
+        source: packet.source,
+        destination: backend.address,
+        source_port: packet.source_port,
+        destination_port: backend.port,
+        flags: 0,
+        _pad: [0; 3],
+        last_seen_ns: now,
+    };
+    // The SNAT stage first: without a free port the flow is not taken at all.
+    if backend.flags & EXTERNAL_BACKEND_LOCAL == 0 && !snat(&packet, &dnat, hash, now) {
+        return DROP;
+    }
+    let reply = NatValue {
+        source: packet.destination,
+        destination: packet.source,
+        source_port: packet.destination_port,
+        destination_port: packet.source_port,
+        flags: NAT_REPLY | NAT_EGRESS,
+        _pad: [0; 3],
+        last_seen_ns: now,
+    };
+    let any = u64::from(BPF_ANY);
+    if BOSUN_NAT_V1
+        .insert(dnat.reverse_key(packet.protocol), reply, any)
+        .is_err()
+        || BOSUN_NAT_V1.insert(key, dnat, any).is_err()
+    {
+        return DROP;
+    }
+    rewrite(ctx, &packet, &dnat)
+}
+
+/// Writes the SNAT stage of a flow to a backend on another node (`dnat`: the flow after its
+/// DNAT), on a free port of the node's SNAT address. False if there is no address or no port.
+#[inline(always)]
+fn snat(packet: &Packet, dnat: &NatValue, hash: u32, now: u64) -> bool {
+    let Some(config) = copied(BOSUN_NPCFG_V1.get_ptr(0)) else {
+        return false;
+    };
+    if config.snat_address == [0; 4] {
+        return false;
+    }
+    let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    let reply = NatValue {
+        source: dnat.destination,
+        destination: dnat.source,
+        source_port: dnat.destination_port,
+        destination_port: dnat.source_port,
+        flags: NAT_SNAT | NAT_REPLY,
+        _pad: [0; 3],
+        last_seen_ns: now,
+    };
+    for attempt in 0..SNAT_TRIES {
+        let offset = hash.wrapping_add(attempt.wrapping_mul(SNAT_STEP)) % range;
+        let port = ((u32::from(SNAT_PORT_MIN) + offset) as u16).to_be_bytes();
+        let forward = NatValue {
+            source: config.snat_address,
+            destination: dnat.destination,
+            source_port: port,
+            destination_port: dnat.destination_port,
+            flags: NAT_SNAT | NAT_EGRESS,
+            _pad: [0; 3],
+            last_seen_ns: now,
+        };
+        // `BPF_NOEXIST`: a port another flow to the same backend holds is not taken over.
+        let taken = BOSUN_NAT_V1.insert(
+            forward.reverse_key(packet.protocol),
+            reply,
+            u64::from(BPF_NOEXIST),
+        );
+        if taken.is_ok() {
+            let dnatted = NatKey {
+                source: dnat.source,
+                destination: dnat.destination,
+                source_port: dnat.source_port,
+                destination_port: dnat.destination_port,
+                protocol: packet.protocol,
+                _pad: [0; 3],
+            };
+            return BOSUN_NAT_V1
+                .insert(dnatted, forward, u64::from(BPF_ANY))
+                .is_ok();
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn to_outside(ctx: &TcContext) -> i32 {
+    let Some(packet) = parse(ctx) else {
+        return PASS;
+    };
+    if packet.protocol != PROTOCOL_TCP && packet.protocol != PROTOCOL_UDP {
+        return PASS;
+    }
+    let key = key_of(&packet);
+    let Some(entry) = BOSUN_NAT_V1.get_ptr_mut(key) else {
+        return PASS;
+    };
+    // SAFETY: as in `from_outside`.
+    let value = unsafe { entry.read() };
+    if value.flags & NAT_EGRESS == 0 {
+        return PASS;
+    }
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    refresh(entry, &value, &packet, now);
+    rewrite(ctx, &packet, &value)
+}
+
+fn key_of(packet: &Packet) -> NatKey {
+    NatKey {
+        source: packet.source,
+        destination: packet.destination,
+        source_port: packet.source_port,
+        destination_port: packet.destination_port,
+        protocol: packet.protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// Notes the packet in its flow's entry: the time (at most once a second), and a FIN or RST,
+/// after which the entry goes soon; a SYN on a closing flow (the client's port reused) makes it
+/// live again.
+#[inline(always)]
+fn refresh(entry: *mut NatValue, value: &NatValue, packet: &Packet, now: u64) {
+    let mut flags = value.flags;
+    if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        flags |= NAT_CLOSING;
+    } else if packet.tcp_flags & TCP_SYN != 0 {
+        flags &= !NAT_CLOSING;
+    }
+    if flags != value.flags || now.saturating_sub(value.last_seen_ns) >= REFRESH_NS {
+        // SAFETY: the pointer of a successful lookup, as in `from_outside`; two CPUs writing
+        // at once leave one of two equally good values.
+        unsafe {
+            (*entry).flags = flags;
+            (*entry).last_seen_ns = now;
+        }
+    }
+}
+
+/// Rewrites the packet to the entry's tuple and lets it go on.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, packet: &Packet, to: &NatValue) -> i32 {
+    let transport = usize::from(packet.transport);
+    let (check, udp) = if packet.protocol == PROTOCOL_TCP {
+        (transport + TCP_CHECK, false)
+    } else {
+        (transport + UDP_CHECK, true)
+    };
+    let written = set_address(ctx, IP_SOURCE, packet.source, to.source, check, udp)
+        .and_then(|()| {
+            set_address(
+                ctx,
+                IP_DESTINATION,
+                packet.destination,
+                to.destination,
+                check,
+                udp,
+            )
+        })
+        .and_then(|()| {
+            set_port(
+                ctx,
+                transport,
+                packet.source_port,
+                to.source_port,
+                check,
+                udp,
+            )
+        })
+        .and_then(|()| {
+            let destination = transport + 2;
+            set_port(
+                ctx,
+                destination,
+                packet.destination_port,
+                to.destination_port,
+                check,
+                udp,
+            )
+        });
+    match written {
+        Ok(()) => PASS,
+        Err(_) => DROP,
+    }
+}
+
+fn set_address(
+    ctx: &TcContext,
+    offset: usize,
+    from: [u8; 4],
+    to: [u8; 4],
+    check: usize,
+    udp: bool,
+) -> Result<(), i64> {
+    if from == to {
+        return Ok(());
+    }
+    let (old, new) = (
+        u64::from(u32::from_ne_bytes(from)),
+        u64::from(u32::from_ne_bytes(to)),
+    );
+    let mangled = if udp {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    ctx.l4_csum_replace(check, old, new, u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)?;
+    ctx.l3_csum_replace(IP_CHECK, old, new, 4)?;
+    ctx.store(offset, &to, 0)
+}
+
+fn set_port(
+    ctx: &TcContext,
+    offset: usize,
+    from: [u8; 2],
+    to: [u8; 2],
+    check: usize,
+    udp: bool,
+) -> Result<(), i64> {
+    if from == to {
+        return Ok(());
+    }
+    let (old, new) = (
+        u64::from(u16::from_ne_bytes(from)),
+        u64::from(u16::from_ne_bytes(to)),
+    );
+    let mangled = if udp {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    ctx.l4_csum_replace(check, old, new, mangled | 2)?;
+    ctx.store(offset, &to, 0)
+}

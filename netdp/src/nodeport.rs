@@ -1,0 +1,436 @@
+//! Traffic from outside the node: loads the two tc programs for the node's external
+//! interfaces, pins their maps and links, attaches them, and reads and ages the NAT table.
+//!
+//! The programs read the service maps (which frontends are external, and their Maglev tables,
+//! written by the service reconciler) pinned in the daemon's bpffs directory, and keep their
+//! own under `<bpf_dir>/nodeport`: the NAT table (`BOSUN_NAT_V1`), the configuration
+//! (`BOSUN_NPCFG_V1`) and in `links/` one pin per attached interface and direction,
+//! `<ifindex>_in` and `<ifindex>_out`. Pinned, the programs keep forwarding and the flows keep
+//! their backends while no daemon runs.
+
+use std::{
+    fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapType},
+    programs::{
+        links::{FdLink, LinkOrder},
+        tc::TcAttachOptions,
+        SchedClassifier, TcAttachType,
+    },
+    EbpfLoader,
+};
+use bosun_ebpf_abi::{
+    address_from_host, address_to_host, port_to_host, NatKey, NatValue, NodePortConfig,
+    NAT_CLOSING, NAT_CLOSING_TIMEOUT_NS, NAT_EGRESS, NAT_MAP, NAT_MAX_ENTRIES,
+    NAT_OTHER_TIMEOUT_NS, NAT_REPLY, NAT_SNAT, NAT_TCP_TIMEOUT_NS, NODEPORT_CONFIG_MAP,
+    NODEPORT_EGRESS_PROGRAM, NODEPORT_INGRESS_PROGRAM, PROTOCOL_TCP,
+};
+
+use crate::{
+    object::{shrink_unused_maps, OBJECT, POLICY_MAPS},
+    service::{
+        bpf::{
+            delete, is_not_found, open_map, pin_over, prepare_dir, read_error, refuse_mismatched,
+            remove_pin, unpin_link, MapShape, MAP_SHAPES as SERVICE_MAP_SHAPES, NEW_LINK_SUFFIX,
+        },
+        Protocol,
+    },
+    Error,
+};
+
+/// The directory under the daemon's bpffs directory that holds everything of this module.
+const NODEPORT_DIR: &str = "nodeport";
+const LINKS_DIR: &str = "links";
+
+struct Hook {
+    program: &'static str,
+    attach_type: TcAttachType,
+    suffix: &'static str,
+}
+
+const HOOKS: [Hook; 2] = [
+    Hook {
+        program: NODEPORT_INGRESS_PROGRAM,
+        attach_type: TcAttachType::Ingress,
+        suffix: "_in",
+    },
+    Hook {
+        program: NODEPORT_EGRESS_PROGRAM,
+        attach_type: TcAttachType::Egress,
+        suffix: "_out",
+    },
+];
+
+const MAP_SHAPES: [MapShape; 2] = [
+    MapShape {
+        name: NAT_MAP,
+        map_type: MapType::LruHash,
+        key_size: size_of::<NatKey>(),
+        value_size: size_of::<NatValue>(),
+        max_entries: NAT_MAX_ENTRIES,
+    },
+    MapShape {
+        name: NODEPORT_CONFIG_MAP,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<NodePortConfig>(),
+        max_entries: 1,
+    },
+];
+
+/// The programs for the node's external interfaces, loaded and verified, with their maps
+/// pinned. Dropping it detaches nothing.
+pub struct NodePortDatapath {
+    bpf_dir: PathBuf,
+    ebpf: aya::Ebpf,
+}
+
+/// Loads the programs against the service maps pinned in `bpf_dir` (pinning them there if the
+/// service datapath has not yet) and the NAT table and configuration under
+/// `<bpf_dir>/nodeport`, reusing those pinned with their entries. Attaches nothing.
+pub fn install(bpf_dir: &Path) -> Result<NodePortDatapath, Error> {
+    let dir = nodeport_dir(bpf_dir);
+    prepare_dir(bpf_dir)?;
+    prepare_dir(&dir)?;
+    refuse_mismatched(bpf_dir, &SERVICE_MAP_SHAPES)?;
+    refuse_mismatched(&dir, &MAP_SHAPES)?;
+    let links = dir.join(LINKS_DIR);
+    fs::create_dir_all(&links).map_err(|source| bpffs_error("mkdir", &links, source))?;
+    let mut loader = EbpfLoader::new();
+    for shape in &SERVICE_MAP_SHAPES {
+        loader.map_pin_path(shape.name, bpf_dir.join(shape.name));
+    }
+    for shape in &MAP_SHAPES {
+        loader.map_pin_path(shape.name, dir.join(shape.name));
+    }
+    shrink_unused_maps(&mut loader, &POLICY_MAPS);
+    let mut ebpf = loader.load(OBJECT).map_err(|source| Error::LoadObject {
+        source: Box::new(source),
+    })?;
+    for hook in &HOOKS {
+        classifier(&mut ebpf, hook.program)?
+            .load()
+            .map_err(|source| Error::LoadProgram {
+                program: hook.program,
+                source: Box::new(source),
+            })?;
+    }
+    Ok(NodePortDatapath {
+        bpf_dir: bpf_dir.to_owned(),
+        ebpf,
+    })
+}
+
+impl NodePortDatapath {
+    /// Attaches both programs to interface `ifindex` of the calling thread's network
+    /// namespace (tcx, after other owners' programs) and pins their links, replacing earlier
+    /// ones without a gap.
+    pub fn attach(&mut self, ifindex: u32) -> Result<(), Error> {
+        let ifname = crate::policy::interface_name(ifindex)
+            .ok_or(Error::InterfaceIndexNotFound { ifindex })?;
+        for hook in &HOOKS {
+            let program = classifier(&mut self.ebpf, hook.program)?;
+            let attach_error = |source| Error::AttachTc {
+                program: hook.program,
+                ifindex,
+                ifname: ifname.clone(),
+                source: Box::new(source),
+            };
+            let new = new_link_pin(&self.bpf_dir, ifindex, hook);
+            remove_pin(&new)?;
+            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+            let link_id = program
+                .attach_with_options(&ifname, hook.attach_type, options)
+                .map_err(attach_error)?;
+            let link = program.take_link(link_id).map_err(attach_error)?;
+            let link = FdLink::try_from(link).map_err(|source| Error::LinkNotPinnable {
+                program: hook.program,
+                source: Box::new(source),
+            })?;
+            pin_over(
+                link,
+                hook.program,
+                new,
+                &link_pin(&self.bpf_dir, ifindex, hook),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The pinned NAT table and configuration.
+    pub fn maps(&self) -> Result<NodePortMaps, Error> {
+        NodePortMaps::open(&self.bpf_dir)
+    }
+}
+
+/// Removes the links of `ifindex`; not an error if there are none. The programs leave the
+/// interface when the kernel releases the links, at once unless another process holds them.
+pub fn detach(bpf_dir: &Path, ifindex: u32) -> Result<(), Error> {
+    for hook in &HOOKS {
+        unpin_link(&link_pin(bpf_dir, ifindex, hook))?;
+        unpin_link(&new_link_pin(bpf_dir, ifindex, hook))?;
+    }
+    Ok(())
+}
+
+/// The ifindexes with pinned links, in order.
+pub fn attached(bpf_dir: &Path) -> Result<Vec<u32>, Error> {
+    let links = nodeport_dir(bpf_dir).join(LINKS_DIR);
+    let listing = match fs::read_dir(&links) {
+        Ok(listing) => listing,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(bpffs_error("readdir", &links, source)),
+    };
+    let mut ifindexes: Vec<u32> = listing
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let name = name.to_str()?;
+            let name = name.strip_suffix(NEW_LINK_SUFFIX).unwrap_or(name);
+            let number = HOOKS
+                .iter()
+                .find_map(|hook| name.strip_suffix(hook.suffix))?;
+            if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            number.parse().ok()
+        })
+        .collect();
+    ifindexes.sort_unstable();
+    ifindexes.dedup();
+    Ok(ifindexes)
+}
+
+/// Detaches the programs from every interface and removes everything under
+/// `<bpf_dir>/nodeport`. Returns `Ok(false)` if there was no such directory. Run it before
+/// [`crate::service::cleanup`], which removes `bpf_dir` itself.
+pub fn cleanup(bpf_dir: &Path) -> Result<bool, Error> {
+    let dir = nodeport_dir(bpf_dir);
+    match fs::symlink_metadata(&dir) {
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(bpffs_error("stat", &dir, source)),
+    }
+    for ifindex in attached(bpf_dir)? {
+        detach(bpf_dir, ifindex)?;
+    }
+    let links = dir.join(LINKS_DIR);
+    remove_dir(&links)?;
+    for shape in &MAP_SHAPES {
+        remove_pin(&dir.join(shape.name))?;
+    }
+    remove_dir(&dir)?;
+    Ok(true)
+}
+
+/// One flow from outside, as `bosun dp conntrack` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NatFlow {
+    pub protocol: Protocol,
+    pub client: (Ipv4Addr, u16),
+    /// The frontend the client sent to.
+    pub frontend: (Ipv4Addr, u16),
+    pub backend: (Ipv4Addr, u16),
+    /// The node's address and port the flow was SNATed to, for a backend on another node.
+    pub snat: Option<(Ipv4Addr, u16)>,
+    /// Since a packet of the flow was last seen (either direction, to the second).
+    pub idle: Duration,
+    /// A FIN or RST was seen.
+    pub closing: bool,
+}
+
+/// The pinned NAT table and configuration, read and written in place.
+pub struct NodePortMaps {
+    nat: HashMap<MapData, NatKey, NatValue>,
+    config: Array<MapData, NodePortConfig>,
+}
+
+impl NodePortMaps {
+    /// Opens the maps an earlier [`install`] pinned, whether or not a daemon runs.
+    pub fn open(bpf_dir: &Path) -> Result<Self, Error> {
+        let dir = nodeport_dir(bpf_dir);
+        let [nat, config] = &MAP_SHAPES;
+        Ok(Self {
+            nat: open_map(&dir.join(nat.name), nat)?,
+            config: open_map(&dir.join(config.name), config)?,
+        })
+    }
+
+    /// Sets the address flows to other nodes' backends are SNATed to; `None`: such flows are
+    /// dropped.
+    pub fn set_snat_address(&mut self, address: Option<Ipv4Addr>) -> Result<(), Error> {
+        let config = NodePortConfig {
+            snat_address: address.map_or([0; 4], |a| address_from_host(a.to_bits())),
+            _pad: [0; 4],
+        };
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| Error::WriteMap {
+                map: NODEPORT_CONFIG_MAP,
+                source: Box::new(source),
+            })
+    }
+
+    /// Every flow, by client. `now_ns`: CLOCK_MONOTONIC now, as [`monotonic_now`] reads it.
+    pub fn flows(&self, now_ns: u64) -> Result<Vec<NatFlow>, Error> {
+        let entries = self.entries()?;
+        let index: std::collections::HashMap<NatKey, NatValue> = entries.iter().copied().collect();
+        let mut flows: Vec<NatFlow> = entries
+            .iter()
+            // The DNAT stage's forward entries: one per flow.
+            .filter(|(_, value)| value.flags & (NAT_REPLY | NAT_SNAT | NAT_EGRESS) == 0)
+            .filter_map(|(key, value)| {
+                let protocol = Protocol::from_number(key.protocol)?;
+                let reply = index.get(&value.reverse_key(key.protocol)).copied();
+                let last_seen = reply.map_or(value.last_seen_ns, |r| {
+                    r.last_seen_ns.max(value.last_seen_ns)
+                });
+                let closing = (value.flags | reply.map_or(0, |r| r.flags)) & NAT_CLOSING != 0;
+                let dnatted = NatKey {
+                    source: value.source,
+                    destination: value.destination,
+                    source_port: value.source_port,
+                    destination_port: value.destination_port,
+                    protocol: key.protocol,
+                    _pad: [0; 3],
+                };
+                let snat = index
+                    .get(&dnatted)
+                    .filter(|s| s.flags & NAT_SNAT != 0)
+                    .map(|s| endpoint(s.source, s.source_port));
+                Some(NatFlow {
+                    protocol,
+                    client: endpoint(key.source, key.source_port),
+                    frontend: endpoint(key.destination, key.destination_port),
+                    backend: endpoint(value.destination, value.destination_port),
+                    snat,
+                    idle: Duration::from_secs(now_ns.saturating_sub(last_seen) / 1_000_000_000),
+                    closing,
+                })
+            })
+            .collect();
+        flows.sort_by_key(|f| (f.client, f.frontend, f.protocol));
+        Ok(flows)
+    }
+
+    /// Removes the flows idle longer than their timeout (both entries of each), and entries
+    /// whose other half is gone (the LRU evicted it). Returns how many entries went.
+    pub fn collect_garbage(&mut self, now_ns: u64) -> Result<usize, Error> {
+        let entries = self.entries()?;
+        let index: std::collections::HashMap<NatKey, NatValue> = entries.iter().copied().collect();
+        let mut stale = Vec::new();
+        for (key, value) in &entries {
+            let reverse = value.reverse_key(key.protocol);
+            let Some(other) = index.get(&reverse) else {
+                stale.push(*key);
+                continue;
+            };
+            let last_seen = value.last_seen_ns.max(other.last_seen_ns);
+            let timeout = if (value.flags | other.flags) & NAT_CLOSING != 0 {
+                NAT_CLOSING_TIMEOUT_NS
+            } else if key.protocol == PROTOCOL_TCP {
+                NAT_TCP_TIMEOUT_NS
+            } else {
+                NAT_OTHER_TIMEOUT_NS
+            };
+            if now_ns.saturating_sub(last_seen) > timeout {
+                stale.push(*key);
+            }
+        }
+        for key in &stale {
+            delete(&mut self.nat, NAT_MAP, key)?;
+        }
+        Ok(stale.len())
+    }
+
+    /// How many entries the table holds (two per flow and stage).
+    pub fn entry_count(&self) -> Result<usize, Error> {
+        Ok(self.entries()?.len())
+    }
+
+    fn entries(&self) -> Result<Vec<(NatKey, NatValue)>, Error> {
+        let mut entries = Vec::new();
+        for entry in self.nat.iter() {
+            match entry {
+                Ok(entry) => entries.push(entry),
+                // Evicted between the key and its value.
+                Err(error) if is_not_found(&error) => {}
+                Err(source) => return Err(read_error(NAT_MAP, source)),
+            }
+        }
+        entries.sort_unstable_by_key(|(k, _)| *k);
+        entries.dedup_by_key(|(k, _)| *k);
+        Ok(entries)
+    }
+}
+
+/// CLOCK_MONOTONIC, the clock of the programs' `bpf_ktime_get_coarse_ns`.
+pub fn monotonic_now() -> u64 {
+    let mut now = nix::libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill in.
+    unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, &mut now) };
+    let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+    seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+fn endpoint(address: [u8; 4], port: [u8; 2]) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::from_bits(address_to_host(address)),
+        port_to_host(port),
+    )
+}
+
+fn nodeport_dir(bpf_dir: &Path) -> PathBuf {
+    bpf_dir.join(NODEPORT_DIR)
+}
+
+fn link_pin(bpf_dir: &Path, ifindex: u32, hook: &Hook) -> PathBuf {
+    nodeport_dir(bpf_dir)
+        .join(LINKS_DIR)
+        .join(format!("{ifindex}{}", hook.suffix))
+}
+
+fn new_link_pin(bpf_dir: &Path, ifindex: u32, hook: &Hook) -> PathBuf {
+    nodeport_dir(bpf_dir)
+        .join(LINKS_DIR)
+        .join(format!("{ifindex}{}{NEW_LINK_SUFFIX}", hook.suffix))
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, Error> {
+    ebpf.program_mut(name)
+        .ok_or(Error::ProgramMissing { program: name })?
+        .try_into()
+        .map_err(|source| Error::LoadProgram {
+            program: name,
+            source: Box::new(source),
+        })
+}
+
+fn remove_dir(path: &Path) -> Result<(), Error> {
+    match fs::remove_dir(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => {
+            Err(bpffs_error("rmdir", path, error))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn bpffs_error(call: &'static str, path: &Path, source: io::Error) -> Error {
+    Error::Bpffs {
+        call,
+        path: path.to_owned(),
+        source,
+    }
+}

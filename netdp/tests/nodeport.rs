@@ -1,0 +1,413 @@
+//! The programs for traffic from outside the node, with real packets: a "node" network
+//! namespace with three veths — to an outside client, to a local pod, and to a remote node
+//! whose backend sits behind it on a routed address — the programs loaded by
+//! `nodeport::install` and attached to the node's two external veths, and the service maps
+//! written by the service reconciler, as the daemon writes them.
+//!
+//! Needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN` for `setns`) and iproute2's `ip`.
+//! Every test has its own namespaces and links (`np<N>...`), addresses (10.212.N.0/24) and
+//! bpffs directory (/sys/fs/bpf/bosun-np-<N>), so the tests run in parallel with each other
+//! and with the other real-kernel tests; nothing here touches the host's own interfaces.
+
+mod common;
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    sync::Arc,
+    thread,
+    time::Duration,
+};
+
+use bosun_netdp::{
+    nodeport::{self, NodePortDatapath},
+    service::{
+        BackendAddr, DesiredService, ExternalTarget, Frontend, PinnedMaps, Protocol, Reconciler,
+        ServicePortName,
+    },
+};
+use common::{chain, in_netns, ip, quiet_ip};
+use nix::net::if_::if_nametoindex;
+
+const NODE_PORT: u16 = 30080;
+const BACKEND_PORT: u16 = 8080;
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One test's node, client, pod and remote node; removed on drop.
+struct Topology {
+    n: u8,
+    bpf_dir: PathBuf,
+}
+
+impl Topology {
+    fn new(n: u8) -> Self {
+        let topology = Topology {
+            n,
+            bpf_dir: PathBuf::from(format!("/sys/fs/bpf/bosun-np-{n}")),
+        };
+        topology.remove();
+        for ns in ["node", "cli", "pod", "rem"] {
+            ip(&["netns", "add", &topology.ns(ns)]);
+            ip(&["-n", &topology.ns(ns), "link", "set", "lo", "up"]);
+        }
+        let node = topology.ns("node");
+        // Client: 10.212.N.2, the node's outside address 10.212.N.1.
+        topology.veth(
+            &topology.link("c"),
+            "cli",
+            "10.212.{n}.1/26",
+            "10.212.{n}.2/26",
+        );
+        // Pod: 10.212.N.66 behind the node's 10.212.N.65.
+        topology.veth(
+            &topology.link("p"),
+            "pod",
+            "10.212.{n}.65/26",
+            "10.212.{n}.66/26",
+        );
+        // Remote node: 10.212.N.130 behind 10.212.N.129, its backend at 10.212.N.193.
+        topology.veth(
+            &topology.link("r"),
+            "rem",
+            "10.212.{n}.129/26",
+            "10.212.{n}.130/26",
+        );
+        let sub = |text: &str| text.replace("{n}", &n.to_string());
+        ip(&[
+            "-n",
+            &topology.ns("cli"),
+            "route",
+            "add",
+            "default",
+            "via",
+            &sub("10.212.{n}.1"),
+        ]);
+        ip(&[
+            "-n",
+            &topology.ns("pod"),
+            "route",
+            "add",
+            "default",
+            "via",
+            &sub("10.212.{n}.65"),
+        ]);
+        ip(&[
+            "-n",
+            &topology.ns("rem"),
+            "route",
+            "add",
+            "default",
+            "via",
+            &sub("10.212.{n}.129"),
+        ]);
+        // The remote backend's address, routed to the remote node (no dummy link: the module
+        // may be missing).
+        ip(&[
+            "-n",
+            &topology.ns("rem"),
+            "addr",
+            "add",
+            &sub("10.212.{n}.193/32"),
+            "dev",
+            "lo",
+        ]);
+        ip(&[
+            "-n",
+            &node,
+            "route",
+            "add",
+            &sub("10.212.{n}.192/26"),
+            "via",
+            &sub("10.212.{n}.130"),
+        ]);
+        in_netns(&node, || {
+            fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding");
+        });
+        topology
+    }
+
+    fn ns(&self, role: &str) -> String {
+        format!("np{}-{role}", self.n)
+    }
+
+    fn link(&self, role: &str) -> String {
+        format!("np{}{role}", self.n)
+    }
+
+    fn address(&self, last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 212, self.n, last)
+    }
+
+    /// A veth from the node (`name`, `node_address`) to `peer_ns` (`eth0`, `peer_address`).
+    fn veth(&self, name: &str, peer_ns: &str, node_address: &str, peer_address: &str) {
+        let sub = |text: &str| text.replace("{n}", &self.n.to_string());
+        let (node, peer) = (self.ns("node"), self.ns(peer_ns));
+        ip(&[
+            "link", "add", name, "netns", &node, "type", "veth", "peer", "name", "eth0", "netns",
+            &peer,
+        ]);
+        ip(&["-n", &node, "addr", "add", &sub(node_address), "dev", name]);
+        ip(&[
+            "-n",
+            &peer,
+            "addr",
+            "add",
+            &sub(peer_address),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &node, "link", "set", name, "up"]);
+        ip(&["-n", &peer, "link", "set", "eth0", "up"]);
+    }
+
+    /// Loads the programs, attaches them to the node's client and remote veths, and sets the
+    /// SNAT address to the node's outside address.
+    fn install(&self) -> NodePortDatapath {
+        let mut datapath =
+            nodeport::install(&self.bpf_dir).unwrap_or_else(|e| panic!("install: {}", chain(&e)));
+        in_netns(&self.ns("node"), || {
+            for link in [self.link("c"), self.link("r")] {
+                let ifindex = if_nametoindex(link.as_str()).expect("the veth exists");
+                datapath
+                    .attach(ifindex)
+                    .unwrap_or_else(|e| panic!("attach to {link}: {}", chain(&e)));
+            }
+        });
+        datapath
+            .maps()
+            .and_then(|mut maps| maps.set_snat_address(Some(self.address(1))))
+            .unwrap_or_else(|e| panic!("set the SNAT address: {}", chain(&e)));
+        datapath
+    }
+
+    fn reconciler(&self) -> Reconciler<PinnedMaps> {
+        Reconciler::new(
+            PinnedMaps::open(&self.bpf_dir).unwrap_or_else(|e| panic!("open: {}", chain(&e))),
+        )
+    }
+
+    /// The node port on the node's outside address, balanced over `backends` (local or not).
+    fn service(&self, protocol: Protocol, backends: &[(u8, bool)]) -> DesiredService {
+        let targets: Vec<ExternalTarget> = backends
+            .iter()
+            .map(|(last, local)| ExternalTarget {
+                backend: BackendAddr {
+                    address: self.address(*last),
+                    port: BACKEND_PORT,
+                },
+                local: *local,
+            })
+            .collect();
+        DesiredService {
+            frontend: Frontend {
+                address: self.address(1),
+                port: NODE_PORT,
+                protocol,
+            },
+            name: ServicePortName {
+                namespace: Arc::from("default"),
+                name: Arc::from("web"),
+                port: Arc::from(""),
+            },
+            affinity_timeout: None,
+            backends: targets.iter().map(|t| t.backend).collect(),
+            external: Some(targets.into_boxed_slice()),
+        }
+    }
+
+    fn remove(&self) {
+        for ns in ["node", "cli", "pod", "rem"] {
+            quiet_ip(&["netns", "del", &self.ns(ns)]);
+        }
+        let _ = nodeport::cleanup(&self.bpf_dir);
+        let _ = bosun_netdp::service::cleanup(&self.bpf_dir);
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Serves TCP and UDP on `address` and the backend port in `ns`, answering each line or
+/// datagram with `name` and the address the request came from. Bound to the backend's own
+/// address, as a pod's sockets effectively are: a UDP reply from a wildcard socket would leave
+/// from whatever address the route to the client prefers.
+fn serve(ns: &str, address: Ipv4Addr, name: &'static str) {
+    let (tcp, udp) = in_netns(ns, || {
+        let at = SocketAddrV4::new(address, BACKEND_PORT);
+        (TcpListener::bind(at), UdpSocket::bind(at))
+    });
+    let tcp = tcp.expect("listen");
+    let udp = udp.expect("bind");
+    // The threads end with the test's process; the namespaces' removal closes nothing they
+    // block on, and they hold nothing else.
+    thread::spawn(move || {
+        for stream in tcp.incoming().flatten() {
+            thread::spawn(move || {
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                let mut writer = stream.try_clone().expect("clone a stream");
+                for line in BufReader::new(stream).lines() {
+                    if line.is_err() || writeln!(writer, "{name} {peer}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(format!("{name} {}", from.ip()).as_bytes(), from);
+        }
+    });
+}
+
+/// A TCP connection from the client to the node port.
+fn connect(topology: &Topology) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {
+    let to = SocketAddrV4::new(topology.address(1), NODE_PORT);
+    let stream = in_netns(&topology.ns("cli"), || {
+        TcpStream::connect_timeout(&to.into(), TIMEOUT)
+    })?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let reader = BufReader::new(stream.try_clone()?);
+    Ok((stream, reader))
+}
+
+fn ask(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>) -> String {
+    writeln!(stream, "who").expect("send");
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("an answer");
+    line.trim().to_owned()
+}
+
+/// One datagram from the client to the node port; the answer and who sent it.
+fn ask_udp(topology: &Topology) -> (String, std::net::SocketAddr) {
+    let to = SocketAddrV4::new(topology.address(1), NODE_PORT);
+    in_netns(&topology.ns("cli"), || {
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+        socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        socket.send_to(b"who", to).expect("send");
+        let mut buf = [0u8; 64];
+        let (len, from) = socket.recv_from(&mut buf).expect("an answer");
+        (String::from_utf8_lossy(&buf[..len]).into_owned(), from)
+    })
+}
+
+#[test]
+fn a_node_port_reaches_a_local_backend_with_the_clients_address() {
+    let topology = Topology::new(1);
+    serve(&topology.ns("pod"), topology.address(66), "pod");
+    let _datapath = topology.install();
+    topology
+        .reconciler()
+        .apply(&[
+            topology.service(Protocol::Tcp, &[(66, true)]),
+            topology.service(Protocol::Udp, &[(66, true)]),
+        ])
+        .unwrap_or_else(|e| panic!("write the service: {}", chain(&e)));
+
+    let (mut stream, mut reader) = connect(&topology).expect("the node port answers");
+    // DNAT only: the pod sees the client's own address.
+    assert_eq!(ask(&mut stream, &mut reader), "pod 10.212.1.2");
+    let (answer, from) = ask_udp(&topology);
+    assert_eq!(answer, "pod 10.212.1.2");
+    // The reply comes from the node port, not from the pod.
+    assert_eq!(
+        from,
+        SocketAddrV4::new(topology.address(1), NODE_PORT).into()
+    );
+
+    let flows = nodeport::NodePortMaps::open(&topology.bpf_dir)
+        .and_then(|maps| maps.flows(nodeport::monotonic_now()))
+        .unwrap_or_else(|e| panic!("read the flows: {}", chain(&e)));
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    assert!(flows
+        .iter()
+        .all(|f| f.snat.is_none() && f.backend.0 == topology.address(66)));
+}
+
+#[test]
+fn a_node_port_reaches_a_remote_backend_through_snat() {
+    let topology = Topology::new(2);
+    serve(&topology.ns("rem"), topology.address(193), "remote");
+    let _datapath = topology.install();
+    topology
+        .reconciler()
+        .apply(&[
+            topology.service(Protocol::Tcp, &[(193, false)]),
+            topology.service(Protocol::Udp, &[(193, false)]),
+        ])
+        .unwrap_or_else(|e| panic!("write the service: {}", chain(&e)));
+
+    let (mut stream, mut reader) = connect(&topology).expect("the node port answers");
+    // SNATed to the node's address, as kube-proxy masquerades, so the reply comes back here.
+    assert_eq!(ask(&mut stream, &mut reader), "remote 10.212.2.1");
+    let (answer, from) = ask_udp(&topology);
+    assert_eq!(answer, "remote 10.212.2.1");
+    assert_eq!(
+        from,
+        SocketAddrV4::new(topology.address(1), NODE_PORT).into()
+    );
+
+    let flows = nodeport::NodePortMaps::open(&topology.bpf_dir)
+        .and_then(|maps| maps.flows(nodeport::monotonic_now()))
+        .unwrap_or_else(|e| panic!("read the flows: {}", chain(&e)));
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    for flow in &flows {
+        let (address, port) = flow.snat.expect("a SNATed flow");
+        assert_eq!(address, topology.address(1));
+        assert!(port >= 61000, "{flow:?}");
+    }
+}
+
+#[test]
+fn a_flow_survives_a_reinstall_and_a_removed_service_stops_answering() {
+    let topology = Topology::new(3);
+    serve(&topology.ns("pod"), topology.address(66), "pod");
+    serve(&topology.ns("rem"), topology.address(193), "remote");
+    let datapath = topology.install();
+    let mut reconciler = topology.reconciler();
+    reconciler
+        .apply(&[topology.service(Protocol::Tcp, &[(66, true), (193, false)])])
+        .unwrap_or_else(|e| panic!("write the service: {}", chain(&e)));
+    let (mut stream, mut reader) = connect(&topology).expect("the node port answers");
+    let first = ask(&mut stream, &mut reader);
+    assert!(
+        first == "pod 10.212.3.2" || first == "remote 10.212.3.1",
+        "{first}"
+    );
+
+    // A restart: the old handle gone, the programs loaded and attached again over the pins.
+    drop(datapath);
+    let _datapath = topology.install();
+    assert_eq!(
+        ask(&mut stream, &mut reader),
+        first,
+        "the flow kept its backend"
+    );
+
+    reconciler
+        .apply(&[])
+        .unwrap_or_else(|e| panic!("remove the service: {}", chain(&e)));
+    assert!(
+        connect(&topology).is_err(),
+        "a removed node port still answers new connections"
+    );
+
+    // Aging: far in the future every flow is idle past its timeout, and both halves go.
+    let mut maps = nodeport::NodePortMaps::open(&topology.bpf_dir)
+        .unwrap_or_else(|e| panic!("open: {}", chain(&e)));
+    let later = nodeport::monotonic_now() + 7 * 3600 * 1_000_000_000;
+    let removed = maps
+        .collect_garbage(later)
+        .unwrap_or_else(|e| panic!("collect: {}", chain(&e)));
+    assert!(removed >= 2, "{removed} entries removed");
+    assert_eq!(maps.entry_count().expect("count"), 0);
+}
