@@ -952,8 +952,8 @@ mod tests {
             "{:?}",
             config.notes
         );
-        let error = resolve(&args(&["--nodeport-addresses=192.0.2.300/24"]))
-            .expect_err("not a CIDR");
+        let error =
+            resolve(&args(&["--nodeport-addresses=192.0.2.300/24"])).expect_err("not a CIDR");
         assert!(error.to_string().contains("nodeport-addresses"), "{error}");
     }
 

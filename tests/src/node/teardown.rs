@@ -104,7 +104,14 @@ pub(crate) fn teardown(record: &NodeRecord, containerd: Option<Child>) -> Vec<St
         "deleting iptables rules",
         host::delete_iptables_of_network(&record.network),
     );
-    // The policy datapath's directory is inside the service datapath's: first.
+    // The policy and outside-traffic datapaths' directories are inside the service
+    // datapath's: first.
+    step(
+        "removing the datapath for traffic from outside",
+        bosun_netdp::nodeport::cleanup(&record.bpf_dir())
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
+    );
     step(
         "removing the policy datapath",
         bosun_netdp::policy::cleanup(&record.bpf_dir())

@@ -1,0 +1,331 @@
+//! Traffic from outside the node, end to end: `bosun run --external-interfaces` serves a
+//! NodePort / LoadBalancer Service from its manifest directory to a client in another network
+//! namespace that reaches the node over a veth, through the tc programs on that veth, to
+//! "pods" that are network namespaces answering with their name.
+//!
+//! Each test runs on its own test node, whose slot numbers everything host-wide it touches:
+//! the bpffs directory, the namespaces and veths (`bnp<slot>…`), the pods' addresses
+//! (10.230.<slot>.0/24, as the services tests), the client's link (10.229.<slot>.0/30: the node
+//! is .1 there) and the cluster and outside IPs (10.231.<slot>.0/24, 10.229.<slot>.100-101).
+//! The daemon serves node ports on 10.229.<slot>.1 alone (`--nodeport-addresses`), so the
+//! node ports of tests running at once never meet; its programs sit only on its own veth.
+//!
+//! The socket-layer programs would rewrite the client's own `connect` (they see every process
+//! in the cgroup they are attached to, whatever its network namespace) and the packets would
+//! never need the tc programs; so the daemon attaches them to a cgroup of the node's
+//! (`BOSUN_CGROUP2_ROOT`) instead of the root, and only what runs in that cgroup is "on the
+//! node". The check of a node port from the node itself runs busybox's `nc` in it.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bosun_tests::daemon::{Daemon, NODE_NAME};
+use bosun_tests::netns::{ask_tcp, echo_line, NetnsPod};
+use bosun_tests::node::{NodeOptions, TestNode};
+use serde_json::Value;
+
+const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
+const WITHIN: Duration = Duration::from_secs(30);
+const CONNECT: Duration = Duration::from_secs(2);
+const NODE_PORT: u16 = 30080;
+
+/// One node's test network: the client and the pods, removed on drop.
+struct Net {
+    slot: u8,
+    client: NetnsPod,
+    pods: Vec<NetnsPod>,
+}
+
+impl Net {
+    fn new(node: &TestNode, pods: &[&str]) -> Result<Self> {
+        let slot = node.slot() as u8;
+        let client = NetnsPod::create(
+            &format!("bnp{slot}-client"),
+            &format!("bnp{slot}c"),
+            Ipv4Addr::new(10, 229, slot, 0),
+        )?;
+        let mut made = Vec::new();
+        for (index, name) in pods.iter().enumerate() {
+            let mut pod = NetnsPod::create(
+                &format!("bnp{slot}-{name}"),
+                &format!("bnp{slot}h{index}"),
+                Ipv4Addr::new(10, 230, slot, index as u8 * 4),
+            )?;
+            pod.serve_tcp(8080, name)?;
+            made.push(pod);
+        }
+        Ok(Net {
+            slot,
+            client,
+            pods: made,
+        })
+    }
+
+    /// The node's address on the client's link: where its node ports are served.
+    fn node_address(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 229, self.slot, 1)
+    }
+
+    fn outside(&self, last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 229, self.slot, last)
+    }
+
+    fn cluster_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.slot, 60)
+    }
+
+    fn interface(&self) -> String {
+        format!("bnp{}c", self.slot)
+    }
+
+    /// Asks `to` from the client's namespace: the name of the pod that answered.
+    fn ask_from_outside(&self, to: SocketAddr) -> Result<String> {
+        self.client
+            .enter(move || Ok(ask_tcp(to, CONNECT).with_context(|| format!("{to}"))?.name))
+    }
+}
+
+/// A LoadBalancer Service with a node port, an external IP and a load balancer IP, and its
+/// slice: `endpoints` are (address, node name).
+fn manifest(net: &Net, policy: &str, endpoints: &[(Ipv4Addr, &str)]) -> String {
+    let mut text = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: LoadBalancer\n  \
+         clusterIP: {cluster_ip}\n  externalIPs: [\"{external}\"]\n  externalTrafficPolicy: {policy}\n  \
+         ports:\n  - port: 80\n    targetPort: 8080\n    nodePort: {NODE_PORT}\nstatus:\n  \
+         loadBalancer:\n    ingress: [{{ip: \"{lb}\"}}]\n---\napiVersion: discovery.k8s.io/v1\n\
+         kind: EndpointSlice\nmetadata:\n  name: web-1\n  labels:\n    \
+         kubernetes.io/service-name: web\naddressType: IPv4\nports:\n- port: 8080\n  \
+         protocol: TCP\nendpoints:\n",
+        cluster_ip = net.cluster_ip(),
+        external = net.outside(101),
+        lb = net.outside(100),
+    );
+    for (address, node) in endpoints {
+        text.push_str(&format!(
+            "- addresses: [\"{address}\"]\n  nodeName: {node}\n  conditions: {{ready: true}}\n"
+        ));
+    }
+    text
+}
+
+/// The cgroup2 directory of the node's own processes: the socket-layer programs' attach
+/// point.
+fn node_cgroup(node: &TestNode) -> Result<PathBuf> {
+    let root = bosun_netdp::service::find_cgroup2()?;
+    let dir = root.join(node.cgroup_parent().trim_start_matches('/'));
+    std::fs::create_dir_all(dir.join("client"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+async fn start_daemon(node: &TestNode, net: &Net) -> Result<Daemon> {
+    let interfaces = format!("--external-interfaces={}", net.interface());
+    let addresses = format!("--nodeport-addresses={}/32", net.node_address());
+    let cgroup = node_cgroup(node)?;
+    Daemon::start_with_env(
+        Path::new(BOSUN),
+        node,
+        node.dir(),
+        "",
+        &[interfaces.as_ref(), addresses.as_ref()],
+        &[("BOSUN_CGROUP2_ROOT", cgroup.as_os_str())],
+    )
+    .await
+}
+
+/// Connects to `to` from a process in the node's cgroup (busybox's `nc`): the first line the
+/// server sends.
+async fn ask_from_the_node(node: &TestNode, to: SocketAddr) -> Result<String> {
+    let procs = node_cgroup(node)?.join("client/cgroup.procs");
+    let script = format!(
+        "echo $$ > {} && exec busybox nc -w 2 {} {} </dev/null",
+        procs.display(),
+        to.ip(),
+        to.port()
+    );
+    let output = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    match text.lines().next() {
+        Some(line) if !line.is_empty() => Ok(line.to_owned()),
+        _ => bail!(
+            "nc to {to} from the node: no answer ({})",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    }
+}
+
+/// `bosun dp WHAT -o json` for the node's datapath.
+async fn dp(node: &TestNode, what: &str) -> Result<Value> {
+    let bpf_dir = node.bpf_dir();
+    let output = tokio::process::Command::new(BOSUN)
+        .args(["dp", what, "--bpf-dir"])
+        .arg(&bpf_dir)
+        .args(["-o", "json"])
+        .output()
+        .await?;
+    if !output.status.success() {
+        bail!(
+            "bosun dp {what}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// Waits until the maps hold the node port on the node's address.
+async fn wait_for_node_port(node: &TestNode, net: &Net) -> Result<()> {
+    let deadline = Instant::now() + WITHIN;
+    let address = net.node_address().to_string();
+    loop {
+        let services = dp(node, "services").await.unwrap_or(Value::Null);
+        let found = services.as_array().is_some_and(|all| {
+            all.iter().any(|s| {
+                s["frontend"]["address"] == address.as_str() && s["frontend"]["port"] == NODE_PORT
+            })
+        });
+        if found {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{address}:{NODE_PORT} never reached the maps; they hold {services}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `scenario` on a fresh node with its network and a daemon serving it, tearing all down
+/// (and printing the daemon's log on failure) either way.
+async fn on_a_node<F, Fut>(name: &str, pods: &[&str], scenario: F) -> Result<()>
+where
+    F: FnOnce(TestNode, Net, Daemon) -> Fut,
+    Fut: std::future::Future<Output = (TestNode, Result<()>)>,
+{
+    let node = TestNode::start_with(NodeOptions::new(name)).await?;
+    let started = async {
+        let net = Net::new(&node, pods)?;
+        let daemon = start_daemon(&node, &net).await?;
+        Ok::<_, anyhow::Error>((net, daemon))
+    }
+    .await;
+    let (net, daemon) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            node.shutdown().await?;
+            return Err(e);
+        }
+    };
+    let log = node.dir().join("bosun.log");
+    let (node, result) = scenario(node, net, daemon).await;
+    if result.is_err() {
+        println!(
+            "--- bosun log ---\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    node.shutdown().await?;
+    result
+}
+
+fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ports_and_outside_ips_answer_from_outside_and_survive_a_killed_bosun() -> Result<()> {
+    on_a_node("np-outside", &["a", "b"], |node, net, daemon| async move {
+        let result = async {
+            let endpoints: Vec<(Ipv4Addr, &str)> =
+                net.pods.iter().map(|p| (p.ip(), NODE_NAME)).collect();
+            daemon.write_manifest("web.yaml", &manifest(&net, "Cluster", &endpoints))?;
+            wait_for_node_port(&node, &net).await?;
+            let names = ["a".to_owned(), "b".to_owned()];
+
+            // From outside: the node port, the load balancer IP and the external IP.
+            for to in [
+                at(net.node_address(), NODE_PORT),
+                at(net.outside(100), 80),
+                at(net.outside(101), 80),
+            ] {
+                let name = net.ask_from_outside(to)?;
+                assert!(names.contains(&name), "{to} answered {name:?}");
+            }
+            // From the node itself, the node port at the socket layer.
+            let name = ask_from_the_node(&node, at(net.node_address(), NODE_PORT)).await?;
+            assert!(names.contains(&name), "from the node: {name:?}");
+
+            // The flows are in the NAT table, from the client, DNATed only (local pods).
+            let flows = dp(&node, "conntrack").await?;
+            let flows = flows.as_array().context("a list of flows")?;
+            let client = net.outside(2).to_string();
+            assert!(
+                flows.len() >= 3
+                    && flows
+                        .iter()
+                        .all(|f| f["client"][0] == client.as_str() && f["snat"].is_null()),
+                "{flows:?}"
+            );
+
+            // A connection made before bosun is killed keeps its backend while bosun is down
+            // and after it is back; new connections are served meanwhile.
+            let lb = at(net.outside(100), 80);
+            let kept = net.client.enter(move || Ok(ask_tcp(lb, CONNECT)?))?;
+            let mut stream = kept.stream;
+            daemon.kill().await?;
+            assert_eq!(echo_line(&mut stream, "while down")?, "while down");
+            let name = net.ask_from_outside(at(net.node_address(), NODE_PORT))?;
+            assert!(names.contains(&name), "while down: {name:?}");
+            let daemon = start_daemon(&node, &net).await?;
+            wait_for_node_port(&node, &net).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(echo_line(&mut stream, "after")?, "after");
+
+            // The Service gone, the node port stops answering.
+            daemon.remove_manifest("web.yaml")?;
+            let deadline = Instant::now() + WITHIN;
+            while net
+                .ask_from_outside(at(net.node_address(), NODE_PORT))
+                .is_ok()
+            {
+                if Instant::now() > deadline {
+                    bail!("the node port still answers after its Service was removed");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            drop(daemon);
+            Ok(())
+        }
+        .await;
+        (node, result)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_traffic_policy_local_sends_outside_traffic_to_this_nodes_endpoints() -> Result<()>
+{
+    on_a_node("np-local", &["here"], |node, net, daemon| async move {
+        let result = async {
+            // One endpoint here, one on another node at an address nothing answers: under
+            // the Cluster policy some connections would go there and fail.
+            let elsewhere = Ipv4Addr::new(10, 230, net.slot, 200);
+            let endpoints = [(net.pods[0].ip(), NODE_NAME), (elsewhere, "node-elsewhere")];
+            daemon.write_manifest("web.yaml", &manifest(&net, "Local", &endpoints))?;
+            wait_for_node_port(&node, &net).await?;
+            for attempt in 0..20 {
+                let name = net
+                    .ask_from_outside(at(net.node_address(), NODE_PORT))
+                    .with_context(|| format!("connection {attempt}"))?;
+                assert_eq!(name, "here");
+            }
+            Ok(())
+        }
+        .await;
+        (node, result)
+    })
+    .await
+}
