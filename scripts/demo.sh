@@ -2,7 +2,8 @@
 # bosun on the embedded default: standalone, pods from the example manifests in
 # examples/manifests, on a private containerd node (CRI, CNI, images built here, no registry
 # needed); shown through `bosun get pods` and the crictl-style CLI. A Service in the examples
-# shows the service proxy: its ClusterIP reached from the host and from a pod. A NetworkPolicy
+# shows the service proxy: its ClusterIP reached from the host and from a pod, its node port
+# and load balancer IP from an "outside" network namespace over a veth. A NetworkPolicy
 # lets only the client pod reach the web pods: an allowed and a denied connection, and the
 # drop in `bosun monitor`.
 #
@@ -49,6 +50,8 @@ cleanup() {
     # Pod cgroups the runtime leaves behind, leaf first.
     find /sys/fs/cgroup -depth -type d -path '*/bosun-demo*' -exec rmdir {} + 2>/dev/null || true
     "$bosun" run --cleanup --bpf-dir "$bpf_dir" >/dev/null 2>&1 || true
+    ip netns del bosun-demo-out 2>/dev/null || true
+    ip link del bdemo-out 2>/dev/null || true
     rm -f "$out"
 }
 trap cleanup EXIT
@@ -65,12 +68,30 @@ endpoint=$(head -n 1 "$out")
 export CONTAINER_RUNTIME_ENDPOINT=$endpoint
 echo "node up: CRI endpoint $endpoint"
 
+# "Outside": a network namespace on a veth, the node at 192.168.254.1, a client at .2 that
+# routes everything (the load balancer IP .100 too) to the node.
+ip netns del bosun-demo-out 2>/dev/null || true
+ip link del bdemo-out 2>/dev/null || true
+ip netns add bosun-demo-out
+ip link add bdemo-out type veth peer name eth0 netns bosun-demo-out
+ip addr add 192.168.254.1/24 dev bdemo-out
+ip link set bdemo-out up
+ip -n bosun-demo-out addr add 192.168.254.2/24 dev eth0
+ip -n bosun-demo-out link set eth0 up
+ip -n bosun-demo-out link set lo up
+ip -n bosun-demo-out route add default via 192.168.254.1
+echo 1 >/proc/sys/net/ipv4/ip_forward
+
 # bosun itself: the node daemon, on the example manifests.
+# Only the memory threshold of kubelet's hard eviction defaults: a development machine's
+# disk, shared with builds, is often fuller than the disk thresholds allow, and the demo's
+# pods would be evicted for it.
 cat >"$dir/bosun.yaml" <<CONFIG
 staticPodPath: $PWD/examples/manifests
 cgroupRoot: /bosun-demo
 podLogsDir: $dir/pod-logs
 bpfDir: $bpf_dir
+evictionHard: {memory.available: 100Mi}
 CONFIG
 join=()
 if [ "$cluster" = 1 ]; then
@@ -81,7 +102,9 @@ if [ "$cluster" = 1 ]; then
     echo "control plane up: kubeconfig $dir/control-plane/admin.kubeconfig"
 fi
 "$bosun" run --config "$dir/bosun.yaml" --container-runtime-endpoint "$endpoint" \
-    --root-dir "$dir/bosun" --hostname-override demo-node "${join[@]}" 2>"$dir/bosun.log" &
+    --root-dir "$dir/bosun" --hostname-override demo-node \
+    --external-interfaces bdemo-out --nodeport-addresses 192.168.254.1/32 \
+    "${join[@]}" 2>"$dir/bosun.log" &
 daemon=$!
 echo "bosun run: manifests in examples/manifests, log in $dir/bosun.log"
 
@@ -111,6 +134,13 @@ show dp services --bpf-dir "$bpf_dir"
 show dp backends --bpf-dir "$bpf_dir"
 echo; echo "\$ for i in 1 2 3 4 5 6; do wget -q -O - http://10.96.0.80/; done"
 for _ in 1 2 3 4 5 6; do timeout 5 busybox wget -q -O - http://10.96.0.80/; done
+# From outside: the node port and the load balancer IP. This client is still a process of
+# this machine, so bosun's socket programs balance its connect() itself; packets from other
+# machines are served by the tc programs on bdemo-out (`bosun dp conntrack` lists their flows).
+echo; echo "\$ ip netns exec bosun-demo-out wget -q -O - http://192.168.254.1:30080/   # node port"
+ip netns exec bosun-demo-out timeout 5 busybox wget -q -O - http://192.168.254.1:30080/ || true
+echo; echo "\$ ip netns exec bosun-demo-out wget -q -O - http://192.168.254.100/       # load balancer IP"
+ip netns exec bosun-demo-out timeout 5 busybox wget -q -O - http://192.168.254.100/ || true
 sleep 2 # a few more rounds of the client pod
 client=$("$bosun" pods -q --name client- --state ready)
 intruder=$("$bosun" pods -q --name intruder- --state ready)

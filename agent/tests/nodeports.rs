@@ -329,3 +329,50 @@ async fn external_traffic_policy_local_sends_outside_traffic_to_this_nodes_endpo
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_port_reaches_its_pod_from_outside() -> Result<()> {
+    on_a_node("np-hostport", &[], |node, net, daemon| async move {
+        let result = async {
+            let pod = bosun_tests::traffic::web_pod("hp", "").replace(
+                "- {name: http, containerPort: 8080}",
+                "- {name: http, containerPort: 8080, hostPort: 18080}",
+            );
+            daemon.write_manifest("hp.yaml", &pod)?;
+            daemon
+                .wait_for("hp", "Ready", WITHIN, bosun_tests::daemon::ready)
+                .await?;
+            let to = at(net.node_address(), 18080);
+            let deadline = Instant::now() + WITHIN;
+            let answer = loop {
+                let asked = net.client.enter(move || bosun_tests::traffic::http_get(to));
+                match asked {
+                    Ok(answer) => break answer,
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(e.context(format!("{to} from outside")));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            assert_eq!(answer, "hp");
+            // The pod gone, its host port goes with it.
+            daemon.remove_manifest("hp.yaml")?;
+            daemon.wait_gone("hp", WITHIN).await?;
+            let deadline = Instant::now() + WITHIN;
+            while net
+                .client
+                .enter(move || bosun_tests::traffic::http_get(to))
+                .is_ok()
+            {
+                if Instant::now() > deadline {
+                    bail!("{to} still answers after its pod is gone");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(())
+        }
+        .await;
+        (node, result)
+    })
+    .await
+}

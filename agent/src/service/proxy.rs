@@ -21,7 +21,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bosun_netdp::service::{
-    self as datapath, Delta, PinnedMaps, Problem, Reconciler, ServiceInfo, ServiceTable, SliceInfo,
+    self as datapath, Delta, HostPort, PinnedMaps, Problem, Protocol, Reconciler, ServiceInfo,
+    ServiceTable, SliceInfo,
 };
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -528,11 +529,50 @@ fn follow_local_readiness(
                 table.set_local_ready(before, true);
             }
         }
+        table.set_host_ports(
+            &key.namespace,
+            &key.name,
+            pod.as_deref().map(host_ports).unwrap_or_default(),
+        );
         if let (Some(pod), Some(address)) = (pod, now) {
             local_pods.insert(key, address);
             table.set_local_ready(address, !is_running(&pod) || is_ready(&pod));
         }
     }
+}
+
+/// The pod's `hostPort`s, as the CNI portmap plugin maps them for kubelet: every port of its
+/// containers that has one, from its sandbox's start (it has an address) to its end. A pod on
+/// the host's network needs none: its ports are the node's.
+fn host_ports(pod: &Pod) -> Vec<HostPort> {
+    let Some(pod_ip) = local_address(pod) else {
+        return Vec::new();
+    };
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return Vec::new();
+    }
+    pod.spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .flat_map(|container| container.ports.iter().flatten())
+        .filter_map(|port| {
+            let host_port = u16::try_from(port.host_port?).ok().filter(|p| *p != 0)?;
+            let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => Protocol::Tcp,
+                "UDP" => Protocol::Udp,
+                // SCTP is not balanced by bosun.
+                _ => return None,
+            };
+            Some(HostPort {
+                host_ip: port.host_ip.as_deref().and_then(|ip| ip.parse().ok()),
+                host_port,
+                protocol,
+                pod_ip,
+                container_port: u16::try_from(port.container_port).ok()?,
+            })
+        })
+        .collect()
 }
 
 /// The pod's own IPv4 address; none for a pod on the host's network, whose address is the

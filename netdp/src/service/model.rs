@@ -86,6 +86,8 @@ pub enum AddressSource {
     LoadBalancer(u16),
     /// One of the node's addresses, with `spec.ports[i].nodePort`.
     NodePort(u16),
+    /// A pod's `hostPort`, the `i`th of its containers' ports that have one.
+    HostPort(u16),
 }
 
 impl AddressSource {
@@ -93,7 +95,7 @@ impl AddressSource {
     pub fn is_external(self) -> bool {
         matches!(
             self,
-            Self::ExternalIp(_) | Self::LoadBalancer(_) | Self::NodePort(_)
+            Self::ExternalIp(_) | Self::LoadBalancer(_) | Self::NodePort(_) | Self::HostPort(_)
         )
     }
 
@@ -105,6 +107,7 @@ impl AddressSource {
             Self::ExternalIp(i) => format!("spec.externalIPs[{i}]"),
             Self::LoadBalancer(i) => format!("status.loadBalancer.ingress[{i}].ip"),
             Self::NodePort(i) => format!("spec.ports[{i}].nodePort"),
+            Self::HostPort(i) => format!("hostPort (the pod's port {i} with one)"),
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct ServiceTable {
     slices: HashMap<(Arc<str>, Arc<str>), Arc<str>>,
     /// The Services claiming each frontend, first by (namespace, name) first.
     claims: HashMap<Frontend, Vec<ServiceRef>>,
+    /// Pods' `hostPort`s, by pod (namespace, `pod/NAME`), claiming frontends as Services do.
+    host_ports: HashMap<ServiceRef, Box<[HostPort]>>,
     /// Local endpoints whose pod failed readiness here, before their slice says so.
     not_ready: HashSet<Ipv4Addr>,
     /// The Services with a local endpoint at each address.
@@ -62,6 +64,21 @@ struct Wanted {
     desired: DesiredService,
     source: AddressSource,
 }
+
+/// A pod's `hostPort` (the CNI portmap plugin's job): packets to the host IP, or to every
+/// address node ports are served on, at `host_port` go to the pod at `container_port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub protocol: Protocol,
+    pub pod_ip: Ipv4Addr,
+    pub container_port: u16,
+}
+
+/// The prefix that tells a pod's host ports from a Service in the table's keys: no Service
+/// name can hold a '/'.
+const POD_KEY_PREFIX: &str = "pod/";
 
 /// What [`ServiceTable::update`] changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -125,10 +142,31 @@ impl ServiceTable {
         self.node_addresses = addresses;
         for (key, entry) in &self.entries {
             let exposed = entry.service.as_ref().is_some_and(|s| s.has_node_ports());
-            if exposed {
+            if exposed || self.host_ports.contains_key(key) {
                 self.dirty.insert(key.clone());
             }
         }
+    }
+
+    /// Sets the `hostPort`s of the pod `namespace/name` (none: it has none, or is gone).
+    pub fn set_host_ports(&mut self, namespace: &str, name: &str, ports: Vec<HostPort>) {
+        let key: ServiceRef = (
+            intern(namespace),
+            Arc::from(format!("{POD_KEY_PREFIX}{name}")),
+        );
+        let ports = ports.into_boxed_slice();
+        if ports.is_empty() {
+            if self.host_ports.remove(&key).is_some() {
+                self.dirty.insert(key);
+            }
+            return;
+        }
+        if self.host_ports.get(&key) == Some(&ports) {
+            return;
+        }
+        self.host_ports.insert(key.clone(), ports);
+        self.entries.entry(key.clone()).or_default();
+        self.dirty.insert(key);
     }
 
     /// Sets (or with `None` removes) the Service `namespace/name`.
@@ -208,15 +246,22 @@ impl ServiceTable {
             let Some(entry) = self.entries.get_mut(&key) else {
                 continue;
             };
-            let (wanted, problems, local) = compile_entry(
-                entry,
-                &Context {
-                    node: &self.node,
-                    zone: self.zone.as_deref(),
-                    not_ready: &self.not_ready,
-                    node_addresses: &self.node_addresses,
-                },
-            );
+            let (wanted, problems, local) = match self.host_ports.get(&key) {
+                Some(ports) => (
+                    host_port_frontends(&key, ports, &self.node_addresses),
+                    Vec::new(),
+                    Vec::new(),
+                ),
+                None => compile_entry(
+                    entry,
+                    &Context {
+                        node: &self.node,
+                        zone: self.zone.as_deref(),
+                        not_ready: &self.not_ready,
+                        node_addresses: &self.node_addresses,
+                    },
+                ),
+            };
             // The frontends given up, then those taken or changed.
             for old in &entry.wanted {
                 let frontend = old.desired.frontend;
@@ -257,7 +302,10 @@ impl ServiceTable {
             entry.problems = problems.into_boxed_slice();
             entry.local = local.into_boxed_slice();
             delta.problems.extend(object_problems(entry));
-            if entry.service.is_none() && entry.slices.is_empty() {
+            if entry.service.is_none()
+                && entry.slices.is_empty()
+                && !self.host_ports.contains_key(&key)
+            {
                 self.entries.remove(&key);
             }
         }
@@ -349,10 +397,14 @@ fn object_problems(entry: &Entry) -> impl Iterator<Item = Problem> + '_ {
 
 fn claim_problem(owner: &ServiceRef, lost: &Wanted, holder: &ServicePortName) -> Problem {
     let frontend = lost.desired.frontend;
+    let (kind, name) = match owner.1.strip_prefix(POD_KEY_PREFIX) {
+        Some(pod) => ("Pod", pod),
+        None => ("Service", &*owner.1),
+    };
     Problem {
-        kind: "Service",
+        kind,
         namespace: owner.0.to_string(),
-        name: owner.1.to_string(),
+        name: name.to_owned(),
         field: lost.source.field(),
         value: frontend.address.to_string(),
         message: format!("frontend {frontend} is already {holder}'s"),
@@ -470,6 +522,54 @@ fn compile_entry(
         }
     }
     (wanted, problems, local)
+}
+
+/// A pod's host ports as frontends: each on its host IP, or on every node address, to the pod
+/// alone (a local backend, so flows from outside keep the client's address, as with portmap).
+fn host_port_frontends(
+    key: &ServiceRef,
+    ports: &[HostPort],
+    node_addresses: &[Ipv4Addr],
+) -> Vec<Wanted> {
+    let mut wanted: Vec<Wanted> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let addresses: Vec<Ipv4Addr> = match port.host_ip.filter(|a| !a.is_unspecified()) {
+            Some(address) => vec![address],
+            None => node_addresses.to_vec(),
+        };
+        let backend = BackendAddr {
+            address: port.pod_ip,
+            port: port.container_port,
+        };
+        for address in addresses {
+            let frontend = Frontend {
+                address,
+                port: port.host_port,
+                protocol: port.protocol,
+            };
+            if wanted.iter().any(|w| w.desired.frontend == frontend) {
+                continue;
+            }
+            wanted.push(Wanted {
+                desired: DesiredService {
+                    frontend,
+                    name: ServicePortName {
+                        namespace: key.0.clone(),
+                        name: key.1.clone(),
+                        port: intern("hostPort"),
+                    },
+                    affinity_timeout: None,
+                    backends: vec![backend],
+                    external: Some(Box::new([ExternalTarget {
+                        backend,
+                        local: true,
+                    }])),
+                },
+                source: AddressSource::HostPort(u16::try_from(i).unwrap_or(u16::MAX)),
+            });
+        }
+    }
+    wanted
 }
 
 fn is_local(endpoint: &EndpointInfo, node: &str) -> bool {

@@ -410,3 +410,78 @@ fn any_sequence_of_changes_adds_up_to_a_full_compile() {
         h.update();
     }
 }
+
+#[test]
+fn a_pods_host_ports_are_frontends_on_the_node_addresses_or_its_host_ip() {
+    let mut table = ServiceTable::new("node-a");
+    let node: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 11)];
+    table.set_node_addresses(&node);
+    let pod_ip = Ipv4Addr::new(10, 244, 1, 7);
+    table.set_host_ports(
+        "default",
+        "web",
+        vec![
+            HostPort {
+                host_ip: None,
+                host_port: 8080,
+                protocol: Protocol::Tcp,
+                pod_ip,
+                container_port: 80,
+            },
+            HostPort {
+                host_ip: Some(node[1]),
+                host_port: 5353,
+                protocol: Protocol::Udp,
+                pod_ip,
+                container_port: 53,
+            },
+        ],
+    );
+    let delta = table.update();
+    let frontends: Vec<String> = delta
+        .upserts
+        .iter()
+        .map(|d| format!("{} {} {:?}", d.frontend, backends(d).join(","), d.external))
+        .collect();
+    let local = format!(
+        "Some([ExternalTarget {{ backend: BackendAddr {{ address: {pod_ip}, port: 80 }}, local: true }}])"
+    );
+    assert_eq!(frontends.len(), 3, "{frontends:?}");
+    assert_eq!(
+        frontends[0],
+        format!("192.0.2.10:8080/TCP 10.244.1.7:80 {local}")
+    );
+    assert!(frontends[1].starts_with("192.0.2.11:5353/UDP 10.244.1.7:53"));
+    assert_eq!(
+        frontends[2],
+        format!("192.0.2.11:8080/TCP 10.244.1.7:80 {local}")
+    );
+
+    // A node port on the same address and port: the first claimant by name keeps it, and
+    // the other is told which.
+    table.set_service(
+        "default",
+        "aaa",
+        Some(std::sync::Arc::new(ServiceInfo::from_service(&service(
+            "default",
+            "aaa",
+            "10.96.0.9",
+            "  type: NodePort\n  ports: [{port: 80, nodePort: 8080}]\n",
+        )))),
+    );
+    let delta = table.update();
+    assert!(
+        delta
+            .problems
+            .iter()
+            .any(|p| p.kind == "Pod" && p.name == "web" && p.message.contains("default/aaa")),
+        "{:?}",
+        delta.problems
+    );
+
+    // The pod gone: its frontends go (the Service keeps its own).
+    table.set_host_ports("default", "web", Vec::new());
+    let delta = table.update();
+    let removed: Vec<String> = delta.removals.iter().map(|f| f.to_string()).collect();
+    assert_eq!(removed, ["192.0.2.11:5353/UDP"]);
+}
