@@ -26,7 +26,7 @@
 //!
 //! [`ServiceTable::health_check`]: bosun_netdp::service::ServiceTable::health_check
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -114,7 +114,7 @@ impl ServiceHealthServer {
 
     /// Makes `all` the whole set of Services with a health check: the others' servers stop.
     pub fn replace(&mut self, all: Vec<(ServiceRef, HealthCheck)>) {
-        let wanted: std::collections::HashSet<&ServiceRef> = all.iter().map(|(k, _)| k).collect();
+        let wanted: HashSet<&ServiceRef> = all.iter().map(|(k, _)| k).collect();
         let gone: Vec<ServiceRef> = self
             .services
             .keys()
