@@ -67,6 +67,18 @@ struct Instance {
     listeners: Vec<JoinHandle<()>>,
 }
 
+impl Instance {
+    /// Stops its server; returns once its port is closed.
+    async fn close(mut self) {
+        for listener in std::mem::take(&mut self.listeners) {
+            listener.abort();
+            // An aborted task's future, and the listener in it, is dropped by the time its
+            // handle answers.
+            let _ = listener.await;
+        }
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
         for listener in &self.listeners {
@@ -97,23 +109,36 @@ impl ServiceHealthServer {
         }
     }
 
-    /// Applies what the Services named now ask for (`None`: no health check). Must be
-    /// called within a tokio runtime.
-    pub fn update(&mut self, changes: impl IntoIterator<Item = (ServiceRef, Option<HealthCheck>)>) {
+    /// Applies what the Services named now ask for (`None`: no health check).
+    pub async fn update(
+        &mut self,
+        changes: impl IntoIterator<Item = (ServiceRef, Option<HealthCheck>)>,
+    ) {
+        let changes: Vec<(ServiceRef, Option<HealthCheck>)> = changes.into_iter().collect();
+        // The servers to stop go first: a port one Service lets go of may be another's now.
+        for (key, check) in &changes {
+            let moved = match (self.services.get(key), check) {
+                (Some(instance), Some(check)) => instance.port != check.port,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if !moved {
+                continue;
+            }
+            if let Some(instance) = self.services.remove(key) {
+                tracing::info!(service = %name(key), port = instance.port, "closing the health check");
+                instance.close().await;
+            }
+        }
         for (key, check) in changes {
-            match check {
-                Some(check) => self.set(key, check),
-                None => {
-                    if let Some(instance) = self.services.remove(&key) {
-                        tracing::info!(service = %name(&key), port = instance.port, "closing the health check");
-                    }
-                }
+            if let Some(check) = check {
+                self.set(key, check);
             }
         }
     }
 
     /// Makes `all` the whole set of Services with a health check: the others' servers stop.
-    pub fn replace(&mut self, all: Vec<(ServiceRef, HealthCheck)>) {
+    pub async fn replace(&mut self, all: Vec<(ServiceRef, HealthCheck)>) {
         let wanted: HashSet<&ServiceRef> = all.iter().map(|(k, _)| k).collect();
         let gone: Vec<ServiceRef> = self
             .services
@@ -125,7 +150,7 @@ impl ServiceHealthServer {
             .into_iter()
             .map(|key| (key, None))
             .chain(all.into_iter().map(|(key, check)| (key, Some(check))));
-        self.update(changes.collect::<Vec<_>>());
+        self.update(changes.collect::<Vec<_>>()).await;
     }
 
     /// The port each Service's server is on, sorted.
@@ -139,17 +164,16 @@ impl ServiceHealthServer {
         ports
     }
 
+    /// Sets the Service's count, or starts its server if it has none (any other was closed
+    /// by [`Self::update`]).
     fn set(&mut self, key: ServiceRef, check: HealthCheck) {
         if let Some(instance) = self.services.get(&key) {
-            if instance.port == check.port {
-                instance
-                    .answer
-                    .local_endpoints
-                    .store(check.local_endpoints, Ordering::Relaxed);
-                return;
-            }
+            instance
+                .answer
+                .local_endpoints
+                .store(check.local_endpoints, Ordering::Relaxed);
+            return;
         }
-        // New, or on another port: the old server (if any) stops as this one starts.
         tracing::info!(service = %name(&key), port = check.port, "opening the health check");
         let answer = Answer {
             namespace: key.0.clone(),
@@ -341,15 +365,11 @@ mod tests {
         );
     }
 
-    /// Waits until nothing listens on `address` any more.
-    async fn until_closed(address: SocketAddr) {
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(address).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("{address} is still listened on");
+    async fn assert_closed(address: SocketAddr) {
+        assert!(
+            tokio::net::TcpStream::connect(address).await.is_err(),
+            "{address} is still listened on"
+        );
     }
 
     #[tokio::test]
@@ -358,7 +378,7 @@ mod tests {
         let events = Recorder::new("node-a");
         let mut server = ServiceHealthServer::listening_on("node-a", vec![localhost], events, None);
         let (first, second) = (free_port(), free_port());
-        server.update([(key("web"), check(first.port(), 1))]);
+        server.update([(key("web"), check(first.port(), 1))]).await;
         let (status, headers, body) = http_get(first, "/any/path").await;
         assert_eq!(status, 200, "{body}");
         for header in [
@@ -374,20 +394,20 @@ mod tests {
         assert_eq!(body["service"]["name"], "web");
         assert_eq!(body["localEndpoints"], 1);
 
-        server.update([(key("web"), check(first.port(), 0))]);
+        server.update([(key("web"), check(first.port(), 0))]).await;
         assert_eq!(http_get(first, "/").await.0, 503);
 
         // Another port: the server moves.
-        server.update([(key("web"), check(second.port(), 3))]);
-        until_closed(first).await;
+        server.update([(key("web"), check(second.port(), 3))]).await;
+        assert_closed(first).await;
         let (status, _, body) = http_get(second, "/healthz").await;
         assert_eq!(status, 200);
         assert!(body.contains("\"localEndpoints\": 3"), "{body}");
         assert_eq!(server.ports(), [("default/web".to_owned(), second.port())]);
 
         // A whole replace without it closes it.
-        server.replace(Vec::new());
-        until_closed(second).await;
+        server.replace(Vec::new()).await;
+        assert_closed(second).await;
         assert!(server.ports().is_empty());
     }
 
@@ -400,10 +420,12 @@ mod tests {
         let taken = std::net::TcpListener::bind((localhost, 0)).expect("a port");
         let taken_port = taken.local_addr().expect("its address").port();
         let free = free_port();
-        server.update([
-            (key("busy"), check(taken_port, 1)),
-            (key("web"), check(free.port(), 1)),
-        ]);
+        server
+            .update([
+                (key("busy"), check(taken_port, 1)),
+                (key("web"), check(free.port(), 1)),
+            ])
+            .await;
         assert_eq!(http_get(free, "/").await.0, 200);
         let event = tokio::time::timeout(Duration::from_secs(5), recorded.recv())
             .await
@@ -421,5 +443,29 @@ mod tests {
             "{message}"
         );
         drop(taken);
+    }
+
+    #[tokio::test]
+    async fn a_port_one_service_lets_go_of_is_anothers_at_once() {
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let events = Recorder::new("node-a");
+        let mut recorded = events.subscribe();
+        let mut server = ServiceHealthServer::listening_on("node-a", vec![localhost], events, None);
+        let (first, second) = (free_port(), free_port());
+        server.update([(key("web"), check(first.port(), 1))]).await;
+        // In one change, db takes web's port (named first) and web moves.
+        server
+            .update([
+                (key("db"), check(first.port(), 2)),
+                (key("web"), check(second.port(), 1)),
+            ])
+            .await;
+        let (status, _, body) = http_get(first, "/").await;
+        assert_eq!(status, 200);
+        let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(body["service"]["name"], "db");
+        assert_eq!(body["localEndpoints"], 2);
+        assert_eq!(http_get(second, "/").await.0, 200);
+        assert!(recorded.try_recv().is_err(), "no port was found taken");
     }
 }

@@ -180,9 +180,11 @@ impl Proxy {
                         // a failed one the next write is whole and brings them all.
                         match (service_health.as_mut(), health) {
                             (Some(server), Some(HealthChecks::Changed(changed))) => {
-                                server.update(changed);
+                                server.update(changed).await;
                             }
-                            (Some(server), Some(HealthChecks::All(all))) => server.replace(all),
+                            (Some(server), Some(HealthChecks::All(all))) => {
+                                server.replace(all).await;
+                            }
                             _ => {}
                         }
                         for took in unprogrammed.programmed(Instant::now()) {
