@@ -11,8 +11,9 @@
 //!
 //! Host-wide names are each test's own: the pods' namespaces `bpx-*` / `bpp-*` and addresses
 //! in 10.234.7.0/24 / 10.234.8.0/24, the ClusterIPs 10.96.234.x (asked for explicitly), the
-//! bpffs directories /sys/fs/bpf/bosun-test-proxy and …-policy, state directories under
-//! their control plane's. So they run beside each other and the other tests.
+//! bpffs directories /sys/fs/bpf/bosun-test-proxy, …-policy and …-hc, state directories under
+//! their control plane's. So they run beside each other and the other tests. The health check
+//! test listens on host ports in the NodePort range it finds free (see [`free_node_port`]).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use serde_json::json;
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
 const BPF_DIR: &str = "/sys/fs/bpf/bosun-test-proxy";
 const POLICY_BPF_DIR: &str = "/sys/fs/bpf/bosun-test-proxy-policy";
+const HC_BPF_DIR: &str = "/sys/fs/bpf/bosun-test-proxy-hc";
 const WITHIN: Duration = Duration::from_secs(30);
 const CONNECT: Duration = Duration::from_secs(2);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 234, 10);
@@ -428,4 +430,216 @@ spec:
     proxy.kill().await?;
     drop((server, client, stranger));
     Ok(())
+}
+
+/// The API server's NodePort range (its default `--service-node-port-range`).
+const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// A port of the NodePort range nothing on this host listens on now, other than `except`.
+/// The range lies below the kernel's ephemeral ports (32768 and up), so no other test's
+/// connections or `free_port()` land in it; starting from this process's id spreads
+/// concurrent runs over it.
+fn free_node_port(except: &[u16]) -> Result<u16> {
+    let (first, count) = (*NODE_PORTS.start(), NODE_PORTS.len() as u32);
+    let start = std::process::id() % count;
+    (0..count)
+        .map(|i| first + ((start + i) % count) as u16)
+        .filter(|port| !except.contains(port))
+        .find(|port| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, *port)).is_ok())
+        .context("no free port in the NodePort range")
+}
+
+/// A `LoadBalancer` Service `name` with `externalTrafficPolicy: Local` and its health check
+/// on `health_port`, and its slice with one ready endpoint on `node`.
+fn local_load_balancer(
+    name: &str,
+    vip: Ipv4Addr,
+    health_port: u16,
+    node_port: u16,
+    node: &str,
+) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  type: LoadBalancer
+  clusterIP: {vip}
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {health_port}
+  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: {node_port}}}]
+---
+apiVersion: discovery.k8s.io/v1beta1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+  - addresses: [\"10.234.9.4\"]
+    conditions: {{ready: true}}
+    topology: {{kubernetes.io/hostname: {node}}}
+"
+    )
+}
+
+/// Waits until GET on `port` answers `code` with `local_endpoints`; the body.
+async fn until_health_check(
+    port: u16,
+    code: u16,
+    local_endpoints: u64,
+) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        match get(port, "/").await {
+            Ok((got, body)) => {
+                let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if got == code && json["localEndpoints"] == local_endpoints {
+                    return Ok(json);
+                }
+                last = format!("{got} {body}");
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "port {port} never answered {code} with {local_endpoints} local endpoints; last: {last}"
+    )
+}
+
+/// Waits until nothing listens on `port`.
+async fn until_closed(port: u16) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while tokio::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("port {port} is still open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bosun_proxy_serves_health_check_node_ports_of_local_load_balancers() -> Result<()> {
+    control_plane::require();
+    cleanup_dir(HC_BPF_DIR).await?;
+    let plane = ControlPlane::start("proxy-hc").await?;
+    let dir = plane.dir().to_owned();
+    let log = dir.join("bosun-proxy.log");
+    let result = health_check_scenario(&plane, &dir, &log).await;
+    if result.is_err() {
+        eprintln!(
+            "--- bosun proxy's log ---\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    let cleaned = cleanup_dir(HC_BPF_DIR).await;
+    plane.shutdown().await?;
+    result.and(cleaned)
+}
+
+async fn health_check_scenario(plane: &ControlPlane, dir: &Path, log: &Path) -> Result<()> {
+    let health_port = free_node_port(&[])?;
+    let node_port = free_node_port(&[health_port])?;
+    // The endpoint's address is only written in the slice: the health check counts it, no
+    // connection goes to it.
+    let vip = Ipv4Addr::new(10, 96, 234, 30);
+    apply(
+        plane,
+        dir,
+        &local_load_balancer("lb", vip, health_port, node_port, "proxy-node"),
+    )
+    .await?;
+    let kubeconfig = plane.proxy_kubeconfig().await?;
+    let (healthz, metrics) = (free_port()?, free_port()?);
+    let state = dir.join("proxy-state");
+    let proxy =
+        ProxyProcess::start_with(&kubeconfig, HC_BPF_DIR, &state, healthz, metrics, log).await?;
+
+    // Its endpoint is on this node: 200, with kube-proxy's body.
+    let body = until_health_check(health_port, 200, 1).await?;
+    assert_eq!(
+        body,
+        json!({
+            "service": {"namespace": "default", "name": "lb"},
+            "localEndpoints": 1,
+            "serviceProxyHealthy": true
+        })
+    );
+    // On another node only: 503, and load balancers leave this node out.
+    apply(
+        plane,
+        dir,
+        &local_load_balancer("lb", vip, health_port, node_port, "other-node"),
+    )
+    .await?;
+    let body = until_health_check(health_port, 503, 0).await?;
+    assert_eq!(body["serviceProxyHealthy"], true, "{body}");
+
+    // A second such Service whose port something else holds: a Warning event on it naming
+    // the field and the port, and the first Service's check goes on.
+    let busy_port = free_node_port(&[health_port, node_port])?;
+    let busy_node_port = free_node_port(&[health_port, node_port, busy_port])?;
+    let holder = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, busy_port))
+        .context("holding the second Service's health check port")?;
+    let busy = local_load_balancer(
+        "busy",
+        Ipv4Addr::new(10, 96, 234, 31),
+        busy_port,
+        busy_node_port,
+        "proxy-node",
+    );
+    let file = dir.join("busy.yaml");
+    std::fs::write(&file, busy)?;
+    plane
+        .kubectl(["apply", "-f", &file.to_string_lossy()])
+        .await?;
+    let message = until_event(plane, "busy", "FailedToStartServiceHealthcheck").await?;
+    assert!(
+        message.starts_with(&format!(
+            "spec.healthCheckNodePort: \"{busy_port}\": node proxy-node failed to start healthcheck \"default/busy\" on port {busy_port}"
+        )),
+        "{message}"
+    );
+    assert_eq!(get(health_port, "/").await?.0, 503);
+    drop(holder);
+    plane
+        .kubectl(["delete", "-f", &file.to_string_lossy()])
+        .await?;
+
+    // The Service goes: so does its health check.
+    plane.kubectl(["delete", "service", "lb"]).await?;
+    until_closed(health_port).await?;
+    until_closed(busy_port).await?;
+    proxy.kill().await?;
+    Ok(())
+}
+
+/// Waits for an event of `reason` on the Service `service`; its message.
+async fn until_event(plane: &ControlPlane, service: &str, reason: &str) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while tokio::time::Instant::now() < deadline {
+        let listed = plane
+            .kubectl([
+                "get",
+                "events",
+                "--field-selector",
+                &format!(
+                    "involvedObject.kind=Service,involvedObject.name={service},reason={reason}"
+                ),
+                "-o",
+                "json",
+            ])
+            .await?;
+        let listed: serde_json::Value = serde_json::from_str(&listed)?;
+        if let Some(message) = listed["items"][0]["message"].as_str() {
+            return Ok(message.to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("no {reason} event on Service {service}")
 }

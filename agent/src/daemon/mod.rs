@@ -38,6 +38,8 @@ use crate::pod::spec::NodeContext;
 use crate::pod::volume::{self, HostMounter};
 use crate::pod::worker::pod_name;
 use crate::policy::PolicyEnforcer;
+use crate::proxy::healthz::ProxyHealth;
+use crate::proxy::service_health::ServiceHealthServer;
 use crate::service::endpoints;
 use crate::service::proxy::Proxy;
 use crate::source;
@@ -489,6 +491,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 ),
             ));
         }
+        // The proxy's health as kube-proxy judges it, with kube-proxy's default timeout
+        // (2 × syncPeriod): what the Services' health checks report as serviceProxyHealthy.
+        let proxy_health = ProxyHealth::new(Duration::from_secs(60));
         let proxy = Proxy {
             bpf_dir: bpf_dir.clone(),
             node: config.node.node_name.clone(),
@@ -497,7 +502,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             pods: Some(pods.clone()),
             node_view,
             events: events.clone(),
-            progress: None,
+            progress: Some(Box::new(proxy_health.clone())),
+            service_health: Some(ServiceHealthServer::new(
+                &config.node.node_name,
+                events.clone(),
+                Some(proxy_health),
+            )),
             external: config.external.clone(),
         };
         tasks.push(tokio::spawn(proxy.run()));

@@ -320,7 +320,8 @@ fn ping_healthz(query: Option<&str>) -> Response<Body> {
     ))
 }
 
-fn nosniff(mut response: Response<Body>) -> Response<Body> {
+/// `response` with `X-Content-Type-Options: nosniff`, as kube-proxy's health answers have.
+pub(crate) fn nosniff(mut response: Response<Body>) -> Response<Body> {
     response
         .headers_mut()
         .insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -328,7 +329,7 @@ fn nosniff(mut response: Response<Body>) -> Response<Body> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use k8s_openapi::api::core::v1::{NodeSpec, Taint};
@@ -481,7 +482,10 @@ mod tests {
 
     /// One HTTP/1.1 GET over a fresh connection: the status, the headers (names lower-cased)
     /// and the body.
-    async fn http_get(address: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, String) {
+    pub(crate) async fn http_get(
+        address: SocketAddr,
+        path: &str,
+    ) -> (u16, Vec<(String, String)>, String) {
         // The server binds when its task first runs; yield until it has.
         let mut stream = None;
         for _ in 0..1000 {
@@ -519,7 +523,7 @@ mod tests {
         (status, headers, body.to_owned())
     }
 
-    fn free_port() -> SocketAddr {
+    pub(crate) fn free_port() -> SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         listener.local_addr().expect("its address")
     }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::config::ProxyConfig;
 use super::healthz::{self, ProxyHealth};
+use super::service_health::ServiceHealthServer;
 use crate::cluster::datapath::{
     watch_endpoint_slices, watch_node, watch_policy_objects, watch_services, NodeView, PodPeer,
 };
@@ -97,6 +98,8 @@ pub async fn run(
     if config.network_policy {
         tasks.extend(network_policy(&config, &client, &events)?);
     }
+    let service_health =
+        ServiceHealthServer::new(&config.node_name, events.clone(), Some(health.clone()));
     let proxy = Proxy {
         bpf_dir: config.bpf_dir.clone(),
         node: config.node_name.clone(),
@@ -106,6 +109,7 @@ pub async fn run(
         node_view: Some(view_rx),
         events,
         progress: Some(Box::new(health)),
+        service_health: Some(service_health),
         external: config.external.clone(),
     };
     tasks.push(tokio::spawn(proxy.run()));

@@ -256,22 +256,49 @@ where
     F: Fn(Request<Incoming>) -> R + Clone + Send + 'static,
     R: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
-    let listener = loop {
+    let listener = listen_retrying(address, what, |_| {}).await;
+    serve_listener(listener, handle).await
+}
+
+/// Listens on `address`, trying again every 5 s while it cannot; each failure is logged
+/// (naming `what` is served there) and handed to `failed`.
+pub(crate) async fn listen_retrying(
+    address: SocketAddr,
+    what: &str,
+    mut failed: impl FnMut(&std::io::Error),
+) -> TcpListener {
+    loop {
         match TcpListener::bind(address).await {
-            Ok(listener) => break listener,
+            Ok(listener) => return listener,
             Err(e) => {
                 tracing::error!(%address, error = %e, "listening for {what}; trying again");
+                failed(&e);
                 tokio::time::sleep(LISTEN_RETRY).await;
             }
         }
-    };
+    }
+}
+
+/// Serves plain HTTP/1 on `listener`, each request answered by `handle`. Never returns;
+/// dropping it closes the listener and every connection it accepted.
+pub(crate) async fn serve_listener<F, R>(listener: TcpListener, handle: F)
+where
+    F: Fn(Request<Incoming>) -> R + Clone + Send + 'static,
+    R: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Finished connections are reaped so the set holds only live ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let handle = handle.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let answer = handle(request);
                 async move { Ok::<_, Infallible>(answer.await) }

@@ -11,6 +11,10 @@
 //! and every other Service goes on. Each sync is timed, and each change timed from when the
 //! proxy takes it to when it is written, under kube-proxy's metrics.
 //!
+//! After each write, the Services whose health check (`healthCheckNodePort`) or local
+//! endpoints may have changed are handed to the [`ServiceHealthServer`]: the Services the
+//! write compiled again, or all of them after a whole write.
+//!
 //! On a full node, a local pod that fails its readiness probe leaves the datapath at once,
 //! before its EndpointSlice says so (which takes a status write and the EndpointSlice
 //! controller's round trip through the API server); it comes back when the slice says so.
@@ -21,8 +25,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bosun_netdp::service::{
-    self as datapath, Delta, HostPort, PinnedMaps, Problem, Protocol, Reconciler, ServiceInfo,
-    ServiceTable, SliceInfo,
+    self as datapath, Delta, HealthCheck, HostPort, PinnedMaps, Problem, Protocol, Reconciler,
+    ServiceInfo, ServiceRef, ServiceTable, SliceInfo,
 };
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -32,6 +36,7 @@ use tokio::sync::watch;
 use crate::cluster::datapath::NodeView;
 use crate::events::{EventType, Recorder};
 use crate::metrics;
+use crate::proxy::service_health::ServiceHealthServer;
 use crate::store::{Changes, ObjectKey, PodStore, Store, Subscription};
 use crate::util::{error_chain, sleep_or_never};
 
@@ -64,6 +69,8 @@ pub struct Proxy {
     pub events: Recorder,
     /// Told of every change taken and every write that made the maps whole.
     pub progress: Option<Box<dyn Progress>>,
+    /// Serves the Services' health checks (`healthCheckNodePort`) on this node.
+    pub service_health: Option<ServiceHealthServer>,
     /// Node ports and traffic from outside the node.
     pub external: External,
 }
@@ -137,6 +144,14 @@ struct ExternalState {
     due: bool,
 }
 
+/// What the Services' health checks became in one sync.
+enum HealthChecks {
+    /// Of the Services compiled again (`None`: they ask for none).
+    Changed(Vec<(ServiceRef, Option<HealthCheck>)>),
+    /// Of every Service asking for one.
+    All(Vec<(ServiceRef, HealthCheck)>),
+}
+
 impl Proxy {
     /// Runs until the task is dropped. The programs and maps stay when it ends: connections
     /// keep being balanced while bosun is down.
@@ -147,7 +162,8 @@ impl Proxy {
     /// first full sync). On a full node it also waits for every running pod that is a local
     /// endpoint to be Ready again (its probes run again after a restart), or [`SETTLE`] at
     /// the latest, or the readiness shortcut would take out endpoints that are in fact fine.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
+        let mut service_health = self.service_health.take();
         let mut services = self.services.subscribe();
         let mut slices = self.slices.subscribe();
         let mut pods = self.pods.as_ref().map(Store::subscribe);
@@ -224,12 +240,23 @@ impl Proxy {
                 sync = Some(state);
             } else {
                 let began = Instant::now();
-                let (state_back, problems, written) = self.sync(state).await;
+                let (state_back, problems, written, health) = self.sync(state).await;
                 sync = state_back;
                 self.report(&mut reported, &problems);
                 match written {
                     Ok(()) => {
                         backoff = FIRST_BACKOFF;
+                        // As kube-proxy, health checks follow a write that succeeded; after
+                        // a failed one the next write is whole and brings them all.
+                        match (service_health.as_mut(), health) {
+                            (Some(server), Some(HealthChecks::Changed(changed))) => {
+                                server.update(changed).await;
+                            }
+                            (Some(server), Some(HealthChecks::All(all))) => {
+                                server.replace(all).await;
+                            }
+                            _ => {}
+                        }
                         for took in unprogrammed.programmed(Instant::now()) {
                             metrics::global().observe_network_programming(took);
                         }
@@ -328,13 +355,35 @@ impl Proxy {
     /// Compiles what changed and writes it (everything, when `state.whole`), on a blocking
     /// thread. Returns the state (`None` if the thread died), the problems of what was
     /// written (of everything, for a whole write: an update before it, such as the settling
-    /// check's, has compiled part of it already) and whether the maps now hold it.
-    async fn sync(&self, state: Sync) -> (Option<Sync>, Vec<Problem>, Result<(), String>) {
+    /// check's, has compiled part of it already), whether the maps now hold it, and the
+    /// health checks of what was compiled.
+    async fn sync(
+        &self,
+        state: Sync,
+    ) -> (
+        Option<Sync>,
+        Vec<Problem>,
+        Result<(), String>,
+        Option<HealthChecks>,
+    ) {
         let bpf_dir = self.bpf_dir.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut state = state;
             let whole = state.whole;
+            let pending: Option<Vec<ServiceRef>> =
+                (!whole).then(|| state.table.pending().cloned().collect());
             let delta = state.table.update();
+            let health = match pending {
+                Some(keys) => HealthChecks::Changed(
+                    keys.into_iter()
+                        .map(|key| {
+                            let check = state.table.health_check(&key);
+                            (key, check)
+                        })
+                        .collect(),
+                ),
+                None => HealthChecks::All(state.table.health_checks()),
+            };
             let written = write(&bpf_dir, &mut state, &delta);
             let problems = if whole {
                 state.table.problems()
@@ -346,22 +395,23 @@ impl Proxy {
                 // compiled at once: what those took for a moment goes back.
                 crate::util::release_freed_memory();
             }
-            (state, problems, written)
+            (state, problems, written, health)
         })
         .await;
         match joined {
-            Ok((state, problems, written)) => {
+            Ok((state, problems, written, health)) => {
                 if let Some((frontends, backends)) =
                     state.reconciler.as_ref().and_then(Reconciler::counts)
                 {
                     metrics::global().set_service_datapath(frontends, backends);
                 }
-                (Some(state), problems, written)
+                (Some(state), problems, written, Some(health))
             }
             Err(e) => (
                 None,
                 Vec::new(),
                 Err(format!("writing the service maps: {e}")),
+                None,
             ),
         }
     }

@@ -23,7 +23,7 @@ pub(crate) use maps::InjectedFailure;
 pub use maps::{MapOp, MemoryMaps, ServiceMaps};
 pub use model::{ServiceInfo, SliceInfo};
 pub use reconcile::{snapshot, Applied, MapBackend, MapService, MapSnapshot, Reconciler};
-pub use table::{Delta, HostPort, ServiceRef, ServiceTable};
+pub use table::{Delta, HealthCheck, HostPort, ServiceRef, ServiceTable};
 
 /// Shared with the policy compiler and reconciler.
 pub(crate) use compile::Reporter;

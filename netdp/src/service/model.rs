@@ -64,6 +64,10 @@ pub struct ServiceInfo {
     pub topology: bool,
     /// What could not be used as written.
     pub problems: Box<[Problem]>,
+    /// `spec.healthCheckNodePort` of a `LoadBalancer` Service with `externalTrafficPolicy:
+    /// Local` (kube-proxy's `NeedsHealthCheck`), where the node answers load balancers'
+    /// health checks; 0 when none, and for a Service kube-proxy skips (no IPv4 cluster IP).
+    pub health_check_node_port: u16,
 }
 
 /// One address of a Service, and the field it came from.
@@ -195,6 +199,7 @@ impl ServiceInfo {
             external_local: false,
             topology: false,
             problems: Box::new([]),
+            health_check_node_port: 0,
         };
         if name.is_empty() {
             reporter.report("metadata.name", "", "a Service needs a name");
@@ -248,6 +253,7 @@ impl ServiceInfo {
             .filter_map(|(i, port)| service_port(i, port, spec.type_.as_deref(), reporter))
             .collect();
         self.addresses = addresses.into_boxed_slice();
+        self.health_check_node_port = health_check_node_port(spec, reporter);
     }
 
     /// Whether any of its ports has a node port.
@@ -258,6 +264,31 @@ impl ServiceInfo {
     /// Whether the Service has any frontend.
     pub fn is_served(&self) -> bool {
         !self.addresses.is_empty() && !self.ports.is_empty()
+    }
+}
+
+/// `spec.healthCheckNodePort` when kube-proxy serves a health check for the Service
+/// (`NeedsHealthCheck`: a `LoadBalancer` with `externalTrafficPolicy: Local`), else 0. The
+/// API server allocates one for such a Service; kube-proxy logs one that lacks it and serves
+/// none, bosun reports it.
+fn health_check_node_port(spec: &ServiceSpec, reporter: &mut Reporter<'_>) -> u16 {
+    let needs = spec.type_.as_deref() == Some("LoadBalancer")
+        && spec.external_traffic_policy.as_deref() == Some("Local");
+    if !needs {
+        return 0;
+    }
+    let port = spec.health_check_node_port.unwrap_or(0);
+    match u16::try_from(port) {
+        Ok(port) if port != 0 => port,
+        _ => {
+            let message = if port == 0 {
+                "a LoadBalancer Service with externalTrafficPolicy Local needs a health check node port; none is served"
+            } else {
+                "not a port number (1-65535); no health check is served"
+            };
+            reporter.report("spec.healthCheckNodePort", port.to_string(), message);
+            0
+        }
     }
 }
 

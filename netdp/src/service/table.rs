@@ -667,6 +667,10 @@ fn usable<'a, 'e: 'a>(
     pick(|e| e.serving && e.terminating)
 }
 
+#[path = "table_health.rs"]
+mod health;
+pub use health::HealthCheck;
+
 #[cfg(test)]
 #[path = "table_tests.rs"]
 mod tests;
