@@ -94,11 +94,22 @@ pub struct NodePortDatapath {
 /// service datapath has not yet) and the NAT table and configuration under
 /// `<bpf_dir>/nodeport`, reusing those pinned with their entries. Attaches nothing.
 pub fn install(bpf_dir: &Path) -> Result<NodePortDatapath, Error> {
+    install_sized(bpf_dir, NAT_MAX_ENTRIES)
+}
+
+/// [`install`] with a NAT table of `nat_entries` entries when it is created (an existing one
+/// keeps its size; one of another size is refused): for tests of a full table.
+pub fn install_sized(bpf_dir: &Path, nat_entries: u32) -> Result<NodePortDatapath, Error> {
     let dir = nodeport_dir(bpf_dir);
     prepare_dir(bpf_dir)?;
     prepare_dir(&dir)?;
     refuse_mismatched(bpf_dir, &SERVICE_MAP_SHAPES)?;
-    refuse_mismatched(&dir, &MAP_SHAPES)?;
+    let [nat, config] = &MAP_SHAPES;
+    let nat = MapShape {
+        max_entries: nat_entries,
+        ..*nat
+    };
+    refuse_mismatched(&dir, &[nat, *config])?;
     let links = dir.join(LINKS_DIR);
     fs::create_dir_all(&links).map_err(|source| bpffs_error("mkdir", &links, source))?;
     let mut loader = EbpfLoader::new();
@@ -109,6 +120,7 @@ pub fn install(bpf_dir: &Path) -> Result<NodePortDatapath, Error> {
         loader.map_pin_path(shape.name, dir.join(shape.name));
     }
     shrink_unused_maps(&mut loader, &POLICY_MAPS);
+    loader.map_max_entries(NAT_MAP, nat_entries);
     let mut ebpf = loader.load(OBJECT).map_err(|source| Error::LoadObject {
         source: Box::new(source),
     })?;
@@ -255,8 +267,13 @@ impl NodePortMaps {
     pub fn open(bpf_dir: &Path) -> Result<Self, Error> {
         let dir = nodeport_dir(bpf_dir);
         let [nat, config] = &MAP_SHAPES;
+        // Whatever size the table was made with (see [`install_sized`]).
+        let nat = MapShape {
+            max_entries: pinned_max_entries(&dir.join(nat.name)).unwrap_or(nat.max_entries),
+            ..*nat
+        };
         Ok(Self {
-            nat: open_map(&dir.join(nat.name), nat)?,
+            nat: open_map(&dir.join(nat.name), &nat)?,
             config: open_map(&dir.join(config.name), config)?,
         })
     }
@@ -367,6 +384,11 @@ impl NodePortMaps {
         entries.dedup_by_key(|(k, _)| *k);
         Ok(entries)
     }
+}
+
+/// The size of the map pinned at `path`, if there is one.
+fn pinned_max_entries(path: &Path) -> Option<u32> {
+    Some(MapData::from_pin(path).ok()?.info().ok()?.max_entries())
 }
 
 /// CLOCK_MONOTONIC, the clock of the programs' `bpf_ktime_get_coarse_ns`.

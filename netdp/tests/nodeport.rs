@@ -411,3 +411,47 @@ fn a_flow_survives_a_reinstall_and_a_removed_service_stops_answering() {
     assert!(removed >= 2, "{removed} entries removed");
     assert_eq!(maps.entry_count().expect("count"), 0);
 }
+
+#[test]
+fn a_flood_of_new_flows_keeps_the_nat_table_bounded_and_new_flows_served() {
+    const ENTRIES: u32 = 512;
+    let topology = Topology::new(4);
+    serve(&topology.ns("pod"), topology.address(66), "pod");
+    let mut datapath = nodeport::install_sized(&topology.bpf_dir, ENTRIES)
+        .unwrap_or_else(|e| panic!("install: {}", chain(&e)));
+    in_netns(&topology.ns("node"), || {
+        let ifindex = if_nametoindex(topology.link("c").as_str()).expect("the veth exists");
+        datapath
+            .attach(ifindex)
+            .unwrap_or_else(|e| panic!("attach: {}", chain(&e)));
+    });
+    topology
+        .reconciler()
+        .apply(&[topology.service(Protocol::Udp, &[(66, true)])])
+        .unwrap_or_else(|e| panic!("write the service: {}", chain(&e)));
+
+    // 2,000 flows (each datagram from a port of its own), four times what the table holds.
+    let to = SocketAddrV4::new(topology.address(1), NODE_PORT);
+    in_netns(&topology.ns("cli"), || {
+        for _ in 0..2000 {
+            let socket =
+                UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+            socket.send_to(b"who", to).expect("send");
+        }
+    });
+    let maps = nodeport::NodePortMaps::open(&topology.bpf_dir)
+        .unwrap_or_else(|e| panic!("open: {}", chain(&e)));
+    let entries = maps.entry_count().expect("count");
+    // Full (the flood did go through the table), never over.
+    assert!(
+        entries > ENTRIES as usize / 2 && entries <= ENTRIES as usize,
+        "{entries} entries in a table of {ENTRIES}"
+    );
+    // The oldest flows were evicted; a new one is served.
+    let (answer, from) = ask_udp(&topology);
+    assert_eq!(answer, "pod 10.212.4.2");
+    assert_eq!(
+        from,
+        SocketAddrV4::new(topology.address(1), NODE_PORT).into()
+    );
+}

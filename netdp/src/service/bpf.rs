@@ -77,6 +77,7 @@ const HOOKS: [Hook; 4] = [
 pub(crate) const NEW_LINK_SUFFIX: &str = "_new";
 
 /// What a pinned map must look like to be this build's.
+#[derive(Clone, Copy)]
 pub(crate) struct MapShape {
     pub(crate) name: &'static str,
     pub(crate) map_type: MapType,
