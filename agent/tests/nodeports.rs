@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bosun_tests::daemon::{Daemon, NODE_NAME};
+use bosun_tests::daemon::{self, Daemon, NODE_NAME};
 use bosun_tests::netns::{ask_tcp, echo_line, NetnsPod};
 use bosun_tests::node::{NodeOptions, TestNode};
 use serde_json::Value;
@@ -198,37 +198,27 @@ async fn wait_for_node_port(node: &TestNode, net: &Net) -> Result<()> {
     }
 }
 
-/// Runs `scenario` on a fresh node with its network and a daemon serving it, tearing all down
-/// (and printing the daemon's log on failure) either way.
+/// Runs `scenario` on a fresh node with its network (the client and `pods`) and a daemon
+/// serving it, tearing all down either way.
 async fn on_a_node<F, Fut>(name: &str, pods: &[&str], scenario: F) -> Result<()>
 where
     F: FnOnce(TestNode, Net, Daemon) -> Fut,
     Fut: std::future::Future<Output = (TestNode, Result<()>)>,
 {
-    let node = TestNode::start_with(NodeOptions::new(name)).await?;
-    let started = async {
-        let net = Net::new(&node, pods)?;
-        let daemon = start_daemon(&node, &net).await?;
-        Ok::<_, anyhow::Error>((net, daemon))
-    }
-    .await;
-    let (net, daemon) = match started {
-        Ok(started) => started,
-        Err(e) => {
-            node.shutdown().await?;
-            return Err(e);
-        }
-    };
-    let log = node.dir().join("bosun.log");
-    let (node, result) = scenario(node, net, daemon).await;
-    if result.is_err() {
-        println!(
-            "--- bosun log ---\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-    node.shutdown().await?;
-    result
+    let pods: Vec<String> = pods.iter().map(|p| (*p).to_owned()).collect();
+    daemon::on_a_node_set_up(
+        NodeOptions::new(name),
+        |node| {
+            Box::pin(async move {
+                let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+                let net = Net::new(node, &pods)?;
+                let daemon = start_daemon(node, &net).await?;
+                Ok((net, daemon))
+            })
+        },
+        |node, (net, daemon)| scenario(node, net, daemon),
+    )
+    .await
 }
 
 fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {

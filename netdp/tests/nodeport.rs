@@ -22,7 +22,7 @@ use std::{
 };
 
 use bosun_netdp::{
-    nodeport::{self, NodePortDatapath},
+    nodeport::{self, NatFlow, NodePortDatapath},
     service::{
         BackendAddr, DesiredService, ExternalTarget, Frontend, PinnedMaps, Protocol, Reconciler,
         ServicePortName,
@@ -300,34 +300,41 @@ fn ask_udp(topology: &Topology) -> (String, std::net::SocketAddr) {
     })
 }
 
-#[test]
-fn a_node_port_reaches_a_local_backend_with_the_clients_address() {
-    let topology = Topology::new(1);
-    serve(&topology.ns("pod"), topology.address(66), "pod");
+/// Installs the programs, serves the node port over TCP and UDP by the backend at `last`
+/// (local or not), and asks it once each way from the client: the TCP answer, the UDP one
+/// (checked to come from the node port, not from the backend) and the flows the table holds.
+fn ask_both_ways(topology: &Topology, last: u8, local: bool) -> (String, String, Vec<NatFlow>) {
     let _datapath = topology.install();
     topology
         .reconciler()
         .apply(&[
-            topology.service(Protocol::Tcp, &[(66, true)]),
-            topology.service(Protocol::Udp, &[(66, true)]),
+            topology.service(Protocol::Tcp, &[(last, local)]),
+            topology.service(Protocol::Udp, &[(last, local)]),
         ])
         .unwrap_or_else(|e| panic!("write the service: {}", chain(&e)));
-
-    let (mut stream, mut reader) = connect(&topology).expect("the node port answers");
-    // DNAT only: the pod sees the client's own address.
-    assert_eq!(ask(&mut stream, &mut reader), "pod 10.212.1.2");
-    let (answer, from) = ask_udp(&topology);
-    assert_eq!(answer, "pod 10.212.1.2");
-    // The reply comes from the node port, not from the pod.
+    let (mut stream, mut reader) = connect(topology).expect("the node port answers");
+    let tcp = ask(&mut stream, &mut reader);
+    let (udp, from) = ask_udp(topology);
     assert_eq!(
         from,
-        SocketAddrV4::new(topology.address(1), NODE_PORT).into()
+        SocketAddrV4::new(topology.address(1), NODE_PORT).into(),
+        "the reply comes from the node port"
     );
-
     let flows = nodeport::NodePortMaps::open(&topology.bpf_dir)
         .and_then(|maps| maps.flows(nodeport::monotonic_now()))
         .unwrap_or_else(|e| panic!("read the flows: {}", chain(&e)));
     assert_eq!(flows.len(), 2, "{flows:?}");
+    (tcp, udp, flows)
+}
+
+#[test]
+fn a_node_port_reaches_a_local_backend_with_the_clients_address() {
+    let topology = Topology::new(1);
+    serve(&topology.ns("pod"), topology.address(66), "pod");
+    let (tcp, udp, flows) = ask_both_ways(&topology, 66, true);
+    // DNAT only: the pod sees the client's own address.
+    assert_eq!(tcp, "pod 10.212.1.2");
+    assert_eq!(udp, "pod 10.212.1.2");
     assert!(flows
         .iter()
         .all(|f| f.snat.is_none() && f.backend.0 == topology.address(66)));
@@ -337,29 +344,10 @@ fn a_node_port_reaches_a_local_backend_with_the_clients_address() {
 fn a_node_port_reaches_a_remote_backend_through_snat() {
     let topology = Topology::new(2);
     serve(&topology.ns("rem"), topology.address(193), "remote");
-    let _datapath = topology.install();
-    topology
-        .reconciler()
-        .apply(&[
-            topology.service(Protocol::Tcp, &[(193, false)]),
-            topology.service(Protocol::Udp, &[(193, false)]),
-        ])
-        .unwrap_or_else(|e| panic!("write the service: {}", chain(&e)));
-
-    let (mut stream, mut reader) = connect(&topology).expect("the node port answers");
+    let (tcp, udp, flows) = ask_both_ways(&topology, 193, false);
     // SNATed to the node's address, as kube-proxy masquerades, so the reply comes back here.
-    assert_eq!(ask(&mut stream, &mut reader), "remote 10.212.2.1");
-    let (answer, from) = ask_udp(&topology);
-    assert_eq!(answer, "remote 10.212.2.1");
-    assert_eq!(
-        from,
-        SocketAddrV4::new(topology.address(1), NODE_PORT).into()
-    );
-
-    let flows = nodeport::NodePortMaps::open(&topology.bpf_dir)
-        .and_then(|maps| maps.flows(nodeport::monotonic_now()))
-        .unwrap_or_else(|e| panic!("read the flows: {}", chain(&e)));
-    assert_eq!(flows.len(), 2, "{flows:?}");
+    assert_eq!(tcp, "remote 10.212.2.1");
+    assert_eq!(udp, "remote 10.212.2.1");
     for flow in &flows {
         let (address, port) = flow.snat.expect("a SNATed flow");
         assert_eq!(address, topology.address(1));

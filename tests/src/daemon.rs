@@ -323,16 +323,41 @@ where
     F: FnOnce(TestNode, Daemon) -> Fut,
     Fut: std::future::Future<Output = (TestNode, Result<()>)>,
 {
+    let (bin, config) = (bin.to_owned(), config.to_owned());
+    on_a_node_set_up(
+        options,
+        |node| Box::pin(async move { Daemon::start(&bin, node, &config).await }),
+        scenario,
+    )
+    .await
+}
+
+/// Starts a node as `options` say, sets it up with `set_up` (which starts its daemon, and
+/// whatever else the test needs), runs `scenario`, prints the daemon's log if it failed, and
+/// tears the node down either way.
+pub async fn on_a_node_set_up<S, Set, F, Fut>(
+    options: NodeOptions,
+    set_up: Set,
+    scenario: F,
+) -> Result<()>
+where
+    Set: for<'n> FnOnce(
+        &'n TestNode,
+    )
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<S>> + 'n>>,
+    F: FnOnce(TestNode, S) -> Fut,
+    Fut: std::future::Future<Output = (TestNode, Result<()>)>,
+{
     let node = TestNode::start_with(options).await?;
-    let daemon = match Daemon::start(bin, &node, config).await {
-        Ok(d) => d,
+    let state = match set_up(&node).await {
+        Ok(state) => state,
         Err(e) => {
             node.shutdown().await?;
             return Err(e);
         }
     };
     let log = node.dir().join("bosun.log");
-    let (node, result) = scenario(node, daemon).await;
+    let (node, result) = scenario(node, state).await;
     if result.is_err() {
         println!(
             "--- bosun log ---\n{}",

@@ -58,25 +58,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub cleanup: bool,
 
-    /// As kube-proxy's: the ranges of the node's addresses that node ports are served on,
-    /// comma-separated CIDRs (default: every address of the node).
-    #[arg(
-        long = "nodeport-addresses",
-        value_name = "CIDR,...",
-        value_delimiter = ','
-    )]
-    pub nodeport_addresses: Vec<String>,
-
-    /// The interfaces where packets from outside the node to node ports, external IPs and
-    /// load balancer IPs are served, comma-separated, including those towards other nodes
-    /// (default: none; connections made on the node itself reach node ports whatever this
-    /// says).
-    #[arg(
-        long = "external-interfaces",
-        value_name = "NAME,...",
-        value_delimiter = ','
-    )]
-    pub external_interfaces: Vec<String>,
+    #[command(flatten)]
+    pub external: bosun::proxy::config::ExternalArgs,
 
     /// As kubelet's: join the cluster of the API server this kubeconfig names, as this
     /// node. Without it bosun is standalone.
@@ -375,7 +358,7 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
     let bpf_dir = (service_proxy || network_policy).then(|| bpf_dir(args, file.bpf_dir));
     let mut notes = Vec::new();
     let node_port_cidrs = bosun::proxy::config::node_port_cidrs(
-        &args.nodeport_addresses,
+        &args.external.nodeport_addresses,
         "--nodeport-addresses",
         &mut notes,
     )
@@ -387,15 +370,7 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         cgroup_root: configured_cgroup_root,
         bpf_dir,
         service_proxy,
-        external: bosun::service::proxy::External {
-            interfaces: args
-                .external_interfaces
-                .iter()
-                .filter(|name| !name.is_empty())
-                .cloned()
-                .collect(),
-            node_port_cidrs,
-        },
+        external: args.external.resolve(node_port_cidrs),
         network_policy,
         max_pods,
         manifest_dir,

@@ -125,9 +125,17 @@ pub struct ProxyArgs {
     #[arg(long = "state-dir", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 
+    #[command(flatten)]
+    pub external: ExternalArgs,
+}
+
+/// The flags of node ports and traffic from outside the node, shared by `bosun proxy` and
+/// `bosun run`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ExternalArgs {
     /// As kube-proxy's: the ranges of the node's addresses that node ports are served on,
-    /// comma-separated CIDRs (default: every address of the node). Ignored with --config
-    /// (nodePortAddresses).
+    /// comma-separated CIDRs (default: every address of the node). With `bosun proxy
+    /// --config`, the file's nodePortAddresses instead.
     #[arg(
         long = "nodeport-addresses",
         value_name = "CIDR,...",
@@ -145,6 +153,21 @@ pub struct ProxyArgs {
         value_delimiter = ','
     )]
     pub external_interfaces: Vec<String>,
+}
+
+impl ExternalArgs {
+    /// What the proxy serves, with the node port ranges given (from these flags or a file).
+    pub fn resolve(&self, node_port_cidrs: Vec<Ipv4Cidr>) -> crate::service::proxy::External {
+        crate::service::proxy::External {
+            interfaces: self
+                .external_interfaces
+                .iter()
+                .filter(|name| !name.is_empty())
+                .cloned()
+                .collect(),
+            node_port_cidrs,
+        }
+    }
 }
 
 /// What `bosun proxy` runs with, the flags and the file resolved.
@@ -280,15 +303,7 @@ impl ProxyArgs {
             cleanup: self.cleanup,
             config_sync_period: settings.config_sync_period,
             sync_period: settings.sync_period,
-            external: crate::service::proxy::External {
-                interfaces: self
-                    .external_interfaces
-                    .iter()
-                    .filter(|name| !name.is_empty())
-                    .cloned()
-                    .collect(),
-                node_port_cidrs: settings.node_port_cidrs,
-            },
+            external: self.external.resolve(settings.node_port_cidrs),
             notes,
         })
     }
@@ -310,6 +325,11 @@ impl ProxyArgs {
                 "metrics-bind-address",
                 "metricsBindAddress",
                 self.metrics_bind_address.is_some(),
+            ),
+            (
+                "nodeport-addresses",
+                "nodePortAddresses",
+                !self.external.nodeport_addresses.is_empty(),
             ),
         ];
         for (flag, field, given) in flags {
@@ -351,9 +371,12 @@ impl Settings {
             }
             None => Vec::new(),
         };
-        let node_port_cidrs =
-            node_port_cidrs(&args.nodeport_addresses, "--nodeport-addresses", notes)
-                .map_err(flag_error("nodeport-addresses"))?;
+        let node_port_cidrs = node_port_cidrs(
+            &args.external.nodeport_addresses,
+            "--nodeport-addresses",
+            notes,
+        )
+        .map_err(flag_error("nodeport-addresses"))?;
         let flag_address = |flag: &'static str, value: Option<&str>, default: &str, port| {
             let text = value.unwrap_or(default);
             if text.is_empty() {
