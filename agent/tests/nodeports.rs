@@ -221,6 +221,32 @@ where
     .await
 }
 
+/// The first line of `bosun monitor -o json` that `wanted` accepts, within a few seconds.
+async fn monitor_line(node: &TestNode, wanted: impl Fn(&Value) -> bool) -> Result<Value> {
+    use tokio::io::AsyncBufReadExt;
+    let mut monitor = tokio::process::Command::new(BOSUN)
+        .args(["monitor", "-o", "json", "--bpf-dir"])
+        .arg(node.bpf_dir())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = monitor.stdout.take().context("the monitor's stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(line) = lines.next_line().await? {
+            let value: Value = serde_json::from_str(&line)?;
+            if wanted(&value) {
+                return Ok(value);
+            }
+        }
+        bail!("bosun monitor ended")
+    })
+    .await
+    .context("no such line from bosun monitor within 5 s")?;
+    let _ = monitor.kill().await;
+    found
+}
+
 fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
@@ -258,6 +284,20 @@ async fn node_ports_and_outside_ips_answer_from_outside_and_survive_a_killed_bos
                         .iter()
                         .all(|f| f["client"][0] == client.as_str() && f["snat"].is_null()),
                 "{flows:?}"
+            );
+
+            // `bosun monitor` shows them taken (the events wait in the ring for a reader).
+            let client_address = net.outside(2).to_string();
+            let nat = monitor_line(&node, |line| {
+                line["event"] == "NAT"
+                    && line["client"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with(&format!("{client_address}:")))
+            })
+            .await?;
+            assert_eq!(
+                nat["frontend"],
+                format!("{}:{NODE_PORT}", net.node_address())
             );
 
             // A connection made before bosun is killed keeps its backend while bosun is down

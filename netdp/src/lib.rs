@@ -16,6 +16,7 @@ mod object;
 pub mod pod_interfaces;
 pub mod policy;
 mod probe;
+mod ring;
 pub mod service;
 
 pub use bosun_ebpf_abi::PacketCount;

@@ -28,7 +28,8 @@ use bosun_ebpf_abi::{
     address_from_host, address_to_host, port_to_host, NatKey, NatValue, NodePortConfig,
     NAT_CLOSING, NAT_CLOSING_TIMEOUT_NS, NAT_EGRESS, NAT_MAP, NAT_MAX_ENTRIES,
     NAT_OTHER_TIMEOUT_NS, NAT_REPLY, NAT_SNAT, NAT_TCP_TIMEOUT_NS, NODEPORT_CONFIG_MAP,
-    NODEPORT_EGRESS_PROGRAM, NODEPORT_INGRESS_PROGRAM, PROTOCOL_TCP,
+    NODEPORT_EGRESS_PROGRAM, NODEPORT_EVENT_MAP, NODEPORT_EVENT_RING_BYTES,
+    NODEPORT_INGRESS_PROGRAM, PROTOCOL_TCP,
 };
 
 use crate::{
@@ -66,7 +67,7 @@ const HOOKS: [Hook; 2] = [
     },
 ];
 
-const MAP_SHAPES: [MapShape; 2] = [
+const MAP_SHAPES: [MapShape; 3] = [
     MapShape {
         name: NAT_MAP,
         map_type: MapType::LruHash,
@@ -80,6 +81,14 @@ const MAP_SHAPES: [MapShape; 2] = [
         key_size: size_of::<u32>(),
         value_size: size_of::<NodePortConfig>(),
         max_entries: 1,
+    },
+    // A ring buffer has neither keys nor values; its size is its maximum of entries.
+    MapShape {
+        name: NODEPORT_EVENT_MAP,
+        map_type: MapType::RingBuf,
+        key_size: 0,
+        value_size: 0,
+        max_entries: NODEPORT_EVENT_RING_BYTES,
     },
 ];
 
@@ -104,12 +113,12 @@ pub fn install_sized(bpf_dir: &Path, nat_entries: u32) -> Result<NodePortDatapat
     prepare_dir(bpf_dir)?;
     prepare_dir(&dir)?;
     refuse_mismatched(bpf_dir, &SERVICE_MAP_SHAPES)?;
-    let [nat, config] = &MAP_SHAPES;
+    let [nat, config, events] = &MAP_SHAPES;
     let nat = MapShape {
         max_entries: nat_entries,
         ..*nat
     };
-    refuse_mismatched(&dir, &[nat, *config])?;
+    refuse_mismatched(&dir, &[nat, *config, *events])?;
     let links = dir.join(LINKS_DIR);
     fs::create_dir_all(&links).map_err(|source| bpffs_error("mkdir", &links, source))?;
     let mut loader = EbpfLoader::new();
@@ -266,7 +275,7 @@ impl NodePortMaps {
     /// Opens the maps an earlier [`install`] pinned, whether or not a daemon runs.
     pub fn open(bpf_dir: &Path) -> Result<Self, Error> {
         let dir = nodeport_dir(bpf_dir);
-        let [nat, config] = &MAP_SHAPES;
+        let [nat, config, _events] = &MAP_SHAPES;
         // Whatever size the table was made with (see [`install_sized`]).
         let nat = MapShape {
             max_entries: pinned_max_entries(&dir.join(nat.name)).unwrap_or(nat.max_entries),
@@ -383,6 +392,29 @@ impl NodePortMaps {
         entries.sort_unstable_by_key(|(k, _)| *k);
         entries.dedup_by_key(|(k, _)| *k);
         Ok(entries)
+    }
+}
+
+/// The events of the programs for traffic from outside, as they happen.
+pub struct NodePortEventReader(crate::ring::RingReader<bosun_ebpf_abi::NodePortEvent>);
+
+pub use bosun_ebpf_abi::{
+    NodePortEvent, NODEPORT_EVENT_NEW_FLOW, NODEPORT_EVENT_NO_BACKEND, NODEPORT_EVENT_NO_SNAT,
+    NODEPORT_EVENT_TABLE_REFUSED,
+};
+
+impl NodePortEventReader {
+    /// Opens the ring buffer an earlier [`install`] pinned. Must be called within a Tokio
+    /// runtime (with I/O enabled).
+    pub fn open(bpf_dir: &Path) -> Result<Self, Error> {
+        let [_, _, events] = &MAP_SHAPES;
+        let path = nodeport_dir(bpf_dir).join(NODEPORT_EVENT_MAP);
+        Ok(Self(crate::ring::RingReader::open(path, events)?))
+    }
+
+    /// Waits for the next event.
+    pub async fn next(&mut self) -> Result<NodePortEvent, Error> {
+        self.0.next().await
     }
 }
 

@@ -443,3 +443,52 @@ fn a_flood_of_new_flows_keeps_the_nat_table_bounded_and_new_flows_served() {
         SocketAddrV4::new(topology.address(1), NODE_PORT).into()
     );
 }
+
+#[test]
+fn new_flows_and_drops_are_reported_as_events() {
+    let topology = Topology::new(5);
+    serve(&topology.ns("pod"), topology.address(66), "pod");
+    let datapath = topology.install();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    let mut events = {
+        let _context = runtime.enter();
+        nodeport::NodePortEventReader::open(&topology.bpf_dir).expect("open the event ring")
+    };
+    let mut next = || {
+        runtime
+            .block_on(async { tokio::time::timeout(TIMEOUT, events.next()).await })
+            .expect("an event in time")
+            .unwrap_or_else(|e| panic!("read an event: {}", chain(&e)))
+    };
+
+    // A flow to the local pod: one NAT event for it.
+    topology
+        .reconciler()
+        .apply(&[topology.service(Protocol::Udp, &[(66, true)])])
+        .unwrap_or_else(|e| panic!("write the service: {}", chain(&e)));
+    let (answer, _) = ask_udp(&topology);
+    assert_eq!(answer, "pod 10.212.5.2");
+    let event = next();
+    assert_eq!(event.kind, nodeport::NODEPORT_EVENT_NEW_FLOW);
+    assert_eq!(event.client, topology.address(2).octets());
+    assert_eq!(event.frontend, topology.address(1).octets());
+    assert_eq!(event.backend, topology.address(66).octets());
+    assert_eq!(u16::from_be_bytes(event.frontend_port), NODE_PORT);
+
+    // A remote backend without a SNAT address to send it from: dropped, and said why.
+    datapath
+        .maps()
+        .and_then(|mut maps| maps.set_snat_address(None))
+        .unwrap_or_else(|e| panic!("unset the SNAT address: {}", chain(&e)));
+    topology
+        .reconciler()
+        .apply(&[topology.service(Protocol::Tcp, &[(193, false)])])
+        .unwrap_or_else(|e| panic!("write the service: {}", chain(&e)));
+    assert!(connect(&topology).is_err(), "a flow with no SNAT address");
+    let event = next();
+    assert_eq!(event.kind, nodeport::NODEPORT_EVENT_NO_SNAT);
+    assert_eq!(event.backend, topology.address(193).octets());
+}

@@ -1,6 +1,7 @@
 //! `bosun monitor`: NetworkPolicy verdicts as they happen — every dropped packet and every new
-//! flow a policy allowed — read straight from the policy datapath's ring buffer in bpffs, so it
-//! works whether or not the daemon runs. Pod names come from the daemon when it answers.
+//! flow a policy allowed — and the flows from outside the node (each new one NATed to its
+//! backend, and each packet dropped), read straight from the datapaths' ring buffers in bpffs,
+//! so it works whether or not the daemon runs. Pod names come from the daemon when it answers.
 //!
 //! The ring buffer has one reader position: two monitors at once share the events between
 //! them rather than each seeing all.
@@ -11,6 +12,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
+use bosun_netdp::nodeport::{
+    NodePortEvent, NodePortEventReader, NODEPORT_EVENT_NEW_FLOW, NODEPORT_EVENT_NO_BACKEND,
+    NODEPORT_EVENT_NO_SNAT,
+};
 use bosun_netdp::policy::{read_names, Direction, EventReader, FlowEvent, PolicyProtocol};
 use clap::{Args, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
@@ -141,12 +146,22 @@ impl Names {
 }
 
 pub async fn monitor(args: &MonitorArgs) -> Result<()> {
-    let mut reader = EventReader::open(&args.bpf_dir).with_context(|| {
-        format!(
-            "opening the policy event ring buffer in {} (has `bosun run` installed it there?)",
-            args.bpf_dir.display()
-        )
-    })?;
+    // Either datapath may be missing (no NetworkPolicy, no external interfaces); not both.
+    let (mut policy, mut outside) = match (
+        EventReader::open(&args.bpf_dir),
+        NodePortEventReader::open(&args.bpf_dir),
+    ) {
+        (Err(e), Err(_)) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "opening the policy event ring buffer in {} (has `bosun run` installed it \
+                     there?)",
+                    args.bpf_dir.display()
+                )
+            })
+        }
+        (policy, outside) => (policy.ok(), outside.ok()),
+    };
     let mut names = Names {
         bpf_dir: args.bpf_dir.clone(),
         socket: bosun::daemon::api_socket(&args.root_dir),
@@ -156,41 +171,132 @@ pub async fn monitor(args: &MonitorArgs) -> Result<()> {
     };
     names.refresh().await;
     loop {
-        let event = FlowEvent::from(reader.next().await.context("reading policy events")?);
-        let allowed = event.allowed;
-        let shown = match args.verdict {
+        tokio::select! {
+            event = next_or_never(policy.as_mut().map(EventReader::next)) => {
+                let event = FlowEvent::from(event.context("reading policy events")?);
+                print_verdict(args, &mut names, event).await?;
+            }
+            event = next_or_never(outside.as_mut().map(NodePortEventReader::next)) => {
+                let event = event.context("reading the events of traffic from outside")?;
+                print_outside(args, &event)?;
+            }
+        }
+    }
+}
+
+/// The next event of a reader that is there; never, for one that is not.
+async fn next_or_never<T>(next: Option<impl std::future::Future<Output = T>>) -> T {
+    match next {
+        Some(next) => next.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn print_verdict(args: &MonitorArgs, names: &mut Names, event: FlowEvent) -> Result<()> {
+    let allowed = event.allowed;
+    if !args.verdict.shows(allowed) {
+        return Ok(());
+    }
+    let (source_pod, destination_pod, policy) = names.resolve(&event).await;
+    let verdict = Verdict {
+        time: wall_time(event.time_ns),
+        verdict: if allowed { "ALLOWED" } else { "DROPPED" },
+        direction: event.direction,
+        source: Side {
+            ip: *event.source.ip(),
+            port: event.source.port(),
+            pod: source_pod,
+        },
+        destination: Side {
+            ip: *event.destination.ip(),
+            port: event.destination.port(),
+            pod: destination_pod,
+        },
+        protocol: PolicyProtocol::from_number(event.protocol)
+            .map_or_else(|| format!("proto-{}", event.protocol), |p| p.to_string()),
+        policy,
+        ifindex: event.ifindex,
+    };
+    let line = match args.output {
+        MonitorFormat::Json => serde_json::to_string(&verdict)?,
+        MonitorFormat::Text => text_line(&verdict),
+    };
+    super::output::print_stdout(&format!("{line}\n"))
+}
+
+/// A flow from outside as printed: NATed to its backend, or dropped and why.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Outside {
+    time: String,
+    /// `NAT` or `DROPPED`.
+    event: &'static str,
+    client: String,
+    frontend: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snat_port: Option<u16>,
+    protocol: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+fn print_outside(args: &MonitorArgs, event: &NodePortEvent) -> Result<()> {
+    let taken = event.kind == NODEPORT_EVENT_NEW_FLOW;
+    if !args.verdict.shows(taken) {
+        return Ok(());
+    }
+    let at = |address: [u8; 4], port: [u8; 2]| {
+        format!("{}:{}", Ipv4Addr::from(address), u16::from_be_bytes(port))
+    };
+    let outside = Outside {
+        time: wall_time(event.time_ns),
+        event: if taken { "NAT" } else { "DROPPED" },
+        client: at(event.client, event.client_port),
+        frontend: at(event.frontend, event.frontend_port),
+        backend: (event.backend != [0; 4]).then(|| at(event.backend, event.backend_port)),
+        snat_port: (event.snat_port != [0; 2]).then(|| u16::from_be_bytes(event.snat_port)),
+        protocol: PolicyProtocol::from_number(event.protocol)
+            .map_or_else(|| format!("proto-{}", event.protocol), |p| p.to_string()),
+        reason: (!taken).then_some(match event.kind {
+            NODEPORT_EVENT_NO_BACKEND => "no backend for traffic from outside",
+            NODEPORT_EVENT_NO_SNAT => "no SNAT address or port for a backend on another node",
+            _ => "the NAT table refused the flow",
+        }),
+    };
+    let line = match args.output {
+        MonitorFormat::Json => serde_json::to_string(&outside)?,
+        MonitorFormat::Text => {
+            let backend = match (&outside.backend, outside.snat_port) {
+                (Some(backend), Some(port)) => format!(" => {backend} (SNAT port {port})"),
+                (Some(backend), None) => format!(" => {backend}"),
+                (None, _) => String::new(),
+            };
+            format!(
+                "{}  {:<7}  outside  {} -> {}{}  {}{}",
+                outside.time,
+                outside.event,
+                outside.client,
+                outside.frontend,
+                backend,
+                outside.protocol,
+                outside
+                    .reason
+                    .map_or_else(String::new, |r| format!("  {r}"))
+            )
+        }
+    };
+    super::output::print_stdout(&format!("{line}\n"))
+}
+
+impl VerdictFilter {
+    fn shows(self, allowed: bool) -> bool {
+        match self {
             VerdictFilter::All => true,
             VerdictFilter::Dropped => !allowed,
             VerdictFilter::Allowed => allowed,
-        };
-        if !shown {
-            continue;
         }
-        let (source_pod, destination_pod, policy) = names.resolve(&event).await;
-        let verdict = Verdict {
-            time: wall_time(event.time_ns),
-            verdict: if allowed { "ALLOWED" } else { "DROPPED" },
-            direction: event.direction,
-            source: Side {
-                ip: *event.source.ip(),
-                port: event.source.port(),
-                pod: source_pod,
-            },
-            destination: Side {
-                ip: *event.destination.ip(),
-                port: event.destination.port(),
-                pod: destination_pod,
-            },
-            protocol: PolicyProtocol::from_number(event.protocol)
-                .map_or_else(|| format!("proto-{}", event.protocol), |p| p.to_string()),
-            policy,
-            ifindex: event.ifindex,
-        };
-        let line = match args.output {
-            MonitorFormat::Json => serde_json::to_string(&verdict)?,
-            MonitorFormat::Text => text_line(&verdict),
-        };
-        super::output::print_stdout(&format!("{line}\n"))?;
     }
 }
 

@@ -261,6 +261,10 @@ pub const MAGLEV_MAP: &str = "BOSUN_MAG_V1";
 pub const NAT_MAP: &str = "BOSUN_NAT_V1";
 /// Array map of one [`NodePortConfig`].
 pub const NODEPORT_CONFIG_MAP: &str = "BOSUN_NPCFG_V1";
+/// Ring buffer of [`NodePortEvent`]s: flows from outside taken, and packets dropped.
+pub const NODEPORT_EVENT_MAP: &str = "BOSUN_NPEVT_V1";
+/// Bytes of [`NODEPORT_EVENT_MAP`].
+pub const NODEPORT_EVENT_RING_BYTES: u32 = 1 << 18;
 
 pub const MAGLEV_MAX_ENTRIES: u32 = 1 << 16;
 pub const NAT_MAX_ENTRIES: u32 = 1 << 18;
@@ -393,6 +397,36 @@ pub const NAT_CLOSING_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
 pub const SNAT_PORT_MIN: u16 = 61000;
 pub const SNAT_PORT_MAX: u16 = 65535;
 
+/// [`NodePortEvent::kind`]: a new flow, NATed to its backend.
+pub const NODEPORT_EVENT_NEW_FLOW: u8 = 0;
+/// [`NodePortEvent::kind`]: dropped, the frontend has no backend for traffic from outside.
+pub const NODEPORT_EVENT_NO_BACKEND: u8 = 1;
+/// [`NodePortEvent::kind`]: dropped, no SNAT address is set or no SNAT port was free.
+pub const NODEPORT_EVENT_NO_SNAT: u8 = 2;
+/// [`NodePortEvent::kind`]: dropped, the NAT table refused the flow's entries.
+pub const NODEPORT_EVENT_TABLE_REFUSED: u8 = 3;
+
+/// A record of [`NODEPORT_EVENT_MAP`]. Addresses and ports in network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodePortEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the packet.
+    pub time_ns: u64,
+    pub client: [u8; 4],
+    pub frontend: [u8; 4],
+    /// Zero when dropped before a backend was chosen.
+    pub backend: [u8; 4],
+    pub client_port: [u8; 2],
+    pub frontend_port: [u8; 2],
+    pub backend_port: [u8; 2],
+    /// The SNAT port of a flow to another node's backend; zero otherwise.
+    pub snat_port: [u8; 2],
+    pub protocol: u8,
+    /// `NODEPORT_EVENT_*`.
+    pub kind: u8,
+    pub _pad: [u8; 6],
+}
+
 /// Value of [`NODEPORT_CONFIG_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -408,6 +442,8 @@ const _: () = assert!(core::mem::size_of::<MaglevTable>() == 8 * MAGLEV_TABLE_SI
 const _: () = assert!(core::mem::size_of::<NatKey>() == 16);
 const _: () = assert!(core::mem::size_of::<NatValue>() == 24);
 const _: () = assert!(core::mem::size_of::<NodePortConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<NodePortEvent>() == 40);
+const _: () = assert!(NODEPORT_EVENT_MAP.len() <= 15);
 const _: () = assert!(MAGLEV_MAP.len() <= 15 && NAT_MAP.len() <= 15);
 const _: () = assert!(NODEPORT_CONFIG_MAP.len() <= 15);
 const _: () = assert!(NODEPORT_INGRESS_PROGRAM.len() <= 15 && NODEPORT_EGRESS_PROGRAM.len() <= 15);
@@ -423,6 +459,8 @@ unsafe impl aya::Pod for NatKey {}
 unsafe impl aya::Pod for NatValue {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for NodePortConfig {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NodePortEvent {}
 
 // ---------------------------------------------------------------------------------------------
 // NetworkPolicy on each pod's interface (tcx on the host side of the pod's veth, both

@@ -10,15 +10,18 @@ use aya_ebpf::{
         BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, BPF_NOEXIST,
         TC_ACT_UNSPEC,
     },
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map},
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, RingBuf},
     programs::TcContext,
 };
 use bosun_ebpf_abi::{
-    flow_hash, MaglevTable, NatKey, NatValue, NodePortConfig, ServiceKey, EXTERNAL_BACKEND_LOCAL,
-    MAGLEV_MAX_ENTRIES, MAGLEV_TABLE_SIZE, NAT_CLOSING, NAT_EGRESS, NAT_MAX_ENTRIES, NAT_REPLY,
-    NAT_SNAT, PROTOCOL_TCP, PROTOCOL_UDP, SERVICE_FLAG_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    flow_hash, ExternalBackend, MaglevTable, NatKey, NatValue, NodePortConfig, NodePortEvent,
+    ServiceKey, EXTERNAL_BACKEND_LOCAL, MAGLEV_MAX_ENTRIES, MAGLEV_TABLE_SIZE, NAT_CLOSING,
+    NAT_EGRESS, NAT_MAX_ENTRIES, NAT_REPLY, NAT_SNAT, NODEPORT_EVENT_NEW_FLOW,
+    NODEPORT_EVENT_NO_BACKEND, NODEPORT_EVENT_NO_SNAT, NODEPORT_EVENT_RING_BYTES,
+    NODEPORT_EVENT_TABLE_REFUSED, PROTOCOL_TCP, PROTOCOL_UDP, SERVICE_FLAG_EXTERNAL, SNAT_PORT_MAX,
+    SNAT_PORT_MIN,
 };
 
 use crate::{copied, parse, Packet, BOSUN_SVC_V1, ETH_HLEN, NS_PER_SEC};
@@ -62,6 +65,10 @@ static BOSUN_NAT_V1: LruHashMap<NatKey, NatValue> =
 /// `bosun_ebpf_abi::NODEPORT_CONFIG_MAP`.
 #[map]
 static BOSUN_NPCFG_V1: Array<NodePortConfig> = Array::with_max_entries(1, 0);
+
+/// `bosun_ebpf_abi::NODEPORT_EVENT_MAP`.
+#[map]
+static BOSUN_NPEVT_V1: RingBuf = RingBuf::with_byte_size(NODEPORT_EVENT_RING_BYTES, 0);
 
 /// `bosun_ebpf_abi::NODEPORT_INGRESS_PROGRAM`.
 #[classifier]
@@ -112,7 +119,7 @@ fn from_outside(ctx: &TcContext) -> i32 {
     // No backend for traffic from outside (none at all, or none on this node under
     // `externalTrafficPolicy: Local`): kube-proxy drops it too.
     let Some(table) = BOSUN_MAG_V1.get_ptr(service.id) else {
-        return DROP;
+        return dropped(&packet, None, NODEPORT_EVENT_NO_BACKEND);
     };
     let hash = flow_hash(packet.source, packet.source_port, packet.protocol);
     let index = (hash % MAGLEV_TABLE_SIZE as u32) as usize;
@@ -122,10 +129,10 @@ fn from_outside(ctx: &TcContext) -> i32 {
     let index = unsafe { core::ptr::read_volatile(&index) };
     // SAFETY: as above; the entry is copied out at once.
     let Some(backend) = (unsafe { (*table).entries.get(index).copied() }) else {
-        return DROP;
+        return dropped(&packet, None, NODEPORT_EVENT_NO_BACKEND);
     };
     if backend.address == [0; 4] {
-        return DROP;
+        return dropped(&packet, None, NODEPORT_EVENT_NO_BACKEND);
     }
     let dnat = NatValue {
         source: packet.source,
@@ -137,8 +144,12 @@ fn from_outside(ctx: &TcContext) -> i32 {
         last_seen_ns: now,
     };
     // The SNAT stage first: without a free port the flow is not taken at all.
-    if backend.flags & EXTERNAL_BACKEND_LOCAL == 0 && !snat(&packet, &dnat, hash, now) {
-        return DROP;
+    let mut snat_port = [0; 2];
+    if backend.flags & EXTERNAL_BACKEND_LOCAL == 0 {
+        match snat(&packet, &dnat, hash, now) {
+            Some(port) => snat_port = port,
+            None => return dropped(&packet, Some(&backend), NODEPORT_EVENT_NO_SNAT),
+        }
     }
     let reply = NatValue {
         source: packet.destination,
@@ -155,20 +166,47 @@ fn from_outside(ctx: &TcContext) -> i32 {
         .is_err()
         || BOSUN_NAT_V1.insert(key, dnat, any).is_err()
     {
-        return DROP;
+        return dropped(&packet, Some(&backend), NODEPORT_EVENT_TABLE_REFUSED);
     }
+    report(&packet, Some(&backend), snat_port, NODEPORT_EVENT_NEW_FLOW);
     rewrite(ctx, &packet, &dnat)
 }
 
-/// Writes the SNAT stage of a flow to a backend on another node (`dnat`: the flow after its
-/// DNAT), on a free port of the node's SNAT address. False if there is no address or no port.
+/// Reports a packet dropped for `kind`'s reason, and drops it.
 #[inline(always)]
-fn snat(packet: &Packet, dnat: &NatValue, hash: u32, now: u64) -> bool {
-    let Some(config) = copied(BOSUN_NPCFG_V1.get_ptr(0)) else {
-        return false;
+fn dropped(packet: &Packet, backend: Option<&ExternalBackend>, kind: u8) -> i32 {
+    report(packet, backend, [0; 2], kind);
+    DROP
+}
+
+/// Writes an event for `bosun monitor`; a full ring buffer loses it.
+#[inline(always)]
+fn report(packet: &Packet, backend: Option<&ExternalBackend>, snat_port: [u8; 2], kind: u8) {
+    let event = NodePortEvent {
+        // SAFETY: a helper call without arguments.
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        client: packet.source,
+        frontend: packet.destination,
+        backend: backend.map_or([0; 4], |b| b.address),
+        client_port: packet.source_port,
+        frontend_port: packet.destination_port,
+        backend_port: backend.map_or([0; 2], |b| b.port),
+        snat_port,
+        protocol: packet.protocol,
+        kind,
+        _pad: [0; 6],
     };
+    let _ = BOSUN_NPEVT_V1.output::<NodePortEvent>(&event, 0);
+}
+
+/// Writes the SNAT stage of a flow to a backend on another node (`dnat`: the flow after its
+/// DNAT), on a free port of the node's SNAT address, and returns the port; `None` if there is
+/// no address or no port.
+#[inline(always)]
+fn snat(packet: &Packet, dnat: &NatValue, hash: u32, now: u64) -> Option<[u8; 2]> {
+    let config = copied(BOSUN_NPCFG_V1.get_ptr(0))?;
     if config.snat_address == [0; 4] {
-        return false;
+        return None;
     }
     let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
     let reply = NatValue {
@@ -209,10 +247,11 @@ fn snat(packet: &Packet, dnat: &NatValue, hash: u32, now: u64) -> bool {
             };
             return BOSUN_NAT_V1
                 .insert(dnatted, forward, u64::from(BPF_ANY))
-                .is_ok();
+                .is_ok()
+                .then_some(port);
         }
     }
-    false
+    None
 }
 
 #[inline(always)]
