@@ -16,6 +16,7 @@ pub mod pod_interfaces;
 pub mod policy;
 mod probe;
 pub mod service;
+pub mod tc;
 
 pub use bosun_ebpf_abi::PacketCount;
 pub use error::Error;

@@ -353,11 +353,13 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
     let service_proxy = !args.no_service_proxy && file.service_proxy != Some(false);
     let network_policy = !args.no_network_policy && file.network_policy != Some(false);
     let bpf_dir = (service_proxy || network_policy).then(|| bpf_dir(args, file.bpf_dir));
+    let tc_mode = bosun_netdp::tc::TcMode::detect().map_err(|e| BadConfig(e.to_string()))?;
     Ok(Config {
         cgroup_root: configured_cgroup_root,
         bpf_dir,
         service_proxy,
         network_policy,
+        tc_mode,
         max_pods,
         manifest_dir,
         kubeconfig: args.kubeconfig.clone(),

@@ -6,8 +6,8 @@
 //! change, returning only what changed ([`PolicyDelta`]); a [`PolicyReconciler`] compares
 //! a whole result with what the maps hold (or takes a delta) and
 //! writes the difference through [`PolicyMaps`], in an order that never exposes a pod and
-//! never drops a flow the old and the new policy both allow; [`attach`] puts the two tcx
-//! programs on a pod's host-side interface and pins their links, so enforcement outlives the
+//! never drops a flow the old and the new policy both allow; [`attach`] puts the two tc
+//! programs on a pod's host-side interface and pins them, so enforcement outlives the
 //! daemon.
 //!
 //! An endpoint is a pod with an interface on this node, named by that interface's ifindex.
