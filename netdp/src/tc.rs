@@ -49,7 +49,7 @@ use netlink_packet_route::{
 };
 
 use crate::{
-    netlink::{request, OWN_NETNS},
+    netlink::{interface_name, request, OWN_NETNS},
     service::bpf::{pin_over, remove_pin, NEW_LINK_SUFFIX},
     Error,
 };
@@ -622,12 +622,6 @@ fn wait_detached(ifindex: u32, programs: &[(TcAttachType, u32)]) -> Result<(), E
         // The kernel offers no notification for a detach; the poll is short and bounded.
         thread::sleep(DETACH_POLL);
     }
-}
-
-fn interface_name(ifindex: u32) -> Option<String> {
-    nix::net::if_::if_indextoname(ifindex)
-        .ok()
-        .and_then(|name| name.into_string().ok())
 }
 
 #[cfg(test)]

@@ -1318,14 +1318,33 @@ fn each_mode_takes_off_what_the_other_attached() {
     });
     assert_udp_dropped(&b.ns, at(server, 53));
 
-    // One tcx link (server) and clsact filters (b) at once: cleanup takes both off.
+    // A tcx link (server) and clsact filters (b) at once: cleanup takes both off.
     lab.attach(&mut tcx, server.ifindex);
+    put_endpoint(&mut maps, b.ifindex, Some(91), None);
+    assert_udp_dropped(&server.ns, at(b, 53));
     assert!(lab.cleanup(), "cleanup found nothing");
     for pod in &lab.pods {
         assert_eq!(filter_names(&lab, pod), NO_FILTERS, "{}", pod.host_if);
         assert_eq!(tcx_programs(&lab, pod), NO_FILTERS, "{}", pod.host_if);
     }
     assert_udp(&b.ns, at(server, 53), &server.ns);
+    assert_udp(&server.ns, at(b, 53), &b.ns);
+
+    // Pins whose interface went while no daemon ran (a pod deleted): a link's and a
+    // program's, both found and removed.
+    let mut clsact = install(&lab.bpf_dir, TcMode::Clsact).expect("install for clsact");
+    let mut tcx = install(&lab.bpf_dir, TcMode::Tcx).expect("install for tcx");
+    lab.attach(&mut tcx, server.ifindex);
+    lab.attach(&mut clsact, b.ifindex);
+    for pod in &lab.pods {
+        ip(&["-n", &lab.node, "link", "del", &pod.host_if]);
+    }
+    assert!(lab.cleanup(), "cleanup found nothing");
+    assert!(
+        !lab.bpf_dir.join("policy").exists(),
+        "{}/policy is still there",
+        lab.bpf_dir.display()
+    );
 }
 
 #[test]
