@@ -50,6 +50,19 @@ impl Daemon {
         extra_config: &str,
         args: &[&std::ffi::OsStr],
     ) -> Result<Daemon> {
+        Self::start_with_env(bin, node, dir, extra_config, args, &[]).await
+    }
+
+    /// As [`Daemon::start_with_args`], with `env` added to the daemon's environment (e.g.
+    /// `BOSUN_TC_ATTACH`).
+    pub async fn start_with_env(
+        bin: &Path,
+        node: &TestNode,
+        dir: &Path,
+        extra_config: &str,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests)
             .with_context(|| format!("creating {}", manifests.display()))?;
@@ -108,6 +121,7 @@ impl Daemon {
             .arg("--bpf-dir")
             .arg(node.bpf_dir())
             .args(args)
+            .envs(env.iter().copied())
             // BOSUN_TEST_LOG raises (or lowers) the daemon's log level in a test.
             .env(
                 "RUST_LOG",
