@@ -170,8 +170,8 @@ impl TcHook {
                 // filter can go. Renaming the link's pin over a program pin unpinned that.
                 self.remove_filter(ifindex, None)
             }
-            // Renaming the program's pin over a link's releases the link, which detaches its
-            // program once the filter runs.
+            // The filter runs before the program's pin is renamed over a link's pin, which
+            // releases the link and so takes its program off.
             TcMode::Clsact => self.attach_clsact(program, ifindex, ifname, new, dir),
         }
     }
@@ -479,6 +479,15 @@ fn pinned_ifindex(name: &str, hooks: &[TcHook]) -> Option<u32> {
         return None;
     }
     ifindex.parse().ok()
+}
+
+/// The id of the program that the pin at `path` stands for: a link's program, or a program
+/// pinned itself (the clsact fallback's); `None` if there is no pin, or it holds neither.
+pub fn pinned_program_id(path: &Path) -> Result<Option<u32>, Error> {
+    Ok(match inspect(path)? {
+        Some(Pinned::Link { program_id } | Pinned::Program { program_id }) => program_id,
+        Some(Pinned::Other) | None => None,
+    })
 }
 
 /// What a pin holds.

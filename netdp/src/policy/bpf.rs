@@ -47,7 +47,8 @@ use crate::{
 
 /// The directory under the daemon's bpffs directory that holds everything of this module.
 const POLICY_DIR: &str = "policy";
-/// The directory under [`POLICY_DIR`] that holds the links.
+/// The directory under [`POLICY_DIR`] that holds the attachments' pins (named for the tcx
+/// links they held first; the clsact fallback's programs are pinned there too).
 const LINKS_DIR: &str = "links";
 
 /// The programs, where on the host-side interface each runs, and the suffix of its pins.
@@ -157,7 +158,7 @@ pub fn install(bpf_dir: &Path, mode: TcMode) -> Result<PolicyDatapath, Error> {
     let dir = policy_dir(bpf_dir);
     prepare_dir(&dir)?;
     refuse_mismatched(&dir, &MAP_SHAPES)?;
-    let links = dir.join(LINKS_DIR);
+    let links = links_dir(bpf_dir);
     fs::create_dir_all(&links).map_err(|source| bpffs_error("mkdir", &links, source))?;
     let mut ebpf = load_pinned(&dir, &MAP_SHAPES, &SERVICE_MAPS)?;
     for hook in &HOOKS {
