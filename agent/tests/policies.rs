@@ -4,7 +4,9 @@
 //! The upstream truth table of pod-to-pod cases runs on the datapath alone, in
 //! `netdp/tests/policy_truth.rs`; here are what only the daemon can show: no pod answers
 //! before its policy is in place, enforcement survives a killed bosun, `bosun monitor` reports
-//! drops, and egress through a Service is judged by the backend it lands on.
+//! drops, egress through a Service is judged by the backend it lands on, and the clsact
+//! fallback of kernels before 6.6 (forced with `BOSUN_TC_ATTACH`) enforces and is removed by
+//! `--cleanup`.
 //!
 //! Each test runs on its own test node, whose slot numbers everything host-wide it touches:
 //! the bpffs directory, the namespaces and veths (`bnp<slot>…`) and the clients' addresses
@@ -538,4 +540,142 @@ spec:
         (node, result)
     })
     .await
+}
+
+/// The host side of the one pod whose policy programs are pinned under the node's bpf
+/// directory: the ifindex the pins name, and its name from sysfs.
+fn pinned_interface(node: &TestNode) -> Result<String> {
+    let links = node.bpf_dir().join("policy/links");
+    let mut ifindexes = Vec::new();
+    for entry in
+        std::fs::read_dir(&links).with_context(|| format!("listing {}", links.display()))?
+    {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(ifindex) = name.strip_suffix("_in") {
+            ifindexes.push(ifindex.to_owned());
+        }
+    }
+    let [ifindex] = ifindexes.as_slice() else {
+        bail!(
+            "pins of {ifindexes:?} in {}, not of one pod",
+            links.display()
+        );
+    };
+    for entry in std::fs::read_dir("/sys/class/net")? {
+        let entry = entry?;
+        let index = std::fs::read_to_string(entry.path().join("ifindex")).unwrap_or_default();
+        if index.trim() == ifindex {
+            return Ok(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    bail!("no interface has index {ifindex}")
+}
+
+/// The names of bosun's policy programs among the tc filters on `dev`, `direction` `ingress`
+/// or `egress`, as iproute2's `tc` lists them.
+async fn policy_filters(dev: &str, direction: &str) -> Result<Vec<String>> {
+    let output = tokio::process::Command::new("tc")
+        .args(["filter", "show", "dev", dev, direction])
+        .output()
+        .await?;
+    if !output.status.success() {
+        bail!(
+            "tc filter show dev {dev} {direction}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // `filter protocol all pref 1 bpf chain 0 handle 0x1 bosun_pol_in direct-action … id 42
+    // name bosun_pol_in tag … jited`: the filter's name follows its handle.
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace().skip_while(|word| *word != "handle");
+            words.nth(2)
+        })
+        .filter(|name| name.starts_with("bosun_pol_"))
+        .map(str::to_owned)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clsact_fallback_enforces_and_cleanup_leaves_no_filter() -> Result<()> {
+    let node = TestNode::start("pol-clsact").await?;
+    let log = node.dir().join("bosun.log");
+    let result = async {
+        // What a kernel before 6.6 gets, forced on this one.
+        let daemon = Daemon::start_with_env(
+            Path::new(BOSUN),
+            &node,
+            node.dir(),
+            "",
+            &[],
+            &[("BOSUN_TC_ATTACH", std::ffi::OsStr::new("clsact"))],
+        )
+        .await?;
+        let denied = client(&node, 0, "denied")?;
+        let allowed = client(&node, 1, "allowed")?;
+        daemon.write_manifest("policy.yaml", &web_policy(allowed.ip()))?;
+        daemon.write_manifest("web.yaml", &web_pod("web-1", "app: web"))?;
+        let web = daemon.wait_for("web-1", "Ready", WITHIN, ready).await?;
+        let web_ip: Ipv4Addr = web["status"]["podIP"]
+            .as_str()
+            .context("web-1 has an IP")?
+            .parse()?;
+        let web_at = SocketAddr::from((web_ip, 8080));
+        assert!(
+            daemon
+                .log()
+                .contains("NetworkPolicy programs attach to pods' interfaces as clsact"),
+            "the mode is not logged"
+        );
+
+        let veth = pinned_interface(&node)?;
+        assert_eq!(policy_filters(&veth, "egress").await?, ["bosun_pol_in"]);
+        assert_eq!(policy_filters(&veth, "ingress").await?, ["bosun_pol_out"]);
+        let denied = Arc::new(denied);
+        let check_denied = |expected: Outcome| {
+            let denied = denied.clone();
+            blocking(move || {
+                let from_denied =
+                    denied.enter(move || Ok(attempt(web_at, Duration::from_millis(300))))?;
+                assert_eq!(from_denied, expected, "denied → web-1");
+                Ok(())
+            })
+        };
+        check_denied(Outcome::TimedOut).await?;
+        let name = blocking(move || {
+            http_get_from(&allowed, web_at, Duration::from_secs(2)).context("allowed → web-1")
+        })
+        .await?;
+        assert_eq!(name, "web-1");
+
+        // Stopped, bosun leaves the filters enforcing; --cleanup finds them through their pins.
+        daemon.kill().await?;
+        check_denied(Outcome::TimedOut).await?;
+        let bpf_dir = node.bpf_dir().to_string_lossy().into_owned();
+        let cleanup = tokio::process::Command::new(BOSUN)
+            .args(["run", "--cleanup", "--bpf-dir", &bpf_dir])
+            .output()
+            .await?;
+        assert!(
+            cleanup.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cleanup.stderr)
+        );
+        assert!(!node.bpf_dir().exists(), "{bpf_dir} is still there");
+        assert_eq!(policy_filters(&veth, "egress").await?, [""; 0]);
+        assert_eq!(policy_filters(&veth, "ingress").await?, [""; 0]);
+        // The pod runs on, open to everyone.
+        check_denied(Outcome::Answered).await?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        println!(
+            "--- bosun log ---\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    node.shutdown().await?;
+    result
 }

@@ -156,6 +156,24 @@ pub enum Error {
         source: Box<aya::pin::PinError>,
     },
 
+    /// Pinning a program that the clsact fallback attached failed; the filter was not added.
+    /// Retry only if the cause was transient: a file in the way or a missing directory stays.
+    #[error("pinning program {program} at {path}")]
+    PinProgram {
+        program: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+
+    /// The environment variable that forces how tc programs are attached has a value other
+    /// than `tcx` or `clsact`. Do not retry: fix the variable.
+    #[error("{variable} is {value:?}: expected tcx or clsact (or unset, to choose by kernel)")]
+    TcAttachMode {
+        variable: &'static str,
+        value: String,
+    },
+
     /// A pin that should hold a link could not be opened. Do not retry: something other than
     /// [`crate::service::install`] put a file there.
     #[error("opening the pinned link {path}")]
@@ -231,17 +249,6 @@ pub enum Error {
         source: Box<aya::programs::tc::TcError>,
     },
 
-    /// Removing a tc program attached through netlink (kernels without tcx) failed. Retry:
-    /// only a transient netlink failure explains it.
-    #[error("detaching program {program} from interface {ifname} (index {ifindex})")]
-    DetachTc {
-        program: &'static str,
-        ifindex: u32,
-        ifname: String,
-        #[source]
-        source: Box<aya::programs::tc::TcError>,
-    },
-
     /// Asking the kernel which tcx programs run on the interface failed. Retry: only a
     /// transient failure (memory) explains it.
     #[error("listing the tcx programs of interface {ifname} (index {ifindex})")]
@@ -252,7 +259,7 @@ pub enum Error {
         source: Box<aya::programs::ProgramError>,
     },
 
-    /// The policy links of the interface were unpinned, but these programs still run on it
+    /// The tcx links of the interface were unpinned, but these programs still run on it
     /// after a while: another process holds one of the links open. They stop when it closes
     /// it; retrying does not help.
     #[error(

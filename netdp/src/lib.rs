@@ -18,6 +18,7 @@ pub mod policy;
 mod probe;
 mod ring;
 pub mod service;
+pub mod tc;
 
 pub use bosun_ebpf_abi::PacketCount;
 pub use error::Error;

@@ -206,6 +206,21 @@ fn choose_pod_interface(netns: &Path, links: &[PodLink]) -> Result<PodInterface,
     })
 }
 
+/// The name of interface `ifindex` in the calling thread's network namespace; `None` if there
+/// is none. (nix's `if_indextoname` mistakes the C function's NULL for success and answers an
+/// empty name for a missing interface.)
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    let mut name = [0u8; nix::libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes the function may write, NUL included; the
+    // returned pointer is `name`'s or NULL, and only compared here.
+    let found = unsafe { nix::libc::if_indextoname(ifindex, name.as_mut_ptr().cast()) };
+    if found.is_null() {
+        return None;
+    }
+    let name = std::ffi::CStr::from_bytes_until_nul(&name).ok()?;
+    Some(name.to_string_lossy().into_owned()).filter(|name| !name.is_empty())
+}
+
 /// Runs `f` on a thread of its own that has entered the network namespace `netns`. The thread
 /// ends with `f`, so nothing else ever runs in that namespace by accident.
 pub(crate) fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T, Error> {

@@ -11,7 +11,7 @@
 //! where a rule left by anything else could decide what these tests measure. The sysctl is per
 //! network namespace.
 //!
-//! Needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN` for `setns`) and iproute2's `ip`.
+//! Needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN` for `setns`) and iproute2's `ip` and `tc`.
 //! Every test has its own names (`bpd<N>...`), addresses (10.215.N.0/24, the node at .1) and
 //! bpffs directory (/sys/fs/bpf/bosun-pdp-<test>), so the tests run in parallel with each other
 //! and with the other real-kernel tests.
@@ -44,6 +44,7 @@ use bosun_netdp::policy::{
     self, install, policy_name, read_counters, read_names, Direction, EventReader,
     PinnedPolicyMaps, PolicyDatapath, PolicyMaps,
 };
+use bosun_netdp::tc::TcMode;
 use common::{bind_udp, chain, in_netns, ip, listen_tcp, quiet_ip, Server};
 use nix::{
     net::if_::if_nametoindex,
@@ -75,6 +76,8 @@ struct Lab {
     node: String,
     node_address: Ipv4Addr,
     bpf_dir: PathBuf,
+    /// How [`Lab::install`] attaches: tcx unless a test says otherwise.
+    mode: TcMode,
     pods: Vec<Pod>,
     servers: Vec<Server>,
 }
@@ -99,6 +102,7 @@ impl Lab {
             node: format!("bpd{n}-node"),
             node_address: Ipv4Addr::new(10, 215, n, 1),
             bpf_dir: Path::new("/sys/fs/bpf").join(format!("bosun-pdp-{test}")),
+            mode: TcMode::Tcx,
             pods: (0..pods)
                 .map(|i| Pod {
                     ns: format!("bpd{n}-pod{i}"),
@@ -161,7 +165,7 @@ impl Lab {
     /// counters) for every pod, then attaches to every pod's interface: the order the ABI asks
     /// for.
     fn install(&self) -> (PolicyDatapath, PinnedPolicyMaps) {
-        let mut datapath = install(&self.bpf_dir)
+        let mut datapath = install(&self.bpf_dir, self.mode)
             .unwrap_or_else(|e| panic!("install in {}: {}", self.bpf_dir.display(), chain(&e)));
         let mut maps = datapath.maps().expect("open the pinned maps");
         maps.put_node_address(self.node_address.octets())
@@ -972,7 +976,7 @@ fn enforcement_outlives_the_daemon_and_reinstalls_leave_no_gap() {
     wait_for_answers(1);
     let before = answered.load(Ordering::Relaxed);
     for _ in 0..5 {
-        let mut datapath = install(&lab.bpf_dir).expect("install again");
+        let mut datapath = install(&lab.bpf_dir, lab.mode).expect("install again");
         for pod in &lab.pods {
             lab.attach(&mut datapath, pod.ifindex);
         }
@@ -1084,6 +1088,265 @@ fn detach_stops_enforcement_and_cleanup_removes_every_pin() {
     assert!(datapath.attached().expect("list attachments").is_empty());
 }
 
+/// A bpf filter as `tc filter show` lists it.
+#[derive(Debug, PartialEq, Eq)]
+struct Filter {
+    /// `pref <priority> handle <handle> <program name>`.
+    place: String,
+    program_id: u32,
+}
+
+/// The bpf filters of `lab`'s node on `dev`, `direction` `ingress` or `egress`, as iproute2's
+/// `tc` sees them: what an operator would look at.
+fn tc_filters(lab: &Lab, dev: &str, direction: &str) -> Vec<Filter> {
+    let output = std::process::Command::new("tc")
+        .args(["-n", &lab.node, "filter", "show", "dev", dev, direction])
+        .output()
+        .expect("run tc");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tc filter show dev {dev} {direction}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // `filter protocol all pref 1 bpf chain 0 handle 0x1 bosun_pol_in direct-action not_in_hw
+    // id 42 tag … jited`; the line of the priority alone, without a handle, is skipped.
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let after = |key: &str| {
+                let at = words.iter().position(|word| *word == key)?;
+                words.get(at + 1).copied()
+            };
+            let handle = after("handle")?;
+            let name = after(handle)?;
+            Some(Filter {
+                place: format!("pref {} handle {handle} {name}", after("pref")?),
+                program_id: after("id")?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The names of the filters on `pod`'s host side, egress (the pod's ingress) then ingress.
+fn filter_names(lab: &Lab, pod: &Pod) -> [Vec<String>; 2] {
+    ["egress", "ingress"].map(|direction| {
+        tc_filters(lab, &pod.host_if, direction)
+            .into_iter()
+            .map(|filter| filter.place)
+            .collect()
+    })
+}
+
+/// The tcx programs on `pod`'s host side, egress then ingress.
+fn tcx_programs(lab: &Lab, pod: &Pod) -> [Vec<String>; 2] {
+    in_netns(&lab.node, || {
+        [TcAttachType::Egress, TcAttachType::Ingress].map(|direction| {
+            SchedClassifier::query_tcx(&pod.host_if, direction)
+                .expect("list tcx programs")
+                .1
+                .iter()
+                .map(|program| program.name_as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+    })
+}
+
+/// Polls `done` until it holds: the kernel releases an unpinned link's program in a work item
+/// of its own, a moment after the unlink.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {TIMEOUT:?}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+const ONE_FILTER_EACH: [[&str; 1]; 2] = [
+    ["pref 1 handle 0x1 bosun_pol_in"],
+    ["pref 1 handle 0x1 bosun_pol_out"],
+];
+const NO_FILTERS: [[&str; 0]; 2] = [[], []];
+
+#[test]
+fn clsact_filters_enforce_survive_restarts_and_cleanup_removes_them() {
+    let mut lab = Lab::new("clsact", 8, 2);
+    lab.mode = TcMode::Clsact;
+    let (server, b) = (lab.pod(0), lab.pod(1));
+    let program_ids = |pod: &Pod| {
+        ["egress", "ingress"].map(|direction| {
+            tc_filters(&lab, &pod.host_if, direction)
+                .iter()
+                .map(|filter| filter.program_id)
+                .collect::<Vec<_>>()
+        })
+    };
+    // server admits b on TCP 80 only.
+    {
+        let (datapath, mut maps) = lab.install();
+        assert_eq!(datapath.mode(), TcMode::Clsact);
+        put_port(&mut maps, 1, exactly(PROTOCOL_TCP, 80), 81);
+        put_peer(
+            &mut maps,
+            server.ifindex,
+            Direction::Ingress,
+            b.address,
+            32,
+            1,
+        );
+        put_endpoint(&mut maps, server.ifindex, Some(80), None);
+        // Every handle of this process is dropped here: the programs, the maps.
+    }
+    for pod in &lab.pods {
+        assert_eq!(filter_names(&lab, pod), ONE_FILTER_EACH, "{}", pod.host_if);
+        assert_eq!(tcx_programs(&lab, pod), NO_FILTERS, "{}", pod.host_if);
+    }
+    assert_tcp(&b.ns, at(server, 80), &server.ns);
+    assert_tcp_dropped(&b.ns, at(server, 81));
+    assert_udp_dropped(&b.ns, at(server, 53));
+    assert_tcp(&server.ns, at(b, 81), &b.ns);
+
+    // The programs are pinned where tcx links would be, so that they are found again.
+    let links = lab.bpf_dir.join("policy/links");
+    let mut expected_pins: Vec<String> = lab
+        .pods
+        .iter()
+        .flat_map(|pod| {
+            [
+                format!("{}_in", pod.ifindex),
+                format!("{}_out", pod.ifindex),
+            ]
+        })
+        .collect();
+    expected_pins.sort();
+    assert_eq!(listing(&links), expected_pins);
+    assert_eq!(
+        policy::attached(&lab.bpf_dir).expect("list attachments"),
+        [server.ifindex, b.ifindex]
+    );
+
+    // Two restarts: each loads the programs anew and attaches them over the last ones.
+    let mut before = program_ids(server);
+    for restart in 1..=2 {
+        let mut datapath = install(&lab.bpf_dir, lab.mode).expect("install again");
+        for pod in &lab.pods {
+            lab.attach(&mut datapath, pod.ifindex);
+        }
+        drop(datapath);
+        for pod in &lab.pods {
+            assert_eq!(
+                filter_names(&lab, pod),
+                ONE_FILTER_EACH,
+                "restart {restart}: {}",
+                pod.host_if
+            );
+        }
+        let after = program_ids(server);
+        assert_ne!(
+            after, before,
+            "restart {restart} left the old programs running"
+        );
+        before = after;
+        assert_tcp(&b.ns, at(server, 80), &server.ns);
+        assert_tcp_dropped(&b.ns, at(server, 81));
+        assert_udp_dropped(&b.ns, at(server, 53));
+        assert_eq!(listing(&links), expected_pins, "restart {restart}");
+    }
+
+    // Detaching one interface removes its filters, and only its.
+    lab.detach(server.ifindex);
+    assert_eq!(filter_names(&lab, server), NO_FILTERS);
+    assert_eq!(filter_names(&lab, b), ONE_FILTER_EACH);
+    assert_udp(&b.ns, at(server, 53), &server.ns);
+    assert_tcp(&b.ns, at(server, 81), &server.ns);
+    assert_eq!(
+        policy::attached(&lab.bpf_dir).expect("list attachments"),
+        [b.ifindex]
+    );
+
+    // Cleanup finds the rest through the pins and removes the filters with them.
+    assert!(lab.cleanup(), "cleanup found nothing");
+    for pod in &lab.pods {
+        assert_eq!(filter_names(&lab, pod), NO_FILTERS, "{}", pod.host_if);
+    }
+    assert!(
+        !lab.bpf_dir.join("policy").exists(),
+        "{}/policy is still there",
+        lab.bpf_dir.display()
+    );
+    assert_tcp(&server.ns, at(b, 80), &b.ns);
+}
+
+#[test]
+fn each_mode_takes_off_what_the_other_attached() {
+    let mut lab = Lab::new("modes", 9, 2);
+    lab.mode = TcMode::Clsact;
+    let (server, b) = (lab.pod(0), lab.pod(1));
+    let (mut clsact, mut maps) = lab.install();
+    put_endpoint(&mut maps, server.ifindex, Some(90), None);
+    assert_udp_dropped(&b.ns, at(server, 53));
+
+    // The kernel or BOSUN_TC_ATTACH changed between runs: a daemon attaching through tcx
+    // sees the filters' pins and removes the filters.
+    let mut tcx = install(&lab.bpf_dir, TcMode::Tcx).expect("install for tcx");
+    assert_eq!(
+        tcx.attached().expect("list attachments"),
+        [server.ifindex, b.ifindex]
+    );
+    in_netns(&lab.node, || tcx.detach(server.ifindex))
+        .unwrap_or_else(|e| panic!("detach: {}", chain(&e)));
+    assert_eq!(filter_names(&lab, server), NO_FILTERS);
+    assert_udp(&b.ns, at(server, 53), &server.ns);
+
+    // Attaching through tcx over a filter: the link runs, then the filter goes.
+    lab.attach(&mut clsact, server.ifindex);
+    assert_eq!(filter_names(&lab, server), ONE_FILTER_EACH);
+    lab.attach(&mut tcx, server.ifindex);
+    assert_eq!(filter_names(&lab, server), NO_FILTERS);
+    assert_eq!(
+        tcx_programs(&lab, server),
+        [["bosun_pol_in"], ["bosun_pol_out"]]
+    );
+    assert_udp_dropped(&b.ns, at(server, 53));
+
+    // And back: the filter runs, and its pin replaces the link's, which releases the link.
+    lab.attach(&mut clsact, server.ifindex);
+    assert_eq!(filter_names(&lab, server), ONE_FILTER_EACH);
+    wait_until("the tcx programs released", || {
+        tcx_programs(&lab, server) == NO_FILTERS
+    });
+    assert_udp_dropped(&b.ns, at(server, 53));
+
+    // A tcx link (server) and clsact filters (b) at once: cleanup takes both off.
+    lab.attach(&mut tcx, server.ifindex);
+    put_endpoint(&mut maps, b.ifindex, Some(91), None);
+    assert_udp_dropped(&server.ns, at(b, 53));
+    assert!(lab.cleanup(), "cleanup found nothing");
+    for pod in &lab.pods {
+        assert_eq!(filter_names(&lab, pod), NO_FILTERS, "{}", pod.host_if);
+        assert_eq!(tcx_programs(&lab, pod), NO_FILTERS, "{}", pod.host_if);
+    }
+    assert_udp(&b.ns, at(server, 53), &server.ns);
+    assert_udp(&server.ns, at(b, 53), &b.ns);
+
+    // Pins whose interface went while no daemon ran (a pod deleted): a link's and a
+    // program's, both found and removed.
+    let mut clsact = install(&lab.bpf_dir, TcMode::Clsact).expect("install for clsact");
+    let mut tcx = install(&lab.bpf_dir, TcMode::Tcx).expect("install for tcx");
+    lab.attach(&mut tcx, server.ifindex);
+    lab.attach(&mut clsact, b.ifindex);
+    for pod in &lab.pods {
+        ip(&["-n", &lab.node, "link", "del", &pod.host_if]);
+    }
+    assert!(lab.cleanup(), "cleanup found nothing");
+    assert!(
+        !lab.bpf_dir.join("policy").exists(),
+        "{}/policy is still there",
+        lab.bpf_dir.display()
+    );
+}
+
 #[test]
 fn install_refuses_a_map_pinned_by_an_incompatible_build() {
     let lab = Lab::new("mismatch", 7, 0);
@@ -1097,7 +1360,7 @@ fn install_refuses_a_map_pinned_by_an_incompatible_build() {
         .pin(dir.join(ENDPOINT_MAP))
         .expect("pin it");
 
-    let error = install(&lab.bpf_dir)
+    let error = install(&lab.bpf_dir, lab.mode)
         .err()
         .expect("install over an incompatible map");
     match &error {

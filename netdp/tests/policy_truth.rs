@@ -41,6 +41,7 @@ use bosun_netdp::{
         PolicyReconciler,
     },
     service::{self, BackendAddr, DesiredService, Frontend, Protocol, ServicePortName},
+    tc::TcMode,
 };
 use common::{chain, in_netns, ip, quiet_ip, Server};
 use k8s_openapi::{
@@ -759,7 +760,9 @@ impl World {
             .unwrap_or_else(|e| panic!("the node's addresses: {}", chain(&e)));
         assert!(node.contains(&NODE_ADDRESS), "node addresses {node:?}");
 
-        let datapath = policy::install(Path::new(POLICY_DIR))
+        // As the daemon would: BOSUN_TC_ATTACH=clsact runs the table on the clsact fallback.
+        let mode = TcMode::detect().unwrap_or_else(|e| panic!("{}", chain(&e)));
+        let datapath = policy::install(Path::new(POLICY_DIR), mode)
             .unwrap_or_else(|e| panic!("install the policy datapath: {}", chain(&e)));
         let maps = datapath
             .maps()

@@ -21,19 +21,17 @@ pub struct ProgramClock {
 }
 
 impl ProgramClock {
-    /// Counts the programs of the links pinned at `links`.
+    /// Counts the programs of the links pinned at `links` (or of the programs pinned there,
+    /// as the clsact fallback of the tc programs pins them).
     pub fn start(links: &[PathBuf]) -> Result<ProgramClock> {
         let enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime)
             .context("enabling the kernel's BPF run-time statistics")?;
         let programs = links
             .iter()
             .map(|pin| {
-                let link = aya::programs::links::PinnedLink::from_pin(pin)
-                    .with_context(|| format!("opening the link pinned at {}", pin.display()))?;
-                let info = aya::programs::links::FdLink::from(link)
-                    .info()
-                    .with_context(|| format!("reading the link pinned at {}", pin.display()))?;
-                Ok(info.program_id())
+                bosun_netdp::tc::pinned_program_id(pin)
+                    .with_context(|| format!("reading the pin {}", pin.display()))?
+                    .with_context(|| format!("no program pinned at {}", pin.display()))
             })
             .collect::<Result<_>>()?;
         Ok(ProgramClock {

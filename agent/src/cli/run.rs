@@ -366,12 +366,14 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
     for note in notes {
         tracing::warn!("{note}");
     }
+    let tc_mode = bosun_netdp::tc::TcMode::detect().map_err(|e| BadConfig(e.to_string()))?;
     Ok(Config {
         cgroup_root: configured_cgroup_root,
         bpf_dir,
         service_proxy,
         external: args.external.resolve(node_port_cidrs),
         network_policy,
+        tc_mode,
         max_pods,
         manifest_dir,
         kubeconfig: args.kubeconfig.clone(),

@@ -119,6 +119,8 @@ pub struct Config {
     pub external: crate::service::proxy::External,
     /// Enforce NetworkPolicy on pods' interfaces (with a `bpf_dir`).
     pub network_policy: bool,
+    /// How the NetworkPolicy programs are attached (`BOSUN_TC_ATTACH`, else by kernel).
+    pub tc_mode: bosun_netdp::tc::TcMode,
     /// The kubelet API; `None` serves none.
     pub server: Option<crate::server::ServerConfig>,
     /// The plain-HTTP `/healthz` (`healthzBindAddress`, `healthzPort`); `None` serves none.
@@ -443,8 +445,13 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                     peers
                 }
             };
+            tracing::info!(
+                "NetworkPolicy programs attach to pods' interfaces as {}",
+                config.tc_mode
+            );
             PolicyEnforcer::new(
                 bpf_dir.clone(),
+                config.tc_mode,
                 &config.root_dir,
                 peers,
                 events.clone(),

@@ -21,6 +21,7 @@ use bosun_netdp::policy::{
     self as datapath, NamedPort, PinnedPolicyMaps, PolicyDatapath, PolicyPod, PolicyProtocol,
     PolicyReconciler, PolicyTable, Problem,
 };
+use bosun_netdp::tc::TcMode;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::Resource as _;
@@ -242,6 +243,7 @@ impl Inner {
 /// See the module documentation. Shared by the pod workers and the controller task.
 pub struct PolicyEnforcer {
     bpf_dir: PathBuf,
+    tc_mode: TcMode,
     state_file: PathBuf,
     /// Every pod with an address that policies may name: this node's standalone, the
     /// cluster's in a cluster.
@@ -256,6 +258,7 @@ impl PolicyEnforcer {
     /// Reads back the endpoints the last bosun left. Installs nothing yet.
     pub fn new(
         bpf_dir: PathBuf,
+        tc_mode: TcMode,
         root_dir: &Path,
         peers: Store<PolicyPod>,
         events: Recorder,
@@ -283,6 +286,7 @@ impl PolicyEnforcer {
         };
         Arc::new(Self {
             bpf_dir,
+            tc_mode,
             state_file,
             peers,
             events,
@@ -476,7 +480,7 @@ impl PolicyEnforcer {
             return Err("the NetworkPolicies have not all been read yet".to_owned());
         }
         if inner.installed.is_none() {
-            let datapath = datapath::install(&self.bpf_dir)
+            let datapath = datapath::install(&self.bpf_dir, self.tc_mode)
                 .map_err(|e| format!("installing the policy datapath: {}", error_chain(&e)))?;
             let maps = datapath
                 .maps()

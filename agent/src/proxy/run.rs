@@ -14,6 +14,7 @@ use std::process::Stdio;
 use anyhow::{Context, Result};
 use bosun_netdp::service::{self as datapath};
 use bosun_netdp::service::{ServiceInfo, SliceInfo};
+use bosun_netdp::tc::TcMode;
 use tokio::sync::watch;
 
 use super::config::ProxyConfig;
@@ -56,6 +57,8 @@ pub async fn run(
     if config.cleanup {
         return cleanup(&config);
     }
+    // Before anything starts: a bad value stops the proxy here.
+    let tc_mode = TcMode::detect().context("choosing how to attach tc programs")?;
     if let Some(found) = kube_proxy_rules().await {
         tracing::warn!(
             "kube-proxy's rules are on this node ({found}): kube-proxy answers for the Services too. Stop kube-proxy and remove its rules (kube-proxy --cleanup) to leave them to bosun; see the README"
@@ -96,7 +99,8 @@ pub async fn run(
         tasks.push(tokio::spawn(healthz::serve_metrics(address)));
     }
     if config.network_policy {
-        tasks.extend(network_policy(&config, &client, &events)?);
+        tracing::info!("NetworkPolicy programs attach to pods' interfaces as {tc_mode}");
+        tasks.extend(network_policy(&config, tc_mode, &client, &events)?);
     }
     let service_health =
         ServiceHealthServer::new(&config.node_name, events.clone(), Some(health.clone()));
@@ -126,6 +130,7 @@ pub async fn run(
 /// the cluster (peers), and this node's pods (endpoints).
 fn network_policy(
     config: &ProxyConfig,
+    tc_mode: TcMode,
     client: &kube::Client,
     events: &Recorder,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
@@ -151,6 +156,7 @@ fn network_policy(
     )));
     let enforcer = PolicyEnforcer::new(
         config.bpf_dir.clone(),
+        tc_mode,
         &config.state_dir,
         peers,
         events.clone(),

@@ -1,23 +1,19 @@
 //! The real policy datapath: loads the two tc programs, pins the policy maps and the programs'
-//! links in bpffs, attaches the programs to pods' host-side interfaces, and reads and writes
-//! the pinned maps.
+//! attachments in bpffs, attaches the programs to pods' host-side interfaces, and reads and
+//! writes the pinned maps.
 //!
 //! Everything lives under `<bpf_dir>/policy`, which [`cleanup`] removes: one pin per map, named
 //! after the map (`BOSUN_EP_V1`, ...), and in `links/` one pin per attached interface and
 //! direction, `<ifindex>_in` (the program on the host side's egress, the pod's ingress) and
-//! `<ifindex>_out`. The pinned links keep the programs attached while no daemon runs; the maps
-//! keep their entries across restarts.
-//!
-//! On kernels without tcx (before 6.6) the programs are attached as clsact filters, which are
-//! not links and cannot be pinned: they stay until [`detach`] or until the interface goes, but
-//! [`PolicyDatapath::attached`] and [`cleanup`] cannot see them.
+//! `<ifindex>_out`: a tcx link, or on kernels without tcx the program of a clsact filter (see
+//! [`crate::tc`]). The pins keep the programs attached while no daemon runs, and let a later
+//! one (or [`cleanup`]) find and remove them; the maps keep their entries across restarts.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fs, io,
     path::{Path, PathBuf},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::{
@@ -25,16 +21,8 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
         HashMap, MapData, MapError, MapType, PerCpuArray, PerCpuValues, RingBuf,
     },
-    programs::{
-        links::{FdLink, LinkOrder},
-        tc::{
-            qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLink,
-            TcAttachOptions, TcError, TcHandle,
-        },
-        SchedClassifier, TcAttachType, TestRun as _, TestRunOptions,
-    },
+    programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions},
     sys::SyscallError,
-    util::KernelVersion,
     Ebpf, Pod,
 };
 use bosun_ebpf_abi::{
@@ -50,46 +38,34 @@ use super::{policy_name_str, Direction, PolicyMaps};
 use crate::{
     object::{NODEPORT_MAPS, SERVICE_MAPS},
     service::bpf::{
-        delete, entries, is_not_found, load_pinned, open_map, pin_over, prepare_dir, put,
-        read_error, refuse_mismatched, remove_pin, unpin_link, MapShape, NEW_LINK_SUFFIX,
+        delete, entries, is_not_found, load_pinned, open_map, prepare_dir, put, read_error,
+        refuse_mismatched, remove_pin, MapShape,
     },
+    tc::{self, TcHook, TcMode},
     Error,
 };
 
 /// The directory under the daemon's bpffs directory that holds everything of this module.
 const POLICY_DIR: &str = "policy";
-/// The directory under [`POLICY_DIR`] that holds the links.
+/// The directory under [`POLICY_DIR`] that holds the attachments' pins (named for the tcx
+/// links they held first; the clsact fallback's programs are pinned there too).
 const LINKS_DIR: &str = "links";
 
-/// A program, where on the host-side interface it runs, and the suffix of its link's pin.
-struct Hook {
-    program: &'static str,
-    attach_type: TcAttachType,
-    suffix: &'static str,
-}
-
-const HOOKS: [Hook; 2] = [
-    Hook {
+/// The programs, where on the host-side interface each runs, and the suffix of its pins.
+const HOOKS: [TcHook; 2] = [
+    TcHook {
         program: POLICY_INGRESS_PROGRAM,
         attach_type: TcAttachType::Egress,
-        suffix: "_in",
+        pin_suffix: "_in",
+        priority: tc::POLICY_PRIORITY,
     },
-    Hook {
+    TcHook {
         program: POLICY_EGRESS_PROGRAM,
         attach_type: TcAttachType::Ingress,
-        suffix: "_out",
+        pin_suffix: "_out",
+        priority: tc::POLICY_PRIORITY,
     },
 ];
-
-/// Priority and handle of the clsact filters on kernels without tcx. Fixed, so that attaching
-/// again replaces the filter in place (atomically, in the kernel) instead of adding another.
-const NETLINK_PRIORITY: u16 = 1;
-const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 1);
-
-/// How long [`detach`] waits for the kernel to take the programs off the interface after
-/// their links are unpinned: normally it is done when the last reference is closed.
-const DETACH_TIMEOUT: Duration = Duration::from_secs(2);
-const DETACH_POLL: Duration = Duration::from_millis(2);
 
 /// Bytes of an LPM trie key before its data: the prefix length.
 const LPM_PREFIX_BYTES: usize = size_of::<u32>();
@@ -164,23 +140,25 @@ fn shape(name: &str) -> &'static MapShape {
 
 /// The policy programs, loaded and verified, with their maps pinned under
 /// `<bpf_dir>/policy`. Holding it costs one load; [`PolicyDatapath::attach`] then only
-/// attaches. Dropping it detaches nothing: the pinned links hold the programs.
+/// attaches. Dropping it detaches nothing: the pins hold the programs.
 pub struct PolicyDatapath {
     bpf_dir: PathBuf,
+    mode: TcMode,
     ebpf: Ebpf,
 }
 
 /// Loads the programs (through the verifier) and pins the maps under `<bpf_dir>/policy`, or
 /// reuses those pinned there with their entries; mounts bpffs at `/sys/fs/bpf` first if
-/// `bpf_dir` is below it and none is mounted. Attaches nothing.
+/// `bpf_dir` is below it and none is mounted. Attaches nothing; [`PolicyDatapath::attach`]
+/// will attach in `mode`.
 ///
 /// Refuses a pinned map of another shape ([`Error::PinnedMapMismatch`]) before loading
 /// anything. One installer at a time per directory.
-pub fn install(bpf_dir: &Path) -> Result<PolicyDatapath, Error> {
+pub fn install(bpf_dir: &Path, mode: TcMode) -> Result<PolicyDatapath, Error> {
     let dir = policy_dir(bpf_dir);
     prepare_dir(&dir)?;
     refuse_mismatched(&dir, &MAP_SHAPES)?;
-    let links = dir.join(LINKS_DIR);
+    let links = links_dir(bpf_dir);
     fs::create_dir_all(&links).map_err(|source| bpffs_error("mkdir", &links, source))?;
     let mut ebpf = load_pinned(
         &dir,
@@ -197,6 +175,7 @@ pub fn install(bpf_dir: &Path) -> Result<PolicyDatapath, Error> {
     }
     Ok(PolicyDatapath {
         bpf_dir: bpf_dir.to_owned(),
+        mode,
         ebpf,
     })
 }
@@ -208,27 +187,26 @@ impl PolicyDatapath {
     }
 
     /// Attaches both programs to the interface `ifindex` of the calling thread's network
-    /// namespace and pins their links, replacing earlier ones without a gap: the new programs
-    /// run before the old ones stop, so for a moment a packet passes both (both read the same
-    /// maps and agree, but it is counted twice).
+    /// namespace in the mode given at [`install`] and pins them, replacing earlier attachments
+    /// (of either mode) without a gap: the new programs run before the old ones stop, so for a
+    /// moment a packet passes both (both read the same maps and agree, but it is counted
+    /// twice).
     ///
     /// Userspace must have written the endpoint's entry first: a packet on an interface
     /// without one is dropped.
     pub fn attach(&mut self, ifindex: u32) -> Result<(), Error> {
         let ifname = interface_name(ifindex)?;
-        let tcx = has_tcx();
-        if !tcx {
-            add_clsact(ifindex, &ifname)?;
-        }
+        let links = links_dir(&self.bpf_dir);
         for hook in &HOOKS {
             let program = classifier(&mut self.ebpf, hook.program)?;
-            if tcx {
-                attach_tcx(program, hook, ifindex, &ifname, &self.bpf_dir)?;
-            } else {
-                attach_netlink(program, hook, ifindex, &ifname)?;
-            }
+            hook.attach(self.mode, program, ifindex, &ifname, &links)?;
         }
         Ok(())
+    }
+
+    /// How [`PolicyDatapath::attach`] attaches.
+    pub fn mode(&self) -> TcMode {
+        self.mode
     }
 
     /// Runs the program of `direction` `repeat` times on `frame`, an Ethernet frame, as if it
@@ -268,7 +246,7 @@ impl PolicyDatapath {
         })
     }
 
-    /// The ifindexes with pinned links.
+    /// The ifindexes with pinned attachments, of either mode.
     pub fn attached(&self) -> Result<Vec<u32>, Error> {
         attached(&self.bpf_dir)
     }
@@ -297,51 +275,29 @@ const POLICY_DROP: u32 = 2;
 const SK_BUFF_IFINDEX_OFFSET: usize = 40;
 
 /// [`install`] and [`PolicyDatapath::attach`], for callers holding only the directory.
-pub fn attach(bpf_dir: &Path, ifindex: u32) -> Result<(), Error> {
-    install(bpf_dir)?.attach(ifindex)
+pub fn attach(bpf_dir: &Path, mode: TcMode, ifindex: u32) -> Result<(), Error> {
+    install(bpf_dir, mode)?.attach(ifindex)
 }
 
-/// Removes the links of `ifindex` under `bpf_dir` and returns once the programs no longer run
-/// on the interface (at once if it is gone). Not an error if nothing is attached. The wait
-/// looks the interface up in the calling thread's network namespace: call it from the one the
-/// interface is in, as for [`PolicyDatapath::attach`].
+/// Takes both programs off `ifindex`, however they were attached (a tcx link or a clsact
+/// filter, whatever the mode now), removes their pins under `bpf_dir`, and returns once the
+/// programs no longer run on the interface (at once if it is gone). Not an error if nothing
+/// is attached. Looks the interface up in the calling thread's network namespace: call it
+/// from the one the interface is in, as for [`PolicyDatapath::attach`].
 pub fn detach(bpf_dir: &Path, ifindex: u32) -> Result<(), Error> {
-    if !has_tcx() {
-        return detach_netlink(ifindex);
-    }
-    let mut program_ids = Vec::new();
-    for hook in &HOOKS {
-        for path in [
-            link_pin(bpf_dir, ifindex, hook),
-            new_link_pin(bpf_dir, ifindex, hook),
-        ] {
-            program_ids.extend(unpin_link(&path)?);
-        }
-    }
-    wait_detached(ifindex, program_ids)
+    tc::detach(&links_dir(bpf_dir), ifindex, &HOOKS)
 }
 
-/// The ifindexes with pinned links under `bpf_dir`, in order.
+/// The ifindexes with pinned attachments (of either mode) under `bpf_dir`, in order.
 pub fn attached(bpf_dir: &Path) -> Result<Vec<u32>, Error> {
-    let links = policy_dir(bpf_dir).join(LINKS_DIR);
-    let listing = match fs::read_dir(&links) {
-        Ok(listing) => listing,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(bpffs_error("readdir", &links, source)),
-    };
-    let mut ifindexes = BTreeSet::new();
-    for entry in listing {
-        let entry = entry.map_err(|source| bpffs_error("readdir", &links, source))?;
-        if let Some(ifindex) = entry.file_name().to_str().and_then(pinned_ifindex) {
-            ifindexes.insert(ifindex);
-        }
-    }
-    Ok(ifindexes.into_iter().collect())
+    tc::attached(&links_dir(bpf_dir), &HOOKS)
 }
 
-/// Detaches the programs from every interface with pinned links, then removes every pin under
-/// `<bpf_dir>/policy` and the directory. Returns `Ok(false)` if there was no such directory.
-/// Run it before [`crate::service::cleanup`], which removes `bpf_dir` itself.
+/// Detaches the programs from every interface with pinned attachments (tcx links and clsact
+/// filters alike), then removes every pin under `<bpf_dir>/policy` and the directory. Returns
+/// `Ok(false)` if there was no such directory. Run it before [`crate::service::cleanup`],
+/// which removes `bpf_dir` itself. The clsact qdiscs stay: other programs may use them, and
+/// an empty one changes nothing.
 ///
 /// Map handles that a running daemon holds keep its maps alive until it closes them, but no
 /// program reads them any more.
@@ -352,21 +308,8 @@ pub fn cleanup(bpf_dir: &Path) -> Result<bool, Error> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(source) => return Err(bpffs_error("stat", &dir, source)),
     }
-    // Also the interfaces with only a `_new` pin, which a crash between pin and rename
-    // leaves.
-    let links = dir.join(LINKS_DIR);
-    let mut ifindexes = BTreeSet::new();
-    if let Ok(listing) = fs::read_dir(&links) {
-        for entry in listing.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let name = name.strip_suffix(NEW_LINK_SUFFIX).unwrap_or(&name);
-            ifindexes.extend(pinned_ifindex(name));
-        }
-    }
-    for ifindex in ifindexes {
-        detach(bpf_dir, ifindex)?;
-    }
+    let links = links_dir(bpf_dir);
+    tc::detach_all(&links, &HOOKS)?;
     remove_dir(&links)?;
     for shape in &MAP_SHAPES {
         remove_pin(&dir.join(shape.name))?;
@@ -379,28 +322,8 @@ fn policy_dir(bpf_dir: &Path) -> PathBuf {
     bpf_dir.join(POLICY_DIR)
 }
 
-fn link_pin(bpf_dir: &Path, ifindex: u32, hook: &Hook) -> PathBuf {
-    policy_dir(bpf_dir)
-        .join(LINKS_DIR)
-        .join(format!("{ifindex}{}", hook.suffix))
-}
-
-fn new_link_pin(bpf_dir: &Path, ifindex: u32, hook: &Hook) -> PathBuf {
-    policy_dir(bpf_dir)
-        .join(LINKS_DIR)
-        .join(format!("{ifindex}{}{NEW_LINK_SUFFIX}", hook.suffix))
-}
-
-/// The ifindex a live link pin's name holds (`12_in`, `12_out`).
-fn pinned_ifindex(name: &str) -> Option<u32> {
-    let ifindex = HOOKS
-        .iter()
-        .find_map(|hook| name.strip_suffix(hook.suffix))?;
-    // `parse` alone would accept a leading '+'.
-    if ifindex.is_empty() || !ifindex.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    ifindex.parse().ok()
+fn links_dir(bpf_dir: &Path) -> PathBuf {
+    policy_dir(bpf_dir).join(LINKS_DIR)
 }
 
 fn remove_dir(path: &Path) -> Result<(), Error> {
@@ -435,172 +358,6 @@ fn classifier<'a>(
 
 fn interface_name(ifindex: u32) -> Result<String, Error> {
     super::interface_name(ifindex).ok_or(Error::InterfaceIndexNotFound { ifindex })
-}
-
-/// Whether the kernel has tcx (6.6 and later), the test aya itself makes.
-fn has_tcx() -> bool {
-    KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(6, 6, 0))
-}
-
-/// Attaches through a tcx link, pinned over the interface's earlier one. The name was just
-/// resolved from the index; should the interface be replaced by another of the same name in
-/// between, the new one gets the programs and its packets are dropped until userspace writes
-/// an endpoint entry for it, which fails closed.
-fn attach_tcx(
-    program: &mut SchedClassifier,
-    hook: &Hook,
-    ifindex: u32,
-    ifname: &str,
-    bpf_dir: &Path,
-) -> Result<(), Error> {
-    let attach_error = |source| Error::AttachTc {
-        program: hook.program,
-        ifindex,
-        ifname: ifname.to_owned(),
-        source: Box::new(source),
-    };
-    let new = new_link_pin(bpf_dir, ifindex, hook);
-    // Left by a crash between pin and rename; its program still runs and goes with it.
-    remove_pin(&new)?;
-    // Last: programs of other owners on the interface run first and see every packet.
-    let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-    let link_id = program
-        .attach_with_options(ifname, hook.attach_type, options)
-        .map_err(attach_error)?;
-    let link = program.take_link(link_id).map_err(attach_error)?;
-    let link = FdLink::try_from(link).map_err(|source| Error::LinkNotPinnable {
-        program: hook.program,
-        source: Box::new(source),
-    })?;
-    pin_over(link, hook.program, new, &link_pin(bpf_dir, ifindex, hook))
-}
-
-fn add_clsact(ifindex: u32, ifname: &str) -> Result<(), Error> {
-    match qdisc_add_clsact(ifname) {
-        Ok(()) => Ok(()),
-        Err(TcError::NetlinkError(error))
-            if error
-                .raw_os_error()
-                .is_some_and(|errno| errno == nix::libc::EEXIST) =>
-        {
-            Ok(())
-        }
-        Err(source) => Err(Error::AddClsact {
-            ifindex,
-            ifname: ifname.to_owned(),
-            source: Box::new(source),
-        }),
-    }
-}
-
-/// Attaches as a clsact filter with a fixed priority and handle, replacing the filter an
-/// earlier attach put there in place. Such an attachment is no link: it cannot be pinned, and
-/// aya's handle would remove it when dropped, so the handle is forgotten and the filter stays
-/// until [`detach`] or until the interface goes. Untested here: the test machines have tcx.
-fn attach_netlink(
-    program: &mut SchedClassifier,
-    hook: &Hook,
-    ifindex: u32,
-    ifname: &str,
-) -> Result<(), Error> {
-    let attach_error = |source| Error::AttachTc {
-        program: hook.program,
-        ifindex,
-        ifname: ifname.to_owned(),
-        source: Box::new(source),
-    };
-    let options = TcAttachOptions::Netlink(NlOptions {
-        priority: NETLINK_PRIORITY,
-        handle: NETLINK_HANDLE,
-        classid: None,
-    });
-    let link_id = match program.attach_with_options(ifname, hook.attach_type, options) {
-        Ok(link_id) => link_id,
-        // Most likely the filter of an earlier attach: replace it.
-        Err(_) => {
-            let existing = SchedClassifierLink::attached(
-                ifname,
-                hook.attach_type,
-                NETLINK_PRIORITY,
-                NETLINK_HANDLE,
-                None,
-            )
-            .map_err(|_| Error::InterfaceIndexNotFound { ifindex })?;
-            program.attach_to_link(existing).map_err(attach_error)?
-        }
-    };
-    let link = program.take_link(link_id).map_err(attach_error)?;
-    std::mem::forget(link);
-    Ok(())
-}
-
-fn detach_netlink(ifindex: u32) -> Result<(), Error> {
-    let Ok(ifname) = interface_name(ifindex) else {
-        // The interface and its filters are gone.
-        return Ok(());
-    };
-    for hook in &HOOKS {
-        match qdisc_detach_program(&ifname, hook.attach_type, hook.program) {
-            Ok(()) => {}
-            Err(TcError::IoError(error)) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::DetachTc {
-                    program: hook.program,
-                    ifindex,
-                    ifname,
-                    source: Box::new(source),
-                })
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Waits until none of `program_ids` runs on the interface. The kernel takes a tcx program off
-/// when its link's last reference goes, which unpinning does unless another process holds the
-/// link open.
-fn wait_detached(ifindex: u32, program_ids: Vec<u32>) -> Result<(), Error> {
-    if program_ids.is_empty() {
-        return Ok(());
-    }
-    let deadline = Instant::now() + DETACH_TIMEOUT;
-    loop {
-        let Ok(ifname) = interface_name(ifindex) else {
-            return Ok(());
-        };
-        let mut running = Vec::new();
-        for hook in &HOOKS {
-            let programs = match SchedClassifier::query_tcx(&ifname, hook.attach_type) {
-                Ok((_revision, programs)) => programs,
-                // Deleted between the name lookup and the query.
-                Err(_) if interface_name(ifindex).is_err() => return Ok(()),
-                Err(source) => {
-                    return Err(Error::QueryTc {
-                        ifindex,
-                        ifname,
-                        source: Box::new(source),
-                    })
-                }
-            };
-            running.extend(
-                programs
-                    .iter()
-                    .map(|program| program.id())
-                    .filter(|id| program_ids.contains(id)),
-            );
-        }
-        if running.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::StillAttached {
-                ifindex,
-                program_ids: running,
-            });
-        }
-        // The kernel offers no notification for a detach; the poll is short and bounded.
-        thread::sleep(DETACH_POLL);
-    }
 }
 
 /// The policy maps pinned under `<bpf_dir>/policy`, read and written in place. Any number of
@@ -892,23 +649,6 @@ fn decode_event(record: &[u8]) -> Result<PolicyEvent, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_live_link_pins_name_an_interface() {
-        assert_eq!(pinned_ifindex("12_in"), Some(12));
-        assert_eq!(pinned_ifindex("7_out"), Some(7));
-        for other in [
-            "12_in_new",
-            "_in",
-            "+1_in",
-            "x_out",
-            "12",
-            "BOSUN_EP_V1",
-            "12_inx",
-        ] {
-            assert_eq!(pinned_ifindex(other), None, "{other:?}");
-        }
-    }
 
     #[test]
     fn every_map_of_the_abi_has_one_shape() {

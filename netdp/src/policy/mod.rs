@@ -6,8 +6,8 @@
 //! change, returning only what changed ([`PolicyDelta`]); a [`PolicyReconciler`] compares
 //! a whole result with what the maps hold (or takes a delta) and
 //! writes the difference through [`PolicyMaps`], in an order that never exposes a pod and
-//! never drops a flow the old and the new policy both allow; [`attach`] puts the two tcx
-//! programs on a pod's host-side interface and pins their links, so enforcement outlives the
+//! never drops a flow the old and the new policy both allow; [`attach`] puts the two tc
+//! programs on a pod's host-side interface and pins them, so enforcement outlives the
 //! daemon.
 //!
 //! An endpoint is a pod with an interface on this node, named by that interface's ifindex.
@@ -31,6 +31,7 @@ pub use maps::{policy_name, policy_name_str, MemoryPolicyMaps, PolicyMapOp, Poli
 pub use reconcile::{PolicyApplied, PolicyReconciler};
 pub use table::{PolicyDelta, PolicyKey, PolicyTable};
 
+pub use crate::netlink::interface_name;
 pub use crate::service::Problem;
 pub use bosun_ebpf_abi::{
     EndpointValue, PolicyCounters, ENDPOINT_ISOLATED_EGRESS, ENDPOINT_ISOLATED_INGRESS,
@@ -199,19 +200,4 @@ impl From<bosun_ebpf_abi::PolicyEvent> for FlowEvent {
             policy: event.policy,
         }
     }
-}
-
-/// The name of interface `ifindex` in the calling thread's network namespace; `None` if there
-/// is none. (nix's `if_indextoname` mistakes the C function's NULL for success and answers an
-/// empty name for a missing interface.)
-pub fn interface_name(ifindex: u32) -> Option<String> {
-    let mut name = [0u8; nix::libc::IF_NAMESIZE];
-    // SAFETY: `name` has the IF_NAMESIZE bytes the function may write, NUL included; the
-    // returned pointer is `name`'s or NULL, and only compared here.
-    let found = unsafe { nix::libc::if_indextoname(ifindex, name.as_mut_ptr().cast()) };
-    if found.is_null() {
-        return None;
-    }
-    let name = std::ffi::CStr::from_bytes_until_nul(&name).ok()?;
-    Some(name.to_string_lossy().into_owned()).filter(|name| !name.is_empty())
 }
