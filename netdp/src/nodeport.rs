@@ -17,11 +17,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, MapType},
-    programs::{
-        links::{FdLink, LinkOrder},
-        tc::TcAttachOptions,
-        SchedClassifier, TcAttachType,
-    },
+    programs::TcAttachType,
     EbpfLoader,
 };
 use bosun_ebpf_abi::{
@@ -36,11 +32,12 @@ use crate::{
     object::{shrink_unused_maps, OBJECT, POLICY_MAPS},
     service::{
         bpf::{
-            delete, is_not_found, open_map, pin_over, prepare_dir, read_error, refuse_mismatched,
-            remove_pin, unpin_link, MapShape, MAP_SHAPES as SERVICE_MAP_SHAPES, NEW_LINK_SUFFIX,
+            delete, is_not_found, open_map, prepare_dir, read_error, refuse_mismatched, remove_pin,
+            MapShape, MAP_SHAPES as SERVICE_MAP_SHAPES,
         },
         Protocol,
     },
+    tc::{self, classifier, TcHook, TcMode},
     Error,
 };
 
@@ -48,22 +45,18 @@ use crate::{
 const NODEPORT_DIR: &str = "nodeport";
 const LINKS_DIR: &str = "links";
 
-struct Hook {
-    program: &'static str,
-    attach_type: TcAttachType,
-    suffix: &'static str,
-}
-
-const HOOKS: [Hook; 2] = [
-    Hook {
+const HOOKS: [TcHook; 2] = [
+    TcHook {
         program: NODEPORT_INGRESS_PROGRAM,
         attach_type: TcAttachType::Ingress,
-        suffix: "_in",
+        pin_suffix: "_in",
+        priority: tc::NODEPORT_PRIORITY,
     },
-    Hook {
+    TcHook {
         program: NODEPORT_EGRESS_PROGRAM,
         attach_type: TcAttachType::Egress,
-        suffix: "_out",
+        pin_suffix: "_out",
+        priority: tc::NODEPORT_PRIORITY,
     },
 ];
 
@@ -96,19 +89,25 @@ const MAP_SHAPES: [MapShape; 3] = [
 /// pinned. Dropping it detaches nothing.
 pub struct NodePortDatapath {
     bpf_dir: PathBuf,
+    mode: TcMode,
     ebpf: aya::Ebpf,
 }
 
 /// Loads the programs against the service maps pinned in `bpf_dir` (pinning them there if the
 /// service datapath has not yet) and the NAT table and configuration under
-/// `<bpf_dir>/nodeport`, reusing those pinned with their entries. Attaches nothing.
-pub fn install(bpf_dir: &Path) -> Result<NodePortDatapath, Error> {
-    install_sized(bpf_dir, NAT_MAX_ENTRIES)
+/// `<bpf_dir>/nodeport`, reusing those pinned with their entries. Attaches nothing; `mode`
+/// says how [`NodePortDatapath::attach`] will.
+pub fn install(bpf_dir: &Path, mode: TcMode) -> Result<NodePortDatapath, Error> {
+    install_sized(bpf_dir, mode, NAT_MAX_ENTRIES)
 }
 
 /// [`install`] with a NAT table of `nat_entries` entries when it is created (an existing one
 /// keeps its size; one of another size is refused): for tests of a full table.
-pub fn install_sized(bpf_dir: &Path, nat_entries: u32) -> Result<NodePortDatapath, Error> {
+pub fn install_sized(
+    bpf_dir: &Path,
+    mode: TcMode,
+    nat_entries: u32,
+) -> Result<NodePortDatapath, Error> {
     let dir = nodeport_dir(bpf_dir);
     prepare_dir(bpf_dir)?;
     prepare_dir(&dir)?;
@@ -143,42 +142,21 @@ pub fn install_sized(bpf_dir: &Path, nat_entries: u32) -> Result<NodePortDatapat
     }
     Ok(NodePortDatapath {
         bpf_dir: bpf_dir.to_owned(),
+        mode,
         ebpf,
     })
 }
 
 impl NodePortDatapath {
     /// Attaches both programs to interface `ifindex` of the calling thread's network
-    /// namespace (tcx, after other owners' programs) and pins their links, replacing earlier
-    /// ones without a gap.
+    /// namespace, after other owners' programs, and pins the attachments, replacing earlier
+    /// ones (of either mode) without a gap.
     pub fn attach(&mut self, ifindex: u32) -> Result<(), Error> {
-        let ifname = crate::policy::interface_name(ifindex)
-            .ok_or(Error::InterfaceIndexNotFound { ifindex })?;
+        let ifname = tc::interface_name_of(ifindex)?;
+        let links = links_dir(&self.bpf_dir);
         for hook in &HOOKS {
             let program = classifier(&mut self.ebpf, hook.program)?;
-            let attach_error = |source| Error::AttachTc {
-                program: hook.program,
-                ifindex,
-                ifname: ifname.clone(),
-                source: Box::new(source),
-            };
-            let new = new_link_pin(&self.bpf_dir, ifindex, hook);
-            remove_pin(&new)?;
-            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-            let link_id = program
-                .attach_with_options(&ifname, hook.attach_type, options)
-                .map_err(attach_error)?;
-            let link = program.take_link(link_id).map_err(attach_error)?;
-            let link = FdLink::try_from(link).map_err(|source| Error::LinkNotPinnable {
-                program: hook.program,
-                source: Box::new(source),
-            })?;
-            pin_over(
-                link,
-                hook.program,
-                new,
-                &link_pin(&self.bpf_dir, ifindex, hook),
-            )?;
+            hook.attach(self.mode, program, ifindex, &ifname, &links)?;
         }
         Ok(())
     }
@@ -189,42 +167,15 @@ impl NodePortDatapath {
     }
 }
 
-/// Removes the links of `ifindex`; not an error if there are none. The programs leave the
-/// interface when the kernel releases the links, at once unless another process holds them.
+/// Takes both programs off `ifindex` (tcx links and clsact filters alike); not an error if
+/// they are not there.
 pub fn detach(bpf_dir: &Path, ifindex: u32) -> Result<(), Error> {
-    for hook in &HOOKS {
-        unpin_link(&link_pin(bpf_dir, ifindex, hook))?;
-        unpin_link(&new_link_pin(bpf_dir, ifindex, hook))?;
-    }
-    Ok(())
+    tc::detach(&links_dir(bpf_dir), ifindex, &HOOKS)
 }
 
-/// The ifindexes with pinned links, in order.
+/// The ifindexes with pinned attachments (of either mode), in order.
 pub fn attached(bpf_dir: &Path) -> Result<Vec<u32>, Error> {
-    let links = nodeport_dir(bpf_dir).join(LINKS_DIR);
-    let listing = match fs::read_dir(&links) {
-        Ok(listing) => listing,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(bpffs_error("readdir", &links, source)),
-    };
-    let mut ifindexes: Vec<u32> = listing
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name();
-            let name = name.to_str()?;
-            let name = name.strip_suffix(NEW_LINK_SUFFIX).unwrap_or(name);
-            let number = HOOKS
-                .iter()
-                .find_map(|hook| name.strip_suffix(hook.suffix))?;
-            if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            number.parse().ok()
-        })
-        .collect();
-    ifindexes.sort_unstable();
-    ifindexes.dedup();
-    Ok(ifindexes)
+    tc::attached(&links_dir(bpf_dir), &HOOKS)
 }
 
 /// Detaches the programs from every interface and removes everything under
@@ -237,10 +188,8 @@ pub fn cleanup(bpf_dir: &Path) -> Result<bool, Error> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(source) => return Err(bpffs_error("stat", &dir, source)),
     }
-    for ifindex in attached(bpf_dir)? {
-        detach(bpf_dir, ifindex)?;
-    }
-    let links = dir.join(LINKS_DIR);
+    let links = links_dir(bpf_dir);
+    tc::detach_all(&links, &HOOKS)?;
     remove_dir(&links)?;
     for shape in &MAP_SHAPES {
         remove_pin(&dir.join(shape.name))?;
@@ -447,29 +396,8 @@ fn nodeport_dir(bpf_dir: &Path) -> PathBuf {
     bpf_dir.join(NODEPORT_DIR)
 }
 
-fn link_pin(bpf_dir: &Path, ifindex: u32, hook: &Hook) -> PathBuf {
-    nodeport_dir(bpf_dir)
-        .join(LINKS_DIR)
-        .join(format!("{ifindex}{}", hook.suffix))
-}
-
-fn new_link_pin(bpf_dir: &Path, ifindex: u32, hook: &Hook) -> PathBuf {
-    nodeport_dir(bpf_dir)
-        .join(LINKS_DIR)
-        .join(format!("{ifindex}{}{NEW_LINK_SUFFIX}", hook.suffix))
-}
-
-fn classifier<'a>(
-    ebpf: &'a mut aya::Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, Error> {
-    ebpf.program_mut(name)
-        .ok_or(Error::ProgramMissing { program: name })?
-        .try_into()
-        .map_err(|source| Error::LoadProgram {
-            program: name,
-            source: Box::new(source),
-        })
+fn links_dir(bpf_dir: &Path) -> PathBuf {
+    nodeport_dir(bpf_dir).join(LINKS_DIR)
 }
 
 fn remove_dir(path: &Path) -> Result<(), Error> {

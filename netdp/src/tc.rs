@@ -56,6 +56,28 @@ use crate::{
 
 /// The clsact priority of the NetworkPolicy programs on pods' interfaces.
 pub(crate) const POLICY_PRIORITY: u16 = 1;
+/// The clsact priority of the programs for traffic from outside, on the node's external
+/// interfaces.
+pub(crate) const NODEPORT_PRIORITY: u16 = 2;
+
+/// The loaded object's classifier `name`.
+pub(crate) fn classifier<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, Error> {
+    ebpf.program_mut(name)
+        .ok_or(Error::ProgramMissing { program: name })?
+        .try_into()
+        .map_err(|source| Error::LoadProgram {
+            program: name,
+            source: Box::new(source),
+        })
+}
+
+/// The name of interface `ifindex` of the calling thread's network namespace.
+pub(crate) fn interface_name_of(ifindex: u32) -> Result<String, Error> {
+    interface_name(ifindex).ok_or(Error::InterfaceIndexNotFound { ifindex })
+}
 
 /// The environment variable that forces a [`TcMode`]: `tcx` or `clsact`.
 pub const TC_ATTACH_VARIABLE: &str = "BOSUN_TC_ATTACH";

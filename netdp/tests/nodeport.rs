@@ -27,6 +27,7 @@ use bosun_netdp::{
         BackendAddr, DesiredService, ExternalTarget, Frontend, PinnedMaps, Protocol, Reconciler,
         ServicePortName,
     },
+    tc::TcMode,
 };
 use common::{chain, in_netns, ip, quiet_ip};
 use nix::net::if_::if_nametoindex;
@@ -162,11 +163,16 @@ impl Topology {
         ip(&["-n", &peer, "link", "set", "eth0", "up"]);
     }
 
-    /// Loads the programs, attaches them to the node's client and remote veths, and sets the
-    /// SNAT address to the node's outside address.
+    /// Loads the programs, attaches them (with tcx) to the node's client and remote veths,
+    /// and sets the SNAT address to the node's outside address.
     fn install(&self) -> NodePortDatapath {
-        let mut datapath =
-            nodeport::install(&self.bpf_dir).unwrap_or_else(|e| panic!("install: {}", chain(&e)));
+        self.install_in(TcMode::Tcx)
+    }
+
+    /// [`Topology::install`], attaching in `mode`.
+    fn install_in(&self, mode: TcMode) -> NodePortDatapath {
+        let mut datapath = nodeport::install(&self.bpf_dir, mode)
+            .unwrap_or_else(|e| panic!("install: {}", chain(&e)));
         in_netns(&self.ns("node"), || {
             for link in [self.link("c"), self.link("r")] {
                 let ifindex = if_nametoindex(link.as_str()).expect("the veth exists");
@@ -405,7 +411,7 @@ fn a_flood_of_new_flows_keeps_the_nat_table_bounded_and_new_flows_served() {
     const ENTRIES: u32 = 512;
     let topology = Topology::new(4);
     serve(&topology.ns("pod"), topology.address(66), "pod");
-    let mut datapath = nodeport::install_sized(&topology.bpf_dir, ENTRIES)
+    let mut datapath = nodeport::install_sized(&topology.bpf_dir, TcMode::Tcx, ENTRIES)
         .unwrap_or_else(|e| panic!("install: {}", chain(&e)));
     in_netns(&topology.ns("node"), || {
         let ifindex = if_nametoindex(topology.link("c").as_str()).expect("the veth exists");
@@ -491,4 +497,53 @@ fn new_flows_and_drops_are_reported_as_events() {
     let event = next();
     assert_eq!(event.kind, nodeport::NODEPORT_EVENT_NO_SNAT);
     assert_eq!(event.backend, topology.address(193).octets());
+}
+
+#[test]
+fn a_node_port_is_served_by_clsact_filters_on_kernels_without_tcx() {
+    let topology = Topology::new(6);
+    serve(&topology.ns("pod"), topology.address(66), "pod");
+    let _datapath = topology.install_in(TcMode::Clsact);
+    let filters = |direction: &str| -> String {
+        let output = std::process::Command::new("tc")
+            .args(["-n", &topology.ns("node"), "filter", "show", "dev"])
+            .arg(topology.link("c"))
+            .arg(direction)
+            .output()
+            .expect("run tc");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(
+        filters("ingress").contains("bosun_np_in"),
+        "{}",
+        filters("ingress")
+    );
+    assert!(
+        filters("egress").contains("bosun_np_out"),
+        "{}",
+        filters("egress")
+    );
+    topology
+        .reconciler()
+        .apply(&[topology.service(Protocol::Tcp, &[(66, true)])])
+        .unwrap_or_else(|e| panic!("write the service: {}", chain(&e)));
+    let (mut stream, mut reader) = connect(&topology).expect("the node port answers");
+    assert_eq!(ask(&mut stream, &mut reader), "pod 10.212.6.2");
+
+    // Cleanup (in the interfaces' namespace, where the node's agent runs) takes the filters
+    // off as it takes links off.
+    in_netns(&topology.ns("node"), || {
+        nodeport::cleanup(&topology.bpf_dir)
+    })
+    .unwrap_or_else(|e| panic!("cleanup: {}", chain(&e)));
+    assert!(
+        !filters("ingress").contains("bosun_np"),
+        "{}",
+        filters("ingress")
+    );
+    assert!(
+        !filters("egress").contains("bosun_np"),
+        "{}",
+        filters("egress")
+    );
 }

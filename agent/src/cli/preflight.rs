@@ -4,10 +4,10 @@
 
 use anyhow::{bail, Context as _, Result};
 
-/// The oldest kernel bosun's programs load on: cgroup `getpeername4` hooks (5.8) and cgroup
-/// bpf_links (5.7) are the newest features they need; 5.10 is the long-term kernel after
-/// both. Kernels before 6.6 (no tcx) get the policy programs on clsact instead.
-pub const MIN_KERNEL: (u32, u32) = (5, 10);
+/// The oldest kernel bosun's programs load on: the tc programs' `bpf_ktime_get_coarse_ns`
+/// (5.11) is the newest feature they need, after cgroup `getpeername4` hooks (5.8) and cgroup
+/// bpf_links (5.7). Kernels before 6.6 (no tcx) get the tc programs on clsact instead.
+pub const MIN_KERNEL: (u32, u32) = (5, 11);
 
 /// The kernel's `major.minor` from a release string such as `6.1.0-18-amd64`.
 fn kernel_version(release: &str) -> Option<(u32, u32)> {
@@ -58,11 +58,12 @@ mod tests {
     #[test]
     fn kernels_are_compared_by_major_and_minor() {
         assert!(check_kernel("6.18.0").is_ok());
-        assert!(check_kernel("5.10.0-28-amd64").is_ok());
+        assert!(check_kernel("5.11.0").is_ok());
+        assert!(check_kernel("5.10.0-28-amd64").is_err());
         assert!(check_kernel("6.1.0-18-cloud-amd64").is_ok());
         let old = check_kernel("5.4.0-150-generic").unwrap_err().to_string();
         assert!(
-            old.contains("5.4.0-150-generic") && old.contains("5.10"),
+            old.contains("5.4.0-150-generic") && old.contains("5.11"),
             "{old}"
         );
         assert!(check_kernel("4.19.0").is_err());

@@ -505,7 +505,8 @@ fn write(bpf_dir: &std::path::Path, state: &mut Sync, delta: &Delta) -> Result<(
 fn write_external(bpf_dir: &std::path::Path, external: &mut ExternalState) -> Result<(), String> {
     use bosun_netdp::nodeport;
     if external.datapath.is_none() {
-        let datapath = nodeport::install(bpf_dir).map_err(|e| {
+        let mode = bosun_netdp::tc::TcMode::detect().map_err(|e| error_chain(&e))?;
+        let datapath = nodeport::install(bpf_dir, mode).map_err(|e| {
             format!(
                 "installing the datapath for traffic from outside in {}: {}",
                 bpf_dir.display(),

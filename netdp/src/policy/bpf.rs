@@ -21,7 +21,7 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
         HashMap, MapData, MapError, MapType, PerCpuArray, PerCpuValues, RingBuf,
     },
-    programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions},
+    programs::{TcAttachType, TestRun as _, TestRunOptions},
     sys::SyscallError,
     Ebpf, Pod,
 };
@@ -41,7 +41,7 @@ use crate::{
         delete, entries, is_not_found, load_pinned, open_map, prepare_dir, put, read_error,
         refuse_mismatched, remove_pin, MapShape,
     },
-    tc::{self, TcHook, TcMode},
+    tc::{self, classifier, TcHook, TcMode},
     Error,
 };
 
@@ -195,7 +195,7 @@ impl PolicyDatapath {
     /// Userspace must have written the endpoint's entry first: a packet on an interface
     /// without one is dropped.
     pub fn attach(&mut self, ifindex: u32) -> Result<(), Error> {
-        let ifname = interface_name(ifindex)?;
+        let ifname = tc::interface_name_of(ifindex)?;
         let links = links_dir(&self.bpf_dir);
         for hook in &HOOKS {
             let program = classifier(&mut self.ebpf, hook.program)?;
@@ -341,23 +341,6 @@ fn bpffs_error(call: &'static str, path: &Path, source: io::Error) -> Error {
         path: path.to_owned(),
         source,
     }
-}
-
-fn classifier<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, Error> {
-    ebpf.program_mut(name)
-        .ok_or(Error::ProgramMissing { program: name })?
-        .try_into()
-        .map_err(|source| Error::LoadProgram {
-            program: name,
-            source: Box::new(source),
-        })
-}
-
-fn interface_name(ifindex: u32) -> Result<String, Error> {
-    super::interface_name(ifindex).ok_or(Error::InterfaceIndexNotFound { ifindex })
 }
 
 /// The policy maps pinned under `<bpf_dir>/policy`, read and written in place. Any number of
