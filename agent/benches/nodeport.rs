@@ -17,7 +17,9 @@
 //!   endpoints are all on the remote node (bosun SNATs those flows to the node's address;
 //!   kube-proxy masquerades every external flow), plus a pod's address with no Service
 //!   through each node (what every other packet pays). All targets are measured in
-//!   interleaved blocks, so a change in the machine's load hits all of them alike.
+//!   interleaved blocks, so a change in the machine's load hits all of them alike. bosun's NAT
+//!   table is aged every 10 s meanwhile, as the daemon ages it; a connection not made in 5 s
+//!   is counted as failed and left out of the statistics.
 //! - `maglev`: from `bosun_netdp::service::maglev::table`, for 10 and 100 backends, the share
 //!   of table entries that change backend when one backend is removed (each in turn) or one
 //!   is added, besides those the change itself must move; and the same for a modulo-N choice
@@ -139,6 +141,14 @@ const REQUEST_BYTES: usize = 32;
 const RESTORE_PART: usize = 1000;
 /// How long a kept connection's answer may take before the path is declared broken.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a measured connection may take to be made: past the SYN's first two
+/// retransmissions (1 s and 3 s). One that is not made by then is counted as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A failed connection among a job's samples: counted, never averaged.
+const FAILED: f64 = f64::NAN;
+/// How often the daemon ages the NAT table (`EXTERNAL_REFRESH` in the proxy), and so does
+/// the benchmark while it measures.
+const NAT_AGEING: Duration = Duration::from_secs(10);
 /// Backends of the Maglev comparison, and how many different backends are added to each.
 const MAGLEV_BACKENDS: [usize; 2] = [10, 100];
 const MAGLEV_ADDITIONS: usize = 10;
@@ -577,14 +587,26 @@ fn echo(listeners: &[TcpListener], stop: &AtomicBool) -> Result<()> {
 // ---- the clients' work --------------------------------------------------------------------
 
 /// `count` connections to `target`: connect, one request and its answer, close (SO_LINGER 0,
-/// so no TIME_WAIT piles up over thousands of them). Each one's time in µs.
+/// so no TIME_WAIT piles up over thousands of them). Each one's time in µs. With `timeout`
+/// (warming up) every connection must be made in time; without, one not made in
+/// [`CONNECT_TIMEOUT`] is [`FAILED`].
 fn transactions(target: SocketAddrV4, count: usize, timeout: Option<Duration>) -> Result<Vec<f64>> {
     let request = [b'q'; REQUEST_BYTES];
     let mut answer = [0u8; REQUEST_BYTES];
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
         let started = Instant::now();
-        let mut stream = open(target, timeout)?;
+        let mut stream = match timeout {
+            Some(timeout) => open(target, Some(timeout))?,
+            None => match TcpStream::connect_timeout(&target.into(), CONNECT_TIMEOUT) {
+                Ok(stream) => stream,
+                Err(e) if e.kind() == ErrorKind::TimedOut => {
+                    samples.push(FAILED);
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("connecting to {target}")),
+            },
+        };
         stream.set_nodelay(true).context("setting TCP_NODELAY")?;
         if timeout.is_some() {
             stream
@@ -682,8 +704,13 @@ struct Samples {
 }
 
 /// Warms every target up (which checks that it answers), then measures `samples` connections
-/// and round trips of each, in interleaved blocks.
-fn measure(targets: &[Target<'_>], sizes: &Sizes) -> Result<Samples> {
+/// and round trips of each, in interleaved blocks, calling `between` after each round of
+/// blocks.
+fn measure(
+    targets: &[Target<'_>],
+    sizes: &Sizes,
+    mut between: impl FnMut() -> Result<()>,
+) -> Result<Samples> {
     for target in targets {
         target
             .transactions(sizes.warm_up, Some(WARM_UP_CONNECT_TIMEOUT))
@@ -701,6 +728,7 @@ fn measure(targets: &[Target<'_>], sizes: &Sizes) -> Result<Samples> {
             trips[i].extend(target.round_trips(block)?);
         }
         done += block;
+        between()?;
         check_interrupted()?;
     }
     Ok(Samples {
@@ -765,7 +793,18 @@ fn traffic(catalog: &Catalog, sizes: &Sizes, report: &mut Report) -> Result<()> 
             Target::new(node, "→ a pod, no Service".into(), pod, Some(0)),
         ]);
     }
-    let samples = measure(&targets, sizes)?;
+    // The daemon ages the NAT table every 10 s, which frees the SNAT ports of closed flows;
+    // without it the table only fills.
+    let mut aged = Instant::now();
+    let samples = measure(&targets, sizes, || {
+        if aged.elapsed() >= NAT_AGEING {
+            NodePortMaps::open(Path::new(BPF_DIR))
+                .and_then(|mut maps| maps.collect_garbage(nodeport::monotonic_now()))
+                .context("ageing the NAT table")?;
+            aged = Instant::now();
+        }
+        Ok(())
+    })?;
     for (rows, samples) in [
         (&mut report.connections, samples.connections),
         (&mut report.round_trips, samples.round_trips),
@@ -774,14 +813,13 @@ fn traffic(catalog: &Catalog, sizes: &Sizes, report: &mut Report) -> Result<()> 
             .iter()
             .zip(samples)
             .map(|(t, s)| {
-                (
-                    Row {
-                        label: t.label.clone(),
-                        samples: s,
-                        note: String::new(),
-                    },
-                    t.baseline,
-                )
+                let failed = s.iter().filter(|x| x.is_nan()).count();
+                let row = Row {
+                    label: t.label.clone(),
+                    samples: s.into_iter().filter(|x| !x.is_nan()).collect(),
+                    note: String::new(),
+                };
+                (row, t.baseline, failed)
             })
             .collect();
     }
@@ -1079,9 +1117,9 @@ struct Report {
     foreign: Vec<String>,
     iptables_load: Option<Duration>,
     bosun_apply: Option<Duration>,
-    /// Rows and the index of the row each is compared with.
-    connections: Vec<(Row, Option<usize>)>,
-    round_trips: Vec<(Row, Option<usize>)>,
+    /// Rows, the index of the row each is compared with, and how many connections failed.
+    connections: Vec<(Row, Option<usize>, usize)>,
+    round_trips: Vec<(Row, Option<usize>, usize)>,
     /// Flows in bosun's NAT table at the end, and how many of them SNATed.
     flows: Option<(usize, usize)>,
 }
@@ -1153,10 +1191,17 @@ impl Report {
                 continue;
             }
             let mut table = Table::new(title, "µs");
-            for (row, baseline) in rows {
+            for (row, baseline, _) in rows {
                 table.row(row.clone(), *baseline);
             }
             table.print();
+            for (row, _, failed) in rows.iter().filter(|(_, _, f)| *f > 0) {
+                println!(
+                    "  FAILED: {}: {failed} connections not made within {} s (left out above)",
+                    row.label,
+                    CONNECT_TIMEOUT.as_secs()
+                );
+            }
             if rates {
                 print_rates(rows);
             }
@@ -1166,7 +1211,7 @@ impl Report {
 
 /// Connections per second of each row, one client connecting one at a time, against its
 /// baseline's.
-fn print_rates(rows: &[(Row, Option<usize>)]) {
+fn print_rates(rows: &[(Row, Option<usize>, usize)]) {
     let rate = |row: &Row| -> Option<f64> {
         let total: f64 = row.samples.iter().sum();
         (total > 0.0).then(|| row.samples.len() as f64 * 1e6 / total)
@@ -1175,7 +1220,7 @@ fn print_rates(rows: &[(Row, Option<usize>)]) {
         "  connections per second (one client, one connection at a time; from the mean, so \
          the slow tail counts):"
     );
-    for (row, baseline) in rows {
+    for (row, baseline, _) in rows {
         let Some(r) = rate(row) else { continue };
         let ratio = baseline
             .and_then(|b| rate(&rows[b].0))
