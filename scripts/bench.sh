@@ -28,6 +28,17 @@
 #                                                --quick (fewer and shorter samples),
 #                                                --samples N (rate samples per configuration
 #                                                and policy changes each way)
+#   ./scripts/bench.sh nodeport [ARGS...]        node ports served to a client outside the
+#                                                node: connection rate and request/response
+#                                                latency through bosun's tc programs against
+#                                                kube-proxy's iptables NodePort rules and a
+#                                                NAT-free floor, for 1000 and 10000 NodePort
+#                                                Services; and the flows a backend change
+#                                                moves under Maglev against a modulo hash.
+#                                                ARGS: a name filter (traffic, maglev),
+#                                                --quick (fewer samples), --smoke,
+#                                                --samples N (connections and round trips
+#                                                per target)
 #   ./scripts/bench.sh proxy [ARGS...]           `bosun proxy` fed by a fake API server with
 #                                                1000, 10000 and 30000 Services: initial sync,
 #                                                memory, one EndpointSlice change → maps,
@@ -89,7 +100,7 @@ smoke() {
     local status=0 name started
     # Built first, so that the times below are the runs' own.
     cargo bench -p bosun --benches --no-run
-    for name in pods services proxy policy cluster kubelet_api; do
+    for name in pods services nodeport proxy policy cluster kubelet_api; do
         started=$SECONDS
         if bench "$name" --smoke; then
             echo "smoke: $name passed in $((SECONDS - started)) s"
@@ -107,7 +118,7 @@ case "${1:-}" in
         [ "$#" -eq 1 ] || { echo "bench.sh: smoke takes no arguments" >&2; exit 2; }
         smoke
         ;;
-    pods | services | proxy | policy | cluster | kubelet_api)
+    pods | services | nodeport | proxy | policy | cluster | kubelet_api)
         name="$1"
         shift
         bench "$name" "$@"

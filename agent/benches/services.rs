@@ -34,12 +34,17 @@
 //! on Ctrl-C, and swept away at the start if a killed run left it behind.
 
 mod common;
+#[path = "common/kube_proxy.rs"]
+mod kube_proxy;
 #[path = "common/lab.rs"]
 mod lab;
 #[path = "common/service_lab.rs"]
 mod service_lab;
 
 use common::{load_average, Mode, Stats};
+use kube_proxy::{
+    iptables_restore, restore_in_parts, KubeProxyRules, Load, PortInfo, RESTORE_LIMIT,
+};
 use lab::{
     catch_interrupts, check_interrupted, hundredths, interrupted, ms, run_command, stolen, verdict,
 };
@@ -49,9 +54,7 @@ use service_lab::{
 };
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Seek as _, Write as _};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -62,7 +65,6 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use sha2::{Digest, Sha256};
 
 const BOSUN: &str = env!("CARGO_BIN_EXE_bosun");
 const NODE_NAME: &str = "node1";
@@ -90,9 +92,6 @@ const BPF_DIR: &str = "/sys/fs/bpf/bosun-bench";
 /// kube-proxy's `--cluster-cidr`: the pods, here the endpoints. Traffic to a ClusterIP from
 /// outside it is masqueraded, as a host process's is on a kubeadm node.
 const CLUSTER_CIDR: &str = "10.219.128.0/17";
-/// Above this many endpoints kube-proxy leaves the comments out of its per-Service chains
-/// (`largeClusterEndpointsThreshold`).
-const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
 
 /// The client with kube-proxy's rules.
 const IPTABLES: Wire = Wire {
@@ -104,8 +103,6 @@ const IPTABLES: Wire = Wire {
 
 // ---- timing and sizes ---------------------------------------------------------------------
 
-/// kube-proxy's sync would be killed by nobody, but a benchmark has to end.
-const RESTORE_LIMIT: Duration = Duration::from_secs(300);
 /// Services per `iptables-restore` when the whole input took too long: about a second each.
 const RESTORE_PART: usize = 1000;
 /// How often the daemon's maps are counted while it programs them.
@@ -176,11 +173,7 @@ fn run(options: &ServiceOptions) -> Result<()> {
         "the benchmarks need root: they create network namespaces, load iptables rules and \
          attach BPF programs"
     );
-    // `default/kubernetes:https` is KUBE-SVC-NPX46M4PTMTKRN6Y on every kube-proxy node.
-    ensure!(
-        chain_hash("default/kubernetes:httpstcp") == "NPX46M4PTMTKRN6Y",
-        "the chain names are not kube-proxy's"
-    );
+    kube_proxy::check_chain_names()?;
     let sizes = sizes(options);
     print_machine(options, &sizes);
 
@@ -318,6 +311,22 @@ impl Catalog {
         (services, slices)
     }
 
+    /// The same Services as kube-proxy sees them.
+    fn ports(&self) -> Vec<PortInfo> {
+        (0..self.n)
+            .map(|i| PortInfo {
+                // ServicePortName.String() of an unnamed port: "namespace/name".
+                name: format!("{NAMESPACE}/{}", self.name(i)),
+                cluster_ip: self.vip(i),
+                port: SERVICE_PORT,
+                endpoints: (0..ENDPOINTS_PER_SERVICE)
+                    .map(|k| self.endpoint(i, k))
+                    .collect(),
+                node_port: None,
+            })
+            .collect()
+    }
+
     /// The same objects as one manifest file, for the daemon.
     fn manifest(&self) -> String {
         let mut text = String::with_capacity(self.n * 700);
@@ -343,296 +352,6 @@ impl Catalog {
             text.push_str("---\n");
         }
         text
-    }
-}
-
-// ---- kube-proxy's rules -------------------------------------------------------------------
-
-/// An `iptables-restore` input and what it holds.
-struct Ruleset {
-    text: String,
-    rules: usize,
-    chains: usize,
-}
-
-impl Ruleset {
-    fn new() -> Ruleset {
-        Ruleset {
-            text: String::new(),
-            rules: 0,
-            chains: 0,
-        }
-    }
-
-    fn table(&mut self, name: &str) {
-        self.text.push('*');
-        self.text.push_str(name);
-        self.text.push('\n');
-    }
-
-    fn chains<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
-        for name in names {
-            self.text.push(':');
-            self.text.push_str(name);
-            self.text.push_str(" - [0:0]\n");
-            self.chains += 1;
-        }
-    }
-
-    fn rules<'a>(&mut self, rules: impl IntoIterator<Item = &'a String>) {
-        for rule in rules {
-            self.text.push_str(rule);
-            self.text.push('\n');
-            self.rules += 1;
-        }
-    }
-
-    fn commit(&mut self) {
-        self.text.push_str("COMMIT\n");
-    }
-}
-
-/// The rules kube-proxy 1.28's iptables proxier writes for the catalog's ClusterIP Services
-/// (`syncProxyRules`, `writeServiceToEndpointRules`), with `--cluster-cidr` set. The jumps
-/// from the built-in chains, which kube-proxy ensures one by one, are part of them here.
-struct KubeProxyRules {
-    filter_chains: Vec<String>,
-    filter_rules: Vec<String>,
-    /// kube-proxy's own chains in the nat table and their rules.
-    nat_chains: Vec<String>,
-    nat_rules: Vec<String>,
-    services: Vec<ServiceRules>,
-    /// KUBE-SERVICES' last rule.
-    nodeports: String,
-}
-
-/// The chains of one Service port and their rules.
-struct ServiceRules {
-    /// KUBE-SVC-…, then its KUBE-SEP-….
-    chains: Vec<String>,
-    rules: Vec<String>,
-    /// Its rule in KUBE-SERVICES.
-    portal: String,
-}
-
-fn owned(lines: &[&str]) -> Vec<String> {
-    lines.iter().map(|l| (*l).to_owned()).collect()
-}
-
-impl KubeProxyRules {
-    fn new(catalog: &Catalog) -> KubeProxyRules {
-        let filter_chains = owned(&[
-            "KUBE-EXTERNAL-SERVICES",
-            "KUBE-FORWARD",
-            "KUBE-NODEPORTS",
-            "KUBE-PROXY-FIREWALL",
-            "KUBE-SERVICES",
-        ]);
-        let filter_rules = owned(&[
-            "-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL",
-            "-A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS",
-            "-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
-            "-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL",
-            "-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
-            "-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-            "-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
-            "-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL",
-            "-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-            "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
-            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT",
-            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        ]);
-        let nat_chains = owned(&[
-            "KUBE-SERVICES",
-            "KUBE-NODEPORTS",
-            "KUBE-POSTROUTING",
-            "KUBE-MARK-MASQ",
-        ]);
-        let nat_rules = owned(&[
-            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-            "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-            "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
-            "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
-            "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000",
-            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully",
-            "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
-        ]);
-        KubeProxyRules {
-            filter_chains,
-            filter_rules,
-            nat_chains,
-            nat_rules,
-            services: (0..catalog.n).map(|i| service_rules(catalog, i)).collect(),
-            nodeports: "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; \
-                        NOTE: this must be the last rule in this chain\" -m addrtype \
-                        --dst-type LOCAL -j KUBE-NODEPORTS"
-                .to_owned(),
-        }
-    }
-
-    /// One input with everything, as kube-proxy's full sync writes it.
-    fn whole(&self) -> Ruleset {
-        self.input(0..self.services.len())
-    }
-
-    /// The same rules as inputs of `per` Services each, to be restored with `--noflush` one
-    /// after the other: iptables-nft-restore's time grows with the square of its input, and
-    /// these add up to the same tables far sooner.
-    fn parts(&self, per: usize) -> impl Iterator<Item = Ruleset> + '_ {
-        let n = self.services.len();
-        (0..n.div_ceil(per)).map(move |part| self.input(part * per..n.min((part + 1) * per)))
-    }
-
-    /// The input for the Services in `range`; the first range brings the tables' fixed part,
-    /// the last one KUBE-SERVICES' last rule. KUBE-SERVICES is declared (which flushes it
-    /// under `--noflush`) only by the first.
-    fn input(&self, range: std::ops::Range<usize>) -> Ruleset {
-        let first = range.start == 0;
-        let last = range.end == self.services.len();
-        let services = &self.services[range];
-        let mut ruleset = Ruleset::new();
-        if first {
-            ruleset.table("filter");
-            ruleset.chains(&self.filter_chains);
-            ruleset.rules(&self.filter_rules);
-            ruleset.commit();
-        }
-        ruleset.table("nat");
-        if first {
-            ruleset.chains(&self.nat_chains);
-        }
-        ruleset.chains(services.iter().flat_map(|s| &s.chains));
-        if first {
-            ruleset.rules(&self.nat_rules);
-        }
-        ruleset.rules(services.iter().flat_map(|s| &s.rules));
-        ruleset.rules(services.iter().map(|s| &s.portal));
-        if last {
-            ruleset.rules([&self.nodeports]);
-        }
-        ruleset.commit();
-        ruleset
-    }
-}
-
-fn service_rules(catalog: &Catalog, i: usize) -> ServiceRules {
-    // `appendServiceCommentLocked`: no comments in the per-Service chains of a large cluster.
-    let large = catalog.n * ENDPOINTS_PER_SERVICE > LARGE_CLUSTER_ENDPOINTS;
-    let comment = |text: &str| {
-        if large {
-            String::new()
-        } else {
-            format!(" -m comment --comment {text}")
-        }
-    };
-    // ServicePortName.String() of an unnamed port: "namespace/name".
-    let port_name = format!("{NAMESPACE}/{}", catalog.name(i));
-    let vip = catalog.vip(i);
-    let svc = format!("KUBE-SVC-{}", chain_hash(&format!("{port_name}tcp")));
-    let mut chains = vec![svc.clone()];
-    let mut rules = vec![format!(
-        "-A {svc} -m comment --comment \"{port_name} cluster IP\" -m tcp -p tcp -d {vip}/32 \
-         --dport {SERVICE_PORT} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ"
-    )];
-    for k in 0..ENDPOINTS_PER_SERVICE {
-        let endpoint = catalog.endpoint(i, k);
-        let sep = format!(
-            "KUBE-SEP-{}",
-            chain_hash(&format!("{port_name}tcp{endpoint}"))
-        );
-        let remaining = ENDPOINTS_PER_SERVICE - k;
-        let probability = if remaining > 1 {
-            format!(
-                " -m statistic --mode random --probability {:.10}",
-                1.0 / remaining as f64
-            )
-        } else {
-            String::new()
-        };
-        rules.push(format!(
-            "-A {svc}{}{probability} -j {sep}",
-            comment(&format!("\"{port_name} -> {endpoint}\""))
-        ));
-        let sep_comment = comment(&port_name);
-        rules.push(format!(
-            "-A {sep}{sep_comment} -s {}/32 -j KUBE-MARK-MASQ",
-            endpoint.ip()
-        ));
-        rules.push(format!(
-            "-A {sep}{sep_comment} -m tcp -p tcp -j DNAT --to-destination {endpoint}"
-        ));
-        chains.push(sep);
-    }
-    ServiceRules {
-        chains,
-        rules,
-        portal: format!(
-            "-A KUBE-SERVICES -m comment --comment \"{port_name} cluster IP\" -m tcp -p tcp \
-             -d {vip}/32 --dport {SERVICE_PORT} -j {svc}"
-        ),
-    }
-}
-
-/// kube-proxy's `portProtoHash`: the first 16 characters of the base32 (RFC 4648) of the
-/// SHA-256 of `text`. Checked at start against a name every cluster has.
-fn chain_hash(text: &str) -> String {
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let digest = Sha256::digest(text.as_bytes());
-    // 16 characters of 5 bits are the first 10 bytes.
-    let bits = digest[..10]
-        .iter()
-        .fold(0u128, |acc, byte| acc << 8 | u128::from(*byte));
-    (0..16)
-        .rev()
-        .map(|i| char::from(ALPHABET[((bits >> (i * 5)) & 31) as usize]))
-        .collect()
-}
-
-/// How loading the rules went.
-enum Load {
-    Took(Duration),
-    /// Killed after [`RESTORE_LIMIT`].
-    GaveUp(Duration),
-}
-
-/// `iptables-restore` in the namespace, with kube-proxy's flags, timed from start to exit.
-fn iptables_restore(netns: &str, ruleset: &Ruleset) -> Result<Load> {
-    let mut input = tempfile::tempfile().context("creating the restore input")?;
-    input
-        .write_all(ruleset.text.as_bytes())
-        .and_then(|()| input.rewind())
-        .context("writing the restore input")?;
-    let started = Instant::now();
-    // `ip netns exec` execs the command itself (no fork), so killing the child kills it.
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "iptables-restore"])
-        .args(["-w", "5", "-W", "100000", "--noflush", "--counters"])
-        .stdin(input)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting iptables-restore")?;
-    loop {
-        if let Some(status) = child.try_wait().context("waiting for iptables-restore")? {
-            let took = started.elapsed();
-            if !status.success() {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = child.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr);
-                }
-                bail!("iptables-restore in {netns}: {status}: {}", stderr.trim());
-            }
-            return Ok(Load::Took(took));
-        }
-        let interrupted = interrupted();
-        if interrupted || started.elapsed() > RESTORE_LIMIT {
-            // Our own child, by its handle.
-            let _ = child.kill();
-            let _ = child.wait();
-            check_interrupted()?;
-            return Ok(Load::GaveUp(started.elapsed()));
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -669,7 +388,7 @@ impl Lab {
         sizes: &Sizes,
         report: &mut Report,
     ) -> Result<()> {
-        let rules = KubeProxyRules::new(catalog);
+        let rules = KubeProxyRules::new(&catalog.ports(), CLUSTER_CIDR);
         let mut netns = Netns::create(&IPTABLES)?;
         let mut loaded = false;
         if programming {
@@ -689,16 +408,7 @@ impl Lab {
                 drop(netns);
                 netns = Netns::create(&IPTABLES)?;
             }
-            let started = Instant::now();
-            for part in rules.parts(RESTORE_PART) {
-                match iptables_restore(IPTABLES.netns, &part)? {
-                    Load::Took(_) => {}
-                    Load::GaveUp(after) => {
-                        bail!("iptables-restore of {RESTORE_PART} Services gave up after {after:?}")
-                    }
-                }
-            }
-            report.iptables_parts = Some(started.elapsed());
+            report.iptables_parts = Some(restore_in_parts(IPTABLES.netns, &rules, RESTORE_PART)?);
         }
         drop(rules);
 

@@ -608,7 +608,8 @@ impl Drop for Server {
     }
 }
 
-fn listen_all() -> Result<Vec<TcpListener>> {
+/// Listeners on every target port of the calling thread's namespace, on every address.
+pub fn listen_all() -> Result<Vec<TcpListener>> {
     (0..TARGET_PORTS)
         .map(|i| {
             let port = FIRST_TARGET_PORT + i;
@@ -650,14 +651,10 @@ fn serve(listeners: &[TcpListener], stop: &AtomicBool, accepted: &AtomicU64) -> 
     Ok(())
 }
 
-/// One batch of connects for a [`Client`].
-struct Job {
-    target: SocketAddrV4,
-    count: usize,
-    timeout: Option<Duration>,
-}
+/// Work for a [`Client`]'s thread: measurements, in µs.
+type Job = Box<dyn FnOnce() -> Result<Vec<f64>> + Send>;
 
-/// A thread in a network namespace that connects on request.
+/// A thread in a network namespace, pinned to [`CLIENT_CPU`], that connects on request.
 pub struct Client {
     jobs: Option<mpsc::Sender<Job>>,
     results: mpsc::Receiver<Result<Vec<f64>>>,
@@ -677,7 +674,7 @@ impl Client {
                 }
                 let _ = results_tx.send(Ok(Vec::new()));
                 for job in jobs_rx {
-                    if results_tx.send(connect_many(&job)).is_err() {
+                    if results_tx.send(job()).is_err() {
                         return;
                     }
                 }
@@ -702,14 +699,15 @@ impl Client {
         count: usize,
         timeout: Option<Duration>,
     ) -> Result<Vec<f64>> {
+        self.run(move || connect_many(target, count, timeout))
+    }
+
+    /// Runs `job` in the client's namespace and on its CPU, and returns what it measured.
+    pub fn run(&self, job: impl FnOnce() -> Result<Vec<f64>> + Send + 'static) -> Result<Vec<f64>> {
         let jobs = self.jobs.as_ref().context("the client is stopped")?;
-        jobs.send(Job {
-            target,
-            count,
-            timeout,
-        })
-        .ok()
-        .context("the client thread has ended")?;
+        jobs.send(Box::new(job))
+            .ok()
+            .context("the client thread has ended")?;
         self.results.recv().context("the client thread has ended")?
     }
 }
@@ -730,17 +728,27 @@ const LINGER_RESET: nix::libc::linger = nix::libc::linger {
     l_linger: 0,
 };
 
-fn connect_many(job: &Job) -> Result<Vec<f64>> {
-    let mut samples = Vec::with_capacity(job.count);
-    for _ in 0..job.count {
+/// A TCP connection to `target`, given `timeout` (or the kernel's) to be made.
+pub fn open(target: SocketAddrV4, timeout: Option<Duration>) -> Result<TcpStream> {
+    match timeout {
+        Some(timeout) => TcpStream::connect_timeout(&target.into(), timeout),
+        None => TcpStream::connect(target),
+    }
+    .with_context(|| format!("connecting to {target}"))
+}
+
+/// Makes closing `stream` reset it ([`LINGER_RESET`]).
+pub fn reset_on_close(stream: &TcpStream) -> Result<()> {
+    nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::Linger, &LINGER_RESET)
+        .context("setting SO_LINGER")
+}
+
+fn connect_many(target: SocketAddrV4, count: usize, timeout: Option<Duration>) -> Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
         let started = Instant::now();
-        let stream = match job.timeout {
-            Some(timeout) => TcpStream::connect_timeout(&job.target.into(), timeout),
-            None => TcpStream::connect(job.target),
-        }
-        .with_context(|| format!("connecting to {}", job.target))?;
-        nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &LINGER_RESET)
-            .context("setting SO_LINGER")?;
+        let stream = open(target, timeout)?;
+        reset_on_close(&stream)?;
         drop(stream);
         samples.push(started.elapsed().as_secs_f64() * 1e6);
     }
