@@ -10,7 +10,7 @@ use aya_ebpf::{
         BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, BPF_NOEXIST,
         TC_ACT_UNSPEC,
     },
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, RingBuf},
     programs::TcContext,
@@ -39,7 +39,7 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 
 /// How many SNAT ports a new flow tries before it is dropped (its retransmission tries again).
-const SNAT_TRIES: u32 = 8;
+const SNAT_TRIES: u32 = 16;
 /// Step between two tries: a prime, so the tries land on distinct ports.
 const SNAT_STEP: u32 = 1031;
 
@@ -146,7 +146,7 @@ fn from_outside(ctx: &TcContext) -> i32 {
     // The SNAT stage first: without a free port the flow is not taken at all.
     let mut snat_port = [0; 2];
     if backend.flags & EXTERNAL_BACKEND_LOCAL == 0 {
-        match snat(&packet, &dnat, hash, now) {
+        match snat(&packet, &dnat, now) {
             Some(port) => snat_port = port,
             None => return dropped(&packet, Some(&backend), NODEPORT_EVENT_NO_SNAT),
         }
@@ -203,7 +203,7 @@ fn report(packet: &Packet, backend: Option<&ExternalBackend>, snat_port: [u8; 2]
 /// DNAT), on a free port of the node's SNAT address, and returns the port; `None` if there is
 /// no address or no port.
 #[inline(always)]
-fn snat(packet: &Packet, dnat: &NatValue, hash: u32, now: u64) -> Option<[u8; 2]> {
+fn snat(packet: &Packet, dnat: &NatValue, now: u64) -> Option<[u8; 2]> {
     let config = copied(BOSUN_NPCFG_V1.get_ptr(0))?;
     if config.snat_address == [0; 4] {
         return None;
@@ -218,8 +218,13 @@ fn snat(packet: &Packet, dnat: &NatValue, hash: u32, now: u64) -> Option<[u8; 2]
         _pad: [0; 3],
         last_seen_ns: now,
     };
+    // A random start, not the flow's hash: a SYN sent again after every try found its port
+    // taken then tries other ports, where the same hash would try the same ones until the
+    // table aged.
+    // SAFETY: a helper call without arguments.
+    let start = unsafe { bpf_get_prandom_u32() };
     for attempt in 0..SNAT_TRIES {
-        let offset = hash.wrapping_add(attempt.wrapping_mul(SNAT_STEP)) % range;
+        let offset = start.wrapping_add(attempt.wrapping_mul(SNAT_STEP)) % range;
         let port = ((u32::from(SNAT_PORT_MIN) + offset) as u16).to_be_bytes();
         let forward = NatValue {
             source: config.snat_address,
