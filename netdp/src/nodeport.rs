@@ -9,7 +9,6 @@
 //! their backends while no daemon runs.
 
 use std::{
-    fs, io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Duration,
@@ -32,8 +31,8 @@ use crate::{
     object::{shrink_unused_maps, OBJECT, POLICY_MAPS},
     service::{
         bpf::{
-            delete, is_not_found, open_map, prepare_dir, read_error, refuse_mismatched, remove_pin,
-            MapShape, MAP_SHAPES as SERVICE_MAP_SHAPES,
+            delete, is_not_found, open_map, prepare_dir, read_error, refuse_mismatched, MapShape,
+            MAP_SHAPES as SERVICE_MAP_SHAPES,
         },
         Protocol,
     },
@@ -43,7 +42,6 @@ use crate::{
 
 /// The directory under the daemon's bpffs directory that holds everything of this module.
 const NODEPORT_DIR: &str = "nodeport";
-const LINKS_DIR: &str = "links";
 
 const HOOKS: [TcHook; 2] = [
     TcHook {
@@ -118,8 +116,7 @@ pub fn install_sized(
         ..*nat
     };
     refuse_mismatched(&dir, &[nat, *config, *events])?;
-    let links = dir.join(LINKS_DIR);
-    fs::create_dir_all(&links).map_err(|source| bpffs_error("mkdir", &links, source))?;
+    tc::create_links_dir(&dir)?;
     let mut loader = EbpfLoader::new();
     for shape in &SERVICE_MAP_SHAPES {
         loader.map_pin_path(shape.name, bpf_dir.join(shape.name));
@@ -182,20 +179,11 @@ pub fn attached(bpf_dir: &Path) -> Result<Vec<u32>, Error> {
 /// `<bpf_dir>/nodeport`. Returns `Ok(false)` if there was no such directory. Run it before
 /// [`crate::service::cleanup`], which removes `bpf_dir` itself.
 pub fn cleanup(bpf_dir: &Path) -> Result<bool, Error> {
-    let dir = nodeport_dir(bpf_dir);
-    match fs::symlink_metadata(&dir) {
-        Ok(_) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(source) => return Err(bpffs_error("stat", &dir, source)),
-    }
-    let links = links_dir(bpf_dir);
-    tc::detach_all(&links, &HOOKS)?;
-    remove_dir(&links)?;
-    for shape in &MAP_SHAPES {
-        remove_pin(&dir.join(shape.name))?;
-    }
-    remove_dir(&dir)?;
-    Ok(true)
+    tc::remove_datapath_dir(
+        &nodeport_dir(bpf_dir),
+        &HOOKS,
+        MAP_SHAPES.map(|shape| shape.name),
+    )
 }
 
 /// One flow from outside, as `bosun dp conntrack` shows it.
@@ -397,22 +385,5 @@ fn nodeport_dir(bpf_dir: &Path) -> PathBuf {
 }
 
 fn links_dir(bpf_dir: &Path) -> PathBuf {
-    nodeport_dir(bpf_dir).join(LINKS_DIR)
-}
-
-fn remove_dir(path: &Path) -> Result<(), Error> {
-    match fs::remove_dir(path) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => {
-            Err(bpffs_error("rmdir", path, error))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn bpffs_error(call: &'static str, path: &Path, source: io::Error) -> Error {
-    Error::Bpffs {
-        call,
-        path: path.to_owned(),
-        source,
-    }
+    nodeport_dir(bpf_dir).join(tc::LINKS_DIR)
 }

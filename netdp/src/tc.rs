@@ -74,6 +74,57 @@ pub(crate) fn classifier<'a>(
         })
 }
 
+/// The subdirectory of a tc datapath's directory that holds its pins.
+pub(crate) const LINKS_DIR: &str = "links";
+
+/// Creates the `links` subdirectory of a tc datapath's directory `dir`.
+pub(crate) fn create_links_dir(dir: &Path) -> Result<(), Error> {
+    let links = dir.join(LINKS_DIR);
+    fs::create_dir_all(&links).map_err(|source| bpffs_error("mkdir", &links, source))
+}
+
+/// Removes a tc datapath's directory `dir`: takes `hooks` off every interface its `links`
+/// pin them on (tcx links and clsact filters alike), then removes the pins of `maps` and the
+/// directory. `Ok(false)` if there was no such directory. The clsact qdiscs stay: other
+/// programs may use them, and an empty one changes nothing. Takes filters off the interfaces
+/// of the calling thread's network namespace.
+pub(crate) fn remove_datapath_dir(
+    dir: &Path,
+    hooks: &[TcHook],
+    maps: impl IntoIterator<Item = &'static str>,
+) -> Result<bool, Error> {
+    match fs::symlink_metadata(dir) {
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(bpffs_error("stat", dir, source)),
+    }
+    let links = dir.join(LINKS_DIR);
+    detach_all(&links, hooks)?;
+    remove_dir(&links)?;
+    for map in maps {
+        remove_pin(&dir.join(map))?;
+    }
+    remove_dir(dir)?;
+    Ok(true)
+}
+
+fn remove_dir(path: &Path) -> Result<(), Error> {
+    match fs::remove_dir(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => {
+            Err(bpffs_error("rmdir", path, error))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn bpffs_error(call: &'static str, path: &Path, source: io::Error) -> Error {
+    Error::Bpffs {
+        call,
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// The name of interface `ifindex` of the calling thread's network namespace.
 pub(crate) fn interface_name_of(ifindex: u32) -> Result<String, Error> {
     interface_name(ifindex).ok_or(Error::InterfaceIndexNotFound { ifindex })

@@ -11,7 +11,6 @@
 
 use std::{
     collections::BTreeMap,
-    fs, io,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -19,7 +18,7 @@ use std::{
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        HashMap, MapData, MapError, MapType, PerCpuArray, PerCpuValues, RingBuf,
+        HashMap, MapData, MapError, MapType, PerCpuArray, PerCpuValues,
     },
     programs::{TcAttachType, TestRun as _, TestRunOptions},
     sys::SyscallError,
@@ -32,14 +31,14 @@ use bosun_ebpf_abi::{
     NODE_MAX_ENTRIES, PEER_MAP, PEER_MAX_ENTRIES, POLICY_EGRESS_PROGRAM, POLICY_INGRESS_PROGRAM,
     POLICY_NAME_MAP, POLICY_NAME_MAX_ENTRIES, PORT_MAP, PORT_MAX_ENTRIES,
 };
-use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{policy_name_str, Direction, PolicyMaps};
 use crate::{
     object::{NODEPORT_MAPS, SERVICE_MAPS},
+    ring::RingReader,
     service::bpf::{
         delete, entries, is_not_found, load_pinned, open_map, prepare_dir, put, read_error,
-        refuse_mismatched, remove_pin, MapShape,
+        refuse_mismatched, MapShape,
     },
     tc::{self, classifier, TcHook, TcMode},
     Error,
@@ -47,9 +46,6 @@ use crate::{
 
 /// The directory under the daemon's bpffs directory that holds everything of this module.
 const POLICY_DIR: &str = "policy";
-/// The directory under [`POLICY_DIR`] that holds the attachments' pins (named for the tcx
-/// links they held first; the clsact fallback's programs are pinned there too).
-const LINKS_DIR: &str = "links";
 
 /// The programs, where on the host-side interface each runs, and the suffix of its pins.
 const HOOKS: [TcHook; 2] = [
@@ -158,8 +154,7 @@ pub fn install(bpf_dir: &Path, mode: TcMode) -> Result<PolicyDatapath, Error> {
     let dir = policy_dir(bpf_dir);
     prepare_dir(&dir)?;
     refuse_mismatched(&dir, &MAP_SHAPES)?;
-    let links = links_dir(bpf_dir);
-    fs::create_dir_all(&links).map_err(|source| bpffs_error("mkdir", &links, source))?;
+    tc::create_links_dir(&dir)?;
     let mut ebpf = load_pinned(
         &dir,
         &MAP_SHAPES,
@@ -302,20 +297,11 @@ pub fn attached(bpf_dir: &Path) -> Result<Vec<u32>, Error> {
 /// Map handles that a running daemon holds keep its maps alive until it closes them, but no
 /// program reads them any more.
 pub fn cleanup(bpf_dir: &Path) -> Result<bool, Error> {
-    let dir = policy_dir(bpf_dir);
-    match fs::symlink_metadata(&dir) {
-        Ok(_) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(source) => return Err(bpffs_error("stat", &dir, source)),
-    }
-    let links = links_dir(bpf_dir);
-    tc::detach_all(&links, &HOOKS)?;
-    remove_dir(&links)?;
-    for shape in &MAP_SHAPES {
-        remove_pin(&dir.join(shape.name))?;
-    }
-    remove_dir(&dir)?;
-    Ok(true)
+    tc::remove_datapath_dir(
+        &policy_dir(bpf_dir),
+        &HOOKS,
+        MAP_SHAPES.map(|shape| shape.name),
+    )
 }
 
 fn policy_dir(bpf_dir: &Path) -> PathBuf {
@@ -323,24 +309,7 @@ fn policy_dir(bpf_dir: &Path) -> PathBuf {
 }
 
 fn links_dir(bpf_dir: &Path) -> PathBuf {
-    policy_dir(bpf_dir).join(LINKS_DIR)
-}
-
-fn remove_dir(path: &Path) -> Result<(), Error> {
-    match fs::remove_dir(path) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => {
-            Err(bpffs_error("rmdir", path, error))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn bpffs_error(call: &'static str, path: &Path, source: io::Error) -> Error {
-    Error::Bpffs {
-        call,
-        path: path.to_owned(),
-        source,
-    }
+    policy_dir(bpf_dir).join(tc::LINKS_DIR)
 }
 
 /// The policy maps pinned under `<bpf_dir>/policy`, read and written in place. Any number of
@@ -572,61 +541,26 @@ pub fn read_names(bpf_dir: &Path) -> Result<BTreeMap<u32, String>, Error> {
 
 /// Reads [`PolicyEvent`]s from the pinned ring buffer. A ring buffer has one consumer
 /// position: two readers of the same buffer split the events between them.
-pub struct EventReader {
-    path: PathBuf,
-    ring: AsyncFd<RingBuf<MapData>>,
-}
+pub struct EventReader(RingReader<PolicyEvent>);
 
 impl EventReader {
     /// Opens the ring buffer an earlier [`install`] pinned. Must be called within a Tokio
     /// runtime (with I/O enabled), which will wake [`EventReader::next`]; panics otherwise.
     pub fn open(bpf_dir: &Path) -> Result<Self, Error> {
         let path = policy_dir(bpf_dir).join(EVENT_MAP);
-        let ring = open_map(&path, shape(EVENT_MAP))?;
-        // SAFETY: the ring buffer owns the map's file descriptor: it stays open, and
-        // `as_raw_fd` returns it, until the `AsyncFd` drops the ring buffer.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(
-            |error| Error::WaitEvents {
-                path: path.clone(),
-                source: error.into_parts().1,
-            },
-        )?;
-        Ok(Self { path, ring })
+        Ok(Self(RingReader::open(path, shape(EVENT_MAP))?))
     }
 
     /// Waits for the next event. Events written while no reader waited are kept, up to the
     /// ring buffer's size; beyond that the programs lose new ones.
     pub async fn next(&mut self) -> Result<PolicyEvent, Error> {
-        loop {
-            let mut ready = self
-                .ring
-                .readable_mut()
-                .await
-                .map_err(|source| Error::WaitEvents {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            if let Some(record) = ready.get_inner_mut().next() {
-                return decode_event(&record);
-            }
-            // Empty: wait for the kernel's next wakeup.
-            ready.clear_ready();
-        }
+        self.0.next().await
     }
 }
 
+#[cfg(test)]
 fn decode_event(record: &[u8]) -> Result<PolicyEvent, Error> {
-    if record.len() != size_of::<PolicyEvent>() {
-        return Err(Error::EventSize {
-            map: EVENT_MAP,
-            size: record.len(),
-            expected: size_of::<PolicyEvent>(),
-        });
-    }
-    // SAFETY: the record holds exactly `size_of::<PolicyEvent>()` bytes (checked above), and
-    // every bit pattern is a valid `PolicyEvent` (plain integers and byte arrays, no padding);
-    // `read_unaligned` needs no alignment.
-    Ok(unsafe { record.as_ptr().cast::<PolicyEvent>().read_unaligned() })
+    crate::ring::decode(EVENT_MAP, record)
 }
 
 #[cfg(test)]
