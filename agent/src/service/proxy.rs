@@ -137,7 +137,11 @@ struct Sync {
 #[derive(Default)]
 struct ExternalState {
     config: External,
-    datapath: Option<bosun_netdp::nodeport::NodePortDatapath>,
+    /// The programs, and their NAT table and configuration, once installed.
+    installed: Option<(
+        bosun_netdp::nodeport::NodePortDatapath,
+        bosun_netdp::nodeport::NodePortMaps,
+    )>,
     /// Interface name → the ifindex the programs were attached to.
     attached: BTreeMap<String, u32>,
     /// The interfaces, the SNAT address and the flows' ages are to be looked at.
@@ -504,19 +508,24 @@ fn write(bpf_dir: &std::path::Path, state: &mut Sync, delta: &Delta) -> Result<(
 /// address (the first external interface's primary address) and ages the flows.
 fn write_external(bpf_dir: &std::path::Path, external: &mut ExternalState) -> Result<(), String> {
     use bosun_netdp::nodeport;
-    if external.datapath.is_none() {
-        let mode = bosun_netdp::tc::TcMode::detect().map_err(|e| error_chain(&e))?;
-        let datapath = nodeport::install(bpf_dir, mode).map_err(|e| {
-            format!(
-                "installing the datapath for traffic from outside in {}: {}",
-                bpf_dir.display(),
-                error_chain(&e)
-            )
-        })?;
-        external.datapath = Some(datapath);
-    }
-    let Some(datapath) = external.datapath.as_mut() else {
-        return Ok(());
+    let (datapath, maps) = match &mut external.installed {
+        Some(installed) => installed,
+        None => {
+            let mode = bosun_netdp::tc::TcMode::detect().map_err(|e| error_chain(&e))?;
+            let installed = nodeport::install(bpf_dir, mode)
+                .and_then(|datapath| {
+                    let maps = datapath.maps()?;
+                    Ok((datapath, maps))
+                })
+                .map_err(|e| {
+                    format!(
+                        "installing the datapath for traffic from outside in {}: {}",
+                        bpf_dir.display(),
+                        error_chain(&e)
+                    )
+                })?;
+            external.installed.insert(installed)
+        }
     };
     let mut snat = None;
     for name in &external.config.interfaces {
@@ -540,9 +549,6 @@ fn write_external(bpf_dir: &std::path::Path, external: &mut ExternalState) -> Re
                 .and_then(|addresses| addresses.first().copied());
         }
     }
-    let mut maps = datapath
-        .maps()
-        .map_err(|e| format!("opening the NAT table: {}", error_chain(&e)))?;
     maps.set_snat_address(snat)
         .map_err(|e| format!("setting the SNAT address: {}", error_chain(&e)))?;
     let aged = maps

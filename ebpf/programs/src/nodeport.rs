@@ -318,41 +318,29 @@ fn refresh(entry: *mut NatValue, value: &NatValue, packet: &Packet, now: u64) {
 #[inline(always)]
 fn rewrite(ctx: &TcContext, packet: &Packet, to: &NatValue) -> i32 {
     let transport = usize::from(packet.transport);
-    let (check, udp) = if packet.protocol == PROTOCOL_TCP {
-        (transport + TCP_CHECK, false)
+    let l4 = if packet.protocol == PROTOCOL_TCP {
+        L4Checksum {
+            offset: transport + TCP_CHECK,
+            flags: 0,
+        }
     } else {
-        (transport + UDP_CHECK, true)
+        // A UDP checksum of 0 means none, and stays 0.
+        L4Checksum {
+            offset: transport + UDP_CHECK,
+            flags: u64::from(BPF_F_MARK_MANGLED_0),
+        }
     };
-    let written = set_address(ctx, IP_SOURCE, packet.source, to.source, check, udp)
-        .and_then(|()| {
-            set_address(
-                ctx,
-                IP_DESTINATION,
-                packet.destination,
-                to.destination,
-                check,
-                udp,
-            )
-        })
-        .and_then(|()| {
-            set_port(
-                ctx,
-                transport,
-                packet.source_port,
-                to.source_port,
-                check,
-                udp,
-            )
-        })
+    let written = set_address(ctx, &l4, IP_SOURCE, packet.source, to.source)
+        .and_then(|()| set_address(ctx, &l4, IP_DESTINATION, packet.destination, to.destination))
+        .and_then(|()| set_port(ctx, &l4, transport, packet.source_port, to.source_port))
         .and_then(|()| {
             let destination = transport + 2;
             set_port(
                 ctx,
+                &l4,
                 destination,
                 packet.destination_port,
                 to.destination_port,
-                check,
-                udp,
             )
         });
     match written {
@@ -361,13 +349,20 @@ fn rewrite(ctx: &TcContext, packet: &Packet, to: &NatValue) -> i32 {
     }
 }
 
+/// Where the transport checksum is, and the flags its updates take.
+struct L4Checksum {
+    offset: usize,
+    flags: u64,
+}
+
+/// Writes address `to` at `offset` in place of `from`, updating the IPv4 header's checksum
+/// and the transport's (whose pseudo-header holds the addresses).
 fn set_address(
     ctx: &TcContext,
+    l4: &L4Checksum,
     offset: usize,
     from: [u8; 4],
     to: [u8; 4],
-    check: usize,
-    udp: bool,
 ) -> Result<(), i64> {
     if from == to {
         return Ok(());
@@ -376,23 +371,23 @@ fn set_address(
         u64::from(u32::from_ne_bytes(from)),
         u64::from(u32::from_ne_bytes(to)),
     );
-    let mangled = if udp {
-        u64::from(BPF_F_MARK_MANGLED_0)
-    } else {
-        0
-    };
-    ctx.l4_csum_replace(check, old, new, u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)?;
+    ctx.l4_csum_replace(
+        l4.offset,
+        old,
+        new,
+        l4.flags | u64::from(BPF_F_PSEUDO_HDR) | 4,
+    )?;
     ctx.l3_csum_replace(IP_CHECK, old, new, 4)?;
     ctx.store(offset, &to, 0)
 }
 
+/// Writes port `to` at `offset` in place of `from`, updating the transport's checksum.
 fn set_port(
     ctx: &TcContext,
+    l4: &L4Checksum,
     offset: usize,
     from: [u8; 2],
     to: [u8; 2],
-    check: usize,
-    udp: bool,
 ) -> Result<(), i64> {
     if from == to {
         return Ok(());
@@ -401,11 +396,6 @@ fn set_port(
         u64::from(u16::from_ne_bytes(from)),
         u64::from(u16::from_ne_bytes(to)),
     );
-    let mangled = if udp {
-        u64::from(BPF_F_MARK_MANGLED_0)
-    } else {
-        0
-    };
-    ctx.l4_csum_replace(check, old, new, mangled | 2)?;
+    ctx.l4_csum_replace(l4.offset, old, new, l4.flags | 2)?;
     ctx.store(offset, &to, 0)
 }
