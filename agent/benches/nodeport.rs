@@ -851,8 +851,8 @@ fn traffic(catalog: &Catalog, sizes: &Sizes, report: &mut Report) -> Result<()> 
 /// programmed with the catalog, as the daemon does it.
 fn program_bosun(node: &Node, catalog: &Catalog, report: &mut Report) -> Result<Installed> {
     let installed = Installed::new();
-    // As the daemon chooses: tcx from 6.6, or BOSUN_TC_ATTACH.
-    let mode = bosun_netdp::tc::TcMode::detect()?;
+    // As the daemon chooses for the node's interfaces: tcx from 6.6, or BOSUN_TC_ATTACH.
+    let mode = bosun_netdp::tc::TcMode::detect(bosun_netdp::tc::Interfaces::Node)?;
     let mut datapath = nodeport::install(Path::new(BPF_DIR), mode)
         .with_context(|| format!("installing the programs in {BPF_DIR}"))?;
     let links = [TO_CLIENT.0, TO_REMOTE.0]

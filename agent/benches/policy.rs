@@ -936,7 +936,8 @@ struct Datapath {
 impl Datapath {
     fn install(endpoints: [u32; 2]) -> Result<Datapath> {
         let installed = Installed;
-        let mode = bosun_netdp::tc::TcMode::detect().context("choosing how to attach")?;
+        let mode = bosun_netdp::tc::TcMode::detect(bosun_netdp::tc::Interfaces::Pods)
+            .context("choosing how to attach")?;
         let programs = policy::install(Path::new(BPF_DIR), mode)
             .with_context(|| format!("installing the policy datapath in {BPF_DIR}"))?;
         let maps = programs.maps().context("opening the pinned policy maps")?;

@@ -4,9 +4,9 @@
 //! The upstream truth table of pod-to-pod cases runs on the datapath alone, in
 //! `netdp/tests/policy_truth.rs`; here are what only the daemon can show: no pod answers
 //! before its policy is in place, enforcement survives a killed bosun, `bosun monitor` reports
-//! drops, egress through a Service is judged by the backend it lands on, and the clsact
-//! fallback of kernels before 6.6 (forced with `BOSUN_TC_ATTACH`) enforces and is removed by
-//! `--cleanup`.
+//! drops, egress through a Service is judged by the backend it lands on, and both ways of
+//! attaching (clsact filters, the default, and tcx links, forced with `BOSUN_TC_ATTACH`)
+//! enforce and are removed by `--cleanup`.
 //!
 //! Each test runs on its own test node, whose slot numbers everything host-wide it touches:
 //! the bpffs directory, the namespaces and veths (`bnp<slot>…`) and the clients' addresses
@@ -598,18 +598,25 @@ async fn policy_filters(dev: &str, direction: &str) -> Result<Vec<String>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_clsact_fallback_enforces_and_cleanup_leaves_no_filter() -> Result<()> {
-    let node = TestNode::start("pol-clsact").await?;
+async fn each_attach_mode_enforces_and_cleanup_takes_it_off() -> Result<()> {
+    for mode in ["clsact", "tcx"] {
+        attach_mode_enforces_and_cleanup_takes_it_off(mode).await?;
+    }
+    Ok(())
+}
+
+async fn attach_mode_enforces_and_cleanup_takes_it_off(mode: &str) -> Result<()> {
+    let node = TestNode::start(&format!("pol-{mode}")).await?;
     let log = node.dir().join("bosun.log");
     let result = async {
-        // What a kernel before 6.6 gets, forced on this one.
+        // Forced, as an operator would.
         let daemon = Daemon::start_with_env(
             Path::new(BOSUN),
             &node,
             node.dir(),
             "",
             &[],
-            &[("BOSUN_TC_ATTACH", std::ffi::OsStr::new("clsact"))],
+            &[("BOSUN_TC_ATTACH", std::ffi::OsStr::new(mode))],
         )
         .await?;
         let denied = client(&node, 0, "denied")?;
@@ -623,15 +630,20 @@ async fn the_clsact_fallback_enforces_and_cleanup_leaves_no_filter() -> Result<(
             .parse()?;
         let web_at = SocketAddr::from((web_ip, 8080));
         assert!(
-            daemon
-                .log()
-                .contains("NetworkPolicy programs attach to pods' interfaces as clsact"),
+            daemon.log().contains(&format!(
+                "NetworkPolicy programs attach to pods' interfaces as {mode}"
+            )),
             "the mode is not logged"
         );
 
+        // tcx links are no filters: there the pins show what is attached.
         let veth = pinned_interface(&node)?;
-        assert_eq!(policy_filters(&veth, "egress").await?, ["bosun_pol_in"]);
-        assert_eq!(policy_filters(&veth, "ingress").await?, ["bosun_pol_out"]);
+        let (filter_in, filter_out) = match mode {
+            "clsact" => (vec!["bosun_pol_in"], vec!["bosun_pol_out"]),
+            _ => (vec![], vec![]),
+        };
+        assert_eq!(policy_filters(&veth, "egress").await?, filter_in);
+        assert_eq!(policy_filters(&veth, "ingress").await?, filter_out);
         let denied = Arc::new(denied);
         let check_denied = |expected: Outcome| {
             let denied = denied.clone();

@@ -4,7 +4,7 @@
 //! The kernel offers two ways, and [`TcMode`] says which one a caller uses:
 //! - **tcx** (kernel 6.6 and later): a BPF link, pinned at the caller's path. The link keeps
 //!   the program attached while no daemon runs; unpinning it detaches the program.
-//! - **clsact** (older kernels): a `cls_bpf` filter under the clsact qdisc, in direct-action
+//! - **clsact** (every kernel): a `cls_bpf` filter under the clsact qdisc, in direct-action
 //!   mode, at the caller's own priority and a fixed handle. A filter is no link and cannot be
 //!   pinned, so the *program* is pinned at the same path instead: the pin records in bpffs
 //!   that the program runs there, so that [`attached`] lists it and [`detach`] knows which
@@ -138,23 +138,42 @@ pub const TC_ATTACH_VARIABLE: &str = "BOSUN_TC_ATTACH";
 pub enum TcMode {
     /// tcx links (kernel 6.6 and later).
     Tcx,
-    /// clsact filters, with the program pinned (kernels before 6.6).
+    /// clsact filters, with the program pinned.
     Clsact,
 }
 
+/// Which interfaces a datapath attaches to: the default [`TcMode`] differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interfaces {
+    /// Pods' interfaces: one attachment per pod, made while the pod starts, so its cost is
+    /// on the pod start path. Default clsact on every kernel: a tcx link's attach waits out
+    /// an RCU grace period under RTNL (8–27 ms each here, on 6.18), a `cls_bpf` filter's
+    /// takes a fraction of a millisecond.
+    Pods,
+    /// The node's own interfaces, attached once at start, which other tools may use too:
+    /// default tcx where the kernel has it (a link has an owner, and attachments of other
+    /// owners keep their places), clsact before 6.6.
+    Node,
+}
+
 impl TcMode {
-    /// [`TC_ATTACH_VARIABLE`] if set (and not empty), else tcx from kernel 6.6 on, clsact
-    /// before. An unknown value is an error naming the variable and the value.
-    pub fn detect() -> Result<Self, Error> {
+    /// [`TC_ATTACH_VARIABLE`] if set (and not empty), else the default for `interfaces`
+    /// (see [`Interfaces`]). An unknown value is an error naming the variable and the value.
+    pub fn detect(interfaces: Interfaces) -> Result<Self, Error> {
         Self::choose(
             std::env::var_os(TC_ATTACH_VARIABLE).as_deref(),
+            interfaces,
             kernel_has_tcx,
         )
     }
 
-    fn choose(forced: Option<&OsStr>, has_tcx: impl FnOnce() -> bool) -> Result<Self, Error> {
+    fn choose(
+        forced: Option<&OsStr>,
+        interfaces: Interfaces,
+        has_tcx: impl FnOnce() -> bool,
+    ) -> Result<Self, Error> {
         match forced.filter(|value| !value.is_empty()) {
-            None if has_tcx() => Ok(Self::Tcx),
+            None if interfaces == Interfaces::Node && has_tcx() => Ok(Self::Tcx),
             None => Ok(Self::Clsact),
             Some(value) if value == "tcx" => Ok(Self::Tcx),
             Some(value) if value == "clsact" => Ok(Self::Clsact),
@@ -726,16 +745,22 @@ mod tests {
     ];
 
     #[test]
-    fn the_variable_forces_a_mode_and_the_kernel_decides_otherwise() {
-        let choose = |value: Option<&str>, has_tcx: bool| {
-            TcMode::choose(value.map(OsStr::new), || has_tcx).map_err(|error| error.to_string())
+    fn the_variable_forces_a_mode_and_the_interfaces_and_kernel_decide_otherwise() {
+        let choose = |value: Option<&str>, interfaces: Interfaces, has_tcx: bool| {
+            TcMode::choose(value.map(OsStr::new), interfaces, || has_tcx)
+                .map_err(|error| error.to_string())
         };
-        assert_eq!(choose(None, true), Ok(TcMode::Tcx));
-        assert_eq!(choose(None, false), Ok(TcMode::Clsact));
-        assert_eq!(choose(Some(""), false), Ok(TcMode::Clsact));
-        assert_eq!(choose(Some("clsact"), true), Ok(TcMode::Clsact));
-        assert_eq!(choose(Some("tcx"), false), Ok(TcMode::Tcx));
-        let error = choose(Some("TCX "), true).expect_err("an unknown mode");
+        let pods = |value, has_tcx| choose(value, Interfaces::Pods, has_tcx);
+        let node = |value, has_tcx| choose(value, Interfaces::Node, has_tcx);
+        assert_eq!(node(None, true), Ok(TcMode::Tcx));
+        assert_eq!(node(None, false), Ok(TcMode::Clsact));
+        assert_eq!(pods(None, true), Ok(TcMode::Clsact));
+        assert_eq!(pods(None, false), Ok(TcMode::Clsact));
+        assert_eq!(node(Some(""), false), Ok(TcMode::Clsact));
+        assert_eq!(node(Some("clsact"), true), Ok(TcMode::Clsact));
+        assert_eq!(node(Some("tcx"), false), Ok(TcMode::Tcx));
+        assert_eq!(pods(Some("tcx"), true), Ok(TcMode::Tcx));
+        let error = pods(Some("TCX "), true).expect_err("an unknown mode");
         assert!(
             error.contains(TC_ATTACH_VARIABLE) && error.contains("\"TCX \""),
             "{error}"

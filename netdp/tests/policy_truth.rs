@@ -41,7 +41,7 @@ use bosun_netdp::{
         PolicyReconciler,
     },
     service::{self, BackendAddr, DesiredService, Frontend, Protocol, ServicePortName},
-    tc::TcMode,
+    tc::{Interfaces, TcMode},
 };
 use common::{chain, in_netns, ip, quiet_ip, Server};
 use k8s_openapi::{
@@ -760,8 +760,8 @@ impl World {
             .unwrap_or_else(|e| panic!("the node's addresses: {}", chain(&e)));
         assert!(node.contains(&NODE_ADDRESS), "node addresses {node:?}");
 
-        // As the daemon would: BOSUN_TC_ATTACH=clsact runs the table on the clsact fallback.
-        let mode = TcMode::detect().unwrap_or_else(|e| panic!("{}", chain(&e)));
+        // As the daemon would: clsact, or BOSUN_TC_ATTACH=tcx runs the table on tcx links.
+        let mode = TcMode::detect(Interfaces::Pods).unwrap_or_else(|e| panic!("{}", chain(&e)));
         let datapath = policy::install(Path::new(POLICY_DIR), mode)
             .unwrap_or_else(|e| panic!("install the policy datapath: {}", chain(&e)));
         let maps = datapath

@@ -366,7 +366,8 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
     for note in notes {
         tracing::warn!("{note}");
     }
-    let tc_mode = bosun_netdp::tc::TcMode::detect().map_err(|e| BadConfig(e.to_string()))?;
+    let tc_mode = bosun_netdp::tc::TcMode::detect(bosun_netdp::tc::Interfaces::Pods)
+        .map_err(|e| BadConfig(e.to_string()))?;
     Ok(Config {
         cgroup_root: configured_cgroup_root,
         bpf_dir,

@@ -715,8 +715,8 @@ fn named_ports(pod: &Pod) -> Vec<NamedPort> {
 
 /// Runs `work` with the installed datapath on a blocking thread, and `None` if there is none
 /// (or `work` panicked: then the next sync installs it again). Attaching and detaching wait
-/// for the kernel, some 10 ms per tcx link here (an RCU grace period under RTNL), which the
-/// daemon's executor, and every pod on it, must not.
+/// for the kernel, under RTNL (some 10 ms per tcx link here, an RCU grace period), which
+/// the daemon's executor, and every pod on it, must not.
 async fn on_datapath<T: Send + 'static>(
     inner: &mut Inner,
     work: impl FnOnce(&mut PolicyDatapath) -> T + Send + 'static,

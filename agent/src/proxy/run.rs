@@ -14,7 +14,7 @@ use std::process::Stdio;
 use anyhow::{Context, Result};
 use bosun_netdp::service::{self as datapath};
 use bosun_netdp::service::{ServiceInfo, SliceInfo};
-use bosun_netdp::tc::TcMode;
+use bosun_netdp::tc::{Interfaces, TcMode};
 use tokio::sync::watch;
 
 use super::config::ProxyConfig;
@@ -58,7 +58,7 @@ pub async fn run(
         return cleanup(&config);
     }
     // Before anything starts: a bad value stops the proxy here.
-    let tc_mode = TcMode::detect().context("choosing how to attach tc programs")?;
+    let tc_mode = TcMode::detect(Interfaces::Pods).context("choosing how to attach tc programs")?;
     if let Some(found) = kube_proxy_rules().await {
         tracing::warn!(
             "kube-proxy's rules are on this node ({found}): kube-proxy answers for the Services too. Stop kube-proxy and remove its rules (kube-proxy --cleanup) to leave them to bosun; see the README"

@@ -511,7 +511,8 @@ fn write_external(bpf_dir: &std::path::Path, external: &mut ExternalState) -> Re
     let (datapath, maps) = match &mut external.installed {
         Some(installed) => installed,
         None => {
-            let mode = bosun_netdp::tc::TcMode::detect().map_err(|e| error_chain(&e))?;
+            let mode = bosun_netdp::tc::TcMode::detect(bosun_netdp::tc::Interfaces::Node)
+                .map_err(|e| error_chain(&e))?;
             let installed = nodeport::install(bpf_dir, mode)
                 .and_then(|datapath| {
                     let maps = datapath.maps()?;
