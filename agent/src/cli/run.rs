@@ -178,6 +178,10 @@ pub struct ConfigFile {
     pub container_log_max_files: Option<i64>,
     /// How often logs are checked for rotation (a duration; default 10s).
     pub container_log_monitor_interval: Option<String>,
+    /// The bound on each call to the container runtime, except pulls and those that take
+    /// their own (a duration; default 2m, kubelet's). A call cut short by it may still
+    /// finish in the runtime.
+    pub runtime_request_timeout: Option<String>,
     /// Serve the kubelet API (default: in a cluster; standalone only when set).
     pub enable_server: Option<bool>,
     pub address: Option<String>,
@@ -323,6 +327,7 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
     let log_rotation = log_rotation(&file)?;
     let host_ip = host_ip();
     let server = server_config(args, &file, &node_name, &host_ip)?;
+    let runtime_request_timeout = runtime_request_timeout(&file)?;
     let node = NodeContext {
         node_name,
         cluster_dns: file.cluster_dns,
@@ -388,12 +393,30 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         node_taints: taints,
         capacity,
         runtime_endpoint: args.container_runtime_endpoint.clone(),
+        runtime_request_timeout,
         root_dir: args.root_dir.clone(),
         node,
         server: server.0,
         healthz: server.1,
         log_rotation,
         eviction,
+    })
+}
+
+/// `runtimeRequestTimeout`: kubelet's default, 2m, when not set; it must be positive.
+fn runtime_request_timeout(file: &ConfigFile) -> Result<std::time::Duration, BadConfig> {
+    let Some(text) = &file.runtime_request_timeout else {
+        return Ok(bosun::daemon::RUNTIME_REQUEST_TIMEOUT);
+    };
+    match go_duration(text) {
+        Ok(timeout) if !timeout.is_zero() => Ok(timeout),
+        Ok(_) => Err("must be positive".to_owned()),
+        Err(reason) => Err(reason),
+    }
+    .map_err(|reason| {
+        BadConfig(format!(
+            "runtimeRequestTimeout: invalid value {text:?}: {reason}"
+        ))
     })
 }
 
@@ -893,5 +916,24 @@ mod tests {
         assert!(parse_taint("bare:NoExecute").is_ok_and(|t| t.value.is_none()));
         assert!(parse_taint("k=v:Sometimes").is_err());
         assert!(parse_taint("no-effect").is_err());
+    }
+
+    #[test]
+    fn the_runtime_request_timeout_is_kubelets_unless_set() {
+        let timeout = |text: Option<&str>| {
+            runtime_request_timeout(&ConfigFile {
+                runtime_request_timeout: text.map(str::to_owned),
+                ..ConfigFile::default()
+            })
+            .map_err(|e| e.0)
+        };
+        assert_eq!(timeout(None), Ok(std::time::Duration::from_secs(120)));
+        assert_eq!(timeout(Some("30s")), Ok(std::time::Duration::from_secs(30)));
+        let zero = timeout(Some("0s")).expect_err("zero");
+        assert!(
+            zero.contains("runtimeRequestTimeout") && zero.contains("\"0s\""),
+            "{zero}"
+        );
+        assert!(timeout(Some("soon")).is_err());
     }
 }

@@ -66,6 +66,10 @@ pub struct NodeCapacity {
 const RESCAN: Duration = Duration::from_secs(20);
 /// The port of the kubelet API, as the Node advertises it.
 const KUBELET_PORT: i32 = 10250;
+/// kubelet's default `runtimeRequestTimeout`. Creating a container on a loaded node can
+/// take longer than ten seconds; a call cut short is finished by the runtime anyway, and its
+/// retry then fails on a name the runtime holds.
+pub const RUNTIME_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The manifest source's next snapshot; never resolves without a manifest directory.
 async fn next_snapshot(
@@ -103,6 +107,8 @@ pub struct Config {
     /// The node's capacity; `node.node` holds what of it is allocatable.
     pub capacity: NodeCapacity,
     pub runtime_endpoint: String,
+    /// `runtimeRequestTimeout`: the bound on each runtime call.
+    pub runtime_request_timeout: Duration,
     pub root_dir: PathBuf,
     pub node: NodeContext,
     /// `cgroupRoot` as configured (`/` by default); `node.cgroup_root` is the `kubepods`
@@ -219,7 +225,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         // Pods cannot start without systemd: say so at once rather than at each sandbox.
         crate::pod::systemd::systemd().await?;
     }
-    let client = connect_with_retry(&config.runtime_endpoint).await?;
+    let client =
+        connect_with_retry(&config.runtime_endpoint, config.runtime_request_timeout).await?;
     let events = Recorder::new(config.node.node_name.clone());
     let file_sources: &[Source] = if config.manifest_dir.is_some() {
         &[Source::File]
@@ -839,10 +846,10 @@ fn reject(
 }
 
 /// Connects to the runtime, waiting for it to come up as kubelet does.
-async fn connect_with_retry(endpoint: &str) -> Result<CriClient> {
+async fn connect_with_retry(endpoint: &str, timeout: Duration) -> Result<CriClient> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match CriClient::connect(endpoint, Duration::from_secs(10)).await {
+        match CriClient::connect(endpoint, timeout).await {
             Ok(client) => return Ok(client),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, "waiting for the container runtime");

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use super::observed::{ContainerState, ObservedPod};
+use super::observed::{ContainerState, ObservedContainer, ObservedPod};
 
 /// The back-off after a container's first restart; it doubles up to [`MAX_BACKOFF`].
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
@@ -338,8 +338,16 @@ pub fn plan(
                 initialized = false;
                 break;
             }
-            (_, Some(ContainerState::Running | ContainerState::Created)) => {
+            (_, Some(ContainerState::Running)) => {
                 initialized = false;
+                break;
+            }
+            // Created and never started: the start failed, or its create returned too late
+            // (a timed-out call the runtime finished). As kubelet: a new one, not that one.
+            (_, Some(ContainerState::Created)) => {
+                initialized = false;
+                plan.start
+                    .push(start_again(c, *kind, latest.expect("matched Some")));
                 break;
             }
             (_, None | Some(ContainerState::Unknown)) => {
@@ -379,6 +387,9 @@ pub fn plan(
             {
                 restart_or_wait(&mut plan, c, *kind, latest, backoff, now);
             }
+            Some(latest) if latest.state == ContainerState::Created => {
+                plan.start.push(start_again(c, *kind, latest));
+            }
             Some(_) => {}
         }
     }
@@ -394,7 +405,7 @@ fn restart_or_wait(
     plan: &mut Plan,
     c: &Container,
     kind: ContainerKind,
-    latest: &super::observed::ObservedContainer,
+    latest: &ObservedContainer,
     backoff: &Backoff,
     now: SystemTime,
 ) {
@@ -412,6 +423,19 @@ fn restart_or_wait(
             restart_count: latest.restart_count + 1,
             previous_ran_for: Some(latest.ran_for()),
         }),
+    }
+}
+
+/// A new container in place of `latest`, which was created and never started. Whatever the
+/// restart policy and with no back-off, as kubelet's `ShouldContainerBeRestarted`: it never
+/// ran, so it neither exited nor crashed. The new one takes the next restart count, and so a
+/// name of its own in the runtime.
+fn start_again(c: &Container, kind: ContainerKind, latest: &ObservedContainer) -> Start {
+    Start {
+        name: c.name.clone(),
+        kind,
+        restart_count: latest.restart_count + 1,
+        previous_ran_for: None,
     }
 }
 
@@ -443,7 +467,7 @@ pub fn pod_finished(pod: &Pod, observed: &ObservedPod, policy: RestartPolicy) ->
 
 #[cfg(test)]
 mod tests {
-    use super::super::observed::{ObservedContainer, ObservedSandbox};
+    use super::super::observed::ObservedSandbox;
     use super::*;
 
     fn pod(yaml: &str) -> Pod {
@@ -839,5 +863,73 @@ spec:
         health.get_mut(&sidecar.id).expect("health").started = true;
         let names: Vec<String> = step(&health).start.into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["second"]);
+    }
+
+    #[test]
+    fn a_container_created_and_never_started_is_replaced_whatever_the_policy() {
+        // A CreateContainer that timed out here and that the runtime finished later leaves
+        // a created container under the name the retry wants: a new one, with the next
+        // restart count (so a new name), and no back-off.
+        let never = pod("
+metadata: {name: web}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: init, image: busybox}
+  containers:
+  - {name: app, image: busybox}
+");
+        let mut created = container("app", ContainerState::Created, 0, 0, 1, None);
+        created.started_at = None;
+        let observed = ObservedPod {
+            sandboxes: vec![sandbox(true)],
+            containers: vec![
+                created,
+                container("init", ContainerState::Exited, 0, 0, 0, Some(1)),
+            ],
+        };
+        let mut backoff = Backoff::default();
+        backoff.restarted("app", Duration::from_secs(1));
+        let step = plan(
+            &never,
+            &observed,
+            &backoff,
+            &HashMap::new(),
+            &HashMap::new(),
+            t(2),
+        );
+        assert_eq!(
+            step.start,
+            [Start {
+                name: "app".into(),
+                kind: ContainerKind::Regular,
+                restart_count: 1,
+                previous_ran_for: None,
+            }]
+        );
+        assert!(!step.finished);
+
+        // An init container the same; nothing after it starts yet.
+        let mut init = container("init", ContainerState::Created, 2, 0, 1, None);
+        init.started_at = None;
+        let observed = ObservedPod {
+            sandboxes: vec![sandbox(true)],
+            containers: vec![init],
+        };
+        let step = plan(
+            &never,
+            &observed,
+            &Backoff::default(),
+            &HashMap::new(),
+            &HashMap::new(),
+            t(2),
+        );
+        let starts: Vec<(String, u32)> = step
+            .start
+            .into_iter()
+            .map(|s| (s.name, s.restart_count))
+            .collect();
+        assert_eq!(starts, [("init".to_owned(), 3)]);
+        assert_eq!(step.waiting["app"], Waiting::PodInitializing);
     }
 }

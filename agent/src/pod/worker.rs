@@ -862,12 +862,15 @@ impl<R: Runtime> PodWorker<R> {
                 return Err((POST_START_HOOK_ERROR.to_owned(), message));
             }
         }
-        // Keep the instance before this one for `lastState` and logs; remove older ones.
+        // Keep the instance before this one for `lastState` and logs, unless it never
+        // started (it has neither); remove older ones.
         let older = observed
             .containers
             .iter()
             .filter(|c| c.name == start.name)
-            .skip(1);
+            .enumerate()
+            .filter(|(i, c)| *i > 0 || c.state == ContainerState::Created)
+            .map(|(_, c)| c);
         for old in older {
             if old.state != ContainerState::Running {
                 // Its log and rotated logs go with it, as kubelet removes them first.
