@@ -182,6 +182,9 @@ pub struct ConfigFile {
     /// their own (a duration; default 2m, kubelet's). A call cut short by it may still
     /// finish in the runtime.
     pub runtime_request_timeout: Option<String>,
+    /// How often a pod is synced when nothing wakes its worker (a duration; default 1m,
+    /// kubelet's).
+    pub sync_frequency: Option<String>,
     /// Serve the kubelet API (default: in a cluster; standalone only when set).
     pub enable_server: Option<bool>,
     pub address: Option<String>,
@@ -327,7 +330,16 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
     let log_rotation = log_rotation(&file)?;
     let host_ip = host_ip();
     let server = server_config(args, &file, &node_name, &host_ip)?;
-    let runtime_request_timeout = runtime_request_timeout(&file)?;
+    let runtime_request_timeout = positive_duration(
+        "runtimeRequestTimeout",
+        file.runtime_request_timeout.as_deref(),
+        bosun::daemon::RUNTIME_REQUEST_TIMEOUT,
+    )?;
+    let sync_frequency = positive_duration(
+        "syncFrequency",
+        file.sync_frequency.as_deref(),
+        bosun::daemon::SYNC_FREQUENCY,
+    )?;
     let node = NodeContext {
         node_name,
         cluster_dns: file.cluster_dns,
@@ -394,6 +406,7 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
         capacity,
         runtime_endpoint: args.container_runtime_endpoint.clone(),
         runtime_request_timeout,
+        sync_frequency,
         root_dir: args.root_dir.clone(),
         node,
         server: server.0,
@@ -403,21 +416,21 @@ pub fn load(args: &RunArgs) -> Result<Config, BadConfig> {
     })
 }
 
-/// `runtimeRequestTimeout`: kubelet's default, 2m, when not set; it must be positive.
-fn runtime_request_timeout(file: &ConfigFile) -> Result<std::time::Duration, BadConfig> {
-    let Some(text) = &file.runtime_request_timeout else {
-        return Ok(bosun::daemon::RUNTIME_REQUEST_TIMEOUT);
+/// The duration in config field `field`, `default` when not set; it must be positive.
+fn positive_duration(
+    field: &str,
+    text: Option<&str>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, BadConfig> {
+    let Some(text) = text else {
+        return Ok(default);
     };
     match go_duration(text) {
-        Ok(timeout) if !timeout.is_zero() => Ok(timeout),
+        Ok(duration) if !duration.is_zero() => Ok(duration),
         Ok(_) => Err("must be positive".to_owned()),
         Err(reason) => Err(reason),
     }
-    .map_err(|reason| {
-        BadConfig(format!(
-            "runtimeRequestTimeout: invalid value {text:?}: {reason}"
-        ))
-    })
+    .map_err(|reason| BadConfig(format!("{field}: invalid value {text:?}: {reason}")))
 }
 
 /// The eviction configuration from the `eviction*` fields.
@@ -919,12 +932,13 @@ mod tests {
     }
 
     #[test]
-    fn the_runtime_request_timeout_is_kubelets_unless_set() {
+    fn durations_are_kubelets_unless_set_and_positive() {
         let timeout = |text: Option<&str>| {
-            runtime_request_timeout(&ConfigFile {
-                runtime_request_timeout: text.map(str::to_owned),
-                ..ConfigFile::default()
-            })
+            positive_duration(
+                "runtimeRequestTimeout",
+                text,
+                std::time::Duration::from_secs(120),
+            )
             .map_err(|e| e.0)
         };
         assert_eq!(timeout(None), Ok(std::time::Duration::from_secs(120)));

@@ -874,6 +874,26 @@ pub fn eviction_message(
 /// A local storage limit `pod` is over, with kubelet's message: an emptyDir past its
 /// `sizeLimit`, the pod past the sum of its containers' `ephemeral-storage` limits, or a
 /// container past its own (kubelet's `localStorageEviction`, in its order).
+/// Whether [`local_storage_violation`] can find anything in `pod`: an `emptyDir` with a
+/// `sizeLimit`, or a container with an `ephemeral-storage` limit.
+fn has_local_storage_limit(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    let sized_empty_dir = spec
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| v.empty_dir.as_ref().is_some_and(|e| e.size_limit.is_some()));
+    let storage_limit = spec.containers.iter().any(|c| {
+        c.resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .is_some_and(|l| l.contains_key("ephemeral-storage"))
+    });
+    sized_empty_dir || storage_limit
+}
+
 pub fn local_storage_violation(pod: &Pod, usage: &PodUsage) -> Option<String> {
     let spec = pod.spec.as_ref()?;
     for volume in spec.volumes.iter().flatten() {
@@ -1140,6 +1160,25 @@ impl Driver {
 
     /// One round; returns the UID of the pod it evicted, if any.
     async fn round(&mut self) -> Option<String> {
+        // The node's signals first; its pods' usage only when it can matter: a threshold is
+        // met (to rank them), or a pod has a local storage limit to check. Reading every
+        // pod's usage each round cost more than anything else the daemon does while idle.
+        let node = match self.stats.node_signals(&self.runtime).await {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::warn!(error = %e, "eviction manager: reading the node's signals");
+                return None;
+            }
+        };
+        let observations = observe(&node);
+        let before = self.manager.conditions().clone();
+        let decision = self.manager.step(&observations, Instant::now());
+        self.report_conditions(&before, &decision.conditions);
+
+        let active = active_pods(&self.pods);
+        if decision.reclaim.is_none() && !active.iter().any(|pod| has_local_storage_limit(pod)) {
+            return None;
+        }
         let summary = match self.stats.summary(&self.runtime).await {
             Ok(summary) => summary,
             Err(e) => {
@@ -1147,12 +1186,6 @@ impl Driver {
                 return None;
             }
         };
-        let observations = observe(&summary);
-        let before = self.manager.conditions().clone();
-        let decision = self.manager.step(&observations, Instant::now());
-        self.report_conditions(&before, &decision.conditions);
-
-        let active = active_pods(&self.pods);
         let by_uid: HashMap<&str, &PodStats> = summary
             .pods
             .iter()

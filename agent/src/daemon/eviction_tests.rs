@@ -463,6 +463,24 @@ fn local_storage_limits_evict_with_kubelets_messages() {
 }
 
 #[test]
+fn only_pods_with_a_local_storage_limit_need_their_usage_read() {
+    let limited = [
+        "metadata: {name: p}\nspec:\n  volumes:\n  - {name: s, emptyDir: {sizeLimit: 1Mi}}\n  containers: [{name: c}]\n",
+        "metadata: {name: p}\nspec:\n  containers:\n  - {name: c, resources: {limits: {ephemeral-storage: 2Mi}}}\n",
+    ];
+    for yaml in limited {
+        assert!(has_local_storage_limit(&pod(yaml)), "{yaml}");
+    }
+    let unlimited = [
+        "metadata: {name: p}\nspec:\n  volumes:\n  - {name: s, emptyDir: {}}\n  containers:\n  - {name: c, resources: {limits: {memory: 1Gi}}}\n",
+        "metadata: {name: p}\nspec: {containers: [{name: c}]}\n",
+    ];
+    for yaml in unlimited {
+        assert!(!has_local_storage_limit(&pod(yaml)), "{yaml}");
+    }
+}
+
+#[test]
 fn admission_under_pressure_is_kubelets() {
     let memory = Pressure::from([Condition::MemoryPressure]);
     let disk = Pressure::from([Condition::DiskPressure]);

@@ -51,7 +51,7 @@ use pleg::PodLifecycleEvent;
 use pod_workers::{PodWorkers, Shared};
 use status_manager::StatusManager;
 
-pub use pod_workers::RESYNC;
+pub use pod_workers::{ERROR_BACKOFF, SYNC_FREQUENCY};
 
 /// CPU, memory and ephemeral storage of the node: its capacity, or what of it is
 /// allocatable.
@@ -109,6 +109,8 @@ pub struct Config {
     pub runtime_endpoint: String,
     /// `runtimeRequestTimeout`: the bound on each runtime call.
     pub runtime_request_timeout: Duration,
+    /// `syncFrequency`: how often a pod is synced when nothing wakes its worker.
+    pub sync_frequency: Duration,
     pub root_dir: PathBuf,
     pub node: NodeContext,
     /// `cgroupRoot` as configured (`/` by default); `node.cgroup_root` is the `kubepods`
@@ -539,6 +541,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         status: status.clone(),
         policy: enforcer,
         done: done_tx,
+        sync_frequency: config.sync_frequency,
     });
     let (evict_tx, mut evict_rx) = tokio::sync::mpsc::unbounded_channel();
     tasks.push(tokio::spawn(

@@ -17,14 +17,22 @@ use super::status_manager::StatusManager;
 use crate::events::Recorder;
 use crate::metrics::{self, PodSyncType};
 use crate::pod::spec::NodeContext;
+pub use crate::pod::worker::ERROR_BACKOFF;
 use crate::pod::worker::{grace_period, PodWorker};
 use crate::policy::PolicyEnforcer;
 use crate::runtime::Runtime;
 use crate::store::{ObjectGetter, ObjectKey};
 
-/// How often a worker syncs when nothing wakes it. Exit events, the relist and probe
-/// results wake it at once; this only refreshes what nothing announces (status times).
-pub const RESYNC: Duration = Duration::from_secs(10);
+/// kubelet's default `syncFrequency`: how often a worker syncs when nothing wakes it, plus
+/// up to half again (kubelet's jitter), so that pods started together spread out. Exit
+/// events, the relist, probe results and changes of the objects a pod refers to wake it at
+/// once; this is the safety net.
+pub const SYNC_FREQUENCY: Duration = Duration::from_secs(60);
+
+/// `period` plus a random part of up to half of it, as kubelet's `wait.Jitter(period, 0.5)`.
+fn jittered(period: Duration) -> Duration {
+    period.mul_f64(1.0 + rand::random::<f64>() * 0.5)
+}
 
 /// What every pod worker shares.
 pub struct Shared<R> {
@@ -37,6 +45,8 @@ pub struct Shared<R> {
     pub policy: Option<Arc<PolicyEnforcer>>,
     /// Told the UID of a worker that has terminated its pod and ended.
     pub done: UnboundedSender<String>,
+    /// `syncFrequency`: [`SYNC_FREQUENCY`] unless configured.
+    pub sync_frequency: Duration,
 }
 
 struct WorkerHandle {
@@ -170,6 +180,7 @@ impl<R: Runtime> PodWorkers<R> {
         let policy = shared.policy.clone();
         let status = shared.status.clone();
         let done = shared.done.clone();
+        let sync_frequency = shared.sync_frequency;
         let wake = kick.clone();
         tokio::spawn(async move {
             let mut last: Option<Arc<Pod>> = None;
@@ -211,7 +222,7 @@ impl<R: Runtime> PodWorkers<R> {
                                 }
                                 Err(e) => {
                                     tracing::warn!(error = %e, "evicting pod");
-                                    RESYNC
+                                    jittered(ERROR_BACKOFF)
                                 }
                             }
                         }
@@ -231,10 +242,13 @@ impl<R: Runtime> PodWorkers<R> {
                         metrics::global().observe_pod_sync(operation, began.elapsed());
                         status.set_status(pod, worker.status().cloned());
                         match result {
-                            Ok(requeue) => requeue.unwrap_or(RESYNC).min(RESYNC),
+                            Ok(requeue) => {
+                                let resync = jittered(sync_frequency);
+                                requeue.unwrap_or(resync).min(resync)
+                            }
                             Err(e) => {
                                 tracing::warn!(error = %e, "syncing pod");
-                                RESYNC
+                                jittered(ERROR_BACKOFF)
                             }
                         }
                     }
@@ -259,7 +273,7 @@ impl<R: Runtime> PodWorkers<R> {
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "terminating pod");
-                                RESYNC
+                                jittered(ERROR_BACKOFF)
                             }
                         }
                     }

@@ -33,6 +33,10 @@ use crate::store::ObjectGetter;
 const PULL_BACKOFF: (Duration, Duration) = (plan::INITIAL_BACKOFF, plan::MAX_BACKOFF);
 /// How soon to try again after a sandbox could not be created.
 const SANDBOX_RETRY: Duration = Duration::from_secs(2);
+
+/// kubelet's pod worker back-off: how soon a sync that failed (or could not start a
+/// container) is tried again (the pod workers add up to half again).
+pub const ERROR_BACKOFF: Duration = Duration::from_secs(10);
 /// The least time a container gets between SIGTERM and SIGKILL, even when its preStop
 /// hook used up the grace period (kubelet's `minimumGracePeriodInSeconds`).
 const MIN_GRACE: Duration = Duration::from_secs(2);
@@ -390,13 +394,16 @@ impl<R: Runtime> PodWorker<R> {
         } else {
             Admission::Pending(tokio::spawn(admission))
         };
+        let mut start_failed = false;
         for start in &plan.start {
             if admission.failed().is_some() {
                 break;
             }
-            acted |= self
+            let started = self
                 .start(pod, &observed, &volumes, start, now, &mut admission)
                 .await;
+            acted |= started;
+            start_failed |= !started;
         }
         if let Some(message) = admission.failed() {
             if !plan.start.is_empty() {
@@ -418,6 +425,12 @@ impl<R: Runtime> PodWorker<R> {
         self.publish(pod, &observed, now);
         let requeue = if acted {
             Some(Duration::ZERO)
+        } else if start_failed {
+            // As a failed sync in kubelet: tried again after the pod worker's back-off.
+            Some(
+                plan.requeue_after
+                    .map_or(ERROR_BACKOFF, |d| d.min(ERROR_BACKOFF)),
+            )
         } else {
             plan.requeue_after
         };

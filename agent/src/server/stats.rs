@@ -763,11 +763,14 @@ pub enum StatsError {
 }
 
 /// How much a scrape reads: `/metrics/resource` needs CPU and memory only (kubelet's
-/// `GetCPUAndMemoryStats`), `/stats/summary` everything.
+/// `GetCPUAndMemoryStats`), `/stats/summary` everything, the eviction manager's signals the
+/// node's memory, file systems and processes only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Detail {
     CpuAndMemory,
     Full,
+    /// No pod, no CPU (so the rates of the other scrapes are left alone), no network.
+    NodeSignals,
 }
 
 /// What one scrape read from the runtime.
@@ -869,6 +872,22 @@ impl StatsProvider {
     pub async fn summary(&self, runtime: &CriClient) -> Result<Summary, StatsError> {
         let view = self.read_runtime(runtime, Detail::Full).await?;
         Ok(self.build(&view, Detail::Full))
+    }
+
+    /// The node's memory, file systems (the image file system too) and process limits, and
+    /// nothing of its pods: what the eviction manager observes each round. One runtime call
+    /// (`ImageFsInfo`) instead of the summary's listings of every sandbox, container and
+    /// container's stats.
+    pub async fn node_signals(&self, runtime: &CriClient) -> Result<Summary, StatsError> {
+        let view = RuntimeView {
+            image_fs: runtime
+                .image_fs_info()
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "image file system stats"))
+                .ok(),
+            ..RuntimeView::default()
+        };
+        Ok(self.build(&view, Detail::NodeSignals))
     }
 
     /// The CPU and memory part of the summary (node, pods, containers, the `pods` cgroup):
@@ -979,6 +998,18 @@ impl StatsProvider {
     fn build(&self, view: &RuntimeView, detail: Detail) -> Summary {
         let now = Time::from_system_time((self.clock)());
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if detail == Detail::NodeSignals {
+            let mut scrape = Scrape {
+                now,
+                detail,
+                cpu: &mut state.cpu,
+                fs: FsCache::default(),
+            };
+            return Summary {
+                node: self.node_stats(view, &mut scrape),
+                pods: Vec::new(),
+            };
+        }
         state.cpu.start_round();
         let mut scrape = Scrape {
             now,
@@ -1001,10 +1032,12 @@ impl StatsProvider {
 
     fn node_stats(&self, view: &RuntimeView, scrape: &mut Scrape) -> NodeStats {
         let now = scrape.now;
+        let signals_only = scrape.detail == Detail::NodeSignals;
         let proc_stat = read(&self.proc("stat")).inspect_err(log_read).ok();
         let meminfo_text = read(&self.proc("meminfo")).inspect_err(log_read).ok();
         let cpu = self
             .node_cpu(proc_stat.as_deref())
+            .filter(|_| !signals_only)
             .map(|usage| scrape.cpu_now(CpuKey::Node, usage));
         let memory = meminfo_text
             .as_deref()
@@ -1026,7 +1059,11 @@ impl StatsProvider {
             .map(|boot| Time::from_unix_nanos(boot.saturating_mul(NANOS_PER_SECOND)));
         let mut node = NodeStats {
             node_name: self.node_name.clone(),
-            system_containers: self.pods_cgroup_stats(scrape).into_iter().collect(),
+            system_containers: if signals_only {
+                Vec::new()
+            } else {
+                self.pods_cgroup_stats(scrape).into_iter().collect()
+            },
             start_time,
             cpu,
             memory,
@@ -1038,6 +1075,8 @@ impl StatsProvider {
             node.network = network_stats(&self.proc("1/net/dev"), now)
                 .inspect_err(log_read)
                 .ok();
+        }
+        if scrape.full() || signals_only {
             node.fs = fs_stats(&self.root_dir, now);
             node.runtime = view
                 .image_fs
