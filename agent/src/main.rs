@@ -13,8 +13,12 @@ fn main() {
     bosun::util::one_malloc_arena();
     let cli = cli::Cli::parse();
     init_logging(&cli);
+    // Blocking threads (file reads, datapath writes) wait a minute for more work before they
+    // end: the daemon's periodic jobs (log rotation and eviction every 10 s, the manifest
+    // rescan every 20 s) would otherwise start a thread each time, tokio's default being 10 s.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(60))
         .build()
     {
         Ok(runtime) => runtime,

@@ -1258,14 +1258,22 @@ async fn a_summary_from_a_runtime_reads_the_image_fs_and_each_sandbox_pid_once()
     let signals = provider.node_signals(&client).await.expect("node signals");
     assert!(signals.pods.is_empty());
     assert_eq!(
-        (&signals.node.memory, &signals.node.fs, &signals.node.runtime),
+        (
+            &signals.node.memory,
+            &signals.node.fs,
+            &signals.node.runtime
+        ),
         (&again.node.memory, &again.node.fs, &again.node.runtime)
     );
     assert!(signals.node.rlimit.is_some() && signals.node.cpu.is_none());
     clock.advance(Duration::from_secs(15));
     let after = provider.summary(&client).await.expect("summary");
     assert!(
-        after.pods[0].cpu.as_ref().and_then(|c| c.usage_nano_cores).is_some(),
+        after.pods[0]
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_nano_cores)
+            .is_some(),
         "{:?}",
         after.pods[0].cpu
     );

@@ -232,6 +232,13 @@ pub struct ManifestSource {
     node_name: String,
     /// The last error-free reading of each file.
     last_good: BTreeMap<PathBuf, FileManifests>,
+    /// The stamp of each file of `last_good` whose reading can be reused while the stamp
+    /// stays the same.
+    stamps: BTreeMap<PathBuf, FileStamp>,
+    /// How long a file must have been left alone for its stamp to count (see [`FileStamp`]).
+    settle: std::time::Duration,
+    /// Files read and parsed so far (the others' last readings were reused).
+    files_read: u64,
     /// `config.seen` of each pod in the previous snapshot, by key, with its UID.
     seen: BTreeMap<String, (String, String)>,
     /// Skipped documents already logged.
@@ -246,6 +253,9 @@ impl ManifestSource {
             dir: dir.into(),
             node_name: node_name.into(),
             last_good: BTreeMap::new(),
+            stamps: BTreeMap::new(),
+            settle: FileStamp::SETTLE,
+            files_read: 0,
             seen: BTreeMap::new(),
             reported: BTreeSet::new(),
         }
@@ -253,6 +263,18 @@ impl ManifestSource {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How many files the rescans so far read and parsed.
+    pub fn files_read(&self) -> u64 {
+        self.files_read
+    }
+
+    /// Counts a file's stamp once it was left alone for `settle` (tests).
+    #[cfg(test)]
+    pub(crate) fn with_settle(mut self, settle: std::time::Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// Reads the directory now. Blocking file I/O: call it off the async executor.
@@ -277,12 +299,24 @@ impl ManifestSource {
 
         let mut read = Vec::with_capacity(files.len());
         for file in files {
+            let stamp = FileStamp::of(&file);
+            if let (Some(stamp), Some(good)) = (stamp, self.last_good.get(&file)) {
+                if self.stamps.get(&file) == Some(&stamp) {
+                    read.push((file, good.clone()));
+                    continue;
+                }
+            }
+            self.files_read += 1;
             // A file deleted since the listing is simply gone.
             let Some(mut manifests) = read_manifest_file(&file, &self.node_name, &seen) else {
                 continue;
             };
             if manifests.errors.is_empty() {
                 self.last_good.insert(file.clone(), manifests.clone());
+                match stamp.filter(|stamp| stamp.settled(self.settle)) {
+                    Some(stamp) => self.stamps.insert(file.clone(), stamp),
+                    None => self.stamps.remove(&file),
+                };
             } else if let Some(good) = self.last_good.get(&file) {
                 manifests.pods = good.pods.clone();
                 manifests.objects = good.objects.clone();
@@ -291,6 +325,8 @@ impl ManifestSource {
         }
         self.last_good
             .retain(|file, _| read.iter().any(|(present, _)| present == file));
+        self.stamps
+            .retain(|file, _| self.last_good.contains_key(file));
 
         let (mut snapshot, objects) = merge(listing_error, &read);
         self.keep_first_seen(&mut snapshot);
@@ -340,6 +376,49 @@ impl ManifestSource {
             }
         }
         self.reported = now;
+    }
+}
+
+/// What tells a file's content apart without reading it: its inode, size and times. A
+/// rescan reuses the last reading of a file whose stamp is the same, instead of reading and
+/// parsing it again. Only a stamp taken once the file had been left alone for
+/// [`FileStamp::SETTLE`] counts: a file rewritten within the file system's timestamp
+/// granularity of an earlier write could otherwise keep its stamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+    fn of(file: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(file).ok()?;
+        Some(FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+
+    /// Whether the file was last changed more than `settle` ago.
+    fn settled(&self, settle: std::time::Duration) -> bool {
+        let at = |(secs, nanos): (i64, i64)| {
+            let secs = u64::try_from(secs).ok()?;
+            let nanos = u32::try_from(nanos).ok()?;
+            std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos))
+        };
+        let (Some(mtime), Some(ctime)) = (at(self.mtime), at(self.ctime)) else {
+            return false;
+        };
+        mtime.max(ctime).elapsed().is_ok_and(|since| since > settle)
     }
 }
 

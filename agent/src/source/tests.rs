@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -174,6 +175,35 @@ fn rescans_of_unchanged_files_are_identical() {
     assert_eq!(
         first, second,
         "config.seen keeps the time the pod was first seen"
+    );
+}
+
+#[test]
+fn a_rescan_reads_only_files_changed_or_recently_written() {
+    let dir = Dir::with(&[("web.yaml", WEB)]);
+    // Just written: not settled, so read every time.
+    let mut source = ManifestSource::new(dir.path(), NODE);
+    let first = source.rescan().0;
+    source.rescan();
+    assert_eq!(source.files_read(), 2);
+
+    // Settled (at once, here): read once, then reused while its stamp stays.
+    let mut source = ManifestSource::new(dir.path(), NODE).with_settle(Duration::ZERO);
+    source.rescan();
+    let again = source.rescan().0;
+    assert_eq!(source.files_read(), 1);
+    assert!(again.same_desired_state(&first));
+
+    // Rewritten with the same length: a new stamp, read again.
+    let same_length = WEB.replacen("web", "bew", 1);
+    assert_eq!(same_length.len(), WEB.len());
+    dir.write("web.yaml", &same_length);
+    let changed = source.rescan().0;
+    assert_eq!(source.files_read(), 2);
+    assert!(
+        changed.pods.contains_key("default/bew-node1"),
+        "{:?}",
+        changed.pods.keys()
     );
 }
 
