@@ -11,6 +11,7 @@ use bosun_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 use tonic::Code;
 
+use crate::brief;
 use crate::endpoint::{connect_unix, socket_path};
 use crate::error::CriError;
 
@@ -28,6 +29,8 @@ pub struct CriClient {
     timeout: Duration,
     runtime: RuntimeServiceClient<Channel>,
     image: ImageServiceClient<Channel>,
+    /// The channel both clients use, for the calls that decode a narrower answer.
+    channel: Channel,
     version: api::VersionResponse,
 }
 
@@ -59,7 +62,8 @@ impl CriClient {
             socket,
             timeout,
             runtime,
-            image: ImageServiceClient::new(channel),
+            image: ImageServiceClient::new(channel.clone()),
+            channel,
             version,
         })
     }
@@ -228,6 +232,58 @@ impl CriClient {
         })
         .await
         .map(|r| r.items)
+    }
+
+    /// `ListPodSandbox` and `ListContainers` of everything, as a relist (kubelet's PLEG)
+    /// reads them: each sandbox's ID, state, creation time and labels, and each container's
+    /// ID, sandbox, state, creation time and labels. The rest of the answer (annotations,
+    /// metadata, images) is skipped while decoding, not copied: a relist every second of
+    /// every pod's sandbox and containers is the daemon's most frequent large answer.
+    pub async fn relist(&self) -> Result<(Vec<api::PodSandbox>, Vec<api::Container>), CriError> {
+        let sandboxes = self.brief_call::<_, brief::Sandboxes>(
+            "ListPodSandbox",
+            "/runtime.v1.RuntimeService/ListPodSandbox",
+            api::ListPodSandboxRequest { filter: None },
+        );
+        let containers = self.brief_call::<_, brief::Containers>(
+            "ListContainers",
+            "/runtime.v1.RuntimeService/ListContainers",
+            api::ListContainersRequest { filter: None },
+        );
+        let (sandboxes, containers) = tokio::try_join!(sandboxes, containers)?;
+        Ok((
+            sandboxes.items.into_iter().map(Into::into).collect(),
+            containers.containers.into_iter().map(Into::into).collect(),
+        ))
+    }
+
+    /// A unary runtime call whose answer is decoded as `T`, a message with a subset of the
+    /// answer's fields (same numbers).
+    async fn brief_call<M, T>(
+        &self,
+        call: &'static str,
+        path: &'static str,
+        message: M,
+    ) -> Result<T, CriError>
+    where
+        M: prost::Message + Send + Sync + 'static,
+        T: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        let request = with_deadline(message, self.timeout);
+        let answer = async move {
+            grpc.ready().await.map_err(|e| {
+                tonic::Status::unavailable(format!("the channel is not ready: {e}"))
+            })?;
+            let codec = tonic_prost::ProstCodec::<M, T>::default();
+            grpc.unary(
+                request,
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                codec,
+            )
+            .await
+        };
+        bounded(call, self.timeout, answer).await
     }
 
     // ---- runtime: containers ----------------------------------------------------------

@@ -2,6 +2,7 @@
 //! socket, and containerd's native API for what CRI lacks (the task event stream, importing an
 //! OCI image archive). This crate knows CRI and containerd and nothing of pods' desired state.
 
+mod brief;
 pub mod client;
 pub mod containerd;
 pub mod endpoint;

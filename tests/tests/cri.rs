@@ -61,6 +61,37 @@ async fn sandbox_container_exec_logs_events_and_teardown() -> anyhow::Result<()>
     assert!(listed
         .iter()
         .any(|c| c.id == container && c.pod_sandbox_id == pod));
+    // The relist's narrow reading of the same lists: IDs, states, times and labels.
+    let (sandboxes, containers) = client.relist().await?;
+    let full = listed
+        .iter()
+        .find(|c| c.id == container)
+        .expect("listed above");
+    let brief = containers
+        .iter()
+        .find(|c| c.id == container)
+        .expect("the relist lists the container");
+    assert_eq!(
+        (
+            &brief.pod_sandbox_id,
+            brief.state,
+            brief.created_at,
+            &brief.labels
+        ),
+        (
+            &full.pod_sandbox_id,
+            full.state,
+            full.created_at,
+            &full.labels
+        )
+    );
+    assert!(brief.annotations.is_empty() && brief.metadata.is_none());
+    let sandbox = sandboxes
+        .iter()
+        .find(|s| s.id == pod)
+        .expect("the relist lists the sandbox");
+    assert_eq!(sandbox.state, api::PodSandboxState::SandboxReady as i32);
+    assert!(!sandbox.labels.is_empty() && sandbox.created_at > 0);
 
     // The task exit stream is open before anything dies.
     let containerd = ContainerdClient::connect(node.containerd_socket()).await?;

@@ -48,7 +48,7 @@ pub async fn run(client: CriClient, socket: PathBuf, events: UnboundedSender<Pod
                 if let Some(last) = last_relist {
                     metrics::global().observe_relist_interval(began.duration_since(last));
                 }
-                let listed = tokio::try_join!(client.list_pod_sandbox(None), client.list_containers(None));
+                let listed = client.relist().await;
                 match listed {
                     Ok((sandboxes, containers)) => {
                         last_relist = Some(began);
