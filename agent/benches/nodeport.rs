@@ -44,6 +44,8 @@ mod kube_proxy;
 #[allow(dead_code)]
 #[path = "common/lab.rs"]
 mod lab;
+#[path = "common/server_thread.rs"]
+mod server_thread;
 // Its Service catalog, client threads, listeners and tables; its host-routed network is the
 // services benchmark's.
 #[allow(dead_code)]
@@ -55,8 +57,8 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -68,7 +70,8 @@ use bosun_netdp::service::{
 };
 use common::{load_average, Args, Mode};
 use kube_proxy::{restore_in_parts, KubeProxyRules, PortInfo};
-use lab::{catch_interrupts, check_interrupted, enter_netns, ip, pin, run_command, SERVER_CPU};
+use lab::{catch_interrupts, check_interrupted, enter_netns, ip, run_command, SERVER_CPU};
+use server_thread::ServerThread;
 use service_lab::{
     foreign_datapaths, listen_all, open, reset_on_close, Catalog, Client, Row, Table, BLOCK,
     ENDPOINTS_PER_SERVICE, ENDPOINT_NET, ENDPOINT_PREFIX, FIRST_TARGET_PORT, NAMESPACE,
@@ -475,56 +478,20 @@ fn netns_exists(name: &str) -> bool {
 
 /// Answers every request on every target port of its namespace with the request itself.
 struct EchoServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<()>>>,
+    _thread: ServerThread,
 }
 
 impl EchoServer {
     fn start(netns: &'static str) -> Result<EchoServer> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("bnp-server-{netns}"))
-                .spawn(move || {
-                    let listeners = enter_netns(netns)
-                        .and_then(|()| pin(SERVER_CPU))
-                        .and_then(|()| listen_all());
-                    match listeners {
-                        Ok(listeners) => {
-                            let _ = ready_tx.send(Ok(()));
-                            echo(&listeners, &stop)
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            Ok(())
-                        }
-                    }
-                })
-                .context("starting a server thread")?
-        };
-        let server = EchoServer {
-            stop,
-            thread: Some(thread),
-        };
-        ready_rx
-            .recv()
-            .context("the server thread ended before listening")??;
-        Ok(server)
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("nodeport bench: a server failed: {e:#}"),
-                Err(_) => eprintln!("nodeport bench: a server thread panicked"),
-            }
-        }
+        let thread = ServerThread::start(
+            format!("bnp-server-{netns}"),
+            format!("nodeport bench: the server in {netns}"),
+            netns.to_owned(),
+            SERVER_CPU,
+            listen_all,
+            |listeners: &Vec<TcpListener>, stop| echo(listeners, stop),
+        )?;
+        Ok(EchoServer { _thread: thread })
     }
 }
 

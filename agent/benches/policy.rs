@@ -50,6 +50,8 @@ mod common;
 mod lab;
 #[path = "common/program_clock.rs"]
 mod program_clock;
+#[path = "common/server_thread.rs"]
+mod server_thread;
 
 use common::{load_average, Stats};
 use lab::{
@@ -64,8 +66,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -80,6 +81,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use server_thread::ServerThread;
 
 const BENCHMARKS: [&str; 5] = [
     "request_response",
@@ -1018,56 +1020,20 @@ impl Drop for Installed {
 /// One thread in the server pod that accepts every connection on [`SERVER_PORT`] and echoes
 /// whatever each sends, until stopped.
 struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<()>>>,
+    _thread: ServerThread,
 }
 
 impl Server {
     fn start() -> Result<Server> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("bpb-server".into())
-                .spawn(move || {
-                    let listener = enter_netns(SERVER.netns)
-                        .and_then(|()| pin(SERVER_CPU))
-                        .and_then(|()| listen());
-                    match listener {
-                        Ok(listener) => {
-                            let _ = ready_tx.send(Ok(()));
-                            serve(&listener, &stop)
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            Ok(())
-                        }
-                    }
-                })
-                .context("starting the server thread")?
-        };
-        let server = Server {
-            stop,
-            thread: Some(thread),
-        };
-        ready_rx
-            .recv()
-            .context("the server thread ended before listening")??;
-        Ok(server)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("policy bench: the server failed: {e:#}"),
-                Err(_) => eprintln!("policy bench: the server thread panicked"),
-            }
-        }
+        let thread = ServerThread::start(
+            "bpb-server".to_owned(),
+            "policy bench: the server".to_owned(),
+            SERVER.netns.to_owned(),
+            SERVER_CPU,
+            listen,
+            serve,
+        )?;
+        Ok(Server { _thread: thread })
     }
 }
 

@@ -998,19 +998,11 @@ impl StatsProvider {
     fn build(&self, view: &RuntimeView, detail: Detail) -> Summary {
         let now = Time::from_system_time((self.clock)());
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if detail == Detail::NodeSignals {
-            let mut scrape = Scrape {
-                now,
-                detail,
-                cpu: &mut state.cpu,
-                fs: FsCache::default(),
-            };
-            return Summary {
-                node: self.node_stats(view, &mut scrape),
-                pods: Vec::new(),
-            };
+        // The node's signals read no CPU: the rounds of the CPU rates are the other scrapes'.
+        let signals_only = detail == Detail::NodeSignals;
+        if !signals_only {
+            state.cpu.start_round();
         }
-        state.cpu.start_round();
         let mut scrape = Scrape {
             now,
             detail,
@@ -1018,6 +1010,12 @@ impl StatsProvider {
             fs: FsCache::default(),
         };
         let node = self.node_stats(view, &mut scrape);
+        if signals_only {
+            return Summary {
+                node,
+                pods: Vec::new(),
+            };
+        }
         let pods = self.pod_stats(view, &mut scrape);
         state.cpu.end_round();
         state

@@ -231,10 +231,7 @@ pub struct ManifestSource {
     dir: PathBuf,
     node_name: String,
     /// The last error-free reading of each file.
-    last_good: BTreeMap<PathBuf, FileManifests>,
-    /// The stamp of each file of `last_good` whose reading can be reused while the stamp
-    /// stays the same.
-    stamps: BTreeMap<PathBuf, FileStamp>,
+    last_good: BTreeMap<PathBuf, GoodReading>,
     /// How long a file must have been left alone for its stamp to count (see [`FileStamp`]).
     settle: std::time::Duration,
     /// Files read and parsed so far (the others' last readings were reused).
@@ -253,7 +250,6 @@ impl ManifestSource {
             dir: dir.into(),
             node_name: node_name.into(),
             last_good: BTreeMap::new(),
-            stamps: BTreeMap::new(),
             settle: FileStamp::SETTLE,
             files_read: 0,
             seen: BTreeMap::new(),
@@ -289,7 +285,7 @@ impl ManifestSource {
                 let kept: Vec<_> = self
                     .last_good
                     .iter()
-                    .map(|(file, manifests)| (file.clone(), manifests.clone()))
+                    .map(|(file, good)| (file.clone(), good.manifests.clone()))
                     .collect();
                 let (mut snapshot, objects) = merge(Some(error), &kept);
                 self.keep_first_seen(&mut snapshot);
@@ -300,11 +296,13 @@ impl ManifestSource {
         let mut read = Vec::with_capacity(files.len());
         for file in files {
             let stamp = FileStamp::of(&file);
-            if let (Some(stamp), Some(good)) = (stamp, self.last_good.get(&file)) {
-                if self.stamps.get(&file) == Some(&stamp) {
-                    read.push((file, good.clone()));
-                    continue;
-                }
+            let unchanged = self
+                .last_good
+                .get(&file)
+                .filter(|good| good.stamp.is_some() && good.stamp == stamp);
+            if let Some(good) = unchanged {
+                read.push((file, good.manifests.clone()));
+                continue;
             }
             self.files_read += 1;
             // A file deleted since the listing is simply gone.
@@ -312,21 +310,19 @@ impl ManifestSource {
                 continue;
             };
             if manifests.errors.is_empty() {
-                self.last_good.insert(file.clone(), manifests.clone());
-                match stamp.filter(|stamp| stamp.settled(self.settle)) {
-                    Some(stamp) => self.stamps.insert(file.clone(), stamp),
-                    None => self.stamps.remove(&file),
+                let good = GoodReading {
+                    manifests: manifests.clone(),
+                    stamp: stamp.filter(|stamp| stamp.settled(self.settle)),
                 };
+                self.last_good.insert(file.clone(), good);
             } else if let Some(good) = self.last_good.get(&file) {
-                manifests.pods = good.pods.clone();
-                manifests.objects = good.objects.clone();
+                manifests.pods = good.manifests.pods.clone();
+                manifests.objects = good.manifests.objects.clone();
             }
             read.push((file, manifests));
         }
         self.last_good
             .retain(|file, _| read.iter().any(|(present, _)| present == file));
-        self.stamps
-            .retain(|file, _| self.last_good.contains_key(file));
 
         let (mut snapshot, objects) = merge(listing_error, &read);
         self.keep_first_seen(&mut snapshot);
@@ -377,6 +373,14 @@ impl ManifestSource {
         }
         self.reported = now;
     }
+}
+
+/// A file's last error-free reading, with its stamp when the reading can be reused while the
+/// stamp stays the same.
+#[derive(Debug)]
+struct GoodReading {
+    manifests: FileManifests,
+    stamp: Option<FileStamp>,
 }
 
 /// What tells a file's content apart without reading it: its inode, size and times. A
