@@ -170,6 +170,83 @@ async fn restart_policies_end_pods_as_kubelet_does() -> anyhow::Result<()> {
     .await
 }
 
+/// The sandboxes of the pod with this UID: (ID, ready), oldest first.
+async fn sandboxes(client: &CriClient, uid: &str) -> anyhow::Result<Vec<(String, bool)>> {
+    let filter = api::PodSandboxFilter {
+        label_selector: HashMap::from([("io.kubernetes.pod.uid".to_owned(), uid.to_owned())]),
+        ..Default::default()
+    };
+    let mut listed = client.list_pod_sandbox(Some(filter)).await?;
+    listed.sort_by_key(|s| s.created_at);
+    let ready = api::PodSandboxState::SandboxReady as i32;
+    Ok(listed
+        .into_iter()
+        .map(|s| (s.id, s.state == ready))
+        .collect())
+}
+
+// The runtime's events are what tell bosun: with the pods quiet, its relist of the runtime
+// runs only every few minutes, far beyond this test's deadlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_that_dies_is_replaced_with_its_containers() -> anyhow::Result<()> {
+    on_a_node("life-sandbox", |node, daemon| async move {
+        let result = async {
+            daemon.write_manifest("web.yaml", &busybox_pod("web", "", "", SLEEP_FOREVER))?;
+            let pod = daemon
+                .wait_for("web", "Running and Ready", WITHIN, |p| {
+                    phase(p) == "Running" && ready(p)
+                })
+                .await?;
+            let uid = uid(&pod);
+            let first_container = container(&pod, "app")["containerID"].clone();
+            let client = node.cri().await?;
+            let listed = sandboxes(&client, &uid).await?;
+            let [(sandbox, true)] = &listed[..] else {
+                anyhow::bail!("not one ready sandbox: {listed:?}");
+            };
+            let sandbox = sandbox.clone();
+            let info = client
+                .pod_sandbox_status(&sandbox, true)
+                .await?
+                .info
+                .remove("info")
+                .unwrap_or_default();
+            let pid = serde_json::from_str::<Value>(&info)?["pid"]
+                .as_u64()
+                .filter(|pid| *pid > 1)
+                .ok_or_else(|| anyhow::anyhow!("no pid in the sandbox's info: {info}"))?;
+            // Let the relists that follow the pod's start pass: from here the runtime is
+            // quiet until the sandbox's own process dies.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let killed = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()?;
+            anyhow::ensure!(killed.success(), "kill -KILL {pid}: {killed}");
+
+            // As kubelet does: a new sandbox, and the pod's containers started again in it.
+            let again = daemon
+                .wait_for("web", "Ready in a new sandbox", WITHIN, |p| {
+                    ready(p) && container(p, "app")["containerID"] != first_container
+                })
+                .await?;
+            assert_eq!(phase(&again), "Running", "{again:#}");
+            let now = sandboxes(&client, &uid).await?;
+            assert!(
+                now.iter().any(|(id, ready)| *ready && *id != sandbox),
+                "{now:?}"
+            );
+            assert!(
+                !now.iter().any(|(id, ready)| *ready && *id == sandbox),
+                "{now:?}"
+            );
+            daemon.kill().await
+        }
+        .await;
+        (node, result)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edited_manifest_replaces_its_pod() -> anyhow::Result<()> {
     on_a_node("life-edit", |node, daemon| async move {

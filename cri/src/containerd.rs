@@ -1,5 +1,5 @@
 //! containerd's native API, for the two things CRI lacks: the event stream (a container's
-//! death seen the moment its task exits) and importing an OCI image archive when no
+//! death seen the moment its task is gone) and importing an OCI image archive when no
 //! registry is reachable.
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,12 +26,20 @@ use crate::oci::{Descriptor, Layout, LayoutError};
 /// The containerd namespace the CRI plugin keeps its images and containers in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
 
-const TOPIC_TASK_EXIT: &str = "/tasks/exit";
+// The lifecycle topics bosun follows. A task's exit is followed by `/tasks/delete` once the
+// runtime has reaped it; unlike `/tasks/exit`, that topic carries only containers' and
+// sandboxes' own processes, never an exec'd one (a probe's every exec would wake a
+// `/tasks/exit` subscriber for nothing).
+const TOPIC_TASK_START: &str = "/tasks/start";
+const TOPIC_TASK_DELETE: &str = "/tasks/delete";
+const TOPIC_CONTAINER_DELETE: &str = "/containers/delete";
 /// Topic prefix of the marker events bosun publishes to confirm a subscription.
 const TOPIC_SUBSCRIBED: &str = "/bosun/subscribed";
 const MARKER_TYPE: &str = "bosun.v1.SubscriptionMarker";
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
-const TASK_EXIT_TYPE: &str = "containerd.events.TaskExit";
+const TASK_START_TYPE: &str = "containerd.events.TaskStart";
+const TASK_DELETE_TYPE: &str = "containerd.events.TaskDelete";
+const CONTAINER_DELETE_TYPE: &str = "containerd.events.ContainerDelete";
 const WRITE_CHUNK: usize = 1 << 20;
 
 /// An error from containerd's native API.
@@ -100,16 +108,38 @@ impl ContainerdError {
     }
 }
 
-/// A task (a container's process) exited.
+/// A change in the life of a container or pod sandbox (CRI keeps a sandbox as a containerd
+/// container too, so the same events name both).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskExit {
-    pub namespace: String,
-    pub container_id: String,
-    /// The exec ID for an exec'd process; equal to `container_id` for the main process.
-    pub id: String,
-    pub pid: u32,
-    pub exit_status: u32,
-    pub exited_at: Option<SystemTime>,
+pub enum LifecycleEvent {
+    /// The main process of `container_id` started.
+    Started {
+        namespace: String,
+        container_id: String,
+    },
+    /// The main process of `container_id` exited and the runtime has reaped it.
+    Exited {
+        namespace: String,
+        container_id: String,
+        exit_status: u32,
+        exited_at: Option<SystemTime>,
+    },
+    /// The container `container_id` was removed.
+    Removed {
+        namespace: String,
+        container_id: String,
+    },
+}
+
+impl LifecycleEvent {
+    /// The container (or sandbox) the event is about.
+    pub fn container_id(&self) -> &str {
+        match self {
+            LifecycleEvent::Started { container_id, .. }
+            | LifecycleEvent::Exited { container_id, .. }
+            | LifecycleEvent::Removed { container_id, .. } => container_id,
+        }
+    }
 }
 
 /// An image written into containerd by [`ContainerdClient::import_oci_archive`].
@@ -140,23 +170,28 @@ impl ContainerdClient {
         &self.socket
     }
 
-    /// Task exit events as they happen, in `namespace` (all namespaces when `None`). The
-    /// stream ends when containerd goes away; the caller resubscribes and relists.
+    /// Containers' and sandboxes' starts, exits and removals as they happen, in `namespace`
+    /// (all namespaces when `None`). Exec'd processes are not reported. The stream ends when
+    /// containerd goes away; the caller resubscribes and relists.
     ///
-    /// When this returns, containerd has registered the subscription: no exit after that
+    /// When this returns, containerd has registered the subscription: no event after that
     /// moment is missed. (containerd sends a stream's headers only with its first event, so
     /// bosun publishes a marker event of its own and waits for it to come back.)
-    pub async fn task_exits(
+    pub async fn lifecycle_events(
         &self,
         namespace: Option<&str>,
-    ) -> Result<impl Stream<Item = Result<TaskExit, ContainerdError>> + use<>, ContainerdError>
+    ) -> Result<impl Stream<Item = Result<LifecycleEvent, ContainerdError>> + use<>, ContainerdError>
     {
-        let mut exits = format!("topic==\"{TOPIC_TASK_EXIT}\"");
-        if let Some(ns) = namespace {
-            exits.push_str(&format!(",namespace==\"{ns}\""));
-        }
         let marker = format!("{TOPIC_SUBSCRIBED}/{}", unique_suffix());
-        let filters = vec![exits, format!("topic==\"{marker}\"")];
+        let mut filters: Vec<String> =
+            [TOPIC_TASK_START, TOPIC_TASK_DELETE, TOPIC_CONTAINER_DELETE]
+                .iter()
+                .map(|topic| match namespace {
+                    Some(ns) => format!("topic==\"{topic}\",namespace==\"{ns}\""),
+                    None => format!("topic==\"{topic}\""),
+                })
+                .collect();
+        filters.push(format!("topic==\"{marker}\""));
 
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let mut events = EventsClient::new(self.channel.clone());
@@ -215,7 +250,7 @@ impl ContainerdClient {
                 Ok(envelope) => envelope,
                 Err(status) => return Some(Err(ContainerdError::call("Events.Subscribe", status))),
             };
-            task_exit(envelope).transpose()
+            lifecycle_event(envelope).transpose()
         }))
     }
 
@@ -457,32 +492,48 @@ impl ContainerdClient {
     }
 }
 
-/// A task exit from an event envelope; `Ok(None)` for other events (such as markers).
-fn task_exit(
+/// The lifecycle event in `envelope`; `Ok(None)` for other events (such as markers).
+fn lifecycle_event(
     envelope: containerd_client::types::Envelope,
-) -> Result<Option<TaskExit>, ContainerdError> {
+) -> Result<Option<LifecycleEvent>, ContainerdError> {
+    use containerd_client::events::{ContainerDelete, TaskDelete, TaskStart};
     let Some(event) = envelope.event else {
         return Ok(None);
     };
-    if event.type_url.trim_start_matches("type.googleapis.com/") != TASK_EXIT_TYPE {
-        return Ok(None);
-    }
-    let exit =
-        containerd_client::events::TaskExit::decode(event.value.as_slice()).map_err(|source| {
-            ContainerdError::Decode {
-                topic: envelope.topic,
-                type_url: event.type_url,
-                source,
+    let decode_err = |source| ContainerdError::Decode {
+        topic: envelope.topic.clone(),
+        type_url: event.type_url.clone(),
+        source,
+    };
+    let namespace = envelope.namespace.clone();
+    let value = event.value.as_slice();
+    let decoded = match event.type_url.trim_start_matches("type.googleapis.com/") {
+        TASK_START_TYPE => {
+            let start = TaskStart::decode(value).map_err(decode_err)?;
+            LifecycleEvent::Started {
+                namespace,
+                container_id: start.container_id,
             }
-        })?;
-    Ok(Some(TaskExit {
-        namespace: envelope.namespace,
-        container_id: exit.container_id,
-        id: exit.id,
-        pid: exit.pid,
-        exit_status: exit.exit_status,
-        exited_at: exit.exited_at.and_then(|t| SystemTime::try_from(t).ok()),
-    }))
+        }
+        TASK_DELETE_TYPE => {
+            let delete = TaskDelete::decode(value).map_err(decode_err)?;
+            LifecycleEvent::Exited {
+                namespace,
+                container_id: delete.container_id,
+                exit_status: delete.exit_status,
+                exited_at: delete.exited_at.and_then(|t| SystemTime::try_from(t).ok()),
+            }
+        }
+        CONTAINER_DELETE_TYPE => {
+            let delete = ContainerDelete::decode(value).map_err(decode_err)?;
+            LifecycleEvent::Removed {
+                namespace,
+                container_id: delete.id,
+            }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(decoded))
 }
 
 /// A suffix unique to this process and moment, for lease IDs and marker topics.

@@ -14,6 +14,8 @@ pub mod streaming;
 
 pub use bosun_proto::runtime::v1 as api;
 pub use client::{image_spec, CriClient, CRI_API_VERSION};
-pub use containerd::{ContainerdClient, ContainerdError, ImportedImage, TaskExit, CRI_NAMESPACE};
+pub use containerd::{
+    ContainerdClient, ContainerdError, ImportedImage, LifecycleEvent, CRI_NAMESPACE,
+};
 pub use endpoint::{socket_path, DEFAULT_RUNTIME_ENDPOINT};
 pub use error::CriError;

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bosun_cri::api;
 use bosun_cri::streaming;
-use bosun_cri::{ContainerdClient, CriClient, CriError, CRI_NAMESPACE};
+use bosun_cri::{
+    ContainerdClient, ContainerdError, CriClient, CriError, LifecycleEvent, CRI_NAMESPACE,
+};
 use bosun_tests::fixtures::{busybox_container, log_directory, sandbox_config, SERVE_FOREVER};
 use bosun_tests::images::{BUSYBOX_IMAGE, PAUSE_IMAGE};
 use bosun_tests::node::TestNode;
@@ -93,9 +95,9 @@ async fn sandbox_container_exec_logs_events_and_teardown() -> anyhow::Result<()>
     assert_eq!(sandbox.state, api::PodSandboxState::SandboxReady as i32);
     assert!(!sandbox.labels.is_empty() && sandbox.created_at > 0);
 
-    // The task exit stream is open before anything dies.
+    // The lifecycle event stream is open before anything dies.
     let containerd = ContainerdClient::connect(node.containerd_socket()).await?;
-    let mut exits = Box::pin(containerd.task_exits(Some(CRI_NAMESPACE)).await?);
+    let mut lifecycle = Box::pin(containerd.lifecycle_events(Some(CRI_NAMESPACE)).await?);
 
     // ExecSync: output and exit codes come back; a command outliving its timeout is a timeout.
     let hostname = client
@@ -186,21 +188,19 @@ async fn sandbox_container_exec_logs_events_and_teardown() -> anyhow::Result<()>
     let stats = client.container_stats(&container).await?;
     assert_eq!(stats.attributes.expect("attributes").id, container);
 
-    // Stop: the trap makes it exit 0, and the exit is on the event stream at once.
+    // Stop: the trap makes it exit 0, and the exit is the stream's next event: the execs
+    // above, each an exited process of the container's, put nothing on it.
     client
         .stop_container(&container, Duration::from_secs(10))
         .await?;
-    let exit = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(event) = exits.next().await {
-            let event = event?;
-            if event.container_id == container && event.id == container {
-                return Ok::<_, anyhow::Error>(event);
-            }
-        }
-        anyhow::bail!("event stream ended")
-    })
-    .await??;
-    assert_eq!(exit.exit_status, 0);
+    let exit = next_event(&mut lifecycle).await?;
+    assert!(
+        matches!(
+            &exit,
+            LifecycleEvent::Exited { container_id, exit_status: 0, .. } if *container_id == container
+        ),
+        "{exit:?}"
+    );
     let stopped = client
         .container_status(&container, false)
         .await?
@@ -209,20 +209,50 @@ async fn sandbox_container_exec_logs_events_and_teardown() -> anyhow::Result<()>
     assert_eq!(stopped.state, api::ContainerState::ContainerExited as i32);
     assert_eq!(stopped.exit_code, 0);
 
-    // Teardown through CRI leaves nothing behind.
+    // Teardown through CRI leaves nothing behind, and each step is on the stream: the
+    // container removed, the sandbox's own process exited, the sandbox removed.
     client.remove_container(&container).await?;
     let missing = client.container_status(&container, false).await;
     assert!(
         matches!(&missing, Err(e) if e.is_not_found()),
         "{missing:?}"
     );
+    let removed = next_event(&mut lifecycle).await?;
+    assert_eq!(
+        removed,
+        LifecycleEvent::Removed {
+            namespace: CRI_NAMESPACE.to_owned(),
+            container_id: container.clone()
+        }
+    );
     client.stop_pod_sandbox(&pod).await?;
+    let sandbox_exit = next_event(&mut lifecycle).await?;
+    assert!(
+        matches!(&sandbox_exit, LifecycleEvent::Exited { container_id, .. } if *container_id == pod),
+        "{sandbox_exit:?}"
+    );
     client.remove_pod_sandbox(&pod).await?;
+    let sandbox_removed = next_event(&mut lifecycle).await?;
+    assert!(
+        matches!(&sandbox_removed, LifecycleEvent::Removed { container_id, .. } if *container_id == pod),
+        "{sandbox_removed:?}"
+    );
     assert!(client.list_pod_sandbox(None).await?.is_empty());
     assert!(client.list_containers(None).await?.is_empty());
 
     node.shutdown().await?;
     Ok(())
+}
+
+/// The stream's next event, within 10 s.
+async fn next_event(
+    stream: &mut (impl futures::Stream<Item = Result<LifecycleEvent, ContainerdError>> + Unpin),
+) -> anyhow::Result<LifecycleEvent> {
+    match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        Ok(Some(event)) => Ok(event?),
+        Ok(None) => anyhow::bail!("the event stream ended"),
+        Err(_) => anyhow::bail!("no lifecycle event within 10 s"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -575,8 +575,14 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let mut pod_dirs_swept = false;
     // Pods refused at admission, by UID, with their key in the pod store.
     let mut rejected: HashMap<String, ObjectKey> = HashMap::new();
+    // The pods the last relist found, until every source has listed its pods: only then can a
+    // pod be unwanted.
+    let mut unclaimed: Option<Vec<String>> = None;
     tokio::pin!(shutdown);
     loop {
+        if let Some(uids) = unclaimed.take_if(|_| pod_config.all_sources_seen()) {
+            sweep_unwanted(&uids, &mut workers, &pod_config, &ctx, &mut pod_dirs_swept);
+        }
         tokio::select! {
             () = &mut shutdown => break,
             Some(snapshot) = next_snapshot(&mut snapshots) => {
@@ -635,33 +641,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             Some(request) = evict_rx.recv() => workers.evict(&request.uid, request.eviction),
             Some(event) = pleg_rx.recv() => match event {
                 PodLifecycleEvent::Changed(uid) => workers.runtime_changed(&uid),
-                PodLifecycleEvent::Relisted(uids) => {
-                    // Only once every source has listed its pods can a pod be unwanted.
-                    if !pod_config.all_sources_seen() {
-                        continue;
-                    }
-                    for uid in &uids {
-                        if !workers.contains(uid) && pod_config.get(uid).is_none() {
-                            workers.terminate_orphan(uid);
-                        }
-                    }
-                    if !pod_dirs_swept {
-                        // Directories of pods that went away while bosun was down.
-                        pod_dirs_swept = true;
-                        let left = volume::pod_uids(&ctx.pods_dir).unwrap_or_default();
-                        for uid in left.iter().filter(|u| !workers.contains(u) && !uids.contains(u)) {
-                            if let Err(e) = volume::cleanup(&ctx.pods_dir, uid, &HostMounter) {
-                                tracing::warn!(%uid, error = %e, "removing a gone pod's directory");
-                            }
-                        }
-                        let logged = log_rotation::pod_log_uids(&ctx.pod_logs_dir);
-                        for uid in logged.iter().filter(|u| !workers.contains(u) && !uids.contains(u) && pod_config.get(u).is_none()) {
-                            if let Err(e) = log_rotation::remove_pod_logs(&ctx.pod_logs_dir, uid) {
-                                tracing::warn!(%uid, error = %e, "removing a gone pod's logs");
-                            }
-                        }
-                    }
-                }
+                PodLifecycleEvent::Relisted(uids) => unclaimed = Some(uids),
             },
             Some(uid) = done_rx.recv() => {
                 workers.done(&uid);
@@ -682,6 +662,44 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     }
     let _ = std::fs::remove_file(config.api_socket());
     Ok(())
+}
+
+/// Terminates the pods the runtime holds (`uids`, from a relist) that no source wants, and the
+/// first time, removes the directories and logs of pods that went away while bosun was down.
+fn sweep_unwanted<R: crate::runtime::Runtime>(
+    uids: &[String],
+    workers: &mut PodWorkers<R>,
+    pod_config: &PodConfig,
+    ctx: &NodeContext,
+    pod_dirs_swept: &mut bool,
+) {
+    for uid in uids {
+        if !workers.contains(uid) && pod_config.get(uid).is_none() {
+            workers.terminate_orphan(uid);
+        }
+    }
+    if *pod_dirs_swept {
+        return;
+    }
+    *pod_dirs_swept = true;
+    let left = volume::pod_uids(&ctx.pods_dir).unwrap_or_default();
+    for uid in left
+        .iter()
+        .filter(|u| !workers.contains(u) && !uids.contains(u))
+    {
+        if let Err(e) = volume::cleanup(&ctx.pods_dir, uid, &HostMounter) {
+            tracing::warn!(%uid, error = %e, "removing a gone pod's directory");
+        }
+    }
+    let logged = log_rotation::pod_log_uids(&ctx.pod_logs_dir);
+    for uid in logged
+        .iter()
+        .filter(|u| !workers.contains(u) && !uids.contains(u) && pod_config.get(u).is_none())
+    {
+        if let Err(e) = log_rotation::remove_pod_logs(&ctx.pod_logs_dir, uid) {
+            tracing::warn!(%uid, error = %e, "removing a gone pod's logs");
+        }
+    }
 }
 
 /// `pod` marked deleted with no grace period left.
