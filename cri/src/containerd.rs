@@ -131,17 +131,6 @@ pub enum LifecycleEvent {
     },
 }
 
-impl LifecycleEvent {
-    /// The container (or sandbox) the event is about.
-    pub fn container_id(&self) -> &str {
-        match self {
-            LifecycleEvent::Started { container_id, .. }
-            | LifecycleEvent::Exited { container_id, .. }
-            | LifecycleEvent::Removed { container_id, .. } => container_id,
-        }
-    }
-}
-
 /// An image written into containerd by [`ContainerdClient::import_oci_archive`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImportedImage {

@@ -208,10 +208,9 @@ async fn proxy(args: &bosun::proxy::config::ProxyArgs) -> Result<i32> {
             return Ok(run::EXIT_BAD_CONFIG);
         }
     };
-    let trim = tokio::spawn(bosun::util::release_freed_memory_periodically());
-    let ran = bosun::proxy::run::run(config, run::terminated()).await;
-    trim.abort();
-    ran.context("running the proxy")?;
+    bosun::proxy::run::run(config, run::terminated())
+        .await
+        .context("running the proxy")?;
     Ok(0)
 }
 

@@ -823,10 +823,9 @@ pub async fn run(args: &RunArgs) -> Result<i32> {
         terminated().await;
         tracing::info!("stopping; pods keep running");
     };
-    let trim = tokio::spawn(bosun::util::release_freed_memory_periodically());
-    let ran = bosun::daemon::run(config, shutdown).await;
-    trim.abort();
-    ran.context("running the daemon")?;
+    bosun::daemon::run(config, shutdown)
+        .await
+        .context("running the daemon")?;
     Ok(0)
 }
 

@@ -277,7 +277,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         .clone()
         .map(|dir| source::watch(dir, config.node.node_name.clone(), RESCAN, objects.clone()));
     let mut pod_sources = file_sources.to_vec();
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(
+        crate::util::release_freed_memory_periodically(),
+    )];
     let (api_tx, mut api_updates) = tokio::sync::mpsc::unbounded_channel::<PodUpdate>();
     // The UIDs of pods whose service account token request ended.
     let (tokens_tx, mut tokens_ready) = tokio::sync::mpsc::unbounded_channel::<String>();

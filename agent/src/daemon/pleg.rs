@@ -60,8 +60,10 @@ pub async fn run(client: CriClient, socket: PathBuf, events: UnboundedSender<Pod
     let (watched_tx, mut watched) = tokio::sync::mpsc::unbounded_channel::<Watched>();
     let watcher = tokio::spawn(watch_lifecycle(socket, watched_tx));
     let mut digests: HashMap<String, u64> = HashMap::new();
-    // When the last relist that listed the runtime began.
+    // When the last relist began, and the last that listed the runtime (what kubelet's relist
+    // interval is measured from).
     let mut last_relist: Option<Instant> = None;
+    let mut last_listed: Option<Instant> = None;
     // Whether anything happened in the runtime since that relist began.
     let mut changed = true;
     let mut subscribed = false;
@@ -85,7 +87,7 @@ pub async fn run(client: CriClient, socket: PathBuf, events: UnboundedSender<Pod
             },
             () = tokio::time::sleep_until(due.into()) => {
                 let began = Instant::now();
-                if let Some(last) = last_relist {
+                if let Some(last) = last_listed {
                     metrics::global().observe_relist_interval(began.duration_since(last));
                 }
                 // Events from here on are for the next relist.
@@ -93,6 +95,7 @@ pub async fn run(client: CriClient, socket: PathBuf, events: UnboundedSender<Pod
                 let listed = client.relist().await;
                 match listed {
                     Ok((sandboxes, containers)) => {
+                        last_listed = Some(began);
                         let (running_pods, by_state) = running(&sandboxes, &containers);
                         metrics::global().set_running(running_pods, by_state);
                         let now = pod_digests(&sandboxes, &containers);

@@ -77,6 +77,7 @@ pub async fn run(
     let slices: Store<SliceInfo> = Store::new(&[Source::Api]);
     let (view_tx, view_rx) = watch::channel(NodeView::default());
     let mut tasks = vec![
+        tokio::spawn(crate::util::release_freed_memory_periodically()),
         tokio::spawn(watch_services(client.clone(), services.writer(Source::Api))),
         tokio::spawn(watch_endpoint_slices(
             client.clone(),
