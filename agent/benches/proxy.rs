@@ -79,6 +79,8 @@ mod common;
 mod lab;
 #[path = "common/program_clock.rs"]
 mod program_clock;
+#[path = "common/server_thread.rs"]
+mod server_thread;
 #[path = "common/service_lab.rs"]
 mod service_lab;
 

@@ -38,6 +38,8 @@ mod common;
 mod kube_proxy;
 #[path = "common/lab.rs"]
 mod lab;
+#[path = "common/server_thread.rs"]
+mod server_thread;
 #[path = "common/service_lab.rs"]
 mod service_lab;
 

@@ -21,6 +21,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::common::{self, Mode, Stats};
 use crate::lab::{check_interrupted, enter_netns, ip, pin, CLIENT_CPU, SERVER_CPU};
+use crate::server_thread::ServerThread;
 
 // ---- names and addresses ------------------------------------------------------------------
 
@@ -532,47 +533,26 @@ pub fn our_routes() -> Result<Vec<String>> {
 
 /// Accepts and closes connections on every target port, on every address of its namespace.
 pub struct Server {
-    stop: Arc<AtomicBool>,
     accepted: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<()>>>,
+    _thread: ServerThread,
 }
 
 impl Server {
     pub fn start(netns: &'static str) -> Result<Server> {
-        let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = {
-            let (stop, accepted) = (stop.clone(), accepted.clone());
-            std::thread::Builder::new()
-                .name("bsb-server".into())
-                .spawn(move || {
-                    let listeners = enter_netns(netns)
-                        .and_then(|()| pin(SERVER_CPU))
-                        .and_then(|()| listen_all());
-                    let listeners = match listeners {
-                        Ok(listeners) => {
-                            let _ = ready_tx.send(Ok(()));
-                            listeners
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return Ok(());
-                        }
-                    };
-                    serve(&listeners, &stop, &accepted)
-                })
-                .context("starting the server thread")?
-        };
-        let server = Server {
-            stop,
+        let counted = accepted.clone();
+        let thread = ServerThread::start(
+            "bsb-server".to_owned(),
+            "bench: the server".to_owned(),
+            netns.to_owned(),
+            SERVER_CPU,
+            listen_all,
+            move |listeners: &Vec<TcpListener>, stop| serve(listeners, stop, &counted),
+        )?;
+        Ok(Server {
             accepted,
-            thread: Some(thread),
-        };
-        ready_rx
-            .recv()
-            .context("the server thread ended before listening")??;
-        Ok(server)
+            _thread: thread,
+        })
     }
 
     pub fn accepted(&self) -> u64 {
@@ -592,19 +572,6 @@ impl Server {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("bench: the server failed: {e:#}"),
-                Err(_) => eprintln!("bench: the server thread panicked"),
-            }
-        }
     }
 }
 
