@@ -510,7 +510,7 @@ impl Catalog {
                     protocol == PolicyProtocol::Tcp && (r.first..=r.last).contains(&SERVER_PORT)
                 }
             })
-            .map(|r| r.policy.clone())
+            .map(|r| r.policy.to_string())
     }
 }
 

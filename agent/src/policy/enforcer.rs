@@ -110,8 +110,9 @@ struct Fed {
     table: PolicyTable,
     /// Each peer's address as given (left out or not).
     peer_address: HashMap<ObjectKey, Ipv4Addr>,
-    /// The peers at each address.
-    peers_at: HashMap<Ipv4Addr, BTreeSet<ObjectKey>>,
+    /// The peers at each address: nearly always one (a vector, not a tree, for a cluster's
+    /// 100,000 pods).
+    peers_at: HashMap<Ipv4Addr, Vec<ObjectKey>>,
 }
 
 /// The table's key of a peer from the store, and of an endpoint (by UID): the two may name
@@ -198,7 +199,7 @@ impl Fed {
     fn set_peer(&mut self, key: &ObjectKey, pod: Option<Arc<PolicyPod>>, local: &Local) {
         if let Some(old) = self.peer_address.remove(key) {
             if let Some(keys) = self.peers_at.get_mut(&old) {
-                keys.remove(key);
+                keys.retain(|k| k != key);
                 if keys.is_empty() {
                     self.peers_at.remove(&old);
                 }
@@ -206,7 +207,9 @@ impl Fed {
         }
         if let Some(pod) = &pod {
             self.peer_address.insert(key.clone(), pod.ip);
-            self.peers_at.entry(pod.ip).or_default().insert(key.clone());
+            let keys = self.peers_at.entry(pod.ip).or_default();
+            keys.reserve_exact(1);
+            keys.push(key.clone());
         }
         // The store's copy: the table keeps no other.
         let kept =

@@ -259,7 +259,7 @@ fn write_changes(
     }
     let wanted_peers = wanted_peers(desired);
     for (_, set) in wanted_peers.values().flatten() {
-        wanted_names.extend(set.0.iter().map(|r| r.policy.as_str()));
+        wanted_names.extend(set.0.iter().map(|r| &*r.policy));
     }
     for name in wanted_names {
         if !held.ids.contains_key(name) {
@@ -499,7 +499,7 @@ fn write_delta(
     }
     for change in changes.values() {
         for (_, set) in &change.puts {
-            wanted_names.extend(set.0.iter().map(|r| r.policy.as_str()));
+            wanted_names.extend(set.0.iter().map(|r| &*r.policy));
         }
     }
     for name in wanted_names {
@@ -819,7 +819,7 @@ fn sync_peers(
 fn content_of(set: &PortSet, ids: &BTreeMap<String, u32>) -> Content {
     let mut entries: BTreeMap<(u32, u8, u16), u32> = BTreeMap::new();
     for range in &set.0 {
-        let policy = ids[&range.policy];
+        let policy = ids[&*range.policy];
         match range.protocol {
             None => {
                 entries

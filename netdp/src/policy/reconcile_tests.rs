@@ -13,17 +13,15 @@ const PROTOCOLS: [u8; 4] = [ICMP, PROTOCOL_TCP, PROTOCOL_UDP, PROTOCOL_SCTP];
 const PORTS: [u16; 12] = [0, 53, 79, 80, 81, 443, 1000, 1500, 2000, 2001, 8080, 65535];
 
 fn set(ranges: &[(Option<PolicyProtocol>, u16, u16, &str)]) -> PortSet {
-    PortSet(
-        ranges
-            .iter()
-            .map(|(protocol, first, last, policy)| PortRange {
-                protocol: *protocol,
-                first: *first,
-                last: *last,
-                policy: (*policy).to_owned(),
-            })
-            .collect(),
-    )
+    ranges
+        .iter()
+        .map(|(protocol, first, last, policy)| PortRange {
+            protocol: *protocol,
+            first: *first,
+            last: *last,
+            policy: (*policy).into(),
+        })
+        .collect()
 }
 
 const TCP: Option<PolicyProtocol> = Some(PolicyProtocol::Tcp);

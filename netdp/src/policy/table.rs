@@ -114,7 +114,7 @@ type Range = (Option<PolicyProtocol>, u16, u16);
 /// A range with the policy credited for it.
 type CreditedRange = (Range, Arc<str>);
 /// One policy's ranges to one address, with the policy credited for them.
-type Credited = (Arc<str>, Vec<Range>);
+type Credited = (Arc<str>, Box<[Range]>);
 
 /// A pod, by its slot in [`PolicyTable::pods`].
 type PodId = usize;
@@ -206,11 +206,43 @@ struct Side {
     /// Their sum.
     structure: Structure,
     /// What each policy allows to each pod address.
-    hosts: HashMap<Ipv4Addr, BTreeMap<PolicyKey, Credited>>,
+    hosts: HashMap<Ipv4Addr, Contributions>,
     /// The addresses each policy has something for in `hosts`.
     policy_hosts: HashMap<PolicyKey, HashSet<Ipv4Addr>>,
     /// The peer prefixes: what the maps hold for this direction.
     table: BTreeMap<Cidr, super::PortSet>,
+}
+
+/// What each policy allows to one address, by policy: a sorted vector, not a tree, since an
+/// endpoint's table holds one for each of up to 100,000 peers and most have one policy.
+#[derive(Default)]
+struct Contributions(Vec<(PolicyKey, Credited)>);
+
+impl Contributions {
+    fn insert(&mut self, key: &PolicyKey, credited: Credited) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(key)) {
+            Ok(at) => self.0[at].1 = credited,
+            Err(at) => {
+                // One more at a time: Vec's first growth would make room for four.
+                self.0.reserve_exact(1);
+                self.0.insert(at, (key.clone(), credited))
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &PolicyKey) {
+        if let Ok(at) = self.0.binary_search_by(|(k, _)| k.cmp(key)) {
+            self.0.remove(at);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Credited> {
+        self.0.iter().map(|(_, credited)| credited)
+    }
 }
 
 /// What rules allow to ranges of addresses rather than to pods.
@@ -1090,7 +1122,7 @@ impl PolicyTable {
             side.hosts
                 .entry(address)
                 .or_default()
-                .insert(key.clone(), (credit, allowed));
+                .insert(key, (credit, allowed.into_boxed_slice()));
             side.policy_hosts
                 .entry(key.clone())
                 .or_default()
