@@ -55,7 +55,7 @@ struct Held {
     /// Ids of backends present in the map, whatever their address.
     backend_ids: BTreeMap<u32, Backend>,
     /// How many counted slots name each backend id.
-    names: HashMap<u32, usize>,
+    names: HashMap<u32, u32>,
     /// Backend ids that may be named by no slot: checked, and removed if so, at the end of the
     /// next apply.
     unnamed: Vec<u32>,
@@ -497,7 +497,7 @@ fn read_held(maps: &impl ServiceMaps) -> Result<Held, Error> {
         .filter(|k| !counted.contains(k))
         .copied()
         .collect();
-    let mut names: HashMap<u32, usize> = HashMap::new();
+    let mut names: HashMap<u32, u32> = HashMap::new();
     for slot in services
         .values()
         .flat_map(|s: &HeldService| s.slots.iter().flatten())
