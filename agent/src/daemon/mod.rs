@@ -521,8 +521,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             node_view,
             events: events.clone(),
             progress: Some(Box::new(proxy_health.clone())),
-            service_health: Some(ServiceHealthServer::new(
+            service_health: Some(ServiceHealthServer::listening_on(
                 &config.node.node_name,
+                config.external.health_check_addresses(),
                 events.clone(),
                 Some(proxy_health),
             )),

@@ -103,8 +103,12 @@ pub async fn run(
         tracing::info!("NetworkPolicy programs attach to pods' interfaces as {tc_mode}");
         tasks.extend(network_policy(&config, tc_mode, &client, &events)?);
     }
-    let service_health =
-        ServiceHealthServer::new(&config.node_name, events.clone(), Some(health.clone()));
+    let service_health = ServiceHealthServer::listening_on(
+        &config.node_name,
+        config.external.health_check_addresses(),
+        events.clone(),
+        Some(health.clone()),
+    );
     let proxy = Proxy {
         bpf_dir: config.bpf_dir.clone(),
         node: config.node_name.clone(),

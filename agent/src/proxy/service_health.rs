@@ -13,9 +13,10 @@
 //!   `Content-Type: application/json` and `X-Content-Type-Options: nosniff`.
 //! - The local endpoints are counted per Service, not per Service port: its ready endpoints on
 //!   this node, each address once ([`ServiceTable::health_check`] counts them).
-//! - A Service's server listens on every address of the node (kube-proxy's default, without
-//!   `nodePortAddresses`, which bosun does not read), from when the Service asks for it until
-//!   it no longer does or asks for another port.
+//! - A Service's server listens on every address of the node or, when `nodePortAddresses`
+//!   narrows the node ports, on the node's addresses in those ranges (chosen at the start, as
+//!   kube-proxy chooses them: [`External::health_check_addresses`]), from when the Service
+//!   asks for it until it no longer does or asks for another port.
 //! - A port that cannot be listened on is reported as a Warning event
 //!   `FailedToStartServiceHealthcheck` on the Service, naming `spec.healthCheckNodePort` and
 //!   its value, and tried again; the other Services' servers go on. kube-proxy tries again at
@@ -25,9 +26,10 @@
 //! This module knows those rules and HTTP; the proxy loop tells it what the Services ask for.
 //!
 //! [`ServiceTable::health_check`]: bosun_netdp::service::ServiceTable::health_check
+//! [`External::health_check_addresses`]: crate::service::proxy::External::health_check_addresses
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -88,12 +90,10 @@ impl Drop for Instance {
 }
 
 impl ServiceHealthServer {
-    /// Servers for the node `node`, listening on every address, reporting to `events`.
-    pub fn new(node: &str, events: Recorder, proxy: Option<ProxyHealth>) -> Self {
-        Self::listening_on(node, vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)], events, proxy)
-    }
-
-    /// Servers listening on `addresses` only (kube-proxy's `nodePortAddresses`).
+    /// Servers for the node `node`, listening on `addresses` (`0.0.0.0`: every address; see
+    /// [`External::health_check_addresses`]), reporting to `events`.
+    ///
+    /// [`External::health_check_addresses`]: crate::service::proxy::External::health_check_addresses
     pub fn listening_on(
         node: &str,
         addresses: Vec<IpAddr>,
@@ -307,6 +307,7 @@ fn name(key: &ServiceRef) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
     use std::time::Duration;
 
     use super::super::healthz::tests::{free_port, http_get};

@@ -20,7 +20,7 @@
 //! controller's round trip through the API server); it comes back when the slice says so.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,27 @@ impl External {
                     || self.node_port_cidrs.iter().any(|cidr| cidr.contains(*a))
             })
             .collect()
+    }
+
+    /// The addresses the Services' health check servers listen on, chosen as kube-proxy
+    /// chooses them once at its start: every address, unless `nodePortAddresses` narrows the
+    /// node ports (a range other than `0.0.0.0/0`); then the node's addresses in those ranges,
+    /// or every address, with a warning, when the node has none there.
+    pub fn health_check_addresses(&self) -> Vec<IpAddr> {
+        let every = vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
+        if self.node_port_cidrs.iter().all(|cidr| cidr.prefix_len != 0)
+            && !self.node_port_cidrs.is_empty()
+        {
+            let addresses = self.node_addresses();
+            if !addresses.is_empty() {
+                return addresses.into_iter().map(IpAddr::V4).collect();
+            }
+            tracing::warn!(
+                node_port_addresses = ?self.node_port_cidrs,
+                "no address of the node is in nodePortAddresses: the health check ports listen on every address"
+            );
+        }
+        every
     }
 }
 
@@ -801,5 +822,43 @@ mod tests {
         table.update();
         assert_eq!(backends(&table), ["10.244.0.5", "10.244.0.6"]);
         assert_eq!(local.len(), 1);
+    }
+
+    #[test]
+    fn health_checks_listen_where_node_port_addresses_say_as_kube_proxy_does() {
+        use crate::proxy::config::Ipv4Cidr;
+        let every = vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
+        let external = |cidrs: &[(Ipv4Addr, u8)]| External {
+            interfaces: Vec::new(),
+            node_port_cidrs: cidrs
+                .iter()
+                .map(|(network, prefix_len)| Ipv4Cidr {
+                    network: *network,
+                    prefix_len: *prefix_len,
+                })
+                .collect(),
+        };
+        // No ranges, or one that is everything: every address.
+        assert_eq!(external(&[]).health_check_addresses(), every);
+        assert_eq!(
+            external(&[(Ipv4Addr::UNSPECIFIED, 0), (Ipv4Addr::new(10, 0, 0, 0), 8)])
+                .health_check_addresses(),
+            every
+        );
+        // A range holding none of the node's addresses (TEST-NET-2): every address, warned.
+        assert_eq!(
+            external(&[(Ipv4Addr::new(198, 51, 100, 0), 24)]).health_check_addresses(),
+            every
+        );
+        // A range holding one of them: that address alone.
+        let node = bosun_netdp::netlink::node_addresses()
+            .expect("listing this machine's addresses")
+            .into_iter()
+            .find(|a| !a.is_loopback())
+            .expect("this machine has an address other than loopback");
+        assert_eq!(
+            external(&[(node, 32)]).health_check_addresses(),
+            vec![IpAddr::V4(node)]
+        );
     }
 }
