@@ -56,6 +56,14 @@ cmd_build() {
     BOSUN_GIT_REVISION=$revision cargo build --release --locked -p bosun
     local binary=$TARGET_DIR/release/bosun
 
+    log "writing the manual pages"
+    # Under target/release/, the one prefix of an asset's path both packagers resolve against
+    # the real target directory.
+    local man=$TARGET_DIR/release/man
+    rm -rf "$man"
+    "$binary" man "$man" >/dev/null
+    gzip -9n "$man"/*.8
+
     log "writing the .deb"
     cargo deb -p bosun --no-build --locked --deb-version "$deb_version" --output "$OUT/" >/dev/null
     log "writing the .rpm"
@@ -155,7 +163,8 @@ check_rpm() {
     local files
     files=$(rpm -qpl "$rpm" 2>/dev/null)
     local path
-    for path in /usr/bin/bosun /usr/lib/systemd/system/bosun.service /etc/bosun/config.yaml /etc/sysconfig/bosun; do
+    for path in /usr/bin/bosun /usr/lib/systemd/system/bosun.service /etc/bosun/config.yaml /etc/sysconfig/bosun \
+        /usr/share/man/man8/bosun.8.gz /usr/share/man/man8/bosun-run.8.gz /usr/share/man/man8/bosun-proxy.8.gz; do
         check "rpm -qpl lists $path" grep -qx "$path" <<<"$files"
     done
     check_output "rpm -qp --requires: containerd" '^\(containerd or containerd.io\)' rpm -qp --requires "$rpm"
@@ -185,9 +194,14 @@ check_deb() {
 
     check_output "dpkg -i installs it" 'Setting up bosun' "${in_root[@]}" dpkg -i /tmp/bosun.deb
     local path
-    for path in /usr/bin/bosun /lib/systemd/system/bosun.service /etc/bosun/config.yaml /etc/default/bosun; do
+    for path in /usr/bin/bosun /lib/systemd/system/bosun.service /etc/bosun/config.yaml /etc/default/bosun \
+        /usr/share/man/man8/bosun.8.gz /usr/share/man/man8/bosun-run.8.gz /usr/share/man/man8/bosun-proxy.8.gz; do
         check "installed: $path" test -f "$root$path"
     done
+    check_output "bosun-run(8) is a section 8 page naming bosun's version" '^\.TH bosun-run 8 +"bosun [0-9]' \
+        zcat "$root/usr/share/man/man8/bosun-run.8.gz"
+    check_output "bosun-run(8) documents --pod-manifest-path" 'staticPodPath' \
+        zcat "$root/usr/share/man/man8/bosun-run.8.gz"
     check "created: /etc/kubernetes/manifests" test -d "$root/etc/kubernetes/manifests"
     check "postinst enabled bosun.service" test -L "$root/etc/systemd/system/multi-user.target.wants/bosun.service"
     check_output "dpkg lists /etc/bosun/config.yaml as a conffile" '/etc/bosun/config.yaml' \

@@ -8,6 +8,7 @@ mod get;
 mod images;
 mod info;
 mod logs;
+mod man;
 mod monitor;
 pub mod output;
 mod pods;
@@ -131,6 +132,8 @@ pub enum Command {
     Monitor(monitor::MonitorArgs),
     /// Check that this host can run bosun: the kernel's version and a cgroup2 mount.
     Preflight,
+    /// Write the manual pages (troff, section 8) into a directory.
+    Man(man::ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +168,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Dp(args) => return dp::dp(args).map(|()| 0),
         Command::Monitor(args) => return monitor::monitor(args).await.map(|()| 0),
         Command::Preflight => return preflight::preflight().map(|()| 0),
+        Command::Man(args) => return man::man(args).map(|()| 0),
         _ => {}
     }
     let client = CriClient::connect(&cli.runtime_endpoint, cli.timeout).await?;
@@ -192,7 +196,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         | Command::Get(_)
         | Command::Dp(_)
         | Command::Monitor(_)
-        | Command::Preflight => {
+        | Command::Preflight
+        | Command::Man(_) => {
             unreachable!("handled above")
         }
     }
