@@ -337,7 +337,7 @@ pub struct NodePortEventReader(crate::ring::RingReader<bosun_ebpf_abi::NodePortE
 
 pub use bosun_ebpf_abi::{
     NodePortEvent, NODEPORT_EVENT_NEW_FLOW, NODEPORT_EVENT_NO_BACKEND, NODEPORT_EVENT_NO_SNAT,
-    NODEPORT_EVENT_TABLE_REFUSED,
+    NODEPORT_EVENT_REFUSED, NODEPORT_EVENT_TABLE_REFUSED,
 };
 
 impl NodePortEventReader {

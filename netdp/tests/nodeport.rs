@@ -547,3 +547,61 @@ fn a_node_port_is_served_by_clsact_filters_on_kernels_without_tcx() {
         filters("egress")
     );
 }
+
+#[test]
+fn a_service_without_endpoints_refuses_outside_clients_with_an_icmp_error() {
+    let topology = Topology::new(7);
+    let datapath = topology.install();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    let mut events = {
+        let _context = runtime.enter();
+        nodeport::NodePortEventReader::open(&topology.bpf_dir).expect("open the event ring")
+    };
+    topology
+        .reconciler()
+        .apply(&[
+            topology.service(Protocol::Tcp, &[]),
+            topology.service(Protocol::Udp, &[]),
+        ])
+        .unwrap_or_else(|e| panic!("write the services: {}", chain(&e)));
+
+    // TCP: the SYN is answered with a port unreachable, which fails the connect at once; a
+    // dropped SYN would retry until the timeout.
+    let started = std::time::Instant::now();
+    let error = connect(&topology).expect_err("a node port without endpoints answered");
+    assert_eq!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{error} after {:?}",
+        started.elapsed()
+    );
+    let event = runtime
+        .block_on(async { tokio::time::timeout(TIMEOUT, events.next()).await })
+        .expect("an event in time")
+        .unwrap_or_else(|e| panic!("read an event: {}", chain(&e)));
+    assert_eq!(event.kind, nodeport::NODEPORT_EVENT_REFUSED);
+    assert_eq!(event.client, topology.address(2).octets());
+    assert_eq!(event.frontend, topology.address(1).octets());
+
+    // UDP: a connected socket hears of the port unreachable on its next receive.
+    let to = SocketAddrV4::new(topology.address(1), NODE_PORT);
+    let error = in_netns(&topology.ns("cli"), || {
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+        socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        socket.connect(to).expect("connect");
+        socket.send(b"who").expect("send");
+        let mut buf = [0u8; 64];
+        socket
+            .recv(&mut buf)
+            .expect_err("an answer from no endpoint")
+    });
+    assert_eq!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{error}"
+    );
+    drop(datapath);
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use bosun_netdp::nodeport::{
     NodePortEvent, NodePortEventReader, NODEPORT_EVENT_NEW_FLOW, NODEPORT_EVENT_NO_BACKEND,
-    NODEPORT_EVENT_NO_SNAT,
+    NODEPORT_EVENT_NO_SNAT, NODEPORT_EVENT_REFUSED,
 };
 use bosun_netdp::policy::{read_names, Direction, EventReader, FlowEvent, PolicyProtocol};
 use clap::{Args, ValueEnum};
@@ -229,7 +229,7 @@ async fn print_verdict(args: &MonitorArgs, names: &mut Names, event: FlowEvent) 
 #[serde(rename_all = "camelCase")]
 struct Outside {
     time: String,
-    /// `NAT` or `DROPPED`.
+    /// `NAT`, `REFUSED` (an ICMP error sent back) or `DROPPED`.
     event: &'static str,
     client: String,
     frontend: String,
@@ -252,7 +252,11 @@ fn print_outside(args: &MonitorArgs, event: &NodePortEvent) -> Result<()> {
     };
     let outside = Outside {
         time: wall_time(event.time_ns),
-        event: if taken { "NAT" } else { "DROPPED" },
+        event: match event.kind {
+            NODEPORT_EVENT_NEW_FLOW => "NAT",
+            NODEPORT_EVENT_REFUSED => "REFUSED",
+            _ => "DROPPED",
+        },
         client: at(event.client, event.client_port),
         frontend: at(event.frontend, event.frontend_port),
         backend: (event.backend != [0; 4]).then(|| at(event.backend, event.backend_port)),
@@ -261,6 +265,9 @@ fn print_outside(args: &MonitorArgs, event: &NodePortEvent) -> Result<()> {
             .map_or_else(|| format!("proto-{}", event.protocol), |p| p.to_string()),
         reason: (!taken).then_some(match event.kind {
             NODEPORT_EVENT_NO_BACKEND => "no backend for traffic from outside",
+            NODEPORT_EVENT_REFUSED => {
+                "the Service has no endpoint: refused with an ICMP port unreachable"
+            }
             NODEPORT_EVENT_NO_SNAT => "no SNAT address or port for a backend on another node",
             _ => "the NAT table refused the flow",
         }),

@@ -405,6 +405,9 @@ pub const NODEPORT_EVENT_NO_BACKEND: u8 = 1;
 pub const NODEPORT_EVENT_NO_SNAT: u8 = 2;
 /// [`NodePortEvent::kind`]: dropped, the NAT table refused the flow's entries.
 pub const NODEPORT_EVENT_TABLE_REFUSED: u8 = 3;
+/// [`NodePortEvent::kind`]: refused, the Service has no endpoint at all: kube-proxy's REJECT,
+/// an ICMP port unreachable sent back to the client in the packet's place.
+pub const NODEPORT_EVENT_REFUSED: u8 = 4;
 
 /// A record of [`NODEPORT_EVENT_MAP`]. Addresses and ports in network order.
 #[repr(C)]

@@ -7,10 +7,13 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, BPF_NOEXIST,
-        TC_ACT_UNSPEC,
+        BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM,
+        BPF_NOEXIST, TC_ACT_UNSPEC,
     },
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect,
+        bpf_skb_change_tail,
+    },
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, RingBuf},
     programs::TcContext,
@@ -19,9 +22,9 @@ use bosun_ebpf_abi::{
     flow_hash, ExternalBackend, MaglevTable, NatKey, NatValue, NodePortConfig, NodePortEvent,
     ServiceKey, EXTERNAL_BACKEND_LOCAL, MAGLEV_MAX_ENTRIES, MAGLEV_TABLE_SIZE, NAT_CLOSING,
     NAT_EGRESS, NAT_MAX_ENTRIES, NAT_REPLY, NAT_SNAT, NODEPORT_EVENT_NEW_FLOW,
-    NODEPORT_EVENT_NO_BACKEND, NODEPORT_EVENT_NO_SNAT, NODEPORT_EVENT_RING_BYTES,
-    NODEPORT_EVENT_TABLE_REFUSED, PROTOCOL_TCP, PROTOCOL_UDP, SERVICE_FLAG_EXTERNAL, SNAT_PORT_MAX,
-    SNAT_PORT_MIN,
+    NODEPORT_EVENT_NO_BACKEND, NODEPORT_EVENT_NO_SNAT, NODEPORT_EVENT_REFUSED,
+    NODEPORT_EVENT_RING_BYTES, NODEPORT_EVENT_TABLE_REFUSED, PROTOCOL_TCP, PROTOCOL_UDP,
+    SERVICE_FLAG_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 use crate::{copied, parse, Packet, BOSUN_SVC_V1, ETH_HLEN, NS_PER_SEC};
@@ -116,8 +119,12 @@ fn from_outside(ctx: &TcContext) -> i32 {
     if service.flags & SERVICE_FLAG_EXTERNAL == 0 {
         return PASS;
     }
-    // No backend for traffic from outside (none at all, or none on this node under
-    // `externalTrafficPolicy: Local`): kube-proxy drops it too.
+    // No endpoint at all (the count is the Cluster policy's, which node-originated traffic
+    // uses whatever the traffic policies): kube-proxy rejects.
+    if service.count == 0 {
+        return refuse(ctx, &packet);
+    }
+    // None on this node under `externalTrafficPolicy: Local`: kube-proxy drops.
     let Some(table) = BOSUN_MAG_V1.get_ptr(service.id) else {
         return dropped(&packet, None, NODEPORT_EVENT_NO_BACKEND);
     };
@@ -170,6 +177,80 @@ fn from_outside(ctx: &TcContext) -> i32 {
     }
     report(&packet, Some(&backend), snat_port, NODEPORT_EVENT_NEW_FLOW);
     rewrite(ctx, &packet, &dnat)
+}
+
+/// The length of a refusal: Ethernet, IPv4 and ICMP headers, then what it quotes of the
+/// packet refused (its IPv4 header and the first 8 bytes of its transport header, RFC 792).
+const REFUSAL_LEN: usize = ETH_HLEN + IPV4_HLEN + ICMP_HLEN + QUOTED_LEN;
+const IPV4_HLEN: usize = 20;
+const ICMP_HLEN: usize = 8;
+const QUOTED_LEN: usize = IPV4_HLEN + 8;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+const PROTOCOL_ICMP: u8 = 1;
+
+/// kube-proxy's REJECT of a packet to a Service without endpoints (iptables' default
+/// `icmp-port-unreachable`): the packet is rewritten in place into an ICMP port unreachable
+/// from the address it was sent to, and sent back out of the interface it came in by, so the
+/// client fails at once (`ECONNREFUSED`) instead of retrying into silence. A packet with IP
+/// options, or one the rewrite fails on, is dropped.
+#[inline(always)]
+fn refuse(ctx: &TcContext, packet: &Packet) -> i32 {
+    report(packet, None, [0; 2], NODEPORT_EVENT_REFUSED);
+    if usize::from(packet.transport) != ETH_HLEN + IPV4_HLEN {
+        return DROP;
+    }
+    let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
+        return DROP;
+    };
+    let Ok(quoted) = ctx.load::<[u8; QUOTED_LEN]>(ETH_HLEN) else {
+        return DROP;
+    };
+    // SAFETY: the context's own socket buffer, with a length within what the helper accepts.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, REFUSAL_LEN as u32, 0) } != 0 {
+        return DROP;
+    }
+    let mut frame = [0u8; REFUSAL_LEN];
+    // Back the way it came: the sender's MAC address is the next hop's.
+    frame[..6].copy_from_slice(&macs[6..]);
+    frame[6..12].copy_from_slice(&macs[..6]);
+    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = ETH_HLEN;
+    frame[ip] = 0x45;
+    // IPTOS_PREC_INTERNETCONTROL, as the kernel's own ICMP errors.
+    frame[ip + 1] = 0xc0;
+    frame[ip + 2..ip + 4].copy_from_slice(&((REFUSAL_LEN - ETH_HLEN) as u16).to_be_bytes());
+    frame[ip + 8] = 64;
+    frame[ip + 9] = PROTOCOL_ICMP;
+    frame[ip + 12..ip + 16].copy_from_slice(&packet.destination);
+    frame[ip + 16..ip + 20].copy_from_slice(&packet.source);
+    let check = checksum(&frame[ip..ip + IPV4_HLEN]);
+    frame[ip + 10..ip + 12].copy_from_slice(&check);
+    let icmp = ip + IPV4_HLEN;
+    frame[icmp] = ICMP_DEST_UNREACH;
+    frame[icmp + 1] = ICMP_PORT_UNREACH;
+    frame[icmp + ICMP_HLEN..].copy_from_slice(&quoted);
+    let check = checksum(&frame[icmp..]);
+    frame[icmp + 2..icmp + 4].copy_from_slice(&check);
+    // The receive checksum (CHECKSUM_COMPLETE) is kept true to the new bytes.
+    if ctx.store(0, &frame, BPF_F_RECOMPUTE_CSUM.into()).is_err() {
+        return DROP;
+    }
+    // SAFETY: the context's own socket buffer, read; and a helper call with plain integers.
+    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+}
+
+/// The Internet checksum of `bytes` (an even number of them), in network order.
+#[inline(always)]
+fn checksum(bytes: &[u8]) -> [u8; 2] {
+    let mut sum = 0u32;
+    for pair in bytes.chunks_exact(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (!(sum as u16)).to_be_bytes()
 }
 
 /// Reports a packet dropped for `kind`'s reason, and drops it.
