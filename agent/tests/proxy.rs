@@ -611,6 +611,37 @@ async fn health_check_scenario(plane: &ControlPlane, dir: &Path, log: &Path) -> 
         .kubectl(["delete", "-f", &file.to_string_lossy()])
         .await?;
 
+    // Two Services asking for one external IP and port: the first by name has it, and the
+    // other is told why not in a Warning event, naming the field and the value.
+    let file = dir.join("claims.yaml");
+    let claim = |name: &str| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  externalIPs: [10.234.9.200]
+  ports: [{{name: http, port: 8081, targetPort: 8080}}]
+"
+        )
+    };
+    std::fs::write(
+        &file,
+        format!("{}---\n{}", claim("claim-a"), claim("claim-b")),
+    )?;
+    plane
+        .kubectl(["apply", "-f", &file.to_string_lossy()])
+        .await?;
+    let message = until_event(plane, "claim-b", "FailedToProgramService").await?;
+    assert!(
+        message.starts_with("spec.externalIPs[0]: \"10.234.9.200\": frontend 10.234.9.200:8081")
+            && message.contains("default/claim-a"),
+        "{message}"
+    );
+    plane
+        .kubectl(["delete", "-f", &file.to_string_lossy()])
+        .await?;
+
     // The Service goes: so does its health check.
     plane.kubectl(["delete", "service", "lb"]).await?;
     until_closed(health_port).await?;
