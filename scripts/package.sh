@@ -12,7 +12,8 @@
 #
 # Versions: the workspace's version plus the git revision, ordered by the number of commits:
 # deb 0.1.0+git812.g0123456789ab-1, rpm 0.1.0-1.git812.g0123456789ab; `bosun version` prints
-# the same revision. The image is named localhost/bosun/bosun:<workspace version>.
+# the same revision. The image is named localhost/bosun/bosun:<workspace version> and
+# localhost/bosun/bosun:<workspace version>-git812.g0123456789ab.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -75,8 +76,11 @@ cmd_build() {
     local stage=$OUT/stage
     mkdir -p "$stage"
     strip -o "$stage/bosun" "$binary"
+    # Two names: the version (what the DaemonSet names) and the version with the revision.
     cargo run -q --locked -p bosun-tests --bin bosun-image -- --binary "$stage/bosun" \
-        --reference "localhost/bosun/bosun:$version" --out "$OUT/bosun-image-$version.tar" >/dev/null
+        --reference "localhost/bosun/bosun:$version" \
+        --reference "localhost/bosun/bosun:$version-git$count.g$revision" \
+        --out "$OUT/bosun-image-$version.tar" >/dev/null
     rm -rf "$stage"
     ls -1 "$OUT"/*.deb "$OUT"/*.rpm "$OUT"/bosun-image-*.tar
 }

@@ -827,12 +827,17 @@ async fn image_as_pod(
     let opened = bosun_tests::ImageArchive::open(archive)?;
     ctr_import(node, archive).await?;
     let cri = node.cri().await?;
+    // Under each of its names: the version's, and the one with the git revision.
     anyhow::ensure!(
-        cri.wait_for_image(&opened.reference, Duration::from_secs(10))
-            .await?,
-        "CRI does not list {} after ctr imported it",
-        opened.reference
+        opened.aliases.iter().any(|alias| alias.contains("-git")),
+        "the image has no name with the git revision: {opened:?}"
     );
+    for name in std::iter::once(&opened.reference).chain(&opened.aliases) {
+        anyhow::ensure!(
+            cri.wait_for_image(name, Duration::from_secs(10)).await?,
+            "CRI does not list {name} after ctr imported it"
+        );
+    }
 
     let manifests = manifests_dir();
     plane

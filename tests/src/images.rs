@@ -67,6 +67,8 @@ pub struct ImageArchive {
     pub path: PathBuf,
     /// The full image reference the archive names itself with, e.g. [`PAUSE_IMAGE`].
     pub reference: String,
+    /// Further references to the same image (bosun's: the tag with the git revision).
+    pub aliases: Vec<String>,
     /// `sha256:…` of the image manifest.
     pub manifest_digest: String,
     /// `sha256:…` of the image config: the image ID that CRI's ListImages reports.
@@ -159,9 +161,12 @@ fn cached(
 pub fn build_bosun_image(
     binary: &Path,
     reference: &str,
+    aliases: &[String],
     out: &Path,
 ) -> Result<ImageArchive, ImageError> {
-    write_archive(bosun_spec(binary, reference)?, out)
+    let mut spec = bosun_spec(binary, reference)?;
+    spec.aliases = aliases.to_vec();
+    write_archive(spec, out)
 }
 
 fn bosun_spec(binary: &Path, reference: &str) -> Result<ImageSpec, ImageError> {
@@ -201,6 +206,7 @@ fn bosun_spec(binary: &Path, reference: &str) -> Result<ImageSpec, ImageError> {
         layer.push(Entry::file(&relative, 0o755, read(&library)?));
     }
     Ok(ImageSpec {
+        aliases: Vec::new(),
         reference: reference.to_owned(),
         layer,
         entrypoint: Some(vec!["/usr/bin/bosun".to_owned()]),
@@ -317,6 +323,7 @@ fn pause_spec() -> Result<ImageSpec, ImageError> {
     )?;
     let binary = read(&workdir.path().join("pause"))?;
     Ok(ImageSpec {
+        aliases: Vec::new(),
         reference: PAUSE_IMAGE.to_owned(),
         layer: vec![Entry::file("pause", 0o755, binary)],
         entrypoint: Some(vec!["/pause".to_owned()]),
@@ -361,6 +368,7 @@ fn busybox_spec() -> Result<ImageSpec, ImageError> {
         layer.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
     }
     Ok(ImageSpec {
+        aliases: Vec::new(),
         reference: BUSYBOX_IMAGE.to_owned(),
         layer,
         entrypoint: None,
@@ -370,6 +378,7 @@ fn busybox_spec() -> Result<ImageSpec, ImageError> {
 
 fn write_archive(spec: ImageSpec, out: &Path) -> Result<ImageArchive, ImageError> {
     let reference = spec.reference.clone();
+    let aliases = spec.aliases.clone();
     let (bytes, manifest_digest, config_digest) = oci::layout_archive(spec)?;
     // Written beside its final name and renamed, so a reader never sees half an archive.
     let dir = out.parent().unwrap_or(Path::new("."));
@@ -387,6 +396,7 @@ fn write_archive(spec: ImageSpec, out: &Path) -> Result<ImageArchive, ImageError
     Ok(ImageArchive {
         path: out.to_owned(),
         reference,
+        aliases,
         manifest_digest,
         config_digest,
     })
@@ -531,9 +541,16 @@ mod tests {
         let built = build_bosun_image(
             binary,
             "localhost/bosun/bosun:test",
+            &["localhost/bosun/bosun:test-git1.g0123456789ab".to_owned()],
             &dir.path().join("b.tar"),
         )?;
-        assert_eq!(ImageArchive::open(&built.path)?, built);
+        // Both names read back, of the one manifest.
+        let opened = ImageArchive::open(&built.path)?;
+        assert_eq!(opened, built);
+        assert_eq!(
+            opened.aliases,
+            ["localhost/bosun/bosun:test-git1.g0123456789ab"]
+        );
         Ok(())
     }
 

@@ -14,9 +14,10 @@ struct Cli {
     /// The bosun binary to put in the image.
     #[arg(long)]
     binary: PathBuf,
-    /// The full reference the archive names the image with.
-    #[arg(long)]
-    reference: String,
+    /// The full reference the archive names the image with; repeated, the image gets each
+    /// (`ctr images import` makes an image of each name).
+    #[arg(long = "reference", required = true)]
+    references: Vec<String>,
     /// Where to write the archive.
     #[arg(long)]
     out: PathBuf,
@@ -24,13 +25,18 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let archive = bosun_tests::images::build_bosun_image(&cli.binary, &cli.reference, &cli.out)
+    let (reference, aliases) = cli
+        .references
+        .split_first()
+        .context("no --reference: the image needs a name")?;
+    let archive = bosun_tests::images::build_bosun_image(&cli.binary, reference, aliases, &cli.out)
         .with_context(|| format!("writing the image of {}", cli.binary.display()))?;
-    println!(
-        "{} {} {}",
-        archive.path.display(),
-        archive.reference,
-        archive.manifest_digest
-    );
+    for name in std::iter::once(&archive.reference).chain(&archive.aliases) {
+        println!(
+            "{} {name} {}",
+            archive.path.display(),
+            archive.manifest_digest
+        );
+    }
     Ok(())
 }

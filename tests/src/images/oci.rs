@@ -192,6 +192,8 @@ struct OciLayout {
 pub(crate) struct ImageSpec {
     /// The full reference, e.g. `localhost/bosun/pause:1`.
     pub reference: String,
+    /// More references to the same image, each its own entry of the index.
+    pub aliases: Vec<String>,
     pub layer: Vec<Entry>,
     pub entrypoint: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,
@@ -240,19 +242,25 @@ pub(crate) fn layout_archive(spec: ImageSpec) -> Result<(Vec<u8>, String, String
         layers: vec![Descriptor::of(MEDIA_TYPE_LAYER_GZIP, &layer)],
     })?;
 
-    let mut manifest_descriptor = Descriptor::of(MEDIA_TYPE_MANIFEST, &manifest);
-    manifest_descriptor.annotations.insert(
-        ANNOTATION_CONTAINERD_NAME.to_owned(),
-        spec.reference.clone(),
-    );
-    manifest_descriptor.annotations.insert(
-        ANNOTATION_REF_NAME.to_owned(),
-        tag_of(&spec.reference).to_owned(),
-    );
+    // One entry of the index per name, all of the one manifest: `ctr images import` makes
+    // an image of each.
+    let manifests = std::iter::once(&spec.reference)
+        .chain(&spec.aliases)
+        .map(|reference| {
+            let mut descriptor = Descriptor::of(MEDIA_TYPE_MANIFEST, &manifest);
+            descriptor
+                .annotations
+                .insert(ANNOTATION_CONTAINERD_NAME.to_owned(), reference.clone());
+            descriptor
+                .annotations
+                .insert(ANNOTATION_REF_NAME.to_owned(), tag_of(reference).to_owned());
+            descriptor
+        })
+        .collect();
     let index = json(&Index {
         schema_version: 2,
         media_type: MEDIA_TYPE_INDEX.to_owned(),
-        manifests: vec![manifest_descriptor],
+        manifests,
     })?;
     let oci_layout = json(&OciLayout {
         image_layout_version: "1.0.0".to_owned(),
@@ -357,27 +365,36 @@ pub(crate) fn read_layout_archive(path: &Path, check: Check) -> Result<ImageArch
             .ok_or_else(|| invalid("no index.json".to_owned()))?,
     )
     .map_err(|e| invalid(format!("index.json: {e}")))?;
-    let [manifest_descriptor] = index.manifests.as_slice() else {
-        return Err(invalid(format!(
-            "index.json names {} manifests, expected 1",
-            index.manifests.len()
-        )));
+    // One image under one or more names: every entry of the index is the same manifest.
+    let Some(manifest_descriptor) = index.manifests.first() else {
+        return Err(invalid("index.json names no manifest".to_owned()));
     };
-    let reference = manifest_descriptor
-        .annotations
-        .get(ANNOTATION_CONTAINERD_NAME)
-        .ok_or_else(|| invalid(format!("the manifest has no {ANNOTATION_CONTAINERD_NAME}")))?
-        .clone();
-    if manifest_descriptor
-        .annotations
-        .get(ANNOTATION_REF_NAME)
-        .map(String::as_str)
-        != Some(tag_of(&reference))
-    {
-        return Err(invalid(format!(
-            "{ANNOTATION_REF_NAME} does not match {reference}"
-        )));
+    let mut names = Vec::new();
+    for descriptor in &index.manifests {
+        if descriptor.digest != manifest_descriptor.digest {
+            return Err(invalid(format!(
+                "index.json names two manifests, {} and {}",
+                manifest_descriptor.digest, descriptor.digest
+            )));
+        }
+        let reference = descriptor
+            .annotations
+            .get(ANNOTATION_CONTAINERD_NAME)
+            .ok_or_else(|| invalid(format!("a manifest has no {ANNOTATION_CONTAINERD_NAME}")))?
+            .clone();
+        if descriptor
+            .annotations
+            .get(ANNOTATION_REF_NAME)
+            .map(String::as_str)
+            != Some(tag_of(&reference))
+        {
+            return Err(invalid(format!(
+                "{ANNOTATION_REF_NAME} does not match {reference}"
+            )));
+        }
+        names.push(reference);
     }
+    let reference = names.remove(0);
     let manifest: Manifest = serde_json::from_slice(blob(manifest_descriptor)?)
         .map_err(|e| invalid(format!("manifest: {e}")))?;
     let config: ImageConfig = serde_json::from_slice(blob(&manifest.config)?)
@@ -409,6 +426,7 @@ pub(crate) fn read_layout_archive(path: &Path, check: Check) -> Result<ImageArch
     Ok(ImageArchive {
         path: path.to_owned(),
         reference,
+        aliases: names,
         manifest_digest: manifest_descriptor.digest.clone(),
         config_digest: manifest.config.digest.clone(),
     })
