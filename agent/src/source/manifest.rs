@@ -534,27 +534,41 @@ fn read_manifest_file(file: &Path, node_name: &str, seen: &str) -> Option<FileMa
     // A single named file (staticPodPath pointing at a file) may have any name: YAML
     // covers JSON too.
     let format = format_of(file).unwrap_or(Format::Yaml);
-    let Documents {
-        values,
-        syntax_error,
-    } = parse_documents(&bytes, format);
-    let multiple = values.len() + usize::from(syntax_error.is_some()) > 1;
-    let document_number = |index: usize| multiple.then_some(index + 1);
-
-    for (index, value) in values {
+    // Documents are numbered in messages only in a file of more than one, which is known at
+    // the second: the first waits for it. Each is read as it is parsed and dropped, so a file
+    // of 60,000 objects is never held whole as generic values (300 MiB at 30,000 Services).
+    let mut first: Option<(usize, Value)> = None;
+    let mut multiple = false;
+    let mut read = |index: usize, value: Value, numbered: bool| {
         let mut reader = DocumentReader {
             file,
-            document: document_number(index),
+            document: numbered.then_some(index + 1),
             node_name,
             seen,
             out: &mut out,
         };
         reader.read(value, format);
+    };
+    let syntax_error = for_each_document(&bytes, format, |index, value| {
+        if multiple {
+            read(index, value, true);
+        } else if let Some((first_index, first_value)) = first.take() {
+            multiple = true;
+            read(first_index, first_value, true);
+            read(index, value, true);
+        } else {
+            first = Some((index, value));
+        }
+    });
+    if let Some((index, value)) = first {
+        // One document, and a second that did not parse: both are numbered.
+        multiple = syntax_error.is_some();
+        read(index, value, multiple);
     }
     if let Some((index, message)) = syntax_error {
         out.errors.push(ManifestError {
             file: file.to_path_buf(),
-            document: document_number(index),
+            document: multiple.then_some(index + 1),
             field: String::new(),
             message,
         });
@@ -562,37 +576,34 @@ fn read_manifest_file(file: &Path, node_name: &str, seen: &str) -> Option<FileMa
     Some(out)
 }
 
-/// What a file holds, before it is understood.
-#[derive(Default)]
-struct Documents {
-    /// The non-empty documents with their 0-based position.
-    values: Vec<(usize, Value)>,
-    /// The syntax error that ended reading, with the position of its document. YAML cannot
-    /// be read reliably past one, so the documents before it are kept and the rest dropped.
-    syntax_error: Option<(usize, String)>,
-}
-
-fn parse_documents(bytes: &[u8], format: Format) -> Documents {
-    let mut documents = Documents::default();
+/// Hands each non-empty document of a file to `each` with its 0-based position, as it is
+/// parsed; returns the syntax error that ended reading, with the position of its document.
+/// YAML cannot be read reliably past one, so the documents before it are read and the rest
+/// not.
+fn for_each_document(
+    bytes: &[u8],
+    format: Format,
+    mut each: impl FnMut(usize, Value),
+) -> Option<(usize, String)> {
     match format {
         Format::Json => match serde_json::from_slice::<Value>(bytes) {
-            Ok(value) => documents.values.push((0, value)),
-            Err(err) => documents.syntax_error = Some((0, format!("invalid JSON: {err}"))),
+            Ok(value) => {
+                each(0, value);
+                None
+            }
+            Err(err) => Some((0, format!("invalid JSON: {err}"))),
         },
         Format::Yaml => {
             for (index, document) in serde_yaml::Deserializer::from_slice(bytes).enumerate() {
                 match Value::deserialize(document) {
                     Ok(Value::Null) => {}
-                    Ok(value) => documents.values.push((index, value)),
-                    Err(err) => {
-                        documents.syntax_error = Some((index, format!("invalid YAML: {err}")));
-                        break;
-                    }
+                    Ok(value) => each(index, value),
+                    Err(err) => return Some((index, format!("invalid YAML: {err}"))),
                 }
             }
+            None
         }
     }
-    documents
 }
 
 /// A kind other than Pod that bosun keeps for later use.

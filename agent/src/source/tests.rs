@@ -527,6 +527,38 @@ spec:
 }
 
 #[test]
+fn documents_are_numbered_only_in_a_file_of_several_the_broken_one_included() {
+    // One good document and one that does not parse: two documents, so both get numbers; the
+    // good one is read.
+    let dir = Dir::with(&[(
+        "app.yaml",
+        &format!("{WEB}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: broken\n"),
+    )]);
+    let snapshot = dir.scan();
+    let errors = dir.errors(&snapshot);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("pods/app.yaml: document 2: invalid YAML: "),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(
+        snapshot.pods.keys().collect::<Vec<_>>(),
+        ["default/web-node1"]
+    );
+    // One bad document alone: no number.
+    let dir = Dir::with(&[(
+        "app.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: bad}\nspec:\n  containers: [{name: app}]\n",
+    )]);
+    let snapshot = dir.scan();
+    assert_eq!(
+        dir.errors(&snapshot),
+        ["pods/app.yaml: spec.containers[0].image: required value"]
+    );
+}
+
+#[test]
 fn a_bad_file_does_not_stop_the_others() {
     let dir = Dir::with(&[
         ("a-broken.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: broken\n"),
