@@ -275,6 +275,34 @@ fn serve(ns: &str, address: Ipv4Addr, name: &'static str) {
     });
 }
 
+/// The programs' events, read one at a time on a runtime of their own.
+struct Events {
+    runtime: tokio::runtime::Runtime,
+    reader: nodeport::NodePortEventReader,
+}
+
+impl Events {
+    fn open(topology: &Topology) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a Tokio runtime");
+        let reader = {
+            let _context = runtime.enter();
+            nodeport::NodePortEventReader::open(&topology.bpf_dir).expect("open the event ring")
+        };
+        Events { runtime, reader }
+    }
+
+    /// The next event, within [`TIMEOUT`].
+    fn next(&mut self) -> nodeport::NodePortEvent {
+        self.runtime
+            .block_on(async { tokio::time::timeout(TIMEOUT, self.reader.next()).await })
+            .expect("an event in time")
+            .unwrap_or_else(|e| panic!("read an event: {}", chain(&e)))
+    }
+}
+
 /// A TCP connection from the client to the node port.
 fn connect(topology: &Topology) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {
     let to = SocketAddrV4::new(topology.address(1), NODE_PORT);
@@ -455,20 +483,8 @@ fn new_flows_and_drops_are_reported_as_events() {
     let topology = Topology::new(5);
     serve(&topology.ns("pod"), topology.address(66), "pod");
     let datapath = topology.install();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime");
-    let mut events = {
-        let _context = runtime.enter();
-        nodeport::NodePortEventReader::open(&topology.bpf_dir).expect("open the event ring")
-    };
-    let mut next = || {
-        runtime
-            .block_on(async { tokio::time::timeout(TIMEOUT, events.next()).await })
-            .expect("an event in time")
-            .unwrap_or_else(|e| panic!("read an event: {}", chain(&e)))
-    };
+    let mut events = Events::open(&topology);
+    let mut next = || events.next();
 
     // A flow to the local pod: one NAT event for it.
     topology
@@ -552,14 +568,7 @@ fn a_node_port_is_served_by_clsact_filters_on_kernels_without_tcx() {
 fn a_service_without_endpoints_refuses_outside_clients_with_an_icmp_error() {
     let topology = Topology::new(7);
     let datapath = topology.install();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime");
-    let mut events = {
-        let _context = runtime.enter();
-        nodeport::NodePortEventReader::open(&topology.bpf_dir).expect("open the event ring")
-    };
+    let mut events = Events::open(&topology);
     topology
         .reconciler()
         .apply(&[
@@ -578,10 +587,7 @@ fn a_service_without_endpoints_refuses_outside_clients_with_an_icmp_error() {
         "{error} after {:?}",
         started.elapsed()
     );
-    let event = runtime
-        .block_on(async { tokio::time::timeout(TIMEOUT, events.next()).await })
-        .expect("an event in time")
-        .unwrap_or_else(|e| panic!("read an event: {}", chain(&e)));
+    let event = events.next();
     assert_eq!(event.kind, nodeport::NODEPORT_EVENT_REFUSED);
     assert_eq!(event.client, topology.address(2).octets());
     assert_eq!(event.frontend, topology.address(1).octets());
