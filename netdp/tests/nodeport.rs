@@ -609,5 +609,37 @@ fn a_service_without_endpoints_refuses_outside_clients_with_an_icmp_error() {
         std::io::ErrorKind::ConnectionRefused,
         "{error}"
     );
+
+    // A flood is not reflected whole: at most 1000 refusals a second on each CPU, so 10,000
+    // datagrams sent at once get at most 2 seconds' worth on this machine's CPUs.
+    let limit = 2 * 1000 * thread::available_parallelism().map_or(1, |n| n.get());
+    let sent = 10_000;
+    let received = in_netns(&topology.ns("cli"), || {
+        let before = icmp_unreachables_received();
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+        for _ in 0..sent {
+            // An unconnected socket: its sends do not stop at the first error.
+            socket.send_to(b"flood", to).expect("send");
+        }
+        thread::sleep(Duration::from_millis(300));
+        icmp_unreachables_received() - before
+    });
+    assert!(
+        received > 0 && received <= limit as u64,
+        "{received} port unreachables for {sent} datagrams (limit {limit})"
+    );
     drop(datapath);
+}
+
+/// `Icmp: InDestUnreachs` of the calling thread's network namespace.
+fn icmp_unreachables_received() -> u64 {
+    let snmp = fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
+    let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp: "));
+    let (names, values) = (icmp.next().expect("names"), icmp.next().expect("values"));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "InDestUnreachs")
+        .and_then(|(_, value)| value.parse().ok())
+        .expect("InDestUnreachs")
 }

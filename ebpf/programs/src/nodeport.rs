@@ -15,7 +15,7 @@ use aya_ebpf::{
         bpf_skb_change_tail,
     },
     macros::{classifier, map},
-    maps::{Array, HashMap, LruHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use bosun_ebpf_abi::{
@@ -68,6 +68,11 @@ static BOSUN_NAT_V1: LruHashMap<NatKey, NatValue> =
 /// `bosun_ebpf_abi::NODEPORT_CONFIG_MAP`.
 #[map]
 static BOSUN_NPCFG_V1: Array<NodePortConfig> = Array::with_max_entries(1, 0);
+
+/// The refusals each CPU sent in the current second (see [`refusal_allowed`]). Not pinned:
+/// a restart starts the count again.
+#[map]
+static BOSUN_NPREF_V1: PerCpuArray<RefusalWindow> = PerCpuArray::with_max_entries(1, 0);
 
 /// `bosun_ebpf_abi::NODEPORT_EVENT_MAP`.
 #[map]
@@ -122,7 +127,7 @@ fn from_outside(ctx: &TcContext) -> i32 {
     // No endpoint at all (the count is the Cluster policy's, which node-originated traffic
     // uses whatever the traffic policies): kube-proxy rejects.
     if service.count == 0 {
-        return refuse(ctx, &packet);
+        return refuse(ctx, &packet, now);
     }
     // None on this node under `externalTrafficPolicy: Local`: kube-proxy drops.
     let Some(table) = BOSUN_MAG_V1.get_ptr(service.id) else {
@@ -189,13 +194,47 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 const PROTOCOL_ICMP: u8 = 1;
 
+/// How many refusals each CPU sends in a second at the most: the kernel's own ICMP errors,
+/// kube-proxy's REJECT among them, are bounded by `icmp_msgs_per_sec` (1000 by default), so a
+/// flood to a Service without endpoints is not reflected at line rate. Beyond it, dropped.
+const REFUSALS_PER_SECOND: u32 = 1000;
+
+/// A CPU's count of refusals since `start_ns`.
+#[derive(Clone, Copy)]
+struct RefusalWindow {
+    start_ns: u64,
+    count: u32,
+}
+
+/// Whether one more refusal fits this CPU's second, counting it if so.
+#[inline(always)]
+fn refusal_allowed(now: u64) -> bool {
+    let Some(window) = BOSUN_NPREF_V1.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's own slot, valid until return; nothing else runs on this CPU meanwhile.
+    let window = unsafe { &mut *window };
+    if now.wrapping_sub(window.start_ns) >= NS_PER_SEC {
+        window.start_ns = now;
+        window.count = 0;
+    }
+    if window.count >= REFUSALS_PER_SECOND {
+        return false;
+    }
+    window.count += 1;
+    true
+}
+
 /// kube-proxy's REJECT of a packet to a Service without endpoints (iptables' default
 /// `icmp-port-unreachable`): the packet is rewritten in place into an ICMP port unreachable
 /// from the address it was sent to, and sent back out of the interface it came in by, so the
 /// client fails at once (`ECONNREFUSED`) instead of retrying into silence. A packet with IP
-/// options, or one the rewrite fails on, is dropped.
+/// options, one the rewrite fails on, or one beyond [`REFUSALS_PER_SECOND`] is dropped.
 #[inline(always)]
-fn refuse(ctx: &TcContext, packet: &Packet) -> i32 {
+fn refuse(ctx: &TcContext, packet: &Packet, now: u64) -> i32 {
+    if !refusal_allowed(now) {
+        return dropped(packet, None, NODEPORT_EVENT_NO_BACKEND);
+    }
     report(packet, None, [0; 2], NODEPORT_EVENT_REFUSED);
     if usize::from(packet.transport) != ETH_HLEN + IPV4_HLEN {
         return DROP;
