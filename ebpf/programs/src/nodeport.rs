@@ -27,7 +27,7 @@ use bosun_ebpf_abi::{
     SERVICE_FLAG_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
-use crate::{copied, parse, Packet, BOSUN_SVC_V1, ETH_HLEN, NS_PER_SEC};
+use crate::{copied, parse, Packet, BOSUN_SVC_V1, ETH_HLEN, ETH_P_IP, IPV4_MIN_HLEN, NS_PER_SEC};
 
 /// Lets the packet go on (to the next program under tcx).
 const PASS: i32 = TC_ACT_UNSPEC;
@@ -186,10 +186,9 @@ fn from_outside(ctx: &TcContext) -> i32 {
 
 /// The length of a refusal: Ethernet, IPv4 and ICMP headers, then what it quotes of the
 /// packet refused (its IPv4 header and the first 8 bytes of its transport header, RFC 792).
-const REFUSAL_LEN: usize = ETH_HLEN + IPV4_HLEN + ICMP_HLEN + QUOTED_LEN;
-const IPV4_HLEN: usize = 20;
+const REFUSAL_LEN: usize = ETH_HLEN + IPV4_MIN_HLEN + ICMP_HLEN + QUOTED_LEN;
 const ICMP_HLEN: usize = 8;
-const QUOTED_LEN: usize = IPV4_HLEN + 8;
+const QUOTED_LEN: usize = IPV4_MIN_HLEN + 8;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 const PROTOCOL_ICMP: u8 = 1;
@@ -229,31 +228,29 @@ fn refusal_allowed(now: u64) -> bool {
 /// `icmp-port-unreachable`): the packet is rewritten in place into an ICMP port unreachable
 /// from the address it was sent to, and sent back out of the interface it came in by, so the
 /// client fails at once (`ECONNREFUSED`) instead of retrying into silence. A packet with IP
-/// options, one the rewrite fails on, or one beyond [`REFUSALS_PER_SECOND`] is dropped.
+/// options, one beyond [`REFUSALS_PER_SECOND`], or one the rewrite fails on is dropped, and
+/// reported so.
 #[inline(always)]
 fn refuse(ctx: &TcContext, packet: &Packet, now: u64) -> i32 {
-    if !refusal_allowed(now) {
-        return dropped(packet, None, NODEPORT_EVENT_NO_BACKEND);
-    }
-    report(packet, None, [0; 2], NODEPORT_EVENT_REFUSED);
-    if usize::from(packet.transport) != ETH_HLEN + IPV4_HLEN {
-        return DROP;
+    let drop = || dropped(packet, None, NODEPORT_EVENT_NO_BACKEND);
+    if usize::from(packet.transport) != ETH_HLEN + IPV4_MIN_HLEN || !refusal_allowed(now) {
+        return drop();
     }
     let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
-        return DROP;
+        return drop();
     };
     let Ok(quoted) = ctx.load::<[u8; QUOTED_LEN]>(ETH_HLEN) else {
-        return DROP;
+        return drop();
     };
     // SAFETY: the context's own socket buffer, with a length within what the helper accepts.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, REFUSAL_LEN as u32, 0) } != 0 {
-        return DROP;
+        return drop();
     }
     let mut frame = [0u8; REFUSAL_LEN];
     // Back the way it came: the sender's MAC address is the next hop's.
     frame[..6].copy_from_slice(&macs[6..]);
     frame[6..12].copy_from_slice(&macs[..6]);
-    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    frame[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
     let ip = ETH_HLEN;
     frame[ip] = 0x45;
     // IPTOS_PREC_INTERNETCONTROL, as the kernel's own ICMP errors.
@@ -263,9 +260,9 @@ fn refuse(ctx: &TcContext, packet: &Packet, now: u64) -> i32 {
     frame[ip + 9] = PROTOCOL_ICMP;
     frame[ip + 12..ip + 16].copy_from_slice(&packet.destination);
     frame[ip + 16..ip + 20].copy_from_slice(&packet.source);
-    let check = checksum(&frame[ip..ip + IPV4_HLEN]);
+    let check = checksum(&frame[ip..ip + IPV4_MIN_HLEN]);
     frame[ip + 10..ip + 12].copy_from_slice(&check);
-    let icmp = ip + IPV4_HLEN;
+    let icmp = ip + IPV4_MIN_HLEN;
     frame[icmp] = ICMP_DEST_UNREACH;
     frame[icmp + 1] = ICMP_PORT_UNREACH;
     frame[icmp + ICMP_HLEN..].copy_from_slice(&quoted);
@@ -273,8 +270,9 @@ fn refuse(ctx: &TcContext, packet: &Packet, now: u64) -> i32 {
     frame[icmp + 2..icmp + 4].copy_from_slice(&check);
     // The receive checksum (CHECKSUM_COMPLETE) is kept true to the new bytes.
     if ctx.store(0, &frame, BPF_F_RECOMPUTE_CSUM.into()).is_err() {
-        return DROP;
+        return drop();
     }
+    report(packet, None, [0; 2], NODEPORT_EVENT_REFUSED);
     // SAFETY: the context's own socket buffer, read; and a helper call with plain integers.
     unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
 }
