@@ -164,12 +164,10 @@ pub fn build_bosun_image(
     aliases: &[String],
     out: &Path,
 ) -> Result<ImageArchive, ImageError> {
-    let mut spec = bosun_spec(binary, reference)?;
-    spec.aliases = aliases.to_vec();
-    write_archive(spec, out)
+    write_archive(bosun_spec(binary, reference, aliases)?, out)
 }
 
-fn bosun_spec(binary: &Path, reference: &str) -> Result<ImageSpec, ImageError> {
+fn bosun_spec(binary: &Path, reference: &str, aliases: &[String]) -> Result<ImageSpec, ImageError> {
     let mut layer = vec![
         Entry::dir("etc", 0o755),
         Entry::file(
@@ -206,7 +204,7 @@ fn bosun_spec(binary: &Path, reference: &str) -> Result<ImageSpec, ImageError> {
         layer.push(Entry::file(&relative, 0o755, read(&library)?));
     }
     Ok(ImageSpec {
-        aliases: Vec::new(),
+        aliases: aliases.to_vec(),
         reference: reference.to_owned(),
         layer,
         entrypoint: Some(vec!["/usr/bin/bosun".to_owned()]),
@@ -514,7 +512,7 @@ mod tests {
     fn bosun_image_holds_the_binary_and_the_libraries_it_loads() -> anyhow::Result<()> {
         // Any dynamically linked program stands in for bosun's binary.
         let binary = Path::new("/bin/ls");
-        let spec = bosun_spec(binary, "localhost/bosun/bosun:test")?;
+        let spec = bosun_spec(binary, "localhost/bosun/bosun:test", &[])?;
         assert_eq!(spec.entrypoint, Some(vec!["/usr/bin/bosun".to_owned()]));
         let paths: Vec<&str> = spec.layer.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"usr/bin/bosun"), "{paths:?}");
