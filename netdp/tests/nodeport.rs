@@ -484,7 +484,6 @@ fn new_flows_and_drops_are_reported_as_events() {
     serve(&topology.ns("pod"), topology.address(66), "pod");
     let datapath = topology.install();
     let mut events = Events::open(&topology);
-    let mut next = || events.next();
 
     // A flow to the local pod: one NAT event for it.
     topology
@@ -493,7 +492,7 @@ fn new_flows_and_drops_are_reported_as_events() {
         .unwrap_or_else(|e| panic!("write the service: {}", chain(&e)));
     let (answer, _) = ask_udp(&topology);
     assert_eq!(answer, "pod 10.212.5.2");
-    let event = next();
+    let event = events.next();
     assert_eq!(event.kind, nodeport::NODEPORT_EVENT_NEW_FLOW);
     assert_eq!(event.client, topology.address(2).octets());
     assert_eq!(event.frontend, topology.address(1).octets());
@@ -510,7 +509,7 @@ fn new_flows_and_drops_are_reported_as_events() {
         .apply(&[topology.service(Protocol::Tcp, &[(193, false)])])
         .unwrap_or_else(|e| panic!("write the service: {}", chain(&e)));
     assert!(connect(&topology).is_err(), "a flow with no SNAT address");
-    let event = next();
+    let event = events.next();
     assert_eq!(event.kind, nodeport::NODEPORT_EVENT_NO_SNAT);
     assert_eq!(event.backend, topology.address(193).octets());
 }
