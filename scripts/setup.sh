@@ -13,6 +13,7 @@ PACKAGES=(
     containerd runc containernetworking-plugins # the runtime the tests drive over CRI
     busybox-static gcc libc6-dev                 # the test images: busybox and a static pause
     iptables iproute2                            # CNI plugins and network namespaces
+    ethtool                                      # the XDP tests: offloads off, as on a wire
     protobuf-compiler                            # containerd-client's build script runs protoc
     systemd-container dbus                       # the systemd cgroup driver's test: a systemd in a container
     ca-certificates

@@ -65,6 +65,11 @@ pub enum Error {
         source: Box<aya::programs::ProgramError>,
     },
 
+    /// The kernel attached an XDP program by netlink, not with a BPF link (it is older than
+    /// 5.9), so the attachment cannot be pinned. Do not retry on this kernel.
+    #[error("the XDP program on {ifname} was attached without a BPF link (a kernel before 5.9)")]
+    XdpWithoutLink { ifname: String },
+
     /// A map lookup failed in the kernel. Unexpected for a map this process created; a retry
     /// may succeed.
     #[error("reading map {map}")]

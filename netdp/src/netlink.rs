@@ -105,6 +105,15 @@ pub fn interface_addresses(ifindex: u32) -> Result<Vec<Ipv4Addr>, Error> {
         .collect())
 }
 
+/// Whether interface `ifindex` of the calling thread's network namespace is a veth.
+pub fn is_veth(ifindex: u32) -> Result<bool, Error> {
+    let link = get_link(ifindex, Path::new(OWN_NETNS))?;
+    Ok(link.attributes.iter().any(|attribute| {
+        matches!(attribute, LinkAttribute::LinkInfo(infos)
+            if infos.iter().any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth))))
+    }))
+}
+
 /// A link of a pod's namespace as [`choose_pod_interface`] weighs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PodLink {

@@ -5,8 +5,9 @@
 //! written by the service reconciler) pinned in the daemon's bpffs directory, and keep their
 //! own under `<bpf_dir>/nodeport`: the NAT table (`BOSUN_NAT_V1`), the configuration
 //! (`BOSUN_NPCFG_V1`) and in `links/` one pin per attached interface and direction,
-//! `<ifindex>_in` and `<ifindex>_out`. Pinned, the programs keep forwarding and the flows keep
-//! their backends while no daemon runs.
+//! `<ifindex>_in` and `<ifindex>_out`, and `<ifindex>_xdp` where the XDP variant of ingress
+//! runs too. Pinned, the programs keep forwarding and the flows keep their backends while no
+//! daemon runs.
 
 use std::{
     net::Ipv4Addr,
@@ -16,7 +17,12 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, MapType},
-    programs::TcAttachType,
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+        TcAttachType, Xdp,
+    },
+    sys::SyscallError,
     EbpfLoader,
 };
 use bosun_ebpf_abi::{
@@ -24,24 +30,26 @@ use bosun_ebpf_abi::{
     NAT_CLOSING, NAT_CLOSING_TIMEOUT_NS, NAT_EGRESS, NAT_MAP, NAT_MAX_ENTRIES,
     NAT_OTHER_TIMEOUT_NS, NAT_REPLY, NAT_SNAT, NAT_TCP_TIMEOUT_NS, NODEPORT_CONFIG_MAP,
     NODEPORT_EGRESS_PROGRAM, NODEPORT_EVENT_MAP, NODEPORT_EVENT_RING_BYTES,
-    NODEPORT_INGRESS_PROGRAM, PROTOCOL_TCP,
+    NODEPORT_INGRESS_PROGRAM, NODEPORT_XDP_PROGRAM, PROTOCOL_TCP,
 };
 
 use crate::{
     object::{shrink_unused_maps, OBJECT, POLICY_MAPS},
     service::{
         bpf::{
-            delete, is_not_found, open_map, prepare_dir, read_error, refuse_mismatched, MapShape,
-            MAP_SHAPES as SERVICE_MAP_SHAPES,
+            delete, is_not_found, open_map, pin_over, prepare_dir, read_error, refuse_mismatched,
+            remove_pin, unpin_link, MapShape, MAP_SHAPES as SERVICE_MAP_SHAPES, NEW_LINK_SUFFIX,
         },
         Protocol,
     },
     tc::{self, classifier, TcHook, TcMode},
-    Error,
+    Error, XdpMode,
 };
 
 /// The directory under the daemon's bpffs directory that holds everything of this module.
 const NODEPORT_DIR: &str = "nodeport";
+/// What follows the ifindex in the name of the XDP program's pin (`12_xdp`).
+const XDP_PIN_SUFFIX: &str = "_xdp";
 
 const HOOKS: [TcHook; 2] = [
     TcHook {
@@ -158,15 +166,131 @@ impl NodePortDatapath {
         Ok(())
     }
 
+    /// Attaches the XDP variant of the ingress program to interface `ifindex` of the calling
+    /// thread's network namespace, in the driver ([`XdpMode::Driver`]), beside the tc programs
+    /// [`NodePortDatapath::attach`] put there, and pins the link. One attached before (by an
+    /// earlier daemon) gets this program in place of its own, without a gap. Fails on an
+    /// interface whose driver does not run XDP, or that another XDP program holds.
+    pub fn attach_xdp(&mut self, ifindex: u32) -> Result<(), Error> {
+        let ifname = tc::interface_name_of(ifindex)?;
+        let pin = xdp_pin(&self.bpf_dir, ifindex);
+        let program = xdp_program(&mut self.ebpf)?;
+        let attach_error = |source| Error::AttachXdp {
+            program: NODEPORT_XDP_PROGRAM,
+            ifname: ifname.clone(),
+            mode: XdpMode::Driver,
+            source: Box::new(source),
+        };
+        match PinnedLink::from_pin(&pin) {
+            Ok(pinned) => {
+                let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|source| {
+                    Error::OpenPinnedLink {
+                        path: pin.clone(),
+                        source: Box::new(source),
+                    }
+                })?;
+                // The pin keeps the link; this process's handle on it may go.
+                let id = program.attach_to_link(link).map_err(attach_error)?;
+                drop(program.take_link(id));
+                Ok(())
+            }
+            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                let id = program
+                    .attach_to_if_index(ifindex, XdpMode::Driver.into())
+                    .map_err(attach_error)?;
+                let link = program.take_link(id).map_err(attach_error)?;
+                // Only a BPF link can be pinned; a kernel before 5.9 attached by netlink.
+                let link = FdLink::try_from(link).map_err(|_| Error::XdpWithoutLink {
+                    ifname: ifname.clone(),
+                })?;
+                let new = pin.with_file_name(format!("{ifindex}{XDP_PIN_SUFFIX}{NEW_LINK_SUFFIX}"));
+                pin_over(link, NODEPORT_XDP_PROGRAM, new, &pin)
+            }
+            Err(source) => Err(Error::OpenPinnedLink {
+                path: pin,
+                source: Box::new(source),
+            }),
+        }
+    }
+
     /// The pinned NAT table and configuration.
     pub fn maps(&self) -> Result<NodePortMaps, Error> {
         NodePortMaps::open(&self.bpf_dir)
     }
 }
 
-/// Takes both programs off `ifindex` (tcx links and clsact filters alike); not an error if
-/// they are not there.
+/// The XDP program, loaded on first use: a daemon that attaches none never verifies it.
+fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, Error> {
+    let program: &mut Xdp = ebpf
+        .program_mut(NODEPORT_XDP_PROGRAM)
+        .ok_or(Error::ProgramMissing {
+            program: NODEPORT_XDP_PROGRAM,
+        })?
+        .try_into()
+        .map_err(|source| Error::LoadProgram {
+            program: NODEPORT_XDP_PROGRAM,
+            source: Box::new(source),
+        })?;
+    if program.fd().is_err() {
+        program.load().map_err(|source| Error::LoadProgram {
+            program: NODEPORT_XDP_PROGRAM,
+            source: Box::new(source),
+        })?;
+    }
+    Ok(program)
+}
+
+/// Takes the XDP program off `ifindex`: its link is unpinned, which detaches it. Not an error
+/// if it is not there.
+pub fn detach_xdp(bpf_dir: &Path, ifindex: u32) -> Result<(), Error> {
+    let pin = xdp_pin(bpf_dir, ifindex);
+    unpin_link(&pin)?;
+    remove_pin(&pin.with_file_name(format!("{ifindex}{XDP_PIN_SUFFIX}{NEW_LINK_SUFFIX}")))
+}
+
+/// The ifindexes where the XDP program is attached (pinned), in order.
+pub fn attached_xdp(bpf_dir: &Path) -> Result<Vec<u32>, Error> {
+    let links = links_dir(bpf_dir);
+    let listing = match std::fs::read_dir(&links) {
+        Ok(listing) => listing,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::Bpffs {
+                call: "readdir",
+                path: links,
+                source,
+            })
+        }
+    };
+    let mut ifindexes = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(|source| Error::Bpffs {
+            call: "readdir",
+            path: links.clone(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let name = name.strip_suffix(NEW_LINK_SUFFIX).unwrap_or(name);
+        if let Some(ifindex) = name
+            .strip_suffix(XDP_PIN_SUFFIX)
+            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse().ok())
+        {
+            ifindexes.push(ifindex);
+        }
+    }
+    ifindexes.sort_unstable();
+    ifindexes.dedup();
+    Ok(ifindexes)
+}
+
+/// Takes the programs off `ifindex` (the XDP one, then tcx links and clsact filters alike);
+/// not an error if they are not there.
 pub fn detach(bpf_dir: &Path, ifindex: u32) -> Result<(), Error> {
+    detach_xdp(bpf_dir, ifindex)?;
     tc::detach(&links_dir(bpf_dir), ifindex, &HOOKS)
 }
 
@@ -179,6 +303,9 @@ pub fn attached(bpf_dir: &Path) -> Result<Vec<u32>, Error> {
 /// `<bpf_dir>/nodeport`. Returns `Ok(false)` if there was no such directory. Run it before
 /// [`crate::service::cleanup`], which removes `bpf_dir` itself.
 pub fn cleanup(bpf_dir: &Path) -> Result<bool, Error> {
+    for ifindex in attached_xdp(bpf_dir)? {
+        detach_xdp(bpf_dir, ifindex)?;
+    }
     tc::remove_datapath_dir(
         &nodeport_dir(bpf_dir),
         &HOOKS,
@@ -386,4 +513,8 @@ fn nodeport_dir(bpf_dir: &Path) -> PathBuf {
 
 fn links_dir(bpf_dir: &Path) -> PathBuf {
     nodeport_dir(bpf_dir).join(tc::LINKS_DIR)
+}
+
+fn xdp_pin(bpf_dir: &Path, ifindex: u32) -> PathBuf {
+    links_dir(bpf_dir).join(format!("{ifindex}{XDP_PIN_SUFFIX}"))
 }

@@ -17,8 +17,11 @@ pub(crate) const SERVICE_MAPS: [&str; 6] = [
 
 /// The maps of the object that only the programs for traffic from outside the node use (the
 /// service maps aside).
-pub(crate) const NODEPORT_MAPS: [&str; 2] =
-    [bosun_ebpf_abi::NAT_MAP, bosun_ebpf_abi::NODEPORT_CONFIG_MAP];
+pub(crate) const NODEPORT_MAPS: [&str; 3] = [
+    bosun_ebpf_abi::NAT_MAP,
+    bosun_ebpf_abi::NODEPORT_CONFIG_MAP,
+    bosun_ebpf_abi::HOP_MAP,
+];
 
 /// The maps of the object that only the NetworkPolicy programs use.
 pub(crate) const POLICY_MAPS: [&str; 8] = [

@@ -4,7 +4,12 @@
 //! `nodeport::install` and attached to the node's two external veths, and the service maps
 //! written by the service reconciler, as the daemon writes them.
 //!
-//! Needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN` for `setns`) and iproute2's `ip`.
+//! The XDP program's tests use another shape, [`Topology::lan`]: the client and the remote
+//! node on one LAN (a bridge in a namespace of its own) with the node's single uplink, where
+//! flows to the remote backend leave by the interface they came in by.
+//!
+//! Needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN` for `setns`), iproute2's `ip` and
+//! `ethtool`.
 //! Every test has its own namespaces and links (`np<N>...`), addresses (10.212.N.0/24) and
 //! bpffs directory (/sys/fs/bpf/bosun-np-<N>), so the tests run in parallel with each other
 //! and with the other real-kernel tests; nothing here touches the host's own interfaces.
@@ -40,6 +45,9 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 struct Topology {
     n: u8,
     bpf_dir: PathBuf,
+    /// On a [`Topology::lan`], the XDP program on the LAN's port towards the node, without
+    /// which veth leaves the frames the node's XDP program sends back in their queue.
+    _lan_xdp: Option<bosun_netdp::ProbeCounter>,
 }
 
 impl Topology {
@@ -47,6 +55,7 @@ impl Topology {
         let topology = Topology {
             n,
             bpf_dir: PathBuf::from(format!("/sys/fs/bpf/bosun-np-{n}")),
+            _lan_xdp: None,
         };
         topology.remove();
         for ns in ["node", "cli", "pod", "rem"] {
@@ -129,6 +138,101 @@ impl Topology {
         topology
     }
 
+    /// The node's one uplink (`np<N>u`, 10.212.N.1) on a LAN with the client (.2) and the
+    /// remote node (.3, its backend .193 routed through it), as where other nodes and clients
+    /// share the node's interface; the local pod as in [`Topology::new`]. The client and the
+    /// remote node send without checksum offload, their checksums complete as from a wire.
+    /// The LAN's port towards the node runs an XDP program (the probe, which passes
+    /// everything): veth delivers the frames an XDP program sends back out (`XDP_TX`) only to
+    /// a peer that runs one.
+    fn lan(n: u8) -> Self {
+        let mut topology = Topology {
+            n,
+            bpf_dir: PathBuf::from(format!("/sys/fs/bpf/bosun-np-{n}")),
+            _lan_xdp: None,
+        };
+        topology.remove();
+        for ns in ["node", "cli", "pod", "rem", "lan"] {
+            ip(&["netns", "add", &topology.ns(ns)]);
+            ip(&["-n", &topology.ns(ns), "link", "set", "lo", "up"]);
+        }
+        let sub = |text: &str| text.replace("{n}", &n.to_string());
+        let lan = topology.ns("lan");
+        ip(&["-n", &lan, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &lan, "link", "set", "br0", "up"]);
+        for (ns, end, address) in [
+            ("node", topology.link("u"), "10.212.{n}.1/26"),
+            ("cli", "eth0".to_owned(), "10.212.{n}.2/26"),
+            ("rem", "eth0".to_owned(), "10.212.{n}.3/26"),
+        ] {
+            let netns = topology.ns(ns);
+            ip(&[
+                "-n", &lan, "link", "add", ns, "type", "veth", "peer", "name", &end, "netns",
+                &netns,
+            ]);
+            ip(&["-n", &lan, "link", "set", ns, "master", "br0", "up"]);
+            ip(&["-n", &netns, "addr", "add", &sub(address), "dev", &end]);
+            ip(&["-n", &netns, "link", "set", &end, "up"]);
+            if ns != "node" {
+                ethtool(&netns, &["-K", &end, "tx", "off"]);
+            }
+        }
+        topology.veth(
+            &topology.link("p"),
+            "pod",
+            "10.212.{n}.65/26",
+            "10.212.{n}.66/26",
+        );
+        ip(&[
+            "-n",
+            &topology.ns("pod"),
+            "route",
+            "add",
+            "default",
+            "via",
+            &sub("10.212.{n}.65"),
+        ]);
+        let (remote, node) = (topology.ns("rem"), topology.ns("node"));
+        ip(&[
+            "-n",
+            &remote,
+            "addr",
+            "add",
+            &sub("10.212.{n}.193/32"),
+            "dev",
+            "lo",
+        ]);
+        ip(&[
+            "-n",
+            &node,
+            "route",
+            "add",
+            &sub("10.212.{n}.192/26"),
+            "via",
+            &sub("10.212.{n}.3"),
+        ]);
+        in_netns(&node, || {
+            fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding");
+            // A flow sent back out of its interface is no reason to tell the client of a
+            // shorter way.
+            for conf in ["all", "default", &topology.link("u")] {
+                fs::write(
+                    format!("/proc/sys/net/ipv4/conf/{conf}/send_redirects"),
+                    "0",
+                )
+                .expect("turn ICMP redirects off");
+            }
+        });
+        let mut probe = bosun_netdp::ProbeCounter::load()
+            .unwrap_or_else(|e| panic!("load the probe: {}", chain(&e)));
+        in_netns(&lan, || {
+            probe.attach_xdp("node", bosun_netdp::XdpMode::Driver)
+        })
+        .unwrap_or_else(|e| panic!("attach the probe: {}", chain(&e)));
+        topology._lan_xdp = Some(probe);
+        topology
+    }
+
     fn ns(&self, role: &str) -> String {
         format!("np{}-{role}", self.n)
     }
@@ -188,6 +292,32 @@ impl Topology {
         datapath
     }
 
+    /// On a [`Topology::lan`]: loads the programs, attaches the tc ones and the XDP one to the
+    /// node's uplink, and sets the SNAT address to its address.
+    fn install_xdp(&self) -> NodePortDatapath {
+        let mut datapath = nodeport::install(&self.bpf_dir, TcMode::Tcx)
+            .unwrap_or_else(|e| panic!("install: {}", chain(&e)));
+        in_netns(&self.ns("node"), || {
+            let ifindex = self.uplink();
+            datapath
+                .attach(ifindex)
+                .and_then(|()| datapath.attach_xdp(ifindex))
+                .unwrap_or_else(|e| panic!("attach to the uplink: {}", chain(&e)));
+        });
+        datapath
+            .maps()
+            .and_then(|mut maps| maps.set_snat_address(Some(self.address(1))))
+            .unwrap_or_else(|e| panic!("set the SNAT address: {}", chain(&e)));
+        datapath
+    }
+
+    /// The ifindex of the node's uplink on a [`Topology::lan`].
+    fn uplink(&self) -> u32 {
+        in_netns(&self.ns("node"), || {
+            if_nametoindex(self.link("u").as_str()).expect("the uplink exists")
+        })
+    }
+
     fn reconciler(&self) -> Reconciler<PinnedMaps> {
         Reconciler::new(
             PinnedMaps::open(&self.bpf_dir).unwrap_or_else(|e| panic!("open: {}", chain(&e))),
@@ -224,7 +354,7 @@ impl Topology {
     }
 
     fn remove(&self) {
-        for ns in ["node", "cli", "pod", "rem"] {
+        for ns in ["node", "cli", "pod", "rem", "lan"] {
             quiet_ip(&["netns", "del", &self.ns(ns)]);
         }
         let _ = nodeport::cleanup(&self.bpf_dir);
@@ -641,4 +771,169 @@ fn icmp_unreachables_received() -> u64 {
         .find(|(name, _)| *name == "InDestUnreachs")
         .and_then(|(_, value)| value.parse().ok())
         .expect("InDestUnreachs")
+}
+
+/// Runs `ethtool ARGS` in network namespace `ns`, panicking with its stderr if it fails.
+fn ethtool(ns: &str, args: &[&str]) {
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run ethtool {args:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "ethtool {args:?} in {ns} failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+}
+
+/// How many times the programs pinned for the uplink have run: the XDP one and tc ingress.
+/// Counted only while run statistics are on (`aya::sys::enable_stats`).
+fn run_counts(topology: &Topology) -> (u64, u64) {
+    let ifindex = topology.uplink();
+    let links = topology.bpf_dir.join("nodeport/links");
+    let count = |pin: String| -> u64 {
+        let id = bosun_netdp::tc::pinned_program_id(&links.join(&pin))
+            .unwrap_or_else(|e| panic!("read pin {pin}: {}", chain(&e)))
+            .unwrap_or_else(|| panic!("no program pinned at {pin}"));
+        aya::programs::loaded_programs()
+            .flatten()
+            .find(|program| program.id() == id)
+            .map(|program| program.run_count())
+            .unwrap_or_else(|| panic!("program {id} is not loaded"))
+    };
+    (
+        count(format!("{ifindex}_xdp")),
+        count(format!("{ifindex}_in")),
+    )
+}
+
+/// Whether `ip link` shows an XDP program on the node's uplink.
+fn uplink_has_xdp(topology: &Topology) -> bool {
+    let output = std::process::Command::new("ip")
+        .args(["-n", &topology.ns("node"), "link", "show", "dev"])
+        .arg(topology.link("u"))
+        .output()
+        .expect("run ip");
+    String::from_utf8_lossy(&output.stdout).contains("xdp")
+}
+
+#[test]
+fn the_xdp_program_sends_flows_to_remote_backends_back_out_of_the_driver() {
+    let topology = Topology::lan(8);
+    serve(&topology.ns("rem"), topology.address(193), "remote");
+    // Run counts of every program on the machine while this lives (reference-counted: other
+    // tests' programs merely get counted too).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable run counts");
+    let datapath = topology.install_xdp();
+    assert!(uplink_has_xdp(&topology));
+    topology
+        .reconciler()
+        .apply(&[
+            topology.service(Protocol::Tcp, &[(193, false)]),
+            topology.service(Protocol::Udp, &[(193, false)]),
+        ])
+        .unwrap_or_else(|e| panic!("write the services: {}", chain(&e)));
+    // The first exchange may go through the kernel while it resolves the neighbours.
+    let (mut stream, mut reader) = connect(&topology).expect("the node port answers");
+    assert_eq!(ask(&mut stream, &mut reader), "remote 10.212.8.1");
+
+    // From then on, a known flow's requests and answers, and new UDP flows (each datagram
+    // from a socket of its own) both ways, are sent back out by the XDP program; the tc one
+    // sees only what refreshes the way to each address once a second (a packet each way)
+    // and ARP.
+    let (xdp_before, tc_before) = run_counts(&topology);
+    let started = std::time::Instant::now();
+    for _ in 0..100 {
+        assert_eq!(ask(&mut stream, &mut reader), "remote 10.212.8.1");
+    }
+    for _ in 0..50 {
+        let (answer, from) = ask_udp(&topology);
+        assert_eq!(answer, "remote 10.212.8.1");
+        assert_eq!(
+            from,
+            SocketAddrV4::new(topology.address(1), NODE_PORT).into()
+        );
+    }
+    let (xdp_after, tc_after) = run_counts(&topology);
+    let seconds = started.elapsed().as_secs();
+    assert!(
+        xdp_after - xdp_before >= 300,
+        "the XDP program ran {} times for 150 exchanges",
+        xdp_after - xdp_before
+    );
+    assert!(
+        tc_after - tc_before <= 10 + 10 * seconds,
+        "the tc program ran {} times (XDP {}) in {seconds} s: XDP left it the packets",
+        tc_after - tc_before,
+        xdp_after - xdp_before
+    );
+    let flows = nodeport::NodePortMaps::open(&topology.bpf_dir)
+        .and_then(|maps| maps.flows(nodeport::monotonic_now()))
+        .unwrap_or_else(|e| panic!("read the flows: {}", chain(&e)));
+    assert_eq!(flows.len(), 51, "one TCP flow and 50 UDP ones");
+    assert!(flows.iter().all(|flow| flow.snat.is_some()), "{flows:?}");
+
+    // A restart: the link pinned by the first daemon gets the new program in place, and the
+    // flow goes on.
+    drop(datapath);
+    let pinned = |topology: &Topology| {
+        let pin = topology
+            .bpf_dir
+            .join(format!("nodeport/links/{}_xdp", topology.uplink()));
+        bosun_netdp::tc::pinned_program_id(&pin).expect("read the pin")
+    };
+    let before = pinned(&topology);
+    let _datapath = topology.install_xdp();
+    assert_ne!(pinned(&topology), before, "the new program is attached");
+    assert_eq!(ask(&mut stream, &mut reader), "remote 10.212.8.1");
+    assert_eq!(
+        nodeport::attached_xdp(&topology.bpf_dir).expect("list"),
+        [topology.uplink()]
+    );
+
+    // Detached, the interface has no XDP program left, and the tc programs serve alone.
+    in_netns(&topology.ns("node"), || {
+        nodeport::detach_xdp(&topology.bpf_dir, topology.uplink())
+    })
+    .unwrap_or_else(|e| panic!("detach: {}", chain(&e)));
+    assert!(!uplink_has_xdp(&topology));
+    assert!(nodeport::attached_xdp(&topology.bpf_dir)
+        .expect("list")
+        .is_empty());
+    assert_eq!(ask(&mut stream, &mut reader), "remote 10.212.8.1");
+}
+
+#[test]
+fn the_xdp_program_hands_flows_to_local_backends_to_the_kernel_dnated() {
+    let topology = Topology::lan(9);
+    serve(&topology.ns("pod"), topology.address(66), "pod");
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable run counts");
+    let _datapath = topology.install_xdp();
+    topology
+        .reconciler()
+        .apply(&[
+            topology.service(Protocol::Tcp, &[(66, true)]),
+            topology.service(Protocol::Udp, &[(66, true)]),
+        ])
+        .unwrap_or_else(|e| panic!("write the services: {}", chain(&e)));
+    let (mut stream, mut reader) = connect(&topology).expect("the node port answers");
+    let (xdp_before, _) = run_counts(&topology);
+    // The pod's kernel checks the checksums that the XDP program rewrote; the client's address
+    // is kept.
+    for _ in 0..20 {
+        assert_eq!(ask(&mut stream, &mut reader), "pod 10.212.9.2");
+        let (answer, from) = ask_udp(&topology);
+        assert_eq!(answer, "pod 10.212.9.2");
+        assert_eq!(
+            from,
+            SocketAddrV4::new(topology.address(1), NODE_PORT).into()
+        );
+    }
+    let (xdp_after, _) = run_counts(&topology);
+    assert!(
+        xdp_after - xdp_before >= 40,
+        "the XDP program ran {} times for 40 requests",
+        xdp_after - xdp_before
+    );
 }

@@ -266,14 +266,30 @@ pub const NODEPORT_EVENT_MAP: &str = "BOSUN_NPEVT_V1";
 /// Bytes of [`NODEPORT_EVENT_MAP`].
 pub const NODEPORT_EVENT_RING_BYTES: u32 = 1 << 18;
 
+/// LRU hash map [`HopKey`] → [`Hop`]: the Ethernet header the kernel last put on a packet of
+/// a flow from outside leaving by an external interface towards an address (written by the
+/// tc egress program), which the XDP program puts on the packets of that flow it sends back
+/// out itself. Not pinned: a cache, filled again by the first packets after a restart.
+pub const HOP_MAP: &str = "BOSUN_NPHOP_V1";
+
 pub const MAGLEV_MAX_ENTRIES: u32 = 1 << 16;
 pub const NAT_MAX_ENTRIES: u32 = 1 << 18;
+pub const HOP_MAX_ENTRIES: u32 = 1 << 14;
+
+/// How long a [`Hop`] is used after the kernel last sent a packet that way: a change of route
+/// or of neighbour is followed within this, one packet a destination going through the kernel
+/// to learn it again.
+pub const HOP_TIMEOUT_NS: u64 = 1_000_000_000;
 
 /// The tc program on the node's external interfaces' ingress.
 pub const NODEPORT_INGRESS_PROGRAM: &str = "bosun_np_in";
 /// The tc program on the node's external interfaces' egress: replies to clients, and SNAT of
 /// flows to other nodes' backends.
 pub const NODEPORT_EGRESS_PROGRAM: &str = "bosun_np_out";
+/// The XDP program on the node's external interfaces, where their drivers run XDP: the
+/// ingress program's decisions, with the flows that leave by the interface they came in by
+/// sent back out from the driver.
+pub const NODEPORT_XDP_PROGRAM: &str = "bosun_np_xdp";
 
 /// [`ServiceValue::flags`] bit: the frontend is reachable from outside the node (a node port,
 /// an external IP, a load balancer IP); its service id names a [`MaglevTable`]. A frontend
@@ -430,6 +446,28 @@ pub struct NodePortEvent {
     pub _pad: [u8; 6],
 }
 
+/// Key of [`HOP_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HopKey {
+    /// The interface the packets leave by.
+    pub ifindex: u32,
+    /// Their destination, network order.
+    pub address: [u8; 4],
+}
+
+/// Value of [`HOP_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Hop {
+    /// The next hop's MAC address, and the interface's own.
+    pub destination_mac: [u8; 6],
+    pub source_mac: [u8; 6],
+    pub _pad: [u8; 4],
+    /// `bpf_ktime_get_coarse_ns` when the kernel last sent a packet this way.
+    pub seen_ns: u64,
+}
+
 /// Value of [`NODEPORT_CONFIG_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -450,6 +488,9 @@ const _: () = assert!(NODEPORT_EVENT_MAP.len() <= 15);
 const _: () = assert!(MAGLEV_MAP.len() <= 15 && NAT_MAP.len() <= 15);
 const _: () = assert!(NODEPORT_CONFIG_MAP.len() <= 15);
 const _: () = assert!(NODEPORT_INGRESS_PROGRAM.len() <= 15 && NODEPORT_EGRESS_PROGRAM.len() <= 15);
+const _: () = assert!(NODEPORT_XDP_PROGRAM.len() <= 15 && HOP_MAP.len() <= 15);
+const _: () = assert!(core::mem::size_of::<HopKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Hop>() == 24);
 
 // SAFETY: as for the service maps' types above.
 #[cfg(feature = "user")]

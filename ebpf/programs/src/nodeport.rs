@@ -3,7 +3,8 @@
 //!
 //! Ingress takes new flows to external frontends (picking a backend by Maglev), packets of
 //! known flows, and replies of flows SNATed to other nodes' backends; egress takes the
-//! replies of local backends, whose packets the kernel forwarded out of the node.
+//! replies of local backends, whose packets the kernel forwarded out of the node. An XDP
+//! variant of ingress (in [`xdp`]) takes the same decisions from the same maps, before it.
 
 use aya_ebpf::{
     bindings::{
@@ -19,15 +20,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bosun_ebpf_abi::{
-    flow_hash, ExternalBackend, MaglevTable, NatKey, NatValue, NodePortConfig, NodePortEvent,
-    ServiceKey, EXTERNAL_BACKEND_LOCAL, MAGLEV_MAX_ENTRIES, MAGLEV_TABLE_SIZE, NAT_CLOSING,
-    NAT_EGRESS, NAT_MAX_ENTRIES, NAT_REPLY, NAT_SNAT, NODEPORT_EVENT_NEW_FLOW,
-    NODEPORT_EVENT_NO_BACKEND, NODEPORT_EVENT_NO_SNAT, NODEPORT_EVENT_REFUSED,
-    NODEPORT_EVENT_RING_BYTES, NODEPORT_EVENT_TABLE_REFUSED, PROTOCOL_TCP, PROTOCOL_UDP,
-    SERVICE_FLAG_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    flow_hash, ExternalBackend, Hop, HopKey, MaglevTable, NatKey, NatValue, NodePortConfig,
+    NodePortEvent, ServiceKey, EXTERNAL_BACKEND_LOCAL, HOP_MAX_ENTRIES, HOP_TIMEOUT_NS,
+    MAGLEV_MAX_ENTRIES, MAGLEV_TABLE_SIZE, NAT_CLOSING, NAT_EGRESS, NAT_MAX_ENTRIES, NAT_REPLY,
+    NAT_SNAT, NODEPORT_EVENT_NEW_FLOW, NODEPORT_EVENT_NO_BACKEND, NODEPORT_EVENT_NO_SNAT,
+    NODEPORT_EVENT_REFUSED, NODEPORT_EVENT_RING_BYTES, NODEPORT_EVENT_TABLE_REFUSED, PROTOCOL_TCP,
+    PROTOCOL_UDP, SERVICE_FLAG_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 use crate::{copied, parse, Packet, BOSUN_SVC_V1, ETH_HLEN, ETH_P_IP, IPV4_MIN_HLEN, NS_PER_SEC};
+
+mod xdp;
 
 /// Lets the packet go on (to the next program under tcx).
 const PASS: i32 = TC_ACT_UNSPEC;
@@ -65,6 +68,10 @@ static BOSUN_MAG_V1: HashMap<u32, MaglevTable> =
 static BOSUN_NAT_V1: LruHashMap<NatKey, NatValue> =
     LruHashMap::with_max_entries(NAT_MAX_ENTRIES, 0);
 
+/// `bosun_ebpf_abi::HOP_MAP`. LRU: an address not seen for long gives way.
+#[map]
+static BOSUN_NPHOP_V1: LruHashMap<HopKey, Hop> = LruHashMap::with_max_entries(HOP_MAX_ENTRIES, 0);
+
 /// `bosun_ebpf_abi::NODEPORT_CONFIG_MAP`.
 #[map]
 static BOSUN_NPCFG_V1: Array<NodePortConfig> = Array::with_max_entries(1, 0);
@@ -95,22 +102,48 @@ fn from_outside(ctx: &TcContext) -> i32 {
     let Some(packet) = parse(ctx) else {
         return PASS;
     };
-    if packet.protocol != PROTOCOL_TCP && packet.protocol != PROTOCOL_UDP {
-        return PASS;
-    }
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let key = key_of(&packet);
+    match take(&packet, now) {
+        Taken::Pass => PASS,
+        Taken::Drop => DROP,
+        Taken::Refuse => refuse(ctx, &packet, now),
+        Taken::Rewrite(to) => rewrite(ctx, &packet, &to),
+    }
+}
+
+/// What becomes of a packet that arrived from outside, as both the tc program and the XDP one
+/// decide it.
+enum Taken {
+    /// Not a flow from outside, or a reply the egress side rewrites: the stack has it as it is.
+    Pass,
+    /// Dropped, and reported so.
+    Drop,
+    /// To a Service without endpoints: refused (by the tc program, which can grow the packet).
+    Refuse,
+    /// A packet of a flow (new or known, its entry refreshed), to be rewritten to this tuple.
+    Rewrite(NatValue),
+}
+
+/// Takes a packet from outside: a packet of a known flow gets its entry's tuple; a first
+/// packet to an external frontend gets a backend picked by Maglev and its flow's entries
+/// written (with its SNAT stage for a backend on another node).
+#[inline(always)]
+fn take(packet: &Packet, now: u64) -> Taken {
+    if packet.protocol != PROTOCOL_TCP && packet.protocol != PROTOCOL_UDP {
+        return Taken::Pass;
+    }
+    let key = key_of(packet);
     if let Some(entry) = BOSUN_NAT_V1.get_ptr_mut(key) {
         // SAFETY: a successful lookup's pointer to a plain-integer value, valid until return;
         // a concurrent write at worst tears the timestamp or the flags, both repaired by the
         // next packet.
         let value = unsafe { entry.read() };
         if value.flags & NAT_EGRESS != 0 {
-            return PASS;
+            return Taken::Pass;
         }
-        refresh(entry, &value, &packet, now);
-        return rewrite(ctx, &packet, &value);
+        refresh(entry, &value, packet.tcp_flags, now);
+        return Taken::Rewrite(value);
     }
     let frontend = ServiceKey {
         address: packet.destination,
@@ -119,19 +152,19 @@ fn from_outside(ctx: &TcContext) -> i32 {
         _pad: 0,
     };
     let Some(service) = copied(BOSUN_SVC_V1.get_ptr(frontend)) else {
-        return PASS;
+        return Taken::Pass;
     };
     if service.flags & SERVICE_FLAG_EXTERNAL == 0 {
-        return PASS;
+        return Taken::Pass;
     }
     // No endpoint at all (the count is the Cluster policy's, which node-originated traffic
     // uses whatever the traffic policies): kube-proxy rejects.
     if service.count == 0 {
-        return refuse(ctx, &packet, now);
+        return Taken::Refuse;
     }
     // None on this node under `externalTrafficPolicy: Local`: kube-proxy drops.
     let Some(table) = BOSUN_MAG_V1.get_ptr(service.id) else {
-        return dropped(&packet, None, NODEPORT_EVENT_NO_BACKEND);
+        return dropped(packet, None, NODEPORT_EVENT_NO_BACKEND);
     };
     let hash = flow_hash(packet.source, packet.source_port, packet.protocol);
     let index = (hash % MAGLEV_TABLE_SIZE as u32) as usize;
@@ -141,10 +174,10 @@ fn from_outside(ctx: &TcContext) -> i32 {
     let index = unsafe { core::ptr::read_volatile(&index) };
     // SAFETY: as above; the entry is copied out at once.
     let Some(backend) = (unsafe { (*table).entries.get(index).copied() }) else {
-        return dropped(&packet, None, NODEPORT_EVENT_NO_BACKEND);
+        return dropped(packet, None, NODEPORT_EVENT_NO_BACKEND);
     };
     if backend.address == [0; 4] {
-        return dropped(&packet, None, NODEPORT_EVENT_NO_BACKEND);
+        return dropped(packet, None, NODEPORT_EVENT_NO_BACKEND);
     }
     let dnat = NatValue {
         source: packet.source,
@@ -158,9 +191,9 @@ fn from_outside(ctx: &TcContext) -> i32 {
     // The SNAT stage first: without a free port the flow is not taken at all.
     let mut snat_port = [0; 2];
     if backend.flags & EXTERNAL_BACKEND_LOCAL == 0 {
-        match snat(&packet, &dnat, now) {
+        match snat(packet, &dnat, now) {
             Some(port) => snat_port = port,
-            None => return dropped(&packet, Some(&backend), NODEPORT_EVENT_NO_SNAT),
+            None => return dropped(packet, Some(&backend), NODEPORT_EVENT_NO_SNAT),
         }
     }
     let reply = NatValue {
@@ -178,10 +211,10 @@ fn from_outside(ctx: &TcContext) -> i32 {
         .is_err()
         || BOSUN_NAT_V1.insert(key, dnat, any).is_err()
     {
-        return dropped(&packet, Some(&backend), NODEPORT_EVENT_TABLE_REFUSED);
+        return dropped(packet, Some(&backend), NODEPORT_EVENT_TABLE_REFUSED);
     }
-    report(&packet, Some(&backend), snat_port, NODEPORT_EVENT_NEW_FLOW);
-    rewrite(ctx, &packet, &dnat)
+    report(packet, Some(&backend), snat_port, NODEPORT_EVENT_NEW_FLOW);
+    Taken::Rewrite(dnat)
 }
 
 /// The length of a refusal: Ethernet, IPv4 and ICMP headers, then what it quotes of the
@@ -232,7 +265,10 @@ fn refusal_allowed(now: u64) -> bool {
 /// reported so.
 #[inline(always)]
 fn refuse(ctx: &TcContext, packet: &Packet, now: u64) -> i32 {
-    let drop = || dropped(packet, None, NODEPORT_EVENT_NO_BACKEND);
+    let drop = || {
+        report(packet, None, [0; 2], NODEPORT_EVENT_NO_BACKEND);
+        DROP
+    };
     if usize::from(packet.transport) != ETH_HLEN + IPV4_MIN_HLEN || !refusal_allowed(now) {
         return drop();
     }
@@ -292,9 +328,9 @@ fn checksum(bytes: &[u8]) -> [u8; 2] {
 
 /// Reports a packet dropped for `kind`'s reason, and drops it.
 #[inline(always)]
-fn dropped(packet: &Packet, backend: Option<&ExternalBackend>, kind: u8) -> i32 {
+fn dropped(packet: &Packet, backend: Option<&ExternalBackend>, kind: u8) -> Taken {
     report(packet, backend, [0; 2], kind);
-    DROP
+    Taken::Drop
 }
 
 /// Writes an event for `bosun monitor`; a full ring buffer loses it.
@@ -385,19 +421,56 @@ fn to_outside(ctx: &TcContext) -> i32 {
     if packet.protocol != PROTOCOL_TCP && packet.protocol != PROTOCOL_UDP {
         return PASS;
     }
-    let key = key_of(&packet);
-    let Some(entry) = BOSUN_NAT_V1.get_ptr_mut(key) else {
-        return PASS;
-    };
-    // SAFETY: as in `from_outside`.
-    let value = unsafe { entry.read() };
-    if value.flags & NAT_EGRESS == 0 {
-        return PASS;
-    }
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    refresh(entry, &value, &packet, now);
+    let Some(value) = egress_entry(key_of(&packet), packet.tcp_flags, now) else {
+        return PASS;
+    };
+    learn_hop(ctx, &value, now);
     rewrite(ctx, &packet, &value)
+}
+
+/// Notes the Ethernet header the kernel gave a packet of a flow from outside leaving towards
+/// `to.destination`, for the XDP program to send that flow's packets the same way; written
+/// again once half its time is gone, not for every packet.
+#[inline(always)]
+fn learn_hop(ctx: &TcContext, to: &NatValue, now: u64) {
+    // SAFETY: the context's own socket buffer, read.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let key = HopKey {
+        ifindex,
+        address: to.destination,
+    };
+    if let Some(hop) = copied(BOSUN_NPHOP_V1.get_ptr(key)) {
+        if now.saturating_sub(hop.seen_ns) < HOP_TIMEOUT_NS / 2 {
+            return;
+        }
+    }
+    let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
+        return;
+    };
+    let hop = Hop {
+        destination_mac: [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]],
+        source_mac: [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]],
+        _pad: [0; 4],
+        seen_ns: now,
+    };
+    let _ = BOSUN_NPHOP_V1.insert(key, hop, u64::from(BPF_ANY));
+}
+
+/// The egress stage of a flow whose packet, once rewritten, has tuple `key`: the SNAT of a
+/// flow to another node's backend, or the way back of a reply to the client. Its entry is
+/// refreshed.
+#[inline(always)]
+fn egress_entry(key: NatKey, tcp_flags: u8, now: u64) -> Option<NatValue> {
+    let entry = BOSUN_NAT_V1.get_ptr_mut(key)?;
+    // SAFETY: as in `take`.
+    let value = unsafe { entry.read() };
+    if value.flags & NAT_EGRESS == 0 {
+        return None;
+    }
+    refresh(entry, &value, tcp_flags, now);
+    Some(value)
 }
 
 fn key_of(packet: &Packet) -> NatKey {
@@ -415,11 +488,11 @@ fn key_of(packet: &Packet) -> NatKey {
 /// after which the entry goes soon; a SYN on a closing flow (the client's port reused) makes it
 /// live again.
 #[inline(always)]
-fn refresh(entry: *mut NatValue, value: &NatValue, packet: &Packet, now: u64) {
+fn refresh(entry: *mut NatValue, value: &NatValue, tcp_flags: u8, now: u64) {
     let mut flags = value.flags;
-    if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flags |= NAT_CLOSING;
-    } else if packet.tcp_flags & TCP_SYN != 0 {
+    } else if tcp_flags & TCP_SYN != 0 {
         flags &= !NAT_CLOSING;
     }
     if flags != value.flags || now.saturating_sub(value.last_seen_ns) >= REFRESH_NS {
