@@ -121,15 +121,23 @@ fn node_cgroup(node: &TestNode) -> Result<PathBuf> {
 }
 
 async fn start_daemon(node: &TestNode, net: &Net) -> Result<Daemon> {
+    start_daemon_with(node, net, &[]).await
+}
+
+/// [`start_daemon`] with more flags.
+async fn start_daemon_with(node: &TestNode, net: &Net, more: &[&str]) -> Result<Daemon> {
     let interfaces = format!("--external-interfaces={}", net.interface());
     let addresses = format!("--nodeport-addresses={}/32", net.node_address());
     let cgroup = node_cgroup(node)?;
+    let mut args = vec![interfaces.as_str(), addresses.as_str()];
+    args.extend_from_slice(more);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|arg| arg.as_ref()).collect();
     Daemon::start_with_env(
         Path::new(BOSUN),
         node,
         node.dir(),
         "",
-        &[interfaces.as_ref(), addresses.as_ref()],
+        &args,
         &[("BOSUN_CGROUP2_ROOT", cgroup.as_os_str())],
     )
     .await
@@ -399,6 +407,90 @@ async fn a_host_port_reaches_its_pod_from_outside() -> Result<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            Ok(())
+        }
+        .await;
+        (node, result)
+    })
+    .await
+}
+
+/// Whether `ip link` shows an XDP program on the node's end of the client's veth.
+fn xdp_on(net: &Net) -> Result<bool> {
+    let output = std::process::Command::new("ip")
+        .args(["link", "show", "dev", &net.interface()])
+        .output()?;
+    Ok(String::from_utf8_lossy(&output.stdout).contains("prog/xdp"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodeport_acceleration_attaches_xdp_natively_and_leaves_veths_to_tc_at_best_effort(
+) -> Result<()> {
+    on_a_node("np-xdp", &["a", "b"], |node, net, daemon| async move {
+        let result = async {
+            // The client sends complete checksums, as from a wire: what the XDP program
+            // expects of the packets it rewrites.
+            let client = net.client.name().to_owned();
+            let offload = std::process::Command::new("ip")
+                .args([
+                    "netns", "exec", &client, "ethtool", "-K", "eth0", "tx", "off",
+                ])
+                .status()?;
+            assert!(offload.success(), "ethtool in {client}");
+            daemon.kill().await?;
+
+            // native: on the veth too, and the node port served through it (to local pods:
+            // DNATed in the driver, forwarded by the kernel).
+            let daemon =
+                start_daemon_with(&node, &net, &["--nodeport-acceleration=native"]).await?;
+            let endpoints: Vec<(Ipv4Addr, &str)> =
+                net.pods.iter().map(|p| (p.ip(), NODE_NAME)).collect();
+            daemon.write_manifest("web.yaml", &manifest(&net, "Cluster", &endpoints))?;
+            wait_for_node_port(&node, &net).await?;
+            let deadline = Instant::now() + WITHIN;
+            while !xdp_on(&net)? {
+                if Instant::now() > deadline {
+                    bail!("no XDP program on {}: {}", net.interface(), daemon.log());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let names = ["a".to_owned(), "b".to_owned()];
+            for attempt in 0..10 {
+                let name = net
+                    .ask_from_outside(at(net.node_address(), NODE_PORT))
+                    .with_context(|| format!("connection {attempt} through XDP"))?;
+                assert!(names.contains(&name), "{name:?}");
+            }
+            let ifindex = nix::net::if_::if_nametoindex(net.interface().as_str())?;
+            let pin = node.bpf_dir().join(format!("nodeport/links/{ifindex}_xdp"));
+            assert!(pin.exists(), "{} is not pinned", pin.display());
+            daemon.kill().await?;
+            // Pinned: the program stays while bosun is down.
+            assert!(xdp_on(&net)?, "the XDP program went with the daemon");
+
+            // best-effort: a veth is left to the tc programs, and the program the run before
+            // attached is taken off.
+            let daemon =
+                start_daemon_with(&node, &net, &["--nodeport-acceleration=best-effort"]).await?;
+            let deadline = Instant::now() + WITHIN;
+            while xdp_on(&net)?
+                || !daemon
+                    .log()
+                    .contains("a veth: served by the tc programs alone")
+            {
+                if Instant::now() > deadline {
+                    bail!(
+                        "XDP still on {} at best effort: {}",
+                        net.interface(),
+                        daemon.log()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(!pin.exists(), "{} is still pinned", pin.display());
+            let name = net.ask_from_outside(at(net.node_address(), NODE_PORT))?;
+            assert!(names.contains(&name), "{name:?}");
+            drop(daemon);
             Ok(())
         }
         .await;

@@ -153,6 +153,20 @@ pub struct ExternalArgs {
         value_delimiter = ','
     )]
     pub external_interfaces: Vec<String>,
+
+    /// Whether packets from outside are also served by an XDP program in the drivers of the
+    /// external interfaces, before the kernel builds a socket buffer: flows that leave by the
+    /// interface they came in by (to backends on other nodes, and their replies) are sent
+    /// straight back out. disabled: the tc programs alone; native: on every external
+    /// interface, an error where the driver has no XDP; best-effort: where the driver runs
+    /// XDP, veths aside.
+    #[arg(
+        long = "nodeport-acceleration",
+        value_enum,
+        value_name = "MODE",
+        default_value_t = crate::service::proxy::Acceleration::Disabled
+    )]
+    pub nodeport_acceleration: crate::service::proxy::Acceleration,
 }
 
 impl ExternalArgs {
@@ -166,6 +180,7 @@ impl ExternalArgs {
                 .cloned()
                 .collect(),
             node_port_cidrs,
+            acceleration: self.nodeport_acceleration,
         }
     }
 }
@@ -960,9 +975,14 @@ mod tests {
         let config = resolve(&args(&[
             "--nodeport-addresses=192.0.2.0/24,2001:db8::/64",
             "--external-interfaces=eth0,eth1",
+            "--nodeport-acceleration=best-effort",
         ]))
         .expect("the flags resolve");
         assert_eq!(config.external.interfaces, ["eth0", "eth1"]);
+        assert_eq!(
+            config.external.acceleration,
+            crate::service::proxy::Acceleration::BestEffort
+        );
         let cidrs: Vec<String> = config
             .external
             .node_port_cidrs

@@ -86,6 +86,23 @@ pub struct External {
     /// kube-proxy's `nodePortAddresses`: the ranges of the node's addresses node ports are
     /// served on. Empty: every address of the node but loopback.
     pub node_port_cidrs: Vec<crate::proxy::config::Ipv4Cidr>,
+    /// Whether the XDP program serves the interfaces too.
+    pub acceleration: Acceleration,
+}
+
+/// Whether packets from outside are also served by the XDP program, in the drivers of the
+/// external interfaces (`--nodeport-acceleration`, named as Cilium names its own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Acceleration {
+    /// tc programs alone; an XDP program an earlier run attached is taken off.
+    #[default]
+    Disabled,
+    /// On every external interface; one whose driver does not run XDP is an error.
+    Native,
+    /// Where the driver runs XDP, veths aside (a veth sends the frames that XDP sends back
+    /// out on to its peer only if the peer runs an XDP program too, which the node cannot
+    /// know); elsewhere, the tc programs alone, said once in the log.
+    BestEffort,
 }
 
 impl External {
@@ -562,7 +579,14 @@ fn write_external(bpf_dir: &std::path::Path, external: &mut ExternalState) -> Re
                     error_chain(&e)
                 )
             })?;
-            tracing::info!(interface = %name, ifindex, "serving traffic from outside");
+            let xdp = accelerate(
+                datapath,
+                bpf_dir,
+                external.config.acceleration,
+                name,
+                ifindex,
+            )?;
+            tracing::info!(interface = %name, ifindex, xdp, "serving traffic from outside");
             external.attached.insert(name.clone(), ifindex);
         }
         if snat.is_none() {
@@ -581,6 +605,57 @@ fn write_external(bpf_dir: &std::path::Path, external: &mut ExternalState) -> Re
     }
     external.due = false;
     Ok(())
+}
+
+/// Attaches the XDP program to external interface `name` (`ifindex`), or takes off the one an
+/// earlier run attached, as `acceleration` says; returns whether it is attached.
+fn accelerate(
+    datapath: &mut bosun_netdp::nodeport::NodePortDatapath,
+    bpf_dir: &std::path::Path,
+    acceleration: Acceleration,
+    name: &str,
+    ifindex: u32,
+) -> Result<bool, String> {
+    use bosun_netdp::nodeport;
+    let detach = || {
+        nodeport::detach_xdp(bpf_dir, ifindex).map_err(|e| {
+            format!(
+                "taking the XDP program off external interface {name}: {}",
+                error_chain(&e)
+            )
+        })
+    };
+    if acceleration == Acceleration::BestEffort {
+        match bosun_netdp::netlink::is_veth(ifindex) {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(interface = %name, "a veth: served by the tc programs alone (--nodeport-acceleration=native would attach XDP to it)");
+                detach()?;
+                return Ok(false);
+            }
+            Err(e) => {
+                tracing::warn!(interface = %name, error = %error_chain(&e), "could not tell whether the interface is a veth: served by the tc programs alone");
+                detach()?;
+                return Ok(false);
+            }
+        }
+    }
+    if acceleration == Acceleration::Disabled {
+        detach()?;
+        return Ok(false);
+    }
+    match datapath.attach_xdp(ifindex) {
+        Ok(()) => Ok(true),
+        Err(e) if acceleration == Acceleration::BestEffort => {
+            tracing::warn!(interface = %name, error = %error_chain(&e), "XDP not attached: served by the tc programs alone");
+            detach()?;
+            Ok(false)
+        }
+        Err(e) => Err(format!(
+            "attaching the XDP program to external interface {name}: {}",
+            error_chain(&e)
+        )),
+    }
 }
 
 /// Follows the readiness of this node's pods into `table`: a running pod that is not Ready
@@ -830,6 +905,7 @@ mod tests {
         let every = vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
         let external = |cidrs: &[(Ipv4Addr, u8)]| External {
             interfaces: Vec::new(),
+            acceleration: Acceleration::Disabled,
             node_port_cidrs: cidrs
                 .iter()
                 .map(|(network, prefix_len)| Ipv4Cidr {
