@@ -24,16 +24,35 @@
 //!   of table entries that change backend when one backend is removed (each in turn) or one
 //!   is added, besides those the change itself must move; and the same for a modulo-N choice
 //!   over flows hashed as the programs hash them.
+//! - `xdp`: packets per second of one established node port flow whose backend is on another
+//!   node, so that its packets leave by the interface they came in by, served by bosun's XDP
+//!   program (rewritten and sent back out by the driver, `XDP_TX`) against bosun's tc programs
+//!   alone (DNAT, the kernel's routing, SNAT), and against a floor of the kernel forwarding
+//!   the same frames with no NAT and no program. Two pairs of namespaces, each a generator and
+//!   a node joined by one veth (the generator plays the client and the remote node both): one
+//!   for the floor, one whose node runs bosun's programs, with its XDP program attached for
+//!   the XDP row and taken off for the tc row. The generator is the kernel's own:
+//!   `BPF_PROG_TEST_RUN` in live-frames mode with a two-instruction `XDP_TX` program sends one
+//!   prebuilt 64-byte UDP frame out of the generator's veth, over and over; what comes back is
+//!   dropped by an XDP program there and counted by the veth. The rows are measured in
+//!   interleaved windows of 2 s, and before them each path is checked with the kernel's run
+//!   counts of bosun's programs (the XDP row's frames went by XDP, the tc row's by tc). Every
+//!   veth end that receives frames sent by XDP must run an XDP program (veth hands such frames
+//!   only to a peer that does), so the node's uplink runs one in every row: bosun's, or one
+//!   that passes everything to the kernel, for the floor and tc rows alike.
 //!
 //! Run as root: `cargo bench -p bosun --bench nodeport -- [--quick | --smoke] [--samples N]
 //! [FILTER...]` (or `scripts/bench.sh nodeport`). A FILTER selects the benchmarks whose name
-//! contains it. `--smoke` measures 1000 Services with one sample per target, only to show that
-//! the benchmark still runs (`scripts/bench.sh smoke`).
+//! contains it. `--smoke` measures 1000 Services with one sample per target, and one short
+//! window per XDP row, only to show that the benchmark still runs (`scripts/bench.sh smoke`).
+//! `--samples N` is the connections and round trips per target of `traffic`, and the windows
+//! per row of `xdp`.
 //!
 //! Everything the benchmark creates is a `bnp-*` network namespace (links and addresses live
-//! inside them, so nothing of the host's is touched) or lives in /sys/fs/bpf/bosun-npbench. It
-//! is removed when the run ends, also on Ctrl-C, and swept away at the start if a killed run
-//! left it behind.
+//! inside them, so nothing of the host's is touched), a BPF program whose file descriptors it
+//! holds, or lives in /sys/fs/bpf/bosun-npbench (`traffic`) or /sys/fs/bpf/bosun-npbench-xdp
+//! (`xdp`). It is removed when the run ends, also on Ctrl-C, and swept away at the start if a
+//! killed run left it behind.
 
 mod common;
 // `whole()` is the services benchmark's: this one only loads the rules, in parts.
@@ -44,6 +63,8 @@ mod kube_proxy;
 #[allow(dead_code)]
 #[path = "common/lab.rs"]
 mod lab;
+#[path = "common/program_clock.rs"]
+mod program_clock;
 #[path = "common/server_thread.rs"]
 mod server_thread;
 // Its Service catalog, client threads, listeners and tables; its host-routed network is the
@@ -54,7 +75,7 @@ mod service_lab;
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,15 +83,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use bosun_ebpf_abi::{address_from_host, flow_hash, port_from_host, MAGLEV_TABLE_SIZE};
-use bosun_netdp::nodeport::{self, NodePortMaps};
+use bosun_ebpf_abi::{
+    address_from_host, flow_hash, port_from_host, HOP_TIMEOUT_NS, MAGLEV_TABLE_SIZE,
+};
+use bosun_netdp::nodeport::{self, NodePortDatapath, NodePortMaps};
 use bosun_netdp::service::{
     self as datapath, maglev, BackendAddr, DesiredService, ExternalTarget, Frontend, PinnedMaps,
     Protocol, Reconciler, ServicePortName,
 };
-use common::{load_average, Args, Mode};
+use common::{load_average, Args, Mode, Stats};
 use kube_proxy::{restore_in_parts, KubeProxyRules, PortInfo};
-use lab::{catch_interrupts, check_interrupted, enter_netns, ip, run_command, SERVER_CPU};
+use lab::{
+    catch_interrupts, check_interrupted, enter_netns, interrupted, ip, pin, run_command,
+    CLIENT_CPU, SERVER_CPU,
+};
+use program_clock::ProgramClock;
+use raw_xdp::RawXdp;
 use server_thread::ServerThread;
 use service_lab::{
     foreign_datapaths, listen_all, open, reset_on_close, Catalog, Client, Row, Table, BLOCK,
@@ -78,7 +106,7 @@ use service_lab::{
     SERVICE_PORT, WARM_UP_CONNECT_TIMEOUT,
 };
 
-const BENCHMARKS: [&str; 2] = ["traffic", "maglev"];
+const BENCHMARKS: [&str; 3] = ["traffic", "maglev", "xdp"];
 
 // ---- names and addresses ------------------------------------------------------------------
 
@@ -212,9 +240,12 @@ fn run(args: &Args) -> Result<()> {
     println!("machine: {}, {}", lab::machine(), iptables.trim());
     println!("load average at the start: {}", load_average());
 
+    let builds_networks = args.selected("traffic") || args.selected("xdp");
+    if builds_networks {
+        sweep_leftovers()?;
+    }
     let mut outcome = Ok(());
     if args.selected("traffic") {
-        sweep_leftovers()?;
         for &n in &sizes.services {
             let mut report = Report::new(n);
             outcome = traffic(&Catalog { n }, &sizes, &mut report);
@@ -227,12 +258,14 @@ fn run(args: &Args) -> Result<()> {
     if outcome.is_ok() && args.selected("maglev") {
         print_maglev();
     }
-    println!(
-        "\nXDP: not measured; bosun has no XDP program for traffic from outside the node yet \
-         (the tc programs above are its whole datapath for it)"
-    );
+    if outcome.is_ok() && args.selected("xdp") {
+        let sizes = xdp_sizes(args);
+        let mut report = XdpReport::new(&sizes);
+        outcome = xdp(&sizes, &mut report);
+        report.print();
+    }
     println!("\nload average at the end: {}", load_average());
-    if args.selected("traffic") {
+    if builds_networks {
         print_leftovers();
     }
     outcome
@@ -346,7 +379,7 @@ struct Node {
 
 impl Node {
     fn create(names: &'static NodeNames) -> Result<Node> {
-        let namespaces = Namespaces::create(names)?;
+        let namespaces = Namespaces::create(&[names.client, names.node, names.pod, names.remote])?;
         let node = names.node;
         for ((link, address), peer) in [
             (TO_CLIENT, names.client),
@@ -404,7 +437,7 @@ impl Node {
             let peer = Ipv4Addr::from_bits(via.to_bits() + 1).to_string();
             ip(&["-n", node, "route", "add", &net, "via", &peer])?;
         }
-        enable_forwarding(node)?;
+        write_sysctls(node, &[("net/ipv4/ip_forward", "1")])?;
         let servers = [
             EchoServer::start(names.pod)?,
             EchoServer::start(names.remote)?,
@@ -420,49 +453,67 @@ impl Node {
 
     /// The index of `link` in the node's namespace.
     fn ifindex(&self, link: &str) -> Result<u32> {
-        // "5: to-client@if2: <FLAGS> ..."
-        let line = ip(&["-n", self.names.node, "-o", "link", "show", link])?;
-        line.split(':')
-            .next()
-            .and_then(|n| n.trim().parse().ok())
-            .with_context(|| format!("the index of {link} in {:?}", line.trim()))
+        ifindex_in(self.names.node, link)
     }
 }
 
-/// IPv4 forwarding in `netns` (a new namespace has it off).
-fn enable_forwarding(netns: &'static str) -> Result<()> {
-    // /proc/sys/net is the namespace of the thread that opens it.
-    std::thread::spawn(move || -> Result<()> {
-        enter_netns(netns)?;
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-            .with_context(|| format!("enabling forwarding in {netns}"))
+/// The index of `link` in network namespace `netns`.
+fn ifindex_in(netns: &str, link: &str) -> Result<u32> {
+    // "5: to-client@if2: <FLAGS> ..."
+    let line = ip(&["-n", netns, "-o", "link", "show", link])?;
+    line.split(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("the index of {link} in {:?}", line.trim()))
+}
+
+/// Runs `job` on a thread of its own that has entered network namespace `netns` (`setns`
+/// moves only the calling thread), and returns what it returns.
+fn in_netns<T: Send>(netns: &str, job: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter_netns(netns)?;
+                job()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("a thread in network namespace {netns} panicked"))?
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the thread enabling forwarding panicked"))?
+}
+
+/// Writes each `(name, value)` under /proc/sys in `netns` (such as IPv4 forwarding, which a
+/// new namespace has off).
+fn write_sysctls(netns: &str, settings: &[(&str, &str)]) -> Result<()> {
+    // /proc/sys/net is the namespace of the thread that opens it.
+    in_netns(netns, || {
+        for (name, value) in settings {
+            std::fs::write(Path::new("/proc/sys").join(name), value)
+                .with_context(|| format!("setting {name} to {value} in {netns}"))?;
+        }
+        Ok(())
+    })
 }
 
 /// A topology's namespaces, with their loopbacks up; removed when dropped.
-struct Namespaces(&'static NodeNames);
+struct Namespaces(Vec<&'static str>);
 
 impl Namespaces {
-    fn create(names: &'static NodeNames) -> Result<Namespaces> {
-        let namespaces = Namespaces(names);
-        for netns in namespaces.all() {
+    fn create(names: &[&'static str]) -> Result<Namespaces> {
+        let mut namespaces = Namespaces(Vec::with_capacity(names.len()));
+        for &netns in names {
             ip(&["netns", "add", netns])?;
+            // Made: removed on drop from here on.
+            namespaces.0.push(netns);
             ip(&["-n", netns, "link", "set", "lo", "up"])?;
         }
         Ok(namespaces)
-    }
-
-    fn all(&self) -> [&'static str; 4] {
-        [self.0.client, self.0.node, self.0.pod, self.0.remote]
     }
 }
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        for netns in self.all() {
-            // Not made yet, when creating failed half-way.
+        for &netns in &self.0 {
+            // Already gone (deleted by hand): nothing to complain of.
             if netns_exists(netns) {
                 if let Err(e) = ip(&["netns", "del", netns]) {
                     eprintln!("nodeport bench: {e:#}");
@@ -817,34 +868,12 @@ fn traffic(catalog: &Catalog, sizes: &Sizes, report: &mut Report) -> Result<()> 
 /// bosun's programs installed, attached to `node`'s client and remote-node veths and
 /// programmed with the catalog, as the daemon does it.
 fn program_bosun(node: &Node, catalog: &Catalog, report: &mut Report) -> Result<Installed> {
-    let installed = Installed::new();
-    // As the daemon chooses for the node's interfaces: tcx from 6.6, or BOSUN_TC_ATTACH.
-    let mode = bosun_netdp::tc::TcMode::detect(bosun_netdp::tc::Interfaces::Node)?;
-    let mut datapath = nodeport::install(Path::new(BPF_DIR), mode)
-        .with_context(|| format!("installing the programs in {BPF_DIR}"))?;
+    let installed = Installed::new(BPF_DIR);
     let links = [TO_CLIENT.0, TO_REMOTE.0]
         .into_iter()
         .map(|link| node.ifindex(link))
         .collect::<Result<Vec<u32>>>()?;
-    let netns = node.names.node;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> Result<()> {
-                enter_netns(netns)?;
-                for ifindex in links {
-                    datapath
-                        .attach(ifindex)
-                        .with_context(|| format!("attaching to interface {ifindex}"))?;
-                }
-                Ok(())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the attaching thread panicked"))?
-    })?;
-    datapath
-        .maps()
-        .and_then(|mut maps| maps.set_snat_address(Some(NODE_ADDRESS)))
-        .context("setting the SNAT address")?;
+    let _datapath = install_bosun(BPF_DIR, node.names.node, &links, NODE_ADDRESS)?;
     let desired = desired_services(catalog);
     let mut reconciler =
         Reconciler::new(PinnedMaps::open(Path::new(BPF_DIR)).context("opening the service maps")?);
@@ -862,50 +891,84 @@ fn program_bosun(node: &Node, catalog: &Catalog, report: &mut Report) -> Result<
     Ok(installed)
 }
 
-/// bosun's programs and maps in [`BPF_DIR`]: removed by [`Installed::remove`], or when
+/// bosun's node-port programs loaded with their maps pinned in `bpf_dir`, attached to the
+/// interfaces `links` of network namespace `netns`, with `snat_address` to SNAT flows to
+/// other nodes' backends to, as the daemon does it.
+fn install_bosun(
+    bpf_dir: &str,
+    netns: &str,
+    links: &[u32],
+    snat_address: Ipv4Addr,
+) -> Result<NodePortDatapath> {
+    // As the daemon chooses for the node's interfaces: tcx from 6.6, or BOSUN_TC_ATTACH.
+    let mode = bosun_netdp::tc::TcMode::detect(bosun_netdp::tc::Interfaces::Node)?;
+    let mut datapath = nodeport::install(Path::new(bpf_dir), mode)
+        .with_context(|| format!("installing the programs in {bpf_dir}"))?;
+    in_netns(netns, || {
+        for &ifindex in links {
+            datapath
+                .attach(ifindex)
+                .with_context(|| format!("attaching to interface {ifindex} of {netns}"))?;
+        }
+        Ok(())
+    })?;
+    datapath
+        .maps()
+        .and_then(|mut maps| maps.set_snat_address(Some(snat_address)))
+        .context("setting the SNAT address")?;
+    Ok(datapath)
+}
+
+/// bosun's programs and maps in a bpffs directory: removed by [`Installed::remove`], or when
 /// dropped on the way out of a failure.
 struct Installed {
+    bpf_dir: &'static str,
     removed: bool,
 }
 
 impl Installed {
     /// Made before `install`, so that a half-done install is removed too.
-    fn new() -> Installed {
-        Installed { removed: false }
+    fn new(bpf_dir: &'static str) -> Installed {
+        Installed {
+            bpf_dir,
+            removed: false,
+        }
     }
 
     fn remove(mut self) -> Result<()> {
         self.removed = true;
-        remove_datapath()
+        remove_datapath(self.bpf_dir)
     }
 }
 
 impl Drop for Installed {
     fn drop(&mut self) {
         if !self.removed {
-            if let Err(e) = remove_datapath() {
+            if let Err(e) = remove_datapath(self.bpf_dir) {
                 eprintln!("nodeport bench: {e:#}");
             }
         }
     }
 }
 
-/// The node-port programs' links and maps first, then the service maps and the directory.
-fn remove_datapath() -> Result<()> {
-    let dir = Path::new(BPF_DIR);
-    nodeport::cleanup(dir).with_context(|| format!("removing the programs in {BPF_DIR}"))?;
-    datapath::cleanup(dir).with_context(|| format!("removing the maps in {BPF_DIR}"))?;
+/// The node-port programs' links and maps in `bpf_dir` first, then the service maps and the
+/// directory.
+fn remove_datapath(bpf_dir: &str) -> Result<()> {
+    let dir = Path::new(bpf_dir);
+    nodeport::cleanup(dir).with_context(|| format!("removing the programs in {bpf_dir}"))?;
+    datapath::cleanup(dir).with_context(|| format!("removing the maps in {bpf_dir}"))?;
     Ok(())
 }
 
-/// Removes what a killed run left: `bnp-*` namespaces, then the datapath.
+/// Removes what a killed run left: `bnp-*` namespaces, then both benchmarks' datapaths.
 fn sweep_leftovers() -> Result<()> {
     for netns in service_lab::netns_names()? {
         if netns.starts_with(PREFIX) {
             ip(&["netns", "del", &netns])?;
         }
     }
-    remove_datapath()
+    remove_datapath(BPF_DIR)?;
+    remove_datapath(XDP_BPF_DIR)
 }
 
 /// What the benchmark may have left behind, as the last line of its output.
@@ -918,8 +981,10 @@ fn print_leftovers() {
             .collect(),
         Err(e) => vec![format!("(listing namespaces: {e:#})")],
     };
-    if Path::new(BPF_DIR).exists() {
-        left.push(BPF_DIR.to_owned());
+    for dir in [BPF_DIR, XDP_BPF_DIR] {
+        if Path::new(dir).exists() {
+            left.push(dir.to_owned());
+        }
     }
     if left.is_empty() {
         println!("left behind: nothing");
@@ -1076,6 +1141,590 @@ fn print_maglev() {
     }
 }
 
+// ---- XDP ----------------------------------------------------------------------------------
+
+/// Where the XDP benchmark pins bosun's programs and maps.
+const XDP_BPF_DIR: &str = "/sys/fs/bpf/bosun-npbench-xdp";
+
+/// A generator and the node it sends to, each a network namespace, joined by one veth: the
+/// node's [`UPLINK`] and the generator's [`GENERATOR_LINK`].
+struct PairNames {
+    generator: &'static str,
+    node: &'static str,
+}
+
+/// The floor's node runs no program but the pass-through one; bosun's runs bosun's.
+const XDP_FLOOR: PairNames = PairNames {
+    generator: "bnp-xdp-floor-gen",
+    node: "bnp-xdp-floor-node",
+};
+const XDP_BOSUN: PairNames = PairNames {
+    generator: "bnp-xdp-bosun-gen",
+    node: "bnp-xdp-bosun-node",
+};
+
+/// Not `up`, which `ip link` reads as a keyword.
+const UPLINK: &str = "uplink";
+const GENERATOR_LINK: &str = "eth0";
+/// Fixed (locally administered) MAC addresses, so that the frame is written before the links
+/// exist and the node needs no ARP answer from the generator, whose XDP program drops all.
+const UPLINK_MAC: [u8; 6] = [0x02, 0x62, 0x6e, 0x70, 0x00, 0x01];
+const GENERATOR_MAC: [u8; 6] = [0x02, 0x62, 0x6e, 0x70, 0x00, 0x02];
+/// The node's uplink: the node port's address, and the address flows are SNATed to.
+const XDP_NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
+/// The generator, on the node's LAN: the client the flow comes from, and the remote node its
+/// backend is routed through.
+const GENERATOR_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 2);
+const XDP_PREFIX: u8 = 24;
+/// The remote node's pods, and the Service's one backend among them.
+const XDP_REMOTE_NET: &str = "10.231.1.0/24";
+const XDP_BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 231, 1, 10), 8080);
+const XDP_NODE_PORT: u16 = 30080;
+const XDP_CLIENT_PORT: u16 = 40000;
+/// 14 + 20 + 8 + 18 = 60 bytes: the shortest Ethernet frame, 64 on a wire with its FCS.
+const XDP_PAYLOAD_BYTES: usize = 18;
+/// Frames per `BPF_PROG_TEST_RUN` call: some tens of milliseconds' worth, so that a window
+/// ends close to its time and Ctrl-C is heard soon.
+const FRAMES_PER_CALL: u32 = 20_000;
+/// At most this share of the XDP row's frames may go through the kernel (its once-a-second
+/// refresh of the Ethernet header takes a handful): more, and the row does not measure XDP.
+const XDP_MAX_KERNEL_SHARE: f64 = 0.05;
+
+/// The windows of each row and how long each lasts; before each, an unmeasured warm-up (the
+/// first packets after a change of program go through the kernel); before all, one check of
+/// each path.
+struct XdpSizes {
+    windows: usize,
+    window: Duration,
+    warm_up: Duration,
+    check: Duration,
+}
+
+fn xdp_sizes(args: &Args) -> XdpSizes {
+    let ms = Duration::from_millis;
+    let (windows, window, warm_up, check) = match args.mode {
+        Mode::Smoke => (1, ms(200), ms(100), ms(200)),
+        Mode::Quick => (3, ms(1000), ms(200), ms(300)),
+        Mode::Full => (7, ms(2000), ms(300), ms(500)),
+    };
+    XdpSizes {
+        windows: args.samples.unwrap_or(windows),
+        window,
+        warm_up,
+        check,
+    }
+}
+
+/// The rows of the XDP benchmark: what carries the frames through the node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// The kernel routes them back out, no NAT, no program but the pass-through one.
+    Floor,
+    /// bosun's tc programs DNAT and SNAT them around the kernel's routing.
+    Tc,
+    /// bosun's XDP program rewrites them and sends them back out.
+    Xdp,
+}
+
+const WAYS: [Way; 3] = [Way::Floor, Way::Tc, Way::Xdp];
+
+impl Way {
+    fn label(self) -> &'static str {
+        match self {
+            Way::Floor => "floor: routed back out of the uplink, no NAT",
+            Way::Tc => "bosun tc: node port → remote backend, SNATed",
+            Way::Xdp => "bosun XDP: the same, sent back out by XDP_TX",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Way::Floor => 0,
+            Way::Tc => 1,
+            Way::Xdp => 2,
+        }
+    }
+}
+
+/// The XDP benchmark: both pairs built, bosun installed on its node with the one Service,
+/// each path checked, then every row measured in interleaved windows.
+fn xdp(sizes: &XdpSizes, report: &mut XdpReport) -> Result<()> {
+    let mut lab = XdpLab::create()?;
+    report.kernel_per_second = Some(lab.check(sizes.check)?);
+    for _ in 0..sizes.windows {
+        for way in WAYS {
+            lab.prepare(way)?;
+            lab.burst(way, sizes.warm_up)?;
+            let burst = lab.burst(way, sizes.window)?;
+            check_interrupted()?;
+            ensure!(
+                burst.delivered > 0,
+                "{}: none of {} frames came back to the generator",
+                way.label(),
+                burst.sent
+            );
+            report.bursts[way.index()].push(burst);
+        }
+    }
+    // The rows' frames were one flow through bosun's programs, SNATed.
+    let flows = NodePortMaps::open(Path::new(XDP_BPF_DIR))
+        .and_then(|maps| maps.flows(nodeport::monotonic_now()))
+        .context("reading the NAT table")?;
+    let [flow] = flows.as_slice() else {
+        anyhow::bail!(
+            "bosun's NAT table holds {} flows, not the generator's one: {flows:?}",
+            flows.len()
+        );
+    };
+    let (snat, port) = flow
+        .snat
+        .with_context(|| format!("the generator's flow was not SNATed: {flow:?}"))?;
+    report.flow = Some(format!(
+        "{}:{} → {}:{} → {}:{}, SNATed to {snat}:{port}",
+        flow.client.0,
+        flow.client.1,
+        flow.frontend.0,
+        flow.frontend.1,
+        flow.backend.0,
+        flow.backend.1
+    ));
+    lab.remove()
+}
+
+/// The Service: the node port on the uplink's address, its one backend on the remote node.
+fn xdp_service() -> DesiredService {
+    let backend = BackendAddr {
+        address: *XDP_BACKEND.ip(),
+        port: XDP_BACKEND.port(),
+    };
+    DesiredService {
+        frontend: Frontend {
+            address: XDP_NODE_ADDRESS,
+            port: XDP_NODE_PORT,
+            protocol: Protocol::Udp,
+        },
+        name: ServicePortName {
+            namespace: Arc::from(NAMESPACE),
+            name: Arc::from("xdp"),
+            port: Arc::from(""),
+        },
+        affinity_timeout: None,
+        backends: vec![backend],
+        external: Some(Box::new([ExternalTarget {
+            backend,
+            local: false,
+        }])),
+    }
+}
+
+/// One generator and node (see [`PairNames`]) with the raw programs on their veth: the sink
+/// on the generator's end, the pass-through program on the uplink (while bosun's XDP program
+/// is not there). Dropping it detaches them (a link's program is taken off when its last
+/// descriptor closes), then removes the namespaces.
+struct Pair {
+    names: &'static PairNames,
+    generator_ifindex: u32,
+    uplink_ifindex: u32,
+    _sink: OwnedFd,
+    pass: Option<OwnedFd>,
+    _namespaces: Namespaces,
+}
+
+impl Pair {
+    fn create(names: &'static PairNames, sink: &RawXdp, pass: &RawXdp) -> Result<Pair> {
+        let namespaces = Namespaces::create(&[names.generator, names.node])?;
+        let (node, generator) = (names.node, names.generator);
+        ip(&[
+            "link",
+            "add",
+            UPLINK,
+            "address",
+            &mac_text(UPLINK_MAC),
+            "netns",
+            node,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            GENERATOR_LINK,
+            "address",
+            &mac_text(GENERATOR_MAC),
+            "netns",
+            generator,
+        ])?;
+        for (netns, link, address) in [
+            (node, UPLINK, XDP_NODE_ADDRESS),
+            (generator, GENERATOR_LINK, GENERATOR_ADDRESS),
+        ] {
+            let address = format!("{address}/{XDP_PREFIX}");
+            ip(&["-n", netns, "addr", "add", &address, "dev", link])?;
+            ip(&["-n", netns, "link", "set", link, "up"])?;
+        }
+        // The remote node's pods are behind the generator: flows to them leave by the uplink
+        // they came in by.
+        let via = GENERATOR_ADDRESS.to_string();
+        ip(&[
+            "-n",
+            node,
+            "route",
+            "add",
+            XDP_REMOTE_NET,
+            "via",
+            &via,
+            "dev",
+            UPLINK,
+        ])?;
+        // The generator answers no ARP: its sink drops everything.
+        ip(&[
+            "-n",
+            node,
+            "neigh",
+            "replace",
+            &via,
+            "lladdr",
+            &mac_text(GENERATOR_MAC),
+            "dev",
+            UPLINK,
+            "nud",
+            "permanent",
+        ])?;
+        let redirects = |conf: &str| format!("net/ipv4/conf/{conf}/send_redirects");
+        let (all, default, uplink) = (redirects("all"), redirects("default"), redirects(UPLINK));
+        write_sysctls(
+            node,
+            &[
+                ("net/ipv4/ip_forward", "1"),
+                // A flow sent back out of its interface is no reason to tell the client of a
+                // shorter way.
+                (&all, "0"),
+                (&default, "0"),
+                (&uplink, "0"),
+            ],
+        )?;
+        let generator_ifindex = ifindex_in(generator, GENERATOR_LINK)?;
+        let uplink_ifindex = ifindex_in(node, UPLINK)?;
+        let sink = in_netns(generator, || {
+            sink.attach(generator_ifindex)
+                .with_context(|| format!("attaching the sink to {GENERATOR_LINK} of {generator}"))
+        })?;
+        let pass = in_netns(node, || attach_pass(pass, uplink_ifindex, node))?;
+        Ok(Pair {
+            names,
+            generator_ifindex,
+            uplink_ifindex,
+            _sink: sink,
+            pass: Some(pass),
+            _namespaces: namespaces,
+        })
+    }
+}
+
+/// Attaches the pass-through program to the uplink `ifindex` of the calling thread's
+/// namespace `netns`, once the program before it is off: the kernel may let go of an unpinned
+/// link a moment after the pin is gone.
+fn attach_pass(pass: &RawXdp, ifindex: u32, netns: &str) -> Result<OwnedFd> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match pass.attach(ifindex) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            attached => {
+                return attached.with_context(|| {
+                    format!("attaching the pass-through program to {UPLINK} of {netns}")
+                })
+            }
+        }
+    }
+}
+
+/// "02:62:6e:70:00:01", as `ip` takes it.
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// What the XDP benchmark built: the raw programs, both pairs, and bosun's programs on the
+/// bosun pair's node. Dropped, it removes all (bosun's pins first, then each pair's links and
+/// namespaces).
+struct XdpLab {
+    installed: Installed,
+    generator: RawXdp,
+    pass: RawXdp,
+    datapath: NodePortDatapath,
+    /// Whether bosun's XDP program, rather than the pass-through one, is on its uplink.
+    bosun_xdp: bool,
+    floor: Pair,
+    bosun: Pair,
+    /// The frame each pair's generator sends: to the remote pod, routed; to the node port.
+    floor_frame: Vec<u8>,
+    node_port_frame: Vec<u8>,
+}
+
+impl XdpLab {
+    fn create() -> Result<XdpLab> {
+        let program = |name: &'static str, action: i32| {
+            RawXdp::load(name, action).with_context(|| format!("loading the XDP program {name}"))
+        };
+        let generator = program("bnp_gen", raw_xdp::XDP_TX)?;
+        let sink = program("bnp_sink", raw_xdp::XDP_DROP)?;
+        let pass = program("bnp_pass", raw_xdp::XDP_PASS)?;
+        let floor = Pair::create(&XDP_FLOOR, &sink, &pass)?;
+        let bosun = Pair::create(&XDP_BOSUN, &sink, &pass)?;
+        let installed = Installed::new(XDP_BPF_DIR);
+        let datapath = install_bosun(
+            XDP_BPF_DIR,
+            bosun.names.node,
+            &[bosun.uplink_ifindex],
+            XDP_NODE_ADDRESS,
+        )?;
+        let desired = [xdp_service()];
+        Reconciler::new(
+            PinnedMaps::open(Path::new(XDP_BPF_DIR)).context("opening the service maps")?,
+        )
+        .apply(&desired)
+        .context("writing the Service to the maps")?;
+        let client = SocketAddrV4::new(GENERATOR_ADDRESS, XDP_CLIENT_PORT);
+        let frame = |to: SocketAddrV4| {
+            udp_frame(
+                (GENERATOR_MAC, client),
+                (UPLINK_MAC, to),
+                &[b'x'; XDP_PAYLOAD_BYTES],
+            )
+        };
+        Ok(XdpLab {
+            installed,
+            generator,
+            pass,
+            datapath,
+            bosun_xdp: false,
+            floor,
+            bosun,
+            floor_frame: frame(XDP_BACKEND),
+            node_port_frame: frame(SocketAddrV4::new(XDP_NODE_ADDRESS, XDP_NODE_PORT)),
+        })
+    }
+
+    /// Puts on the bosun pair's uplink the XDP program `way` needs: bosun's for
+    /// [`Way::Xdp`], the pass-through one for [`Way::Tc`]. The floor's pair never changes.
+    fn prepare(&mut self, way: Way) -> Result<()> {
+        let on = match way {
+            Way::Floor => return Ok(()),
+            Way::Tc => false,
+            Way::Xdp => true,
+        };
+        if on == self.bosun_xdp {
+            return Ok(());
+        }
+        let (netns, ifindex) = (self.bosun.names.node, self.bosun.uplink_ifindex);
+        if on {
+            // Its link's only descriptor: closing it takes the program off at once.
+            self.bosun.pass = None;
+            let datapath = &mut self.datapath;
+            in_netns(netns, || {
+                datapath
+                    .attach_xdp(ifindex)
+                    .context("attaching bosun's XDP program to the uplink")
+            })?;
+        } else {
+            nodeport::detach_xdp(Path::new(XDP_BPF_DIR), ifindex)
+                .context("taking bosun's XDP program off the uplink")?;
+            let pass = &self.pass;
+            self.bosun.pass = Some(in_netns(netns, || attach_pass(pass, ifindex, netns))?);
+        }
+        self.bosun_xdp = on;
+        Ok(())
+    }
+
+    /// Sends `way`'s frame for `duration` from its generator, on a thread in the generator's
+    /// namespace (where the test run finds the veth its frames leave by), pinned to the
+    /// clients' CPU: the softirq work of the frames, the node's included, runs there too.
+    fn burst(&self, way: Way, duration: Duration) -> Result<Burst> {
+        let (pair, frame) = match way {
+            Way::Floor => (&self.floor, &self.floor_frame),
+            Way::Tc | Way::Xdp => (&self.bosun, &self.node_port_frame),
+        };
+        let generator = &self.generator;
+        in_netns(pair.names.generator, || {
+            pin(CLIENT_CPU)?;
+            let before = received(GENERATOR_LINK)?;
+            let started = Instant::now();
+            let mut sent = 0;
+            while started.elapsed() < duration && !interrupted() {
+                generator
+                    .run_live(frame, pair.generator_ifindex, FRAMES_PER_CALL)
+                    .context("sending frames with BPF_PROG_TEST_RUN")?;
+                sent += u64::from(FRAMES_PER_CALL);
+            }
+            let delivered = received(GENERATOR_LINK)?.saturating_sub(before);
+            Ok(Burst {
+                sent,
+                delivered,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        })
+    }
+
+    /// Shows that each row's frames take the path it names, counting bosun's programs' runs
+    /// (the kernel's run statistics, on only here: they cost every program run two clock
+    /// reads): on the tc row, bosun's tc ingress program ran for every frame that came back;
+    /// on the XDP row its XDP program did, and the tc one for hardly any. Returns how many
+    /// packets per second of the flow the XDP row still gave the kernel.
+    fn check(&mut self, duration: Duration) -> Result<f64> {
+        let links = Path::new(XDP_BPF_DIR).join("nodeport/links");
+        let ifindex = self.bosun.uplink_ifindex;
+        let clock =
+            |direction: &str| ProgramClock::start(&[links.join(format!("{ifindex}_{direction}"))]);
+        let mut kernel_per_second = 0.0;
+        for way in WAYS {
+            self.prepare(way)?;
+            let tc = match way {
+                Way::Floor => None,
+                Way::Tc | Way::Xdp => Some(clock("in")?),
+            };
+            let xdp = match way {
+                Way::Xdp => Some(clock("xdp")?),
+                Way::Floor | Way::Tc => None,
+            };
+            let runs = |clock: &Option<ProgramClock>| -> Result<u64> {
+                clock.as_ref().map_or(Ok(0), |c| Ok(c.read()?.1))
+            };
+            let (tc_before, xdp_before) = (runs(&tc)?, runs(&xdp)?);
+            let burst = self.burst(way, duration)?;
+            check_interrupted()?;
+            let (tc_runs, xdp_runs) = (runs(&tc)? - tc_before, runs(&xdp)? - xdp_before);
+            let frames = burst.delivered;
+            ensure!(
+                frames > 0,
+                "{}: none of {} frames came back to the generator",
+                way.label(),
+                burst.sent
+            );
+            match way {
+                Way::Floor => {}
+                Way::Tc => ensure!(
+                    tc_runs >= frames,
+                    "{}: bosun's tc ingress program ran {tc_runs} times for {frames} frames \
+                     that came back",
+                    way.label()
+                ),
+                Way::Xdp => {
+                    ensure!(
+                        xdp_runs >= frames
+                            && tc_runs as f64 <= XDP_MAX_KERNEL_SHARE * frames as f64,
+                        "{}: bosun's XDP program ran {xdp_runs} times and its tc ingress \
+                         program {tc_runs} for {frames} frames that came back: the XDP \
+                         program did not send them",
+                        way.label()
+                    );
+                    kernel_per_second = tc_runs as f64 / burst.seconds;
+                }
+            }
+        }
+        Ok(kernel_per_second)
+    }
+
+    fn remove(self) -> Result<()> {
+        let XdpLab { installed, .. } = self;
+        installed.remove()
+    }
+}
+
+/// What one run of a generator did: frames sent, frames that came back to its veth, over how
+/// long.
+#[derive(Clone, Copy)]
+struct Burst {
+    sent: u64,
+    delivered: u64,
+    seconds: f64,
+}
+
+/// The frames `link` of the calling thread's network namespace has received, as
+/// /proc/net/dev counts them. A veth running an XDP program counts every frame it hands the
+/// program, the ones it drops too.
+fn received(link: &str) -> Result<u64> {
+    let path = "/proc/thread-self/net/dev";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    // "  eth0: RX-bytes RX-packets RX-errs ..."
+    text.lines()
+        .find_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            (name.trim() == link).then(|| counters.split_whitespace().nth(1)?.parse().ok())?
+        })
+        .with_context(|| format!("no received packets of {link} in {path}"))
+}
+
+/// An Ethernet frame of one UDP datagram from `from` to `to` (MAC address, IPv4 address and
+/// port) carrying `payload`, IPv4 without options, TTL 64, both checksums complete as on a
+/// wire.
+fn udp_frame(
+    from: ([u8; 6], SocketAddrV4),
+    to: ([u8; 6], SocketAddrV4),
+    payload: &[u8],
+) -> Vec<u8> {
+    const IPV4_HEADER: usize = 20;
+    const UDP_HEADER: usize = 8;
+    const UDP: u8 = 17;
+    let udp_length = (UDP_HEADER + payload.len()) as u16;
+    let ip_length = IPV4_HEADER as u16 + udp_length;
+    let (source, destination) = (from.1.ip().octets(), to.1.ip().octets());
+
+    let mut ip = Vec::with_capacity(IPV4_HEADER);
+    ip.extend_from_slice(&[0x45, 0]);
+    ip.extend_from_slice(&ip_length.to_be_bytes());
+    // Identification 0, no flags, no fragment offset, TTL 64, checksum 0 while summed.
+    ip.extend_from_slice(&[0, 0, 0, 0, 64, UDP, 0, 0]);
+    ip.extend_from_slice(&source);
+    ip.extend_from_slice(&destination);
+    let check = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+
+    let mut udp = Vec::with_capacity(usize::from(udp_length));
+    udp.extend_from_slice(&from.1.port().to_be_bytes());
+    udp.extend_from_slice(&to.1.port().to_be_bytes());
+    udp.extend_from_slice(&udp_length.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    // Over the pseudo-header (addresses, protocol, length) and the datagram; a sum of 0 is
+    // sent as all ones, 0 meaning no checksum.
+    let mut summed = Vec::with_capacity(12 + udp.len());
+    summed.extend_from_slice(&source);
+    summed.extend_from_slice(&destination);
+    summed.extend_from_slice(&[0, UDP]);
+    summed.extend_from_slice(&udp_length.to_be_bytes());
+    summed.extend_from_slice(&udp);
+    let check = match internet_checksum(&summed) {
+        0 => 0xffff,
+        check => check,
+    };
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+
+    let mut frame = Vec::with_capacity(14 + ip.len() + udp.len());
+    frame.extend_from_slice(&to.0);
+    frame.extend_from_slice(&from.0);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&udp);
+    frame
+}
+
+/// The Internet checksum (RFC 1071) of `bytes`: the ones' complement of their ones'
+/// complement sum in 16-bit words, an odd last byte padded with zero.
+fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|word| {
+            u32::from(u16::from_be_bytes([
+                word[0],
+                word.get(1).copied().unwrap_or(0),
+            ]))
+        })
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 // ---- reporting ----------------------------------------------------------------------------
 
 /// Everything measured for one N; printed as one block.
@@ -1110,18 +1759,11 @@ impl Report {
 
     fn print(&self) {
         let n = self.n;
-        println!(
-            "\n=== {n} NodePort Services, {ENDPOINTS_PER_SERVICE} endpoints each ===\n\
-             load average {} at the start, {} at the end",
-            self.load,
-            load_average()
+        print_head(
+            &format!("{n} NodePort Services, {ENDPOINTS_PER_SERVICE} endpoints each"),
+            &self.load,
+            self.steal_at_start,
         );
-        if let (Some(start), Some(end)) = (self.steal_at_start, lab::stolen()) {
-            println!(
-                "CPU time the hypervisor took from this machine meanwhile (steal): {} ms",
-                end.saturating_sub(start).as_millis()
-            );
-        }
         for path in &self.foreign {
             println!(
                 "NOTE: another bosun datapath is attached ({path}): its connect programs ran \
@@ -1196,5 +1838,281 @@ fn print_rates(rows: &[(Row, Option<usize>, usize)]) {
             .map(|base| format!("  {:.2}× the floor's", r / base))
             .unwrap_or_default();
         println!("    {:<56} {r:>9.0}/s{ratio}", row.label);
+    }
+}
+
+/// A block's title, the load average at its start and now, and the CPU time the hypervisor
+/// took meanwhile.
+fn print_head(title: &str, load: &str, steal_at_start: Option<Duration>) {
+    println!(
+        "\n=== {title} ===\nload average {load} at the start, {} at the end",
+        load_average()
+    );
+    if let (Some(start), Some(end)) = (steal_at_start, lab::stolen()) {
+        println!(
+            "CPU time the hypervisor took from this machine meanwhile (steal): {} ms",
+            end.saturating_sub(start).as_millis()
+        );
+    }
+}
+
+/// Everything the XDP benchmark measured; printed as one block.
+struct XdpReport {
+    load: String,
+    steal_at_start: Option<Duration>,
+    window: Duration,
+    warm_up: Duration,
+    /// Each row's windows, in [`Way::index`] order.
+    bursts: [Vec<Burst>; 3],
+    /// Packets per second of the flow that the XDP row gave the kernel, in the check.
+    kernel_per_second: Option<f64>,
+    /// bosun's one flow at the end, as its NAT table shows it.
+    flow: Option<String>,
+}
+
+impl XdpReport {
+    fn new(sizes: &XdpSizes) -> XdpReport {
+        XdpReport {
+            load: load_average(),
+            steal_at_start: lab::stolen(),
+            window: sizes.window,
+            warm_up: sizes.warm_up,
+            bursts: [Vec::new(), Vec::new(), Vec::new()],
+            kernel_per_second: None,
+            flow: None,
+        }
+    }
+
+    fn print(&self) {
+        print_head(
+            "XDP: packets per second of one node port flow sent back out of the node's uplink",
+            &self.load,
+            self.steal_at_start,
+        );
+        let frame = 14 + 20 + 8 + XDP_PAYLOAD_BYTES;
+        println!(
+            "generator: the kernel's BPF_PROG_TEST_RUN in live-frames mode, an XDP_TX program \
+             sending one {frame}-byte UDP frame ({} on a wire) out of the generator's veth, \
+             {FRAMES_PER_CALL} a call; counted where they come back, the generator's veth, \
+             whose XDP program drops them. One CPU sends, forwards and counts (a veth's \
+             softirq work runs where its frames are sent): what differs between the rows is \
+             the node's part",
+            frame + 4
+        );
+        if let Some(flow) = &self.flow {
+            println!("bosun: its NAT table held one flow at the end: {flow}");
+        }
+        println!(
+            "NOTE: one established flow, the same 5-tuple every packet, its backend on the \
+             remote node (behind the generator), so that it leaves by the uplink it came in by"
+        );
+        println!(
+            "NOTE: the node's uplink runs an XDP program in every row, bosun's or one that \
+             passes everything to the kernel (veth hands the frames XDP sends only to a peer \
+             that runs one): the floor's and tc's frames enter the kernel by veth's XDP path, \
+             alike for both"
+        );
+        let kernel = self
+            .kernel_per_second
+            .map(|rate| format!(" (here {rate:.0} packets a second, in the check)"))
+            .unwrap_or_default();
+        println!(
+            "NOTE: the XDP program sends a packet back out only while the Ethernet header the \
+             kernel last gave the flow's packets is under {} s old: about once a second a few \
+             go through the kernel and the tc programs, which note it again{kernel}",
+            HOP_TIMEOUT_NS as f64 / 1e9
+        );
+        let windows = self.bursts.iter().map(Vec::len).max().unwrap_or(0);
+        println!(
+            "\npackets per second: {windows} windows of {:.1} s per row, interleaved, each \
+             after {:.1} s unmeasured",
+            self.window.as_secs_f64(),
+            self.warm_up.as_secs_f64()
+        );
+        println!(
+            "  {:<56} {:>5} {:>9} {:>9} {:>9} {:>10}",
+            "thousands per second", "n", "min", "median", "max", "came back"
+        );
+        let mut medians = [None; 3];
+        for way in WAYS {
+            let bursts = &self.bursts[way.index()];
+            let rates: Vec<f64> = bursts
+                .iter()
+                .map(|b| b.delivered as f64 / b.seconds / 1e3)
+                .collect();
+            let Some(stats) = Stats::of(&rates) else {
+                println!("  {:<56} not measured", way.label());
+                continue;
+            };
+            medians[way.index()] = Some(stats.median);
+            let sent: u64 = bursts.iter().map(|b| b.sent).sum();
+            let delivered: u64 = bursts.iter().map(|b| b.delivered).sum();
+            println!(
+                "  {:<56} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1}%",
+                way.label(),
+                stats.n,
+                stats.min,
+                stats.median,
+                stats.max,
+                delivered as f64 * 100.0 / sent.max(1) as f64
+            );
+        }
+        if let [Some(floor), Some(tc), Some(xdp)] = medians {
+            println!(
+                "  medians: bosun XDP / bosun tc {:.2}×, bosun tc / floor {:.2}×, \
+                 bosun XDP / floor {:.2}×",
+                xdp / tc,
+                tc / floor,
+                xdp / floor
+            );
+        }
+    }
+}
+
+/// XDP programs of two instructions (`r0 = action; exit`) loaded with the raw `bpf(2)` call,
+/// and the two other calls the XDP benchmark makes with them: attaching one in the driver by a
+/// BPF link, and sending frames with one (`BPF_PROG_TEST_RUN` in live-frames mode, the
+/// kernel's packet generator for XDP since 5.18: what the program returns for each frame is
+/// done, `XDP_TX` sending it out of the device the context names). aya loads programs only
+/// from an object file and has no test run. The offsets into `union bpf_attr` are the
+/// kernel's, from include/uapi/linux/bpf.h.
+mod raw_xdp {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    pub const XDP_DROP: i32 = 1;
+    pub const XDP_PASS: i32 = 2;
+    pub const XDP_TX: i32 = 3;
+
+    const BPF_PROG_LOAD: u32 = 5;
+    const BPF_PROG_TEST_RUN: u32 = 10;
+    const BPF_LINK_CREATE: u32 = 28;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    /// `enum bpf_attach_type`'s `BPF_XDP`.
+    const BPF_XDP: u32 = 37;
+    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+    /// The program names the kernel keeps: 15 characters and a NUL.
+    const NAME_BYTES: usize = 16;
+
+    /// One loaded program; unloaded when its descriptor and every link to it are closed.
+    pub struct RawXdp {
+        fd: OwnedFd,
+    }
+
+    impl RawXdp {
+        /// Loads `r0 = action; exit` as the XDP program `name` (at most 15 characters of
+        /// letters, digits, `_` and `.`, as `bpftool prog` will show it).
+        pub fn load(name: &str, action: i32) -> io::Result<RawXdp> {
+            if name.len() >= NAME_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("the program name {name:?} is longer than 15 characters"),
+                ));
+            }
+            // Each instruction: opcode, destination and source registers, 16-bit offset,
+            // 32-bit immediate. BPF_ALU64 | BPF_MOV | BPF_K of `action` into r0, then
+            // BPF_JMP | BPF_EXIT.
+            let mut instructions = [0u8; 16];
+            instructions[0] = 0xb7;
+            instructions[4..8].copy_from_slice(&action.to_ne_bytes());
+            instructions[8] = 0x95;
+            let license = c"Apache-2.0";
+            let mut attr = Attr::default();
+            attr.u32(0, BPF_PROG_TYPE_XDP)
+                .u32(4, 2)
+                .u64(8, instructions.as_ptr() as u64)
+                .u64(16, license.as_ptr() as u64)
+                .bytes(48, name.as_bytes())
+                .u32(68, BPF_XDP);
+            let fd = bpf_fd(BPF_PROG_LOAD, &mut attr)?;
+            Ok(RawXdp { fd })
+        }
+
+        /// Attaches the program to interface `ifindex` of the calling thread's network
+        /// namespace in the driver (`XDP_FLAGS_DRV_MODE`); it stays there until the returned
+        /// link is closed. `EBUSY`: another program holds the interface.
+        pub fn attach(&self, ifindex: u32) -> io::Result<OwnedFd> {
+            let mut attr = Attr::default();
+            attr.u32(0, self.fd.as_raw_fd() as u32)
+                .u32(4, ifindex)
+                .u32(8, BPF_XDP)
+                .u32(12, XDP_FLAGS_DRV_MODE);
+            bpf_fd(BPF_LINK_CREATE, &mut attr)
+        }
+
+        /// Runs the program `repeat` times on `frame` as if received on interface
+        /// `ingress_ifindex` of the calling thread's network namespace, doing what it returns
+        /// for each: `XDP_TX` sends the frame out of that interface.
+        pub fn run_live(&self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> io::Result<()> {
+            let length = u32::try_from(frame.len())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a frame of 4 GiB"))?;
+            // `struct xdp_md`: data, data_end (the frame's length: the kernel checks it),
+            // data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+            let context: [u32; 6] = [0, length, 0, ingress_ifindex, 0, 0];
+            let mut attr = Attr::default();
+            attr.u32(0, self.fd.as_raw_fd() as u32)
+                .u32(8, length)
+                .u64(16, frame.as_ptr() as u64)
+                .u32(32, repeat)
+                .u32(40, size_of_val(&context) as u32)
+                .u64(48, context.as_ptr() as u64)
+                .u32(64, BPF_F_TEST_XDP_LIVE_FRAMES);
+            // Batch size (offset 72) 0: the kernel's default, 64 frames.
+            bpf(BPF_PROG_TEST_RUN, &mut attr).map(drop)
+        }
+    }
+
+    /// `union bpf_attr`, as far as these calls reach; the kernel takes what follows as zero.
+    struct Attr([u8; 128]);
+
+    impl Default for Attr {
+        fn default() -> Attr {
+            Attr([0; 128])
+        }
+    }
+
+    impl Attr {
+        fn bytes(&mut self, offset: usize, bytes: &[u8]) -> &mut Attr {
+            self.0[offset..offset + bytes.len()].copy_from_slice(bytes);
+            self
+        }
+
+        fn u32(&mut self, offset: usize, value: u32) -> &mut Attr {
+            self.bytes(offset, &value.to_ne_bytes())
+        }
+
+        fn u64(&mut self, offset: usize, value: u64) -> &mut Attr {
+            self.bytes(offset, &value.to_ne_bytes())
+        }
+    }
+
+    /// `bpf(cmd, attr)`: what the call returns, or its `errno`.
+    fn bpf(cmd: u32, attr: &mut Attr) -> io::Result<i64> {
+        // SAFETY: `attr` is a `union bpf_attr` of the size passed; the memory its pointers
+        // name (instructions, license, frame, context) belongs to the callers, who keep it
+        // alive across the call. The kernel reads that, and writes only within `attr`.
+        let result = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_bpf,
+                nix::libc::c_long::from(cmd),
+                attr.0.as_mut_ptr(),
+                attr.0.len(),
+            )
+        };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(result)
+    }
+
+    /// [`bpf`] for the calls that return a new descriptor.
+    fn bpf_fd(cmd: u32, attr: &mut Attr) -> io::Result<OwnedFd> {
+        let fd = bpf(cmd, attr)?;
+        let fd = i32::try_from(fd).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("a descriptor {fd}"))
+        })?;
+        // SAFETY: the kernel returned a new descriptor, which nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }

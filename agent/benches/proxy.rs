@@ -549,6 +549,8 @@ impl ProxyProcess {
             .args(["--healthz-bind-address", &healthz])
             .args(["--metrics-bind-address", &metrics])
             .args(["--bpf-dir", BPF_DIR])
+            // The machine's own uplink is not the benchmark's to serve node ports on.
+            .arg("--external-interfaces=none")
             .arg("--state-dir")
             .arg(&state_dir)
             .stdin(Stdio::null())

@@ -498,3 +498,27 @@ async fn nodeport_acceleration_attaches_xdp_natively_and_leaves_veths_to_tc_at_b
     })
     .await
 }
+
+#[test]
+fn the_default_external_interfaces_are_those_of_the_default_routes_beside_any_named() -> Result<()>
+{
+    // A namespace whose default route leaves by its eth0 (a pod's shape), looked at from
+    // inside: an interface named first, a missing one skipped, then the default route's.
+    let pod = NetnsPod::create("bnpx-auto", "bnpxauto", Ipv4Addr::new(10, 229, 250, 0))?;
+    let wanted = pod.enter(|| {
+        let external = bosun::service::proxy::External {
+            interfaces: vec!["lo".to_owned(), "missing0".to_owned()],
+            default_routes: true,
+            ..Default::default()
+        };
+        let eth0 = nix::net::if_::if_nametoindex("eth0")?;
+        Ok((external.wanted_interfaces(), eth0))
+    })?;
+    let (wanted, eth0) = wanted;
+    assert_eq!(
+        wanted,
+        [("lo".to_owned(), 1), ("eth0".to_owned(), eth0)],
+        "{wanted:?}"
+    );
+    Ok(())
+}

@@ -412,6 +412,8 @@ fn start_proxy(
             "packaging-node",
             "--bpf-dir",
             BPF_DIR,
+            // The machine's own uplink is not this test's to serve node ports on.
+            "--external-interfaces=none",
         ])
         .arg("--state-dir")
         .arg(state)
@@ -716,6 +718,8 @@ fn static_pod(kubeconfig_dir: &Path, state: &Path, healthz: u16) -> Result<Strin
         .collect();
     args.push("--kubeconfig=/etc/bosun-proxy/kubeconfig".to_owned());
     args.push("--metrics-bind-address=".to_owned());
+    // The machine's own uplink is not this test's to serve node ports on.
+    args.push("--external-interfaces=none".to_owned());
     container["args"] = serde_json::json!(args);
     container["volumeMounts"]
         .as_array_mut()

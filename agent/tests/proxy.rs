@@ -66,6 +66,8 @@ impl ProxyProcess {
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--hostname-override", "proxy-node", "--bpf-dir", bpf_dir])
+            // The machine's own uplink is not this test's to serve node ports on.
+            .arg("--external-interfaces=none")
             .arg("--state-dir")
             .arg(state_dir)
             .arg(format!("--healthz-bind-address=127.0.0.1:{healthz}"))

@@ -19,6 +19,7 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage, AddressScope},
     link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    route::{RouteAttribute, RouteHeader, RouteMessage, RouteType},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -103,6 +104,62 @@ pub fn interface_addresses(ifindex: u32) -> Result<Vec<Ipv4Addr>, Error> {
         .filter(|address| address.ifindex == ifindex)
         .map(|address| address.address)
         .collect())
+}
+
+/// The interfaces the IPv4 default routes of the main table leave by, in the calling thread's
+/// network namespace (every next hop of a multipath route), in order, without repeats.
+pub fn default_route_interfaces() -> Result<Vec<u32>, Error> {
+    let mut message = RouteMessage::default();
+    message.header.address_family = AddressFamily::Inet;
+    let replies = request(
+        RouteNetlinkMessage::GetRoute(message),
+        NLM_F_DUMP,
+        "dump routes",
+        Path::new(OWN_NETNS),
+    )?;
+    let mut ifindexes: Vec<u32> = replies
+        .iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewRoute(route) => Some(default_route_oifs(route)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    ifindexes.sort_unstable();
+    ifindexes.dedup();
+    Ok(ifindexes)
+}
+
+/// The output interfaces of `route` if it is an IPv4 unicast default route of the main table.
+fn default_route_oifs(route: &RouteMessage) -> Vec<u32> {
+    let header = &route.header;
+    let main = route
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(header.table))
+        == u32::from(RouteHeader::RT_TABLE_MAIN);
+    if header.address_family != AddressFamily::Inet
+        || header.kind != RouteType::Unicast
+        || header.destination_prefix_length != 0
+        || !main
+    {
+        return Vec::new();
+    }
+    let mut oifs = Vec::new();
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Oif(ifindex) => oifs.push(*ifindex),
+            RouteAttribute::MultiPath(hops) => {
+                oifs.extend(hops.iter().map(|hop| hop.interface_index));
+            }
+            _ => {}
+        }
+    }
+    oifs
 }
 
 /// Whether interface `ifindex` of the calling thread's network namespace is a veth.

@@ -293,3 +293,74 @@ fn node_addresses_lists_every_ipv4_address_of_the_namespace() {
     );
     drop(veth);
 }
+
+#[test]
+fn default_route_interfaces_names_each_default_routes_device() {
+    let node = Netns::new("bnl7-node");
+    let (a, b) = (Netns::new("bnl7-a"), Netns::new("bnl7-b"));
+    for (name, peer, address) in [("up0", &a, "10.219.7.1/30"), ("up1", &b, "10.219.7.5/30")] {
+        ip(&[
+            "-n", &node.0, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns",
+            &peer.0,
+        ]);
+        ip(&["-n", &node.0, "addr", "add", address, "dev", name]);
+        ip(&["-n", &node.0, "link", "set", name, "up"]);
+    }
+    let interfaces = || {
+        in_netns(&node.0, bosun_netdp::netlink::default_route_interfaces)
+            .unwrap_or_else(|e| panic!("default_route_interfaces: {}", chain(&e)))
+    };
+    assert_eq!(interfaces(), [] as [u32; 0], "no default route yet");
+
+    // One default route; a route of another table and a narrower one do not count.
+    ip(&[
+        "-n",
+        &node.0,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.219.7.2",
+    ]);
+    ip(&[
+        "-n",
+        &node.0,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.219.7.6",
+        "table",
+        "100",
+    ]);
+    ip(&[
+        "-n",
+        &node.0,
+        "route",
+        "add",
+        "10.219.8.0/24",
+        "via",
+        "10.219.7.6",
+    ]);
+    let up0 = ifindex(Some(&node), "up0");
+    let up1 = ifindex(Some(&node), "up1");
+    assert_eq!(interfaces(), [up0]);
+
+    // A multipath default route: both devices.
+    ip(&[
+        "-n",
+        &node.0,
+        "route",
+        "replace",
+        "default",
+        "nexthop",
+        "via",
+        "10.219.7.2",
+        "nexthop",
+        "via",
+        "10.219.7.6",
+    ]);
+    let mut both = [up0, up1];
+    both.sort_unstable();
+    assert_eq!(interfaces(), both);
+}

@@ -119,6 +119,9 @@ impl Daemon {
             .arg(&config)
             .arg("--bpf-dir")
             .arg(node.bpf_dir())
+            // The machine's own uplink is not a test node's to serve node ports on; a test
+            // names its own external interfaces (the flag's lists add up).
+            .arg("--external-interfaces=none")
             .args(args)
             .envs(env.iter().copied())
             // BOSUN_TEST_LOG raises (or lowers) the daemon's log level in a test.

@@ -212,8 +212,8 @@ fn conntrack(args: &DpArgs) -> Result<()> {
     use bosun_netdp::nodeport::{monotonic_now, NodePortMaps};
     let maps = NodePortMaps::open(&args.bpf_dir).with_context(|| {
         format!(
-            "opening the NAT table in {} (is bosun serving traffic from outside, \
-             --external-interfaces?)",
+            "opening the NAT table in {} (is bosun serving traffic from outside? not with \
+             --external-interfaces none)",
             args.bpf_dir.display()
         )
     })?;

@@ -144,13 +144,15 @@ pub struct ExternalArgs {
     pub nodeport_addresses: Vec<String>,
 
     /// The interfaces where packets from outside the node to node ports, external IPs and
-    /// load balancer IPs are served, comma-separated, including those towards other nodes
-    /// (default: none; connections made on the node itself reach node ports whatever this
-    /// says).
+    /// load balancer IPs are served, comma-separated, including those towards other nodes:
+    /// `auto` for those of the node's IPv4 default routes (followed as they change), beside
+    /// any named; `none` for none (connections made on the node itself reach node ports
+    /// whatever this says).
     #[arg(
         long = "external-interfaces",
         value_name = "NAME,...",
-        value_delimiter = ','
+        value_delimiter = ',',
+        default_value = "auto"
     )]
     pub external_interfaces: Vec<String>,
 
@@ -176,9 +178,10 @@ impl ExternalArgs {
             interfaces: self
                 .external_interfaces
                 .iter()
-                .filter(|name| !name.is_empty())
+                .filter(|name| !matches!(name.as_str(), "" | "auto" | "none"))
                 .cloned()
                 .collect(),
+            default_routes: self.external_interfaces.iter().any(|name| name == "auto"),
             node_port_cidrs,
             acceleration: self.nodeport_acceleration,
         }
@@ -963,11 +966,37 @@ mod tests {
                 cleanup: false,
                 config_sync_period: Duration::from_secs(900),
                 sync_period: Duration::from_secs(30),
-                external: crate::service::proxy::External::default(),
+                // Node ports from outside on the default routes' interfaces.
+                external: crate::service::proxy::External {
+                    default_routes: true,
+                    ..crate::service::proxy::External::default()
+                },
                 notes: vec![],
             }
         );
         assert_eq!(config.health_timeout(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn external_interfaces_default_to_the_default_routes_and_none_turns_them_off() {
+        let external = |flags: &[&str]| resolve(&args(flags)).expect("the flags resolve").external;
+        let auto = external(&[]);
+        assert!(
+            auto.default_routes && auto.interfaces.is_empty(),
+            "{auto:?}"
+        );
+        let none = external(&["--external-interfaces=none"]);
+        assert!(
+            !none.default_routes && none.interfaces.is_empty(),
+            "{none:?}"
+        );
+        let both = external(&["--external-interfaces=auto,eth1"]);
+        assert!(both.default_routes, "{both:?}");
+        assert_eq!(both.interfaces, ["eth1"]);
+        // Repeated, the lists add up: a harness's `none` and a test's own names.
+        let added = external(&["--external-interfaces=none", "--external-interfaces=eth2"]);
+        assert!(!added.default_routes, "{added:?}");
+        assert_eq!(added.interfaces, ["eth2"]);
     }
 
     #[test]
@@ -979,6 +1008,7 @@ mod tests {
         ]))
         .expect("the flags resolve");
         assert_eq!(config.external.interfaces, ["eth0", "eth1"]);
+        assert!(!config.external.default_routes, "named, and only those");
         assert_eq!(
             config.external.acceleration,
             crate::service::proxy::Acceleration::BestEffort

@@ -81,8 +81,9 @@ pub struct External {
     /// The interfaces whose packets to node ports, external IPs and load balancer IPs are
     /// served (the programs of [`bosun_netdp::nodeport`] attach there, both directions),
     /// including those towards other nodes, through which SNATed flows leave and come back.
-    /// Empty: none.
     pub interfaces: Vec<String>,
+    /// The interfaces of the node's IPv4 default routes too, looked at again every 10 s.
+    pub default_routes: bool,
     /// kube-proxy's `nodePortAddresses`: the ranges of the node's addresses node ports are
     /// served on. Empty: every address of the node but loopback.
     pub node_port_cidrs: Vec<crate::proxy::config::Ipv4Cidr>,
@@ -106,6 +107,38 @@ pub enum Acceleration {
 }
 
 impl External {
+    /// The external interfaces that exist now, with their ifindexes: those named, in order,
+    /// then those of the default routes.
+    pub fn wanted_interfaces(&self) -> Vec<(String, u32)> {
+        let mut wanted: Vec<(String, u32)> = Vec::new();
+        for name in &self.interfaces {
+            match nix::net::if_::if_nametoindex(name.as_str()) {
+                Ok(ifindex) => wanted.push((name.clone(), ifindex)),
+                Err(_) => {
+                    tracing::warn!(interface = %name, "external interface not found; looked for again in 10 s")
+                }
+            }
+        }
+        if self.default_routes {
+            match bosun_netdp::netlink::default_route_interfaces() {
+                Ok(ifindexes) => {
+                    for ifindex in ifindexes {
+                        let Some(name) = bosun_netdp::netlink::interface_name(ifindex) else {
+                            continue;
+                        };
+                        if !wanted.iter().any(|(_, known)| *known == ifindex) {
+                            wanted.push((name, ifindex));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "listing the default routes' interfaces")
+                }
+            }
+        }
+        wanted
+    }
+
     /// The node's addresses that node ports are served on.
     fn node_addresses(&self) -> Vec<Ipv4Addr> {
         let addresses = match bosun_netdp::netlink::node_addresses() {
@@ -182,6 +215,10 @@ struct ExternalState {
     )>,
     /// Interface name → the ifindex the programs were attached to.
     attached: BTreeMap<String, u32>,
+    /// The interfaces served at the last look, to log a change once.
+    served: Vec<(String, u32)>,
+    /// Whether the attachments an earlier run pinned have been looked at.
+    swept: bool,
     /// The interfaces, the SNAT address and the flows' ages are to be looked at.
     due: bool,
 }
@@ -503,7 +540,7 @@ fn write(bpf_dir: &std::path::Path, state: &mut Sync, delta: &Delta) -> Result<(
         state.reconciler = Some(Reconciler::new(maps));
         state.whole = true;
     }
-    if state.external.due && !state.external.config.interfaces.is_empty() {
+    if state.external.due {
         write_external(bpf_dir, &mut state.external)?;
     }
     let Some(reconciler) = state.reconciler.as_mut() else {
@@ -542,10 +579,58 @@ fn write(bpf_dir: &std::path::Path, state: &mut Sync, delta: &Delta) -> Result<(
 }
 
 /// Installs the programs for traffic from outside if they are not yet, attaches them to the
-/// external interfaces that exist and are not attached yet (or were replaced), sets the SNAT
+/// external interfaces that exist and are not attached yet (or were replaced), takes them off
+/// interfaces no longer external (this run's, or pinned by an earlier run), sets the SNAT
 /// address (the first external interface's primary address) and ages the flows.
 fn write_external(bpf_dir: &std::path::Path, external: &mut ExternalState) -> Result<(), String> {
     use bosun_netdp::nodeport;
+    let wanted = external.config.wanted_interfaces();
+    if wanted != external.served {
+        let names: Vec<&str> = wanted.iter().map(|(name, _)| name.as_str()).collect();
+        tracing::info!(interfaces = ?names, default_routes = external.config.default_routes, "external interfaces");
+        external.served = wanted.clone();
+    }
+    let is_wanted = |ifindex: u32| wanted.iter().any(|(_, wanted)| *wanted == ifindex);
+    let mut stale: Vec<u32> = external
+        .attached
+        .values()
+        .copied()
+        .filter(|ifindex| !is_wanted(*ifindex))
+        .collect();
+    if !external.swept {
+        let pinned = nodeport::attached(bpf_dir)
+            .and_then(|mut tc| {
+                tc.extend(nodeport::attached_xdp(bpf_dir)?);
+                Ok(tc)
+            })
+            .map_err(|e| {
+                format!(
+                    "listing the attachments for traffic from outside: {}",
+                    error_chain(&e)
+                )
+            })?;
+        stale.extend(pinned.into_iter().filter(|ifindex| !is_wanted(*ifindex)));
+        external.swept = true;
+    }
+    stale.sort_unstable();
+    stale.dedup();
+    for ifindex in stale {
+        nodeport::detach(bpf_dir, ifindex).map_err(|e| {
+            format!(
+                "taking the programs for traffic from outside off interface {ifindex}: {}",
+                error_chain(&e)
+            )
+        })?;
+        tracing::info!(
+            ifindex,
+            "no longer an external interface: programs taken off"
+        );
+        external.attached.retain(|_, attached| *attached != ifindex);
+    }
+    if wanted.is_empty() && external.installed.is_none() {
+        external.due = false;
+        return Ok(());
+    }
     let (datapath, maps) = match &mut external.installed {
         Some(installed) => installed,
         None => {
@@ -567,11 +652,8 @@ fn write_external(bpf_dir: &std::path::Path, external: &mut ExternalState) -> Re
         }
     };
     let mut snat = None;
-    for name in &external.config.interfaces {
-        let Ok(ifindex) = nix::net::if_::if_nametoindex(name.as_str()) else {
-            tracing::warn!(interface = %name, "external interface not found; looked for again in 10 s");
-            continue;
-        };
+    for (name, ifindex) in &wanted {
+        let (name, ifindex) = (name.as_str(), *ifindex);
         if external.attached.get(name) != Some(&ifindex) {
             datapath.attach(ifindex).map_err(|e| {
                 format!(
@@ -587,7 +669,7 @@ fn write_external(bpf_dir: &std::path::Path, external: &mut ExternalState) -> Re
                 ifindex,
             )?;
             tracing::info!(interface = %name, ifindex, xdp, "serving traffic from outside");
-            external.attached.insert(name.clone(), ifindex);
+            external.attached.insert(name.to_owned(), ifindex);
         }
         if snat.is_none() {
             snat = bosun_netdp::netlink::interface_addresses(ifindex)
@@ -905,6 +987,7 @@ mod tests {
         let every = vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
         let external = |cidrs: &[(Ipv4Addr, u8)]| External {
             interfaces: Vec::new(),
+            default_routes: false,
             acceleration: Acceleration::Disabled,
             node_port_cidrs: cidrs
                 .iter()
