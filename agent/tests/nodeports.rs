@@ -369,7 +369,7 @@ async fn external_traffic_policy_local_sends_outside_traffic_to_this_nodes_endpo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_port_reaches_its_pod_from_outside() -> Result<()> {
+async fn a_host_port_and_a_node_port_reach_a_containerd_pod_from_outside() -> Result<()> {
     on_a_node("np-hostport", &[], |node, net, daemon| async move {
         let result = async {
             let pod = bosun_tests::traffic::web_pod("hp", "").replace(
@@ -377,22 +377,35 @@ async fn a_host_port_reaches_its_pod_from_outside() -> Result<()> {
                 "- {name: http, containerPort: 8080, hostPort: 18080}",
             );
             daemon.write_manifest("hp.yaml", &pod)?;
+            // A NodePort Service selecting it: its endpoints are bosun's own slice of the
+            // static pod.
+            daemon.write_manifest(
+                "web.yaml",
+                &format!(
+                    "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  \
+                     type: NodePort\n  clusterIP: {}\n  selector: {{app: web}}\n  ports:\n  \
+                     - port: 80\n    targetPort: 8080\n    nodePort: 30081\n",
+                    net.cluster_ip()
+                ),
+            )?;
             daemon
                 .wait_for("hp", "Ready", WITHIN, bosun_tests::daemon::ready)
                 .await?;
-            let to = at(net.node_address(), 18080);
-            let deadline = Instant::now() + WITHIN;
-            let answer = loop {
-                let asked = net.client.enter(move || bosun_tests::traffic::http_get(to));
-                match asked {
-                    Ok(answer) => break answer,
-                    Err(e) if Instant::now() > deadline => {
-                        return Err(e.context(format!("{to} from outside")));
+            for to in [at(net.node_address(), 18080), at(net.node_address(), 30081)] {
+                let deadline = Instant::now() + WITHIN;
+                let answer = loop {
+                    let asked = net.client.enter(move || bosun_tests::traffic::http_get(to));
+                    match asked {
+                        Ok(answer) => break answer,
+                        Err(e) if Instant::now() > deadline => {
+                            return Err(e.context(format!("{to} from outside")));
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                     }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            };
-            assert_eq!(answer, "hp");
+                };
+                assert_eq!(answer, "hp", "{to}");
+            }
+            let to = at(net.node_address(), 18080);
             // The pod gone, its host port goes with it.
             daemon.remove_manifest("hp.yaml")?;
             daemon.wait_gone("hp", WITHIN).await?;
