@@ -1139,16 +1139,23 @@ fn filter_names(lab: &Lab, pod: &Pod) -> [Vec<String>; 2] {
     })
 }
 
-/// The tcx programs on `pod`'s host side, egress then ingress.
+/// The tcx programs on `pod`'s host side, egress then ingress; none on a kernel without tcx
+/// (before 6.6, where the query is refused).
 fn tcx_programs(lab: &Lab, pod: &Pod) -> [Vec<String>; 2] {
     in_netns(&lab.node, || {
         [TcAttachType::Egress, TcAttachType::Ingress].map(|direction| {
-            SchedClassifier::query_tcx(&pod.host_if, direction)
-                .expect("list tcx programs")
-                .1
-                .iter()
-                .map(|program| program.name_as_str().unwrap_or_default().to_owned())
-                .collect()
+            match SchedClassifier::query_tcx(&pod.host_if, direction) {
+                Ok((_, programs)) => programs
+                    .iter()
+                    .map(|program| program.name_as_str().unwrap_or_default().to_owned())
+                    .collect(),
+                Err(aya::programs::ProgramError::SyscallError(error))
+                    if error.io_error.raw_os_error() == Some(nix::libc::EINVAL) =>
+                {
+                    Vec::new()
+                }
+                Err(error) => panic!("list tcx programs: {error}"),
+            }
         })
     })
 }

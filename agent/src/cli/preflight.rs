@@ -48,6 +48,17 @@ pub fn preflight() -> Result<()> {
         MIN_KERNEL.1,
         cgroup2.display()
     );
+    // What the daemon will use on the node's external interfaces (pods' interfaces get clsact
+    // filters on every kernel).
+    let node = bosun_netdp::tc::TcMode::detect(bosun_netdp::tc::Interfaces::Node)
+        .context("choosing how tc programs attach")?;
+    println!(
+        "tc programs on the node's interfaces: {}",
+        match node {
+            bosun_netdp::tc::TcMode::Tcx => "tcx links",
+            bosun_netdp::tc::TcMode::Clsact => "clsact filters (no tcx before Linux 6.6)",
+        }
+    );
     Ok(())
 }
 
