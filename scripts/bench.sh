@@ -33,12 +33,16 @@
 #                                                latency through bosun's tc programs against
 #                                                kube-proxy's iptables NodePort rules and a
 #                                                NAT-free floor, for 1000 and 10000 NodePort
-#                                                Services; and the flows a backend change
-#                                                moves under Maglev against a modulo hash.
-#                                                ARGS: a name filter (traffic, maglev),
+#                                                Services; the flows a backend change
+#                                                moves under Maglev against a modulo hash;
+#                                                and packets per second of one node port
+#                                                flow sent back out of the node's uplink by
+#                                                bosun's XDP program, against its tc
+#                                                programs and a NAT-free floor.
+#                                                ARGS: a name filter (traffic, maglev, xdp),
 #                                                --quick (fewer samples), --smoke,
 #                                                --samples N (connections and round trips
-#                                                per target)
+#                                                per target; windows per xdp row)
 #   ./scripts/bench.sh proxy [ARGS...]           `bosun proxy` fed by a fake API server with
 #                                                1000, 10000 and 30000 Services: initial sync,
 #                                                memory, one EndpointSlice change → maps,

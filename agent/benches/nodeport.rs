@@ -31,11 +31,13 @@
 //!   the same frames with no NAT and no program. Two pairs of namespaces, each a generator and
 //!   a node joined by one veth (the generator plays the client and the remote node both): one
 //!   for the floor, one whose node runs bosun's programs, with its XDP program attached for
-//!   the XDP row and taken off for the tc row. The generator is the kernel's own:
-//!   `BPF_PROG_TEST_RUN` in live-frames mode with a two-instruction `XDP_TX` program sends one
-//!   prebuilt 64-byte UDP frame out of the generator's veth, over and over; what comes back is
-//!   dropped by an XDP program there and counted by the veth. The rows are measured in
-//!   interleaved windows of 2 s, and before them each path is checked with the kernel's run
+//!   the XDP row and taken off for the tc row. The frames go round: 128 of them, sent once
+//!   from an `AF_PACKET` socket, circulate between the node and an XDP program on the
+//!   generator's veth that writes the client's 64-byte UDP frame over each one that comes back
+//!   and sends it out again; that veth counts them. The loop runs on one CPU, in softirq
+//!   context, so a fourth row, the node sending each frame straight back, gives the loop's own
+//!   cost, and each row's node time per packet is what it adds to that. The rows are measured
+//!   in interleaved windows of 2 s, and before them each path is checked with the kernel's run
 //!   counts of bosun's programs (the XDP row's frames went by XDP, the tc row's by tc). Every
 //!   veth end that receives frames sent by XDP must run an XDP program (veth hands such frames
 //!   only to a peer that does), so the node's uplink runs one in every row: bosun's, or one
@@ -94,8 +96,7 @@ use bosun_netdp::service::{
 use common::{load_average, Args, Mode, Stats};
 use kube_proxy::{restore_in_parts, KubeProxyRules, PortInfo};
 use lab::{
-    catch_interrupts, check_interrupted, enter_netns, interrupted, ip, pin, run_command,
-    CLIENT_CPU, SERVER_CPU,
+    catch_interrupts, check_interrupted, enter_netns, ip, pin, run_command, CLIENT_CPU, SERVER_CPU,
 };
 use program_clock::ProgramClock;
 use raw_xdp::RawXdp;
@@ -228,15 +229,20 @@ fn run(args: &Args) -> Result<()> {
     kube_proxy::check_chain_names()?;
     let sizes = sizes(args);
     let iptables = run_command("iptables", &["-V"]).unwrap_or_else(|_| "?".to_owned());
-    println!(
-        "bosun NodePort benchmarks{}: N = {:?} NodePort Services of {ENDPOINTS_PER_SERVICE} \
-         endpoints, {} connections and {} round trips per target after {} unmeasured",
-        args.mode.label(),
-        sizes.services,
-        sizes.samples,
-        sizes.samples,
-        sizes.warm_up
-    );
+    if args.selected("traffic") {
+        println!(
+            "bosun NodePort benchmarks{}: N = {:?} NodePort Services of \
+             {ENDPOINTS_PER_SERVICE} endpoints, {} connections and {} round trips per target \
+             after {} unmeasured",
+            args.mode.label(),
+            sizes.services,
+            sizes.samples,
+            sizes.samples,
+            sizes.warm_up
+        );
+    } else {
+        println!("bosun NodePort benchmarks{}", args.mode.label());
+    }
     println!("machine: {}, {}", lab::machine(), iptables.trim());
     println!("load average at the start: {}", load_average());
 
@@ -1153,7 +1159,8 @@ struct PairNames {
     node: &'static str,
 }
 
-/// The floor's node runs no program but the pass-through one; bosun's runs bosun's.
+/// The floor's node runs no program but a raw one on its uplink, which passes frames on (or,
+/// for the loop alone, sends them back); bosun's runs bosun's.
 const XDP_FLOOR: PairNames = PairNames {
     generator: "bnp-xdp-floor-gen",
     node: "bnp-xdp-floor-node",
@@ -1167,7 +1174,8 @@ const XDP_BOSUN: PairNames = PairNames {
 const UPLINK: &str = "uplink";
 const GENERATOR_LINK: &str = "eth0";
 /// Fixed (locally administered) MAC addresses, so that the frame is written before the links
-/// exist and the node needs no ARP answer from the generator, whose XDP program drops all.
+/// exist and the node needs no ARP answer from the generator, whose XDP program takes every
+/// frame.
 const UPLINK_MAC: [u8; 6] = [0x02, 0x62, 0x6e, 0x70, 0x00, 0x01];
 const GENERATOR_MAC: [u8; 6] = [0x02, 0x62, 0x6e, 0x70, 0x00, 0x02];
 /// The node's uplink: the node port's address, and the address flows are SNATed to.
@@ -1181,14 +1189,22 @@ const XDP_REMOTE_NET: &str = "10.231.1.0/24";
 const XDP_BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 231, 1, 10), 8080);
 const XDP_NODE_PORT: u16 = 30080;
 const XDP_CLIENT_PORT: u16 = 40000;
-/// 14 + 20 + 8 + 18 = 60 bytes: the shortest Ethernet frame, 64 on a wire with its FCS.
+/// Ethernet, IPv4 and UDP headers and the payload: the shortest Ethernet frame, 64 bytes on a
+/// wire with its FCS.
+const XDP_FRAME_BYTES: usize = 14 + 20 + 8 + XDP_PAYLOAD_BYTES;
 const XDP_PAYLOAD_BYTES: usize = 18;
-/// Frames per `BPF_PROG_TEST_RUN` call: some tens of milliseconds' worth, so that a window
-/// ends close to its time and Ctrl-C is heard soon.
-const FRAMES_PER_CALL: u32 = 20_000;
+/// The frames that circulate between the generator and the node: enough that every NAPI poll
+/// on the way takes a full batch (64), and fewer than a veth's receive ring holds (256), so
+/// that none is dropped for want of room.
+const FRAMES_IN_FLIGHT: usize = 128;
+/// How long the frames of a stopped loop take to drain, at most.
+const DRAIN: Duration = Duration::from_millis(20);
 /// At most this share of the XDP row's frames may go through the kernel (its once-a-second
 /// refresh of the Ethernet header takes a handful): more, and the row does not measure XDP.
 const XDP_MAX_KERNEL_SHARE: f64 = 0.05;
+/// A window whose second half ran slower than this share of its first lost frames from its
+/// loop (or the machine got busier): the report says so.
+const STEADY: f64 = 0.9;
 
 /// The windows of each row and how long each lasts; before each, an unmeasured warm-up (the
 /// first packets after a change of program go through the kernel); before all, one check of
@@ -1204,8 +1220,9 @@ fn xdp_sizes(args: &Args) -> XdpSizes {
     let ms = Duration::from_millis;
     let (windows, window, warm_up, check) = match args.mode {
         Mode::Smoke => (1, ms(200), ms(100), ms(200)),
-        Mode::Quick => (3, ms(1000), ms(200), ms(300)),
-        Mode::Full => (7, ms(2000), ms(300), ms(500)),
+        // A check of a second sees the XDP row's refresh through the kernel (once a second).
+        Mode::Quick => (3, ms(1000), ms(200), ms(1000)),
+        Mode::Full => (7, ms(2000), ms(300), ms(1000)),
     };
     XdpSizes {
         windows: args.samples.unwrap_or(windows),
@@ -1218,6 +1235,9 @@ fn xdp_sizes(args: &Args) -> XdpSizes {
 /// The rows of the XDP benchmark: what carries the frames through the node.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Way {
+    /// Nothing: an XDP program on the floor's uplink sends them straight back, so that the
+    /// loop's own cost shows (the generator's, and veth's both ways).
+    Loop,
     /// The kernel routes them back out, no NAT, no program but the pass-through one.
     Floor,
     /// bosun's tc programs DNAT and SNAT them around the kernel's routing.
@@ -1226,11 +1246,12 @@ enum Way {
     Xdp,
 }
 
-const WAYS: [Way; 3] = [Way::Floor, Way::Tc, Way::Xdp];
+const WAYS: [Way; 4] = [Way::Loop, Way::Floor, Way::Tc, Way::Xdp];
 
 impl Way {
     fn label(self) -> &'static str {
         match self {
+            Way::Loop => "loop alone: the uplink sends each frame straight back",
             Way::Floor => "floor: routed back out of the uplink, no NAT",
             Way::Tc => "bosun tc: node port → remote backend, SNATed",
             Way::Xdp => "bosun XDP: the same, sent back out by XDP_TX",
@@ -1239,9 +1260,10 @@ impl Way {
 
     fn index(self) -> usize {
         match self {
-            Way::Floor => 0,
-            Way::Tc => 1,
-            Way::Xdp => 2,
+            Way::Loop => 0,
+            Way::Floor => 1,
+            Way::Tc => 2,
+            Way::Xdp => 3,
         }
     }
 }
@@ -1250,20 +1272,19 @@ impl Way {
 /// each path checked, then every row measured in interleaved windows.
 fn xdp(sizes: &XdpSizes, report: &mut XdpReport) -> Result<()> {
     let mut lab = XdpLab::create()?;
-    report.kernel_per_second = Some(lab.check(sizes.check)?);
+    report.kernel_per_second = Some(lab.check(sizes)?);
     for _ in 0..sizes.windows {
         for way in WAYS {
             lab.prepare(way)?;
-            lab.burst(way, sizes.warm_up)?;
-            let burst = lab.burst(way, sizes.window)?;
+            let window = lab.window(way, sizes.warm_up, sizes.window)?;
             check_interrupted()?;
             ensure!(
-                burst.delivered > 0,
-                "{}: none of {} frames came back to the generator",
+                window.frames > 0,
+                "{}: no frame came round in {:.1} s",
                 way.label(),
-                burst.sent
+                window.seconds
             );
-            report.bursts[way.index()].push(burst);
+            report.windows[way.index()].push(window);
         }
     }
     // The rows' frames were one flow through bosun's programs, SNATed.
@@ -1317,21 +1338,35 @@ fn xdp_service() -> DesiredService {
     }
 }
 
-/// One generator and node (see [`PairNames`]) with the raw programs on their veth: the sink
-/// on the generator's end, the pass-through program on the uplink (while bosun's XDP program
-/// is not there). Dropping it detaches them (a link's program is taken off when its last
-/// descriptor closes), then removes the namespaces.
+/// One generator and node (see [`PairNames`]) and the frame the generator sends. The
+/// generator's veth runs the sink, or, while a window runs, the pair's reflector; the uplink
+/// the pass-through program (while bosun's XDP program is not there). Dropping it detaches
+/// them (a link's program is taken off when its last descriptor closes), which ends any loop,
+/// then removes the namespaces.
 struct Pair {
     names: &'static PairNames,
     generator_ifindex: u32,
     uplink_ifindex: u32,
-    _sink: OwnedFd,
-    pass: Option<OwnedFd>,
+    frame: Vec<u8>,
+    /// Sends every frame that reaches the generator back to the node as `frame`.
+    reflector: RawXdp,
+    generator_link: OwnedFd,
+    /// The link of the uplink's raw XDP program (the pass-through one, or on the floor's the
+    /// one that sends frames back); none while bosun's XDP program is there.
+    uplink_xdp: Option<OwnedFd>,
     _namespaces: Namespaces,
 }
 
 impl Pair {
-    fn create(names: &'static PairNames, sink: &RawXdp, pass: &RawXdp) -> Result<Pair> {
+    /// The pair, its generator sending `frame`.
+    fn create(
+        names: &'static PairNames,
+        frame: Vec<u8>,
+        sink: &RawXdp,
+        pass: &RawXdp,
+    ) -> Result<Pair> {
+        let reflector = RawXdp::reflector("bnp_reflect", &frame)
+            .context("loading the XDP program bnp_reflect")?;
         let namespaces = Namespaces::create(&[names.generator, names.node])?;
         let (node, generator) = (names.node, names.generator);
         ip(&[
@@ -1374,7 +1409,7 @@ impl Pair {
             "dev",
             UPLINK,
         ])?;
-        // The generator answers no ARP: its sink drops everything.
+        // The generator answers no ARP: its XDP program takes every frame.
         ip(&[
             "-n",
             node,
@@ -1403,7 +1438,7 @@ impl Pair {
         )?;
         let generator_ifindex = ifindex_in(generator, GENERATOR_LINK)?;
         let uplink_ifindex = ifindex_in(node, UPLINK)?;
-        let sink = in_netns(generator, || {
+        let generator_link = in_netns(generator, || {
             sink.attach(generator_ifindex)
                 .with_context(|| format!("attaching the sink to {GENERATOR_LINK} of {generator}"))
         })?;
@@ -1412,9 +1447,19 @@ impl Pair {
             names,
             generator_ifindex,
             uplink_ifindex,
-            _sink: sink,
-            pass: Some(pass),
+            frame,
+            reflector,
+            generator_link,
+            uplink_xdp: Some(pass),
             _namespaces: namespaces,
+        })
+    }
+
+    /// Frames received by the generator's veth so far, and when they were counted.
+    fn received(&self) -> Result<(Instant, u64)> {
+        in_netns(self.names.generator, || {
+            let frames = received(GENERATOR_LINK)?;
+            Ok((Instant::now(), frames))
         })
     }
 }
@@ -1448,28 +1493,39 @@ fn mac_text(mac: [u8; 6]) -> String {
 /// namespaces).
 struct XdpLab {
     installed: Installed,
-    generator: RawXdp,
+    sink: RawXdp,
     pass: RawXdp,
+    bounce: RawXdp,
     datapath: NodePortDatapath,
+    /// Whether the floor's uplink sends frames straight back, rather than passing them on.
+    floor_bounces: bool,
     /// Whether bosun's XDP program, rather than the pass-through one, is on its uplink.
     bosun_xdp: bool,
     floor: Pair,
     bosun: Pair,
-    /// The frame each pair's generator sends: to the remote pod, routed; to the node port.
-    floor_frame: Vec<u8>,
-    node_port_frame: Vec<u8>,
 }
 
 impl XdpLab {
     fn create() -> Result<XdpLab> {
         let program = |name: &'static str, action: i32| {
-            RawXdp::load(name, action).with_context(|| format!("loading the XDP program {name}"))
+            RawXdp::returning(name, action)
+                .with_context(|| format!("loading the XDP program {name}"))
         };
-        let generator = program("bnp_gen", raw_xdp::XDP_TX)?;
         let sink = program("bnp_sink", raw_xdp::XDP_DROP)?;
         let pass = program("bnp_pass", raw_xdp::XDP_PASS)?;
-        let floor = Pair::create(&XDP_FLOOR, &sink, &pass)?;
-        let bosun = Pair::create(&XDP_BOSUN, &sink, &pass)?;
+        let bounce = program("bnp_bounce", raw_xdp::XDP_TX)?;
+        let client = SocketAddrV4::new(GENERATOR_ADDRESS, XDP_CLIENT_PORT);
+        let frame = |to: SocketAddrV4| {
+            udp_frame(
+                (GENERATOR_MAC, client),
+                (UPLINK_MAC, to),
+                &[b'x'; XDP_PAYLOAD_BYTES],
+            )
+        };
+        // The floor's client sends to the remote pod itself; bosun's to the node port.
+        let floor = Pair::create(&XDP_FLOOR, frame(XDP_BACKEND), &sink, &pass)?;
+        let node_port = SocketAddrV4::new(XDP_NODE_ADDRESS, XDP_NODE_PORT);
+        let bosun = Pair::create(&XDP_BOSUN, frame(node_port), &sink, &pass)?;
         let installed = Installed::new(XDP_BPF_DIR);
         let datapath = install_bosun(
             XDP_BPF_DIR,
@@ -1483,32 +1539,46 @@ impl XdpLab {
         )
         .apply(&desired)
         .context("writing the Service to the maps")?;
-        let client = SocketAddrV4::new(GENERATOR_ADDRESS, XDP_CLIENT_PORT);
-        let frame = |to: SocketAddrV4| {
-            udp_frame(
-                (GENERATOR_MAC, client),
-                (UPLINK_MAC, to),
-                &[b'x'; XDP_PAYLOAD_BYTES],
-            )
-        };
         Ok(XdpLab {
             installed,
-            generator,
+            sink,
             pass,
+            bounce,
             datapath,
+            floor_bounces: false,
             bosun_xdp: false,
             floor,
             bosun,
-            floor_frame: frame(XDP_BACKEND),
-            node_port_frame: frame(SocketAddrV4::new(XDP_NODE_ADDRESS, XDP_NODE_PORT)),
         })
     }
 
-    /// Puts on the bosun pair's uplink the XDP program `way` needs: bosun's for
-    /// [`Way::Xdp`], the pass-through one for [`Way::Tc`]. The floor's pair never changes.
+    fn pair(&self, way: Way) -> &Pair {
+        match way {
+            Way::Loop | Way::Floor => &self.floor,
+            Way::Tc | Way::Xdp => &self.bosun,
+        }
+    }
+
+    /// Puts on the uplink the XDP program `way` needs: on the floor's, the one that sends
+    /// frames back for [`Way::Loop`] and the pass-through one for [`Way::Floor`]; on
+    /// bosun's, bosun's for [`Way::Xdp`] and the pass-through one for [`Way::Tc`].
     fn prepare(&mut self, way: Way) -> Result<()> {
         let on = match way {
-            Way::Floor => return Ok(()),
+            Way::Loop | Way::Floor => {
+                let bounce = way == Way::Loop;
+                if bounce != self.floor_bounces {
+                    let program = if bounce { &self.bounce } else { &self.pass };
+                    let link = self
+                        .floor
+                        .uplink_xdp
+                        .as_ref()
+                        .context("the floor's uplink has no XDP link")?;
+                    raw_xdp::replace(link, program)
+                        .context("changing the XDP program on the floor's uplink")?;
+                    self.floor_bounces = bounce;
+                }
+                return Ok(());
+            }
             Way::Tc => false,
             Way::Xdp => true,
         };
@@ -1518,7 +1588,7 @@ impl XdpLab {
         let (netns, ifindex) = (self.bosun.names.node, self.bosun.uplink_ifindex);
         if on {
             // Its link's only descriptor: closing it takes the program off at once.
-            self.bosun.pass = None;
+            self.bosun.uplink_xdp = None;
             let datapath = &mut self.datapath;
             in_netns(netns, || {
                 datapath
@@ -1529,94 +1599,119 @@ impl XdpLab {
             nodeport::detach_xdp(Path::new(XDP_BPF_DIR), ifindex)
                 .context("taking bosun's XDP program off the uplink")?;
             let pass = &self.pass;
-            self.bosun.pass = Some(in_netns(netns, || attach_pass(pass, ifindex, netns))?);
+            self.bosun.uplink_xdp = Some(in_netns(netns, || attach_pass(pass, ifindex, netns))?);
         }
         self.bosun_xdp = on;
         Ok(())
     }
 
-    /// Sends `way`'s frame for `duration` from its generator, on a thread in the generator's
-    /// namespace (where the test run finds the veth its frames leave by), pinned to the
-    /// clients' CPU: the softirq work of the frames, the node's included, runs there too.
-    fn burst(&self, way: Way, duration: Duration) -> Result<Burst> {
-        let (pair, frame) = match way {
-            Way::Floor => (&self.floor, &self.floor_frame),
-            Way::Tc | Way::Xdp => (&self.bosun, &self.node_port_frame),
-        };
-        let generator = &self.generator;
-        in_netns(pair.names.generator, || {
+    /// Runs `measure` while `way`'s loop runs: its generator's veth reflecting what reaches
+    /// it, and [`FRAMES_IN_FLIGHT`] frames sent into the loop from a thread on the clients'
+    /// CPU. A veth's frames are handled where they are sent, so the loop runs there (in
+    /// softirq context), the node's part and the generator's both. Afterwards, failed or
+    /// not, the generator's veth drops what reaches it, which ends the loop.
+    fn while_looping<T>(&self, way: Way, measure: impl FnOnce(&Pair) -> Result<T>) -> Result<T> {
+        let pair = self.pair(way);
+        raw_xdp::replace(&pair.generator_link, &pair.reflector)
+            .context("putting the reflector on the generator's veth")?;
+        let measured = in_netns(pair.names.generator, || {
             pin(CLIENT_CPU)?;
-            let before = received(GENERATOR_LINK)?;
-            let started = Instant::now();
-            let mut sent = 0;
-            while started.elapsed() < duration && !interrupted() {
-                generator
-                    .run_live(frame, pair.generator_ifindex, FRAMES_PER_CALL)
-                    .context("sending frames with BPF_PROG_TEST_RUN")?;
-                sent += u64::from(FRAMES_PER_CALL);
-            }
-            let delivered = received(GENERATOR_LINK)?.saturating_sub(before);
-            Ok(Burst {
-                sent,
-                delivered,
-                seconds: started.elapsed().as_secs_f64(),
+            raw_xdp::send_frames(pair.generator_ifindex, &pair.frame, FRAMES_IN_FLIGHT)
+                .context("sending the frames into the loop (AF_PACKET)")
+        })
+        .and_then(|()| measure(pair));
+        raw_xdp::replace(&pair.generator_link, &self.sink)
+            .context("putting the sink on the generator's veth")?;
+        std::thread::sleep(DRAIN);
+        measured
+    }
+
+    /// One window of `way`: its loop run for `warm_up`, then its frames counted where they
+    /// come round (the generator's veth) for `length`, in two halves.
+    fn window(&self, way: Way, warm_up: Duration, length: Duration) -> Result<Window> {
+        self.while_looping(way, |pair| {
+            std::thread::sleep(warm_up);
+            let (start, at_start) = pair.received()?;
+            std::thread::sleep(length / 2);
+            let (middle, at_middle) = pair.received()?;
+            std::thread::sleep(length / 2);
+            let (end, at_end) = pair.received()?;
+            let rate = |from: (Instant, u64), to: (Instant, u64)| {
+                to.1.saturating_sub(from.1) as f64 / (to.0 - from.0).as_secs_f64()
+            };
+            Ok(Window {
+                frames: at_end.saturating_sub(at_start),
+                seconds: (end - start).as_secs_f64(),
+                halves: [
+                    rate((start, at_start), (middle, at_middle)),
+                    rate((middle, at_middle), (end, at_end)),
+                ],
             })
         })
     }
 
     /// Shows that each row's frames take the path it names, counting bosun's programs' runs
     /// (the kernel's run statistics, on only here: they cost every program run two clock
-    /// reads): on the tc row, bosun's tc ingress program ran for every frame that came back;
+    /// reads): on the tc row, bosun's tc ingress program ran for every frame that came round;
     /// on the XDP row its XDP program did, and the tc one for hardly any. Returns how many
     /// packets per second of the flow the XDP row still gave the kernel.
-    fn check(&mut self, duration: Duration) -> Result<f64> {
+    fn check(&mut self, sizes: &XdpSizes) -> Result<f64> {
         let links = Path::new(XDP_BPF_DIR).join("nodeport/links");
         let ifindex = self.bosun.uplink_ifindex;
-        let clock =
-            |direction: &str| ProgramClock::start(&[links.join(format!("{ifindex}_{direction}"))]);
+        let clock = |hook: &str| ProgramClock::start(&[links.join(format!("{ifindex}_{hook}"))]);
         let mut kernel_per_second = 0.0;
         for way in WAYS {
             self.prepare(way)?;
-            let tc = match way {
-                Way::Floor => None,
-                Way::Tc | Way::Xdp => Some(clock("in")?),
-            };
-            let xdp = match way {
-                Way::Xdp => Some(clock("xdp")?),
-                Way::Floor | Way::Tc => None,
+            let (tc, xdp) = match way {
+                Way::Loop | Way::Floor => (None, None),
+                Way::Tc => (Some(clock("in")?), None),
+                Way::Xdp => (Some(clock("in")?), Some(clock("xdp")?)),
             };
             let runs = |clock: &Option<ProgramClock>| -> Result<u64> {
                 clock.as_ref().map_or(Ok(0), |c| Ok(c.read()?.1))
             };
-            let (tc_before, xdp_before) = (runs(&tc)?, runs(&xdp)?);
-            let burst = self.burst(way, duration)?;
+            let (tc_runs, xdp_runs, frames, seconds) = self.while_looping(way, |pair| {
+                std::thread::sleep(sizes.warm_up);
+                let (tc_before, xdp_before) = (runs(&tc)?, runs(&xdp)?);
+                let (start, at_start) = pair.received()?;
+                std::thread::sleep(sizes.check);
+                let (end, at_end) = pair.received()?;
+                let (tc_after, xdp_after) = (runs(&tc)?, runs(&xdp)?);
+                Ok((
+                    tc_after.saturating_sub(tc_before),
+                    xdp_after.saturating_sub(xdp_before),
+                    at_end.saturating_sub(at_start),
+                    (end - start).as_secs_f64(),
+                ))
+            })?;
             check_interrupted()?;
-            let (tc_runs, xdp_runs) = (runs(&tc)? - tc_before, runs(&xdp)? - xdp_before);
-            let frames = burst.delivered;
             ensure!(
                 frames > 0,
-                "{}: none of {} frames came back to the generator",
-                way.label(),
-                burst.sent
+                "{}: no frame came round in {seconds:.1} s",
+                way.label()
             );
+            // The run counts are read around the frames' count, so every frame counted went
+            // through the node meanwhile, but for those already on their way when it began:
+            // the slack of one loop's worth.
+            let slack = FRAMES_IN_FLIGHT as u64;
             match way {
-                Way::Floor => {}
+                Way::Loop | Way::Floor => {}
                 Way::Tc => ensure!(
-                    tc_runs >= frames,
+                    tc_runs + slack >= frames,
                     "{}: bosun's tc ingress program ran {tc_runs} times for {frames} frames \
-                     that came back",
+                     that came round",
                     way.label()
                 ),
                 Way::Xdp => {
                     ensure!(
-                        xdp_runs >= frames
+                        xdp_runs + slack >= frames
                             && tc_runs as f64 <= XDP_MAX_KERNEL_SHARE * frames as f64,
                         "{}: bosun's XDP program ran {xdp_runs} times and its tc ingress \
-                         program {tc_runs} for {frames} frames that came back: the XDP \
+                         program {tc_runs} for {frames} frames that came round: the XDP \
                          program did not send them",
                         way.label()
                     );
-                    kernel_per_second = tc_runs as f64 / burst.seconds;
+                    kernel_per_second = tc_runs as f64 / seconds;
                 }
             }
         }
@@ -1629,18 +1724,18 @@ impl XdpLab {
     }
 }
 
-/// What one run of a generator did: frames sent, frames that came back to its veth, over how
-/// long.
+/// What one window counted: the frames that came round, over how long, and the rate of each
+/// half (frames per second).
 #[derive(Clone, Copy)]
-struct Burst {
-    sent: u64,
-    delivered: u64,
+struct Window {
+    frames: u64,
     seconds: f64,
+    halves: [f64; 2],
 }
 
 /// The frames `link` of the calling thread's network namespace has received, as
 /// /proc/net/dev counts them. A veth running an XDP program counts every frame it hands the
-/// program, the ones it drops too.
+/// program, the ones it drops or sends back too.
 fn received(link: &str) -> Result<u64> {
     let path = "/proc/thread-self/net/dev";
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
@@ -1863,7 +1958,7 @@ struct XdpReport {
     window: Duration,
     warm_up: Duration,
     /// Each row's windows, in [`Way::index`] order.
-    bursts: [Vec<Burst>; 3],
+    windows: [Vec<Window>; 4],
     /// Packets per second of the flow that the XDP row gave the kernel, in the check.
     kernel_per_second: Option<f64>,
     /// bosun's one flow at the end, as its NAT table shows it.
@@ -1877,7 +1972,7 @@ impl XdpReport {
             steal_at_start: lab::stolen(),
             window: sizes.window,
             warm_up: sizes.warm_up,
-            bursts: [Vec::new(), Vec::new(), Vec::new()],
+            windows: [Vec::new(), Vec::new(), Vec::new(), Vec::new()],
             kernel_per_second: None,
             flow: None,
         }
@@ -1889,15 +1984,17 @@ impl XdpReport {
             &self.load,
             self.steal_at_start,
         );
-        let frame = 14 + 20 + 8 + XDP_PAYLOAD_BYTES;
         println!(
-            "generator: the kernel's BPF_PROG_TEST_RUN in live-frames mode, an XDP_TX program \
-             sending one {frame}-byte UDP frame ({} on a wire) out of the generator's veth, \
-             {FRAMES_PER_CALL} a call; counted where they come back, the generator's veth, \
-             whose XDP program drops them. One CPU sends, forwards and counts (a veth's \
-             softirq work runs where its frames are sent): what differs between the rows is \
-             the node's part",
-            frame + 4
+            "frames: {FRAMES_IN_FLIGHT} UDP frames of {XDP_FRAME_BYTES} bytes ({} on a wire) go \
+             round between the node and the generator, whose veth runs an XDP program that \
+             writes the client's frame over each one that comes back and sends it out again \
+             (XDP_TX); counted there, by the veth. It all runs on one CPU, in softirq context: \
+             the loop alone is its own cost (the generator's, and veth's both ways), and \
+             \"node ns\" what a row's node adds to each packet's time over that. The floor's \
+             and tc's frames come back to the generator's veth as socket buffers, which veth \
+             turns into XDP frames: part of their node's time here, as a driver's transmit \
+             would be on a NIC",
+            XDP_FRAME_BYTES + 4
         );
         if let Some(flow) = &self.flow {
             println!("bosun: its NAT table held one flow at the end: {flow}");
@@ -1922,42 +2019,52 @@ impl XdpReport {
              go through the kernel and the tc programs, which note it again{kernel}",
             HOP_TIMEOUT_NS as f64 / 1e9
         );
-        let windows = self.bursts.iter().map(Vec::len).max().unwrap_or(0);
+        let windows = self.windows.iter().map(Vec::len).max().unwrap_or(0);
         println!(
             "\npackets per second: {windows} windows of {:.1} s per row, interleaved, each \
              after {:.1} s unmeasured",
             self.window.as_secs_f64(),
             self.warm_up.as_secs_f64()
         );
+        let stats: Vec<Option<Stats>> = WAYS
+            .iter()
+            .map(|way| {
+                let rates: Vec<f64> = self.windows[way.index()]
+                    .iter()
+                    .map(|w| w.frames as f64 / w.seconds / 1e3)
+                    .collect();
+                Stats::of(&rates)
+            })
+            .collect();
+        let median = |way: Way| stats[way.index()].as_ref().map(|s| s.median);
+        // What the node adds to each packet's time over the loop alone, from the medians.
+        let node_ns = |way: Way| match (way, median(way), median(Way::Loop)) {
+            (Way::Loop, _, _) => None,
+            (_, Some(rate), Some(alone)) => Some(1e6 / rate - 1e6 / alone),
+            _ => None,
+        };
         println!(
-            "  {:<56} {:>5} {:>9} {:>9} {:>9} {:>10}",
-            "thousands per second", "n", "min", "median", "max", "came back"
+            "  {:<56} {:>5} {:>9} {:>9} {:>9} {:>9}",
+            "thousands per second", "n", "min", "median", "max", "node ns"
         );
-        let mut medians = [None; 3];
         for way in WAYS {
-            let bursts = &self.bursts[way.index()];
-            let rates: Vec<f64> = bursts
-                .iter()
-                .map(|b| b.delivered as f64 / b.seconds / 1e3)
-                .collect();
-            let Some(stats) = Stats::of(&rates) else {
+            let Some(stats) = &stats[way.index()] else {
                 println!("  {:<56} not measured", way.label());
                 continue;
             };
-            medians[way.index()] = Some(stats.median);
-            let sent: u64 = bursts.iter().map(|b| b.sent).sum();
-            let delivered: u64 = bursts.iter().map(|b| b.delivered).sum();
+            let node = node_ns(way).map_or_else(|| "—".to_owned(), |ns| format!("{ns:.0}"));
             println!(
-                "  {:<56} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1}%",
+                "  {:<56} {:>5} {:>9.1} {:>9.1} {:>9.1} {node:>9}",
                 way.label(),
                 stats.n,
                 stats.min,
                 stats.median,
-                stats.max,
-                delivered as f64 * 100.0 / sent.max(1) as f64
+                stats.max
             );
         }
-        if let [Some(floor), Some(tc), Some(xdp)] = medians {
+        if let (Some(floor), Some(tc), Some(xdp)) =
+            (median(Way::Floor), median(Way::Tc), median(Way::Xdp))
+        {
             println!(
                 "  medians: bosun XDP / bosun tc {:.2}×, bosun tc / floor {:.2}×, \
                  bosun XDP / floor {:.2}×",
@@ -1966,34 +2073,82 @@ impl XdpReport {
                 xdp / floor
             );
         }
+        if let (Some(tc), Some(xdp)) = (node_ns(Way::Tc), node_ns(Way::Xdp)) {
+            println!(
+                "  node ns: what the node adds to a packet's time over the loop alone (1 / rate \
+                 less the loop's 1 / rate, medians): bosun tc / bosun XDP {:.1}×",
+                tc / xdp
+            );
+        }
+        let all = self.windows.iter().flatten();
+        let unsteady = all
+            .clone()
+            .filter(|w| w.halves[1] < STEADY * w.halves[0])
+            .count();
+        if unsteady > 0 {
+            println!(
+                "  NOTE: {unsteady} of the {} windows ran their second half at under {:.0}% of \
+                 their first's rate: their loop lost frames, or the machine got busier",
+                all.count(),
+                STEADY * 100.0
+            );
+        }
     }
 }
 
-/// XDP programs of two instructions (`r0 = action; exit`) loaded with the raw `bpf(2)` call,
-/// and the two other calls the XDP benchmark makes with them: attaching one in the driver by a
-/// BPF link, and sending frames with one (`BPF_PROG_TEST_RUN` in live-frames mode, the
-/// kernel's packet generator for XDP since 5.18: what the program returns for each frame is
-/// done, `XDP_TX` sending it out of the device the context names). aya loads programs only
-/// from an object file and has no test run. The offsets into `union bpf_attr` are the
-/// kernel's, from include/uapi/linux/bpf.h.
+/// The raw kernel calls of the XDP benchmark: XDP programs of a few instructions loaded with
+/// `bpf(2)` (aya loads programs only from an object file), attached in the driver by a BPF
+/// link, and swapped on a link; and frames sent from an `AF_PACKET` socket. The offsets into
+/// `union bpf_attr` are the kernel's, from include/uapi/linux/bpf.h.
+///
+/// The kernel's own generator for XDP, `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`,
+/// would send the frames without the reflector, but this machine's kernel (6.18) refuses it
+/// with `EPERM`, even to root.
 mod raw_xdp {
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use nix::libc;
 
     pub const XDP_DROP: i32 = 1;
     pub const XDP_PASS: i32 = 2;
     pub const XDP_TX: i32 = 3;
 
     const BPF_PROG_LOAD: u32 = 5;
-    const BPF_PROG_TEST_RUN: u32 = 10;
     const BPF_LINK_CREATE: u32 = 28;
+    const BPF_LINK_UPDATE: u32 = 29;
     const BPF_PROG_TYPE_XDP: u32 = 6;
     /// `enum bpf_attach_type`'s `BPF_XDP`.
     const BPF_XDP: u32 = 37;
     const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
     /// The program names the kernel keeps: 15 characters and a NUL.
     const NAME_BYTES: usize = 16;
+
+    // Instructions: opcode, then destination and source registers, 16-bit offset, 32-bit
+    // immediate.
+    /// `BPF_ALU64 | BPF_MOV | BPF_K`: `dst = imm`.
+    const MOV_IMM: u8 = 0xb7;
+    /// `BPF_ALU64 | BPF_MOV | BPF_X`: `dst = src`.
+    const MOV_REG: u8 = 0xbf;
+    /// `BPF_ALU64 | BPF_ADD | BPF_K`: `dst += imm`.
+    const ADD_IMM: u8 = 0x07;
+    /// `BPF_LDX | BPF_MEM | BPF_W`: `dst = *(u32 *)(src + off)`.
+    const LOAD_WORD: u8 = 0x61;
+    /// `BPF_ST | BPF_MEM | BPF_W`: `*(u32 *)(dst + off) = imm`.
+    const STORE_WORD: u8 = 0x62;
+    /// `BPF_JMP | BPF_JGT | BPF_X`: `if dst > src goto +off`.
+    const JUMP_GREATER: u8 = 0x2d;
+    /// `BPF_JMP | BPF_EXIT`.
+    const EXIT: u8 = 0x95;
+
+    fn instruction(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+        let mut bytes = [0u8; 8];
+        bytes[0] = code;
+        bytes[1] = dst | (src << 4);
+        bytes[2..4].copy_from_slice(&off.to_ne_bytes());
+        bytes[4..8].copy_from_slice(&imm.to_ne_bytes());
+        bytes
+    }
 
     /// One loaded program; unloaded when its descriptor and every link to it are closed.
     pub struct RawXdp {
@@ -2001,27 +2156,66 @@ mod raw_xdp {
     }
 
     impl RawXdp {
-        /// Loads `r0 = action; exit` as the XDP program `name` (at most 15 characters of
-        /// letters, digits, `_` and `.`, as `bpftool prog` will show it).
-        pub fn load(name: &str, action: i32) -> io::Result<RawXdp> {
+        /// `return action;`, as the XDP program `name`.
+        pub fn returning(name: &str, action: i32) -> io::Result<RawXdp> {
+            RawXdp::load(
+                name,
+                &[
+                    instruction(MOV_IMM, 0, 0, 0, action),
+                    instruction(EXIT, 0, 0, 0, 0),
+                ],
+            )
+        }
+
+        /// The XDP program `name` that writes `frame` over every frame at least as long that
+        /// it receives, and sends it back out (`XDP_TX`); shorter ones it drops. `frame`'s
+        /// length must be a multiple of 4, and at most 1514 bytes.
+        pub fn reflector(name: &str, frame: &[u8]) -> io::Result<RawXdp> {
+            // At most a full frame of an MTU of 1500, so that every offset fits the
+            // instructions' 16 bits.
+            if !frame.len().is_multiple_of(4) || frame.len() > 1514 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("a frame of {} bytes to reflect", frame.len()),
+                ));
+            }
+            let words = frame.len() / 4;
+            // r1: the context (`struct xdp_md`); r2: the frame's start; r3: its end.
+            let mut program = vec![
+                instruction(LOAD_WORD, 2, 1, 0, 0),
+                instruction(LOAD_WORD, 3, 1, 4, 0),
+                instruction(MOV_REG, 4, 2, 0, 0),
+                instruction(ADD_IMM, 4, 0, 0, frame.len() as i32),
+                // Past the stores and the return below, to the drop.
+                instruction(JUMP_GREATER, 4, 3, words as i16 + 2, 0),
+            ];
+            for (i, word) in frame.chunks_exact(4).enumerate() {
+                let value = i32::from_ne_bytes([word[0], word[1], word[2], word[3]]);
+                program.push(instruction(STORE_WORD, 2, 0, 4 * i as i16, value));
+            }
+            program.extend([
+                instruction(MOV_IMM, 0, 0, 0, XDP_TX),
+                instruction(EXIT, 0, 0, 0, 0),
+                instruction(MOV_IMM, 0, 0, 0, XDP_DROP),
+                instruction(EXIT, 0, 0, 0, 0),
+            ]);
+            RawXdp::load(name, &program)
+        }
+
+        /// Loads `program` as the XDP program `name` (at most 15 characters of letters,
+        /// digits, `_` and `.`, as `bpftool prog` will show it).
+        fn load(name: &str, program: &[[u8; 8]]) -> io::Result<RawXdp> {
             if name.len() >= NAME_BYTES {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("the program name {name:?} is longer than 15 characters"),
                 ));
             }
-            // Each instruction: opcode, destination and source registers, 16-bit offset,
-            // 32-bit immediate. BPF_ALU64 | BPF_MOV | BPF_K of `action` into r0, then
-            // BPF_JMP | BPF_EXIT.
-            let mut instructions = [0u8; 16];
-            instructions[0] = 0xb7;
-            instructions[4..8].copy_from_slice(&action.to_ne_bytes());
-            instructions[8] = 0x95;
             let license = c"Apache-2.0";
             let mut attr = Attr::default();
             attr.u32(0, BPF_PROG_TYPE_XDP)
-                .u32(4, 2)
-                .u64(8, instructions.as_ptr() as u64)
+                .u32(4, program.len() as u32)
+                .u64(8, program.as_ptr() as u64)
                 .u64(16, license.as_ptr() as u64)
                 .bytes(48, name.as_bytes())
                 .u32(68, BPF_XDP);
@@ -2040,27 +2234,64 @@ mod raw_xdp {
                 .u32(12, XDP_FLAGS_DRV_MODE);
             bpf_fd(BPF_LINK_CREATE, &mut attr)
         }
+    }
 
-        /// Runs the program `repeat` times on `frame` as if received on interface
-        /// `ingress_ifindex` of the calling thread's network namespace, doing what it returns
-        /// for each: `XDP_TX` sends the frame out of that interface.
-        pub fn run_live(&self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> io::Result<()> {
-            let length = u32::try_from(frame.len())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a frame of 4 GiB"))?;
-            // `struct xdp_md`: data, data_end (the frame's length: the kernel checks it),
-            // data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-            let context: [u32; 6] = [0, length, 0, ingress_ifindex, 0, 0];
-            let mut attr = Attr::default();
-            attr.u32(0, self.fd.as_raw_fd() as u32)
-                .u32(8, length)
-                .u64(16, frame.as_ptr() as u64)
-                .u32(32, repeat)
-                .u32(40, size_of_val(&context) as u32)
-                .u64(48, context.as_ptr() as u64)
-                .u32(64, BPF_F_TEST_XDP_LIVE_FRAMES);
-            // Batch size (offset 72) 0: the kernel's default, 64 frames.
-            bpf(BPF_PROG_TEST_RUN, &mut attr).map(drop)
+    /// Puts `program` on `link` in place of the program there, without a moment between.
+    pub fn replace(link: &OwnedFd, program: &RawXdp) -> io::Result<()> {
+        let mut attr = Attr::default();
+        attr.u32(0, link.as_raw_fd() as u32)
+            .u32(4, program.fd.as_raw_fd() as u32);
+        bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+    }
+
+    /// Sends `frame` (an Ethernet frame, written in full) `count` times out of interface
+    /// `ifindex` of the calling thread's network namespace, from an `AF_PACKET` socket.
+    pub fn send_frames(ifindex: u32, frame: &[u8], count: usize) -> io::Result<()> {
+        const ETH_P_IP: u16 = 0x0800;
+        let Some(destination) = frame.get(..6) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a frame of no header",
+            ));
+        };
+        // Protocol 0: the socket receives nothing.
+        // SAFETY: a call without pointers.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
         }
+        // SAFETY: the kernel returned a new descriptor, which nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut address = libc::sockaddr_ll {
+            sll_family: libc::AF_PACKET as u16,
+            sll_protocol: ETH_P_IP.to_be(),
+            sll_ifindex: i32::try_from(ifindex).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("ifindex {ifindex}"))
+            })?,
+            sll_hatype: 0,
+            sll_pkttype: 0,
+            sll_halen: 6,
+            sll_addr: [0; 8],
+        };
+        address.sll_addr[..6].copy_from_slice(destination);
+        for _ in 0..count {
+            // SAFETY: `frame` and `address` are valid for the lengths passed, and outlive the
+            // call, which only reads them.
+            let sent = unsafe {
+                libc::sendto(
+                    socket.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&address as *const libc::sockaddr_ll).cast(),
+                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if sent < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
     }
 
     /// `union bpf_attr`, as far as these calls reach; the kernel takes what follows as zero.
@@ -2090,12 +2321,12 @@ mod raw_xdp {
     /// `bpf(cmd, attr)`: what the call returns, or its `errno`.
     fn bpf(cmd: u32, attr: &mut Attr) -> io::Result<i64> {
         // SAFETY: `attr` is a `union bpf_attr` of the size passed; the memory its pointers
-        // name (instructions, license, frame, context) belongs to the callers, who keep it
-        // alive across the call. The kernel reads that, and writes only within `attr`.
+        // name (instructions, license) belongs to the callers, who keep it alive across the
+        // call. The kernel reads that, and writes only within `attr`.
         let result = unsafe {
-            nix::libc::syscall(
-                nix::libc::SYS_bpf,
-                nix::libc::c_long::from(cmd),
+            libc::syscall(
+                libc::SYS_bpf,
+                libc::c_long::from(cmd),
                 attr.0.as_mut_ptr(),
                 attr.0.len(),
             )
