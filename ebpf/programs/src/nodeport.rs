@@ -56,6 +56,14 @@ const IP_DESTINATION: usize = ETH_HLEN + 16;
 /// Offsets of the checksum in the TCP and UDP headers.
 const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
+/// The transport header, right after an IPv4 header without options; the end of a TCP header
+/// without options and of a UDP header; and where each keeps its checksum, from the frame's
+/// start.
+const TRANSPORT: usize = ETH_HLEN + IPV4_MIN_HLEN;
+const TCP_END: usize = TRANSPORT + 20;
+const UDP_END: usize = TRANSPORT + 8;
+const TCP_CHECK_AT: usize = TRANSPORT + TCP_CHECK;
+const UDP_CHECK_AT: usize = TRANSPORT + UDP_CHECK;
 
 /// `bosun_ebpf_abi::MAGLEV_MAP`; written by the service reconciler with the service maps.
 #[map]
@@ -521,6 +529,16 @@ fn rewrite(ctx: &TcContext, packet: &Packet, to: &NatValue) -> i32 {
             flags: u64::from(BPF_F_MARK_MANGLED_0),
         }
     };
+    if transport == TRANSPORT {
+        let in_place = if packet.protocol == PROTOCOL_TCP {
+            rewrite_in_place::<TCP_END, TCP_CHECK_AT>(ctx, packet, to, l4.flags)
+        } else {
+            rewrite_in_place::<UDP_END, UDP_CHECK_AT>(ctx, packet, to, l4.flags)
+        };
+        if let Some(verdict) = in_place {
+            return verdict;
+        }
+    }
     let written = set_address(ctx, &l4, IP_SOURCE, packet.source, to.source)
         .and_then(|()| set_address(ctx, &l4, IP_DESTINATION, packet.destination, to.destination))
         .and_then(|()| set_port(ctx, &l4, transport, packet.source_port, to.source_port))
@@ -538,6 +556,63 @@ fn rewrite(ctx: &TcContext, packet: &Packet, to: &NatValue) -> i32 {
         Ok(()) => PASS,
         Err(_) => DROP,
     }
+}
+
+/// [`rewrite`] of a packet whose IPv4 header has no options and whose headers, to `END`, are
+/// in the linear data: the addresses, ports and IPv4 checksum written in place, then the
+/// transport checksum by one helper call for the addresses (in its pseudo-header) and one for
+/// the ports, the helper knowing how the kernel holds it (complete, partial or none). `None`
+/// if the headers are not in the linear data: the caller writes field by field.
+#[inline(always)]
+fn rewrite_in_place<const END: usize, const CHECK: usize>(
+    ctx: &TcContext,
+    packet: &Packet,
+    to: &NatValue,
+    flags: u64,
+) -> Option<i32> {
+    let start = ctx.data();
+    if start + END > ctx.data_end() {
+        return None;
+    }
+    let mut addresses = Delta::default();
+    addresses.replace_address(packet.source, to.source);
+    addresses.replace_address(packet.destination, to.destination);
+    let mut ports = Delta::default();
+    ports.replace(packet.source_port, to.source_port);
+    ports.replace(packet.destination_port, to.destination_port);
+    let frame = start as *mut u8;
+    // SAFETY: every offset written is under END, checked above to lie within the linear data,
+    // which the program may write (the kernel unclones it first); the stores are of byte
+    // arrays, which have no alignment to keep.
+    unsafe {
+        *(frame.add(IP_SOURCE) as *mut [u8; 4]) = to.source;
+        *(frame.add(IP_DESTINATION) as *mut [u8; 4]) = to.destination;
+        *(frame.add(TRANSPORT) as *mut [u8; 2]) = to.source_port;
+        *(frame.add(TRANSPORT + 2) as *mut [u8; 2]) = to.destination_port;
+        let check = frame.add(IP_CHECK) as *mut [u8; 2];
+        *check = addresses.applied_to(*check);
+    }
+    // The helpers may move the packet: nothing is read through `frame` after them.
+    if (packet.source, packet.destination) != (to.source, to.destination)
+        && ctx
+            .l4_csum_replace(
+                CHECK,
+                0,
+                addresses.as_difference(),
+                flags | u64::from(BPF_F_PSEUDO_HDR),
+            )
+            .is_err()
+    {
+        return Some(DROP);
+    }
+    if (packet.source_port, packet.destination_port) != (to.source_port, to.destination_port)
+        && ctx
+            .l4_csum_replace(CHECK, 0, ports.as_difference(), flags)
+            .is_err()
+    {
+        return Some(DROP);
+    }
+    Some(PASS)
 }
 
 /// Where the transport checksum is, and the flags its updates take.
@@ -589,4 +664,40 @@ fn set_port(
     );
     ctx.l4_csum_replace(l4.offset, old, new, l4.flags | 2)?;
     ctx.store(offset, &to, 0)
+}
+
+/// What the 16-bit words replaced change in a header's Internet checksum, summed as RFC 1624
+/// (eqn. 3) has it: the ones' complement of each old word plus each new one.
+#[derive(Default)]
+struct Delta(u32);
+
+impl Delta {
+    #[inline(always)]
+    fn replace(&mut self, from: [u8; 2], to: [u8; 2]) {
+        self.0 += u32::from(!u16::from_be_bytes(from)) + u32::from(u16::from_be_bytes(to));
+    }
+
+    #[inline(always)]
+    fn replace_address(&mut self, from: [u8; 4], to: [u8; 4]) {
+        self.replace([from[0], from[1]], [to[0], to[1]]);
+        self.replace([from[2], from[3]], [to[2], to[3]]);
+    }
+
+    /// The sum as the kernel's checksum helpers take a difference (`bpf_csum_diff`'s, with a
+    /// size of 0 in `bpf_l4_csum_replace`'s flags): folded, its bytes in memory order.
+    #[inline(always)]
+    fn as_difference(&self) -> u64 {
+        let mut sum = (self.0 & 0xffff) + (self.0 >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        u64::from(u16::from_ne_bytes((sum as u16).to_be_bytes()))
+    }
+
+    /// The checksum `check` (network order) updated.
+    #[inline(always)]
+    fn applied_to(&self, check: [u8; 2]) -> [u8; 2] {
+        let mut sum = u32::from(!u16::from_be_bytes(check)) + self.0;
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        (!(sum as u16)).to_be_bytes()
+    }
 }

@@ -22,22 +22,14 @@ use aya_ebpf::{
 };
 use bosun_ebpf_abi::{Hop, HopKey, NatKey, NatValue, HOP_TIMEOUT_NS, PROTOCOL_TCP, PROTOCOL_UDP};
 
-use super::{egress_entry, take, Taken, BOSUN_NPHOP_V1};
-use crate::{copied, Packet, ETH_HLEN, ETH_P_IP, IPV4_MIN_HLEN};
+use super::{
+    egress_entry, take, Delta, Taken, BOSUN_NPHOP_V1, IP_CHECK, IP_DESTINATION, IP_SOURCE,
+    TCP_CHECK_AT, TCP_END, TRANSPORT, UDP_CHECK_AT, UDP_END,
+};
+use crate::{copied, Packet, ETH_HLEN, ETH_P_IP};
 /// The IPv4 header with no options: the only one this program rewrites.
 const IPV4_NO_OPTIONS: u8 = 0x45;
 const IP_TTL: usize = ETH_HLEN + 8;
-const IP_CHECK: usize = ETH_HLEN + 10;
-const IP_SOURCE: usize = ETH_HLEN + 12;
-const IP_DESTINATION: usize = ETH_HLEN + 16;
-/// The transport header, right after an IPv4 header without options.
-const TRANSPORT: usize = ETH_HLEN + IPV4_MIN_HLEN;
-/// The end of a TCP header without options, and of a UDP header.
-const TCP_END: usize = TRANSPORT + 20;
-const UDP_END: usize = TRANSPORT + 8;
-/// Where each transport keeps its checksum.
-const TCP_CHECK: usize = TRANSPORT + 16;
-const UDP_CHECK: usize = TRANSPORT + 6;
 const TCP_FLAGS: usize = TRANSPORT + 13;
 /// The fragment offset and the more-fragments flag.
 const IP_FRAGMENTED: u16 = 0x3fff;
@@ -59,9 +51,9 @@ fn from_outside(ctx: &XdpContext) -> u32 {
         Taken::Pass | Taken::Refuse => xdp_action::XDP_PASS,
         Taken::Drop => xdp_action::XDP_DROP,
         Taken::Rewrite(to) if packet.protocol == PROTOCOL_TCP => {
-            forward::<TCP_END, TCP_CHECK>(ctx, &packet, &to, now)
+            forward::<TCP_END, TCP_CHECK_AT>(ctx, &packet, &to, now)
         }
-        Taken::Rewrite(to) => forward::<UDP_END, UDP_CHECK>(ctx, &packet, &to, now),
+        Taken::Rewrite(to) => forward::<UDP_END, UDP_CHECK_AT>(ctx, &packet, &to, now),
     }
 }
 
@@ -209,7 +201,7 @@ fn rewrite<const END: usize, const CHECK: usize>(
         let check = frame.add(CHECK) as *mut [u8; 2];
         // A UDP checksum of 0 means none, and stays 0; one that comes to 0 is sent as its
         // other form, all ones.
-        if CHECK == UDP_CHECK {
+        if CHECK == UDP_CHECK_AT {
             if *check != [0; 2] {
                 let updated = transport.applied_to(*check);
                 *check = if updated == [0; 2] {
@@ -223,31 +215,4 @@ fn rewrite<const END: usize, const CHECK: usize>(
         }
     }
     true
-}
-
-/// What the 16-bit words replaced change in a header's Internet checksum, summed as RFC 1624
-/// (eqn. 3) has it: the ones' complement of each old word plus each new one.
-#[derive(Default)]
-struct Delta(u32);
-
-impl Delta {
-    #[inline(always)]
-    fn replace(&mut self, from: [u8; 2], to: [u8; 2]) {
-        self.0 += u32::from(!u16::from_be_bytes(from)) + u32::from(u16::from_be_bytes(to));
-    }
-
-    #[inline(always)]
-    fn replace_address(&mut self, from: [u8; 4], to: [u8; 4]) {
-        self.replace([from[0], from[1]], [to[0], to[1]]);
-        self.replace([from[2], from[3]], [to[2], to[3]]);
-    }
-
-    /// The checksum `check` (network order) updated.
-    #[inline(always)]
-    fn applied_to(&self, check: [u8; 2]) -> [u8; 2] {
-        let mut sum = u32::from(!u16::from_be_bytes(check)) + self.0;
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        (!(sum as u16)).to_be_bytes()
-    }
 }
