@@ -52,30 +52,13 @@ struct Topology {
 
 impl Topology {
     fn new(n: u8) -> Self {
-        let topology = Topology {
-            n,
-            bpf_dir: PathBuf::from(format!("/sys/fs/bpf/bosun-np-{n}")),
-            _lan_xdp: None,
-        };
-        topology.remove();
-        for ns in ["node", "cli", "pod", "rem"] {
-            ip(&["netns", "add", &topology.ns(ns)]);
-            ip(&["-n", &topology.ns(ns), "link", "set", "lo", "up"]);
-        }
-        let node = topology.ns("node");
+        let topology = Topology::empty(n, &["node", "cli", "pod", "rem"]);
         // Client: 10.212.N.2, the node's outside address 10.212.N.1.
         topology.veth(
             &topology.link("c"),
             "cli",
             "10.212.{n}.1/26",
             "10.212.{n}.2/26",
-        );
-        // Pod: 10.212.N.66 behind the node's 10.212.N.65.
-        topology.veth(
-            &topology.link("p"),
-            "pod",
-            "10.212.{n}.65/26",
-            "10.212.{n}.66/26",
         );
         // Remote node: 10.212.N.130 behind 10.212.N.129, its backend at 10.212.N.193.
         topology.veth(
@@ -84,58 +67,76 @@ impl Topology {
             "10.212.{n}.129/26",
             "10.212.{n}.130/26",
         );
-        let sub = |text: &str| text.replace("{n}", &n.to_string());
+        topology.default_route("cli", "10.212.{n}.1");
+        topology.default_route("rem", "10.212.{n}.129");
+        topology.pod_and_remote_backend("10.212.{n}.130");
+        topology
+    }
+
+    /// A topology's namespaces `roles`, with nothing in them but loopback, up.
+    fn empty(n: u8, roles: &[&str]) -> Self {
+        let topology = Topology {
+            n,
+            bpf_dir: PathBuf::from(format!("/sys/fs/bpf/bosun-np-{n}")),
+            _lan_xdp: None,
+        };
+        topology.remove();
+        for role in roles {
+            ip(&["netns", "add", &topology.ns(role)]);
+            ip(&["-n", &topology.ns(role), "link", "set", "lo", "up"]);
+        }
+        topology
+    }
+
+    /// `{n}` in `text` replaced by the topology's number.
+    fn sub(&self, text: &str) -> String {
+        text.replace("{n}", &self.n.to_string())
+    }
+
+    fn default_route(&self, role: &str, via: &str) {
         ip(&[
             "-n",
-            &topology.ns("cli"),
+            &self.ns(role),
             "route",
             "add",
             "default",
             "via",
-            &sub("10.212.{n}.1"),
+            &self.sub(via),
         ]);
+    }
+
+    /// The pod (10.212.N.66 behind the node's 10.212.N.65), the remote node's backend
+    /// (10.212.N.193, routed to the remote node at `remote`; no dummy link: the module may be
+    /// missing), and forwarding on the node.
+    fn pod_and_remote_backend(&self, remote: &str) {
+        self.veth(
+            &self.link("p"),
+            "pod",
+            "10.212.{n}.65/26",
+            "10.212.{n}.66/26",
+        );
+        self.default_route("pod", "10.212.{n}.65");
         ip(&[
             "-n",
-            &topology.ns("pod"),
-            "route",
-            "add",
-            "default",
-            "via",
-            &sub("10.212.{n}.65"),
-        ]);
-        ip(&[
-            "-n",
-            &topology.ns("rem"),
-            "route",
-            "add",
-            "default",
-            "via",
-            &sub("10.212.{n}.129"),
-        ]);
-        // The remote backend's address, routed to the remote node (no dummy link: the module
-        // may be missing).
-        ip(&[
-            "-n",
-            &topology.ns("rem"),
+            &self.ns("rem"),
             "addr",
             "add",
-            &sub("10.212.{n}.193/32"),
+            &self.sub("10.212.{n}.193/32"),
             "dev",
             "lo",
         ]);
         ip(&[
             "-n",
-            &node,
+            &self.ns("node"),
             "route",
             "add",
-            &sub("10.212.{n}.192/26"),
+            &self.sub("10.212.{n}.192/26"),
             "via",
-            &sub("10.212.{n}.130"),
+            &self.sub(remote),
         ]);
-        in_netns(&node, || {
+        in_netns(&self.ns("node"), || {
             fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding");
         });
-        topology
     }
 
     /// The node's one uplink (`np<N>u`, 10.212.N.1) on a LAN with the client (.2) and the
@@ -146,17 +147,7 @@ impl Topology {
     /// everything): veth delivers the frames an XDP program sends back out (`XDP_TX`) only to
     /// a peer that runs one.
     fn lan(n: u8) -> Self {
-        let mut topology = Topology {
-            n,
-            bpf_dir: PathBuf::from(format!("/sys/fs/bpf/bosun-np-{n}")),
-            _lan_xdp: None,
-        };
-        topology.remove();
-        for ns in ["node", "cli", "pod", "rem", "lan"] {
-            ip(&["netns", "add", &topology.ns(ns)]);
-            ip(&["-n", &topology.ns(ns), "link", "set", "lo", "up"]);
-        }
-        let sub = |text: &str| text.replace("{n}", &n.to_string());
+        let mut topology = Topology::empty(n, &["node", "cli", "pod", "rem", "lan"]);
         let lan = topology.ns("lan");
         ip(&["-n", &lan, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &lan, "link", "set", "br0", "up"]);
@@ -171,48 +162,22 @@ impl Topology {
                 &netns,
             ]);
             ip(&["-n", &lan, "link", "set", ns, "master", "br0", "up"]);
-            ip(&["-n", &netns, "addr", "add", &sub(address), "dev", &end]);
+            ip(&[
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &topology.sub(address),
+                "dev",
+                &end,
+            ]);
             ip(&["-n", &netns, "link", "set", &end, "up"]);
             if ns != "node" {
                 ethtool(&netns, &["-K", &end, "tx", "off"]);
             }
         }
-        topology.veth(
-            &topology.link("p"),
-            "pod",
-            "10.212.{n}.65/26",
-            "10.212.{n}.66/26",
-        );
-        ip(&[
-            "-n",
-            &topology.ns("pod"),
-            "route",
-            "add",
-            "default",
-            "via",
-            &sub("10.212.{n}.65"),
-        ]);
-        let (remote, node) = (topology.ns("rem"), topology.ns("node"));
-        ip(&[
-            "-n",
-            &remote,
-            "addr",
-            "add",
-            &sub("10.212.{n}.193/32"),
-            "dev",
-            "lo",
-        ]);
-        ip(&[
-            "-n",
-            &node,
-            "route",
-            "add",
-            &sub("10.212.{n}.192/26"),
-            "via",
-            &sub("10.212.{n}.3"),
-        ]);
-        in_netns(&node, || {
-            fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding");
+        topology.pod_and_remote_backend("10.212.{n}.3");
+        in_netns(&topology.ns("node"), || {
             // A flow sent back out of its interface is no reason to tell the client of a
             // shorter way.
             for conf in ["all", "default", &topology.link("u")] {
@@ -247,7 +212,7 @@ impl Topology {
 
     /// A veth from the node (`name`, `node_address`) to `peer_ns` (`eth0`, `peer_address`).
     fn veth(&self, name: &str, peer_ns: &str, node_address: &str, peer_address: &str) {
-        let sub = |text: &str| text.replace("{n}", &self.n.to_string());
+        let sub = |text: &str| self.sub(text);
         let (node, peer) = (self.ns("node"), self.ns(peer_ns));
         ip(&[
             "link", "add", name, "netns", &node, "type", "veth", "peer", "name", "eth0", "netns",
