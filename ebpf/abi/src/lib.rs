@@ -387,6 +387,18 @@ pub struct NatValue {
 }
 
 impl NatValue {
+    /// The key of a packet once rewritten to this tuple: the key of the flow's next stage.
+    pub const fn key(&self, protocol: u8) -> NatKey {
+        NatKey {
+            source: self.source,
+            destination: self.destination,
+            source_port: self.source_port,
+            destination_port: self.destination_port,
+            protocol,
+            _pad: [0; 3],
+        }
+    }
+
     /// The key of the other direction's entry.
     pub const fn reverse_key(&self, protocol: u8) -> NatKey {
         NatKey {

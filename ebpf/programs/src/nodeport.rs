@@ -277,7 +277,7 @@ fn refuse(ctx: &TcContext, packet: &Packet, now: u64) -> i32 {
         report(packet, None, [0; 2], NODEPORT_EVENT_NO_BACKEND);
         DROP
     };
-    if usize::from(packet.transport) != ETH_HLEN + IPV4_MIN_HLEN || !refusal_allowed(now) {
+    if usize::from(packet.transport) != TRANSPORT || !refusal_allowed(now) {
         return drop();
     }
     let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
@@ -404,16 +404,8 @@ fn snat(packet: &Packet, dnat: &NatValue, now: u64) -> Option<[u8; 2]> {
             u64::from(BPF_NOEXIST),
         );
         if taken.is_ok() {
-            let dnatted = NatKey {
-                source: dnat.source,
-                destination: dnat.destination,
-                source_port: dnat.source_port,
-                destination_port: dnat.destination_port,
-                protocol: packet.protocol,
-                _pad: [0; 3],
-            };
             return BOSUN_NAT_V1
-                .insert(dnatted, forward, u64::from(BPF_ANY))
+                .insert(dnat.key(packet.protocol), forward, u64::from(BPF_ANY))
                 .is_ok()
                 .then_some(port);
         }
@@ -574,25 +566,11 @@ fn rewrite_in_place<const END: usize, const CHECK: usize>(
     if start + END > ctx.data_end() {
         return None;
     }
-    let mut addresses = Delta::default();
-    addresses.replace_address(packet.source, to.source);
-    addresses.replace_address(packet.destination, to.destination);
-    let mut ports = Delta::default();
-    ports.replace(packet.source_port, to.source_port);
-    ports.replace(packet.destination_port, to.destination_port);
-    let frame = start as *mut u8;
-    // SAFETY: every offset written is under END, checked above to lie within the linear data,
-    // which the program may write (the kernel unclones it first); the stores are of byte
-    // arrays, which have no alignment to keep.
-    unsafe {
-        *(frame.add(IP_SOURCE) as *mut [u8; 4]) = to.source;
-        *(frame.add(IP_DESTINATION) as *mut [u8; 4]) = to.destination;
-        *(frame.add(TRANSPORT) as *mut [u8; 2]) = to.source_port;
-        *(frame.add(TRANSPORT + 2) as *mut [u8; 2]) = to.destination_port;
-        let check = frame.add(IP_CHECK) as *mut [u8; 2];
-        *check = addresses.applied_to(*check);
-    }
-    // The helpers may move the packet: nothing is read through `frame` after them.
+    let (addresses, ports) = Delta::of_rewrite(packet, to);
+    // SAFETY: the frame's linear data holds END bytes, checked above, at least UDP_END; the
+    // program may write it (the kernel unclones it first).
+    unsafe { write_tuple(start as *mut u8, to, &addresses) };
+    // The helpers may move the packet: nothing is read through `start` after them.
     if (packet.source, packet.destination) != (to.source, to.destination)
         && ctx
             .l4_csum_replace(
@@ -613,6 +591,26 @@ fn rewrite_in_place<const END: usize, const CHECK: usize>(
         return Some(DROP);
     }
     Some(PASS)
+}
+
+/// Writes `to`'s addresses and ports in place in `frame`, an Ethernet frame whose IPv4 header
+/// has no options, and updates the IPv4 checksum by `ip` (the addresses' change, and whatever
+/// else of the header the caller changed). The transport checksum is the caller's.
+///
+/// # Safety
+/// `frame` must point at the start of the frame, with at least [`UDP_END`] bytes writable.
+#[inline(always)]
+unsafe fn write_tuple(frame: *mut u8, to: &NatValue, ip: &Delta) {
+    // SAFETY: every offset written is under UDP_END, which the caller vouches for; the stores
+    // are of byte arrays, which have no alignment to keep.
+    unsafe {
+        *(frame.add(IP_SOURCE) as *mut [u8; 4]) = to.source;
+        *(frame.add(IP_DESTINATION) as *mut [u8; 4]) = to.destination;
+        *(frame.add(TRANSPORT) as *mut [u8; 2]) = to.source_port;
+        *(frame.add(TRANSPORT + 2) as *mut [u8; 2]) = to.destination_port;
+        let check = frame.add(IP_CHECK) as *mut [u8; 2];
+        *check = ip.applied_to(*check);
+    }
 }
 
 /// Where the transport checksum is, and the flags its updates take.
@@ -668,10 +666,29 @@ fn set_port(
 
 /// What the 16-bit words replaced change in a header's Internet checksum, summed as RFC 1624
 /// (eqn. 3) has it: the ones' complement of each old word plus each new one.
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Delta(u32);
 
 impl Delta {
+    /// What rewriting `packet` to `to` changes: its addresses (in the IPv4 header and the
+    /// transport's pseudo-header), and its ports.
+    #[inline(always)]
+    fn of_rewrite(packet: &Packet, to: &NatValue) -> (Delta, Delta) {
+        let mut addresses = Delta::default();
+        addresses.replace_address(packet.source, to.source);
+        addresses.replace_address(packet.destination, to.destination);
+        let mut ports = Delta::default();
+        ports.replace(packet.source_port, to.source_port);
+        ports.replace(packet.destination_port, to.destination_port);
+        (addresses, ports)
+    }
+
+    /// Both changes together.
+    #[inline(always)]
+    fn and(&self, other: &Delta) -> Delta {
+        Delta(self.0 + other.0)
+    }
+
     #[inline(always)]
     fn replace(&mut self, from: [u8; 2], to: [u8; 2]) {
         self.0 += u32::from(!u16::from_be_bytes(from)) + u32::from(u16::from_be_bytes(to));

@@ -20,13 +20,14 @@
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
 };
-use bosun_ebpf_abi::{Hop, HopKey, NatKey, NatValue, HOP_TIMEOUT_NS, PROTOCOL_TCP, PROTOCOL_UDP};
+use bosun_ebpf_abi::{Hop, HopKey, NatValue, HOP_TIMEOUT_NS, PROTOCOL_TCP, PROTOCOL_UDP};
 
 use super::{
-    egress_entry, take, Delta, Taken, BOSUN_NPHOP_V1, IP_CHECK, IP_DESTINATION, IP_SOURCE,
-    TCP_CHECK_AT, TCP_END, TRANSPORT, UDP_CHECK_AT, UDP_END,
+    egress_entry, take, write_tuple, Delta, Taken, BOSUN_NPHOP_V1, IP_SOURCE, TCP_CHECK_AT,
+    TCP_END, TRANSPORT, UDP_CHECK_AT, UDP_END,
 };
 use crate::{copied, Packet, ETH_HLEN, ETH_P_IP};
+
 /// The IPv4 header with no options: the only one this program rewrites.
 const IPV4_NO_OPTIONS: u8 = 0x45;
 const IP_TTL: usize = ETH_HLEN + 8;
@@ -114,7 +115,7 @@ fn forward<const END: usize, const CHECK: usize>(
     first: &NatValue,
     now: u64,
 ) -> u32 {
-    let second = egress_entry(key_to(first, packet.protocol), packet.tcp_flags, now);
+    let second = egress_entry(first.key(packet.protocol), packet.tcp_flags, now);
     let last = second.unwrap_or(*first);
     // SAFETY: the context's own metadata, read.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
@@ -138,19 +139,6 @@ fn forward<const END: usize, const CHECK: usize>(
     xdp_action::XDP_PASS
 }
 
-/// The key of a packet once rewritten to `value`.
-#[inline(always)]
-fn key_to(value: &NatValue, protocol: u8) -> NatKey {
-    NatKey {
-        source: value.source,
-        destination: value.destination,
-        source_port: value.source_port,
-        destination_port: value.destination_port,
-        protocol,
-        _pad: [0; 3],
-    }
-}
-
 /// Rewrites the frame to `to`'s tuple, updating the IPv4 and transport checksums, and, to be
 /// sent back out (`hop`), its MAC addresses and TTL as a router does. Returns whether it was
 /// written: not if the frame is shorter than `END` or its TTL would run out (the kernel then
@@ -167,17 +155,8 @@ fn rewrite<const END: usize, const CHECK: usize>(
         return false;
     }
     let frame = start as *mut u8;
-    let mut ip = Delta::default();
-    let mut transport = Delta::default();
-    for (from, to) in [
-        (packet.source, to.source),
-        (packet.destination, to.destination),
-    ] {
-        ip.replace_address(from, to);
-        transport.replace_address(from, to);
-    }
-    transport.replace(packet.source_port, to.source_port);
-    transport.replace(packet.destination_port, to.destination_port);
+    let (addresses, ports) = Delta::of_rewrite(packet, to);
+    let mut ip = addresses;
     // SAFETY: every offset written below is under END, checked above to lie within the frame;
     // the stores are of byte arrays, which have no alignment to keep.
     unsafe {
@@ -192,12 +171,8 @@ fn rewrite<const END: usize, const CHECK: usize>(
             *(frame as *mut [u8; 6]) = hop.destination_mac;
             *(frame.add(6) as *mut [u8; 6]) = hop.source_mac;
         }
-        *(frame.add(IP_SOURCE) as *mut [u8; 4]) = to.source;
-        *(frame.add(IP_DESTINATION) as *mut [u8; 4]) = to.destination;
-        *(frame.add(TRANSPORT) as *mut [u8; 2]) = to.source_port;
-        *(frame.add(TRANSPORT + 2) as *mut [u8; 2]) = to.destination_port;
-        let check = frame.add(IP_CHECK) as *mut [u8; 2];
-        *check = ip.applied_to(*check);
+        write_tuple(frame, to, &ip);
+        let transport = addresses.and(&ports);
         let check = frame.add(CHECK) as *mut [u8; 2];
         // A UDP checksum of 0 means none, and stays 0; one that comes to 0 is sent as its
         // other form, all ones.
