@@ -165,10 +165,16 @@ fn default_route_oifs(route: &RouteMessage) -> Vec<u32> {
 /// Whether interface `ifindex` of the calling thread's network namespace is a veth.
 pub fn is_veth(ifindex: u32) -> Result<bool, Error> {
     let link = get_link(ifindex, Path::new(OWN_NETNS))?;
-    Ok(link.attributes.iter().any(|attribute| {
-        matches!(attribute, LinkAttribute::LinkInfo(infos)
-            if infos.iter().any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth))))
-    }))
+    Ok(link.attributes.iter().any(
+        |attribute| matches!(attribute, LinkAttribute::LinkInfo(infos) if kind_is_veth(infos)),
+    ))
+}
+
+/// Whether a link's `IFLA_LINKINFO` says it is a veth.
+pub(crate) fn kind_is_veth(infos: &[LinkInfo]) -> bool {
+    infos
+        .iter()
+        .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth)))
 }
 
 /// A link of a pod's namespace as [`choose_pod_interface`] weighs it.
@@ -216,11 +222,7 @@ fn pod_interface(netns: &Path) -> Result<PodInterface, Error> {
                 match attribute {
                     LinkAttribute::Link(peer) => pod_link.peer = Some(*peer),
                     LinkAttribute::LinkNetNsId(_) => pod_link.peer_elsewhere = true,
-                    LinkAttribute::LinkInfo(infos) => {
-                        pod_link.veth |= infos
-                            .iter()
-                            .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth)));
-                    }
+                    LinkAttribute::LinkInfo(infos) => pod_link.veth |= kind_is_veth(infos),
                     _ => {}
                 }
             }

@@ -205,8 +205,12 @@ impl NodePortDatapath {
                 let link = FdLink::try_from(link).map_err(|_| Error::XdpWithoutLink {
                     ifname: ifname.clone(),
                 })?;
-                let new = pin.with_file_name(format!("{ifindex}{XDP_PIN_SUFFIX}{NEW_LINK_SUFFIX}"));
-                pin_over(link, NODEPORT_XDP_PROGRAM, new, &pin)
+                pin_over(
+                    link,
+                    NODEPORT_XDP_PROGRAM,
+                    xdp_new_pin(&self.bpf_dir, ifindex),
+                    &pin,
+                )
             }
             Err(source) => Err(Error::OpenPinnedLink {
                 path: pin,
@@ -247,41 +251,19 @@ fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, Error> {
 pub fn detach_xdp(bpf_dir: &Path, ifindex: u32) -> Result<(), Error> {
     let pin = xdp_pin(bpf_dir, ifindex);
     unpin_link(&pin)?;
-    remove_pin(&pin.with_file_name(format!("{ifindex}{XDP_PIN_SUFFIX}{NEW_LINK_SUFFIX}")))
+    remove_pin(&xdp_new_pin(bpf_dir, ifindex))
 }
 
-/// The ifindexes where the XDP program is attached (pinned), in order.
+/// The ifindexes where the XDP program is attached (pinned, a `_new` pin a crash left
+/// included), in order.
 pub fn attached_xdp(bpf_dir: &Path) -> Result<Vec<u32>, Error> {
-    let links = links_dir(bpf_dir);
-    let listing = match std::fs::read_dir(&links) {
-        Ok(listing) => listing,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(Error::Bpffs {
-                call: "readdir",
-                path: links,
-                source,
-            })
-        }
-    };
-    let mut ifindexes = Vec::new();
-    for entry in listing {
-        let entry = entry.map_err(|source| Error::Bpffs {
-            call: "readdir",
-            path: links.clone(),
-            source,
-        })?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let name = name.strip_suffix(NEW_LINK_SUFFIX).unwrap_or(name);
-        if let Some(ifindex) = name
-            .strip_suffix(XDP_PIN_SUFFIX)
-            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|digits| digits.parse().ok())
-        {
-            ifindexes.push(ifindex);
-        }
-    }
+    let mut ifindexes: Vec<u32> = tc::pin_names(&links_dir(bpf_dir))?
+        .iter()
+        .filter_map(|name| {
+            let live = name.strip_suffix(NEW_LINK_SUFFIX).unwrap_or(name);
+            tc::ifindex_before(live, XDP_PIN_SUFFIX)
+        })
+        .collect();
     ifindexes.sort_unstable();
     ifindexes.dedup();
     Ok(ifindexes)
@@ -517,4 +499,9 @@ fn links_dir(bpf_dir: &Path) -> PathBuf {
 
 fn xdp_pin(bpf_dir: &Path, ifindex: u32) -> PathBuf {
     links_dir(bpf_dir).join(format!("{ifindex}{XDP_PIN_SUFFIX}"))
+}
+
+/// Where a new XDP link is pinned before it is renamed over [`xdp_pin`].
+fn xdp_new_pin(bpf_dir: &Path, ifindex: u32) -> PathBuf {
+    links_dir(bpf_dir).join(format!("{ifindex}{XDP_PIN_SUFFIX}{NEW_LINK_SUFFIX}"))
 }

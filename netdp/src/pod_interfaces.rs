@@ -26,7 +26,7 @@ use std::{
 };
 
 use netlink_packet_route::{
-    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    link::{LinkAttribute, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType},
     AddressFamily, RouteNetlinkMessage,
 };
@@ -300,11 +300,7 @@ fn leads_to_another_namespace(link: &LinkMessage) -> bool {
     let mut peer_elsewhere = false;
     for attribute in &link.attributes {
         match attribute {
-            LinkAttribute::LinkInfo(infos) => {
-                veth |= infos
-                    .iter()
-                    .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth)));
-            }
+            LinkAttribute::LinkInfo(infos) => veth |= crate::netlink::kind_is_veth(infos),
             LinkAttribute::LinkNetNsId(_) => peer_elsewhere = true,
             _ => {}
         }

@@ -542,7 +542,8 @@ pub fn detach_all(dir: &Path, hooks: &[TcHook]) -> Result<(), Error> {
     Ok(())
 }
 
-fn pin_names(dir: &Path) -> Result<Vec<String>, Error> {
+/// The names of the pins in `dir`; none if there is no such directory.
+pub(crate) fn pin_names(dir: &Path) -> Result<Vec<String>, Error> {
     let readdir_error = |source| Error::Bpffs {
         call: "readdir",
         path: dir.to_owned(),
@@ -563,9 +564,14 @@ fn pin_names(dir: &Path) -> Result<Vec<String>, Error> {
 
 /// The ifindex a live pin's name holds (`12_in` for a hook with suffix `_in`).
 fn pinned_ifindex(name: &str, hooks: &[TcHook]) -> Option<u32> {
-    let ifindex = hooks
+    hooks
         .iter()
-        .find_map(|hook| name.strip_suffix(hook.pin_suffix))?;
+        .find_map(|hook| ifindex_before(name, hook.pin_suffix))
+}
+
+/// The ifindex that `name` holds before `suffix` (`12` in `12_in` with `_in`).
+pub(crate) fn ifindex_before(name: &str, suffix: &str) -> Option<u32> {
+    let ifindex = name.strip_suffix(suffix)?;
     // `parse` alone would accept a leading '+'.
     if ifindex.is_empty() || !ifindex.bytes().all(|b| b.is_ascii_digit()) {
         return None;
