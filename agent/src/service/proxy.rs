@@ -707,22 +707,22 @@ fn accelerate(
             )
         })
     };
-    if acceleration == Acceleration::BestEffort {
-        match bosun_netdp::netlink::is_veth(ifindex) {
-            Ok(false) => {}
+    let tc_alone = match acceleration {
+        Acceleration::Disabled => true,
+        Acceleration::Native => false,
+        Acceleration::BestEffort => match bosun_netdp::netlink::is_veth(ifindex) {
+            Ok(false) => false,
             Ok(true) => {
                 tracing::info!(interface = %name, "a veth: served by the tc programs alone (--nodeport-acceleration=native would attach XDP to it)");
-                detach()?;
-                return Ok(false);
+                true
             }
             Err(e) => {
                 tracing::warn!(interface = %name, error = %error_chain(&e), "could not tell whether the interface is a veth: served by the tc programs alone");
-                detach()?;
-                return Ok(false);
+                true
             }
-        }
-    }
-    if acceleration == Acceleration::Disabled {
+        },
+    };
+    if tc_alone {
         detach()?;
         return Ok(false);
     }
