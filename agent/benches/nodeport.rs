@@ -65,6 +65,8 @@ mod kube_proxy;
 #[allow(dead_code)]
 #[path = "common/lab.rs"]
 mod lab;
+#[path = "common/netns_thread.rs"]
+mod netns_thread;
 #[path = "common/program_clock.rs"]
 mod program_clock;
 #[path = "common/server_thread.rs"]
@@ -95,9 +97,8 @@ use bosun_netdp::service::{
 };
 use common::{load_average, Args, Mode, Stats};
 use kube_proxy::{restore_in_parts, KubeProxyRules, PortInfo};
-use lab::{
-    catch_interrupts, check_interrupted, enter_netns, ip, pin, run_command, CLIENT_CPU, SERVER_CPU,
-};
+use lab::{catch_interrupts, check_interrupted, ip, pin, run_command, CLIENT_CPU, SERVER_CPU};
+use netns_thread::in_netns;
 use program_clock::ProgramClock;
 use raw_xdp::RawXdp;
 use server_thread::ServerThread;
@@ -473,25 +474,11 @@ fn ifindex_in(netns: &str, link: &str) -> Result<u32> {
         .with_context(|| format!("the index of {link} in {:?}", line.trim()))
 }
 
-/// Runs `job` on a thread of its own that has entered network namespace `netns` (`setns`
-/// moves only the calling thread), and returns what it returns.
-fn in_netns<T: Send>(netns: &str, job: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                enter_netns(netns)?;
-                job()
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("a thread in network namespace {netns} panicked"))?
-    })
-}
-
 /// Writes each `(name, value)` under /proc/sys in `netns` (such as IPv4 forwarding, which a
 /// new namespace has off).
 fn write_sysctls(netns: &str, settings: &[(&str, &str)]) -> Result<()> {
     // /proc/sys/net is the namespace of the thread that opens it.
-    in_netns(netns, || {
+    in_netns(netns, None, || {
         for (name, value) in settings {
             std::fs::write(Path::new("/proc/sys").join(name), value)
                 .with_context(|| format!("setting {name} to {value} in {netns}"))?;
@@ -910,7 +897,7 @@ fn install_bosun(
     let mode = bosun_netdp::tc::TcMode::detect(bosun_netdp::tc::Interfaces::Node)?;
     let mut datapath = nodeport::install(Path::new(bpf_dir), mode)
         .with_context(|| format!("installing the programs in {bpf_dir}"))?;
-    in_netns(netns, || {
+    in_netns(netns, None, || {
         for &ifindex in links {
             datapath
                 .attach(ifindex)
@@ -1438,11 +1425,11 @@ impl Pair {
         )?;
         let generator_ifindex = ifindex_in(generator, GENERATOR_LINK)?;
         let uplink_ifindex = ifindex_in(node, UPLINK)?;
-        let generator_link = in_netns(generator, || {
+        let generator_link = in_netns(generator, None, || {
             sink.attach(generator_ifindex)
                 .with_context(|| format!("attaching the sink to {GENERATOR_LINK} of {generator}"))
         })?;
-        let pass = in_netns(node, || attach_pass(pass, uplink_ifindex, node))?;
+        let pass = in_netns(node, None, || attach_pass(pass, uplink_ifindex, node))?;
         Ok(Pair {
             names,
             generator_ifindex,
@@ -1457,7 +1444,7 @@ impl Pair {
 
     /// Frames received by the generator's veth so far, and when they were counted.
     fn received(&self) -> Result<(Instant, u64)> {
-        in_netns(self.names.generator, || {
+        in_netns(self.names.generator, None, || {
             let frames = received(GENERATOR_LINK)?;
             Ok((Instant::now(), frames))
         })
@@ -1590,7 +1577,7 @@ impl XdpLab {
             // Its link's only descriptor: closing it takes the program off at once.
             self.bosun.uplink_xdp = None;
             let datapath = &mut self.datapath;
-            in_netns(netns, || {
+            in_netns(netns, None, || {
                 datapath
                     .attach_xdp(ifindex)
                     .context("attaching bosun's XDP program to the uplink")
@@ -1599,7 +1586,8 @@ impl XdpLab {
             nodeport::detach_xdp(Path::new(XDP_BPF_DIR), ifindex)
                 .context("taking bosun's XDP program off the uplink")?;
             let pass = &self.pass;
-            self.bosun.uplink_xdp = Some(in_netns(netns, || attach_pass(pass, ifindex, netns))?);
+            self.bosun.uplink_xdp =
+                Some(in_netns(netns, None, || attach_pass(pass, ifindex, netns))?);
         }
         self.bosun_xdp = on;
         Ok(())
@@ -1614,7 +1602,7 @@ impl XdpLab {
         let pair = self.pair(way);
         raw_xdp::replace(&pair.generator_link, &pair.reflector)
             .context("putting the reflector on the generator's veth")?;
-        let measured = in_netns(pair.names.generator, || {
+        let measured = in_netns(pair.names.generator, None, || {
             pin(CLIENT_CPU)?;
             raw_xdp::send_frames(pair.generator_ifindex, &pair.frame, FRAMES_IN_FLIGHT)
                 .context("sending the frames into the loop (AF_PACKET)")

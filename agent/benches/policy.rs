@@ -48,6 +48,8 @@
 mod common;
 #[path = "common/lab.rs"]
 mod lab;
+#[path = "common/netns_thread.rs"]
+mod netns_thread;
 #[path = "common/program_clock.rs"]
 mod program_clock;
 #[path = "common/server_thread.rs"]
@@ -81,6 +83,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use netns_thread::in_netns;
 use server_thread::ServerThread;
 
 const BENCHMARKS: [&str; 5] = [
@@ -812,29 +815,6 @@ fn quiet_ipv6() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Runs `f` on a thread that has entered network namespace `netns` (and, if given, is pinned
-/// to `cpu`), and waits for it. Sockets and attachments made there stay in `netns`. A thread
-/// of its own, so that the calling thread stays in the host's namespace; rather than
-/// `ip netns exec`, which would also remount /sys.
-fn in_netns<T: Send>(
-    netns: &str,
-    cpu: Option<usize>,
-    f: impl FnOnce() -> Result<T> + Send,
-) -> Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                enter_netns(netns)?;
-                if let Some(cpu) = cpu {
-                    pin(cpu)?;
-                }
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }
 
 /// Removes what a killed run left: the datapath, then the `bpb-*` namespaces.
