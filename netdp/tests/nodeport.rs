@@ -418,9 +418,15 @@ fn ask(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>) -> String {
 
 /// One datagram from the client to the node port; the answer and who sent it.
 fn ask_udp(topology: &Topology) -> (String, std::net::SocketAddr) {
+    ask_udp_from(topology, 0)
+}
+
+/// [`ask_udp`] from the client's port `port` (0: one the kernel picks, which may be one an
+/// earlier call had, and so an earlier flow).
+fn ask_udp_from(topology: &Topology, port: u16) -> (String, std::net::SocketAddr) {
     let to = SocketAddrV4::new(topology.address(1), NODE_PORT);
     in_netns(&topology.ns("cli"), || {
-        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).expect("bind");
         socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
         socket.send_to(b"who", to).expect("send");
         let mut buf = [0u8; 64];
@@ -812,8 +818,9 @@ fn the_xdp_program_sends_flows_to_remote_backends_back_out_of_the_driver() {
     for _ in 0..100 {
         assert_eq!(ask(&mut stream, &mut reader), "remote 10.212.8.1");
     }
-    for _ in 0..50 {
-        let (answer, from) = ask_udp(&topology);
+    // Ports of their own: two sockets the kernel gave the same port would be one flow.
+    for port in 41_000..41_050 {
+        let (answer, from) = ask_udp_from(&topology, port);
         assert_eq!(answer, "remote 10.212.8.1");
         assert_eq!(
             from,
