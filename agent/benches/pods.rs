@@ -612,16 +612,16 @@ impl<'a> Bench<'a> {
             all_ready.as_secs_f64()
         );
         println!(
-            "  {:<34} {:>10} {:>10} {:>12} {:>16}  load average",
-            "", "RSS MB", "peak MB", "CPU % core", "containerd CPU %"
+            "  {:<34} {:>10} {:>10} {:>8} {:>8} {:>12} {:>16}  load average",
+            "", "RSS MB", "peak MB", "file MB", "anon MB", "CPU % core", "containerd CPU %"
         );
         for (label, m, load) in [
             ("idle, 0 pods".to_owned(), &idle, &idle_load),
             (format!("{count} pods with probes"), &loaded, &loaded_load),
         ] {
             println!(
-                "  {label:<34} {:>10.1} {:>10.1} {:>12.2} {:>16.2}  {load}",
-                m.rss_mb, m.hwm_mb, m.cpu_percent, m.containerd_cpu_percent
+                "  {label:<34} {:>10.1} {:>10.1} {:>8.1} {:>8.1} {:>12.2} {:>16.2}  {load}",
+                m.rss_mb, m.hwm_mb, m.file_mb, m.anon_mb, m.cpu_percent, m.containerd_cpu_percent
             );
         }
         println!(
@@ -650,6 +650,8 @@ impl<'a> Bench<'a> {
         Ok(Footprint {
             rss_mb: status_kib(&status, "VmRSS:")? / 1024.0,
             hwm_mb: status_kib(&status, "VmHWM:")? / 1024.0,
+            file_mb: status_kib(&status, "RssFile:")? / 1024.0,
+            anon_mb: status_kib(&status, "RssAnon:")? / 1024.0,
             cpu_percent: percent(after.0.saturating_sub(before.0)),
             containerd_cpu_percent: percent(after.1.saturating_sub(before.1)),
         })
@@ -730,6 +732,10 @@ const LONG: Duration = Duration::from_secs(120);
 struct Footprint {
     rss_mb: f64,
     hwm_mb: f64,
+    /// VmRSS's file-backed part (the binary's and libraries' pages) and its anonymous part
+    /// (heap, stacks).
+    file_mb: f64,
+    anon_mb: f64,
     cpu_percent: f64,
     containerd_cpu_percent: f64,
 }

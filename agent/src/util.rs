@@ -113,30 +113,89 @@ pub const TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(30);
 /// kubelet and kube-proxy. glibc returns only the top of its heap on its own; what bursts of
 /// work free below it (a hundred pods started at once, the kernel's BTF parsed while the
 /// datapath loads) stays resident: 4.6 of 15.5 MiB of anonymous memory with 100 probed pods.
-/// At the second tick it also lets go of the start-up's code ([`release_startup_code`]).
+/// At each tick it also lets go of the code that only the start-up or a burst of work ran
+/// ([`CodeRelease`]).
 pub async fn release_freed_memory_periodically() {
     let mut tick = tokio::time::interval(TRIM_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u32;
+    let mut code = CodeRelease::default();
     loop {
         tick.tick().await;
         release_freed_memory();
-        ticks = ticks.saturating_add(1);
-        // The first tick is at once; the second a period after the start.
-        if ticks == 2 {
-            release_startup_code();
+        if code.due(file_backed_rss()) {
+            release_binary_pages();
         }
     }
 }
 
-/// Unmaps the pages of bosun's own binary (its code and read-only data) from the process, once
-/// the start-up is over, so that what only the start-up ran (the command line, the kernel's BTF
-/// parsed by the loader, the first lists) stops counting in its memory; what runs later is
-/// mapped again as it runs. The kernel maps a file's pages around each one touched, so the
-/// binary's resident part grows well beyond the code the daemon keeps running: with 100
-/// probed pods, 24 MB of mapped file before and 20 MB a minute after (see BENCHMARKS.md).
-/// `MADV_PAGEOUT` (Linux 5.4); an older kernel's refusal changes nothing.
-pub fn release_startup_code() {
+/// When to page bosun's own binary out ([`release_binary_pages`]): a period after the start
+/// (the first tick is at once), and after a burst of work (a hundred pods started) once it is
+/// over: the resident file-backed pages have grown by [`CodeRelease::GROWTH`] over what the
+/// daemon mapped again in the period after the last release, and stopped growing (by less
+/// than [`CodeRelease::STILL`] since the last tick). In a steady state the daemon maps again
+/// only the code it keeps running, and is not paged out again.
+#[derive(Debug, Default)]
+pub struct CodeRelease {
+    ticks: u32,
+    /// The file-backed RSS a period after the last release.
+    settled: Option<u64>,
+    /// The file-backed RSS at the last tick.
+    last: Option<u64>,
+    released_last_tick: bool,
+}
+
+impl CodeRelease {
+    /// Growth of the file-backed RSS, in bytes, that has the binary paged out again.
+    pub const GROWTH: u64 = 2 << 20;
+    /// Growth over one tick, in bytes, under which a burst of work is taken to be over.
+    pub const STILL: u64 = 256 << 10;
+
+    /// Whether to release at this tick, given the file-backed RSS now (`None`: unknown).
+    pub fn due(&mut self, rss: Option<u64>) -> bool {
+        self.ticks = self.ticks.saturating_add(1);
+        let last = std::mem::replace(&mut self.last, rss);
+        let release = match (self.ticks, rss) {
+            (1, _) => false,
+            (2, _) => true,
+            (_, None) => false,
+            (_, Some(rss)) if self.released_last_tick => {
+                self.settled = Some(rss);
+                false
+            }
+            (_, Some(rss)) => {
+                let grown = self
+                    .settled
+                    .is_some_and(|settled| rss > settled.saturating_add(Self::GROWTH));
+                let still = last.is_some_and(|last| rss <= last.saturating_add(Self::STILL));
+                grown && still
+            }
+        };
+        self.released_last_tick = release;
+        release
+    }
+}
+
+/// The process's file-backed resident memory (`RssFile` of `/proc/self/status`), in bytes.
+fn file_backed_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("RssFile:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Unmaps the pages of bosun's own binary (its code and read-only data) from the process, so
+/// that what only the start-up or a burst of work ran (the command line, the kernel's BTF
+/// parsed by the loader, the first lists, a hundred pods started) stops counting in its memory;
+/// what runs later is mapped again as it runs. The kernel maps 64 KiB of a file around each
+/// page touched; the steady state's functions are placed together at the front of the code
+/// (agent/build.rs) so that what it maps again is little. `MADV_PAGEOUT` (Linux 5.4); an older
+/// kernel's refusal changes nothing.
+pub fn release_binary_pages() {
     #[cfg(target_os = "linux")]
     {
         let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
@@ -182,7 +241,29 @@ fn binary_mappings(maps: &str, exe: &str) -> Vec<(usize, usize)> {
 
 #[cfg(test)]
 mod startup_code_tests {
-    use super::binary_mappings;
+    use super::{binary_mappings, CodeRelease};
+
+    #[test]
+    fn the_binary_is_paged_out_after_the_start_and_after_bursts_only() {
+        const MIB: u64 = 1 << 20;
+        let mut code = CodeRelease::default();
+        // The first tick comes at the start; the second, a period later, releases.
+        assert!(!code.due(Some(40 * MIB)));
+        assert!(code.due(Some(40 * MIB)));
+        // The period after it tells what the daemon keeps running.
+        assert!(!code.due(Some(5 * MIB)));
+        assert!(!code.due(Some(6 * MIB)));
+        assert!(!code.due(None));
+        // A burst grows it beyond that: released once it stops growing, then settled again.
+        assert!(!code.due(Some(12 * MIB)));
+        assert!(!code.due(Some(18 * MIB)));
+        assert!(code.due(Some(18 * MIB)));
+        assert!(!code.due(Some(6 * MIB)));
+        assert!(!code.due(Some(7 * MIB)));
+        assert!(!code.due(Some(7 * MIB)));
+        assert!(!code.due(Some(9 * MIB)));
+        assert!(code.due(Some(9 * MIB)));
+    }
 
     #[test]
     fn the_binarys_read_only_mappings_are_found_in_maps() {
