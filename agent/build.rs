@@ -3,7 +3,7 @@
 //! packaging script), else `git rev-parse` of the checkout, else "unknown".
 //!
 //! Also has the linker place the steady state's functions together
-//! (`steady-state-functions.txt`), where the linker is LLVM's.
+//! (`steady-state-functions.txt`), on Linux.
 
 use std::path::Path;
 use std::process::Command;
