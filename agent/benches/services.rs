@@ -940,10 +940,12 @@ impl Report {
         let Some(daemon) = &self.daemon else { return };
         let mib = |kib: u64| kib as f64 / 1024.0;
         println!(
-            "\nmemory\n  bosun daemon VmRSS {:.1} MiB with {} Services ({:.1} MiB before the \
-             manifest; peak VmHWM {:.1} MiB)",
+            "\nmemory\n  bosun daemon VmRSS {:.1} MiB with {} Services (anonymous {:.1}, file \
+             {:.1}; {:.1} MiB before the manifest; peak VmHWM {:.1} MiB)",
             mib(daemon.loaded.rss),
             self.n,
+            mib(daemon.loaded.anon),
+            mib(daemon.loaded.file),
             mib(daemon.idle.rss),
             mib(daemon.loaded.peak)
         );

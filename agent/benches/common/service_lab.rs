@@ -729,6 +729,9 @@ fn connect_many(target: SocketAddrV4, count: usize, timeout: Option<Duration>) -
 pub struct Memory {
     pub rss: u64,
     pub peak: u64,
+    /// VmRSS's anonymous part (the heap, stacks) and file-backed part (the binary's pages).
+    pub anon: u64,
+    pub file: u64,
 }
 
 impl Memory {
@@ -746,6 +749,8 @@ impl Memory {
         Ok(Memory {
             rss: field("VmRSS:")?,
             peak: field("VmHWM:")?,
+            anon: field("RssAnon:")?,
+            file: field("RssFile:")?,
         })
     }
 }
