@@ -445,6 +445,15 @@ impl PolicyTable {
         }
     }
 
+    /// The pods the table holds at `address`: nearly always one.
+    pub fn pods_at(&self, address: Ipv4Addr) -> impl Iterator<Item = &Arc<PolicyPod>> + '_ {
+        self.pods_at
+            .get(&address)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.pods[*id].as_ref())
+    }
+
     fn index_pod(&mut self, id: PodId, pod: &PolicyPod) {
         self.pods_at.entry(pod.ip).or_default().push(id);
         self.pods_in
