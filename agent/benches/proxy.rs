@@ -1213,6 +1213,18 @@ const POLICY_CHANGE_POLL: Duration = Duration::from_millis(1);
 /// The enforcer has failed if the server is not isolated with its peers after this.
 const POLICY_SYNC_LIMIT: Duration = Duration::from_secs(120);
 
+/// The policy server's namespace, wired to the host, and the ifindex of its host side.
+fn policy_server() -> Result<(Netns, u32)> {
+    let server = Netns::create(&POLICY_SERVER)?;
+    let ifindex_path = format!("/sys/class/net/{}/ifindex", POLICY_SERVER.host_if);
+    let ifindex: u32 = std::fs::read_to_string(&ifindex_path)
+        .with_context(|| format!("reading {ifindex_path}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("parsing {ifindex_path}"))?;
+    Ok((server, ifindex))
+}
+
 /// P NetworkPolicies selecting the server, policy `i` allowing the peers labelled `p<i>`;
 /// M peer pods on other nodes, pod `j` labelled `p<j mod P>`; then the server, on this node.
 #[derive(Clone, Copy)]
@@ -1405,13 +1417,7 @@ fn measure_policy(
         cluster.peers,
         load_average()
     );
-    let server = Netns::create(&POLICY_SERVER)?;
-    let ifindex_path = format!("/sys/class/net/{}/ifindex", POLICY_SERVER.host_if);
-    let ifindex: u32 = std::fs::read_to_string(&ifindex_path)
-        .with_context(|| format!("reading {ifindex_path}"))?
-        .trim()
-        .parse()
-        .with_context(|| format!("parsing {ifindex_path}"))?;
+    let (server, ifindex) = policy_server()?;
     let api = runtime.block_on(FakeApi::start(cluster))?;
     let kubeconfig = dir.join("kubeconfig-policy");
     api.write_kubeconfig(&kubeconfig)?;
@@ -1749,13 +1755,7 @@ fn measure_goal(sizes: &Sizes, (runtime, dir): (&tokio::runtime::Runtime, &Path)
         cluster.policies,
         load_average()
     );
-    let server = Netns::create(&POLICY_SERVER)?;
-    let ifindex_path = format!("/sys/class/net/{}/ifindex", POLICY_SERVER.host_if);
-    let ifindex: u32 = std::fs::read_to_string(&ifindex_path)
-        .with_context(|| format!("reading {ifindex_path}"))?
-        .trim()
-        .parse()
-        .with_context(|| format!("parsing {ifindex_path}"))?;
+    let (server, ifindex) = policy_server()?;
     let catalog = Catalog { n };
     let api = runtime.block_on(FakeApi::start(Whole {
         services: Cluster {
