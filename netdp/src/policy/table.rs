@@ -480,12 +480,16 @@ impl PolicyTable {
 
     /// The pods the table holds at `address`: nearly always one.
     pub fn pods_at(&self, address: Ipv4Addr) -> impl Iterator<Item = &Arc<PolicyPod>> + '_ {
+        self.ids_at(address)
+            .iter()
+            .filter_map(|id| self.pods[*id].as_ref())
+    }
+
+    fn ids_at(&self, address: Ipv4Addr) -> &[PodId] {
         self.pods_at
             .get(&address)
             .map(PodsAt::ids)
             .unwrap_or_default()
-            .iter()
-            .filter_map(|id| self.pods[*id].as_ref())
     }
 
     fn index_pod(&mut self, id: PodId, pod: &PolicyPod) {
@@ -819,10 +823,7 @@ impl PolicyTable {
             return allowed;
         };
         let pods: Vec<(PodId, &PolicyPod)> = self
-            .pods_at
-            .get(&address)
-            .map(PodsAt::ids)
-            .unwrap_or_default()
+            .ids_at(address)
             .iter()
             .filter_map(|id| self.pods[*id].as_deref().map(|p| (*id, p)))
             .collect();
