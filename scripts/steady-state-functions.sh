@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Profiles a running bosun daemon and adds the functions it ran, hottest first, as glob
 # patterns to agent/steady-state-functions.txt (see agent/build.rs). Run it against the daemon
-# of `./scripts/bench.sh pods footprint` (and of `cluster footprint`) once its 100 pods are Ready (the README's Benchmarks say how),
-# with the binary built from the tree it will be committed to. Needs perf (Debian: linux-perf).
+# of `./scripts/bench.sh pods footprint` (and of `cluster footprint`) once its 100 pods are
+# Ready (the README's Benchmarks say how), with the binary built from the tree it will be
+# committed to. Needs perf (Debian: linux-perf).
 #
 #   ./scripts/steady-state-functions.sh PID [SECONDS]   (default 45 s)
 set -euo pipefail

@@ -60,7 +60,7 @@
 //! 100 policies). Timed from the first list request to all frontends in the service map and
 //! the server isolated with its peers; VmRSS (its anonymous and file-backed parts) and VmHWM
 //! 2 s after that, and again in the steady state, once the daemon's second memory-release tick
-//! (30 s after the start) has paged out the code only the start-up ran (not in `--smoke`).
+//! (`TRIM_PERIOD` after the start) has paged out the code only the start-up ran (not in `--smoke`).
 //!
 //! The fake (benches/common/api.rs) generates each list page when asked (pages of kube-rs'
 //! default 500), so its own memory does not grow with N; its time to generate them is part of
@@ -69,9 +69,9 @@
 //!
 //! Run as root: `cargo bench -p bosun --bench proxy -- [--quick | --smoke] [--samples N]
 //! [--services N]... [FILTER...]` (or `scripts/bench.sh proxy`). FILTERs: `sync`, `change`,
-//! `connect`, `policy`, `goal`; unless the filter is `policy` alone, the initial sync and memory are
-//! measured, so `sync` alone measures only them (one round). `--samples` is the connects per target; `--quick` measures
-//! 1000 and 10000 with fewer samples; `--smoke` 1000 with a few of each, only to show that the
+//! `connect`, `policy`, `goal`; unless the filter is `policy` or `goal` alone, the initial sync
+//! and memory are measured, so `sync` alone measures only them (one round). `--samples` is the
+//! connects per target; `--quick` measures 1000 and 10000 with fewer samples; `--smoke` 1000 with a few of each, only to show that the
 //! benchmark still runs (`scripts/bench.sh smoke`, part of `scripts/test.sh`).
 //!
 //! Everything it creates is named `bsb-*` (namespaces and links, shared with the services
@@ -114,6 +114,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError};
+use bosun::util::TRIM_PERIOD;
 use bosun_ebpf_abi::{
     Backend, PeerKey, ServiceKey, ServiceValue, SlotKey, BACKEND_MAP, DIRECTION_INGRESS,
     ENDPOINT_ISOLATED_INGRESS, PEER_KEY_FIXED_BITS, PEER_MAP, PROTOCOL_TCP, SERVICE_MAP,
@@ -1693,10 +1694,10 @@ fn measure_pod_changes(
 
 /// The scale goal: `bosun proxy`'s RSS with 30,000 Services of 4 endpoints and 100,000 pods.
 const GOAL_RSS_MIB: f64 = 64.0;
-/// After the sync, until the steady state: past the daemon's second memory-release tick (its
-/// period is 30 s and the first comes at the start), which pages out the code only the
-/// start-up ran and gives the lists' freed heap back.
-const STEADY_SETTLE: Duration = Duration::from_secs(40);
+/// From the start, until the steady state: past the daemon's second memory-release tick (one
+/// period after the start, the first coming at once), which pages out the code only the
+/// start-up ran and gives the lists' freed heap back; with 10 s for it to finish.
+const STEADY_SETTLE: Duration = TRIM_PERIOD.saturating_add(Duration::from_secs(10));
 
 /// The Services part's Services and slices with the policy part's policies and pods.
 struct Whole {
